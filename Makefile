@@ -1,0 +1,64 @@
+# layer2: a two-level nostr event store for Lua 5.4 and LuaJIT (OpenResty).
+# `make` builds the C core for both ABIs; `make test` and `make run` install what is missing first.
+
+LUA ?= lua5.4
+CC ?= cc
+CFLAGS ?= -O2 -g
+WARN := -Wall -Wextra -Werror -Werror=implicit-function-declaration
+BASE_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden $(WARN)
+LIBS := -lsecp256k1 -lcrypto -lm -lpthread
+
+CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c
+BIND_SRC := csrc/lua_layer2.c
+HEADERS := $(wildcard csrc/*.h)
+
+LUA54_INC := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUAJIT_INC := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
+
+# Debian 12 packages the project needs (see README); `make deps` installs those missing.
+DEB_PACKAGES := build-essential pkg-config lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
+	liblmdb-dev libsecp256k1-dev libssl-dev lua-cjson lua-busted lua-check luarocks
+
+ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
+
+.PHONY: all deps env test test-lua5.4 test-luajit run lint bench bench-event rock clean
+
+all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
+
+# The module exports only luaopen_layer2_core; it is not linked against liblua, so one .so
+# per ABI is loaded by that interpreter and resolves the Lua API from it.
+build/lua5.4/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LUA54_INC) -shared -o $@ $(CORE_SRC) $(BIND_SRC) $(LDFLAGS) $(LIBS)
+
+build/luajit/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LUAJIT_INC) -shared -o $@ $(CORE_SRC) $(BIND_SRC) $(LDFLAGS) $(LIBS)
+
+deps:
+	@sh tools/deps.sh $(DEB_PACKAGES)
+
+# eval "$(make -s env)" or eval "$(make -s env LUA=luajit)"
+env:
+	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'
+	@echo 'export LUA_CPATH="$(CURDIR)/build/$(ABI_DIR)/?.so;;"'
+
+test: deps all lint
+	@bash spec/run
+
+lint:
+	@luacheck -q lua spec bench examples
+
+run: deps all
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 examples/demo.lua'
+
+bench: deps all bench-event
+
+bench-event:
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/event.lua'
+
+rock: deps
+	@bash tools/rock-check
+
+clean:
+	rm -rf build

@@ -1,0 +1,17 @@
+/* The few Lua C API differences between Lua 5.4 and LuaJIT (Lua 5.1 ABI) that the binding uses.
+ * LuaJIT 2.1 already provides luaL_setfuncs, luaL_testudata and luaL_setmetatable. */
+#ifndef L2_COMPAT_H
+#define L2_COMPAT_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#if LUA_VERSION_NUM < 502
+#define lua_rawlen lua_objlen
+#endif
+
+#if LUA_VERSION_NUM < 504
+#define lua_newuserdatauv(L, size, nuv) lua_newuserdata((L), (size))
+#endif
+
+#endif

@@ -1,0 +1,12 @@
+-- layer2: a two-level nostr event store. The C core (layer2.core) does parsing, the nostr rules
+-- and storage; this file wires the Lua surface.
+local core = require("layer2.core")
+
+local layer2 = {
+  version = core.version,
+  event = core.event,
+  filter = core.filter,
+  schnorr = core.schnorr,
+}
+
+return layer2
