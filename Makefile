@@ -47,7 +47,7 @@ test: deps all lint
 	@bash spec/run
 
 lint:
-	@luacheck -q lua spec bench examples
+	@luacheck -q --no-color lua spec bench examples
 
 run: deps all
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 examples/demo.lua'

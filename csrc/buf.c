@@ -70,19 +70,20 @@ int l2_buf_put_hex(l2_buf *b, const uint8_t *bytes, size_t n)
     return 0;
 }
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-}
+/* 1 + the value of a lowercase hex digit; 0 for anything else (so value - 1 wraps to 0xFF) */
+static const uint8_t hexval1[256] = {
+    ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8,
+    ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
 
 int l2_hex_decode(uint8_t *out, const char *hex, size_t n)
 {
+    const unsigned char *h = (const unsigned char *)hex;
+    uint8_t bad = 0;
     for (size_t i = 0; i < n; i++) {
-        int hi = hexval((unsigned char)hex[2 * i]), lo = hexval((unsigned char)hex[2 * i + 1]);
-        if (hi < 0 || lo < 0) return -1;
-        out[i] = (uint8_t)(hi << 4 | lo);
+        uint8_t hi = (uint8_t)(hexval1[h[2 * i]] - 1), lo = (uint8_t)(hexval1[h[2 * i + 1]] - 1);
+        bad |= hi | lo; /* 0xFF marks a non-digit; digits never set bit 4 */
+        out[i] = (uint8_t)(hi << 4 | (lo & 15));
     }
-    return 0;
+    return (bad & 0x10) ? -1 : 0;
 }

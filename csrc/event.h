@@ -81,6 +81,8 @@ static inline const l2_str *l2_tag_elem(const l2_event *ev, uint32_t t, uint32_t
 /* The canonical form [0,pubkey,created_at,kind,tags,content], appended to out. */
 int l2_event_serialize(const l2_event *ev, l2_buf *out);
 size_t l2_event_canonical_len(const l2_event *ev);
+/* SHA-256 (libcrypto); 0 ok, -1 on failure. */
+int l2_sha256(const void *data, size_t n, uint8_t out[32]);
 /* sha256 of the canonical form; scratch is reused memory. 0 ok, -1 out of memory. */
 int l2_event_hash(const l2_event *ev, l2_buf *scratch, uint8_t out[32]);
 /* The id matches the content and the signature verifies: 0, or -1 with the reason. */

@@ -246,7 +246,9 @@ static int json_list(l2_json *j, l2_filter *f, unsigned field, const l2_filter_l
         size_t idx = i - 1, n;
         if (field == L2_F_KINDS) {
             int64_t v;
-            if (l2_json_integer(j, INT64_MIN, INT64_MAX, "kinds[]", &v) || l2_filter_add_kind(f, v, idx, lim, j->err))
+            char what[32];
+            snprintf(what, sizeof what, "kinds[%zu]", idx);
+            if (l2_json_integer(j, INT64_MIN, INT64_MAX, what, &v) || l2_filter_add_kind(f, v, idx, lim, j->err))
                 return -1;
             continue;
         }

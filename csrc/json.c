@@ -132,6 +132,13 @@ int l2_json_string(l2_json *j, char *out, size_t cap, size_t *len)
     size_t n = 0;
     for (;;) {
         const unsigned char *run = p;
+        /* plain ASCII runs go 8 bytes at a time; anything else is handled below */
+        while (end - p >= 8) {
+            uint64_t x;
+            memcpy(&x, p, 8);
+            if (l2_needs_escape8(x) | (x & L2_HIGHS)) break;
+            p += 8;
+        }
         while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\') p++;
         EMIT(run, (size_t)(p - run));
         if (p >= end) {

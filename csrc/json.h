@@ -37,6 +37,20 @@ int l2_json_finish(l2_json *j);
 /* Formats "invalid: <msg>" into j->err and returns -1. */
 int l2_json_fail(l2_json *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Word-at-a-time scanning: does any of the 8 bytes in x need attention? */
+#define L2_ONES 0x0101010101010101ULL
+#define L2_HIGHS 0x8080808080808080ULL
+static inline uint64_t l2_has_zero_byte(uint64_t v)
+{
+    return (v - L2_ONES) & ~v & L2_HIGHS;
+}
+/* a byte below 0x20, a '"' or a '\\' (the bytes a JSON string writer must escape) */
+static inline uint64_t l2_needs_escape8(uint64_t x)
+{
+    return ((x - L2_ONES * 0x20) & ~x & L2_HIGHS) | l2_has_zero_byte(x ^ (L2_ONES * '"')) |
+           l2_has_zero_byte(x ^ (L2_ONES * '\\'));
+}
+
 /* Length of the valid UTF-8 sequence at p (1-4), or 0 when it is not valid UTF-8. */
 size_t l2_utf8_seq(const unsigned char *p, const unsigned char *end);
 /* 1 when the whole string is valid UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */

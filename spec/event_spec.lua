@@ -154,6 +154,12 @@ describe("layer2.event", function()
     local sec = ("0"):rep(63) .. "3"
     local unsigned = { created_at = 1700000000, kind = 1, tags = { { "t", "layer2" } }, content = "hello" }
 
+    local function unsigned_with(pubkey)
+      local t = { pubkey = pubkey }
+      for k, v in pairs(unsigned) do t[k] = v end
+      return t
+    end
+
     it("sign -> verify round trip, as table and as JSON", function()
       local ev = assert(event.sign(unsigned, sec))
       assert.equal(layer2.schnorr.pubkey(sec), ev.pubkey)
@@ -187,12 +193,5 @@ describe("layer2.event", function()
       assert.equal("invalid: secret key is not valid", err)
       assert.has_error(function() event.sign(unsigned, "zz") end)
     end)
-
-    function unsigned_with(pubkey) -- luacheck: ignore
-      local t = {}
-      for k, v in pairs(unsigned) do t[k] = v end
-      t.pubkey = pubkey
-      return t
-    end
   end)
 end)
