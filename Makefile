@@ -21,7 +21,7 @@ DEB_PACKAGES := build-essential pkg-config lua5.4 liblua5.4-dev luajit2 libluaji
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-lua5.4 test-luajit run lint bench bench-event rock clean
+.PHONY: all deps env test run lint bench bench-event rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -43,7 +43,7 @@ env:
 	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'
 	@echo 'export LUA_CPATH="$(CURDIR)/build/$(ABI_DIR)/?.so;;"'
 
-test: deps all lint
+test: deps all lint rock
 	@bash spec/run
 
 lint:
@@ -57,8 +57,22 @@ bench: deps all bench-event
 bench-event:
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/event.lua'
 
+# Builds and installs the rockspec offline for Lua 5.4 and for LuaJIT, each into a scratch tree,
+# and loads it from there with that interpreter.
 rock: deps
 	@bash tools/rock-check
+
+# The targets luarocks runs (rockspec/layer2-scm-1.rockspec): one module for the Lua whose headers
+# are in LUA_INCDIR.
+rock-build:
+	@mkdir -p build/rock/layer2
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) -I$(LUA_INCDIR) $(ROCK_CPPFLAGS) -shared -o build/rock/layer2/core.so \
+		$(CORE_SRC) $(BIND_SRC) $(ROCK_LDFLAGS) $(LIBS)
+
+rock-install:
+	install -d $(INST_LIBDIR)/layer2 $(INST_LUADIR)/layer2
+	install -m 755 build/rock/layer2/core.so $(INST_LIBDIR)/layer2/core.so
+	install -m 644 lua/layer2/*.lua $(INST_LUADIR)/layer2/
 
 clean:
 	rm -rf build
