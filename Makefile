@@ -6,10 +6,10 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 WARN := -Wall -Wextra -Werror -Werror=implicit-function-declaration
 BASE_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden $(WARN)
-LIBS := -lsecp256k1 -lcrypto -lm -lpthread
+LIBS := -llmdb -lsecp256k1 -lcrypto -lm -lpthread
 
-CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c
-BIND_SRC := csrc/lua_layer2.c
+CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c csrc/batch.c csrc/store.c
+BIND_SRC := csrc/lua_layer2.c csrc/lua_lmdb.c
 HEADERS := $(wildcard csrc/*.h)
 
 LUA54_INC := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)

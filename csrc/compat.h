@@ -14,4 +14,8 @@
 #define lua_newuserdatauv(L, size, nuv) lua_newuserdata((L), (size))
 #endif
 
+#ifndef LUA_FILEHANDLE /* LuaJIT declares it in lualib.h */
+#define LUA_FILEHANDLE "FILE*"
+#endif
+
 #endif

@@ -4,9 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compat.h"
-#include "event.h"
-#include "filter.h"
+#include "lua_layer2.h"
 #include "schnorr.h"
 
 #define L2_VERSION "0.1.0"
@@ -38,7 +36,7 @@ static int scratch_gc(lua_State *L)
     return 0;
 }
 
-static int refuse(lua_State *L, int first, const char *err)
+int l2lua_refuse(lua_State *L, int first, const char *err)
 {
     if (first) lua_pushboolean(L, 0);
     else lua_pushnil(L);
@@ -46,7 +44,7 @@ static int refuse(lua_State *L, int first, const char *err)
     return 2;
 }
 
-static void check_table_or_string(lua_State *L, int idx)
+void l2lua_check_table_or_string(lua_State *L, int idx)
 {
     int t = lua_type(L, idx);
     if (t != LUA_TTABLE && t != LUA_TSTRING)
@@ -55,7 +53,7 @@ static void check_table_or_string(lua_State *L, int idx)
 
 /* An integral number, also when it arrives as a float (lua-cjson decodes numbers as floats).
  * 0 ok, -1 not a number, -2 not integral. */
-static int to_int64(lua_State *L, int idx, int64_t *out)
+int l2lua_int64(lua_State *L, int idx, int64_t *out)
 {
     if (lua_type(L, idx) != LUA_TNUMBER) return -1;
 #if LUA_VERSION_NUM >= 503
@@ -100,7 +98,7 @@ static int table_int(lua_State *L, int idx, l2_event *ev, const char *name, char
     int rc = 0;
     lua_getfield(L, idx, name);
     if (!lua_isnil(L, -1)) {
-        int r = to_int64(L, -1, &v);
+        int r = l2lua_int64(L, -1, &v);
         if (r == -1) rc = fmt_err(err, "invalid: %s must be a number", name);
         else if (r == -2) rc = fmt_err(err, "invalid: %s must be an integer", name);
         else if (name[0] == 'k') rc = l2_event_set_kind(ev, v, err);
@@ -154,51 +152,55 @@ fail:
     return -1;
 }
 
-static int table_event(lua_State *L, int idx, scratch *s, unsigned required)
+static int table_event(lua_State *L, int idx, l2_event *ev, unsigned required, const l2_limits *lim, char *err)
 {
-    l2_event *ev = &s->ev;
     l2_event_reset(ev);
-    if (table_hex(L, idx, ev, L2_FIELD_ID, "id", required, s->err) ||
-        table_hex(L, idx, ev, L2_FIELD_PUBKEY, "pubkey", required, s->err) ||
-        table_hex(L, idx, ev, L2_FIELD_SIG, "sig", required, s->err) || table_int(L, idx, ev, "created_at", s->err) ||
-        table_int(L, idx, ev, "kind", s->err) || table_tags(L, idx, ev, &s->lim, s->err))
+    if (table_hex(L, idx, ev, L2_FIELD_ID, "id", required, err) ||
+        table_hex(L, idx, ev, L2_FIELD_PUBKEY, "pubkey", required, err) ||
+        table_hex(L, idx, ev, L2_FIELD_SIG, "sig", required, err) || table_int(L, idx, ev, "created_at", err) ||
+        table_int(L, idx, ev, "kind", err) || table_tags(L, idx, ev, lim, err))
         return -1;
     lua_getfield(L, idx, "content");
     int t = lua_type(L, -1), rc = 0;
     if (t == LUA_TSTRING) {
         size_t n;
         const char *p = lua_tolstring(L, -1, &n);
-        rc = l2_event_set_content(ev, p, n, 1, &s->lim, s->err);
+        rc = l2_event_set_content(ev, p, n, 1, lim, err);
     } else if (t != LUA_TNIL) {
-        rc = fmt_err(s->err, "invalid: %s must be a string", "content");
+        rc = fmt_err(err, "invalid: %s must be a string", "content");
     }
     lua_pop(L, 1);
-    return rc ? rc : l2_event_finish(ev, required, 1, &s->lim, s->err);
+    return rc ? rc : l2_event_finish(ev, required, 1, lim, err);
+}
+
+int l2lua_event_arg(lua_State *L, int idx, l2_event *ev, unsigned required, const l2_limits *lim, char *err)
+{
+    l2lua_check_table_or_string(L, idx);
+    if (lua_type(L, idx) == LUA_TTABLE) return table_event(L, idx, ev, required, lim, err);
+    size_t n;
+    const char *p = lua_tolstring(L, idx, &n);
+    return l2_event_parse_json(ev, p, n, required, lim, err);
 }
 
 /* Reads the event argument at idx (a table or a wire JSON string) into the scratch event. */
 static int arg_event(lua_State *L, int idx, scratch *s, unsigned required)
 {
-    check_table_or_string(L, idx);
-    if (lua_type(L, idx) == LUA_TTABLE) return table_event(L, idx, s, required);
-    size_t n;
-    const char *p = lua_tolstring(L, idx, &n);
-    return l2_event_parse_json(&s->ev, p, n, required, &s->lim, s->err);
+    return l2lua_event_arg(L, idx, &s->ev, required, &s->lim, s->err);
 }
 
-static void push_hex(lua_State *L, const uint8_t *b, size_t n)
+void l2lua_push_hex(lua_State *L, const uint8_t *b, size_t n)
 {
     char hex[128];
     l2_hex_encode(hex, b, n);
     lua_pushlstring(L, hex, 2 * n);
 }
 
-static void push_event(lua_State *L, const l2_event *ev)
+void l2lua_push_event(lua_State *L, const l2_event *ev)
 {
     lua_createtable(L, 0, 7);
-    push_hex(L, ev->id, 32);
+    l2lua_push_hex(L, ev->id, 32);
     lua_setfield(L, -2, "id");
-    push_hex(L, ev->pubkey, 32);
+    l2lua_push_hex(L, ev->pubkey, 32);
     lua_setfield(L, -2, "pubkey");
     lua_pushinteger(L, (lua_Integer)ev->created_at);
     lua_setfield(L, -2, "created_at");
@@ -218,7 +220,7 @@ static void push_event(lua_State *L, const l2_event *ev)
     lua_setfield(L, -2, "tags");
     lua_pushlstring(L, ev->content.p, ev->content.n);
     lua_setfield(L, -2, "content");
-    push_hex(L, ev->sig, 64);
+    l2lua_push_hex(L, ev->sig, 64);
     lua_setfield(L, -2, "sig");
 }
 
@@ -239,8 +241,8 @@ static int event_parse(lua_State *L)
     scratch *s = get_scratch(L);
     size_t n;
     const char *p = luaL_checklstring(L, 1, &n);
-    if (l2_event_parse_json(&s->ev, p, n, L2_HAVE_ALL, &s->lim, s->err)) return refuse(L, 0, s->err);
-    push_event(L, &s->ev);
+    if (l2_event_parse_json(&s->ev, p, n, L2_HAVE_ALL, &s->lim, s->err)) return l2lua_refuse(L, 0, s->err);
+    l2lua_push_event(L, &s->ev);
     return 1;
 }
 
@@ -248,7 +250,7 @@ static int event_verify(lua_State *L)
 {
     scratch *s = get_scratch(L);
     if (arg_event(L, 1, s, L2_HAVE_ALL | L2_LENIENT_IDSIG) || l2_event_verify(&s->ev, &s->tmp, s->err))
-        return refuse(L, 1, s->err);
+        return l2lua_refuse(L, 1, s->err);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -256,7 +258,7 @@ static int event_verify(lua_State *L)
 static int event_serialize(lua_State *L)
 {
     scratch *s = get_scratch(L);
-    if (arg_event(L, 1, s, L2_HAVE_UNSIGNED)) return refuse(L, 0, s->err);
+    if (arg_event(L, 1, s, L2_HAVE_UNSIGNED)) return l2lua_refuse(L, 0, s->err);
     s->out.len = 0;
     if (l2_event_serialize(&s->ev, &s->out)) return oom_error(L);
     push_buf(L, &s->out);
@@ -267,16 +269,16 @@ static int event_id(lua_State *L)
 {
     scratch *s = get_scratch(L);
     uint8_t id[32];
-    if (arg_event(L, 1, s, L2_HAVE_UNSIGNED)) return refuse(L, 0, s->err);
+    if (arg_event(L, 1, s, L2_HAVE_UNSIGNED)) return l2lua_refuse(L, 0, s->err);
     if (l2_event_hash(&s->ev, &s->tmp, id)) return oom_error(L);
-    push_hex(L, id, 32);
+    l2lua_push_hex(L, id, 32);
     return 1;
 }
 
 static int event_encode(lua_State *L)
 {
     scratch *s = get_scratch(L);
-    if (arg_event(L, 1, s, L2_HAVE_ALL)) return refuse(L, 0, s->err);
+    if (arg_event(L, 1, s, L2_HAVE_ALL)) return l2lua_refuse(L, 0, s->err);
     s->out.len = 0;
     if (l2_event_encode_json(&s->ev, &s->out)) return oom_error(L);
     push_buf(L, &s->out);
@@ -300,20 +302,20 @@ static int event_sign(lua_State *L)
     uint8_t sec[32], aux[32];
     arg_hex(L, 2, sec, 32, 0, "secret key");
     int have_aux = arg_hex(L, 3, aux, 32, 1, "aux");
-    check_table_or_string(L, 1);
+    l2lua_check_table_or_string(L, 1);
     /* id, pubkey and sig are outputs: the fields that must be there are those hashed */
     unsigned required = L2_HAVE_CREATED_AT | L2_HAVE_KIND | L2_HAVE_TAGS | L2_HAVE_CONTENT;
     int rc = arg_event(L, 1, s, required) || l2_event_sign(&s->ev, sec, have_aux ? aux : NULL, &s->tmp, s->err);
     memset(sec, 0, sizeof sec);
-    if (rc) return refuse(L, 0, s->err);
-    push_event(L, &s->ev);
+    if (rc) return l2lua_refuse(L, 0, s->err);
+    l2lua_push_event(L, &s->ev);
     return 1;
 }
 
 static int event_pack(lua_State *L)
 {
     scratch *s = get_scratch(L);
-    if (arg_event(L, 1, s, L2_HAVE_ALL)) return refuse(L, 0, s->err);
+    if (arg_event(L, 1, s, L2_HAVE_ALL)) return l2lua_refuse(L, 0, s->err);
     s->out.len = 0;
     if (l2_event_encode_bin(&s->ev, &s->out)) return oom_error(L);
     push_buf(L, &s->out);
@@ -325,8 +327,8 @@ static int event_unpack(lua_State *L)
     scratch *s = get_scratch(L);
     size_t n;
     const char *p = luaL_checklstring(L, 1, &n);
-    if (l2_event_decode_bin(&s->ev, p, n, s->err)) return refuse(L, 0, s->err);
-    push_event(L, &s->ev);
+    if (l2_event_decode_bin(&s->ev, p, n, s->err)) return l2lua_refuse(L, 0, s->err);
+    l2lua_push_event(L, &s->ev);
     return 1;
 }
 
@@ -369,7 +371,7 @@ static int limits_call(lua_State *L, void *base, const limit_field *fields)
             while (f->name && strcmp(f->name, key) != 0) f++;
             if (!f->name) return luaL_error(L, "layer2: unknown limit '%s'", key);
             int64_t v;
-            if (to_int64(L, -1, &v) || v < 1 || (f->is_u32 && v > UINT32_MAX))
+            if (l2lua_int64(L, -1, &v) || v < 1 || (f->is_u32 && v > UINT32_MAX))
                 return luaL_error(L, "layer2: limit '%s' must be a positive integer", key);
             if (f->is_u32) *(uint32_t *)((char *)base + f->offset) = (uint32_t)v;
             else *(size_t *)((char *)base + f->offset) = (size_t)v;
@@ -410,7 +412,7 @@ static int table_filter_list(lua_State *L, int idx, l2_filter *f, unsigned field
         lua_rawgeti(L, idx, (int)i);
         if (field == L2_F_KINDS) {
             int64_t v;
-            rc = to_int64(L, -1, &v) ? fmt_err(err, "invalid: %s entries must be integers", key)
+            rc = l2lua_int64(L, -1, &v) ? fmt_err(err, "invalid: %s entries must be integers", key)
                                      : l2_filter_add_kind(f, v, i - 1, lim, err);
         } else if (lua_type(L, -1) != LUA_TSTRING) {
             snprintf(err, L2_ERRLEN, "invalid: %s[%zu] must be a string", key, i - 1);
@@ -427,9 +429,8 @@ static int table_filter_list(lua_State *L, int idx, l2_filter *f, unsigned field
     return 0;
 }
 
-static int table_filter(lua_State *L, int idx, scratch *s)
+static int table_filter(lua_State *L, int idx, l2_filter *f, const l2_filter_limits *flim, char *err)
 {
-    l2_filter *f = &s->flt;
     l2_filter_reset(f);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
@@ -439,27 +440,27 @@ static int table_filter(lua_State *L, int idx, scratch *s)
         int rc;
         if (lua_type(L, -2) != LUA_TSTRING) {
             lua_pop(L, 2);
-            return fmt_err(s->err, "invalid: %s", "filter keys must be strings");
+            return fmt_err(err, "invalid: %s", "filter keys must be strings");
         }
         const char *key = lua_tolstring(L, -2, &klen);
-        if (l2_filter_key(key, klen, &field, &letter, s->err) || l2_filter_begin(f, field, letter, s->err)) {
+        if (l2_filter_key(key, klen, &field, &letter, err) || l2_filter_begin(f, field, letter, err)) {
             lua_pop(L, 2);
             return -1;
         }
         int vi = lua_gettop(L);
         if (field & (L2_F_IDS | L2_F_AUTHORS | L2_F_KINDS | L2_F_TAG)) {
-            rc = table_filter_list(L, vi, f, field, key, &s->flim, s->err);
+            rc = table_filter_list(L, vi, f, field, key, flim, err);
         } else if (field == L2_F_SEARCH) {
             size_t n = 0;
             const char *p = lua_type(L, vi) == LUA_TSTRING ? lua_tolstring(L, vi, &n) : NULL;
-            rc = p ? l2_filter_set_search(f, p, n, 1, &s->flim, s->err)
-                   : fmt_err(s->err, "invalid: %s must be a string", key);
+            rc = p ? l2_filter_set_search(f, p, n, 1, flim, err)
+                   : fmt_err(err, "invalid: %s must be a string", key);
         } else {
             int64_t v;
-            int r = to_int64(L, vi, &v);
-            rc = r == -1 ? fmt_err(s->err, "invalid: %s must be a number", key)
-               : r == -2 ? fmt_err(s->err, "invalid: %s must be an integer", key)
-                         : l2_filter_set_number(f, field, v, s->err);
+            int r = l2lua_int64(L, vi, &v);
+            rc = r == -1 ? fmt_err(err, "invalid: %s must be a number", key)
+               : r == -2 ? fmt_err(err, "invalid: %s must be an integer", key)
+                         : l2_filter_set_number(f, field, v, err);
         }
         lua_pop(L, 1);
         if (rc) {
@@ -467,23 +468,28 @@ static int table_filter(lua_State *L, int idx, scratch *s)
             return -1;
         }
     }
-    return l2_filter_finish(f, s->err);
+    return l2_filter_finish(f, err);
+}
+
+int l2lua_filter_arg(lua_State *L, int idx, l2_filter *f, const l2_filter_limits *lim, char *err)
+{
+    l2lua_check_table_or_string(L, idx);
+    if (lua_type(L, idx) == LUA_TTABLE) return table_filter(L, idx, f, lim, err);
+    size_t n;
+    const char *p = lua_tolstring(L, idx, &n);
+    return l2_filter_parse_json(f, p, n, lim, err);
 }
 
 static int arg_filter(lua_State *L, int idx, scratch *s)
 {
-    check_table_or_string(L, idx);
-    if (lua_type(L, idx) == LUA_TTABLE) return table_filter(L, idx, s);
-    size_t n;
-    const char *p = lua_tolstring(L, idx, &n);
-    return l2_filter_parse_json(&s->flt, p, n, &s->flim, s->err);
+    return l2lua_filter_arg(L, idx, &s->flt, &s->flim, s->err);
 }
 
 static void push_hex_list(lua_State *L, uint8_t (*items)[32], uint32_t n, const char *name)
 {
     lua_createtable(L, (int)n, 0);
     for (uint32_t i = 0; i < n; i++) {
-        push_hex(L, items[i], 32);
+        l2lua_push_hex(L, items[i], 32);
         lua_rawseti(L, -2, (int)i + 1);
     }
     lua_setfield(L, -2, name);
@@ -532,7 +538,7 @@ static void push_filter(lua_State *L, const l2_filter *f)
 static int filter_parse(lua_State *L)
 {
     scratch *s = get_scratch(L);
-    if (arg_filter(L, 1, s)) return refuse(L, 0, s->err);
+    if (arg_filter(L, 1, s)) return l2lua_refuse(L, 0, s->err);
     push_filter(L, &s->flt);
     return 1;
 }
@@ -540,8 +546,8 @@ static int filter_parse(lua_State *L)
 static int filter_match(lua_State *L)
 {
     scratch *s = get_scratch(L);
-    if (arg_filter(L, 1, s)) return refuse(L, 0, s->err);
-    if (arg_event(L, 2, s, L2_HAVE_ALL)) return refuse(L, 0, s->err);
+    if (arg_filter(L, 1, s)) return l2lua_refuse(L, 0, s->err);
+    if (arg_event(L, 2, s, L2_HAVE_ALL)) return l2lua_refuse(L, 0, s->err);
     lua_pushboolean(L, l2_filter_match(&s->flt, &s->ev));
     return 1;
 }
@@ -581,8 +587,8 @@ static int schnorr_sign(lua_State *L)
     const uint8_t *msg = arg_bytes(L, 2, &n, &s->tmp);
     int ok = l2_schnorr_sign(sig, msg, n, sec, have_aux ? aux : NULL);
     memset(sec, 0, sizeof sec);
-    if (!ok) return refuse(L, 0, "invalid: secret key is not valid");
-    push_hex(L, sig, 64);
+    if (!ok) return l2lua_refuse(L, 0, "invalid: secret key is not valid");
+    l2lua_push_hex(L, sig, 64);
     return 1;
 }
 
@@ -592,8 +598,8 @@ static int schnorr_pubkey(lua_State *L)
     arg_hex(L, 1, sec, 32, 0, "secret key");
     int ok = l2_schnorr_pubkey(pub, sec);
     memset(sec, 0, sizeof sec);
-    if (!ok) return refuse(L, 0, "invalid: secret key is not valid");
-    push_hex(L, pub, 32);
+    if (!ok) return l2lua_refuse(L, 0, "invalid: secret key is not valid");
+    l2lua_push_hex(L, pub, 32);
     return 1;
 }
 
@@ -640,6 +646,8 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     add_lib(L, "event", event_funcs);
     add_lib(L, "filter", filter_funcs);
     add_lib(L, "schnorr", schnorr_funcs);
+    l2lua_open_lmdb(L);
+    lua_setfield(L, -2, "lmdb");
     lua_pushliteral(L, L2_VERSION);
     lua_setfield(L, -2, "version");
     lua_remove(L, -2);

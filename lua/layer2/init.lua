@@ -7,6 +7,7 @@ local layer2 = {
   event = core.event,
   filter = core.filter,
   schnorr = core.schnorr,
+  lmdb = core.lmdb,
 }
 
 return layer2

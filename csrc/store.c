@@ -1,0 +1,1324 @@
+#include "store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- layout ----
+ * events   serial(8)                              -> binary event
+ * ids      id(32)                                 -> serial(8)
+ * pubkey   pubkey(32) created_at(8) serial(8)     -> ""
+ * kind     kind(2) created_at(8) serial(8)        -> ""
+ * pubkind  pubkey(32) kind(2) created_at(8) serial(8) -> ""
+ * tag      letter(1) value(V) created_at(8) serial(8) -> ""   (single-letter tags with a value)
+ * created  created_at(8) serial(8)                -> ""
+ * expire   expiration(8) serial(8)                -> ""
+ * replace  pubkey(32) kind(2) d(V)                -> serial(8)   (the head of a replaceable slot)
+ * tomb     id(32) author(32)                      -> ""          (NIP-09 `e` deletions)
+ * atomb    pubkey(32) kind(2) d(V)                -> created_at(8) (NIP-09 `a` deletions)
+ * changes  seq(8)                                 -> op(1) id(32) serial(8)
+ * meta     name                                   -> value
+ * Integers are big-endian so cursors walk in order. V, a value key: 64-char lowercase hex as
+ * 0xFE + 32 bytes, up to 64 bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of
+ * its sha256. Index keys may therefore collide for long values: every candidate is checked
+ * against the whole filter before it is returned. */
+
+#define SCHEMA_VERSION 1
+#define DEFAULT_MAP (1ull << 30)
+#define MAX_VALUE_KEY 65
+#define MAX_ADDR_KEY (32 + 2 + MAX_VALUE_KEY)
+
+enum { DB_EVENTS, DB_IDS, DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE, DB_REPLACE,
+       DB_TOMB, DB_ATOMB, DB_CHANGES, DB_META, DB_COUNT };
+static const char *db_names[DB_COUNT] = {"events", "ids", "pubkey", "kind", "pubkind", "tag", "created",
+                                         "expire", "replace", "tomb", "atomb", "changes", "meta"};
+
+/* One LMDB environment per directory and process: LMDB forbids opening it twice. */
+typedef struct shared_env {
+    dev_t dev;
+    ino_t ino;
+    pid_t pid;
+    int refs;
+    MDB_env *env;
+    MDB_dbi dbi[DB_COUNT];
+    size_t map_size;
+    struct shared_env *next;
+} shared_env;
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static shared_env *registry;
+
+struct l2_store {
+    shared_env *sh;
+    MDB_env *env;
+    MDB_dbi *dbi;
+    char *path;
+    int fixed_map;
+    MDB_txn *rtxn;     /* reused read transaction: reset between uses, renewed when needed */
+    int rtxn_live;
+    MDB_cursor *iter;
+    l2_event ev, old;  /* decoded bodies */
+    l2_buf body, key;  /* copies and key building */
+};
+
+static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(char *err, const char *fmt, ...)
+{
+    if (!err) return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, L2_ERRLEN, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int lmdb_fail(char *err, const char *what, int rc)
+{
+    return fail(err, "error: %s: %s", what, mdb_strerror(rc));
+}
+
+static inline void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static inline uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    return v;
+}
+
+static inline void put_be16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+/* ---- nostr classification ---- */
+
+static int is_replaceable(uint32_t k)
+{
+    return k == 0 || k == 3 || (k >= 10000 && k < 20000);
+}
+static int is_ephemeral(uint32_t k)
+{
+    return k >= 20000 && k < 30000;
+}
+static int is_addressable(uint32_t k)
+{
+    return k >= 30000 && k < 40000;
+}
+
+static int tag_is(const l2_event *ev, uint32_t t, const char *name, size_t n)
+{
+    const l2_str *e;
+    if (l2_tag_len(ev, t) < 2) return 0;
+    e = l2_tag_elem(ev, t, 0);
+    return e->n == n && memcmp(e->p, name, n) == 0;
+}
+
+/* The `d` value of an addressable event ("" when absent or for a replaceable kind). */
+static l2_str d_value(const l2_event *ev)
+{
+    l2_str d = {"", 0};
+    if (!is_addressable(ev->kind)) return d;
+    for (uint32_t t = 0; t < ev->ntags; t++)
+        if (tag_is(ev, t, "d", 1)) return *l2_tag_elem(ev, t, 1);
+    return d;
+}
+
+/* NIP-40: the expiration timestamp, when the event has a well-formed one. */
+static int expiration(const l2_event *ev, int64_t *out)
+{
+    for (uint32_t t = 0; t < ev->ntags; t++) {
+        if (!tag_is(ev, t, "expiration", 10)) continue;
+        const l2_str *v = l2_tag_elem(ev, t, 1);
+        if (v->n == 0 || v->n > 15) return 0;
+        int64_t x = 0;
+        for (size_t i = 0; i < v->n; i++) {
+            if (v->p[i] < '0' || v->p[i] > '9') return 0;
+            x = x * 10 + (v->p[i] - '0');
+        }
+        *out = x;
+        return 1;
+    }
+    return 0;
+}
+
+static int is_hex64(const char *s, size_t n)
+{
+    uint8_t tmp[32];
+    return n == 64 && l2_hex_decode(tmp, s, 32) == 0;
+}
+
+static size_t value_key(uint8_t *out, const char *s, size_t n)
+{
+    if (n == 64 && l2_hex_decode(out + 1, s, 32) == 0) {
+        out[0] = 0xFE;
+        return 33;
+    }
+    if (n <= 64) {
+        out[0] = (uint8_t)n;
+        if (n) memcpy(out + 1, s, n);
+        return 1 + n;
+    }
+    uint8_t h[32];
+    l2_sha256(s, n, h);
+    out[0] = 0xFF;
+    memcpy(out + 1, s, 47);
+    memcpy(out + 48, h, 16);
+    return 64;
+}
+
+static size_t addr_key(uint8_t *out, const uint8_t pubkey[32], uint32_t kind, const char *d, size_t dn)
+{
+    memcpy(out, pubkey, 32);
+    put_be16(out + 32, kind);
+    return 34 + value_key(out + 34, d, dn);
+}
+
+/* ---- the environment ---- */
+
+static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, char *err)
+{
+    int rc, dead;
+    MDB_txn *txn;
+    if ((rc = mdb_env_create(&sh->env))) return lmdb_fail(err, "mdb_env_create", rc);
+    sh->map_size = o->map_size ? o->map_size : DEFAULT_MAP;
+    mdb_env_set_maxdbs(sh->env, DB_COUNT + 2);
+    mdb_env_set_maxreaders(sh->env, 1022);
+    mdb_env_set_mapsize(sh->env, sh->map_size);
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (o->nosync ? MDB_NOSYNC : 0);
+    if ((rc = mdb_env_open(sh->env, path, flags, 0664))) {
+        mdb_env_close(sh->env);
+        return fail(err, "error: cannot open the store at '%s': %s", path, mdb_strerror(rc));
+    }
+    mdb_reader_check(sh->env, &dead); /* readers left by crashed processes */
+    /* adopt a larger map another process may have set */
+    MDB_envinfo info;
+    mdb_env_info(sh->env, &info);
+    if (info.me_mapsize > sh->map_size) sh->map_size = info.me_mapsize;
+    if ((rc = mdb_txn_begin(sh->env, NULL, 0, &txn))) goto fail;
+    for (int i = 0; i < DB_COUNT; i++)
+        if ((rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &sh->dbi[i]))) goto abort;
+    MDB_val k = {7, "version"}, v;
+    rc = mdb_get(txn, sh->dbi[DB_META], &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        uint8_t ver[8];
+        put_be64(ver, SCHEMA_VERSION);
+        v.mv_size = 8;
+        v.mv_data = ver;
+        if ((rc = mdb_put(txn, sh->dbi[DB_META], &k, &v, 0))) goto abort;
+    } else if (rc) {
+        goto abort;
+    } else if (v.mv_size != 8 || get_be64(v.mv_data) != SCHEMA_VERSION) {
+        mdb_txn_abort(txn);
+        mdb_env_close(sh->env);
+        return fail(err, "error: the store at '%s' has schema version %llu; this layer2 reads version %d", path,
+                    v.mv_size == 8 ? (unsigned long long)get_be64(v.mv_data) : 0ull, SCHEMA_VERSION);
+    }
+    if ((rc = mdb_txn_commit(txn))) goto fail;
+    return 0;
+abort:
+    mdb_txn_abort(txn);
+fail:
+    mdb_env_close(sh->env);
+    return lmdb_fail(err, "opening the store", rc);
+}
+
+int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char *err)
+{
+    struct stat sb;
+    static const l2_store_opts defaults = {0, 0, 0};
+    if (!o) o = &defaults;
+    if (mkdir(path, 0775) != 0 && errno != EEXIST)
+        return fail(err, "error: cannot create the store directory '%s': %s", path, strerror(errno));
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return fail(err, "error: the store path '%s' is not a directory", path);
+    if (access(path, W_OK) != 0) return fail(err, "error: the store directory '%s' is not writable", path);
+    l2_store *st = calloc(1, sizeof *st);
+    if (!st || !(st->path = strdup(path))) {
+        free(st);
+        return fail(err, "error: out of memory");
+    }
+    pthread_mutex_lock(&registry_lock);
+    pid_t pid = getpid();
+    shared_env *sh = registry;
+    while (sh && !(sh->dev == sb.st_dev && sh->ino == sb.st_ino && sh->pid == pid)) sh = sh->next;
+    if (!sh) {
+        sh = calloc(1, sizeof *sh);
+        if (!sh || env_open(sh, path, o, err)) {
+            pthread_mutex_unlock(&registry_lock);
+            if (!sh) fail(err, "error: out of memory");
+            free(sh);
+            free(st->path);
+            free(st);
+            return -1;
+        }
+        sh->dev = sb.st_dev;
+        sh->ino = sb.st_ino;
+        sh->pid = pid;
+        sh->next = registry;
+        registry = sh;
+    }
+    sh->refs++;
+    pthread_mutex_unlock(&registry_lock);
+    st->sh = sh;
+    st->env = sh->env;
+    st->dbi = sh->dbi;
+    st->fixed_map = o->fixed_map;
+    l2_event_init(&st->ev);
+    l2_event_init(&st->old);
+    l2_buf_init(&st->body);
+    l2_buf_init(&st->key);
+    *out = st;
+    return 0;
+}
+
+void l2_store_close(l2_store *st)
+{
+    if (!st) return;
+    if (st->iter) mdb_cursor_close(st->iter);
+    if (st->rtxn) mdb_txn_abort(st->rtxn);
+    pthread_mutex_lock(&registry_lock);
+    if (--st->sh->refs == 0) {
+        shared_env **pp = &registry;
+        while (*pp != st->sh) pp = &(*pp)->next;
+        *pp = st->sh->next;
+        /* an environment inherited across fork belongs to the parent: never close it here */
+        if (st->sh->pid == getpid()) mdb_env_close(st->sh->env);
+        free(st->sh);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    l2_event_free(&st->ev);
+    l2_event_free(&st->old);
+    l2_buf_free(&st->body);
+    l2_buf_free(&st->key);
+    free(st->path);
+    free(st);
+}
+
+const char *l2_store_path(const l2_store *st)
+{
+    return st->path;
+}
+
+/* Another process grew the map: adopt its size (no transaction of ours may be live). */
+static int adopt_map(l2_store *st)
+{
+    MDB_envinfo info;
+    int rc = mdb_env_set_mapsize(st->env, 0);
+    mdb_env_info(st->env, &info);
+    st->sh->map_size = info.me_mapsize;
+    return rc;
+}
+
+static int read_begin(l2_store *st, char *err)
+{
+    int rc;
+    if (st->iter) {
+        mdb_cursor_close(st->iter);
+        st->iter = NULL;
+    }
+    if (st->rtxn_live) mdb_txn_reset(st->rtxn);
+    st->rtxn_live = 0;
+    for (int tries = 0; tries < 2; tries++) {
+        rc = st->rtxn ? mdb_txn_renew(st->rtxn) : mdb_txn_begin(st->env, NULL, MDB_RDONLY, &st->rtxn);
+        if (rc != MDB_MAP_RESIZED) break;
+        if (st->rtxn) {
+            mdb_txn_abort(st->rtxn);
+            st->rtxn = NULL;
+        }
+        adopt_map(st);
+    }
+    if (rc) return lmdb_fail(err, "read transaction", rc);
+    st->rtxn_live = 1;
+    return 0;
+}
+
+void l2_store_read_end(l2_store *st)
+{
+    if (st->iter) {
+        mdb_cursor_close(st->iter);
+        st->iter = NULL;
+    }
+    if (st->rtxn_live) mdb_txn_reset(st->rtxn);
+    st->rtxn_live = 0;
+}
+
+/* ---- writing ---- */
+
+typedef struct {
+    l2_store *st;
+    MDB_txn *txn;
+    uint64_t serial, seq; /* the next free ones */
+} wtx;
+
+static int meta_get_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *out)
+{
+    MDB_val k = {strlen(name), (void *)name}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        *out = 1;
+        return 0;
+    }
+    if (rc) return rc;
+    *out = v.mv_size == 8 ? get_be64(v.mv_data) : 1;
+    return 0;
+}
+
+static int meta_put_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t val)
+{
+    uint8_t b[8];
+    put_be64(b, val);
+    MDB_val k = {strlen(name), (void *)name}, v = {8, b};
+    return mdb_put(txn, dbi, &k, &v, 0);
+}
+
+static int put_empty(wtx *w, int db, const uint8_t *key, size_t n)
+{
+    MDB_val k = {n, (void *)key}, v = {0, ""};
+    return mdb_put(w->txn, w->st->dbi[db], &k, &v, 0);
+}
+
+static int del_key(wtx *w, int db, const uint8_t *key, size_t n)
+{
+    MDB_val k = {n, (void *)key};
+    int rc = mdb_del(w->txn, w->st->dbi[db], &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Calls fn for every index key of ev (all but ids and replace): the one definition used by
+ * insert, delete and check, so they can never disagree. */
+typedef int (*index_fn)(void *ud, int db, const uint8_t *key, size_t n);
+
+static int for_each_index(const l2_event *ev, uint64_t serial, index_fn fn, void *ud)
+{
+    uint8_t k[1 + MAX_VALUE_KEY + 16], tail[16];
+    int rc;
+    int64_t exp;
+    put_be64(tail, (uint64_t)ev->created_at);
+    put_be64(tail + 8, serial);
+    memcpy(k, ev->pubkey, 32);
+    memcpy(k + 32, tail, 16);
+    if ((rc = fn(ud, DB_PUBKEY, k, 48))) return rc;
+    put_be16(k + 32, ev->kind);
+    memcpy(k + 34, tail, 16);
+    if ((rc = fn(ud, DB_PUBKIND, k, 50))) return rc;
+    put_be16(k, ev->kind);
+    memcpy(k + 2, tail, 16);
+    if ((rc = fn(ud, DB_KIND, k, 18))) return rc;
+    if ((rc = fn(ud, DB_CREATED, tail, 16))) return rc;
+    for (uint32_t t = 0; t < ev->ntags; t++) {
+        const l2_str *name = l2_tag_elem(ev, t, 0);
+        if (l2_tag_len(ev, t) < 2 || name->n != 1) continue;
+        const l2_str *v = l2_tag_elem(ev, t, 1);
+        k[0] = (uint8_t)name->p[0];
+        size_t n = 1 + value_key(k + 1, v->p, v->n);
+        memcpy(k + n, tail, 16);
+        if ((rc = fn(ud, DB_TAG, k, n + 16))) return rc;
+    }
+    if (expiration(ev, &exp)) {
+        put_be64(k, (uint64_t)exp);
+        put_be64(k + 8, serial);
+        if ((rc = fn(ud, DB_EXPIRE, k, 16))) return rc;
+    }
+    return 0;
+}
+
+static int index_put(void *ud, int db, const uint8_t *key, size_t n)
+{
+    return put_empty(ud, db, key, n);
+}
+
+static int index_del(void *ud, int db, const uint8_t *key, size_t n)
+{
+    return del_key(ud, db, key, n);
+}
+
+static int add_change(wtx *w, int op, const uint8_t id[32], uint64_t serial)
+{
+    uint8_t k[8], rec[41];
+    put_be64(k, w->seq++);
+    rec[0] = (uint8_t)op;
+    memcpy(rec + 1, id, 32);
+    put_be64(rec + 33, serial);
+    MDB_val kv = {8, k}, vv = {41, rec};
+    return mdb_put(w->txn, w->st->dbi[DB_CHANGES], &kv, &vv, MDB_APPEND);
+}
+
+/* Decodes the stored event `serial` into ev (a private copy when `copy`); MDB_NOTFOUND if absent. */
+static int load(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, int copy)
+{
+    uint8_t k[8];
+    put_be64(k, serial);
+    MDB_val kv = {8, k}, v;
+    int rc = mdb_get(txn, st->dbi[DB_EVENTS], &kv, &v);
+    if (rc) return rc;
+    const void *data = v.mv_data;
+    if (copy) {
+        st->body.len = 0;
+        if (l2_buf_put(&st->body, v.mv_data, v.mv_size)) return ENOMEM;
+        data = st->body.data;
+    }
+    return l2_event_decode_bin(ev, data, v.mv_size, NULL) ? MDB_CORRUPTED : 0;
+}
+
+static int lookup_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t *serial)
+{
+    MDB_val k = {32, (void *)id}, v;
+    int rc = mdb_get(txn, st->dbi[DB_IDS], &k, &v);
+    if (rc == 0) *serial = v.mv_size == 8 ? get_be64(v.mv_data) : 0;
+    return rc;
+}
+
+/* Removes a stored event and everything that points at it. */
+static int remove_event(wtx *w, uint64_t serial, int op)
+{
+    l2_store *st = w->st;
+    l2_event *ev = &st->old;
+    uint8_t k[MAX_ADDR_KEY], sk[8];
+    int rc = load(st, w->txn, serial, ev, 1);
+    if (rc) return rc;
+    if ((rc = for_each_index(ev, serial, index_del, w))) return rc;
+    if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
+    if (is_replaceable(ev->kind) || is_addressable(ev->kind)) {
+        l2_str d = d_value(ev);
+        size_t n = addr_key(k, ev->pubkey, ev->kind, d.p, d.n);
+        MDB_val kv = {n, k}, v;
+        if (mdb_get(w->txn, st->dbi[DB_REPLACE], &kv, &v) == 0 && v.mv_size == 8 && get_be64(v.mv_data) == serial &&
+            (rc = del_key(w, DB_REPLACE, k, n)))
+            return rc;
+    }
+    put_be64(sk, serial);
+    if ((rc = del_key(w, DB_EVENTS, sk, 8))) return rc;
+    return add_change(w, op, ev->id, serial);
+}
+
+static int put_tombstone(wtx *w, const uint8_t id[32], const uint8_t author[32])
+{
+    uint8_t k[64];
+    memcpy(k, id, 32);
+    memcpy(k + 32, author, 32);
+    return put_empty(w, DB_TOMB, k, 64);
+}
+
+/* NIP-09: what a kind-5 event deletes. Only the author's own events; never another deletion. */
+static int apply_deletion(wtx *w, const l2_event *del, l2_save_result *r)
+{
+    l2_store *st = w->st;
+    int rc;
+    for (uint32_t t = 0; t < del->ntags; t++) {
+        const l2_str *v = l2_tag_len(del, t) >= 2 ? l2_tag_elem(del, t, 1) : NULL;
+        if (tag_is(del, t, "e", 1) && is_hex64(v->p, v->n)) {
+            uint8_t id[32];
+            uint64_t serial;
+            l2_hex_decode(id, v->p, 32);
+            rc = lookup_id(w->txn, st, id, &serial);
+            if (rc == 0) {
+                if ((rc = load(st, w->txn, serial, &st->old, 0))) return rc;
+                if (memcmp(st->old.pubkey, del->pubkey, 32) == 0 && st->old.kind != 5) {
+                    if ((rc = remove_event(w, serial, L2_CHANGE_DELETED))) return rc;
+                    r->deleted++;
+                }
+            } else if (rc != MDB_NOTFOUND) {
+                return rc;
+            }
+            if ((rc = put_tombstone(w, id, del->pubkey))) return rc;
+        } else if (tag_is(del, t, "a", 1)) {
+            /* kind:pubkey:d, where d may itself contain ':' */
+            const char *s = v->p, *end = v->p + v->n, *c1 = memchr(s, ':', v->n), *c2;
+            if (!c1 || !(c2 = memchr(c1 + 1, ':', (size_t)(end - c1 - 1)))) continue;
+            uint32_t kind = 0;
+            size_t kn = (size_t)(c1 - s);
+            uint8_t pk[32], k[MAX_ADDR_KEY], when[8];
+            if (kn == 0 || kn > 5) continue;
+            for (size_t i = 0; i < kn; i++) kind = kind * 10 + (uint32_t)(s[i] - '0');
+            int digits = 1;
+            for (size_t i = 0; i < kn; i++) digits &= s[i] >= '0' && s[i] <= '9';
+            if (!digits || !(is_replaceable(kind) || is_addressable(kind))) continue;
+            if (c2 - c1 - 1 != 64 || l2_hex_decode(pk, c1 + 1, 32) || memcmp(pk, del->pubkey, 32) != 0) continue;
+            const char *d = c2 + 1;
+            size_t dn = is_addressable(kind) ? (size_t)(end - d) : 0;
+            size_t n = addr_key(k, pk, kind, d, dn);
+            MDB_val kv = {n, k}, vv;
+            rc = mdb_get(w->txn, st->dbi[DB_ATOMB], &kv, &vv);
+            if (rc && rc != MDB_NOTFOUND) return rc;
+            if (rc == MDB_NOTFOUND || (vv.mv_size == 8 && get_be64(vv.mv_data) < (uint64_t)del->created_at)) {
+                put_be64(when, (uint64_t)del->created_at);
+                vv.mv_size = 8;
+                vv.mv_data = when;
+                if ((rc = mdb_put(w->txn, st->dbi[DB_ATOMB], &kv, &vv, 0))) return rc;
+            }
+            rc = mdb_get(w->txn, st->dbi[DB_REPLACE], &kv, &vv);
+            if (rc == 0 && vv.mv_size == 8) {
+                uint64_t serial = get_be64(vv.mv_data);
+                if ((rc = load(st, w->txn, serial, &st->old, 0))) return rc;
+                if (st->old.created_at <= del->created_at) {
+                    if ((rc = remove_event(w, serial, L2_CHANGE_DELETED))) return rc;
+                    r->deleted++;
+                }
+            } else if (rc != MDB_NOTFOUND) {
+                return rc;
+            }
+        }
+    }
+    return 0;
+}
+
+static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
+{
+    l2_store *st = w->st;
+    uint64_t serial;
+    int64_t exp;
+    int rc;
+    r->replaced = r->deleted = 0;
+    if (is_ephemeral(ev->kind)) {
+        r->status = L2_SAVE_EPHEMERAL;
+        return 0;
+    }
+    if (expiration(ev, &exp) && exp <= now) {
+        r->status = L2_SAVE_EXPIRED;
+        return 0;
+    }
+    rc = lookup_id(w->txn, st, ev->id, &serial);
+    if (rc == 0) {
+        r->status = L2_SAVE_DUPLICATE;
+        return 0;
+    }
+    if (rc != MDB_NOTFOUND) return rc;
+    if (ev->kind != 5) {
+        uint8_t tk[64];
+        memcpy(tk, ev->id, 32);
+        memcpy(tk + 32, ev->pubkey, 32);
+        MDB_val k = {64, tk}, v;
+        rc = mdb_get(w->txn, st->dbi[DB_TOMB], &k, &v);
+        if (rc == 0) {
+            r->status = L2_SAVE_DELETED;
+            return 0;
+        }
+        if (rc != MDB_NOTFOUND) return rc;
+    }
+    uint8_t ak[MAX_ADDR_KEY];
+    size_t an = 0;
+    if (is_replaceable(ev->kind) || is_addressable(ev->kind)) {
+        l2_str d = d_value(ev);
+        an = addr_key(ak, ev->pubkey, ev->kind, d.p, d.n);
+        MDB_val k = {an, ak}, v;
+        rc = mdb_get(w->txn, st->dbi[DB_ATOMB], &k, &v);
+        if (rc == 0 && v.mv_size == 8 && (uint64_t)ev->created_at <= get_be64(v.mv_data)) {
+            r->status = L2_SAVE_DELETED;
+            return 0;
+        }
+        if (rc && rc != MDB_NOTFOUND) return rc;
+        rc = mdb_get(w->txn, st->dbi[DB_REPLACE], &k, &v);
+        if (rc == 0 && v.mv_size == 8) {
+            uint64_t head = get_be64(v.mv_data);
+            if ((rc = load(st, w->txn, head, &st->old, 0))) return rc;
+            /* newer created_at wins; a tie goes to the lower id */
+            if (st->old.created_at > ev->created_at ||
+                (st->old.created_at == ev->created_at && memcmp(st->old.id, ev->id, 32) < 0)) {
+                r->status = L2_SAVE_OLDER;
+                return 0;
+            }
+            if ((rc = remove_event(w, head, L2_CHANGE_REPLACED))) return rc;
+            r->replaced++;
+        } else if (rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+    serial = w->serial++;
+    uint8_t sk[8];
+    put_be64(sk, serial);
+    st->body.len = 0;
+    if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
+    MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
+    if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, MDB_APPEND))) return rc;
+    MDB_val ik = {32, (void *)ev->id}, iv = {8, sk};
+    if ((rc = mdb_put(w->txn, st->dbi[DB_IDS], &ik, &iv, 0))) return rc;
+    if ((rc = for_each_index(ev, serial, index_put, w))) return rc;
+    if (an) {
+        MDB_val rk = {an, ak};
+        if ((rc = mdb_put(w->txn, st->dbi[DB_REPLACE], &rk, &iv, 0))) return rc;
+    }
+    if ((rc = add_change(w, L2_CHANGE_SAVED, ev->id, serial))) return rc;
+    r->status = L2_SAVE_STORED;
+    if (ev->kind == 5) return apply_deletion(w, ev, r);
+    return 0;
+}
+
+static int write_begin(l2_store *st, wtx *w)
+{
+    int rc;
+    l2_store_read_end(st);
+    w->st = st;
+    rc = mdb_txn_begin(st->env, NULL, 0, &w->txn);
+    if (rc == MDB_MAP_RESIZED) {
+        adopt_map(st);
+        rc = mdb_txn_begin(st->env, NULL, 0, &w->txn);
+    }
+    if (rc) return rc;
+    if ((rc = meta_get_u64(w->txn, st->dbi[DB_META], "serial", &w->serial)) ||
+        (rc = meta_get_u64(w->txn, st->dbi[DB_META], "seq", &w->seq))) {
+        mdb_txn_abort(w->txn);
+        return rc;
+    }
+    return 0;
+}
+
+static int write_commit(wtx *w)
+{
+    int rc;
+    if ((rc = meta_put_u64(w->txn, w->st->dbi[DB_META], "serial", w->serial)) ||
+        (rc = meta_put_u64(w->txn, w->st->dbi[DB_META], "seq", w->seq))) {
+        mdb_txn_abort(w->txn);
+        return rc;
+    }
+    return mdb_txn_commit(w->txn);
+}
+
+/* The map is full: double it (an unlimited store) and have the caller redo its transaction. */
+static int grow_map(l2_store *st, char *err)
+{
+    if (st->fixed_map) return fail(err, "error: the store is full (its map size is %zu bytes)", st->sh->map_size);
+    MDB_envinfo info;
+    mdb_env_info(st->env, &info);
+    size_t size = (info.me_mapsize > st->sh->map_size ? info.me_mapsize : st->sh->map_size) * 2;
+    int rc = mdb_env_set_mapsize(st->env, size);
+    if (rc) return lmdb_fail(err, "growing the map", rc);
+    st->sh->map_size = size;
+    return 0;
+}
+
+/* Runs body(w, ud) in one write transaction, growing the map and retrying when it fills. */
+static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char *err)
+{
+    for (;;) {
+        wtx w;
+        int rc = write_begin(st, &w);
+        if (rc) return lmdb_fail(err, "write transaction", rc);
+        rc = body(&w, ud);
+        if (rc == 0) rc = write_commit(&w);
+        else mdb_txn_abort(w.txn);
+        if (rc == 0) return 0;
+        if (rc == MDB_MAP_FULL) {
+            if (grow_map(st, err)) return -1;
+            continue;
+        }
+        if (rc == ENOMEM) return fail(err, "error: out of memory");
+        return lmdb_fail(err, "writing", rc);
+    }
+}
+
+typedef struct {
+    l2_event *const *evs;
+    size_t n;
+    int64_t now;
+    l2_save_result *res;
+} save_args;
+
+static int save_body(wtx *w, void *ud)
+{
+    save_args *a = ud;
+    for (size_t i = 0; i < a->n; i++) {
+        int rc = save_one(w, a->evs[i], a->now, &a->res[i]);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
+{
+    save_args a = {evs, n, now, res};
+    return write_txn(st, save_body, &a, err);
+}
+
+const char *l2_save_message(int status)
+{
+    switch (status) {
+    case L2_SAVE_DUPLICATE: return "duplicate: already have this event";
+    case L2_SAVE_OLDER: return "duplicate: a newer version of this replaceable event is stored";
+    case L2_SAVE_DELETED: return "blocked: this event was deleted by its author";
+    case L2_SAVE_EXPIRED: return "invalid: this event has expired";
+    default: return NULL;
+    }
+}
+
+typedef struct {
+    const uint8_t *id;
+    int tombstone, found;
+} delete_args;
+
+static int delete_body(wtx *w, void *ud)
+{
+    delete_args *a = ud;
+    uint64_t serial;
+    int rc = lookup_id(w->txn, w->st, a->id, &serial);
+    a->found = rc == 0;
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if ((rc = remove_event(w, serial, L2_CHANGE_DELETED))) return rc;
+    return a->tombstone ? put_tombstone(w, a->id, w->st->old.pubkey) : 0;
+}
+
+int l2_store_delete(l2_store *st, const uint8_t id[32], int tombstone, int *found, char *err)
+{
+    delete_args a = {id, tombstone, 0};
+    if (write_txn(st, delete_body, &a, err)) return -1;
+    *found = a.found;
+    return 0;
+}
+
+typedef struct {
+    int64_t now;
+    uint64_t removed;
+} sweep_args;
+
+static int sweep_body(wtx *w, void *ud)
+{
+    sweep_args *a = ud;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(w->txn, w->st->dbi[DB_EXPIRE], &c);
+    a->removed = 0;
+    if (rc) return rc;
+    /* removing an event deletes its expire key, so always restart from the first one */
+    while ((rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0) {
+        if (k.mv_size != 16 || (int64_t)get_be64(k.mv_data) > a->now) break;
+        uint64_t serial = get_be64((uint8_t *)k.mv_data + 8);
+        rc = remove_event(w, serial, L2_CHANGE_DELETED);
+        if (rc == MDB_NOTFOUND) rc = mdb_cursor_del(c, 0); /* a dangling key: drop it */
+        else a->removed++;
+        if (rc) break;
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int l2_store_sweep(l2_store *st, int64_t now, uint64_t *removed, char *err)
+{
+    sweep_args a = {now, 0};
+    if (write_txn(st, sweep_body, &a, err)) return -1;
+    *removed = a.removed;
+    return 0;
+}
+
+static int nuke_body(wtx *w, void *ud)
+{
+    (void)ud;
+    for (int i = 0; i < DB_COUNT; i++) {
+        int rc;
+        if (i == DB_META) continue;
+        if ((rc = mdb_drop(w->txn, w->st->dbi[i], 0))) return rc;
+    }
+    /* serial and seq keep counting up, so change cursors held by readers stay meaningful */
+    return 0;
+}
+
+int l2_store_nuke(l2_store *st, char *err)
+{
+    return write_txn(st, nuke_body, NULL, err);
+}
+
+int l2_store_sync(l2_store *st, char *err)
+{
+    int rc = mdb_env_sync(st->env, 1);
+    return rc ? lmdb_fail(err, "sync", rc) : 0;
+}
+
+/* ---- reading ---- */
+
+void l2_hits_free(l2_hits *h)
+{
+    free(h->v);
+    h->v = NULL;
+    h->n = h->cap = 0;
+}
+
+static int hits_push(l2_hits *h, const l2_event *ev, uint64_t serial)
+{
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        l2_hit *v = realloc(h->v, cap * sizeof *v);
+        if (!v) return ENOMEM;
+        h->v = v;
+        h->cap = cap;
+    }
+    l2_hit *x = &h->v[h->n++];
+    x->created_at = ev->created_at;
+    memcpy(x->id, ev->id, 32);
+    x->serial = serial;
+    return 0;
+}
+
+static int hit_order(const void *a, const void *b)
+{
+    const l2_hit *x = a, *y = b;
+    if (x->created_at != y->created_at) return x->created_at > y->created_at ? -1 : 1;
+    int c = memcmp(x->id, y->id, 32);
+    if (c) return c;
+    return (x->serial > y->serial) - (x->serial < y->serial);
+}
+
+static int serial_order(const void *a, const void *b)
+{
+    const l2_hit *x = a, *y = b;
+    return (x->serial > y->serial) - (x->serial < y->serial);
+}
+
+/* sorts [from, n) by order and drops repeated serials (equal serials sort next to each other) */
+static void sort_unique_hits(l2_hits *h, size_t from, int (*order)(const void *, const void *))
+{
+    size_t n = h->n - from, out = 0;
+    l2_hit *v = h->v + from;
+    qsort(v, n, sizeof *v, order);
+    for (size_t i = 0; i < n; i++)
+        if (out == 0 || v[out - 1].serial != v[i].serial) v[out++] = v[i];
+    h->n = from + out;
+}
+
+/* One backward walk over an index range: prefix, created_at in [since, until], serial. */
+typedef struct {
+    MDB_cursor *cur;
+    size_t plen;
+    uint8_t prefix[1 + MAX_VALUE_KEY + 34];
+    int64_t created_at;
+    uint64_t serial;
+} scan;
+
+static int scan_load(scan *s, const MDB_val *k, int64_t since)
+{
+    const uint8_t *p = k->mv_data;
+    if (k->mv_size != s->plen + 16 || (s->plen && memcmp(p, s->prefix, s->plen) != 0)) return 0;
+    s->created_at = (int64_t)get_be64(p + s->plen);
+    s->serial = get_be64(p + s->plen + 8);
+    return s->created_at >= since;
+}
+
+static int scan_start(scan *s, int64_t since, int64_t until)
+{
+    uint8_t key[sizeof s->prefix + 16];
+    MDB_val k = {s->plen + 16, key}, v;
+    memcpy(key, s->prefix, s->plen);
+    put_be64(key + s->plen, (uint64_t)until);
+    put_be64(key + s->plen + 8, UINT64_MAX);
+    int rc = mdb_cursor_get(s->cur, &k, &v, MDB_SET_RANGE);
+    rc = mdb_cursor_get(s->cur, &k, &v, rc == MDB_NOTFOUND ? MDB_LAST : MDB_PREV);
+    return rc == 0 && scan_load(s, &k, since);
+}
+
+static int scan_next(scan *s, int64_t since)
+{
+    MDB_val k, v;
+    return mdb_cursor_get(s->cur, &k, &v, MDB_PREV) == 0 && scan_load(s, &k, since);
+}
+
+static void heap_down(scan **h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && h[l]->created_at > h[m]->created_at) m = l;
+        if (r < n && h[r]->created_at > h[m]->created_at) m = r;
+        if (m == i) return;
+        scan *t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+/* A small open-addressing set of serials: one event reached through two tag values is one hit. */
+typedef struct {
+    uint64_t *slot;
+    size_t cap, n;
+} serial_set;
+
+static int set_add(serial_set *s, uint64_t x) /* 1 added, 0 present, -1 no memory */
+{
+    if (2 * (s->n + 1) > s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 256;
+        uint64_t *slot = calloc(cap, sizeof *slot);
+        if (!slot) return -1;
+        for (size_t i = 0; i < s->cap; i++) {
+            if (!s->slot[i]) continue;
+            size_t j = (s->slot[i] * 0x9E3779B97F4A7C15ull) & (cap - 1);
+            while (slot[j]) j = (j + 1) & (cap - 1);
+            slot[j] = s->slot[i];
+        }
+        free(s->slot);
+        s->slot = slot;
+        s->cap = cap;
+    }
+    size_t j = (x * 0x9E3779B97F4A7C15ull) & (s->cap - 1);
+    while (s->slot[j]) {
+        if (s->slot[j] == x) return 0;
+        j = (j + 1) & (s->cap - 1);
+    }
+    s->slot[j] = x; /* serials start at 1, so 0 marks an empty slot */
+    s->n++;
+    return 1;
+}
+
+/* Loads serial and appends it to out when it matches f and has not expired. */
+static int consider(l2_store *st, const l2_filter *f, uint64_t serial, int64_t now, l2_hits *out, int *matched)
+{
+    int64_t exp;
+    int rc = load(st, st->rtxn, serial, &st->ev, 0);
+    *matched = 0;
+    if (rc == MDB_NOTFOUND) return 0; /* a dangling index entry: never returned */
+    if (rc) return rc;
+    if (!l2_filter_match(f, &st->ev)) return 0;
+    if (expiration(&st->ev, &exp) && exp <= now) return 0;
+    *matched = 1;
+    return hits_push(out, &st->ev, serial);
+}
+
+/* Picks the index for a filter (ids, then the tag with fewest values, pubkey+kind, pubkey, kind,
+ * created_at) and fills one scan per prefix. */
+static int plan(l2_store *st, const l2_filter *f, scan **scans, size_t *nscans, int *db)
+{
+    size_t n = 0;
+    scan *s = NULL;
+    if (f->ntags) {
+        const l2_tag_cond *best = &f->tags[0];
+        for (uint32_t i = 1; i < f->ntags; i++)
+            if (f->tags[i].n < best->n) best = &f->tags[i];
+        *db = DB_TAG;
+        if (!(s = calloc(best->n, sizeof *s))) return ENOMEM;
+        for (uint32_t i = 0; i < best->n; i++, n++) {
+            const l2_str *v = &f->values[best->first + i];
+            s[n].prefix[0] = (uint8_t)best->letter;
+            s[n].plen = 1 + value_key(s[n].prefix + 1, v->p, v->n);
+        }
+    } else if ((f->have & L2_F_AUTHORS) && (f->have & L2_F_KINDS) && (uint64_t)f->nauthors * f->nkinds <= 4096) {
+        *db = DB_PUBKIND;
+        if (!(s = calloc((size_t)f->nauthors * f->nkinds, sizeof *s))) return ENOMEM;
+        for (uint32_t a = 0; a < f->nauthors; a++)
+            for (uint32_t k = 0; k < f->nkinds; k++, n++) {
+                memcpy(s[n].prefix, f->authors[a], 32);
+                put_be16(s[n].prefix + 32, f->kinds[k]);
+                s[n].plen = 34;
+            }
+    } else if (f->have & L2_F_AUTHORS) {
+        *db = DB_PUBKEY;
+        if (!(s = calloc(f->nauthors, sizeof *s))) return ENOMEM;
+        for (uint32_t a = 0; a < f->nauthors; a++, n++) {
+            memcpy(s[n].prefix, f->authors[a], 32);
+            s[n].plen = 32;
+        }
+    } else if (f->have & L2_F_KINDS) {
+        *db = DB_KIND;
+        if (!(s = calloc(f->nkinds, sizeof *s))) return ENOMEM;
+        for (uint32_t k = 0; k < f->nkinds; k++, n++) {
+            put_be16(s[n].prefix, f->kinds[k]);
+            s[n].plen = 2;
+        }
+    } else {
+        *db = DB_CREATED;
+        if (!(s = calloc(1, sizeof *s))) return ENOMEM;
+        n = 1;
+    }
+    (void)st;
+    *scans = s;
+    *nscans = n;
+    return 0;
+}
+
+static int run_filter(l2_store *st, const l2_filter *f, int64_t limit, int64_t now, l2_hits *out)
+{
+    int rc = 0, matched;
+    size_t base = out->n;
+    if (l2_filter_is_empty(f) || limit <= 0) return 0;
+    if (f->have & L2_F_IDS) {
+        for (uint32_t i = 0; i < f->nids && rc == 0; i++) {
+            uint64_t serial;
+            rc = lookup_id(st->rtxn, st, f->ids[i], &serial);
+            if (rc == MDB_NOTFOUND) rc = 0;
+            else if (rc == 0) rc = consider(st, f, serial, now, out, &matched);
+        }
+    } else {
+        scan *scans;
+        size_t nscans, live = 0;
+        int db;
+        int64_t since = (f->have & L2_F_SINCE) ? f->since : 0;
+        int64_t until = (f->have & L2_F_UNTIL) ? f->until : L2_MAX_CREATED_AT;
+        if ((rc = plan(st, f, &scans, &nscans, &db))) return rc;
+        scan **heap = malloc(nscans * sizeof *heap);
+        serial_set seen = {NULL, 0, 0};
+        if (!heap) rc = ENOMEM;
+        for (size_t i = 0; i < nscans && rc == 0; i++) {
+            if ((rc = mdb_cursor_open(st->rtxn, st->dbi[db], &scans[i].cur))) break;
+            if (scan_start(&scans[i], since, until)) heap[live++] = &scans[i];
+        }
+        for (size_t i = live / 2; i-- > 0;) heap_down(heap, live, i);
+        int64_t count = 0, stop_at = -1;
+        while (rc == 0 && live) {
+            scan *s = heap[0];
+            /* `limit` found: keep only the ties of the last one (they are ordered by id below) */
+            if (count >= limit && s->created_at < stop_at) break;
+            int fresh = f->ntags ? set_add(&seen, s->serial) : 1;
+            if (fresh < 0) rc = ENOMEM;
+            else if (fresh && (rc = consider(st, f, s->serial, now, out, &matched)) == 0 && matched &&
+                     ++count == limit)
+                stop_at = s->created_at;
+            if (!scan_next(s, since)) heap[0] = heap[--live];
+            heap_down(heap, live, 0);
+        }
+        for (size_t i = 0; i < nscans; i++)
+            if (scans[i].cur) mdb_cursor_close(scans[i].cur);
+        free(seen.slot);
+        free(heap);
+        free(scans);
+    }
+    if (rc) return rc;
+    sort_unique_hits(out, base, hit_order);
+    if ((int64_t)(out->n - base) > limit) out->n = base + (size_t)limit;
+    return 0;
+}
+
+int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_hits *out,
+                   char *err)
+{
+    out->n = 0;
+    if (read_begin(st, err)) return -1;
+    for (size_t i = 0; i < nf; i++) {
+        const l2_filter *f = &fs[i];
+        int64_t limit = (f->have & L2_F_LIMIT) && f->limit < max_limit ? f->limit : max_limit;
+        int rc = run_filter(st, f, limit, now, out);
+        if (rc) {
+            l2_store_read_end(st);
+            return rc == ENOMEM ? fail(err, "error: out of memory") : lmdb_fail(err, "query", rc);
+        }
+    }
+    if (nf > 1) sort_unique_hits(out, 0, hit_order);
+    return 0;
+}
+
+int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err)
+{
+    l2_hits hits = {NULL, 0, 0};
+    int rc = 0;
+    if (read_begin(st, err)) return -1;
+    for (size_t i = 0; i < nf && rc == 0; i++) rc = run_filter(st, &fs[i], INT64_MAX, now, &hits);
+    l2_store_read_end(st);
+    if (rc == 0 && nf > 1) sort_unique_hits(&hits, 0, serial_order);
+    *count = hits.n;
+    l2_hits_free(&hits);
+    if (rc) return rc == ENOMEM ? fail(err, "error: out of memory") : lmdb_fail(err, "count", rc);
+    return 0;
+}
+
+int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len)
+{
+    uint8_t k[8];
+    put_be64(k, serial);
+    MDB_val kv = {8, k}, v;
+    if (!st->rtxn_live || mdb_get(st->rtxn, st->dbi[DB_EVENTS], &kv, &v)) return -1;
+    *data = v.mv_data;
+    *len = v.mv_size;
+    return 0;
+}
+
+int l2_store_iter_begin(l2_store *st, char *err)
+{
+    if (read_begin(st, err)) return -1;
+    int rc = mdb_cursor_open(st->rtxn, st->dbi[DB_EVENTS], &st->iter);
+    if (rc) {
+        l2_store_read_end(st);
+        return lmdb_fail(err, "export", rc);
+    }
+    return 0;
+}
+
+int l2_store_iter_next(l2_store *st, uint64_t *serial, const void **data, size_t *len)
+{
+    MDB_val k, v;
+    if (!st->iter || mdb_cursor_get(st->iter, &k, &v, MDB_NEXT) != 0) return 0;
+    *serial = get_be64(k.mv_data);
+    *data = v.mv_data;
+    *len = v.mv_size;
+    return 1;
+}
+
+int l2_store_changes(l2_store *st, uint64_t after, size_t max, l2_change *out, size_t *n, char *err)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint8_t start[8];
+    *n = 0;
+    if (read_begin(st, err)) return -1;
+    int rc = mdb_cursor_open(st->rtxn, st->dbi[DB_CHANGES], &c);
+    if (rc) {
+        l2_store_read_end(st);
+        return lmdb_fail(err, "changes", rc);
+    }
+    put_be64(start, after + 1);
+    k.mv_size = 8;
+    k.mv_data = start;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && *n < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8 || v.mv_size != 41) continue;
+        l2_change *ch = &out[(*n)++];
+        ch->seq = get_be64(k.mv_data);
+        ch->op = ((uint8_t *)v.mv_data)[0];
+        memcpy(ch->id, (uint8_t *)v.mv_data + 1, 32);
+        ch->serial = get_be64((uint8_t *)v.mv_data + 33);
+    }
+    mdb_cursor_close(c);
+    return 0;
+}
+
+static uint64_t entries(MDB_txn *txn, MDB_dbi dbi)
+{
+    MDB_stat s;
+    return mdb_stat(txn, dbi, &s) ? 0 : s.ms_entries;
+}
+
+int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err)
+{
+    MDB_envinfo info;
+    MDB_stat es;
+    char file[4096];
+    struct stat sb;
+    memset(s, 0, sizeof *s);
+    if (read_begin(st, err)) return -1;
+    MDB_txn *t = st->rtxn;
+    s->events = entries(t, st->dbi[DB_EVENTS]);
+    s->index_entries = entries(t, st->dbi[DB_PUBKEY]) + entries(t, st->dbi[DB_KIND]) +
+                       entries(t, st->dbi[DB_PUBKIND]) + entries(t, st->dbi[DB_TAG]) +
+                       entries(t, st->dbi[DB_CREATED]) + entries(t, st->dbi[DB_EXPIRE]) + entries(t, st->dbi[DB_IDS]);
+    s->tombstones = entries(t, st->dbi[DB_TOMB]) + entries(t, st->dbi[DB_ATOMB]);
+    s->changes = entries(t, st->dbi[DB_CHANGES]);
+    meta_get_u64(t, st->dbi[DB_META], "seq", &s->last_seq);
+    s->last_seq--;
+    l2_store_read_end(st);
+    mdb_env_info(st->env, &info);
+    mdb_env_stat(st->env, &es);
+    s->page_size = es.ms_psize;
+    s->used_bytes = (uint64_t)(info.me_last_pgno + 1) * es.ms_psize;
+    s->map_bytes = info.me_mapsize;
+    snprintf(file, sizeof file, "%s/data.mdb", st->path);
+    if (stat(file, &sb) == 0) s->file_bytes = (uint64_t)sb.st_size;
+    return 0;
+}
+
+/* ---- check ---- */
+
+typedef struct {
+    l2_store *st;
+    void (*problem)(void *ud, const char *msg);
+    void *ud;
+    uint64_t count;
+} check_ctx;
+
+typedef struct {
+    int db;
+    const void *key;
+    size_t n;
+    int found;
+} key_match;
+
+static int key_equal(void *ud, int db, const uint8_t *key, size_t n)
+{
+    key_match *m = ud;
+    if (db == m->db && n == m->n && memcmp(key, m->key, n) == 0) m->found = 1;
+    return m->found; /* stop at the first match */
+}
+
+static void report(check_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void report(check_ctx *c, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    c->count++;
+    if (c->problem) c->problem(c->ud, msg);
+}
+
+static int index_present(void *ud, int db, const uint8_t *key, size_t n)
+{
+    check_ctx *c = ud;
+    MDB_val k = {n, (void *)key}, v;
+    if (mdb_get(c->st->rtxn, c->st->dbi[db], &k, &v) != 0) {
+        char hex[65];
+        l2_hex_encode(hex, c->st->ev.id, 32);
+        hex[64] = 0;
+        report(c, "event %s is missing from the %s index", hex, db_names[db]);
+    }
+    return 0;
+}
+
+int l2_store_check(l2_store *st, void (*problem)(void *ud, const char *msg), void *ud, uint64_t *nproblems, char *err)
+{
+    check_ctx c = {st, problem, ud, 0};
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc;
+    if (read_begin(st, err)) return -1;
+    MDB_txn *t = st->rtxn;
+    /* every event: decodes, is in ids, and has all its index keys */
+    if ((rc = mdb_cursor_open(t, st->dbi[DB_EVENTS], &cur))) goto fail;
+    uint64_t nevents = 0;
+    while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
+        uint64_t serial = get_be64(k.mv_data), s2;
+        nevents++;
+        if (l2_event_decode_bin(&st->ev, v.mv_data, v.mv_size, NULL)) {
+            report(&c, "event at serial %llu does not decode", (unsigned long long)serial);
+            continue;
+        }
+        if (lookup_id(t, st, st->ev.id, &s2) != 0 || s2 != serial)
+            report(&c, "event at serial %llu is missing from the ids index", (unsigned long long)serial);
+        for_each_index(&st->ev, serial, index_present, &c);
+    }
+    mdb_cursor_close(cur);
+    /* every index entry: points at a live event whose own keys include it */
+    static const int dbs[] = {DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE};
+    for (size_t i = 0; i < sizeof dbs / sizeof *dbs; i++) {
+        if ((rc = mdb_cursor_open(t, st->dbi[dbs[i]], &cur))) goto fail;
+        while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
+            uint64_t serial = k.mv_size >= 16 ? get_be64((uint8_t *)k.mv_data + k.mv_size - 8) : 0;
+            key_match m = {dbs[i], k.mv_data, k.mv_size, 0};
+            if (load(st, t, serial, &st->ev, 0) != 0)
+                report(&c, "a %s index entry points at no event (serial %llu)", db_names[dbs[i]],
+                       (unsigned long long)serial);
+            else if (for_each_index(&st->ev, serial, key_equal, &m), !m.found)
+                report(&c, "a %s index entry does not describe the event it points at (serial %llu)",
+                       db_names[dbs[i]], (unsigned long long)serial);
+        }
+        mdb_cursor_close(cur);
+    }
+    if (entries(t, st->dbi[DB_IDS]) != nevents)
+        report(&c, "the ids index holds %llu entries for %llu events", (unsigned long long)entries(t, st->dbi[DB_IDS]),
+               (unsigned long long)nevents);
+    /* every replace head points at an event of that slot */
+    if ((rc = mdb_cursor_open(t, st->dbi[DB_REPLACE], &cur))) goto fail;
+    while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
+        uint64_t serial = v.mv_size == 8 ? get_be64(v.mv_data) : 0;
+        if (load(st, t, serial, &st->ev, 0) != 0) {
+            report(&c, "a replaceable head points at no event (serial %llu)", (unsigned long long)serial);
+            continue;
+        }
+        uint8_t ak[MAX_ADDR_KEY];
+        l2_str d = d_value(&st->ev);
+        size_t n = addr_key(ak, st->ev.pubkey, st->ev.kind, d.p, d.n);
+        if (n != k.mv_size || memcmp(ak, k.mv_data, n) != 0)
+            report(&c, "a replaceable head points at an event of another slot (serial %llu)", (unsigned long long)serial);
+    }
+    mdb_cursor_close(cur);
+    l2_store_read_end(st);
+    *nproblems = c.count;
+    return 0;
+fail:
+    l2_store_read_end(st);
+    return lmdb_fail(err, "check", rc);
+}
