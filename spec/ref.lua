@@ -68,7 +68,8 @@ function ref:save(ev, now)
       elseif t[1] == "a" and t[2] then
         local k, pk, d = t[2]:match("^(%d+):(%x+):(.*)$")
         k = tonumber(k)
-        if k and #t[2]:match("^(%d+)") <= 5 and pk == ev.pubkey and #pk == 64 and pk:match("^[0-9a-f]+$") and (replaceable(k) or addressable(k)) then
+        local fits = k and #t[2]:match("^(%d+)") <= 5 and pk == ev.pubkey and #pk == 64 and pk:match("^[0-9a-f]+$")
+        if fits and (replaceable(k) or addressable(k)) then
           local a = pk .. ":" .. k .. ":" .. (addressable(k) and d or "")
           if not self.atomb[a] or self.atomb[a] < ev.created_at then self.atomb[a] = ev.created_at end
           local head = self.heads[a]

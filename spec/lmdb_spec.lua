@@ -1,0 +1,516 @@
+-- The LMDB store, one rule at a time.
+local layer2 = require("layer2")
+local helper = require("spec.helper")
+
+local event = layer2.event
+local A = ("0"):rep(63) .. "a" -- secret keys
+local B = ("0"):rep(63) .. "b"
+local PA, PB = layer2.schnorr.pubkey(A), layer2.schnorr.pubkey(B)
+local T = 1700000000
+
+local function tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
+
+local function sign(sec, kind, created_at, tags, content)
+  return assert(event.sign({ kind = kind, created_at = created_at, tags = tags or {}, content = content or "" }, sec))
+end
+
+local function ids(list)
+  local out = {}
+  for i, ev in ipairs(list) do out[i] = ev.id end
+  return out
+end
+
+local dir, db
+local function fresh()
+  if db then db:close() end
+  if dir then rmdir(dir) end
+  dir = tmpdir()
+  db = assert(layer2.lmdb.open(dir, { nosync = true }))
+  return db
+end
+
+local function saved(ev, opts)
+  local ok, msg = db:save_event(ev, opts)
+  assert(ok, msg)
+end
+
+local function refused(ev, prefix, opts)
+  local ok, msg = db:save_event(ev, opts)
+  assert.is_false(ok)
+  assert.matches("^" .. prefix, msg)
+  return msg
+end
+
+local function clean()
+  local ok, problems = db:check()
+  assert(ok, table.concat(problems, "\n"))
+end
+
+describe("lmdb store", function()
+  before_each(fresh)
+  teardown(function()
+    db:close()
+    rmdir(dir)
+  end)
+
+  it("the peer suite's 14 events: all accepted, and the queries after them", function()
+    local lines = helper.lines("peer-rust-nostr-db-suite.jsonl")
+    local evs = {}
+    for i, line in ipairs(lines) do
+      evs[i] = event.parse(line)
+      saved(line)
+    end
+    -- 3 was replaced by 7; 4 deleted by 9 (`a`); 10 replaced by 11; 11 deleted by 13 (`e`);
+    -- 8 and 12 are deletions by the wrong author: stored, without effect
+    local want = {}
+    for i, n in ipairs({ 14, 13, 12, 9, 8, 7, 6, 5, 2, 1 }) do want[i] = evs[n].id end
+    assert.same(want, ids(db:query_events({})))
+    local PA2 = evs[1].pubkey
+    assert.same({ evs[7].id }, ids(db:query_events({ kinds = { 32122 }, authors = { PA2 } })))
+    assert.same({}, db:query_events({ kinds = { 0 } }))
+    assert.same({ evs[14].id }, ids(db:query_events({ ["#p"] = { PA2 } })))
+    assert.same({ evs[7].id, evs[6].id, evs[2].id }, ids(db:query_events({ ["#d"] = { "id-1" } })))
+    assert.equal(10, db:count_events({}))
+    refused(lines[3], "duplicate:") -- an older version of the slot 7 holds
+    refused(lines[4], "blocked:")   -- deleted through its address
+    refused(lines[11], "blocked:")  -- deleted by id
+    refused(lines[1], "duplicate:")
+    clean()
+  end)
+
+  it("duplicates are refused", function()
+    local ev = sign(A, 1, T)
+    saved(ev)
+    assert.equal("duplicate: already have this event", refused(ev, "duplicate:"))
+    refused(event.encode(ev), "duplicate:")
+    assert.equal(1, db:count_events({}))
+  end)
+
+  it("replaceable: newer wins, an older one arriving later is refused", function()
+    local old, new = sign(A, 0, T, {}, "old"), sign(A, 0, T + 1, {}, "new")
+    saved(old)
+    saved(new)
+    assert.same({ new.id }, ids(db:query_events({ kinds = { 0 } })))
+    assert.equal("duplicate: a newer version of this replaceable event is stored", refused(old, "duplicate:"))
+    -- another kind and another author keep their own slots
+    saved(sign(A, 3, T))
+    saved(sign(B, 0, T))
+    saved(sign(A, 10002, T))
+    assert.equal(4, db:count_events({}))
+    clean()
+  end)
+
+  it("replaceable ties go to the lower id, in both arrival orders", function()
+    local x, y = sign(A, 10000, T, {}, "x"), sign(A, 10000, T, {}, "y")
+    local low, high = x, y
+    if y.id < x.id then low, high = y, x end
+    saved(high)
+    saved(low)
+    assert.same({ low.id }, ids(db:query_events({ kinds = { 10000 } })))
+    fresh()
+    saved(low)
+    refused(high, "duplicate:")
+    assert.same({ low.id }, ids(db:query_events({ kinds = { 10000 } })))
+    clean()
+  end)
+
+  it("addressable: one per pubkey, kind and d; a missing d is the empty d", function()
+    saved(sign(A, 30023, T, { { "d", "a" } }, "a1"))
+    local a2 = sign(A, 30023, T + 1, { { "d", "a" } }, "a2")
+    saved(a2)
+    local none = sign(A, 30023, T)
+    saved(none)
+    local empty = sign(A, 30023, T + 1, { { "d", "" } })
+    saved(empty) -- replaces the one without a d tag
+    saved(sign(B, 30023, T, { { "d", "a" } }))
+    local got = ids(db:query_events({ kinds = { 30023 }, authors = { PA } }))
+    table.sort(got)
+    local want = { a2.id, empty.id }
+    table.sort(want)
+    assert.same(want, got)
+    refused(none, "duplicate:")
+    clean()
+  end)
+
+  it("ephemeral events are accepted and never stored", function()
+    local ev = sign(A, 20001, T)
+    assert.is_true(db:save_event(ev))
+    assert.same({}, db:query_events({}))
+    assert.equal(0, db:stats().events)
+  end)
+
+  it("NIP-09 `e`: the author's own events only; a deletion of a deletion does nothing", function()
+    local mine, theirs = sign(A, 1, T, {}, "mine"), sign(B, 1, T, {}, "theirs")
+    saved(mine)
+    saved(theirs)
+    local del = sign(A, 5, T + 5, { { "e", mine.id }, { "e", theirs.id } })
+    saved(del)
+    assert.same({ del.id, theirs.id }, ids(db:query_events({})))
+    refused(mine, "blocked:")
+    saved(sign(A, 5, T + 6, { { "e", del.id } })) -- deleting a deletion: stored, no effect
+    assert.equal(3, db:count_events({}))
+    assert.same({ del.id }, ids(db:query_events({ ids = { del.id } })))
+    clean()
+  end)
+
+  it("NIP-09: a deletion that arrives before its target stops it", function()
+    local target = sign(A, 1, T, {}, "later")
+    saved(sign(A, 5, T + 1, { { "e", target.id } }))
+    refused(target, "blocked:")
+    -- it does not stop another author's event with that id... which cannot exist; nor others' events
+    saved(sign(B, 1, T))
+  end)
+
+  it("NIP-09 `a`: deletes versions up to its created_at; newer versions come back", function()
+    local v1 = sign(A, 30023, T, { { "d", "x" } })
+    saved(v1)
+    saved(sign(A, 5, T + 10, { { "a", "30023:" .. PA .. ":x" } }))
+    assert.same({}, db:query_events({ kinds = { 30023 } }))
+    refused(sign(A, 30023, T + 10, { { "d", "x" } }), "blocked:") -- at the cutoff
+    local v3 = sign(A, 30023, T + 11, { { "d", "x" } })
+    saved(v3)
+    assert.same({ v3.id }, ids(db:query_events({ kinds = { 30023 } })))
+    -- a replaceable kind through `a` (kind:pubkey:), and another author's `a` does nothing
+    local p0 = sign(A, 0, T)
+    saved(p0)
+    saved(sign(B, 5, T + 20, { { "a", "0:" .. PA .. ":" } }))
+    assert.same({ p0.id }, ids(db:query_events({ kinds = { 0 } })))
+    saved(sign(A, 5, T + 20, { { "a", "0:" .. PA .. ":" } }))
+    assert.same({}, db:query_events({ kinds = { 0 } }))
+    refused(sign(A, 0, T + 19), "blocked:")
+    saved(sign(A, 0, T + 21))
+    clean()
+  end)
+
+  it("delete_event with and without a tombstone", function()
+    local a, b = sign(A, 1, T, {}, "a"), sign(A, 1, T, {}, "b")
+    saved(a)
+    saved(b)
+    assert.is_true(db:delete_event(a.id))
+    refused(a, "blocked:")
+    assert.is_true(db:delete_event(b.id, true))
+    saved(b) -- no tombstone: it may come back
+    local ok, msg = db:delete_event(("0"):rep(64))
+    assert.is_false(ok)
+    assert.equal("not found: no stored event has this id", msg)
+    ok, msg = db:delete_event("xyz")
+    assert.is_false(ok)
+    assert.equal("invalid: id must be 64 lowercase hex characters", msg)
+    clean()
+  end)
+
+  it("NIP-40: expired on arrival refused, expired never returned, swept", function()
+    local soon = sign(A, 1, T, { { "expiration", tostring(T + 100) } })
+    local gone = sign(A, 1, T, { { "expiration", tostring(T - 1) } })
+    local bad = sign(A, 1, T, { { "expiration", "soon" } }) -- malformed: no expiration
+    saved(soon, { now = T })
+    assert.equal("invalid: this event has expired", refused(gone, "invalid:", { now = T }))
+    saved(bad, { now = T })
+    assert.equal(2, #db:query_events({}, { now = T + 99 }))
+    assert.same({ bad.id }, ids(db:query_events({}, { now = T + 100 })))
+    assert.equal(1, db:count_events({}, { now = T + 100 }))
+    assert.equal(0, db:sweep(T + 99))
+    assert.equal(1, db:sweep(T + 100))
+    assert.equal(1, db:stats().events)
+    clean()
+  end)
+
+  it("since/until inclusive, newest first with ties by lower id, limit and max_limit", function()
+    local evs = {}
+    for i = 1, 12 do evs[i] = sign(A, 1, T + (i % 4), {}, "n" .. i) end
+    for _, ev in ipairs(evs) do saved(ev) end
+    local all = db:query_events({})
+    for i = 2, #all do
+      local p, q = all[i - 1], all[i]
+      assert(p.created_at > q.created_at or (p.created_at == q.created_at and p.id < q.id))
+    end
+    assert.equal(6, #db:query_events({ since = T + 2, ["until"] = T + 3 }))
+    assert.same({}, db:query_events({ limit = 0 }))
+    assert.same({ all[1].id, all[2].id, all[3].id, all[4].id }, ids(db:query_events({ limit = 4 })))
+    assert.same({ all[1].id, all[2].id }, ids(db:query_events({ limit = 3 }, { max_limit = 2 })))
+    assert.same({ all[1].id }, ids(db:query_events({ limit = 1, kinds = { 1 } })))
+    assert.same({}, db:query_events({ since = T + 3, ["until"] = T + 2 }))
+    -- a REQ: union without duplicates, each filter's limit
+    local got = ids(db:query_events({ { limit = 1 }, { limit = 2 }, { ids = { all[12].id } } }))
+    assert.same({ all[1].id, all[2].id, all[12].id }, got)
+  end)
+
+  it("refuses absurd and unsupported filters with a message", function()
+    local function bad(f, pattern)
+      local r, err = db:query_events(f)
+      assert.is_nil(r)
+      assert.matches(pattern, err)
+      local n, err2 = db:count_events(f)
+      assert.is_nil(n)
+      assert.matches(pattern, err2)
+    end
+    local many = {}
+    for i = 1, 1001 do many[i] = ("%064x"):format(i) end
+    bad({ ids = many }, "^invalid: ids has more than 1000 entries")
+    bad({ authors = many }, "^invalid: authors has more than 1000")
+    bad({ ids = { "abcd" } }, "^invalid: ids%[0%] must be 64 lowercase hex")
+    bad({ ["#ab"] = { "x" } }, "^invalid: tag filter '#ab'")
+    bad({ search = "x" }, "^unsupported: search")
+    bad({ { kinds = { 1 } }, 5 }, "^invalid: filter 2 must be a table")
+    bad('[{"kinds":[1]},{"kinds":["x"]}]', "^invalid: kinds%[0%] must be a number")
+    local lots = {}
+    for i = 1, 501 do lots[i] = { kinds = { 1 } } end
+    bad(lots, "^invalid: more than 500 filters")
+    assert.has_error(function() db:query_events(5) end)
+  end)
+
+  it("answers 100 filters in one call", function()
+    for i = 1, 30 do saved(sign(A, i, T + i)) end
+    local req = {}
+    for i = 1, 100 do req[i] = { kinds = { i } } end
+    assert.equal(30, #db:query_events(req))
+    local jreq = require("cjson").encode(req)
+    assert.equal(30, #db:query_events(jreq, { json = true }))
+  end)
+
+  it("JSON mode returns the wire JSON of each event", function()
+    local ev = sign(A, 1, T, { { "t", "x" } }, "json \"mode\"\n")
+    saved(ev)
+    local got = db:query_events({ ids = { ev.id } }, { json = true })
+    assert.equal(event.encode(ev), got[1])
+  end)
+
+  it("bad inputs get a message and change nothing", function()
+    local good = sign(A, 1, T, {}, "keep")
+    saved(good)
+    local before = db:stats()
+    local function nothing_changed()
+      local after = db:stats()
+      assert.equal(before.events, after.events)
+      assert.equal(before.last_seq, after.last_seq)
+      clean()
+    end
+    refused("{", "invalid: malformed JSON")
+    refused('{"id":1}', "invalid: id must be a string")
+    local tampered = sign(A, 1, T, {}, "x")
+    tampered.content = "y"
+    refused(tampered, "invalid: bad event id")
+    local badsig = sign(A, 1, T, {}, "z")
+    badsig.sig = ("0"):rep(128)
+    refused(badsig, "invalid: bad signature")
+    refused(event.encode(good):gsub('"content":"keep"', '"content":"' .. ("x"):rep(300000) .. '"'),
+      "invalid: event is %d+ bytes, over the limit")
+    assert.has_error(function() db:save_event(42) end)
+    assert.has_error(function() db:delete_event({}) end)
+    assert.has_error(function() db:changes_since("x") end)
+    assert.has_error(function() db:sweep("soon") end)
+    local r, err = db:import("/nonexistent/file.jsonl")
+    assert.is_nil(r)
+    assert.matches("^error: cannot open '/nonexistent/file.jsonl'", err)
+    r, err = db:export("/nonexistent/dir/out.jsonl")
+    assert.is_nil(r)
+    assert.matches("^error: cannot write", err)
+    r, err = db:export(function() end, { "nothex" })
+    assert.is_nil(r)
+    assert.matches("^invalid: pubkeys%[0%]", err)
+    nothing_changed()
+  end)
+
+  it("close is idempotent; any use after it raises a clear error", function()
+    local ev = sign(A, 1, T)
+    saved(ev)
+    db:close()
+    db:close()
+    assert.is_true(db:is_closed())
+    assert.has_error(function() db:save_event(ev) end, "layer2: attempt to use a closed store")
+    assert.has_error(function() db:query_events({}) end, "layer2: attempt to use a closed store")
+    assert.matches("closed", tostring(db))
+    db = assert(layer2.lmdb.open(dir))
+    assert.equal(1, db:count_events({}))
+  end)
+
+  if _VERSION == "Lua 5.4" then
+    it("closes at the end of a <close> scope", function()
+      local chunk = assert(load([[
+        local layer2, dir = ...
+        local handle
+        do
+          local s <close> = assert(layer2.lmdb.open(dir))
+          handle = s
+        end
+        return handle:is_closed()
+      ]]))
+      assert.is_true(chunk(layer2, dir))
+    end)
+  end
+
+  it("persists: close, reopen, same answers; a second handle on the same path shares it", function()
+    for i = 1, 50 do saved(sign(i % 2 == 0 and A or B, i % 3, T + i, { { "t", "n" .. (i % 5) } }, "p" .. i)) end
+    local filters = { {}, { kinds = { 1 } }, { authors = { PB }, limit = 7 }, { ["#t"] = { "n1", "n2" } } }
+    local before = {}
+    for i, f in ipairs(filters) do before[i] = ids(db:query_events(f)) end
+    local other = assert(layer2.lmdb.open(dir))
+    assert.same(before[2], ids(other:query_events(filters[2])))
+    other:close()
+    db:close()
+    db = assert(layer2.lmdb.open(dir))
+    for i, f in ipairs(filters) do assert.same(before[i], ids(db:query_events(f))) end
+    clean()
+  end)
+
+  it("import from a path, a handle and a function; reports refused lines; export streams back", function()
+    local path = helper.data_dir() .. "/real-invalid.jsonl"
+    local refusals, progress = {}, 0
+    local counts = assert(db:import(path, {
+      on_refused = function(line, msg) refusals[#refusals + 1] = { line, msg } end,
+      progress = function(n) progress = n end,
+    }))
+    assert.equal(391, counts.invalid)
+    assert.equal(391, #refusals)
+    assert.equal(391, progress)
+    assert.equal(1, refusals[1][1])
+    assert.matches("^invalid: ", refusals[1][2])
+    assert.equal(0, db:count_events({}))
+    local lines = helper.lines("real.jsonl")
+    local fh = assert(io.open(helper.data_dir() .. "/real.jsonl"))
+    counts = assert(db:import(fh, { batch = 1000, now = 1800000000 }))
+    fh:close()
+    assert.equal(#lines, counts.lines)
+    assert.equal(#lines, counts.saved + counts.duplicate + counts.invalid + counts.blocked + counts.ephemeral)
+    local n = db:count_events({}, { now = 1800000000 })
+    -- export -> import into a fresh store: the same events
+    local out = os.tmpname()
+    assert.equal(db:stats().events, db:export(out))
+    local copy_dir = tmpdir()
+    local copy = assert(layer2.lmdb.open(copy_dir))
+    local c2 = assert(copy:import(out, { verify = false, now = 1 }))
+    assert.equal(db:stats().events, c2.saved)
+    local a = db:query_events({}, { max_limit = 100000, now = 1 })
+    local b = copy:query_events({}, { max_limit = 100000, now = 1 })
+    assert.same(ids(a), ids(b))
+    assert(n <= #a)
+    -- export by pubkeys: their events and the events that tag them
+    local pk = a[1].pubkey
+    local picked = {}
+    assert(db:export(function(line) picked[#picked + 1] = event.parse(line) end, { pk }))
+    assert(#picked > 0)
+    for _, ev in ipairs(picked) do
+      local tagged = false
+      for _, t in ipairs(ev.tags) do tagged = tagged or (t[1] == "p" and t[2] == pk) end
+      assert(ev.pubkey == pk or tagged)
+    end
+    copy:close()
+    rmdir(copy_dir)
+    os.remove(out)
+    clean()
+  end)
+
+  it("import without verification takes trusted dumps as they are", function()
+    local ev = sign(A, 1, T)
+    local forged = event.encode(ev):gsub('"sig":"%x+"', '"sig":"' .. ("0"):rep(128) .. '"')
+    local k = 0
+    local c = assert(db:import(function()
+      k = k + 1
+      return k == 1 and forged or nil
+    end, { verify = false }))
+    assert.equal(1, c.saved)
+    fresh()
+    k = 0
+    c = assert(db:import(function()
+      k = k + 1
+      return k == 1 and forged or nil
+    end))
+    assert.equal(1, c.invalid)
+  end)
+
+  it("the change feed: saved, replaced, deleted, in commit order, from any cursor", function()
+    local p1, p2 = sign(A, 0, T), sign(A, 0, T + 1)
+    local note = sign(A, 1, T)
+    saved(p1)
+    saved(p2)
+    saved(note)
+    db:delete_event(note.id)
+    local ch, cursor = db:changes_since(0)
+    local ops = {}
+    for i, c in ipairs(ch) do ops[i] = c.op .. ":" .. c.id end
+    assert.same({ "saved:" .. p1.id, "replaced:" .. p1.id, "saved:" .. p2.id, "saved:" .. note.id,
+      "deleted:" .. note.id }, ops)
+    assert.equal(p2.id, ch[3].event.id)
+    assert.is_nil(ch[1].event) -- no longer stored
+    local more, c2 = db:changes_since(cursor)
+    assert.same({}, more)
+    assert.equal(cursor, c2)
+    local two = db:changes_since(1, 2, { json = true })
+    assert.equal(2, #two)
+    assert.equal(event.encode(p2), two[2].event)
+  end)
+
+  it("nuke empties the store and keeps it usable", function()
+    for i = 1, 10 do saved(sign(A, 1, T + i)) end
+    assert.is_true(db:nuke())
+    assert.equal(0, db:count_events({}))
+    assert.equal(0, db:stats().events)
+    saved(sign(A, 1, T + 1)) -- tombstones and heads went too
+    assert.equal(1, db:count_events({}))
+    clean()
+  end)
+
+  it("a tiny map grows by itself; a fixed one refuses cleanly and keeps what it had", function()
+    db:close()
+    rmdir(dir)
+    db = assert(layer2.lmdb.open(dir, { map_size = 256 * 1024 }))
+    local c = assert(db:import(helper.data_dir() .. "/real.jsonl", { now = 1 }))
+    assert(c.saved > 6000)
+    assert(db:stats().map_bytes > 256 * 1024)
+    clean()
+    db:close()
+    rmdir(dir)
+    db = assert(layer2.lmdb.open(dir, { map_size = 256 * 1024, fixed_map = true }))
+    local first = sign(A, 1, T)
+    saved(first)
+    local r, err = db:import(helper.data_dir() .. "/real.jsonl", { now = 1 })
+    assert.is_nil(r)
+    assert.matches("^error: the store is full", err)
+    assert.same({ first.id }, ids(db:query_events({})))
+    clean()
+  end)
+
+  it("refuses a path it cannot use", function()
+    local s, err = layer2.lmdb.open("/proc/version")
+    assert.is_nil(s)
+    assert.matches("^error: ", err)
+    assert.has_error(function() layer2.lmdb.open(nil) end)
+  end)
+
+  it("two processes write and read one path at once: no error, exact count", function()
+    local lua = jit and "luajit" or "lua5.4"
+    local child = ([[
+      local layer2 = require("layer2")
+      local db = assert(layer2.lmdb.open(%q))
+      local sec = %q
+      for i = 1, 300 do
+        local ev = assert(layer2.event.sign({ kind = 1, created_at = %d + i, tags = {}, content = "child " .. i }, sec))
+        assert(db:save_event(ev))
+        if i %% 50 == 0 then assert(db:query_events({ kinds = { 1 }, limit = 20 })) end
+      end
+      print("done")
+    ]]):format(dir, B, T)
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(child)
+    f:close()
+    local proc = assert(io.popen(lua .. " " .. script))
+    for i = 1, 300 do
+      saved(sign(A, 1, T + i, {}, "parent " .. i))
+      if i % 50 == 0 then assert(db:query_events({ authors = { PB } })) end
+    end
+    local out = proc:read("a")
+    proc:close()
+    os.remove(script)
+    assert.equal("done\n", out)
+    assert.equal(600, db:count_events({}))
+    assert.equal(300, db:count_events({ authors = { PB } }))
+    clean()
+  end)
+end)
