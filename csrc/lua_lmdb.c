@@ -607,8 +607,10 @@ static int store_changes(lua_State *L)
         lua_setfield(L, -2, "seq");
         lua_pushstring(L, ops[ch[i].op <= 3 ? ch[i].op : 0]);
         lua_setfield(L, -2, "op");
-        l2lua_push_hex(L, ch[i].id, 32);
-        lua_setfield(L, -2, "id");
+        if (ch[i].have_id) {
+            l2lua_push_hex(L, ch[i].id, 32);
+            lua_setfield(L, -2, "id");
+        }
         if (ch[i].op == L2_CHANGE_SAVED && l2_store_body(s->st, ch[i].serial, &data, &len) == 0 &&
             push_body(L, s, data, len, json) == 0)
             lua_setfield(L, -2, "event");

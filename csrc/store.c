@@ -21,7 +21,7 @@
  * replace  pubkey(32) kind(2) d(V)                -> serial(8)   (the head of a replaceable slot)
  * tomb     id(32) author(32)                      -> ""          (NIP-09 `e` deletions)
  * atomb    pubkey(32) kind(2) d(V)                -> created_at(8) (NIP-09 `a` deletions)
- * changes  seq(8)                                 -> op(1) id(32) serial(8)
+ * changes  seq(8)                                 -> op(1) serial(8) [id(32) for replaced/deleted]
  * meta     name                                   -> value
  * Integers are big-endian so cursors walk in order. V, a value key: 64-char lowercase hex as
  * 0xFE + 32 bytes, up to 64 bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of
@@ -355,12 +355,15 @@ void l2_store_read_end(l2_store *st)
     st->rtxn_live = 0;
 }
 
+static uint64_t entries(MDB_txn *txn, MDB_dbi dbi);
+
 /* ---- writing ---- */
 
 typedef struct {
     l2_store *st;
     MDB_txn *txn;
     uint64_t serial, seq; /* the next free ones */
+    int may_tomb, may_atomb; /* tombstones exist: lookups are worth doing */
 } wtx;
 
 static int meta_get_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *out)
@@ -445,14 +448,15 @@ static int index_del(void *ud, int db, const uint8_t *key, size_t n)
     return del_key(ud, db, key, n);
 }
 
+/* A saved event's id is in its body; a removed one's body is gone, so its record keeps the id. */
 static int add_change(wtx *w, int op, const uint8_t id[32], uint64_t serial)
 {
     uint8_t k[8], rec[41];
     put_be64(k, w->seq++);
     rec[0] = (uint8_t)op;
-    memcpy(rec + 1, id, 32);
-    put_be64(rec + 33, serial);
-    MDB_val kv = {8, k}, vv = {41, rec};
+    put_be64(rec + 1, serial);
+    memcpy(rec + 9, id, 32);
+    MDB_val kv = {8, k}, vv = {op == L2_CHANGE_SAVED ? 9 : 41, rec};
     return mdb_put(w->txn, w->st->dbi[DB_CHANGES], &kv, &vv, MDB_APPEND);
 }
 
@@ -507,6 +511,7 @@ static int remove_event(wtx *w, uint64_t serial, int op)
 static int put_tombstone(wtx *w, const uint8_t id[32], const uint8_t author[32])
 {
     uint8_t k[64];
+    w->may_tomb = 1;
     memcpy(k, id, 32);
     memcpy(k + 32, author, 32);
     return put_empty(w, DB_TOMB, k, 64);
@@ -555,6 +560,7 @@ static int apply_deletion(wtx *w, const l2_event *del, l2_save_result *r)
             if (rc && rc != MDB_NOTFOUND) return rc;
             if (rc == MDB_NOTFOUND || (vv.mv_size == 8 && get_be64(vv.mv_data) < (uint64_t)del->created_at)) {
                 put_be64(when, (uint64_t)del->created_at);
+                w->may_atomb = 1;
                 vv.mv_size = 8;
                 vv.mv_data = when;
                 if ((rc = mdb_put(w->txn, st->dbi[DB_ATOMB], &kv, &vv, 0))) return rc;
@@ -596,7 +602,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
         return 0;
     }
     if (rc != MDB_NOTFOUND) return rc;
-    if (ev->kind != 5) {
+    if (ev->kind != 5 && w->may_tomb) {
         uint8_t tk[64];
         memcpy(tk, ev->id, 32);
         memcpy(tk + 32, ev->pubkey, 32);
@@ -614,7 +620,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
         l2_str d = d_value(ev);
         an = addr_key(ak, ev->pubkey, ev->kind, d.p, d.n);
         MDB_val k = {an, ak}, v;
-        rc = mdb_get(w->txn, st->dbi[DB_ATOMB], &k, &v);
+        rc = w->may_atomb ? mdb_get(w->txn, st->dbi[DB_ATOMB], &k, &v) : MDB_NOTFOUND;
         if (rc == 0 && v.mv_size == 8 && (uint64_t)ev->created_at <= get_be64(v.mv_data)) {
             r->status = L2_SAVE_DELETED;
             return 0;
@@ -672,6 +678,8 @@ static int write_begin(l2_store *st, wtx *w)
         mdb_txn_abort(w->txn);
         return rc;
     }
+    w->may_tomb = entries(w->txn, st->dbi[DB_TOMB]) > 0;
+    w->may_atomb = entries(w->txn, st->dbi[DB_ATOMB]) > 0;
     return 0;
 }
 
@@ -1165,12 +1173,22 @@ int l2_store_changes(l2_store *st, uint64_t after, size_t max, l2_change *out, s
     k.mv_size = 8;
     k.mv_data = start;
     for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && *n < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 8 || v.mv_size != 41) continue;
-        l2_change *ch = &out[(*n)++];
+        const uint8_t *rec = v.mv_data;
+        if (k.mv_size != 8 || (v.mv_size != 9 && v.mv_size != 41)) continue;
+        l2_change *ch = &out[*n];
         ch->seq = get_be64(k.mv_data);
-        ch->op = ((uint8_t *)v.mv_data)[0];
-        memcpy(ch->id, (uint8_t *)v.mv_data + 1, 32);
-        ch->serial = get_be64((uint8_t *)v.mv_data + 33);
+        ch->op = rec[0];
+        ch->serial = get_be64(rec + 1);
+        ch->have_id = 1;
+        if (v.mv_size == 41) {
+            memcpy(ch->id, rec + 9, 32);
+        } else {
+            MDB_val ek = {8, (void *)(rec + 1)}, ev;
+            /* the body holds the id; an event removed since then is reported by its later change */
+            if (mdb_get(st->rtxn, st->dbi[DB_EVENTS], &ek, &ev) == 0 && ev.mv_size >= 33) memcpy(ch->id, (uint8_t *)ev.mv_data + 1, 32);
+            else ch->have_id = 0;
+        }
+        (*n)++;
     }
     mdb_cursor_close(c);
     return 0;

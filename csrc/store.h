@@ -80,6 +80,7 @@ enum l2_change_op { L2_CHANGE_SAVED = 1, L2_CHANGE_REPLACED = 2, L2_CHANGE_DELET
 typedef struct {
     uint64_t seq, serial;
     int op;
+    int have_id; /* 0 for a save whose event has been removed since (a later change says so) */
     uint8_t id[32];
 } l2_change;
 

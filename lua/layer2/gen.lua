@@ -19,6 +19,7 @@ local WORDS = {
   "lua", "nginx", "store", "fast", "small", "open", "world", "today", "tomorrow", "build", "ship",
 }
 local TOPICS = { "nostr", "bitcoin", "photography", "music", "dev", "news", "art", "food", "travel", "zaps" }
+for i = #TOPICS + 1, 500 do TOPICS[i] = "topic" .. i end -- a long tail of rare hashtags
 
 -- Park-Miller: exact in integer and double arithmetic alike
 local function rng(seed)
@@ -45,8 +46,7 @@ function gen.new(opts)
   self.n = 0
   self.aux = ("00"):rep(32)
   local nauthors = opts.authors or 2000
-  self.keys, self.pubkeys, self.cumulative = {}, {}, {}
-  local sum = 0
+  self.keys, self.pubkeys = {}, {}
   for i = 1, nauthors do
     local sec, pub
     repeat
@@ -54,10 +54,10 @@ function gen.new(opts)
       pub = core.schnorr.pubkey(sec)
     until pub
     self.keys[i], self.pubkeys[i] = sec, pub
-    sum = sum + 1 / i ^ 1.1 -- Zipf-like: a few very active authors, a long tail
-    self.cumulative[i] = sum
   end
-  self.weight_sum = sum
+  -- Zipf-like: a few very active authors and popular hashtags, long tails of both
+  self.author_weights = gen.zipf(nauthors, 1.1)
+  self.topic_weights = gen.zipf(#TOPICS, 1.0)
   self.recent = {} -- ids to reply to
   self.articles = {} -- {author index, d} of addressable events, re-edited later
   return self
@@ -71,14 +71,33 @@ function gen:fraction()
   return self.next_int() / 2147483647
 end
 
-function gen:author()
-  local x = self:fraction() * self.weight_sum
-  local lo, hi = 1, #self.cumulative
+-- cumulative weights 1/i^s for i = 1..n
+function gen.zipf(n, s)
+  local cumulative, sum = {}, 0
+  for i = 1, n do
+    sum = sum + 1 / i ^ s
+    cumulative[i] = sum
+  end
+  return cumulative
+end
+
+-- an index drawn from cumulative weights
+function gen:draw(cumulative)
+  local x = self:fraction() * cumulative[#cumulative]
+  local lo, hi = 1, #cumulative
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    if self.cumulative[mid] < x then lo = mid + 1 else hi = mid end
+    if cumulative[mid] < x then lo = mid + 1 else hi = mid end
   end
   return lo
+end
+
+function gen:author()
+  return self:draw(self.author_weights)
+end
+
+function gen:topic()
+  return TOPICS[self:draw(self.topic_weights)]
 end
 
 function gen:text(min, max)
@@ -120,7 +139,7 @@ function gen:next()
       tags[#tags + 1] = { "e", target[1], "", "reply" }
       tags[#tags + 1] = { "p", target[2] }
     end
-    for _ = 1, self:uniform(3) - 1 do tags[#tags + 1] = { "t", TOPICS[self:uniform(#TOPICS)] } end
+    for _ = 1, self:uniform(3) - 1 do tags[#tags + 1] = { "t", self:topic() } end
   elseif kind == 7 or kind == 6 then
     content = kind == 7 and "+" or ""
     if #recent > 0 then
@@ -139,7 +158,7 @@ function gen:next()
     end
     tags[#tags + 1] = { "d", d }
     tags[#tags + 1] = { "title", self:text(10, 60) }
-    tags[#tags + 1] = { "t", TOPICS[self:uniform(#TOPICS)] }
+    tags[#tags + 1] = { "t", self:topic() }
     content = self:text(300, 1000)
   elseif kind == 10002 then
     content = ""

@@ -1,0 +1,147 @@
+-- bench/store: the LMDB store on a deterministic data set (bench/dataset.lua).
+--   lua5.4 bench/store.lua [events]      (default 100000)
+local layer2 = require("layer2")
+local util = require("bench.util")
+local dataset = require("bench.dataset")
+local event = layer2.event
+
+local N = tonumber(arg and arg[1]) or 100000
+local path = dataset.ensure(N)
+-- every 50th event is a sample to draw query parameters from; the rest is only counted
+local jsonl_bytes, sample, nline = 0, {}, 0
+for line in io.lines(path) do
+  nline = nline + 1
+  jsonl_bytes = jsonl_bytes + #line + 1
+  if nline % 50 == 1 then sample[#sample + 1] = event.parse(line) end
+end
+
+local function fresh_dir(name)
+  local dir = "bench/data/store-" .. name
+  os.execute("rm -rf " .. dir)
+  return dir
+end
+
+local function du(dir)
+  local p = io.popen("du -sb " .. dir)
+  local n = tonumber(p:read("a"):match("^(%d+)"))
+  p:close()
+  return n
+end
+
+local rows = {}
+local function row(name, value, note) rows[#rows + 1] = { name, value, note or "" } end
+
+-- import, with and without verification (2 threads verify)
+local w0 = util.wall()
+local trusted_dir = fresh_dir("trusted")
+local db = assert(layer2.lmdb.open(trusted_dir))
+assert(db:import(path, { verify = false }))
+local t_trusted = util.wall() - w0
+db:close()
+local dir = fresh_dir("verified")
+w0 = util.wall()
+db = assert(layer2.lmdb.open(dir))
+local c = assert(db:import(path))
+local t_verified = util.wall() - w0
+row("import, verified (2 threads)", util.fmt_rate(N / t_verified) .. " events/s",
+  ("%d saved, %d replaced"):format(c.saved, c.replaced))
+row("import, trusted (`verify = false`)", util.fmt_rate(N / t_trusted) .. " events/s")
+os.execute("rm -rf " .. trusted_dir)
+
+-- export
+local sink = "bench/data/export.jsonl"
+w0 = util.wall()
+local exported = assert(db:export(sink))
+local t_export = util.wall() - w0
+os.remove(sink)
+row("export", util.fmt_rate(exported / t_export) .. " events/s")
+local disk = du(dir)
+row("disk", ("%.1f MB"):format(disk / 1e6), ("%.0f bytes/event, %.2f x the JSONL (%.1f MB)"):format(
+  disk / N, disk / jsonl_bytes, jsonl_bytes / 1e6))
+
+-- query classes
+local by_author, tags = {}, {}
+for _, ev in ipairs(sample) do
+  by_author[ev.pubkey] = (by_author[ev.pubkey] or 0) + 1
+  for _, t in ipairs(ev.tags) do
+    if t[1] == "t" then tags[t[2]] = (tags[t[2]] or 0) + 1 end
+  end
+end
+local authors = {}
+for pk, n in pairs(by_author) do authors[#authors + 1] = { pk, n } end
+table.sort(authors, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]) end)
+local top, median = authors[1][1], authors[math.floor(#authors / 2)][1]
+local ttags = {}
+for t, n in pairs(tags) do ttags[#ttags + 1] = { t, n } end
+table.sort(ttags, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]) end)
+local frequent_t, rare_t = ttags[1][1], ttags[#ttags][1]
+local first, last = sample[1].created_at, sample[#sample].created_at
+
+local function pick(i) return sample[(i * 7919) % #sample + 1] end
+local classes = {
+  { "1 id", function(i) return { ids = { pick(i).id } } end },
+  { "100 ids", function(i)
+    local ids = {}
+    for k = 1, 100 do ids[k] = pick(i * 100 + k).id end
+    return { ids = ids }
+  end },
+  { "top author", function() return { authors = { top } } end },
+  { "median author", function() return { authors = { median } } end },
+  { "kind 1", function() return { kinds = { 1 } } end },
+  { "frequent #t", function() return { ["#t"] = { frequent_t } } end },
+  { "rare #t", function() return { ["#t"] = { rare_t } } end },
+  { "author + kind", function(i) return { authors = { pick(i).pubkey }, kinds = { 1, 7 } } end },
+  { "time range", function(i)
+    local t = first + (i * 104729) % math.max(1, last - first)
+    return { since = t, ["until"] = t + 86400 }
+  end },
+  { "3-filter REQ", function(i)
+    return { { kinds = { 0 }, authors = { pick(i).pubkey } }, { ["#e"] = { pick(i + 1).id } }, { kinds = { 1 } } }
+  end },
+}
+
+local function percentile(v, p)
+  table.sort(v)
+  return v[math.max(1, math.ceil(#v * p))]
+end
+
+local qrows = {}
+local clock = os.clock
+local ITER = 200
+for _, cl in ipairs(classes) do
+  local r = { cl[1] }
+  local returned = 0
+  for _, limit in ipairs({ 50, 500 }) do
+    for _, json in ipairs({ false, true }) do
+      local times = {}
+      local opts = { json = json }
+      for i = 1, ITER do
+        local f = cl[2](i)
+        if f[1] then
+          for _, g in ipairs(f) do g.limit = limit end
+        else
+          f.limit = limit
+        end
+        local t0 = clock()
+        local res = db:query_events(f, opts)
+        times[i] = (clock() - t0) * 1e6
+        if limit == 500 and json then returned = returned + #res end
+      end
+      r[#r + 1] = ("%.0f / %.0f"):format(percentile(times, 0.5), percentile(times, 0.99))
+    end
+  end
+  r[#r + 1] = ("%.0f"):format(returned / ITER)
+  qrows[#qrows + 1] = r
+end
+db:close()
+
+print(("## bench/store (%s)\n"):format(_VERSION .. (jit and (" / " .. jit.version) or "")))
+print("machine: " .. util.machine())
+print(("data: %s, %d events made by layer2.gen (2,000 Zipf authors; kinds 68%% 1, 12%% 7, 5%% 6, "
+  .. "5%% 30023, 4%% 10002, 3%% 0, 3%% 3), %.1f MB JSONL\n"):format(path, N, jsonl_bytes / 1e6))
+print(util.table({ "what", "figure", "note" }, rows))
+print("\nquery µs p50 / p99 (" .. ITER .. " queries each, from Lua, CPU time):\n")
+print(util.table({ "class", "limit 50 table", "limit 50 JSON", "limit 500 table", "limit 500 JSON",
+  "events at 500" }, qrows))
+print(("\npeak RSS: %.1f MB"):format(util.peak_rss_kb() / 1024))
+os.execute("rm -rf " .. dir)
