@@ -235,12 +235,31 @@ fail:
     return lmdb_fail(err, "opening the store", rc);
 }
 
+/* mkdir -p */
+static int make_dirs(const char *path)
+{
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0775) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return (mkdir(buf, 0775) != 0 && errno != EEXIST) ? -1 : 0;
+}
+
 int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char *err)
 {
     struct stat sb;
     static const l2_store_opts defaults = {0, 0, 0};
     if (!o) o = &defaults;
-    if (mkdir(path, 0775) != 0 && errno != EEXIST)
+    if (make_dirs(path) != 0)
         return fail(err, "error: cannot create the store directory '%s': %s", path, strerror(errno));
     if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return fail(err, "error: the store path '%s' is not a directory", path);
