@@ -52,6 +52,7 @@ void l2_event_free(l2_event *ev)
 void l2_event_reset(l2_event *ev)
 {
     ev->have = ev->bad = 0;
+    ev->is_stub = 0;
     ev->ntags = ev->nelems = 0;
     ev->content.p = "";
     ev->content.n = 0;
@@ -456,6 +457,7 @@ int l2_event_encode_json(const l2_event *ev, l2_buf *out)
  * The fixed 129-byte head lets a store read id, pubkey and sig without decoding the rest. */
 
 #define L2_BIN_VERSION 1
+#define L2_BIN_STUB 2
 
 static int is_hex64(const l2_str *s)
 {
@@ -467,15 +469,26 @@ static int is_hex64(const l2_str *s)
     return 1;
 }
 
-int l2_event_encode_bin(const l2_event *ev, l2_buf *out)
+/* the tags a stub keeps: those a filter or an index can use */
+static int indexed_tag(const l2_event *ev, uint32_t t)
 {
-    if (l2_buf_reserve(out, 129 + 30) || l2_buf_putc(out, L2_BIN_VERSION) || l2_buf_put(out, ev->id, 32) ||
-        l2_buf_put(out, ev->pubkey, 32) || l2_buf_put(out, ev->sig, 64) ||
+    if (l2_tag_len(ev, t) < 2) return 0;
+    const l2_str *name = l2_tag_elem(ev, t, 0);
+    return name->n == 1 || (name->n == 10 && memcmp(name->p, "expiration", 10) == 0);
+}
+
+static int encode_bin(const l2_event *ev, l2_buf *out, int stub)
+{
+    uint32_t ntags = 0;
+    for (uint32_t t = 0; t < ev->ntags; t++) ntags += !stub || indexed_tag(ev, t);
+    if (l2_buf_reserve(out, 129 + 30) || l2_buf_putc(out, stub ? L2_BIN_STUB : L2_BIN_VERSION) ||
+        l2_buf_put(out, ev->id, 32) || l2_buf_put(out, ev->pubkey, 32) || l2_buf_put(out, ev->sig, 64) ||
         l2_buf_put_varint(out, (uint64_t)ev->created_at) || l2_buf_put_varint(out, ev->kind) ||
-        l2_buf_put_varint(out, ev->ntags))
+        l2_buf_put_varint(out, ntags))
         return -1;
     for (uint32_t t = 0; t < ev->ntags; t++) {
-        uint32_t k = l2_tag_len(ev, t);
+        if (stub && !indexed_tag(ev, t)) continue;
+        uint32_t k = stub ? 2 : l2_tag_len(ev, t);
         if (l2_buf_put_varint(out, k)) return -1;
         for (uint32_t i = 0; i < k; i++) {
             const l2_str *e = l2_tag_elem(ev, t, i);
@@ -488,7 +501,18 @@ int l2_event_encode_bin(const l2_event *ev, l2_buf *out)
             }
         }
     }
+    if (stub) return l2_buf_put_varint(out, 0);
     return l2_buf_put_varint(out, ev->content.n) || l2_buf_put(out, ev->content.p, ev->content.n);
+}
+
+int l2_event_encode_bin(const l2_event *ev, l2_buf *out)
+{
+    return encode_bin(ev, out, 0);
+}
+
+int l2_event_encode_stub(const l2_event *ev, l2_buf *out)
+{
+    return encode_bin(ev, out, 1);
 }
 
 static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
@@ -510,7 +534,8 @@ int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err)
     const uint8_t *p = bin, *end = p + n;
     uint64_t v, ntags, k, hdr;
     l2_event_reset(ev);
-    if (n < 129 + 4 || p[0] != L2_BIN_VERSION) goto corrupt;
+    if (n < 129 + 4 || (p[0] != L2_BIN_VERSION && p[0] != L2_BIN_STUB)) goto corrupt;
+    ev->is_stub = p[0] == L2_BIN_STUB;
     memcpy(ev->id, p + 1, 32);
     memcpy(ev->pubkey, p + 33, 32);
     memcpy(ev->sig, p + 65, 64);

@@ -38,6 +38,7 @@ typedef struct {
     uint32_t kind;
     unsigned have;       /* L2_HAVE_* bits of the fields set so far */
     unsigned bad;        /* L2_HAVE_ID / L2_HAVE_SIG: present but malformed (lenient parse) */
+    int is_stub;         /* decoded from a stub: content and unindexed tags were dropped */
     uint32_t ntags;
     uint32_t *tag_first; /* tag i is elems[tag_first[i] .. tag_first[i+1]) */
     uint32_t nelems;
@@ -97,6 +98,10 @@ int l2_json_put_string(l2_buf *out, const char *s, size_t n);
 
 /* The stored binary form (see event.c); decode references `bin`, which must outlive ev. */
 int l2_event_encode_bin(const l2_event *ev, l2_buf *out);
+/* A stub: the same head, the tags a store indexes (single-letter names: their first value; and
+ * `expiration`), no content. It decodes with is_stub set, matches filters as the event does, and
+ * yields the same index keys. */
+int l2_event_encode_stub(const l2_event *ev, l2_buf *out);
 int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err);
 
 #endif

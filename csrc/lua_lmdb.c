@@ -91,10 +91,11 @@ static int lmdb_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
-    l2_store_opts o = {0, 0, 0};
+    l2_store_opts o = {0, 0, 0, 0};
     o.map_size = (size_t)opt_int(L, 2, "map_size", 0);
     o.fixed_map = opt_bool(L, 2, "fixed_map", 0);
     o.nosync = opt_bool(L, 2, "nosync", 0);
+    o.cache = opt_bool(L, 2, "cache", 0);
     int64_t max_limit = opt_int(L, 2, "max_limit", 500);
     int64_t max_filters = opt_int(L, 2, "max_filters", 500);
     lstore *s = lua_newuserdatauv(L, sizeof *s, 0);
@@ -208,31 +209,56 @@ static int push_body(lua_State *L, lstore *s, const void *data, size_t len, int 
     return 0;
 }
 
-/* store:query_events(filters [, opts]) -> events | nil, err */
+/* store:query_events(filters [, opts]) -> events | nil, err.
+ * opts.info (for a two-level backend): a second result {incomplete = {filter indexes}, stubs =
+ * {positions}}; a stub's position holds its id, its body being elsewhere. Without it stubs are left
+ * out: a store never returns what is not a whole event. opts.horizon: see l2_store_query. */
 static int store_query(lua_State *L)
 {
     lstore *s = check_store(L);
-    int json = opt_bool(L, 3, "json", 0);
+    int json = opt_bool(L, 3, "json", 0), info = opt_bool(L, 3, "info", 0);
     int64_t max_limit = opt_int(L, 3, "max_limit", s->max_limit);
-    int64_t now = now_opt(L, 3);
+    int64_t now = now_opt(L, 3), horizon = opt_int(L, 3, "horizon", 0);
     if (read_filters(L, 2, s)) return l2lua_refuse(L, 0, s->err);
     if (unsupported(s)) return l2lua_refuse(L, 0, s->err);
-    if (l2_store_query(s->st, s->filters, s->nfilters, max_limit, now, &s->hits, s->err))
+    uint8_t *incomplete = info ? lua_newuserdatauv(L, s->nfilters + 1, 0) : NULL; /* collected with the call */
+    if (l2_store_query(s->st, s->filters, s->nfilters, max_limit, now, horizon, incomplete, &s->hits, s->err))
         return l2lua_refuse(L, 0, s->err);
     lua_createtable(L, (int)s->hits.n, 0);
-    int out = 0;
+    int results = lua_gettop(L), out = 0, nstubs = 0;
+    if (info) lua_newtable(L); /* stub positions */
     for (size_t i = 0; i < s->hits.n; i++) {
         const void *data;
         size_t len;
-        if (l2_store_body(s->st, s->hits.v[i].serial, &data, &len)) continue;
+        const l2_hit *h = &s->hits.v[i];
+        if (h->stub) {
+            if (!info) continue;
+            l2lua_push_hex(L, h->id, 32);
+            lua_rawseti(L, results, ++out);
+            lua_pushinteger(L, out);
+            lua_rawseti(L, results + 1, ++nstubs);
+            continue;
+        }
+        if (l2_store_body(s->st, h->serial, &data, &len)) continue;
         if (push_body(L, s, data, len, json)) {
             l2_store_read_end(s->st);
             return l2lua_refuse(L, 0, s->err);
         }
-        lua_rawseti(L, -2, ++out);
+        lua_rawseti(L, results, ++out);
     }
     l2_store_read_end(s->st);
-    return 1;
+    if (!info) return 1;
+    lua_createtable(L, 0, 2);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "stubs");
+    lua_newtable(L);
+    for (size_t i = 0, k = 0; i < s->nfilters; i++) {
+        if (!incomplete[i]) continue;
+        lua_pushinteger(L, (lua_Integer)i + 1);
+        lua_rawseti(L, -2, (int)++k);
+    }
+    lua_setfield(L, -2, "incomplete");
+    return 2;
 }
 
 /* store:count_events(filters [, opts]) -> n | nil, err */
@@ -248,11 +274,12 @@ static int store_count(lua_State *L)
     return 1;
 }
 
-/* store:save_event(ev [, opts]) -> true | false, msg */
+/* store:save_event(ev [, opts]) -> true | false, msg. opts: verify (true), now, outbox (queue the
+ * stored event in the outbox in the same transaction). */
 static int store_save(lua_State *L)
 {
     lstore *s = check_store(L);
-    int verify = opt_bool(L, 3, "verify", 1);
+    int verify = opt_bool(L, 3, "verify", 1), outbox = opt_bool(L, 3, "outbox", 0);
     int64_t now = now_opt(L, 3);
     l2_save_result res;
     l2_event *evp = &s->ev;
@@ -260,7 +287,7 @@ static int store_save(lua_State *L)
         return l2lua_refuse(L, 1, s->err);
     s->out.len = 0;
     if (verify && l2_event_verify(&s->ev, &s->out, s->err)) return l2lua_refuse(L, 1, s->err);
-    if (l2_store_save_batch(s->st, &evp, 1, now, &res, s->err)) return l2lua_refuse(L, 1, s->err);
+    if (l2_store_save_batch(s->st, &evp, 1, now, outbox, &res, s->err)) return l2lua_refuse(L, 1, s->err);
     const char *msg = l2_save_message(res.status);
     if (msg) return l2lua_refuse(L, 1, msg);
     lua_pushboolean(L, 1);
@@ -274,14 +301,16 @@ static int arg_id(lua_State *L, int idx, uint8_t id[32])
     return n == 64 && l2_hex_decode(id, p, 32) == 0;
 }
 
-/* store:delete_event(id [, no_tombstone]) -> true | false, msg */
+/* store:delete_event(id [, no_tombstone [, opts]]) -> true | false, msg. opts.outbox queues the
+ * deletion in the same transaction. */
 static int store_delete(lua_State *L)
 {
     lstore *s = check_store(L);
     uint8_t id[32];
     int found;
+    int outbox = opt_bool(L, 4, "outbox", 0);
     if (!arg_id(L, 2, id)) return l2lua_refuse(L, 1, "invalid: id must be 64 lowercase hex characters");
-    if (l2_store_delete(s->st, id, !lua_toboolean(L, 3), &found, s->err)) return l2lua_refuse(L, 1, s->err);
+    if (l2_store_delete(s->st, id, !lua_toboolean(L, 3), outbox, &found, s->err)) return l2lua_refuse(L, 1, s->err);
     if (!found) return l2lua_refuse(L, 1, "not found: no stored event has this id");
     lua_pushboolean(L, 1);
     return 1;
@@ -441,7 +470,7 @@ static int store_import(lua_State *L)
                 evs[nok++] = &im->items[i].ev;
             }
         }
-        if (nok && l2_store_save_batch(s->st, evs, nok, now, res, s->err)) {
+        if (nok && l2_store_save_batch(s->st, evs, nok, now, 0, res, s->err)) {
             failed = 1;
             break;
         }
@@ -633,6 +662,9 @@ static int store_stats(lua_State *L)
     lua_pushinteger(L, (lua_Integer)st.name);          \
     lua_setfield(L, -2, #name)
     FIELD(events);
+    FIELD(stubs);
+    FIELD(outbox);
+    FIELD(free_bytes);
     FIELD(index_entries);
     FIELD(tombstones);
     FIELD(changes);
@@ -706,12 +738,184 @@ static int store_is_closed(lua_State *L)
     return 1;
 }
 
+/* ---- the cache (L1) side, used by the two-level backend ---- */
+
+/* store:candidates(max [, "access" | "created_at"]) -> {{id, pubkey, kind, created_at, size,
+ * last_access (ms), hits}, ...}, coldest first */
+static int store_candidates(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int64_t max = 0;
+    if (l2lua_int64(L, 2, &max) || max < 1) return luaL_argerror(L, 2, "a positive count expected");
+    const char *order = luaL_optstring(L, 3, "access");
+    int by_created = strcmp(order, "created_at") == 0;
+    if (!by_created && strcmp(order, "access") != 0) return luaL_argerror(L, 3, "\"access\" or \"created_at\" expected");
+    if (max > 100000) max = 100000;
+    l2_candidate *c = malloc((size_t)max * sizeof *c);
+    size_t n;
+    if (!c) return luaL_error(L, "layer2: out of memory");
+    if (l2_store_candidates(s->st, by_created, (size_t)max, c, &n, s->err)) {
+        free(c);
+        return l2lua_refuse(L, 0, s->err);
+    }
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_createtable(L, 0, 7);
+        l2lua_push_hex(L, c[i].id, 32);
+        lua_setfield(L, -2, "id");
+        l2lua_push_hex(L, c[i].pubkey, 32);
+        lua_setfield(L, -2, "pubkey");
+        lua_pushinteger(L, (lua_Integer)c[i].kind);
+        lua_setfield(L, -2, "kind");
+        lua_pushinteger(L, (lua_Integer)c[i].created_at);
+        lua_setfield(L, -2, "created_at");
+        lua_pushinteger(L, (lua_Integer)c[i].size);
+        lua_setfield(L, -2, "size");
+        lua_pushinteger(L, (lua_Integer)c[i].last_ms);
+        lua_setfield(L, -2, "last_access");
+        lua_pushinteger(L, (lua_Integer)c[i].hits);
+        lua_setfield(L, -2, "hits");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    free(c);
+    return 1;
+}
+
+/* store:evict(ids [, "stub" | "delete"]) -> evicted, bytes freed */
+static int store_evict(lua_State *L)
+{
+    lstore *s = check_store(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *mode = luaL_optstring(L, 3, "stub");
+    int delete_mode = strcmp(mode, "delete") == 0;
+    if (!delete_mode && strcmp(mode, "stub") != 0) return luaL_argerror(L, 3, "\"stub\" or \"delete\" expected");
+    size_t n = lua_rawlen(L, 2), k = 0;
+    uint8_t (*ids)[32] = lua_newuserdatauv(L, n * 32 + 1, 0);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, (int)i);
+        size_t len;
+        const char *p = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (p && len == 64 && l2_hex_decode(ids[k], p, 32) == 0) k++;
+        lua_pop(L, 1);
+    }
+    uint64_t evicted, freed;
+    if (l2_store_evict(s->st, (const uint8_t (*)[32])ids, k, delete_mode, &evicted, &freed, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)evicted);
+    lua_pushinteger(L, (lua_Integer)freed);
+    return 2;
+}
+
+/* store:drop_stubs(max) -> dropped, horizon (the created_at past the newest dropped; 0 if none) */
+static int store_drop_stubs(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int64_t max = 0, horizon;
+    uint64_t dropped;
+    if (l2lua_int64(L, 2, &max) || max < 0) return luaL_argerror(L, 2, "a count expected");
+    if (l2_store_drop_stubs(s->st, (size_t)max, &dropped, &horizon, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)dropped);
+    lua_pushinteger(L, (lua_Integer)horizon);
+    return 2;
+}
+
+/* store:revive(events) -> n: full bodies (tables or JSON, trusted) back in place of stubs */
+static int store_revive(lua_State *L)
+{
+    lstore *s = check_store(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    size_t n = lua_rawlen(L, 2), total = 0;
+    for (size_t i = 1; i <= n; i++) {
+        l2_event *evp = &s->ev;
+        uint64_t revived;
+        lua_rawgeti(L, 2, (int)i);
+        int rc = l2lua_event_arg(L, lua_gettop(L), &s->ev, L2_HAVE_ALL, &s->lim, s->err);
+        if (rc == 0 && l2_store_revive(s->st, &evp, 1, &revived, s->err)) return l2lua_refuse(L, 0, s->err);
+        lua_pop(L, 1);
+        if (rc == 0) total += revived;
+    }
+    lua_pushinteger(L, (lua_Integer)total);
+    return 1;
+}
+
+/* store:meta(key) -> value | nil; store:meta(key, value) -> true */
+static int store_meta(lua_State *L)
+{
+    lstore *s = check_store(L);
+    const char *key = luaL_checkstring(L, 2);
+    if (lua_gettop(L) >= 3) {
+        size_t n;
+        const char *v = luaL_checklstring(L, 3, &n);
+        if (l2_store_meta_set(s->st, key, v, n, s->err)) return l2lua_refuse(L, 0, s->err);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    int found;
+    if (l2_store_meta_get(s->st, key, &s->out, &found, s->err)) return l2lua_refuse(L, 0, s->err);
+    if (found) lua_pushlstring(L, s->out.data ? s->out.data : "", s->out.len);
+    else lua_pushnil(L);
+    return 1;
+}
+
+/* store:outbox([max [, opts]]) -> {{seq, op = "save", event} | {seq, op = "delete", id, tombstone}} */
+static int store_outbox(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int64_t max = 1000;
+    if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, &max) || max < 1)) return luaL_argerror(L, 2, "a count expected");
+    int json = opt_bool(L, 3, "json", 0);
+    if (max > 100000) max = 100000;
+    l2_outbox_item *items = malloc((size_t)max * sizeof *items);
+    size_t n;
+    if (!items) return luaL_error(L, "layer2: out of memory");
+    if (l2_store_outbox_list(s->st, (size_t)max, items, &n, s->err)) {
+        free(items);
+        return l2lua_refuse(L, 0, s->err);
+    }
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *p = items[i].data;
+        lua_createtable(L, 0, 4);
+        lua_pushinteger(L, (lua_Integer)items[i].seq);
+        lua_setfield(L, -2, "seq");
+        if (items[i].len > 1 && p[0] == 'S' && push_body(L, s, p + 1, items[i].len - 1, json) == 0) {
+            lua_setfield(L, -2, "event");
+            lua_pushliteral(L, "save");
+        } else if (items[i].len == 34 && p[0] == 'D') {
+            l2lua_push_hex(L, p + 1, 32);
+            lua_setfield(L, -2, "id");
+            lua_pushboolean(L, p[33]);
+            lua_setfield(L, -2, "tombstone");
+            lua_pushliteral(L, "delete");
+        } else {
+            lua_pushliteral(L, "corrupt");
+        }
+        lua_setfield(L, -2, "op");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    l2_store_read_end(s->st);
+    free(items);
+    return 1;
+}
+
+static int store_outbox_ack(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int64_t seq;
+    if (l2lua_int64(L, 2, &seq) || seq < 1) return luaL_argerror(L, 2, "an outbox seq expected");
+    if (l2_store_outbox_ack(s->st, (uint64_t)seq, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static const luaL_Reg store_methods[] = {
     {"save_event", store_save}, {"query_events", store_query}, {"count_events", store_count},
     {"delete_event", store_delete}, {"import", store_import}, {"export", store_export},
     {"changes_since", store_changes}, {"stats", store_stats}, {"check", store_check},
     {"sweep", store_sweep}, {"nuke", store_nuke}, {"sync", store_sync}, {"path", store_path},
-    {"close", store_close}, {"is_closed", store_is_closed}, {NULL, NULL},
+    {"close", store_close}, {"is_closed", store_is_closed}, {"candidates", store_candidates},
+    {"evict", store_evict}, {"drop_stubs", store_drop_stubs}, {"revive", store_revive}, {"meta", store_meta},
+    {"outbox", store_outbox}, {"outbox_ack", store_outbox_ack}, {NULL, NULL},
 };
 
 void l2lua_open_lmdb(lua_State *L)

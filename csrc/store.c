@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- layout ----
@@ -22,7 +23,12 @@
  * tomb     id(32) author(32)                      -> ""          (NIP-09 `e` deletions)
  * atomb    pubkey(32) kind(2) d(V)                -> created_at(8) (NIP-09 `a` deletions)
  * changes  seq(8)                                 -> op(1) serial(8) [id(32) for replaced/deleted]
- * meta     name                                   -> value
+ * meta     name                                   -> value ("u:" + name for the caller's own)
+ * A cache (the L1) also keeps:
+ * access   serial(8)                              -> last access ms(8) hits(4)
+ * lru      last access ms(8) serial(8)            -> ""          (coldest first)
+ * stubs    created_at(8) serial(8)                -> ""          (stubs that may go, oldest first)
+ * outbox   seq(8)                                 -> 'S' binary event | 'D' id(32) tombstone(1)
  * Integers are big-endian so cursors walk in order. V, a value key: 64-char lowercase hex as
  * 0xFE + 32 bytes, up to 64 bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of
  * its sha256. Index keys may therefore collide for long values: every candidate is checked
@@ -34,9 +40,10 @@
 #define MAX_ADDR_KEY (32 + 2 + MAX_VALUE_KEY)
 
 enum { DB_EVENTS, DB_IDS, DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE, DB_REPLACE,
-       DB_TOMB, DB_ATOMB, DB_CHANGES, DB_META, DB_COUNT };
+       DB_TOMB, DB_ATOMB, DB_CHANGES, DB_META, DB_ACCESS, DB_LRU, DB_STUBS, DB_OUTBOX, DB_COUNT };
 static const char *db_names[DB_COUNT] = {"events", "ids", "pubkey", "kind", "pubkind", "tag", "created",
-                                         "expire", "replace", "tomb", "atomb", "changes", "meta"};
+                                         "expire", "replace", "tomb", "atomb", "changes", "meta",
+                                         "access", "lru", "stubs", "outbox"};
 
 /* One LMDB environment per directory and process: LMDB forbids opening it twice. */
 typedef struct shared_env {
@@ -64,6 +71,10 @@ struct l2_store {
     MDB_cursor *iter;
     l2_event ev, old;  /* decoded bodies */
     l2_buf body, key;  /* copies and key building */
+    int cache;         /* keeps access statistics and stubs (an L1) */
+    /* reads counted in memory, written in the next write transaction: never a write per read */
+    struct touch { uint64_t serial, last_ms; uint32_t hits; } *touched;
+    size_t ntouched, touched_cap;
 };
 
 static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -257,7 +268,7 @@ static int make_dirs(const char *path)
 int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char *err)
 {
     struct stat sb;
-    static const l2_store_opts defaults = {0, 0, 0};
+    static const l2_store_opts defaults = {0, 0, 0, 0};
     if (!o) o = &defaults;
     if (make_dirs(path) != 0)
         return fail(err, "error: cannot create the store directory '%s': %s", path, strerror(errno));
@@ -295,6 +306,7 @@ int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char
     st->env = sh->env;
     st->dbi = sh->dbi;
     st->fixed_map = o->fixed_map;
+    st->cache = o->cache;
     l2_event_init(&st->ev);
     l2_event_init(&st->old);
     l2_buf_init(&st->body);
@@ -322,6 +334,7 @@ void l2_store_close(l2_store *st)
     l2_event_free(&st->old);
     l2_buf_free(&st->body);
     l2_buf_free(&st->key);
+    free(st->touched);
     free(st->path);
     free(st);
 }
@@ -504,7 +517,10 @@ static int lookup_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t 
     return rc;
 }
 
-/* Removes a stored event and everything that points at it. */
+static int drop_access(wtx *w, uint64_t serial);
+
+/* Removes a stored event and everything that points at it; op 0 records no change (a cache
+ * eviction is not a nostr deletion). */
 static int remove_event(wtx *w, uint64_t serial, int op)
 {
     l2_store *st = w->st;
@@ -523,8 +539,105 @@ static int remove_event(wtx *w, uint64_t serial, int op)
             return rc;
     }
     put_be64(sk, serial);
+    if (st->cache) {
+        uint8_t stk[16];
+        put_be64(stk, (uint64_t)ev->created_at);
+        put_be64(stk + 8, serial);
+        if ((rc = drop_access(w, serial)) || (rc = del_key(w, DB_STUBS, stk, 16))) return rc;
+    }
     if ((rc = del_key(w, DB_EVENTS, sk, 8))) return rc;
-    return add_change(w, op, ev->id, serial);
+    return op ? add_change(w, op, ev->id, serial) : 0;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Reads the access record of serial: MDB_NOTFOUND when it has none (a stub, or not a cache). */
+static int get_access(MDB_txn *txn, l2_store *st, uint64_t serial, uint64_t *last, uint32_t *hits)
+{
+    uint8_t k[8];
+    put_be64(k, serial);
+    MDB_val kv = {8, k}, v;
+    int rc = mdb_get(txn, st->dbi[DB_ACCESS], &kv, &v);
+    if (rc) return rc;
+    if (v.mv_size != 12) return MDB_CORRUPTED;
+    const uint8_t *p = v.mv_data;
+    *last = get_be64(p);
+    *hits = (uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 | (uint32_t)p[10] << 8 | p[11];
+    return 0;
+}
+
+static int drop_access(wtx *w, uint64_t serial)
+{
+    uint64_t last;
+    uint32_t hits;
+    uint8_t k[16];
+    int rc = get_access(w->txn, w->st, serial, &last, &hits);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    put_be64(k, last);
+    put_be64(k + 8, serial);
+    if ((rc = del_key(w, DB_LRU, k, 16))) return rc;
+    return del_key(w, DB_ACCESS, k + 8, 8);
+}
+
+static int set_access(wtx *w, uint64_t serial, uint64_t last, uint32_t hits)
+{
+    uint8_t k[16], v[12];
+    int rc = drop_access(w, serial);
+    if (rc) return rc;
+    put_be64(k, last);
+    put_be64(k + 8, serial);
+    put_be64(v, last);
+    v[8] = (uint8_t)(hits >> 24);
+    v[9] = (uint8_t)(hits >> 16);
+    v[10] = (uint8_t)(hits >> 8);
+    v[11] = (uint8_t)hits;
+    MDB_val kv = {8, k + 8}, vv = {12, v};
+    if ((rc = mdb_put(w->txn, w->st->dbi[DB_ACCESS], &kv, &vv, 0))) return rc;
+    return put_empty(w, DB_LRU, k, 16);
+}
+
+/* Writes the reads counted in memory (events removed since are skipped). */
+static int flush_access(wtx *w)
+{
+    l2_store *st = w->st;
+    for (size_t i = 0; i < st->ntouched; i++) {
+        const struct touch *t = &st->touched[i];
+        uint64_t last;
+        uint32_t hits;
+        int rc = get_access(w->txn, st, t->serial, &last, &hits);
+        if (rc == MDB_NOTFOUND) continue;
+        if (rc) return rc;
+        if ((rc = set_access(w, t->serial, t->last_ms > last ? t->last_ms : last, hits + t->hits))) return rc;
+    }
+    return 0;
+}
+
+static void touch(l2_store *st, uint64_t serial, uint64_t ms)
+{
+    /* a small linear table: queries touch up to a few hundred events between two writes;
+     * past the cap the oldest counts are simply dropped (they are statistics) */
+    for (size_t i = st->ntouched; i-- > 0 && i + 64 >= st->ntouched;) {
+        if (st->touched[i].serial == serial) {
+            st->touched[i].last_ms = ms;
+            st->touched[i].hits++;
+            return;
+        }
+    }
+    if (st->ntouched == st->touched_cap) {
+        if (st->touched_cap >= 65536) return;
+        size_t cap = st->touched_cap ? st->touched_cap * 2 : 256;
+        struct touch *t = realloc(st->touched, cap * sizeof *t);
+        if (!t) return;
+        st->touched = t;
+        st->touched_cap = cap;
+    }
+    st->touched[st->ntouched++] = (struct touch){serial, ms, 1};
 }
 
 static int put_tombstone(wtx *w, const uint8_t id[32], const uint8_t author[32])
@@ -676,6 +789,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
         if ((rc = mdb_put(w->txn, st->dbi[DB_REPLACE], &rk, &iv, 0))) return rc;
     }
     if ((rc = add_change(w, L2_CHANGE_SAVED, ev->id, serial))) return rc;
+    if (st->cache && (rc = set_access(w, serial, now_ms(), 0))) return rc;
     r->status = L2_SAVE_STORED;
     if (ev->kind == 5) return apply_deletion(w, ev, r);
     return 0;
@@ -733,10 +847,14 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
         wtx w;
         int rc = write_begin(st, &w);
         if (rc) return lmdb_fail(err, "write transaction", rc);
-        rc = body(&w, ud);
+        rc = st->ntouched ? flush_access(&w) : 0;
+        if (rc == 0) rc = body(&w, ud);
         if (rc == 0) rc = write_commit(&w);
         else mdb_txn_abort(w.txn);
-        if (rc == 0) return 0;
+        if (rc == 0) {
+            st->ntouched = 0;
+            return 0;
+        }
         if (rc == MDB_MAP_FULL) {
             if (grow_map(st, err)) return -1;
             continue;
@@ -746,10 +864,33 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
     }
 }
 
+/* appends one record to the outbox */
+static int outbox_put(wtx *w, char type, const void *data, size_t n)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint8_t key[8];
+    uint64_t seq = 1;
+    int rc = mdb_cursor_open(w->txn, w->st->dbi[DB_OUTBOX], &c);
+    if (rc) return rc;
+    if (mdb_cursor_get(c, &k, &v, MDB_LAST) == 0 && k.mv_size == 8) seq = get_be64(k.mv_data) + 1;
+    put_be64(key, seq);
+    k.mv_size = 8;
+    k.mv_data = key;
+    v.mv_size = n + 1;
+    if ((rc = mdb_cursor_put(c, &k, &v, MDB_APPEND | MDB_RESERVE)) == 0) {
+        ((char *)v.mv_data)[0] = type;
+        memcpy((char *)v.mv_data + 1, data, n);
+    }
+    mdb_cursor_close(c);
+    return rc;
+}
+
 typedef struct {
     l2_event *const *evs;
     size_t n;
     int64_t now;
+    int outbox;
     l2_save_result *res;
 } save_args;
 
@@ -759,13 +900,19 @@ static int save_body(wtx *w, void *ud)
     for (size_t i = 0; i < a->n; i++) {
         int rc = save_one(w, a->evs[i], a->now, &a->res[i]);
         if (rc) return rc;
+        if (a->outbox && a->res[i].status == L2_SAVE_STORED) {
+            w->st->body.len = 0;
+            if (l2_event_encode_bin(a->evs[i], &w->st->body)) return ENOMEM;
+            if ((rc = outbox_put(w, 'S', w->st->body.data, w->st->body.len))) return rc;
+        }
     }
     return 0;
 }
 
-int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
+int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int outbox, l2_save_result *res,
+                        char *err)
 {
-    save_args a = {evs, n, now, res};
+    save_args a = {evs, n, now, outbox, res};
     return write_txn(st, save_body, &a, err);
 }
 
@@ -782,24 +929,29 @@ const char *l2_save_message(int status)
 
 typedef struct {
     const uint8_t *id;
-    int tombstone, found;
+    int tombstone, outbox, found;
 } delete_args;
 
 static int delete_body(wtx *w, void *ud)
 {
     delete_args *a = ud;
     uint64_t serial;
+    uint8_t rec[33];
     int rc = lookup_id(w->txn, w->st, a->id, &serial);
     a->found = rc == 0;
-    if (rc == MDB_NOTFOUND) return 0;
-    if (rc) return rc;
+    if (a->outbox) {
+        memcpy(rec, a->id, 32);
+        rec[32] = (uint8_t)a->tombstone;
+        if ((rc = outbox_put(w, 'D', rec, 33))) return rc;
+    }
+    if (!a->found) return rc == MDB_NOTFOUND ? 0 : rc;
     if ((rc = remove_event(w, serial, L2_CHANGE_DELETED))) return rc;
     return a->tombstone ? put_tombstone(w, a->id, w->st->old.pubkey) : 0;
 }
 
-int l2_store_delete(l2_store *st, const uint8_t id[32], int tombstone, int *found, char *err)
+int l2_store_delete(l2_store *st, const uint8_t id[32], int tombstone, int outbox, int *found, char *err)
 {
-    delete_args a = {id, tombstone, 0};
+    delete_args a = {id, tombstone, outbox, 0};
     if (write_txn(st, delete_body, &a, err)) return -1;
     *found = a.found;
     return 0;
@@ -884,6 +1036,7 @@ static int hits_push(l2_hits *h, const l2_event *ev, uint64_t serial)
     x->created_at = ev->created_at;
     memcpy(x->id, ev->id, 32);
     x->serial = serial;
+    x->stub = ev->is_stub;
     return 0;
 }
 
@@ -1112,21 +1265,43 @@ static int run_filter(l2_store *st, const l2_filter *f, int64_t limit, int64_t n
     return 0;
 }
 
-int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_hits *out,
-                   char *err)
+/* Can this store prove the answer to f complete (see l2_store_query)? */
+static int complete(l2_store *st, const l2_filter *f, int64_t limit, int64_t horizon, const l2_hits *h, size_t base)
+{
+    if (horizon <= 0 || l2_filter_is_empty(f)) return 1;
+    if (f->have & L2_F_IDS) {
+        for (uint32_t i = 0; i < f->nids; i++) {
+            uint64_t serial;
+            if (lookup_id(st->rtxn, st, f->ids[i], &serial) != 0) return 0;
+        }
+        return 1;
+    }
+    if ((f->have & L2_F_SINCE) && f->since >= horizon) return 1;
+    size_t n = h->n - base;
+    return (int64_t)n >= limit && h->v[base + n - 1].created_at >= horizon;
+}
+
+int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
+                   uint8_t *incomplete, l2_hits *out, char *err)
 {
     out->n = 0;
     if (read_begin(st, err)) return -1;
     for (size_t i = 0; i < nf; i++) {
         const l2_filter *f = &fs[i];
         int64_t limit = (f->have & L2_F_LIMIT) && f->limit < max_limit ? f->limit : max_limit;
+        size_t base = out->n;
         int rc = run_filter(st, f, limit, now, out);
         if (rc) {
             l2_store_read_end(st);
             return rc == ENOMEM ? fail(err, "error: out of memory") : lmdb_fail(err, "query", rc);
         }
+        if (incomplete) incomplete[i] = !complete(st, f, limit, horizon, out, base);
     }
     if (nf > 1) sort_unique_hits(out, 0, hit_order);
+    if (st->cache) {
+        uint64_t ms = now_ms();
+        for (size_t i = 0; i < out->n; i++) touch(st, out->v[i].serial, ms);
+    }
     return 0;
 }
 
@@ -1234,17 +1409,289 @@ int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err)
                        entries(t, st->dbi[DB_CREATED]) + entries(t, st->dbi[DB_EXPIRE]) + entries(t, st->dbi[DB_IDS]);
     s->tombstones = entries(t, st->dbi[DB_TOMB]) + entries(t, st->dbi[DB_ATOMB]);
     s->changes = entries(t, st->dbi[DB_CHANGES]);
+    s->stubs = entries(t, st->dbi[DB_STUBS]);
+    s->outbox = entries(t, st->dbi[DB_OUTBOX]);
     meta_get_u64(t, st->dbi[DB_META], "seq", &s->last_seq);
     s->last_seq--;
+    /* pages on the freelist are reusable: "used" is what the data really occupies */
+    uint64_t free_pages = 0;
+    MDB_cursor *fc;
+    MDB_val fk, fv;
+    if (mdb_cursor_open(t, 0, &fc) == 0) {
+        while (mdb_cursor_get(fc, &fk, &fv, MDB_NEXT) == 0)
+            if (fv.mv_size >= sizeof(size_t)) free_pages += *(const size_t *)fv.mv_data;
+        mdb_cursor_close(fc);
+    }
     l2_store_read_end(st);
     mdb_env_info(st->env, &info);
     mdb_env_stat(st->env, &es);
     s->page_size = es.ms_psize;
-    s->used_bytes = (uint64_t)(info.me_last_pgno + 1) * es.ms_psize;
+    uint64_t pages = (uint64_t)info.me_last_pgno + 1;
+    s->free_bytes = (free_pages < pages ? free_pages : pages) * es.ms_psize;
+    s->used_bytes = pages * es.ms_psize - s->free_bytes;
     s->map_bytes = info.me_mapsize;
     snprintf(file, sizeof file, "%s/data.mdb", st->path);
     if (stat(file, &sb) == 0) s->file_bytes = (uint64_t)sb.st_size;
     return 0;
+}
+
+/* ---- the cache (L1) side ---- */
+
+static int flush_only(wtx *w, void *ud)
+{
+    (void)w;
+    (void)ud;
+    return 0; /* write_txn flushes the counted reads before calling this */
+}
+
+static void fill_candidate(l2_candidate *c, uint64_t serial, const l2_event *ev, size_t size, uint64_t last,
+                           uint32_t hits)
+{
+    c->serial = serial;
+    memcpy(c->id, ev->id, 32);
+    memcpy(c->pubkey, ev->pubkey, 32);
+    c->kind = ev->kind;
+    c->created_at = ev->created_at;
+    c->size = (uint32_t)size;
+    c->last_ms = last;
+    c->hits = hits;
+}
+
+int l2_store_candidates(l2_store *st, int by_created, size_t max, l2_candidate *out, size_t *n, char *err)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc;
+    *n = 0;
+    if (st->ntouched && write_txn(st, flush_only, NULL, err)) return -1;
+    if (read_begin(st, err)) return -1;
+    if ((rc = mdb_cursor_open(st->rtxn, st->dbi[by_created ? DB_CREATED : DB_LRU], &c))) goto fail;
+    while (*n < max && mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+        if (k.mv_size != 16) continue;
+        uint64_t serial = get_be64((uint8_t *)k.mv_data + 8), last = 0;
+        uint32_t hits = 0;
+        uint8_t sk[8];
+        put_be64(sk, serial);
+        MDB_val ek = {8, sk}, ev;
+        if (mdb_get(st->rtxn, st->dbi[DB_EVENTS], &ek, &ev) != 0) continue;
+        if (l2_event_decode_bin(&st->ev, ev.mv_data, ev.mv_size, NULL) || st->ev.is_stub) continue;
+        get_access(st->rtxn, st, serial, &last, &hits);
+        fill_candidate(&out[(*n)++], serial, &st->ev, ev.mv_size, last, hits);
+    }
+    mdb_cursor_close(c);
+    l2_store_read_end(st);
+    return 0;
+fail:
+    l2_store_read_end(st);
+    return lmdb_fail(err, "candidates", rc);
+}
+
+typedef struct {
+    const uint8_t (*ids)[32];
+    size_t n;
+    int delete_mode;
+    uint64_t evicted, freed;
+} evict_args;
+
+static int evict_body(wtx *w, void *ud)
+{
+    evict_args *a = ud;
+    l2_store *st = w->st;
+    int rc;
+    a->evicted = a->freed = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        uint64_t serial;
+        rc = lookup_id(w->txn, st, a->ids[i], &serial);
+        if (rc == MDB_NOTFOUND) continue;
+        if (rc || (rc = load(st, w->txn, serial, &st->old, 1))) return rc;
+        if (st->old.is_stub) continue;
+        size_t size = st->body.len;
+        int slot = is_replaceable(st->old.kind) || is_addressable(st->old.kind);
+        if (a->delete_mode && !slot) {
+            if ((rc = remove_event(w, serial, 0))) return rc;
+            a->freed += size;
+        } else {
+            uint8_t sk[8], stk[16];
+            st->key.len = 0;
+            if (l2_event_encode_stub(&st->old, &st->key)) return ENOMEM;
+            put_be64(sk, serial);
+            MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
+            if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0)) || (rc = drop_access(w, serial))) return rc;
+            /* a slot's head stays: it is what refuses an older version */
+            put_be64(stk, (uint64_t)st->old.created_at);
+            put_be64(stk + 8, serial);
+            if (!slot && (rc = put_empty(w, DB_STUBS, stk, 16))) return rc;
+            a->freed += size > st->key.len ? size - st->key.len : 0;
+        }
+        a->evicted++;
+    }
+    return 0;
+}
+
+int l2_store_evict(l2_store *st, const uint8_t (*ids)[32], size_t n, int delete_mode, uint64_t *evicted,
+                   uint64_t *freed, char *err)
+{
+    evict_args a = {ids, n, delete_mode, 0, 0};
+    if (write_txn(st, evict_body, &a, err)) return -1;
+    *evicted = a.evicted;
+    *freed = a.freed;
+    return 0;
+}
+
+typedef struct {
+    size_t max;
+    uint64_t dropped;
+    int64_t horizon;
+} drop_args;
+
+static int drop_body(wtx *w, void *ud)
+{
+    drop_args *a = ud;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = 0;
+    a->dropped = 0;
+    while (a->dropped < a->max) {
+        if ((rc = mdb_cursor_open(w->txn, w->st->dbi[DB_STUBS], &c))) return rc;
+        rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        uint8_t key[16];
+        if (rc == 0 && k.mv_size == 16) memcpy(key, k.mv_data, 16);
+        mdb_cursor_close(c);
+        if (rc == MDB_NOTFOUND) return 0;
+        if (rc) return rc;
+        int64_t created_at = (int64_t)get_be64(key);
+        rc = remove_event(w, get_be64(key + 8), 0);
+        if (rc == MDB_NOTFOUND) rc = del_key(w, DB_STUBS, key, 16); /* a dangling entry */
+        if (rc) return rc;
+        if (created_at + 1 > a->horizon) a->horizon = created_at + 1;
+        a->dropped++;
+    }
+    return 0;
+}
+
+int l2_store_drop_stubs(l2_store *st, size_t max, uint64_t *dropped, int64_t *horizon, char *err)
+{
+    drop_args a = {max, 0, 0};
+    if (write_txn(st, drop_body, &a, err)) return -1;
+    *dropped = a.dropped;
+    *horizon = a.horizon;
+    return 0;
+}
+
+typedef struct {
+    l2_event *const *evs;
+    size_t n;
+    uint64_t revived;
+} revive_args;
+
+static int revive_body(wtx *w, void *ud)
+{
+    revive_args *a = ud;
+    l2_store *st = w->st;
+    uint64_t ms = now_ms();
+    a->revived = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        const l2_event *ev = a->evs[i];
+        uint64_t serial;
+        uint8_t sk[8], stk[16];
+        int rc = lookup_id(w->txn, st, ev->id, &serial);
+        if (rc == MDB_NOTFOUND) continue;
+        if (rc || (rc = load(st, w->txn, serial, &st->old, 0))) return rc;
+        if (!st->old.is_stub) continue;
+        st->body.len = 0;
+        if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
+        put_be64(sk, serial);
+        put_be64(stk, (uint64_t)ev->created_at);
+        put_be64(stk + 8, serial);
+        MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
+        if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0)) || (rc = del_key(w, DB_STUBS, stk, 16)) ||
+            (rc = set_access(w, serial, ms, 1)))
+            return rc;
+        a->revived++;
+    }
+    return 0;
+}
+
+int l2_store_revive(l2_store *st, l2_event *const *evs, size_t n, uint64_t *revived, char *err)
+{
+    revive_args a = {evs, n, 0};
+    if (write_txn(st, revive_body, &a, err)) return -1;
+    *revived = a.revived;
+    return 0;
+}
+
+static size_t meta_key(char *out, size_t cap, const char *key)
+{
+    int n = snprintf(out, cap, "u:%s", key);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+int l2_store_meta_get(l2_store *st, const char *key, l2_buf *out, int *found, char *err)
+{
+    char k[256];
+    MDB_val kv = {meta_key(k, sizeof k, key), k}, v;
+    if (read_begin(st, err)) return -1;
+    int rc = mdb_get(st->rtxn, st->dbi[DB_META], &kv, &v);
+    *found = rc == 0;
+    out->len = 0;
+    if (rc == 0 && l2_buf_put(out, v.mv_data, v.mv_size)) rc = ENOMEM;
+    l2_store_read_end(st);
+    if (rc && rc != MDB_NOTFOUND) return lmdb_fail(err, "meta", rc);
+    return 0;
+}
+
+typedef struct {
+    const char *key;
+    const void *val;
+    size_t n;
+} meta_args;
+
+static int meta_body(wtx *w, void *ud)
+{
+    meta_args *a = ud;
+    char k[256];
+    MDB_val kv = {meta_key(k, sizeof k, a->key), k}, v = {a->n, (void *)a->val};
+    return mdb_put(w->txn, w->st->dbi[DB_META], &kv, &v, 0);
+}
+
+int l2_store_meta_set(l2_store *st, const char *key, const void *val, size_t n, char *err)
+{
+    meta_args a = {key, val, n};
+    return write_txn(st, meta_body, &a, err);
+}
+
+int l2_store_outbox_list(l2_store *st, size_t max, l2_outbox_item *out, size_t *n, char *err)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    *n = 0;
+    if (read_begin(st, err)) return -1;
+    int rc = mdb_cursor_open(st->rtxn, st->dbi[DB_OUTBOX], &c);
+    if (rc) {
+        l2_store_read_end(st);
+        return lmdb_fail(err, "outbox", rc);
+    }
+    while (*n < max && mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+        if (k.mv_size != 8) continue;
+        out[*n].seq = get_be64(k.mv_data);
+        out[*n].data = v.mv_data;
+        out[*n].len = v.mv_size;
+        (*n)++;
+    }
+    mdb_cursor_close(c);
+    return 0;
+}
+
+static int ack_body(wtx *w, void *ud)
+{
+    uint8_t k[8];
+    put_be64(k, *(uint64_t *)ud);
+    return del_key(w, DB_OUTBOX, k, 8);
+}
+
+int l2_store_outbox_ack(l2_store *st, uint64_t seq, char *err)
+{
+    return write_txn(st, ack_body, &seq, err);
 }
 
 /* ---- check ---- */

@@ -15,6 +15,7 @@ typedef struct {
     size_t map_size; /* initial map size in bytes; 0 means 1 GiB. The map grows when full */
     int fixed_map;   /* never grow: a size-limited store */
     int nosync;      /* commit without fsync; durable at l2_store_sync */
+    int cache;       /* an L1: keeps access statistics, can hold stubs */
 } l2_store_opts;
 
 enum l2_save_status {
@@ -39,10 +40,13 @@ int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char
 void l2_store_close(l2_store *st);
 const char *l2_store_path(const l2_store *st);
 
-/* Saves n parsed, verified events in one write transaction, in order. 0, or -1 with err. */
-int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err);
-/* Deletes an event by id (and keeps a tombstone unless told not to). *found says if it was there. */
-int l2_store_delete(l2_store *st, const uint8_t id[32], int tombstone, int *found, char *err);
+/* Saves n parsed, verified events in one write transaction, in order. With `outbox`, each stored
+ * event is also queued in the outbox in that transaction. 0, or -1 with err. */
+int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int outbox, l2_save_result *res,
+                        char *err);
+/* Deletes an event by id (and keeps a tombstone unless told not to); with `outbox` the deletion is
+ * queued in the same transaction. *found says if it was there. */
+int l2_store_delete(l2_store *st, const uint8_t id[32], int tombstone, int outbox, int *found, char *err);
 /* Removes every event whose NIP-40 expiration is at or before now. */
 int l2_store_sweep(l2_store *st, int64_t now, uint64_t *removed, char *err);
 int l2_store_nuke(l2_store *st, char *err);
@@ -52,6 +56,7 @@ typedef struct {
     int64_t created_at;
     uint8_t id[32];
     uint64_t serial;
+    int stub;
 } l2_hit;
 
 typedef struct {
@@ -63,9 +68,12 @@ void l2_hits_free(l2_hits *h);
 
 /* Runs the filters (a REQ's union: newest first, ties by lower id, each filter's limit, max_limit
  * when a filter has none or asks for more) in a read transaction that stays open for
- * l2_store_body until l2_store_read_end. */
-int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_hits *out,
-                   char *err);
+ * l2_store_body until l2_store_read_end. With `incomplete` (nf bytes), each filter is marked
+ * when this store cannot prove its answer complete under the horizon: it holds every event with
+ * created_at >= horizon, so a filter is complete when its since is at or past the horizon, when
+ * its limit was reached at or past it, or when it names ids that are all known here. */
+int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
+                   uint8_t *incomplete, l2_hits *out, char *err);
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err);
 /* The stored binary form of serial, valid until l2_store_read_end; 0, or -1 when absent. */
 int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len);
@@ -88,9 +96,43 @@ typedef struct {
 int l2_store_changes(l2_store *st, uint64_t after, size_t max, l2_change *out, size_t *n, char *err);
 
 typedef struct {
-    uint64_t events, index_entries, tombstones, changes, last_seq;
-    uint64_t used_bytes, map_bytes, file_bytes, page_size;
+    uint64_t events, stubs, index_entries, tombstones, changes, last_seq, outbox;
+    uint64_t used_bytes, free_bytes, map_bytes, file_bytes, page_size;
 } l2_store_stats;
+
+/* ---- the cache (L1) side ---- */
+
+typedef struct {
+    uint64_t serial, last_ms;
+    uint32_t hits, size;
+    uint32_t kind;
+    int64_t created_at;
+    uint8_t id[32], pubkey[32];
+} l2_candidate;
+
+/* Up to max eviction candidates, coldest first: by last access, or by created_at. */
+int l2_store_candidates(l2_store *st, int by_created, size_t max, l2_candidate *out, size_t *n, char *err);
+/* Evicts these events: to stubs, or deleted (`delete_mode`, for a cache without L2). The heads of
+ * replaceable slots always become stubs, so the rules they enforce stay. */
+int l2_store_evict(l2_store *st, const uint8_t (*ids)[32], size_t n, int delete_mode, uint64_t *evicted,
+                   uint64_t *freed, char *err);
+/* Removes up to max stubs, oldest created_at first; *horizon gets the created_at past the last. */
+int l2_store_drop_stubs(l2_store *st, size_t max, uint64_t *dropped, int64_t *horizon, char *err);
+/* Puts full bodies back in place of stubs. */
+int l2_store_revive(l2_store *st, l2_event *const *evs, size_t n, uint64_t *revived, char *err);
+
+/* The caller's own small values (a horizon, a cursor), kept in the store. */
+int l2_store_meta_get(l2_store *st, const char *key, l2_buf *out, int *found, char *err);
+int l2_store_meta_set(l2_store *st, const char *key, const void *val, size_t n, char *err);
+
+typedef struct {
+    uint64_t seq;
+    const void *data;
+    size_t len;
+} l2_outbox_item;
+/* Up to max queued records, oldest first, valid until l2_store_read_end. */
+int l2_store_outbox_list(l2_store *st, size_t max, l2_outbox_item *out, size_t *n, char *err);
+int l2_store_outbox_ack(l2_store *st, uint64_t seq, char *err);
 
 int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err);
 
