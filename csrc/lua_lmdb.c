@@ -652,6 +652,18 @@ static int store_changes(lua_State *L)
     return 2;
 }
 
+/* store:prune_changes(keep) -> pruned */
+static int store_prune_changes(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int64_t keep;
+    uint64_t pruned;
+    if (l2lua_int64(L, 2, &keep) || keep < 0) return luaL_argerror(L, 2, "a count expected");
+    if (l2_store_prune_changes(s->st, (uint64_t)keep, &pruned, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)pruned);
+    return 1;
+}
+
 static int store_stats(lua_State *L)
 {
     lstore *s = check_store(L);
@@ -915,7 +927,8 @@ static const luaL_Reg store_methods[] = {
     {"sweep", store_sweep}, {"nuke", store_nuke}, {"sync", store_sync}, {"path", store_path},
     {"close", store_close}, {"is_closed", store_is_closed}, {"candidates", store_candidates},
     {"evict", store_evict}, {"drop_stubs", store_drop_stubs}, {"revive", store_revive}, {"meta", store_meta},
-    {"outbox", store_outbox}, {"outbox_ack", store_outbox_ack}, {NULL, NULL},
+    {"outbox", store_outbox}, {"outbox_ack", store_outbox_ack}, {"prune_changes", store_prune_changes},
+    {NULL, NULL},
 };
 
 void l2lua_open_lmdb(lua_State *L)

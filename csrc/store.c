@@ -19,7 +19,8 @@
  * tag      letter(1) value(V) created_at(8) serial(8) -> ""   (single-letter tags with a value)
  * created  created_at(8) serial(8)                -> ""
  * expire   expiration(8) serial(8)                -> ""
- * replace  pubkey(32) kind(2) d(V)                -> serial(8)   (the head of a replaceable slot)
+ * replace  pubkey(32) kind(2) d(V)                -> serial(8) created_at(8) id(32)  (a slot's head: the
+ *          record that refuses older versions; it outlives the event itself when a cache evicts it)
  * tomb     id(32) author(32)                      -> ""          (NIP-09 `e` deletions)
  * atomb    pubkey(32) kind(2) d(V)                -> created_at(8) (NIP-09 `a` deletions)
  * changes  seq(8)                                 -> op(1) serial(8) [id(32) for replaced/deleted]
@@ -517,6 +518,35 @@ static int lookup_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t 
     return rc;
 }
 
+typedef struct {
+    uint64_t serial;
+    int64_t created_at;
+    uint8_t id[32];
+} head_rec;
+
+static int get_head(MDB_txn *txn, l2_store *st, const uint8_t *key, size_t n, head_rec *h)
+{
+    MDB_val k = {n, (void *)key}, v;
+    int rc = mdb_get(txn, st->dbi[DB_REPLACE], &k, &v);
+    if (rc) return rc;
+    if (v.mv_size != 48) return MDB_CORRUPTED;
+    const uint8_t *p = v.mv_data;
+    h->serial = get_be64(p);
+    h->created_at = (int64_t)get_be64(p + 8);
+    memcpy(h->id, p + 16, 32);
+    return 0;
+}
+
+static int put_head(wtx *w, const uint8_t *key, size_t n, uint64_t serial, const l2_event *ev)
+{
+    uint8_t v[48];
+    put_be64(v, serial);
+    put_be64(v + 8, (uint64_t)ev->created_at);
+    memcpy(v + 16, ev->id, 32);
+    MDB_val kv = {n, (void *)key}, vv = {48, v};
+    return mdb_put(w->txn, w->st->dbi[DB_REPLACE], &kv, &vv, 0);
+}
+
 static int drop_access(wtx *w, uint64_t serial);
 
 /* Removes a stored event and everything that points at it; op 0 records no change (a cache
@@ -530,12 +560,12 @@ static int remove_event(wtx *w, uint64_t serial, int op)
     if (rc) return rc;
     if ((rc = for_each_index(ev, serial, index_del, w))) return rc;
     if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
-    if (is_replaceable(ev->kind) || is_addressable(ev->kind)) {
+    if (op && (is_replaceable(ev->kind) || is_addressable(ev->kind))) {
+        /* a cache eviction (op 0) keeps the head record: it still refuses older versions */
         l2_str d = d_value(ev);
         size_t n = addr_key(k, ev->pubkey, ev->kind, d.p, d.n);
-        MDB_val kv = {n, k}, v;
-        if (mdb_get(w->txn, st->dbi[DB_REPLACE], &kv, &v) == 0 && v.mv_size == 8 && get_be64(v.mv_data) == serial &&
-            (rc = del_key(w, DB_REPLACE, k, n)))
+        head_rec h;
+        if (get_head(w->txn, st, k, n, &h) == 0 && h.serial == serial && (rc = del_key(w, DB_REPLACE, k, n)))
             return rc;
     }
     put_be64(sk, serial);
@@ -697,15 +727,14 @@ static int apply_deletion(wtx *w, const l2_event *del, l2_save_result *r)
                 vv.mv_data = when;
                 if ((rc = mdb_put(w->txn, st->dbi[DB_ATOMB], &kv, &vv, 0))) return rc;
             }
-            rc = mdb_get(w->txn, st->dbi[DB_REPLACE], &kv, &vv);
-            if (rc == 0 && vv.mv_size == 8) {
-                uint64_t serial = get_be64(vv.mv_data);
-                if ((rc = load(st, w->txn, serial, &st->old, 0))) return rc;
-                if (st->old.created_at <= del->created_at) {
-                    if ((rc = remove_event(w, serial, L2_CHANGE_DELETED))) return rc;
-                    r->deleted++;
-                }
-            } else if (rc != MDB_NOTFOUND) {
+            head_rec h;
+            rc = get_head(w->txn, st, k, n, &h);
+            if (rc == 0 && h.created_at <= del->created_at) {
+                rc = remove_event(w, h.serial, L2_CHANGE_DELETED);
+                if (rc == MDB_NOTFOUND) rc = del_key(w, DB_REPLACE, k, n); /* evicted from a cache */
+                else if (rc == 0) r->deleted++;
+                if (rc) return rc;
+            } else if (rc && rc != MDB_NOTFOUND) {
                 return rc;
             }
         }
@@ -758,18 +787,17 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
             return 0;
         }
         if (rc && rc != MDB_NOTFOUND) return rc;
-        rc = mdb_get(w->txn, st->dbi[DB_REPLACE], &k, &v);
-        if (rc == 0 && v.mv_size == 8) {
-            uint64_t head = get_be64(v.mv_data);
-            if ((rc = load(st, w->txn, head, &st->old, 0))) return rc;
+        head_rec h;
+        rc = get_head(w->txn, st, ak, an, &h);
+        if (rc == 0) {
             /* newer created_at wins; a tie goes to the lower id */
-            if (st->old.created_at > ev->created_at ||
-                (st->old.created_at == ev->created_at && memcmp(st->old.id, ev->id, 32) < 0)) {
+            if (h.created_at > ev->created_at || (h.created_at == ev->created_at && memcmp(h.id, ev->id, 32) < 0)) {
                 r->status = L2_SAVE_OLDER;
                 return 0;
             }
-            if ((rc = remove_event(w, head, L2_CHANGE_REPLACED))) return rc;
-            r->replaced++;
+            rc = remove_event(w, h.serial, L2_CHANGE_REPLACED);
+            if (rc == 0) r->replaced++;
+            else if (rc != MDB_NOTFOUND) return rc; /* NOTFOUND: a cache had evicted it */
         } else if (rc != MDB_NOTFOUND) {
             return rc;
         }
@@ -784,10 +812,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     MDB_val ik = {32, (void *)ev->id}, iv = {8, sk};
     if ((rc = mdb_put(w->txn, st->dbi[DB_IDS], &ik, &iv, 0))) return rc;
     if ((rc = for_each_index(ev, serial, index_put, w))) return rc;
-    if (an) {
-        MDB_val rk = {an, ak};
-        if ((rc = mdb_put(w->txn, st->dbi[DB_REPLACE], &rk, &iv, 0))) return rc;
-    }
+    if (an && (rc = put_head(w, ak, an, serial, ev))) return rc;
     if ((rc = add_change(w, L2_CHANGE_SAVED, ev->id, serial))) return rc;
     if (st->cache && (rc = set_access(w, serial, now_ms(), 0))) return rc;
     r->status = L2_SAVE_STORED;
@@ -1506,8 +1531,7 @@ static int evict_body(wtx *w, void *ud)
         if (rc || (rc = load(st, w->txn, serial, &st->old, 1))) return rc;
         if (st->old.is_stub) continue;
         size_t size = st->body.len;
-        int slot = is_replaceable(st->old.kind) || is_addressable(st->old.kind);
-        if (a->delete_mode && !slot) {
+        if (a->delete_mode) {
             if ((rc = remove_event(w, serial, 0))) return rc;
             a->freed += size;
         } else {
@@ -1517,10 +1541,9 @@ static int evict_body(wtx *w, void *ud)
             put_be64(sk, serial);
             MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
             if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0)) || (rc = drop_access(w, serial))) return rc;
-            /* a slot's head stays: it is what refuses an older version */
             put_be64(stk, (uint64_t)st->old.created_at);
             put_be64(stk + 8, serial);
-            if (!slot && (rc = put_empty(w, DB_STUBS, stk, 16))) return rc;
+            if ((rc = put_empty(w, DB_STUBS, stk, 16))) return rc;
             a->freed += size > st->key.len ? size - st->key.len : 0;
         }
         a->evicted++;
@@ -1694,6 +1717,36 @@ int l2_store_outbox_ack(l2_store *st, uint64_t seq, char *err)
     return write_txn(st, ack_body, &seq, err);
 }
 
+typedef struct {
+    uint64_t keep, pruned;
+} prune_args;
+
+static int prune_body(wtx *w, void *ud)
+{
+    prune_args *a = ud;
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint64_t n = entries(w->txn, w->st->dbi[DB_CHANGES]);
+    int rc = mdb_cursor_open(w->txn, w->st->dbi[DB_CHANGES], &c);
+    a->pruned = 0;
+    if (rc) return rc;
+    while (n > a->keep && (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0) {
+        if ((rc = mdb_cursor_del(c, 0))) break;
+        n--;
+        a->pruned++;
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *err)
+{
+    prune_args a = {keep, 0};
+    if (write_txn(st, prune_body, &a, err)) return -1;
+    *pruned = a.pruned;
+    return 0;
+}
+
 /* ---- check ---- */
 
 typedef struct {
@@ -1784,19 +1837,25 @@ int l2_store_check(l2_store *st, void (*problem)(void *ud, const char *msg), voi
     if (entries(t, st->dbi[DB_IDS]) != nevents)
         report(&c, "the ids index holds %llu entries for %llu events", (unsigned long long)entries(t, st->dbi[DB_IDS]),
                (unsigned long long)nevents);
-    /* every replace head points at an event of that slot */
+    /* every replace head describes an event of that slot (which a cache may have evicted) */
     if ((rc = mdb_cursor_open(t, st->dbi[DB_REPLACE], &cur))) goto fail;
     while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
-        uint64_t serial = v.mv_size == 8 ? get_be64(v.mv_data) : 0;
-        if (load(st, t, serial, &st->ev, 0) != 0) {
-            report(&c, "a replaceable head points at no event (serial %llu)", (unsigned long long)serial);
+        head_rec h;
+        if (get_head(t, st, k.mv_data, k.mv_size, &h) != 0) {
+            report(&c, "a replaceable head record is malformed");
+            continue;
+        }
+        if (load(st, t, h.serial, &st->ev, 0) != 0) {
+            if (!st->cache) report(&c, "a replaceable head points at no event (serial %llu)", (unsigned long long)h.serial);
             continue;
         }
         uint8_t ak[MAX_ADDR_KEY];
         l2_str d = d_value(&st->ev);
         size_t n = addr_key(ak, st->ev.pubkey, st->ev.kind, d.p, d.n);
-        if (n != k.mv_size || memcmp(ak, k.mv_data, n) != 0)
-            report(&c, "a replaceable head points at an event of another slot (serial %llu)", (unsigned long long)serial);
+        if (n != k.mv_size || memcmp(ak, k.mv_data, n) != 0 || h.created_at != st->ev.created_at ||
+            memcmp(h.id, st->ev.id, 32) != 0)
+            report(&c, "a replaceable head does not describe the event it points at (serial %llu)",
+                   (unsigned long long)h.serial);
     }
     mdb_cursor_close(cur);
     l2_store_read_end(st);

@@ -92,6 +92,8 @@ typedef struct {
     uint8_t id[32];
 } l2_change;
 
+/* Keeps only the newest `keep` changes (a cache's feed serves live tailing, not history). */
+int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *err);
 /* Up to max changes after `after`, in a read transaction left open for l2_store_body. */
 int l2_store_changes(l2_store *st, uint64_t after, size_t max, l2_change *out, size_t *n, char *err);
 

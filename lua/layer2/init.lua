@@ -1,6 +1,7 @@
 -- layer2: a two-level nostr event store. The C core (layer2.core) does parsing, the nostr rules
 -- and storage; this file wires the Lua surface.
 local core = require("layer2.core")
+local backend = require("layer2.backend")
 
 local layer2 = {
   version = core.version,
@@ -8,6 +9,7 @@ local layer2 = {
   filter = core.filter,
   schnorr = core.schnorr,
   lmdb = core.lmdb,
+  open = backend.open, -- the two-level backend: layer2.open(path, opts)
 }
 
 return layer2

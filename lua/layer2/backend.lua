@@ -1,0 +1,572 @@
+-- The two-level backend: a size-limited LMDB cache (L1) in front of an authoritative store (L2).
+-- The C core does storage and rules; this file decides what goes where, when to evict, and
+-- what to signal. See DESIGN §4 and the README.
+local core = require("layer2.core")
+
+local event = core.event
+local backend = {}
+local Backend = {}
+Backend.__index = Backend
+
+local STORE_METHODS = { "save_event", "query_events", "count_events", "delete_event", "import", "export", "nuke",
+  "sync", "path", "close" }
+local PAGE = 4096
+
+local function is_ephemeral(kind) return kind >= 20000 and kind < 30000 end
+
+local function load_policy(p)
+  if p == nil then p = "lru" end
+  if type(p) == "string" then
+    local ok, mod = pcall(require, "layer2.policy." .. p)
+    if not ok then error("layer2: unknown eviction policy '" .. p .. "'", 3) end
+    return mod
+  end
+  if type(p) ~= "table" or type(p.select) ~= "function" then
+    error("layer2: a policy is a table with a select(self, candidates, bytes_needed) function", 3)
+  end
+  return p
+end
+
+-- An L2 is any object with the store methods (called with `:`).
+local function check_store(l2)
+  for _, m in ipairs(STORE_METHODS) do
+    local ok, f = pcall(function() return l2[m] end)
+    if not ok or type(f) ~= "function" then error("layer2: opts.l2 has no " .. m .. " method", 3) end
+  end
+  return l2
+end
+
+-- Calls an L2 method; a raised error or an `error:` refusal is an L2 failure: nil, message.
+local function call_l2(self, method, ...)
+  local ok, a, b, c = pcall(self.l2[method], self.l2, ...)
+  if not ok then return nil, "error: L2 failed: " .. tostring(a) end
+  if a == nil or (a == false and type(b) == "string" and b:match("^error:")) then
+    return nil, b or "error: L2 failed"
+  end
+  return true, a, b, c
+end
+
+function backend.open(path, opts)
+  if type(path) ~= "string" then error("layer2.open: a directory path expected", 2) end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("layer2.open: opts must be a table", 2) end
+  local l1opts = opts.l1 or {}
+  local limit = l1opts.size_limit
+  local high, low = l1opts.high_water or 66, l1opts.low_water or 50
+  if limit ~= nil and (type(limit) ~= "number" or limit < 256 * 1024) then
+    error("layer2.open: l1.size_limit must be a number of bytes, at least 256 KiB", 2)
+  end
+  if not (type(high) == "number" and type(low) == "number" and low > 0 and low < high and high <= 100) then
+    error("layer2.open: l1.low_water and l1.high_water are percents with 0 < low < high <= 100", 2)
+  end
+  local self = setmetatable({
+    dir = path,
+    limit = limit and math.floor(limit / PAGE) * PAGE,
+    high_water = high,
+    low_water = low,
+    policy = load_policy(opts.policy),
+    default_policy = require("layer2.policy.lru"),
+    handlers = {},
+    log = opts.log or function(msg) io.stderr:write("layer2: ", msg, "\n") end,
+    max_limit = opts.max_limit or 500,
+    changes_kept = l1opts.changes_kept or 1000,
+    hits = { l1 = 0, stubs = 0, l2 = 0 },
+    used = 0, -- L1's used bytes as last measured, plus what was written since
+  }, Backend)
+  local err
+  self.l1, err = core.lmdb.open(path .. "/layer1", { cache = true, map_size = self.limit, fixed_map = limit ~= nil,
+    nosync = opts.nosync, max_limit = self.max_limit })
+  if not self.l1 then return nil, err end
+  if opts.l2 == nil then
+    self.l2, err = core.lmdb.open(path .. "/layer2", { nosync = opts.nosync, max_limit = self.max_limit })
+    if not self.l2 then
+      self.l1:close()
+      return nil, err
+    end
+    self.own_l2 = true
+  elseif opts.l2 ~= false then
+    self.l2 = check_store(opts.l2)
+  end
+  if opts.on_event then self:on_event(opts.on_event) end
+  -- the horizon: L1 holds an entry for every event at or after it that this backend has seen
+  local h = self.l1:meta("horizon")
+  if h then
+    self.horizon = tonumber(h)
+  else
+    -- a new L1 in front of an L2 that already has events knows none of them
+    self.horizon = 0
+    if self.l2 then
+      local ok, newest = call_l2(self, "query_events", { limit = 1 }, { max_limit = 1 })
+      if ok and newest[1] then self:raise_horizon(newest[1].created_at + 1) end
+    end
+    self.l1:meta("horizon", tostring(self.horizon))
+  end
+  return self
+end
+
+function Backend:raise_horizon(h)
+  if h > self.horizon then
+    self.horizon = h
+    self.l1:meta("horizon", tostring(h))
+  end
+end
+
+function Backend:path() return self.dir end
+
+function Backend:on_event(fn)
+  if type(fn) ~= "function" then error("layer2: on_event takes a function", 2) end
+  self.handlers[#self.handlers + 1] = fn
+end
+
+function Backend:signal(ev, origin)
+  if #self.handlers == 0 then return end
+  if type(ev) == "string" then ev = event.parse(ev) end
+  for _, h in ipairs(self.handlers) do
+    local ok, err = pcall(h, ev, origin)
+    if not ok then self.log("an on_event handler failed: " .. tostring(err)) end
+  end
+end
+
+-- ---- writes ----
+
+-- Room for a write of about `bytes`: evicts before the map could fill. LMDB needs free pages
+-- even to delete, so L1 must never be allowed to fill up: work below the high water mark.
+-- Returns false when the write could not fit in L1 at all.
+function Backend:make_room(bytes)
+  if not self.limit then return true end
+  local need = bytes * 3 + 16384 -- body, index keys and copy-on-write pages
+  if need > self.limit * (100 - self.high_water) / 100 then return false end
+  local high = self.limit * self.high_water / 100
+  if self.used + need > high then
+    self.used = self.l1:stats().used_bytes
+    if self.used + need > high then self:gc(true) end
+  end
+  self.used = self.used + need
+  return true
+end
+
+-- Saves into L1 (trusted: already verified), making room first.
+function Backend:save_l1(ev, opts, bytes)
+  if not self:make_room(bytes or (type(ev) == "string" and #ev or 4096)) then
+    return false, "error: the event is too large for L1"
+  end
+  return self.l1:save_event(ev, opts)
+end
+
+function Backend:save_event(ev, opts)
+  local kind
+  if type(ev) == "table" then kind = ev.kind elseif type(ev) ~= "string" then
+    error("bad argument #1 to 'save_event' (table or string expected, got " .. type(ev) .. ")", 2)
+  end
+  local ok, err = event.verify(ev)
+  if not ok then return false, err end
+  if type(kind) ~= "number" then kind = event.parse(ev).kind end
+  if is_ephemeral(kind) then
+    self:signal(ev, "local")
+    return true
+  end
+  local trusted = { verify = false, now = opts and opts.now }
+  if self.l2 then
+    local l2ok, stored, msg = call_l2(self, "save_event", ev, trusted)
+    if l2ok and not stored then return false, msg end -- L2's verdict: duplicate, blocked...
+    if not l2ok then
+      -- L2 is down: L1 decides, and keeps the event in its outbox until L2 has it
+      self.log("L2 save failed, queued in the outbox: " .. tostring(stored))
+      trusted.outbox = true
+    end
+  end
+  local saved, msg = self:save_l1(ev, trusted, type(ev) == "string" and #ev or #event.encode(ev))
+  if not saved and msg and msg:match("^error:") then
+    if trusted.outbox then return false, msg end -- neither level has it
+    -- L2 has it; L1 cannot hold it: stop claiming completeness up to it
+    self.log("L1 could not take an event: " .. msg)
+    self:raise_horizon((type(ev) == "table" and ev or event.parse(ev)).created_at + 1)
+    return true
+  end
+  if saved then
+    self:signal(ev, "local")
+  elseif self.l2 and not trusted.outbox then
+    return true -- L2 stored it; L1 already had it or an entry that refuses it
+  end
+  return saved, msg
+end
+
+function Backend:delete_event(id, no_tombstone)
+  if self.l2 then
+    local ok, found, msg = call_l2(self, "delete_event", id, no_tombstone)
+    if not ok then
+      self.log("L2 delete failed, queued in the outbox: " .. tostring(found))
+      return self.l1:delete_event(id, no_tombstone, { outbox = true })
+    end
+    self.l1:delete_event(id, no_tombstone)
+    return found, msg
+  end
+  return self.l1:delete_event(id, no_tombstone)
+end
+
+-- Sends what the outbox holds to L2, in order; stops at the first L2 failure.
+function Backend:drain()
+  if not self.l2 then return 0 end
+  local sent = 0
+  while true do
+    local items = self.l1:outbox(256)
+    if not items or #items == 0 then return sent end
+    for _, item in ipairs(items) do
+      local ok, err
+      if item.op == "save" then
+        ok, err = call_l2(self, "save_event", item.event, { verify = false })
+      elseif item.op == "delete" then
+        ok, err = call_l2(self, "delete_event", item.id, not item.tombstone)
+      else
+        ok = true -- unreadable: nothing can be done with it
+        self.log("dropping an unreadable outbox record " .. item.seq)
+      end
+      if not ok then
+        self.log("the outbox waits for L2: " .. tostring(err))
+        return sent
+      end
+      -- a duplicate means L2 already has it: done either way, exactly once
+      self.l1:outbox_ack(item.seq)
+      sent = sent + 1
+    end
+  end
+end
+
+-- ---- eviction ----
+
+function Backend:choose(candidates, need)
+  local ok, ids = pcall(self.policy.select, self.policy, candidates, need)
+  if ok and type(ids) == "table" then return ids end
+  self.log(("the eviction policy '%s' failed (%s); using lru"):format(tostring(self.policy.name),
+    ok and "it returned no list" or tostring(ids)))
+  return self.default_policy:select(candidates, need)
+end
+
+-- Evicts in small transactions: copy-on-write needs free pages, and a full cache has few.
+function Backend:evict(ids, mode)
+  local evicted, freed, step = 0, 0, 32
+  local i = 1
+  while i <= #ids do
+    local chunk = {}
+    for k = i, math.min(i + step - 1, #ids) do chunk[#chunk + 1] = ids[k] end
+    local n, bytes = self.l1:evict(chunk, mode)
+    if n then
+      evicted, freed, i = evicted + n, freed + bytes, i + #chunk
+    elseif step > 1 then
+      step = math.max(1, math.floor(step / 4))
+    else
+      self.log("eviction failed: " .. tostring(bytes))
+      break
+    end
+  end
+  return evicted, freed
+end
+
+-- One eviction step: when L1 is past its high water mark (or `force`), evict what the policy
+-- picks until it is under the low water mark; with an L2 events become stubs, then stubs go,
+-- oldest first, and the horizon moves past them. Also drains the outbox.
+function Backend:gc(force)
+  local report = { evicted = 0, dropped = 0, freed = 0 }
+  if not force then report.sent = self:drain() end
+  if not self.limit then return report end
+  local used = self.l1:stats().used_bytes
+  if used <= self.limit * self.high_water / 100 and not force then return report end
+  local target = self.limit * self.low_water / 100
+  local mode = self.l2 and "stub" or "delete"
+  -- L1's change feed serves live tailing, not history
+  report.pruned = self.l1:prune_changes(self.changes_kept)
+  used = self.l1:stats().used_bytes
+  for _ = 1, 64 do
+    if used <= target then break end
+    local candidates = self.l1:candidates(512, self.policy.order or "access")
+    if not candidates or #candidates == 0 then break end
+    local evicted, freed = self:evict(self:choose(candidates, used - target), mode)
+    report.evicted, report.freed = report.evicted + evicted, report.freed + freed
+    used = self.l1:stats().used_bytes
+    if evicted == 0 then break end
+  end
+  for _ = 1, 64 do
+    if used <= target or not self.l2 then break end
+    local dropped, horizon = self.l1:drop_stubs(512)
+    if not dropped or dropped == 0 then break end
+    report.dropped = report.dropped + dropped
+    self:raise_horizon(horizon)
+    used = self.l1:stats().used_bytes
+  end
+  if used > self.limit * self.high_water / 100 and self.l2 then
+    -- nothing more can go and L1 is still full (a write could not even evict): L1 is a cache,
+    -- L2 has everything; start it again past the newest event L2 holds
+    self.log("L1 could not be brought under its high water mark; emptying it")
+    self:reset_l1()
+    used = self.l1:stats().used_bytes
+  end
+  self.used = used
+  report.used = used
+  return report
+end
+
+function Backend:reset_l1()
+  local outbox = self.l1:outbox(100000) or {}
+  if #outbox > 0 then
+    self.log("L1 keeps its outbox of " .. #outbox .. " records: it cannot be emptied now")
+    return
+  end
+  self.l1:nuke()
+  self.horizon = -1
+  local ok, newest = call_l2(self, "query_events", { limit = 1 }, { max_limit = 1 })
+  self:raise_horizon(ok and newest[1] and newest[1].created_at + 1 or 0)
+end
+
+-- ---- reads ----
+
+-- a result of an L1 query: an event table, a JSON string, or a stub's id (64 hex characters)
+local function as_event(v)
+  if type(v) == "table" then return v end
+  if #v == 64 and not v:find("[^0-9a-f]") then return nil end
+  return event.parse(v)
+end
+
+local function newest_first(a, b)
+  if a.created_at ~= b.created_at then return a.created_at > b.created_at end
+  return a.id < b.id
+end
+
+-- Fetches the bodies of stubs from L2 and puts them in place (and back into L1).
+function Backend:fill_stubs(res, stubs, json)
+  local ids = {}
+  for i, pos in ipairs(stubs) do ids[i] = res[pos] end
+  local ok, bodies = call_l2(self, "query_events", { ids = ids }, { max_limit = #ids })
+  local by_id = {}
+  if ok then
+    for _, ev in ipairs(bodies) do by_id[ev.id] = ev end
+    self.l1:revive(bodies)
+  end
+  local out, filled = {}, 0
+  local at = 1
+  for i = 1, #res do
+    if stubs[at] == i then
+      at = at + 1
+      local ev = by_id[res[i]]
+      if ev then
+        out[#out + 1] = json and event.encode(ev) or ev
+        filled = filled + 1
+      end
+    else
+      out[#out + 1] = res[i]
+    end
+  end
+  return out, filled
+end
+
+-- Saves events L2 returned into L1 in one transaction, so the next read hits.
+function Backend:fill(events)
+  local lines, bytes = {}, 0
+  for i, ev in ipairs(events) do
+    lines[i] = type(ev) == "string" and ev or event.encode(ev)
+    bytes = bytes + #lines[i]
+  end
+  if #lines == 0 or not self:make_room(bytes) then return end
+  local i = 0
+  local ok, err = self.l1:import(function()
+    i = i + 1
+    return lines[i]
+  end, { verify = false, threads = 1 })
+  if not ok then self.log("L1 could not keep what L2 returned: " .. tostring(err)) end
+end
+
+function Backend:query_events(filters, opts)
+  opts = opts or {}
+  local json = opts.json
+  local l1opts = { json = json, max_limit = opts.max_limit or self.max_limit, now = opts.now, info = true,
+    horizon = self.l2 and self.horizon or 0 }
+  local res, info = self.l1:query_events(filters, l1opts)
+  if not res then return nil, info end
+  local levels = { l1 = #res - #info.stubs, stubs = 0, l2 = 0 }
+  if not self.l2 or opts.l1_only then
+    if #info.stubs > 0 then
+      local kept = {}
+      local at = 1
+      for i = 1, #res do
+        if info.stubs[at] == i then at = at + 1 else kept[#kept + 1] = res[i] end
+      end
+      res = kept
+    end
+    self.hits.l1 = self.hits.l1 + levels.l1
+    return res, levels
+  end
+  if #info.incomplete == 0 then
+    if #info.stubs > 0 then res, levels.stubs = self:fill_stubs(res, info.stubs, json) end
+    self.hits.l1, self.hits.stubs = self.hits.l1 + levels.l1, self.hits.stubs + levels.stubs
+    return res, levels
+  end
+  -- L1 cannot prove the answer: L2, the authority, answers
+  local ok, res2 = call_l2(self, "query_events", filters,
+    { json = json, max_limit = l1opts.max_limit, now = opts.now })
+  if not ok then
+    self.log("L2 query failed, answering from L1: " .. tostring(res2))
+    if #info.stubs > 0 then res = self:fill_stubs(res, info.stubs, json) end
+    levels.l2_error = res2
+    return res, levels
+  end
+  if self.l1:stats().outbox > 0 then
+    -- events waiting for L2 are only in L1: merge them in (stubs are in L2's answer already)
+    local seen, merged = {}, {}
+    for _, list in ipairs({ res2, res }) do
+      for _, v in ipairs(list) do
+        local t = as_event(v)
+        if t and not seen[t.id] then
+          seen[t.id] = true
+          merged[#merged + 1] = { t = t, v = v }
+        end
+      end
+    end
+    table.sort(merged, function(a, b) return newest_first(a.t, b.t) end)
+    res2 = {}
+    for i, m in ipairs(merged) do res2[i] = (json and type(m.v) ~= "string") and event.encode(m.t) or m.v end
+  end
+  self:fill(res2)
+  levels.l1, levels.l2 = 0, #res2
+  self.hits.l2 = self.hits.l2 + #res2
+  return res2, levels
+end
+
+function Backend:count_events(filters, opts)
+  if self.l2 then
+    local ok, n = call_l2(self, "count_events", filters, opts)
+    if ok then return n end
+    self.log("L2 count failed, counting L1: " .. tostring(n))
+  end
+  return self.l1:count_events(filters, opts)
+end
+
+-- ---- bulk, maintenance ----
+
+-- Import goes to L2 (the original's choice); L1 fills on demand. The horizon moves past the
+-- newest imported event, which L1 does not hold.
+function Backend:import(source, opts)
+  if not self.l2 then return self.l1:import(source, opts) end
+  local lines, close
+  if type(source) == "string" then
+    local f, err = io.open(source, "r")
+    if not f then return nil, "error: cannot open '" .. source .. "': " .. tostring(err) end
+    lines, close = f:lines(), function() f:close() end
+  elseif type(source) == "function" then
+    lines = source
+  else
+    lines = source:lines()
+  end
+  local newest = -1
+  local function tracked()
+    local line = lines()
+    if line then
+      local t = tonumber(line:match('"created_at"%s*:%s*(%d+)'))
+      if t and t > newest then newest = t end
+    end
+    return line
+  end
+  local ok, counts, err = call_l2(self, "import", tracked, opts)
+  if close then close() end
+  if newest >= 0 then self:raise_horizon(newest + 1) end
+  if not ok then return nil, counts end
+  return counts, err
+end
+
+function Backend:export(sink, pubkeys)
+  if not self.l2 then return self.l1:export(sink, pubkeys) end
+  local ok, n, err = call_l2(self, "export", sink, pubkeys)
+  if not ok then return nil, n end
+  return n, err
+end
+
+function Backend:nuke()
+  if self.l2 then
+    local ok, err = call_l2(self, "nuke")
+    if not ok then return nil, err end
+  end
+  local ok, err = self.l1:nuke()
+  if not ok then return nil, err end
+  self.horizon = -1
+  self:raise_horizon(0)
+  return true
+end
+
+function Backend:sync()
+  self:drain()
+  if self.l2 then
+    local ok, err = call_l2(self, "sync")
+    if not ok then return nil, err end
+  end
+  return self.l1:sync()
+end
+
+-- One poll step: drains the outbox, then takes what other writers added to L2 (through its change
+-- feed) into L1, signalling each new event with origin "l2".
+function Backend:poll()
+  local report = { sent = self:drain(), received = 0 }
+  if not self.l2 or type(self.l2.changes_since) ~= "function" then return report end
+  local cursor = tonumber(self.l1:meta("poll_cursor") or "")
+  if not cursor then
+    local ok, st = call_l2(self, "stats")
+    cursor = ok and st.last_seq or 0
+  end
+  while true do
+    local ok, changes, next_cursor = call_l2(self, "changes_since", cursor, 1000)
+    if not ok or #changes == 0 then break end
+    for _, ch in ipairs(changes) do
+      if ch.op == "saved" and ch.event then
+        local saved = self:save_l1(ch.event, { verify = false })
+        if saved then
+          report.received = report.received + 1
+          self:signal(ch.event, "l2")
+        end
+      elseif ch.op == "deleted" and ch.id then
+        self.l1:delete_event(ch.id)
+      end
+    end
+    cursor = next_cursor
+  end
+  self.l1:meta("poll_cursor", tostring(cursor))
+  return report
+end
+
+function Backend:stats()
+  local l1 = self.l1:stats()
+  local out = {
+    l1 = l1,
+    horizon = self.horizon,
+    size_limit = self.limit,
+    high_water = self.high_water,
+    low_water = self.low_water,
+    hits = { l1 = self.hits.l1, stubs = self.hits.stubs, l2 = self.hits.l2 },
+    outbox = l1.outbox,
+    policy = self.policy.name,
+  }
+  if self.l2 and type(self.l2.stats) == "function" then
+    local ok, st = call_l2(self, "stats")
+    if ok then out.l2 = st end
+  end
+  return out
+end
+
+function Backend:check()
+  local ok, problems = self.l1:check()
+  if self.l2 and type(self.l2.check) == "function" then
+    local ok2, p2 = self.l2:check()
+    for _, p in ipairs(p2 or {}) do problems[#problems + 1] = "L2: " .. p end
+    ok = ok and ok2
+  end
+  return ok, problems
+end
+
+function Backend:changes_since(cursor, max, opts)
+  return self.l1:changes_since(cursor, max, opts)
+end
+
+function Backend:close()
+  if self.closed then return end
+  self.closed = true
+  self.l1:close()
+  if self.own_l2 then self.l2:close() end
+end
+
+return backend
