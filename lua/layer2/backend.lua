@@ -101,6 +101,11 @@ function backend.open(path, opts)
     end
     self.l1:meta("horizon", tostring(self.horizon))
   end
+  -- polling starts from what L2 holds now: L1 does not replay L2's history
+  if self.l2 and type(self.l2.changes_since) == "function" and not self.l1:meta("poll_cursor") then
+    local ok, st = call_l2(self, "stats")
+    if ok and st.last_seq then self.l1:meta("poll_cursor", tostring(st.last_seq)) end
+  end
   return self
 end
 
@@ -504,11 +509,7 @@ end
 function Backend:poll()
   local report = { sent = self:drain(), received = 0 }
   if not self.l2 or type(self.l2.changes_since) ~= "function" then return report end
-  local cursor = tonumber(self.l1:meta("poll_cursor") or "")
-  if not cursor then
-    local ok, st = call_l2(self, "stats")
-    cursor = ok and st.last_seq or 0
-  end
+  local cursor = tonumber(self.l1:meta("poll_cursor") or "") or 0
   while true do
     local ok, changes, next_cursor = call_l2(self, "changes_since", cursor, 1000)
     if not ok or #changes == 0 then break end

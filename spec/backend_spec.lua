@@ -1,0 +1,379 @@
+-- The two-level backend: a small L1 in front of L2 gives L2's answers, stays under its limit,
+-- survives an L2 outage, and lets Lua policies choose what to evict.
+local layer2 = require("layer2")
+local helper = require("spec.helper")
+local gen = require("layer2.gen")
+
+local NOW = 1800000000
+local MiB = 1024 * 1024
+
+local function tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
+
+local function ids(list)
+  local out = {}
+  for i, ev in ipairs(list) do out[i] = type(ev) == "string" and layer2.event.parse(ev).id or ev.id end
+  return out
+end
+
+local function quiet() end
+
+-- random filters drawn from the events themselves (see the LMDB brute-force spec)
+local function random_filter(events, rand)
+  local function pick() return events[rand(#events)] end
+  local f = {}
+  for _ = 1, rand(2) do
+    local which = rand(7)
+    if which == 1 then f.ids = { pick().id, pick().id }
+    elseif which == 2 then f.authors = { pick().pubkey }
+    elseif which == 3 then f.kinds = { pick().kind }
+    elseif which == 4 then f.since = pick().created_at
+    elseif which == 5 then f["until"] = pick().created_at
+    else
+      local e = pick()
+      for _, t in ipairs(e.tags) do
+        if #t[1] == 1 and t[2] then
+          f["#" .. t[1]] = { t[2] }
+          break
+        end
+      end
+    end
+  end
+  if rand(3) > 1 then f.limit = rand(30) end
+  return f
+end
+
+describe("layer2.open (two levels)", function()
+  it("a 1 MiB L1 answers 500 random filters exactly as L2 alone, before and after eviction cycles", function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, nosync = true, log = quiet }))
+    local lines = helper.lines("real.jsonl")
+    local events = {}
+    for i, line in ipairs(lines) do
+      events[i] = layer2.event.parse(line)
+      db:save_event(line, { now = NOW })
+    end
+    local st = db:stats()
+    assert(st.l2.events > 6000, "L2 holds the data")
+    assert(st.l1.used_bytes <= MiB and st.l1.file_bytes <= MiB, "L1 stays within its limit")
+    assert(st.l1.events < st.l2.events / 5, "L1 is far smaller than the data")
+    local rand = helper.rng(4242)
+    local served = { l1 = 0, stubs = 0, l2 = 0 }
+    for round = 1, 2 do
+      for i = 1, 250 do
+        local f = random_filter(events, rand)
+        local got, levels = db:query_events(f, { now = NOW })
+        local want = db.l2:query_events(f, { now = NOW })
+        assert.same(ids(want), ids(got), ("round %d filter %d: %s"):format(round, i, require("cjson").encode(f)))
+        for k in pairs(served) do served[k] = served[k] + levels[k] end
+        -- asking again hits what the first answer brought into L1
+        if f.ids then assert.same(ids(want), ids((db:query_events(f, { now = NOW })))) end
+      end
+      db:gc(true) -- an eviction cycle between the rounds
+    end
+    assert(served.l2 > 0 and served.l1 > 0, "both levels answered")
+    local ok, problems = db:check()
+    assert(ok, table.concat(problems, "\n"))
+    db:close()
+    rmdir(dir)
+  end)
+
+  it("the cache tester: writes 10x the limit, reads back earlier events, stays within the limit", function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, nosync = true, log = quiet }))
+    local g = gen.new({ seed = 9, authors = 100, count = 20000 })
+    local written, asked, rand = 0, {}, helper.rng(7)
+    local saved = {}
+    local revived, reads = 0, 0
+    while written < 10 * MiB do
+      local ev = g:next()
+      local wire = layer2.event.encode(ev)
+      -- replaceable events may be replaced later: read back the others
+      if db:save_event(wire) and (ev.kind == 1 or ev.kind == 6 or ev.kind == 7) then saved[#saved + 1] = ev.id end
+      written = written + #wire
+      if #saved > 10 and #saved % 5 == 0 then
+        -- a reader with a bias toward what it asked before
+        local id
+        if #asked > 0 and rand(2) == 1 then id = asked[rand(#asked)] else id = saved[rand(#saved)] end
+        asked[#asked + 1] = id
+        local got, levels = db:query_events({ ids = { id } })
+        reads = reads + 1
+        assert.equal(1, #got, "every read returns the event")
+        assert.equal(id, got[1].id)
+        assert.is_true(layer2.event.verify(got[1]), "and the whole of it")
+        revived = revived + levels.stubs
+      end
+      if #saved % 200 == 0 then
+        local st = db.l1:stats()
+        assert(st.file_bytes <= MiB and st.used_bytes <= MiB, "L1 within its limit at every step")
+      end
+    end
+    assert(reads > 500)
+    assert(revived > 0, "stubs were revived from L2")
+    assert(db:stats().l1.stubs + db:stats().l1.events > 0)
+    local ok, problems = db:check()
+    assert(ok, table.concat(problems, "\n"))
+    db:close()
+    rmdir(dir)
+  end)
+
+  it("L2 failing for a while: every event saved meanwhile reaches it after", function()
+    local dir = tmpdir()
+    local real = assert(layer2.lmdb.open(dir .. "/shared-l2", { nosync = true }))
+    local down = false
+    -- an L2 that fails while `down`, by raising or by refusing with error:
+    local flaky = setmetatable({}, { __index = function(_, name)
+      return function(_, ...)
+        if down then
+          if name == "save_event" then error("connection refused") end
+          return nil, "error: L2 is unreachable"
+        end
+        return real[name](real, ...)
+      end
+    end })
+    local logged = {}
+    local db = assert(layer2.open(dir, { l2 = flaky, nosync = true, log = function(m) logged[#logged + 1] = m end }))
+    local g = gen.new({ seed = 3, authors = 10, count = 300 })
+    local before = {}
+    for i = 1, 20 do
+      before[i] = g:next()
+      assert(db:save_event(before[i]))
+    end
+    down = true
+    local during = {}
+    for i = 1, 100 do
+      during[i] = g:next()
+      local ok, err = db:save_event(during[i])
+      assert(ok or err:match("^duplicate:"), err)
+    end
+    assert(db:stats().outbox > 0)
+    assert(#logged > 0 and logged[1]:match("outbox"))
+    -- reads are served from L1 meanwhile
+    local got = db:query_events({ ids = { during[50].id } })
+    assert.equal(during[50].id, got[1].id)
+    assert(db:delete_event(during[2].id)) -- a delete while down is queued too
+    db:gc() -- L2 still down: nothing drains
+    assert(db:stats().outbox > 0)
+    down = false
+    local report = db:poll()
+    assert(report.sent > 0)
+    assert.equal(0, db:stats().outbox)
+    for _, ev in ipairs(during) do
+      -- what L1 holds of it (nothing when deleted, or replaced by a later one), L2 holds too
+      assert.equal(db.l1:count_events({ ids = { ev.id } }), real:count_events({ ids = { ev.id } }))
+    end
+    assert.equal(0, real:count_events({ ids = { during[2].id } }))
+    assert.equal(db.l1:count_events({}), real:count_events({}))
+    db:close()
+    real:close()
+    rmdir(dir)
+  end)
+
+  describe("policies", function()
+    local function cands()
+      return {
+        { id = "a", kind = 0, size = 100, hits = 9, last_access = 1, created_at = 50 },
+        { id = "b", kind = 1, size = 100, hits = 1, last_access = 2, created_at = 40 },
+        { id = "c", kind = 3, size = 100, hits = 0, last_access = 3, created_at = 30 },
+        { id = "d", kind = 7, size = 100, hits = 5, last_access = 4, created_at = 20 },
+        { id = "e", kind = 10002, size = 100, hits = 2, last_access = 5, created_at = 10 },
+      }
+    end
+    local lru, lfu, oldest = require("layer2.policy.lru"), require("layer2.policy.lfu"), require("layer2.policy.oldest")
+
+    it("lru: coldest first, kinds 0, 3 and 10002 only when nothing else frees enough", function()
+      assert.same({ "b", "d" }, lru:select(cands(), 200))
+      assert.same({ "b", "d", "a", "c" }, lru:select(cands(), 400))
+      assert.equal("access", lru.order)
+    end)
+
+    it("lfu: fewest reads first", function()
+      assert.same({ "c", "b", "e" }, lfu:select(cands(), 300))
+    end)
+
+    it("oldest: in the order given, which is created_at", function()
+      assert.same({ "a", "b" }, oldest:select(cands(), 150))
+      assert.equal("created_at", oldest.order)
+    end)
+
+    it("a custom policy keeps one author's events; a failing one falls back to lru", function()
+      local dir = tmpdir()
+      local g = gen.new({ seed = 11, authors = 20, count = 3000 })
+      local keep = { [g.pubkeys[20]] = true }
+      -- the README's example
+      local calls = 0
+      local never_these = {
+        name = "never-these-pubkeys",
+        order = "access",
+        select = function(_, candidates, bytes_needed)
+          calls = calls + 1
+          local picked, freed = {}, 0
+          for _, c in ipairs(candidates) do
+            if freed >= bytes_needed then break end
+            if not keep[c.pubkey] then
+              picked[#picked + 1] = c.id
+              freed = freed + c.size
+            end
+          end
+          return picked
+        end,
+      }
+      local db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, policy = never_these, nosync = true,
+        log = quiet }))
+      local mine = {}
+      for _ = 1, 3000 do
+        local ev = g:next()
+        db:save_event(ev)
+        if keep[ev.pubkey] then mine[#mine + 1] = ev.id end
+      end
+      assert(calls > 0, "eviction ran")
+      assert(db:stats().l1.events < 3000)
+      -- the kept author's events are all still whole in L1
+      local whole, info = db.l1:query_events({ authors = { g.pubkeys[20] } }, { max_limit = 100000, info = true })
+      assert(#mine > 10)
+      assert.equal(0, #info.stubs)
+      -- all of them that L2 holds (some were replaced by newer versions) are whole in L1
+      assert.equal(db.l2:count_events({ authors = { g.pubkeys[20] } }), #whole)
+      db:close()
+      rmdir(dir)
+      -- a policy that raises: reported, lru used, the store consistent
+      local logged = {}
+      db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, nosync = true,
+        policy = { name = "broken", select = function() error("boom") end },
+        log = function(m) logged[#logged + 1] = m end }))
+      local g2 = gen.new({ seed = 12, authors = 5, count = 3000 })
+      for _ = 1, 3000 do db:save_event(g2:next()) end
+      local found = false
+      for _, m in ipairs(logged) do found = found or m:match("policy 'broken' failed.*boom") ~= nil end
+      assert(found, "the failure was reported")
+      assert(db:stats().l1.events < 3000, "the default evicted instead")
+      local ok, problems = db:check()
+      assert(ok, table.concat(problems, "\n"))
+      db:close()
+      rmdir(dir)
+      assert.has_error(function() layer2.open(dir, { policy = "nope" }) end, "layer2: unknown eviction policy 'nope'")
+      assert.has_error(function() layer2.open(dir, { policy = {} }) end)
+      rmdir(dir)
+    end)
+  end)
+
+  it("stubs, horizon, outbox and statistics survive close and reopen", function()
+    local dir = tmpdir()
+    local real = assert(layer2.lmdb.open(dir .. "/l2", { nosync = true }))
+    local down = false
+    local l2 = setmetatable({}, { __index = function(_, name)
+      return function(_, ...)
+        if down then return nil, "error: down" end
+        return real[name](real, ...)
+      end
+    end })
+    local db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, l2 = l2, nosync = true, log = quiet }))
+    local g = gen.new({ seed = 21, authors = 20, count = 4000 })
+    local first
+    for i = 1, 4000 do
+      local ev = g:next()
+      first = first or ev
+      db:save_event(ev)
+      if i == 100 then db:query_events({ ids = { first.id } }) end
+    end
+    local cold = db.l1:candidates(10)
+    local stubbed = {}
+    for i, c in ipairs(cold) do stubbed[i] = c.id end
+    assert(db.l1:evict(stubbed) > 0)
+    down = true
+    local queued = g:next()
+    assert(db:save_event(queued))
+    local before = db:stats()
+    assert(before.l1.stubs > 0 and before.outbox == 1)
+    local horizon = before.horizon
+    db:close()
+    db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, l2 = l2, nosync = true, log = quiet }))
+    local after = db:stats()
+    assert.equal(before.l1.stubs, after.l1.stubs)
+    assert.equal(horizon, after.horizon)
+    assert.equal(1, after.outbox)
+    -- the read of `first` was counted and written: it survives too
+    local hits = 0
+    for _, c in ipairs(db.l1:candidates(100000)) do
+      if c.id == first.id then hits = c.hits end
+    end
+    assert(hits >= 1 or db.l1:count_events({ ids = { first.id } }) == 0)
+    down = false
+    db:poll()
+    assert.equal(0, db:stats().outbox)
+    assert.equal(1, real:count_events({ ids = { queued.id } }))
+    db:close()
+    real:close()
+    rmdir(dir)
+  end)
+
+  it("on_event fires for saved, polled and ephemeral events; a failing handler is reported", function()
+    local dir = tmpdir()
+    local seen, logged = {}, {}
+    local db = assert(layer2.open(dir, { nosync = true, log = function(m) logged[#logged + 1] = m end,
+      on_event = function(ev, origin) seen[#seen + 1] = origin .. ":" .. ev.kind end }))
+    db:on_event(function() error("handler bug") end)
+    local sec = ("0"):rep(63) .. "5"
+    assert(db:save_event(layer2.event.sign({ kind = 1, created_at = 1, tags = {}, content = "a" }, sec)))
+    assert(db:save_event(layer2.event.sign({ kind = 20001, created_at = 1, tags = {}, content = "e" }, sec)))
+    assert.equal(0, db:count_events({ kinds = { 20001 } }))
+    -- another writer on the same L2 (as another process would be)
+    local other = assert(layer2.lmdb.open(dir .. "/layer2"))
+    other:save_event(layer2.event.sign({ kind = 7, created_at = 2, tags = {}, content = "+" }, sec))
+    other:close()
+    db:poll()
+    assert.same({ "local:1", "local:20001", "l2:7" }, seen)
+    assert.equal(3, #logged)
+    assert.matches("handler failed.*handler bug", logged[1])
+    db:close()
+    rmdir(dir)
+  end)
+
+  it("delete, import, export, nuke and sync act on both levels", function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { nosync = true }))
+    local g = gen.new({ seed = 5, authors = 10, count = 200 })
+    local evs = {}
+    for i = 1, 50 do
+      evs[i] = g:next()
+      assert(db:save_event(evs[i]))
+    end
+    assert(db:delete_event(evs[1].id))
+    assert.equal(0, db.l1:count_events({ ids = { evs[1].id } }))
+    assert.equal(0, db.l2:count_events({ ids = { evs[1].id } }))
+    local src = os.tmpname()
+    local f = io.open(src, "w")
+    for _ = 1, 100 do f:write(layer2.event.encode(g:next()), "\n") end
+    f:close()
+    local c = assert(db:import(src))
+    assert.equal(100, c.saved + c.duplicate)
+    assert(db:stats().horizon > 0, "the horizon moved past what L1 did not see")
+    local n = 0
+    assert.equal(db.l2:stats().events, db:export(function() n = n + 1 end))
+    assert.equal(n, db:count_events({}))
+    assert.is_true(db:sync())
+    assert.is_true(db:nuke())
+    assert.equal(0, db.l1:stats().events)
+    assert.equal(0, db.l2:stats().events)
+    db:close()
+    db:close()
+    rmdir(dir)
+    os.remove(src)
+  end)
+
+  it("refuses bad options and a bad L2 clearly", function()
+    assert.has_error(function() layer2.open(5) end, "layer2.open: a directory path expected")
+    assert.has_error(function() layer2.open("/tmp/x", { l1 = { size_limit = 10 } }) end,
+      "layer2.open: l1.size_limit must be a number of bytes, at least 256 KiB")
+    assert.has_error(function() layer2.open("/tmp/x", { l1 = { high_water = 40, low_water = 50 } }) end)
+    assert.has_error(function() layer2.open("/tmp/x", { l2 = {} }) end, "layer2: opts.l2 has no save_event method")
+    local db, err = layer2.open("/proc/version/x")
+    assert.is_nil(db)
+    assert.matches("^error: ", err)
+  end)
+end)
