@@ -328,6 +328,7 @@ static int event_unpack(lua_State *L)
     size_t n;
     const char *p = luaL_checklstring(L, 1, &n);
     if (l2_event_decode_bin(&s->ev, p, n, s->err)) return l2lua_refuse(L, 0, s->err);
+    if (s->ev.is_stub) return l2lua_refuse(L, 0, "error: a stub (an evicted event's index entry), not a whole event");
     l2lua_push_event(L, &s->ev);
     return 1;
 }

@@ -180,11 +180,15 @@ describe("crafted bad events", function()
 
   it("refuses a corrupt binary form", function()
     local bin = event.pack(good)
-    for _, b in ipairs({ "", "x", bin:sub(1, 100), bin:sub(1, #bin - 1), "\2" .. bin:sub(2), bin .. "z" }) do
+    for _, b in ipairs({ "", "x", bin:sub(1, 100), bin:sub(1, #bin - 1), "\3" .. bin:sub(2), bin .. "z" }) do
       local ev, err = event.unpack(b)
       assert.is_nil(ev)
       assert.equal("error: corrupt stored event", err)
     end
+    -- the stored stub of an evicted event is not a whole event
+    local ev, err = event.unpack("\2" .. bin:sub(2))
+    assert.is_nil(ev)
+    assert.equal("error: a stub (an evicted event's index entry), not a whole event", err)
   end)
 
   it("has configurable limits", function()
