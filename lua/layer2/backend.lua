@@ -70,6 +70,9 @@ function backend.open(path, opts)
     log = opts.log or function(msg) io.stderr:write("layer2: ", msg, "\n") end,
     max_limit = opts.max_limit or 500,
     changes_kept = l1opts.changes_kept or 1000,
+    -- "stub" (the default): evicted events leave stubs that keep filter answers complete;
+    -- "delete": they go at once and the horizon moves past them (better for id lookups)
+    evict_mode = l1opts.evict or "stub",
     hits = { l1 = 0, stubs = 0, l2 = 0 },
     used = 0, -- L1's used bytes as last measured, plus what was written since
   }, Backend)
@@ -267,6 +270,25 @@ function Backend:evict(ids, mode)
   return evicted, freed
 end
 
+-- Removes up to `max` stubs, oldest first, in small transactions; moves the horizon past them.
+function Backend:drop_stubs(max)
+  local dropped, step = 0, 32
+  while dropped < max do
+    local n, horizon = self.l1:drop_stubs(math.min(step, max - dropped))
+    if n then
+      if n == 0 then break end
+      dropped = dropped + n
+      self:raise_horizon(horizon)
+    elseif step > 1 then
+      step = math.max(1, math.floor(step / 4))
+    else
+      self.log("dropping stubs failed: " .. tostring(horizon))
+      break
+    end
+  end
+  return dropped
+end
+
 -- One eviction step: when L1 is past its high water mark (or `force`), evict what the policy
 -- picks until it is under the low water mark; with an L2 events become stubs, then stubs go,
 -- oldest first, and the horizon moves past them. Also drains the outbox.
@@ -277,25 +299,32 @@ function Backend:gc(force)
   local used = self.l1:stats().used_bytes
   if used <= self.limit * self.high_water / 100 and not force then return report end
   local target = self.limit * self.low_water / 100
-  local mode = self.l2 and "stub" or "delete"
+  local mode = self.l2 and self.evict_mode or "delete"
   -- L1's change feed serves live tailing, not history
   report.pruned = self.l1:prune_changes(self.changes_kept)
   used = self.l1:stats().used_bytes
   for _ = 1, 64 do
     if used <= target then break end
-    local candidates = self.l1:candidates(512, self.policy.order or "access")
+    local candidates = self.l1:candidates(4096, self.policy.order or "access")
     if not candidates or #candidates == 0 then break end
-    local evicted, freed = self:evict(self:choose(candidates, used - target), mode)
+    local chosen = self:choose(candidates, used - target)
+    local evicted, freed = self:evict(chosen, mode)
     report.evicted, report.freed = report.evicted + evicted, report.freed + freed
+    if mode == "delete" and self.l2 then
+      -- L1 no longer holds these: it is complete only past the newest of them
+      local by_id, newest = {}, -1
+      for _, c in ipairs(candidates) do by_id[c.id] = c.created_at end
+      for _, id in ipairs(chosen) do newest = math.max(newest, by_id[id] or -1) end
+      if newest >= 0 then self:raise_horizon(newest + 1) end
+    end
     used = self.l1:stats().used_bytes
     if evicted == 0 then break end
   end
   for _ = 1, 64 do
     if used <= target or not self.l2 then break end
-    local dropped, horizon = self.l1:drop_stubs(512)
-    if not dropped or dropped == 0 then break end
+    local dropped = self:drop_stubs(256)
+    if dropped == 0 then break end
     report.dropped = report.dropped + dropped
-    self:raise_horizon(horizon)
     used = self.l1:stats().used_bytes
   end
   if used > self.limit * self.high_water / 100 and self.l2 then
