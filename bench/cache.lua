@@ -77,7 +77,8 @@ local function run(policy, mode)
   local mean_events = 0
   for _, c in ipairs(counts) do mean_events = mean_events + c end
   return {
-    policy = policy .. (mode and (", evict = " .. mode) or ""), ratio = hits / READS, hit_p50 = percentile(hit_us, 0.5), miss_p50 = percentile(miss_us, 0.5),
+    policy = policy .. (mode and (", evict = " .. mode) or ""), ratio = hits / READS,
+    hit_p50 = percentile(hit_us, 0.5), miss_p50 = percentile(miss_us, 0.5),
     hit_p99 = percentile(hit_us, 0.99), miss_p99 = percentile(miss_us, 0.99),
     evict_mbs = gc_time > 0 and freed / 1048576 / gc_time or 0, sizes = sizes,
     capacity = math.floor(mean_events / #counts), final = used,
