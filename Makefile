@@ -21,7 +21,7 @@ DEB_PACKAGES := build-essential pkg-config lua5.4 liblua5.4-dev luajit2 libluaji
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test run lint bench bench-event bench-store rock rock-build rock-install clean
+.PHONY: all deps env test run lint bench bench-event bench-store bench-cache rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -52,7 +52,7 @@ lint:
 run: deps all
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 examples/demo.lua'
 
-bench: deps all bench-event bench-store
+bench: deps all bench-event bench-store bench-cache
 
 bench-event:
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/event.lua'
@@ -60,6 +60,9 @@ bench-event:
 # BENCH_EVENTS=1000000 for the large run
 bench-store:
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/store.lua $(BENCH_EVENTS)'
+
+bench-cache:
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/cache.lua'
 
 # Builds and installs the rockspec offline for Lua 5.4 and for LuaJIT, each into a scratch tree,
 # and loads it from there with that interpreter.
