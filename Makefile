@@ -77,9 +77,11 @@ rock-build:
 		$(CORE_SRC) $(BIND_SRC) $(ROCK_LDFLAGS) $(LIBS)
 
 rock-install:
-	install -d $(INST_LIBDIR)/layer2 $(INST_LUADIR)/layer2
+	install -d $(INST_LIBDIR)/layer2 $(INST_LUADIR)/layer2/policy $(INST_BINDIR)
 	install -m 755 build/rock/layer2/core.so $(INST_LIBDIR)/layer2/core.so
 	install -m 644 lua/layer2/*.lua $(INST_LUADIR)/layer2/
+	install -m 644 lua/layer2/policy/*.lua $(INST_LUADIR)/layer2/policy/
+	install -m 755 bin/layer2 $(INST_BINDIR)/layer2
 
 clean:
 	rm -rf build

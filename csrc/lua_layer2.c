@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lua_layer2.h"
 #include "schnorr.h"
@@ -604,6 +605,15 @@ static int schnorr_pubkey(lua_State *L)
     return 1;
 }
 
+/* layer2.core.monotonic() -> seconds (a float) on a clock that never jumps: for rates and timers */
+static int core_monotonic(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
 static const luaL_Reg event_funcs[] = {
     {"parse", event_parse}, {"verify", event_verify}, {"serialize", event_serialize},
     {"id", event_id}, {"encode", event_encode}, {"sign", event_sign},
@@ -651,6 +661,8 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     lua_setfield(L, -2, "lmdb");
     lua_pushliteral(L, L2_VERSION);
     lua_setfield(L, -2, "version");
+    lua_pushcfunction(L, core_monotonic);
+    lua_setfield(L, -2, "monotonic");
     lua_remove(L, -2);
     return 1;
 }

@@ -321,6 +321,8 @@ static int store_delete(lua_State *L)
 typedef struct {
     l2_batch_item *items;
     size_t cap;
+    l2_event **evs;
+    l2_save_result *res;
     l2_buf lines;
     char *line;
     size_t line_cap;
@@ -332,7 +334,11 @@ static int import_gc(lua_State *L)
     import_state *im = luaL_checkudata(L, 1, IMPORT_MT);
     for (size_t i = 0; i < im->cap; i++) l2_event_free(&im->items[i].ev);
     free(im->items);
+    free(im->evs);
+    free(im->res);
     im->items = NULL;
+    im->evs = NULL;
+    im->res = NULL;
     im->cap = 0;
     l2_buf_free(&im->lines);
     free(im->line);
@@ -397,7 +403,8 @@ static int is_blank(const char *p, size_t n)
 
 /* store:import(source [, opts]) -> counts | nil, err.
  * source: a path, an io handle or a function returning lines (nil at the end).
- * opts: verify (true), batch (4096), threads (2), now, on_refused(line, msg), progress(counts). */
+ * opts: verify (true), batch (4096), threads (2), now, on_refused(line, msg),
+ * progress(lines, bytes) after each batch is committed. */
 static int store_import(lua_State *L)
 {
     lstore *s = check_store(L);
@@ -431,18 +438,16 @@ static int store_import(lua_State *L)
     } else {
         f = check_file(L, 2);
     }
+    /* everything lives in the state userdata: a Lua error in a callback (Ctrl-C) frees it all */
     im->items = calloc(batch, sizeof *im->items);
-    if (!im->items) return luaL_error(L, "layer2: out of memory");
+    im->evs = malloc(batch * sizeof *im->evs);
+    im->res = malloc(batch * sizeof *im->res);
+    if (!im->items || !im->evs || !im->res) return luaL_error(L, "layer2: out of memory");
     im->cap = batch;
     for (size_t i = 0; i < batch; i++) l2_event_init(&im->items[i].ev);
-    l2_event **evs = malloc(batch * sizeof *evs);
-    l2_save_result *res = malloc(batch * sizeof *res);
-    size_t *which = malloc(batch * sizeof *which);
-    if (!evs || !res || !which) {
-        free(evs), free(res), free(which);
-        return luaL_error(L, "layer2: out of memory");
-    }
-    uint64_t lineno = 0, counts[8] = {0};
+    l2_event **evs = im->evs;
+    l2_save_result *res = im->res;
+    uint64_t lineno = 0, bytes = 0, counts[8] = {0};
     enum { C_SAVED, C_DUP, C_REPLACED, C_INVALID, C_DELETED, C_BLOCKED, C_EPHEMERAL, C_LINES };
     int done = 0, failed = 0;
     while (!done && !failed) {
@@ -455,6 +460,7 @@ static int store_import(lua_State *L)
                 break;
             }
             lineno++;
+            bytes += len + 1;
             if (is_blank(im->lines.data + off, len)) continue;
             im->items[n].json = (const char *)(uintptr_t)off; /* an offset until the buffer stops moving */
             im->items[n].len = len;
@@ -464,12 +470,8 @@ static int store_import(lua_State *L)
         for (size_t i = 0; i < n; i++) im->items[i].json = im->lines.data + (uintptr_t)im->items[i].json;
         l2_batch_check(im->items, n, threads, verify, &s->lim);
         size_t nok = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (im->items[i].ok) {
-                which[nok] = i;
-                evs[nok++] = &im->items[i].ev;
-            }
-        }
+        for (size_t i = 0; i < n; i++)
+            if (im->items[i].ok) evs[nok++] = &im->items[i].ev;
         if (nok && l2_store_save_batch(s->st, evs, nok, now, 0, res, s->err)) {
             failed = 1;
             break;
@@ -500,12 +502,10 @@ static int store_import(lua_State *L)
         if (progress) {
             lua_pushvalue(L, progress);
             lua_pushinteger(L, (lua_Integer)lineno);
-            lua_call(L, 1, 0);
+            lua_pushinteger(L, (lua_Integer)bytes);
+            lua_call(L, 2, 0);
         }
     }
-    free(evs);
-    free(res);
-    free(which);
     lua_pushcfunction(L, import_gc);
     lua_pushvalue(L, im_idx);
     lua_call(L, 1, 0);
@@ -526,8 +526,9 @@ static int cmp32(const void *a, const void *b)
     return memcmp(a, b, 32);
 }
 
-/* store:export(sink [, pubkeys]) -> n | nil, err: every event, or those whose pubkey or a `p`
- * tag names one of pubkeys, as JSON lines, streamed in storage order. */
+/* store:export(sink [, pubkeys [, opts]]) -> n | nil, err: every event, or those whose pubkey or
+ * a `p` tag names one of pubkeys, as JSON lines, streamed in storage order. opts.progress(n) is
+ * called every 10,000 events. */
 static int store_export(lua_State *L)
 {
     lstore *s = check_store(L);
@@ -535,9 +536,11 @@ static int store_export(lua_State *L)
     int fn = 0;
     uint8_t (*keys)[32] = NULL;
     size_t nkeys = 0;
+    int filtered = 0;
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         nkeys = lua_rawlen(L, 3);
+        filtered = 1; /* an empty list matches nothing */
         keys = lua_newuserdatauv(L, nkeys * 32 + 1, 0); /* collected with the call */
         for (size_t i = 0; i < nkeys; i++) {
             lua_rawgeti(L, 3, (int)i + 1);
@@ -565,21 +568,25 @@ static int store_export(lua_State *L)
     uint64_t count = 0, serial;
     const void *data;
     size_t len;
-    int werr = 0;
+    int werr = 0, progress = 0;
+    if (lua_type(L, 4) == LUA_TTABLE) {
+        lua_getfield(L, 4, "progress");
+        progress = lua_isfunction(L, -1) ? lua_gettop(L) : (lua_pop(L, 1), 0);
+    }
     if (l2_store_iter_begin(s->st, s->err)) {
         if (owned) fclose(owned);
         return l2lua_refuse(L, 0, s->err);
     }
     while (!werr && l2_store_iter_next(s->st, &serial, &data, &len)) {
         if (l2_event_decode_bin(&s->ev, data, len, s->err)) continue;
-        if (nkeys) {
-            int hit = bsearch(s->ev.pubkey, keys, nkeys, 32, cmp32) != NULL;
+        if (filtered) {
+            int hit = nkeys && bsearch(s->ev.pubkey, keys, nkeys, 32, cmp32) != NULL;
             for (uint32_t t = 0; !hit && t < s->ev.ntags; t++) {
                 const l2_str *name = l2_tag_elem(&s->ev, t, 0);
                 uint8_t pk[32];
                 if (l2_tag_len(&s->ev, t) < 2 || name->n != 1 || name->p[0] != 'p') continue;
                 const l2_str *v = l2_tag_elem(&s->ev, t, 1);
-                hit = v->n == 64 && l2_hex_decode(pk, v->p, 32) == 0 && bsearch(pk, keys, nkeys, 32, cmp32);
+                hit = nkeys && v->n == 64 && l2_hex_decode(pk, v->p, 32) == 0 && bsearch(pk, keys, nkeys, 32, cmp32);
             }
             if (!hit) continue;
         }
@@ -595,7 +602,11 @@ static int store_export(lua_State *L)
         } else if (fwrite(s->out.data, 1, s->out.len, f) != s->out.len || fputc('\n', f) == EOF) {
             werr = errno ? errno : EIO;
         }
-        count++;
+        if (++count % 10000 == 0 && progress) {
+            lua_pushvalue(L, progress);
+            lua_pushinteger(L, (lua_Integer)count);
+            lua_call(L, 1, 0);
+        }
     }
     l2_store_read_end(s->st);
     if (owned && fclose(owned) != 0 && !werr) werr = errno;
@@ -661,6 +672,39 @@ static int store_prune_changes(lua_State *L)
     if (l2lua_int64(L, 2, &keep) || keep < 0) return luaL_argerror(L, 2, "a count expected");
     if (l2_store_prune_changes(s->st, (uint64_t)keep, &pruned, s->err)) return l2lua_refuse(L, 0, s->err);
     lua_pushinteger(L, (lua_Integer)pruned);
+    return 1;
+}
+
+static void copy_progress(void *ud, uint64_t bytes)
+{
+    lua_State *L = ud;
+    lua_pushvalue(L, -1); /* the progress function, kept on top */
+    lua_pushinteger(L, (lua_Integer)bytes);
+    lua_call(L, 1, 0);
+}
+
+/* store:copy(dir [, {compact = true, progress = function(bytes)}]) -> bytes | nil, err */
+static int store_copy(lua_State *L)
+{
+    lstore *s = check_store(L);
+    const char *dir = luaL_checkstring(L, 2);
+    int compact = opt_bool(L, 3, "compact", 1), with_progress = 0;
+    if (lua_type(L, 3) == LUA_TTABLE) {
+        lua_getfield(L, 3, "progress");
+        with_progress = lua_isfunction(L, -1);
+        if (!with_progress) lua_pop(L, 1);
+    }
+    l2_store_stats st;
+    if (l2_store_stats_get(s->st, &st, s->err)) return l2lua_refuse(L, 0, s->err);
+    if (l2_store_copy(s->st, dir, compact, with_progress ? copy_progress : NULL, L, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    char file[4096];
+    snprintf(file, sizeof file, "%s/data.mdb", dir);
+    FILE *f = fopen(file, "rb");
+    long size = 0;
+    if (f && fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    if (f) fclose(f);
+    lua_pushinteger(L, (lua_Integer)size);
     return 1;
 }
 
@@ -928,6 +972,7 @@ static const luaL_Reg store_methods[] = {
     {"close", store_close}, {"is_closed", store_is_closed}, {"candidates", store_candidates},
     {"evict", store_evict}, {"drop_stubs", store_drop_stubs}, {"revive", store_revive}, {"meta", store_meta},
     {"outbox", store_outbox}, {"outbox_ack", store_outbox_ack}, {"prune_changes", store_prune_changes},
+    {"copy", store_copy},
     {NULL, NULL},
 };
 

@@ -1,6 +1,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -1744,6 +1745,75 @@ int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *
     prune_args a = {keep, 0};
     if (write_txn(st, prune_body, &a, err)) return -1;
     *pruned = a.pruned;
+    return 0;
+}
+
+/* ---- copy ---- */
+
+typedef struct {
+    MDB_env *env;
+    int fd, compact, rc;
+} copy_job;
+
+static void *copy_thread(void *arg)
+{
+    copy_job *j = arg;
+    j->rc = mdb_env_copyfd2(j->env, j->fd, j->compact ? MDB_CP_COMPACT : 0);
+    close(j->fd); /* the reader sees the end */
+    return NULL;
+}
+
+int l2_store_copy(l2_store *st, const char *dir, int compact, void (*progress)(void *ud, uint64_t bytes), void *ud,
+                  char *err)
+{
+    char file[4096];
+    int fds[2];
+    if (make_dirs(dir) != 0) return fail(err, "error: cannot create '%s': %s", dir, strerror(errno));
+    snprintf(file, sizeof file, "%s/data.mdb", dir);
+    if (access(file, F_OK) == 0) return fail(err, "error: '%s' already holds a store", dir);
+    int out = open(file, O_WRONLY | O_CREAT | O_EXCL, 0664);
+    if (out < 0) return fail(err, "error: cannot write '%s': %s", file, strerror(errno));
+    if (pipe(fds) != 0) {
+        close(out);
+        return fail(err, "error: pipe: %s", strerror(errno));
+    }
+    /* LMDB writes the copy into a pipe from its own thread; this one writes the file and can
+     * report progress to its caller (a Lua callback must run on the Lua thread) */
+    copy_job job = {st->env, fds[1], compact, 0};
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, copy_thread, &job) != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        close(out);
+        return fail(err, "error: cannot start the copy");
+    }
+    char buf[1 << 16];
+    uint64_t total = 0, reported = 0;
+    int werr = 0;
+    for (;;) {
+        ssize_t n = read(fds[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        for (ssize_t off = 0; off < n && !werr;) {
+            ssize_t w = write(out, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) werr = errno;
+            else off += w;
+        }
+        total += (uint64_t)n;
+        if (progress && total - reported >= (1u << 20)) {
+            progress(ud, total);
+            reported = total;
+        }
+        if (werr) break;
+    }
+    close(fds[0]); /* a write error stops LMDB with EPIPE */
+    pthread_join(tid, NULL);
+    if (fsync(out) != 0 && !werr) werr = errno;
+    close(out);
+    if (werr) return fail(err, "error: writing the copy: %s", strerror(werr));
+    if (job.rc) return lmdb_fail(err, "copying the store", job.rc);
+    if (progress) progress(ud, total);
     return 0;
 }
 

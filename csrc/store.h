@@ -138,6 +138,11 @@ int l2_store_outbox_ack(l2_store *st, uint64_t seq, char *err);
 
 int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err);
 
+/* Writes a copy of the store into dir (created; it must not hold a store), compacted when asked:
+ * a consistent snapshot taken while others keep working. progress gets the bytes written so far. */
+int l2_store_copy(l2_store *st, const char *dir, int compact, void (*progress)(void *ud, uint64_t bytes), void *ud,
+                  char *err);
+
 /* Verifies that every index entry points at a live event that it describes, and that every
  * event is fully indexed; each problem is reported through `problem`. */
 int l2_store_check(l2_store *st, void (*problem)(void *ud, const char *msg), void *ud, uint64_t *nproblems,

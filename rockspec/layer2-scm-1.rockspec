@@ -15,6 +15,7 @@ enforces the nostr rules and runs every hot path; Lua decides eviction and polli
 }
 dependencies = {
   "lua >= 5.1",
+  "lua-cjson", -- the command line tool and the benchmarks
 }
 external_dependencies = {
   SECP256K1 = { header = "secp256k1_schnorrsig.h", library = "secp256k1" },
@@ -33,5 +34,6 @@ build = {
   install_variables = {
     INST_LIBDIR = "$(LIBDIR)",
     INST_LUADIR = "$(LUADIR)",
+    INST_BINDIR = "$(BINDIR)",
   },
 }

@@ -498,18 +498,17 @@ function Backend:import(source, opts)
     end
     return line
   end
-  local ok, counts, err = call_l2(self, "import", tracked, opts)
+  -- called directly: an error raised by the caller's own callbacks (Ctrl-C in a progress
+  -- function) is theirs to see, not an L2 failure
+  local ok, counts, err = pcall(self.l2.import, self.l2, tracked, opts)
   if close then close() end
   if newest >= 0 then self:raise_horizon(newest + 1) end
-  if not ok then return nil, counts end
+  if not ok then error(counts, 0) end
   return counts, err
 end
 
-function Backend:export(sink, pubkeys)
-  if not self.l2 then return self.l1:export(sink, pubkeys) end
-  local ok, n, err = call_l2(self, "export", sink, pubkeys)
-  if not ok then return nil, n end
-  return n, err
+function Backend:export(sink, pubkeys, opts)
+  return (self.l2 or self.l1):export(sink, pubkeys, opts)
 end
 
 function Backend:nuke()

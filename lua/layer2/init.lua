@@ -10,6 +10,7 @@ local layer2 = {
   schnorr = core.schnorr,
   lmdb = core.lmdb,
   open = backend.open, -- the two-level backend: layer2.open(path, opts)
+  monotonic = core.monotonic, -- seconds on a clock that never jumps
 }
 
 return layer2

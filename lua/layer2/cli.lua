@@ -1,0 +1,339 @@
+-- The `layer2` command line tool: import, export, scan, count, stats, gc, check, compact, nuke.
+local layer2 = require("layer2")
+local cjson = require("cjson")
+
+local cli = {}
+
+local USAGE = [[
+usage: layer2 [--path DIR] [--l2 URL] COMMAND [ARGS]
+
+commands:
+  import FILE|-        import JSON lines into the store (into L2; L1 fills on demand)
+      --no-verify      trust the dump: skip id and signature checks
+  export               write every event as JSON lines to stdout
+      --pubkey HEX     only events by, or tagging, this pubkey (repeatable)
+      --out FILE       write to FILE instead of stdout
+  scan FILTER_JSON     print the events matching a NIP-01 filter (or a JSON array of filters)
+  count FILTER_JSON    print how many events match
+  stats [--json]       events, stubs, bytes used / limit, horizon, outbox, hit counts
+  gc                   one eviction step, drain the outbox, remove expired events
+  check                verify that every index entry and every event agree
+  compact OUT          write a compacted copy of the store into the directory OUT
+  nuke --yes           delete every event of the store
+
+options:
+  --path DIR           the store (default ./data): DIR/layer1 and DIR/layer2
+  --l2 URL             a PostgreSQL L2 (postgres://...)
+  -h, --help           this text; `layer2 COMMAND --help` for one command
+]]
+
+local HELP = {
+  import = "usage: layer2 [--path DIR] import FILE|- [--no-verify]\n"
+    .. "Imports JSON lines (one event each) into L2, verifying ids and signatures on two threads\n"
+    .. "unless --no-verify. Shows progress on a terminal. Ctrl-C stops after a whole batch.\n",
+  export = "usage: layer2 [--path DIR] export [--pubkey HEX]... [--out FILE]\n"
+    .. "Writes every event of L2 as JSON lines, or only those by, or tagging, the given pubkeys.\n",
+  scan = "usage: layer2 [--path DIR] scan FILTER_JSON\nPrints the matching events as JSON lines, newest first.\n",
+  count = "usage: layer2 [--path DIR] count FILTER_JSON\nPrints the number of matching events (NIP-45).\n",
+  stats = "usage: layer2 [--path DIR] stats [--json]\nPrints the store's figures.\n",
+  gc = "usage: layer2 [--path DIR] gc\nRuns one eviction step, drains the outbox and removes expired events.\n",
+  check = "usage: layer2 [--path DIR] check\nExits 0 when the store is consistent; prints each problem otherwise.\n",
+  compact = "usage: layer2 [--path DIR] compact OUT\nWrites a compacted copy of both levels into OUT.\n",
+  nuke = "usage: layer2 [--path DIR] nuke --yes\nDeletes every event of both levels.\n",
+}
+
+local Fail = {}
+
+local function fail(msg)
+  error(setmetatable({ msg = msg }, Fail), 0)
+end
+
+local function isatty_stderr()
+  local ok = os.execute("test -t 2")
+  return ok == true or ok == 0
+end
+
+-- A progress line on stderr when it is a terminal; a one-line summary otherwise.
+local function progress_bar(label, total, unit)
+  local tty = isatty_stderr()
+  local start, last = layer2.monotonic(), -1
+  local bar = {}
+  function bar.update(done, shown)
+    if not tty then return end
+    local now = layer2.monotonic()
+    if last >= 0 and now - last < 0.2 then return end
+    last = now
+    local elapsed = now - start
+    local rate = (shown or done) / math.max(elapsed, 1e-3)
+    local text
+    if total and total > 0 then
+      local frac = math.min(1, done / total)
+      local width = 24
+      local fill = math.floor(frac * width)
+      local eta = frac > 0 and elapsed * (1 - frac) / frac or 0
+      text = ("%s [%s%s] %3d%%  %s  %.0f %s/s  ETA %d:%02d"):format(label, ("#"):rep(fill), ("."):rep(width - fill),
+        math.floor(frac * 100), unit == "bytes" and ("%.1f/%.1f MB"):format(done / 1e6, total / 1e6)
+        or ("%d/%d"):format(done, total), rate, unit == "bytes" and "events" or unit, math.floor(eta / 60),
+        math.floor(eta % 60))
+    else
+      text = ("%s  %d %s  %.0f/s"):format(label, done, unit, rate)
+    end
+    io.stderr:write("\r", text, "\27[K")
+  end
+  function bar.note(msg)
+    io.stderr:write(tty and "\r\27[K" or "", msg, "\n")
+  end
+  function bar.finish(summary)
+    if tty then io.stderr:write("\r\27[K") end
+    io.stderr:write(summary, "\n")
+  end
+  function bar.elapsed() return layer2.monotonic() - start end
+  return bar
+end
+
+local function parse_args(argv)
+  local opts = { path = "./data", rest = {}, flags = {}, pubkeys = {} }
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    if a == "--path" or a == "--l2" or a == "--pubkey" or a == "--out" then
+      local v = argv[i + 1]
+      if not v then fail(a .. " needs a value") end
+      if a == "--pubkey" then opts.pubkeys[#opts.pubkeys + 1] = v else opts[a:sub(3)] = v end
+      i = i + 2
+    elseif a == "-h" or a == "--help" then
+      opts.help = true
+      i = i + 1
+    elseif a:sub(1, 2) == "--" then
+      opts.flags[a:sub(3)] = true
+      i = i + 1
+    else
+      opts.rest[#opts.rest + 1] = a
+      i = i + 1
+    end
+  end
+  return opts
+end
+
+local KNOWN_FLAGS = { import = { ["no-verify"] = true }, stats = { json = true }, nuke = { yes = true } }
+
+local function open_store(opts, must_exist)
+  if opts.l2 then
+    if opts.l2:match("^postgres") then
+      fail("a PostgreSQL L2 is not available in this build yet (--l2 " .. opts.l2 .. ")")
+    end
+    fail("--l2 takes a postgres:// URL")
+  end
+  if must_exist then
+    local f = io.open(opts.path .. "/layer2/data.mdb")
+    if not f then fail("no store at " .. opts.path .. " (import into it first, or give --path)") end
+    f:close()
+  end
+  local db, err = layer2.open(opts.path, { log = function(m) io.stderr:write("layer2: ", m, "\n") end })
+  if not db then fail(err) end
+  return db
+end
+
+local function filter_arg(opts)
+  local f = opts.rest[2]
+  if not f then fail("a FILTER_JSON argument is needed, e.g. '{\"kinds\":[1],\"limit\":10}'") end
+  local ok, parsed = pcall(cjson.decode, f)
+  if not ok or type(parsed) ~= "table" then fail("the filter is not JSON: " .. tostring(f)) end
+  return f
+end
+
+local commands = {}
+
+function commands.import(opts)
+  local src = opts.rest[2]
+  if not src then fail("import needs a FILE, or - for standard input") end
+  local total, source
+  if src == "-" then
+    source = io.stdin
+  else
+    local f = io.open(src, "rb")
+    if not f then fail("cannot read " .. src) end
+    total = f:seek("end")
+    f:close()
+    source = src
+  end
+  local db = open_store(opts)
+  local bar = progress_bar("import", total, "bytes")
+  local lines_done, refused = 0, 0
+  local ok, counts, err = pcall(db.import, db, source, {
+    verify = not opts.flags["no-verify"],
+    progress = function(lines, bytes)
+      lines_done = lines
+      bar.update(bytes, lines)
+    end,
+    on_refused = function(line, msg)
+      refused = refused + 1
+      if refused <= 5 then bar.note(("line %d: %s"):format(line, msg)) end
+    end,
+  })
+  if not ok then
+    db:close()
+    if tostring(counts):match("interrupted") then
+      bar.finish(("interrupted: every batch before line %d is stored, the store is consistent"):format(
+        lines_done + 1))
+      return 130
+    end
+    error(counts, 0)
+  end
+  if not counts then
+    db:close()
+    fail(err)
+  end
+  db:close()
+  bar.finish(("imported %d lines in %.1f s (%.0f lines/s): %d saved, %d duplicate, %d replaced, %d deleted, %d "
+    .. "blocked, %d ephemeral, %d invalid"):format(counts.lines, bar.elapsed(), counts.lines / math.max(bar.elapsed(),
+    1e-3), counts.saved, counts.duplicate, counts.replaced, counts.deleted, counts.blocked, counts.ephemeral,
+    counts.invalid))
+  return 0
+end
+
+function commands.export(opts)
+  for _, pk in ipairs(opts.pubkeys) do
+    if not pk:match("^%x+$") or #pk ~= 64 or pk:find("%u") then fail("--pubkey takes 64 lowercase hex characters") end
+  end
+  local db = open_store(opts, true)
+  local out = io.stdout
+  if opts.out then
+    out = io.open(opts.out, "w")
+    if not out then fail("cannot write " .. opts.out) end
+  end
+  local total = db.l2:stats().events
+  local bar = progress_bar("export", #opts.pubkeys == 0 and total or nil, "events")
+  local n, err = db:export(out, #opts.pubkeys > 0 and opts.pubkeys or nil, {
+    progress = function(done) bar.update(done) end,
+  })
+  if opts.out then out:close() else out:flush() end
+  db:close()
+  if not n then fail(err) end
+  bar.finish(("exported %d events in %.1f s"):format(n, bar.elapsed()))
+  return 0
+end
+
+function commands.scan(opts)
+  local f = filter_arg(opts)
+  local db = open_store(opts, true)
+  local res, err = db:query_events(f, { json = true, max_limit = 1e12 })
+  db:close()
+  if not res then fail(err) end
+  for _, line in ipairs(res) do io.stdout:write(line, "\n") end
+  return 0
+end
+
+function commands.count(opts)
+  local f = filter_arg(opts)
+  local db = open_store(opts, true)
+  local n, err = db:count_events(f)
+  db:close()
+  if not n then fail(err) end
+  print(n)
+  return 0
+end
+
+function commands.stats(opts)
+  local db = open_store(opts, true)
+  local st = db:stats()
+  db:close()
+  if opts.flags.json then
+    print(cjson.encode(st))
+    return 0
+  end
+  local l1, l2 = st.l1, st.l2 or {}
+  print(("events      %d in L2, %d in L1 (%d stubs)"):format(l2.events or 0, l1.events, l1.stubs))
+  print(("L1 bytes    %.1f MB used of %s (file %.1f MB)"):format(l1.used_bytes / 1e6,
+    st.size_limit and ("%.1f MB"):format(st.size_limit / 1e6) or "no limit", l1.file_bytes / 1e6))
+  print(("L2 bytes    %.1f MB used (file %.1f MB)"):format((l2.used_bytes or 0) / 1e6, (l2.file_bytes or 0) / 1e6))
+  print(("horizon     %d"):format(st.horizon))
+  print(("outbox      %d"):format(st.outbox))
+  print(("hits        l1 %d, stubs %d, l2 %d (this process)"):format(st.hits.l1, st.hits.stubs, st.hits.l2))
+  print(("policy      %s"):format(st.policy))
+  return 0
+end
+
+function commands.gc(opts)
+  local db = open_store(opts, true)
+  local r = db:gc(true)
+  local expired = db.l2:sweep() + db.l1:sweep()
+  db:close()
+  print(("evicted %d, stubs removed %d, outbox sent %d, expired removed %d"):format(r.evicted, r.dropped,
+    r.sent or 0, expired))
+  return 0
+end
+
+function commands.check(opts)
+  local db = open_store(opts, true)
+  local ok, problems = db:check()
+  db:close()
+  if ok then
+    print("ok")
+    return 0
+  end
+  for _, p in ipairs(problems) do io.stderr:write(p, "\n") end
+  io.stderr:write(("layer2: %d problems found\n"):format(#problems))
+  return 1
+end
+
+function commands.compact(opts)
+  local out = opts.rest[2]
+  if not out then fail("compact needs an OUT directory") end
+  local db = open_store(opts, true)
+  local total = db.l1:stats().used_bytes + db.l2:stats().used_bytes
+  local bar = progress_bar("compact", total, "bytes")
+  local written = 0
+  for _, level in ipairs({ "layer1", "layer2" }) do
+    local store = level == "layer1" and db.l1 or db.l2
+    local base = written
+    local n, err = store:copy(out .. "/" .. level, { progress = function(b) bar.update(base + b) end })
+    if not n then
+      db:close()
+      fail(err)
+    end
+    written = written + n
+  end
+  db:close()
+  bar.finish(("compacted into %s: %.1f MB in %.1f s"):format(out, written / 1e6, bar.elapsed()))
+  return 0
+end
+
+function commands.nuke(opts)
+  if not opts.flags.yes then fail("nuke deletes every event: add --yes to do it") end
+  local db = open_store(opts, true)
+  local ok, err = db:nuke()
+  db:close()
+  if not ok then fail(err) end
+  print("nuked " .. opts.path)
+  return 0
+end
+
+function cli.main(argv)
+  local ok, code = pcall(function()
+    local opts = parse_args(argv or {})
+    local name = opts.rest[1]
+    if not name then
+      io.stdout:write(USAGE)
+      return opts.help and 0 or 2
+    end
+    if not commands[name] then fail("unknown command '" .. name .. "' (layer2 --help lists them)") end
+    if opts.help then
+      io.stdout:write(HELP[name])
+      return 0
+    end
+    for flag in pairs(opts.flags) do
+      if not (KNOWN_FLAGS[name] or {})[flag] then fail(("%s does not take --%s"):format(name, flag)) end
+    end
+    return commands[name](opts)
+  end)
+  if ok then return code end
+  if getmetatable(code) == Fail then
+    io.stderr:write("layer2: ", code.msg, "\n")
+    return 2
+  end
+  io.stderr:write("layer2: ", tostring(code), "\n")
+  return 1
+end
+
+return cli

@@ -1,0 +1,179 @@
+-- The `layer2` command line tool, run as a user runs it (Lua 5.4, whichever interpreter runs the spec).
+local helper = require("spec.helper")
+local layer2 = require("layer2")
+
+local ROOT = io.popen("pwd"):read("l")
+local ENV = ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/lua5.4/?.so;;'"):format(ROOT, ROOT, ROOT)
+
+local function tmp()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+-- runs `layer2 ARGS` (a shell string); returns exit code, stdout, stderr
+local function run(args, wrap)
+  local out, err, code = tmp(), tmp(), tmp()
+  local cmd = ("%s lua5.4 %s/bin/layer2 %s"):format(ENV, ROOT, args)
+  if wrap then cmd = wrap(cmd) end
+  os.execute(("(%s) >%s 2>%s; echo $? >%s"):format(cmd, out, err, code))
+  local function slurp(p)
+    local f = io.open(p)
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    os.remove(p)
+    return s
+  end
+  local c = tonumber(slurp(code))
+  return c, slurp(out), slurp(err)
+end
+
+local function ids_of_file(path)
+  local ids = {}
+  for line in io.lines(path) do ids[#ids + 1] = layer2.event.parse(line).id end
+  table.sort(ids)
+  return ids
+end
+
+describe("the layer2 command line tool", function()
+  local data = helper.data_dir() .. "/real.jsonl"
+  local dir
+
+  before_each(function() dir = tmp() end)
+  after_each(function() os.execute("rm -rf '" .. dir .. "'*") end)
+
+  it("import -> export -> import into a fresh store gives the same events", function()
+    local code, _, err = run(("--path %s import %s"):format(dir, data))
+    assert.equal(0, code, err)
+    assert.matches("imported 6652 lines .*6494 saved", err)
+    local out1 = dir .. "-1.jsonl"
+    code, _, err = run(("--path %s export --out %s"):format(dir, out1))
+    assert.equal(0, code, err)
+    code = run(("--path %s-b import %s --no-verify"):format(dir, out1))
+    assert.equal(0, code)
+    local out2 = dir .. "-2.jsonl"
+    local stdout
+    code, stdout = run(("--path %s-b export"):format(dir))
+    assert.equal(0, code)
+    local f = io.open(out2, "w")
+    f:write(stdout)
+    f:close()
+    local a, b = ids_of_file(out1), ids_of_file(out2)
+    assert.equal(6370, #a)
+    assert.same(a, b)
+    os.execute("rm -rf '" .. dir .. "-b'")
+  end)
+
+  it("scan and count agree with the library; stats, gc, check and compact work", function()
+    assert.equal(0, (run(("--path %s import %s"):format(dir, data))))
+    local db = assert(layer2.open(dir))
+    for _, f in ipairs({ '{"kinds":[1],"limit":7}', '{"kinds":[0,3]}', '[{"kinds":[7]},{"kinds":[6],"limit":2}]' }) do
+      local code, out = run(("--path %s scan '%s'"):format(dir, f))
+      assert.equal(0, code)
+      local lines = {}
+      for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      local want = db:query_events(f, { json = true, max_limit = 1e12 })
+      assert.same(want, lines)
+      local c
+      code, c = run(("--path %s count '%s'"):format(dir, f))
+      assert.equal(0, code)
+      assert.equal(db:count_events(f), tonumber(c))
+    end
+    db:close()
+    local code, out = run(("--path %s stats"):format(dir))
+    assert.equal(0, code)
+    assert.matches("events%s+6370 in L2", out)
+    code, out = run(("--path %s stats --json"):format(dir))
+    assert.equal(0, code)
+    assert.equal(6370, require("cjson").decode(out).l2.events)
+    code, out = run(("--path %s gc"):format(dir))
+    assert.equal(0, code)
+    assert.matches("^evicted %d+", out)
+    code, out = run(("--path %s check"):format(dir))
+    assert.equal(0, code)
+    assert.equal("ok\n", out)
+    local err
+    code, _, err = run(("--path %s compact %s-c"):format(dir, dir))
+    assert.equal(0, code, err)
+    local copy = assert(layer2.open(dir .. "-c"))
+    assert.equal(6370, copy:count_events({}))
+    assert(copy:check())
+    copy:close()
+    code, _, err = run(("--path %s compact %s-c"):format(dir, dir))
+    assert.equal(2, code)
+    assert.matches("already holds a store", err)
+    code, out = run(("--path %s nuke --yes"):format(dir))
+    assert.equal(0, code)
+    code, out = run(("--path %s count '{}'"):format(dir))
+    assert.equal("0\n", out)
+  end)
+
+  it("bad arguments: one clear line and a non-zero status", function()
+    local cases = {
+      { "frob", "unknown command 'frob'" },
+      { "--path /nonexistent/x stats", "no store at /nonexistent/x" },
+      { "import", "import needs a FILE" },
+      { "import /nonexistent.jsonl", "cannot read /nonexistent.jsonl" },
+      { "--path " .. dir .. " count", "a FILTER_JSON argument is needed" },
+      { "--path " .. dir .. " nuke", "add %-%-yes" },
+      { "export --pubkey XYZ", "%-%-pubkey takes 64 lowercase hex" },
+      { "stats --frob", "stats does not take %-%-frob" },
+      { "--l2 postgres://x import " .. data, "PostgreSQL L2 is not available" },
+      { "--path", "%-%-path needs a value" },
+    }
+    assert.equal(0, (run(("--path %s import %s"):format(dir, data))))
+    table.insert(cases, { "--path " .. dir .. " scan 'not json'", "the filter is not JSON" })
+    table.insert(cases, { "--path " .. dir .. " scan '{\"kinds\":[\"x\"]}'", "invalid: kinds%[0%] must be a number" })
+    for _, c in ipairs(cases) do
+      local code, out, err = run(c[1])
+      assert(code ~= 0, c[1])
+      assert.equal("", out, c[1])
+      assert.matches("^layer2: .*" .. c[2], err, c[1])
+      assert.equal(1, select(2, err:gsub("\n", "")), c[1] .. ": one line")
+    end
+    local code, out = run("")
+    assert.equal(2, code)
+    assert.matches("^usage: layer2", out)
+  end)
+
+  it("--help for every command", function()
+    for _, name in ipairs({ "import", "export", "scan", "count", "stats", "gc", "check", "compact", "nuke" }) do
+      local code, out = run(name .. " --help")
+      assert.equal(0, code)
+      assert.matches("^usage: layer2 .*" .. name, out)
+    end
+    local code, out = run("--help")
+    assert.equal(0, code)
+    assert.matches("commands:", out)
+  end)
+
+  it("shows a progress bar on a terminal, a summary line in a pipe", function()
+    local code, out = run(("--path %s import %s"):format(dir, data),
+      function(cmd) return ("script -q -e -c %q /dev/null"):format(cmd) end)
+    assert.equal(0, code)
+    assert.matches("\rimport %[[#.]+%] +%d+%%", out)
+    assert.matches("imported 6652 lines", out)
+    local _, _, err = run(("--path %s-p import %s"):format(dir, data))
+    assert.not_matches("\r", err)
+    assert.not_matches("%[[#.]+%]", err)
+    assert.matches("imported 6652 lines", err)
+    os.execute("rm -rf '" .. dir .. "-p'")
+  end)
+
+  it("Ctrl-C during import leaves a consistent store and says how far it got", function()
+    local big = dir .. "-big.jsonl"
+    local lines = helper.lines("real.jsonl")
+    local f = io.open(big, "w")
+    for _ = 1, 25 do f:write(table.concat(lines, "\n"), "\n") end
+    f:close()
+    local code, _, err = run(("--path %s import %s"):format(dir, big), function(cmd)
+      return ("%s & pid=$!; sleep 1.5; kill -INT $pid; wait $pid"):format(cmd)
+    end)
+    assert.equal(130, code, err)
+    assert.matches("interrupted: every batch before line %d+ is stored, the store is consistent", err)
+    local c2, out = run(("--path %s check"):format(dir))
+    assert.equal(0, c2)
+    assert.equal("ok\n", out)
+    os.remove(big)
+  end)
+end)
