@@ -47,12 +47,14 @@ test: deps all lint rock
 	@bash spec/run
 
 lint:
-	@luacheck -q --no-color lua spec bench examples
+	@luacheck -q --no-color lua spec bench examples bin/layer2
 
 run: deps all
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 examples/demo.lua'
 
-bench: deps all bench-event bench-store bench-cache
+# every benchmark, one summary table, bench/results/latest.md (BENCH_EVENTS=1000000 for more)
+bench: deps all
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/run.lua'
 
 bench-event:
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/event.lua'

@@ -168,3 +168,10 @@ print(("\nBelady is computed for a cache of %d events (lru's mean occupancy), un
 print(("peak RSS: %.1f MB"):format(util.peak_rss_kb() / 1024))
 l2:close()
 os.execute("rm -rf " .. base)
+for _, r in ipairs(results) do
+  util.summary("cache hit ratio, " .. r.policy, ("%.1f %%"):format(100 * r.ratio),
+    ("%.0f %% of Belady's %.1f %%"):format(100 * r.ratio / opt, 100 * opt))
+end
+util.summary("L1 hit vs L2 fetch", ("%.0f vs %.0f µs p50"):format(results[1].hit_p50, results[1].miss_p50),
+  "by id, JSON")
+util.summary("eviction", ("%.1f MB/s"):format(results[1].evict_mbs), "lru, stubs")

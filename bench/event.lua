@@ -54,3 +54,6 @@ print(("machine: %s"):format(util.machine()))
 print(("data: real.jsonl, %d events, %.1f MB (mean %d bytes/event)\n"):format(#lines, bytes / 1e6, math.floor(bytes / #lines)))
 print(util.table({ "operation (one core)", "events/s", "µs/event", "note" }, rows))
 print(("\npeak RSS: %.1f MB"):format(util.peak_rss_kb() / 1024))
+util.summary("parse + id, one core", util.fmt_rate(id_rate) .. " events/s", "real.jsonl")
+util.summary("parse + id + verify, one core", util.fmt_rate(verify_rate) .. " events/s",
+  ("%.1f %% of raw libsecp256k1 verify (%s/s)"):format(100 * verify_rate / raw_rate, util.fmt_rate(raw_rate)))

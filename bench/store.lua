@@ -145,3 +145,12 @@ print(util.table({ "class", "limit 50 table", "limit 50 JSON", "limit 500 table"
   "events at 500" }, qrows))
 print(("\npeak RSS: %.1f MB"):format(util.peak_rss_kb() / 1024))
 os.execute("rm -rf " .. dir)
+local data = ("%dk generated events"):format(math.floor(N / 1000))
+util.summary("import, verified", util.fmt_rate(N / t_verified) .. " events/s", data .. ", 2 threads")
+util.summary("import, trusted", util.fmt_rate(N / t_trusted) .. " events/s", data)
+util.summary("export", util.fmt_rate(exported / t_export) .. " events/s", data)
+util.summary("disk", ("%.2f x the JSONL"):format(disk / jsonl_bytes), ("%.0f bytes/event"):format(disk / N))
+for _, r in ipairs(qrows) do
+  util.summary("query " .. r[1] .. ", limit 500 JSON", r[5] .. " µs p50/p99", data)
+end
+util.summary("peak RSS, bench/store", ("%.0f MB"):format(util.peak_rss_kb() / 1024), data)

@@ -60,4 +60,13 @@ function util.data_dir()
   error("shared data not found: set LAYER2_DATA")
 end
 
+-- One row of `make bench`'s summary table (bench/run.lua collects them through $BENCH_SUMMARY).
+function util.summary(what, figure, note)
+  local path = os.getenv("BENCH_SUMMARY")
+  if not path then return end
+  local f = assert(io.open(path, "a"))
+  f:write(what, "\t", figure, "\t", note or "", "\n")
+  f:close()
+end
+
 return util

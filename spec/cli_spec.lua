@@ -92,7 +92,7 @@ describe("the layer2 command line tool", function()
     code, out = run(("--path %s check"):format(dir))
     assert.equal(0, code)
     assert.equal("ok\n", out)
-    local err
+    local _, err
     code, _, err = run(("--path %s compact %s-c"):format(dir, dir))
     assert.equal(0, code, err)
     local copy = assert(layer2.open(dir .. "-c"))
