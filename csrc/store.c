@@ -26,7 +26,13 @@
  * atomb    pubkey(32) kind(2) d(V)                -> created_at(8) (NIP-09 `a` deletions)
  * changes  seq(8)                                 -> op(1) serial(8) [id(32) for replaced/deleted]
  * meta     name                                   -> value ("u:" + name for the caller's own)
- * A cache (the L1) also keeps:
+ * A cache (the L1) stores its records differently, so that eviction frees space:
+ * events   serial(8)      -> slot(4) body length(4) stub form   (slot 0: a stub, no body)
+ * bodies   slot(4)        -> binary event    (slots are reused, lowest first, so new bodies fill the
+ *                                              room old ones left inside pages: B-tree pages only
+ *                                              come free when nearly empty)
+ * freeslots slot(4)       -> ""
+ * A cache also keeps:
  * access   serial(8)                              -> last access ms(8) hits(4)
  * lru      last access ms(8) serial(8)            -> ""          (coldest first)
  * stubs    created_at(8) serial(8)                -> ""          (stubs that may go, oldest first)
@@ -42,10 +48,11 @@
 #define MAX_ADDR_KEY (32 + 2 + MAX_VALUE_KEY)
 
 enum { DB_EVENTS, DB_IDS, DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE, DB_REPLACE,
-       DB_TOMB, DB_ATOMB, DB_CHANGES, DB_META, DB_ACCESS, DB_LRU, DB_STUBS, DB_OUTBOX, DB_COUNT };
+       DB_TOMB, DB_ATOMB, DB_CHANGES, DB_META, DB_ACCESS, DB_LRU, DB_STUBS, DB_OUTBOX, DB_BODIES,
+       DB_FREESLOTS, DB_COUNT };
 static const char *db_names[DB_COUNT] = {"events", "ids", "pubkey", "kind", "pubkind", "tag", "created",
                                          "expire", "replace", "tomb", "atomb", "changes", "meta",
-                                         "access", "lru", "stubs", "outbox"};
+                                         "access", "lru", "stubs", "outbox", "bodies", "freeslots"};
 
 /* One LMDB environment per directory and process: LMDB forbids opening it twice. */
 typedef struct shared_env {
@@ -398,6 +405,7 @@ typedef struct {
     MDB_txn *txn;
     uint64_t serial, seq; /* the next free ones */
     int may_tomb, may_atomb; /* tombstones exist: lookups are worth doing */
+    uint64_t next_slot, body_bytes; /* a cache's body slots and the bytes its bodies hold */
 } wtx;
 
 static int meta_get_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *out)
@@ -494,21 +502,97 @@ static int add_change(wtx *w, int op, const uint8_t id[32], uint64_t serial)
     return mdb_put(w->txn, w->st->dbi[DB_CHANGES], &kv, &vv, MDB_APPEND);
 }
 
-/* Decodes the stored event `serial` into ev (a private copy when `copy`); MDB_NOTFOUND if absent. */
-static int load(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, int copy)
+static inline uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* An events record: for a plain store the body itself; for a cache slot | length | stub form. */
+typedef struct {
+    const uint8_t *head; /* what filters and indexes read: the body, or the stub form */
+    size_t head_len;
+    uint32_t slot, body_len; /* a cache's body: slot 0 when only the stub is left */
+} record;
+
+static int get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r)
 {
     uint8_t k[8];
     put_be64(k, serial);
     MDB_val kv = {8, k}, v;
     int rc = mdb_get(txn, st->dbi[DB_EVENTS], &kv, &v);
     if (rc) return rc;
-    const void *data = v.mv_data;
+    r->head = v.mv_data;
+    r->head_len = v.mv_size;
+    r->slot = r->body_len = 0;
+    if (st->cache) {
+        if (v.mv_size < 8 + 129) return MDB_CORRUPTED;
+        r->slot = get_be32(v.mv_data);
+        r->body_len = get_be32((uint8_t *)v.mv_data + 4);
+        r->head += 8;
+        r->head_len -= 8;
+    }
+    return 0;
+}
+
+/* The whole binary event of a record: MDB_NOTFOUND for a cache's stub. */
+static int get_body(MDB_txn *txn, l2_store *st, const record *r, const void **data, size_t *len)
+{
+    if (!st->cache) {
+        *data = r->head;
+        *len = r->head_len;
+        return 0;
+    }
+    if (!r->slot) return MDB_NOTFOUND;
+    uint8_t k[4];
+    put_be32(k, r->slot);
+    MDB_val kv = {4, k}, v;
+    int rc = mdb_get(txn, st->dbi[DB_BODIES], &kv, &v);
+    if (rc) return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    *data = v.mv_data;
+    *len = v.mv_size;
+    return 0;
+}
+
+/* Decodes what filters and indexes need of `serial` (a cache's stub form, which holds all of it);
+ * ev->is_stub tells whether the body is gone. */
+static int load_head(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, record *r)
+{
+    int rc = get_record(txn, st, serial, r);
+    if (rc) return rc;
+    if (l2_event_decode_bin(ev, r->head, r->head_len, NULL)) return MDB_CORRUPTED;
+    if (st->cache) ev->is_stub = r->slot == 0;
+    return 0;
+}
+
+/* Decodes the stored event `serial` into ev, whole when its body is there (a private copy when
+ * `copy`); MDB_NOTFOUND if absent. */
+static int load(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, int copy)
+{
+    record r;
+    const void *data;
+    size_t len;
+    int rc = get_record(txn, st, serial, &r);
+    if (rc) return rc;
+    if (get_body(txn, st, &r, &data, &len) != 0) {
+        data = r.head; /* a cache's stub */
+        len = r.head_len;
+    }
     if (copy) {
         st->body.len = 0;
-        if (l2_buf_put(&st->body, v.mv_data, v.mv_size)) return ENOMEM;
+        if (l2_buf_put(&st->body, data, len)) return ENOMEM;
         data = st->body.data;
     }
-    return l2_event_decode_bin(ev, data, v.mv_size, NULL) ? MDB_CORRUPTED : 0;
+    if (l2_event_decode_bin(ev, data, len, NULL)) return MDB_CORRUPTED;
+    if (st->cache) ev->is_stub = r.slot == 0;
+    return 0;
 }
 
 static int lookup_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t *serial)
@@ -548,6 +632,56 @@ static int put_head(wtx *w, const uint8_t *key, size_t n, uint64_t serial, const
     return mdb_put(w->txn, w->st->dbi[DB_REPLACE], &kv, &vv, 0);
 }
 
+/* A cache's body goes into the lowest free slot, so it fills room an evicted body left. */
+static int put_body(wtx *w, const void *body, size_t n, uint32_t *slot)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint8_t key[4];
+    int rc = mdb_cursor_open(w->txn, w->st->dbi[DB_FREESLOTS], &c);
+    if (rc) return rc;
+    rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    if (rc == 0 && k.mv_size == 4) {
+        *slot = get_be32(k.mv_data);
+        rc = mdb_cursor_del(c, 0);
+    } else if (rc == MDB_NOTFOUND) {
+        if (w->next_slot > UINT32_MAX) rc = MDB_MAP_FULL;
+        else *slot = (uint32_t)w->next_slot++, rc = 0;
+    }
+    mdb_cursor_close(c);
+    if (rc) return rc;
+    put_be32(key, *slot);
+    MDB_val bk = {4, key}, bv = {n, (void *)body};
+    w->body_bytes += n;
+    return mdb_put(w->txn, w->st->dbi[DB_BODIES], &bk, &bv, 0);
+}
+
+static int free_body(wtx *w, uint32_t slot, uint32_t len)
+{
+    uint8_t key[4];
+    int rc;
+    put_be32(key, slot);
+    if ((rc = del_key(w, DB_BODIES, key, 4))) return rc;
+    w->body_bytes -= w->body_bytes >= len ? len : w->body_bytes;
+    return put_empty(w, DB_FREESLOTS, key, 4);
+}
+
+/* Writes a cache's events record: slot | body length | stub form of ev. */
+static int put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len)
+{
+    l2_store *st = w->st;
+    uint8_t sk[8];
+    st->key.len = 0;
+    if (l2_buf_reserve(&st->key, 8)) return ENOMEM;
+    put_be32((uint8_t *)st->key.data, slot);
+    put_be32((uint8_t *)st->key.data + 4, body_len);
+    st->key.len = 8;
+    if (l2_event_encode_stub(ev, &st->key)) return ENOMEM;
+    put_be64(sk, serial);
+    MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
+    return mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0);
+}
+
 static int drop_access(wtx *w, uint64_t serial);
 
 /* Removes a stored event and everything that points at it; op 0 records no change (a cache
@@ -557,8 +691,10 @@ static int remove_event(wtx *w, uint64_t serial, int op)
     l2_store *st = w->st;
     l2_event *ev = &st->old;
     uint8_t k[MAX_ADDR_KEY], sk[8];
-    int rc = load(st, w->txn, serial, ev, 1);
-    if (rc) return rc;
+    record r;
+    int rc = get_record(w->txn, st, serial, &r);
+    if (rc || (rc = load(st, w->txn, serial, ev, 1))) return rc;
+    if (r.slot && (rc = free_body(w, r.slot, r.body_len))) return rc;
     if ((rc = for_each_index(ev, serial, index_del, w))) return rc;
     if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
     if (op && (is_replaceable(ev->kind) || is_addressable(ev->kind))) {
@@ -808,8 +944,15 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     put_be64(sk, serial);
     st->body.len = 0;
     if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
-    MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
-    if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, MDB_APPEND))) return rc;
+    if (st->cache) {
+        uint32_t slot;
+        if ((rc = put_body(w, st->body.data, st->body.len, &slot)) ||
+            (rc = put_cache_record(w, serial, ev, slot, (uint32_t)st->body.len)))
+            return rc;
+    } else {
+        MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
+        if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, MDB_APPEND))) return rc;
+    }
     MDB_val ik = {32, (void *)ev->id}, iv = {8, sk};
     if ((rc = mdb_put(w->txn, st->dbi[DB_IDS], &ik, &iv, 0))) return rc;
     if ((rc = for_each_index(ev, serial, index_put, w))) return rc;
@@ -837,6 +980,12 @@ static int write_begin(l2_store *st, wtx *w)
         mdb_txn_abort(w->txn);
         return rc;
     }
+    if (st->cache && ((rc = meta_get_u64(w->txn, st->dbi[DB_META], "next_slot", &w->next_slot)) ||
+                      (rc = meta_get_u64(w->txn, st->dbi[DB_META], "body_bytes", &w->body_bytes)))) {
+        mdb_txn_abort(w->txn);
+        return rc;
+    }
+    if (st->cache) w->body_bytes--; /* meta_get_u64 counts from 1 */
     w->may_tomb = entries(w->txn, st->dbi[DB_TOMB]) > 0;
     w->may_atomb = entries(w->txn, st->dbi[DB_ATOMB]) > 0;
     return 0;
@@ -846,7 +995,9 @@ static int write_commit(wtx *w)
 {
     int rc;
     if ((rc = meta_put_u64(w->txn, w->st->dbi[DB_META], "serial", w->serial)) ||
-        (rc = meta_put_u64(w->txn, w->st->dbi[DB_META], "seq", w->seq))) {
+        (rc = meta_put_u64(w->txn, w->st->dbi[DB_META], "seq", w->seq)) ||
+        (w->st->cache && ((rc = meta_put_u64(w->txn, w->st->dbi[DB_META], "next_slot", w->next_slot)) ||
+                          (rc = meta_put_u64(w->txn, w->st->dbi[DB_META], "body_bytes", w->body_bytes + 1))))) {
         mdb_txn_abort(w->txn);
         return rc;
     }
@@ -1178,7 +1329,8 @@ static int set_add(serial_set *s, uint64_t x) /* 1 added, 0 present, -1 no memor
 static int consider(l2_store *st, const l2_filter *f, uint64_t serial, int64_t now, l2_hits *out, int *matched)
 {
     int64_t exp;
-    int rc = load(st, st->rtxn, serial, &st->ev, 0);
+    record r;
+    int rc = load_head(st, st->rtxn, serial, &st->ev, &r);
     *matched = 0;
     if (rc == MDB_NOTFOUND) return 0; /* a dangling index entry: never returned */
     if (rc) return rc;
@@ -1347,12 +1499,8 @@ int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, ui
 
 int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len)
 {
-    uint8_t k[8];
-    put_be64(k, serial);
-    MDB_val kv = {8, k}, v;
-    if (!st->rtxn_live || mdb_get(st->rtxn, st->dbi[DB_EVENTS], &kv, &v)) return -1;
-    *data = v.mv_data;
-    *len = v.mv_size;
+    record r;
+    if (!st->rtxn_live || get_record(st->rtxn, st, serial, &r) || get_body(st->rtxn, st, &r, data, len)) return -1;
     return 0;
 }
 
@@ -1370,11 +1518,13 @@ int l2_store_iter_begin(l2_store *st, char *err)
 int l2_store_iter_next(l2_store *st, uint64_t *serial, const void **data, size_t *len)
 {
     MDB_val k, v;
-    if (!st->iter || mdb_cursor_get(st->iter, &k, &v, MDB_NEXT) != 0) return 0;
-    *serial = get_be64(k.mv_data);
-    *data = v.mv_data;
-    *len = v.mv_size;
-    return 1;
+    while (st->iter && mdb_cursor_get(st->iter, &k, &v, MDB_NEXT) == 0) {
+        record r;
+        *serial = get_be64(k.mv_data);
+        /* a cache's stubs are not whole events: skipped */
+        if (get_record(st->rtxn, st, *serial, &r) == 0 && get_body(st->rtxn, st, &r, data, len) == 0) return 1;
+    }
+    return 0;
 }
 
 int l2_store_changes(l2_store *st, uint64_t after, size_t max, l2_change *out, size_t *n, char *err)
@@ -1403,9 +1553,9 @@ int l2_store_changes(l2_store *st, uint64_t after, size_t max, l2_change *out, s
         if (v.mv_size == 41) {
             memcpy(ch->id, rec + 9, 32);
         } else {
-            MDB_val ek = {8, (void *)(rec + 1)}, ev;
-            /* the body holds the id; an event removed since then is reported by its later change */
-            if (mdb_get(st->rtxn, st->dbi[DB_EVENTS], &ek, &ev) == 0 && ev.mv_size >= 33) memcpy(ch->id, (uint8_t *)ev.mv_data + 1, 32);
+            record r;
+            /* the record holds the id; an event removed since then is reported by its later change */
+            if (get_record(st->rtxn, st, ch->serial, &r) == 0 && r.head_len >= 33) memcpy(ch->id, r.head + 1, 32);
             else ch->have_id = 0;
         }
         (*n)++;
@@ -1436,6 +1586,18 @@ int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err)
     s->tombstones = entries(t, st->dbi[DB_TOMB]) + entries(t, st->dbi[DB_ATOMB]);
     s->changes = entries(t, st->dbi[DB_CHANGES]);
     s->stubs = entries(t, st->dbi[DB_STUBS]);
+    uint64_t holes = 0;
+    if (st->cache) {
+        /* a cache's bodies go into the lowest free slots, so the room evicted bodies left inside
+         * the bodies' pages is reused by the next ones: it counts as free */
+        MDB_stat bs;
+        uint64_t body_bytes = 1;
+        if (mdb_stat(t, st->dbi[DB_BODIES], &bs) == 0 && meta_get_u64(t, st->dbi[DB_META], "body_bytes", &body_bytes) == 0) {
+            uint64_t room = (uint64_t)(bs.ms_leaf_pages + bs.ms_overflow_pages) * bs.ms_psize;
+            uint64_t held = body_bytes - 1 + bs.ms_entries * 16; /* node headers and keys */
+            holes = room > held ? room - held : 0;
+        }
+    }
     s->outbox = entries(t, st->dbi[DB_OUTBOX]);
     meta_get_u64(t, st->dbi[DB_META], "seq", &s->last_seq);
     s->last_seq--;
@@ -1455,6 +1617,8 @@ int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err)
     uint64_t pages = (uint64_t)info.me_last_pgno + 1;
     s->free_bytes = (free_pages < pages ? free_pages : pages) * es.ms_psize;
     s->used_bytes = pages * es.ms_psize - s->free_bytes;
+    s->used_bytes -= holes < s->used_bytes ? holes : s->used_bytes;
+    s->free_bytes += holes;
     s->map_bytes = info.me_mapsize;
     snprintf(file, sizeof file, "%s/data.mdb", st->path);
     if (stat(file, &sb) == 0) s->file_bytes = (uint64_t)sb.st_size;
@@ -1496,13 +1660,10 @@ int l2_store_candidates(l2_store *st, int by_created, size_t max, l2_candidate *
         if (k.mv_size != 16) continue;
         uint64_t serial = get_be64((uint8_t *)k.mv_data + 8), last = 0;
         uint32_t hits = 0;
-        uint8_t sk[8];
-        put_be64(sk, serial);
-        MDB_val ek = {8, sk}, ev;
-        if (mdb_get(st->rtxn, st->dbi[DB_EVENTS], &ek, &ev) != 0) continue;
-        if (l2_event_decode_bin(&st->ev, ev.mv_data, ev.mv_size, NULL) || st->ev.is_stub) continue;
+        record r;
+        if (load_head(st, st->rtxn, serial, &st->ev, &r) != 0 || st->ev.is_stub) continue;
         get_access(st->rtxn, st, serial, &last, &hits);
-        fill_candidate(&out[(*n)++], serial, &st->ev, ev.mv_size, last, hits);
+        fill_candidate(&out[(*n)++], serial, &st->ev, st->cache ? r.body_len : r.head_len, last, hits);
     }
     mdb_cursor_close(c);
     l2_store_read_end(st);
@@ -1527,26 +1688,32 @@ static int evict_body(wtx *w, void *ud)
     a->evicted = a->freed = 0;
     for (size_t i = 0; i < a->n; i++) {
         uint64_t serial;
+        record r;
         rc = lookup_id(w->txn, st, a->ids[i], &serial);
         if (rc == MDB_NOTFOUND) continue;
-        if (rc || (rc = load(st, w->txn, serial, &st->old, 1))) return rc;
-        if (st->old.is_stub) continue;
-        size_t size = st->body.len;
+        if (rc || (rc = get_record(w->txn, st, serial, &r))) return rc;
+        if (!r.slot) continue; /* a stub already */
+        uint32_t size = r.body_len;
         if (a->delete_mode) {
             if ((rc = remove_event(w, serial, 0))) return rc;
-            a->freed += size;
         } else {
+            /* the body goes; the record keeps the stub form with slot 0 */
             uint8_t sk[8], stk[16];
             st->key.len = 0;
-            if (l2_event_encode_stub(&st->old, &st->key)) return ENOMEM;
+            if (l2_buf_put(&st->key, r.head - 8, r.head_len + 8)) return ENOMEM;
+            memset(st->key.data, 0, 4);
+            uint32_t slot = r.slot;
             put_be64(sk, serial);
             MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
-            if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0)) || (rc = drop_access(w, serial))) return rc;
+            if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0)) || (rc = free_body(w, slot, size)) ||
+                (rc = drop_access(w, serial)))
+                return rc;
+            if (l2_event_decode_bin(&st->old, (uint8_t *)st->key.data + 8, st->key.len - 8, NULL)) return MDB_CORRUPTED;
             put_be64(stk, (uint64_t)st->old.created_at);
             put_be64(stk + 8, serial);
             if ((rc = put_empty(w, DB_STUBS, stk, 16))) return rc;
-            a->freed += size > st->key.len ? size - st->key.len : 0;
         }
+        a->freed += size;
         a->evicted++;
     }
     return 0;
@@ -1617,19 +1784,20 @@ static int revive_body(wtx *w, void *ud)
     for (size_t i = 0; i < a->n; i++) {
         const l2_event *ev = a->evs[i];
         uint64_t serial;
-        uint8_t sk[8], stk[16];
+        uint8_t stk[16];
+        uint32_t slot;
+        record r;
         int rc = lookup_id(w->txn, st, ev->id, &serial);
-        if (rc == MDB_NOTFOUND) continue;
-        if (rc || (rc = load(st, w->txn, serial, &st->old, 0))) return rc;
-        if (!st->old.is_stub) continue;
+        if (rc == MDB_NOTFOUND || !st->cache) continue;
+        if (rc || (rc = get_record(w->txn, st, serial, &r))) return rc;
+        if (r.slot) continue; /* whole already */
         st->body.len = 0;
         if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
-        put_be64(sk, serial);
         put_be64(stk, (uint64_t)ev->created_at);
         put_be64(stk + 8, serial);
-        MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
-        if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0)) || (rc = del_key(w, DB_STUBS, stk, 16)) ||
-            (rc = set_access(w, serial, ms, 1)))
+        if ((rc = put_body(w, st->body.data, st->body.len, &slot)) ||
+            (rc = put_cache_record(w, serial, ev, slot, (uint32_t)st->body.len)) ||
+            (rc = del_key(w, DB_STUBS, stk, 16)) || (rc = set_access(w, serial, ms, 1)))
             return rc;
         a->revived++;
     }
@@ -1875,19 +2043,32 @@ int l2_store_check(l2_store *st, void (*problem)(void *ud, const char *msg), voi
     MDB_txn *t = st->rtxn;
     /* every event: decodes, is in ids, and has all its index keys */
     if ((rc = mdb_cursor_open(t, st->dbi[DB_EVENTS], &cur))) goto fail;
-    uint64_t nevents = 0;
+    uint64_t nevents = 0, nbodies = 0;
     while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
         uint64_t serial = get_be64(k.mv_data), s2;
+        record r;
         nevents++;
-        if (l2_event_decode_bin(&st->ev, v.mv_data, v.mv_size, NULL)) {
+        if (load_head(st, t, serial, &st->ev, &r) != 0) {
             report(&c, "event at serial %llu does not decode", (unsigned long long)serial);
             continue;
         }
         if (lookup_id(t, st, st->ev.id, &s2) != 0 || s2 != serial)
             report(&c, "event at serial %llu is missing from the ids index", (unsigned long long)serial);
         for_each_index(&st->ev, serial, index_present, &c);
+        if (st->cache && r.slot) {
+            /* a cache's body: there, whole, and the same event as its record */
+            const void *body;
+            size_t len;
+            nbodies++;
+            if (get_body(t, st, &r, &body, &len) != 0 || len != r.body_len || len < 33 ||
+                memcmp((const uint8_t *)body + 1, st->ev.id, 32) != 0)
+                report(&c, "event at serial %llu has a missing or wrong body", (unsigned long long)serial);
+        }
     }
     mdb_cursor_close(cur);
+    if (st->cache && entries(t, st->dbi[DB_BODIES]) != nbodies)
+        report(&c, "the cache holds %llu bodies for %llu whole events",
+               (unsigned long long)entries(t, st->dbi[DB_BODIES]), (unsigned long long)nbodies);
     /* every index entry: points at a live event whose own keys include it */
     static const int dbs[] = {DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE};
     for (size_t i = 0; i < sizeof dbs / sizeof *dbs; i++) {

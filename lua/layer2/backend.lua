@@ -73,6 +73,9 @@ function backend.open(path, opts)
     -- "stub" (the default): evicted events leave stubs that keep filter answers complete;
     -- "delete": they go at once and the horizon moves past them (better for id lookups)
     evict_mode = l1opts.evict or "stub",
+    -- stubs keep filter answers complete but hold room that bodies could use: at most this share
+    -- of L1's entries are stubs, the oldest going first
+    stub_share = l1opts.stub_share or 0.25,
     hits = { l1 = 0, stubs = 0, l2 = 0 },
     used = 0, -- L1's used bytes as last measured, plus what was written since
   }, Backend)
@@ -319,6 +322,12 @@ function Backend:gc(force)
     end
     used = self.l1:stats().used_bytes
     if evicted == 0 then break end
+  end
+  local st = self.l1:stats()
+  local excess = math.floor(st.stubs - self.stub_share * st.events)
+  if excess > 0 and self.l2 then
+    report.dropped = report.dropped + self:drop_stubs(excess)
+    used = self.l1:stats().used_bytes
   end
   for _ = 1, 64 do
     if used <= target or not self.l2 then break end
