@@ -21,7 +21,7 @@ DEB_PACKAGES := build-essential pkg-config lua5.4 liblua5.4-dev luajit2 libluaji
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test run lint bench bench-event bench-store bench-cache rock rock-build rock-install clean
+.PHONY: all deps env test test-asan run lint bench bench-event bench-store bench-cache rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -45,6 +45,23 @@ env:
 
 test: deps all lint rock
 	@bash spec/run
+
+# The module built with AddressSanitizer and UndefinedBehaviorSanitizer, the whole suite under
+# Lua 5.4 with it; any report fails the run.
+ASAN_LIBS = $(shell $(CC) -print-file-name=libasan.so):$(shell $(CC) -print-file-name=libubsan.so)
+build/asan/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
+		$(LUA54_INC) -shared -o $@ $(CORE_SRC) $(BIND_SRC) $(LIBS)
+
+test-asan: deps all build/asan/layer2/core.so
+	@LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/build/asan/?.so;;" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LD_PRELOAD="$(ASAN_LIBS)" lua5.4 $$(command -v busted) -o TAP spec > build/asan/tap.log 2>&1; \
+	rc=$$?; p=$$(grep -c '^ok ' build/asan/tap.log); f=$$(grep -c '^not ok ' build/asan/tap.log); \
+	if [ $$rc -ne 0 ] || [ $$f -ne 0 ] || grep -q 'runtime error\|AddressSanitizer' build/asan/tap.log; then \
+		grep -v '^ok ' build/asan/tap.log | tail -60; echo "asan: $$p passed, $$f failed"; exit 1; fi; \
+	echo "asan: $$p passed, 0 failed (ASan + UBSan, Lua 5.4)"
 
 lint:
 	@luacheck -q --no-color lua spec bench examples bin/layer2

@@ -1236,6 +1236,7 @@ static int serial_order(const void *a, const void *b)
 static void sort_unique_hits(l2_hits *h, size_t from, int (*order)(const void *, const void *))
 {
     size_t n = h->n - from, out = 0;
+    if (n < 2) return; /* also: no qsort on an empty (NULL) array */
     l2_hit *v = h->v + from;
     qsort(v, n, sizeof *v, order);
     for (size_t i = 0; i < n; i++)
