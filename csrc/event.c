@@ -17,8 +17,7 @@ const l2_limits l2_default_limits = {
     .max_content_bytes = 256 * 1024,
 };
 
-static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char *err, const char *fmt, ...)
+int l2_invalid(char *err, const char *fmt, ...)
 {
     if (!err) return -1;
     int n = snprintf(err, L2_ERRLEN, "invalid: ");
@@ -29,7 +28,7 @@ static int fail(char *err, const char *fmt, ...)
     return -1;
 }
 
-static int oom(char *err)
+int l2_oom(char *err)
 {
     if (err) snprintf(err, L2_ERRLEN, "error: out of memory");
     return -1;
@@ -73,12 +72,12 @@ int l2_event_set_hex(l2_event *ev, enum l2_hex_field f, const char *s, size_t n,
         ev->bad |= bit[f];
         return 0;
     }
-    return fail(err, "%s must be %zu lowercase hex characters", field_name[f], 2 * bytes);
+    return l2_invalid(err, "%s must be %zu lowercase hex characters", field_name[f], 2 * bytes);
 }
 
 int l2_event_set_created_at(l2_event *ev, int64_t v, char *err)
 {
-    if (v < 0 || v > L2_MAX_CREATED_AT) return fail(err, "created_at must be a non-negative integer below 2^53");
+    if (v < 0 || v > L2_MAX_CREATED_AT) return l2_invalid(err, "created_at must be a non-negative integer below 2^53");
     ev->created_at = v;
     ev->have |= L2_HAVE_CREATED_AT;
     return 0;
@@ -86,7 +85,7 @@ int l2_event_set_created_at(l2_event *ev, int64_t v, char *err)
 
 int l2_event_set_kind(l2_event *ev, int64_t v, char *err)
 {
-    if (v < 0 || v > L2_MAX_KIND) return fail(err, "kind must be an integer from 0 to 65535");
+    if (v < 0 || v > L2_MAX_KIND) return l2_invalid(err, "kind must be an integer from 0 to 65535");
     ev->kind = (uint32_t)v;
     ev->have |= L2_HAVE_KIND;
     return 0;
@@ -96,7 +95,7 @@ int l2_event_begin_tags(l2_event *ev, char *err)
 {
     if (!ev->tag_first) {
         ev->tag_first = malloc(16 * sizeof *ev->tag_first);
-        if (!ev->tag_first) return oom(err);
+        if (!ev->tag_first) return l2_oom(err);
         ev->tag_cap = 15;
     }
     ev->ntags = ev->nelems = 0;
@@ -107,11 +106,11 @@ int l2_event_begin_tags(l2_event *ev, char *err)
 
 int l2_event_open_tag(l2_event *ev, const l2_limits *lim, char *err)
 {
-    if (ev->ntags >= lim->max_tags) return fail(err, "too many tags (the limit is %u)", lim->max_tags);
+    if (ev->ntags >= lim->max_tags) return l2_invalid(err, "too many tags (the limit is %u)", lim->max_tags);
     if (ev->ntags == ev->tag_cap) {
         uint32_t cap = ev->tag_cap * 2 + 1;
         uint32_t *p = realloc(ev->tag_first, ((size_t)cap + 1) * sizeof *p);
-        if (!p) return oom(err);
+        if (!p) return l2_oom(err);
         ev->tag_first = p;
         ev->tag_cap = cap;
     }
@@ -124,14 +123,14 @@ int l2_event_add_elem(l2_event *ev, const char *s, size_t n, int check_utf8, con
 {
     uint32_t t = ev->ntags - 1;
     if (l2_tag_len(ev, t) >= lim->max_tag_elems)
-        return fail(err, "tag %u has too many elements (the limit is %u)", t, lim->max_tag_elems);
+        return l2_invalid(err, "tag %u has too many elements (the limit is %u)", t, lim->max_tag_elems);
     if (n > lim->max_tag_elem_bytes)
-        return fail(err, "tag %u element is %zu bytes, over the limit of %zu", t, n, lim->max_tag_elem_bytes);
-    if (check_utf8 && !l2_utf8_valid(s, n)) return fail(err, "tag %u element is not valid UTF-8", t);
+        return l2_invalid(err, "tag %u element is %zu bytes, over the limit of %zu", t, n, lim->max_tag_elem_bytes);
+    if (check_utf8 && !l2_utf8_valid(s, n)) return l2_invalid(err, "tag %u element is not valid UTF-8", t);
     if (ev->nelems == ev->elem_cap) {
         uint32_t cap = ev->elem_cap ? ev->elem_cap * 2 : 64;
         l2_str *p = realloc(ev->elems, (size_t)cap * sizeof *p);
-        if (!p) return oom(err);
+        if (!p) return l2_oom(err);
         ev->elems = p;
         ev->elem_cap = cap;
     }
@@ -145,8 +144,8 @@ int l2_event_add_elem(l2_event *ev, const char *s, size_t n, int check_utf8, con
 int l2_event_set_content(l2_event *ev, const char *s, size_t n, int check_utf8, const l2_limits *lim, char *err)
 {
     if (n > lim->max_content_bytes)
-        return fail(err, "content is %zu bytes, over the limit of %zu", n, lim->max_content_bytes);
-    if (check_utf8 && !l2_utf8_valid(s, n)) return fail(err, "content is not valid UTF-8");
+        return l2_invalid(err, "content is %zu bytes, over the limit of %zu", n, lim->max_content_bytes);
+    if (check_utf8 && !l2_utf8_valid(s, n)) return l2_invalid(err, "content is not valid UTF-8");
     ev->content.p = s;
     ev->content.n = n;
     ev->have |= L2_HAVE_CONTENT;
@@ -161,11 +160,11 @@ int l2_event_finish(l2_event *ev, unsigned required, int check_size, const l2_li
     };
     unsigned missing = required & L2_HAVE_ALL & ~ev->have;
     for (size_t i = 0; missing && i < sizeof fields / sizeof *fields; i++)
-        if (missing & fields[i].bit) return fail(err, "missing field '%s'", fields[i].name);
+        if (missing & fields[i].bit) return l2_invalid(err, "missing field '%s'", fields[i].name);
     if (check_size) {
         size_t n = l2_event_canonical_len(ev);
         if (n > lim->max_event_bytes)
-            return fail(err, "event is %zu bytes, over the limit of %zu", n, lim->max_event_bytes);
+            return l2_invalid(err, "event is %zu bytes, over the limit of %zu", n, lim->max_event_bytes);
     }
     return 0;
 }
@@ -222,8 +221,8 @@ int l2_event_parse_json(l2_event *ev, const char *json, size_t n, unsigned requi
     l2_json j;
     size_t i = 0;
     l2_event_reset(ev);
-    if (n > lim->max_event_bytes) return fail(err, "event is %zu bytes, over the limit of %zu", n, lim->max_event_bytes);
-    if (l2_buf_reserve(&ev->arena, n + 1)) return oom(err);
+    if (n > lim->max_event_bytes) return l2_invalid(err, "event is %zu bytes, over the limit of %zu", n, lim->max_event_bytes);
+    if (l2_buf_reserve(&ev->arena, n + 1)) return l2_oom(err);
     l2_json_init(&j, json, n, 32, err, L2_ERRLEN);
     if (l2_json_peek(&j) != '{') return l2_json_fail(&j, "an event must be a JSON object");
     if (l2_json_open(&j, '{')) return -1;
@@ -255,7 +254,7 @@ int l2_event_parse_json(l2_event *ev, const char *json, size_t n, unsigned requi
             if (l2_json_skip(&j)) return -1;
             continue;
         }
-        if (ev->have & bit) return fail(err, "duplicate field '%.*s'", (int)klen, key);
+        if (ev->have & bit) return l2_invalid(err, "duplicate field '%.*s'", (int)klen, key);
         switch (bit) {
         case L2_HAVE_ID: rc = json_hex_field(&j, ev, L2_FIELD_ID, required); break;
         case L2_HAVE_PUBKEY: rc = json_hex_field(&j, ev, L2_FIELD_PUBKEY, required); break;
@@ -415,25 +414,25 @@ int l2_event_hash(const l2_event *ev, l2_buf *scratch, uint8_t out[32])
 int l2_event_verify(const l2_event *ev, l2_buf *scratch, char *err)
 {
     uint8_t id[32];
-    if (ev->bad & L2_HAVE_ID) return fail(err, "bad event id: not 64 lowercase hex characters");
-    if (l2_event_hash(ev, scratch, id)) return oom(err);
+    if (ev->bad & L2_HAVE_ID) return l2_invalid(err, "bad event id: not 64 lowercase hex characters");
+    if (l2_event_hash(ev, scratch, id)) return l2_oom(err);
     if (memcmp(id, ev->id, 32) != 0) {
         char hex[65];
         l2_hex_encode(hex, id, 32);
         hex[64] = 0;
-        return fail(err, "bad event id: the canonical form hashes to %s", hex);
+        return l2_invalid(err, "bad event id: the canonical form hashes to %s", hex);
     }
-    if (ev->bad & L2_HAVE_SIG) return fail(err, "bad signature: not 128 lowercase hex characters");
-    if (!l2_schnorr_verify(ev->sig, ev->id, 32, ev->pubkey)) return fail(err, "bad signature");
+    if (ev->bad & L2_HAVE_SIG) return l2_invalid(err, "bad signature: not 128 lowercase hex characters");
+    if (!l2_schnorr_verify(ev->sig, ev->id, 32, ev->pubkey)) return l2_invalid(err, "bad signature");
     return 0;
 }
 
 int l2_event_sign(l2_event *ev, const uint8_t seckey[32], const uint8_t *aux, l2_buf *scratch, char *err)
 {
-    if (!l2_schnorr_pubkey(ev->pubkey, seckey)) return fail(err, "secret key is not valid");
+    if (!l2_schnorr_pubkey(ev->pubkey, seckey)) return l2_invalid(err, "secret key is not valid");
     ev->have |= L2_HAVE_PUBKEY;
-    if (l2_event_hash(ev, scratch, ev->id)) return oom(err);
-    if (!l2_schnorr_sign(ev->sig, ev->id, 32, seckey, aux)) return fail(err, "secret key is not valid");
+    if (l2_event_hash(ev, scratch, ev->id)) return l2_oom(err);
+    if (!l2_schnorr_sign(ev->sig, ev->id, 32, seckey, aux)) return l2_invalid(err, "secret key is not valid");
     ev->have |= L2_HAVE_ID | L2_HAVE_SIG;
     return 0;
 }
@@ -545,7 +544,7 @@ int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err)
     if (get_varint(&p, end, &v) || v > L2_MAX_KIND) goto corrupt;
     ev->kind = (uint32_t)v;
     /* every packed element expands 33 bytes into 64: twice the input always suffices */
-    if (l2_buf_reserve(&ev->arena, 2 * n) || l2_event_begin_tags(ev, err)) return oom(err);
+    if (l2_buf_reserve(&ev->arena, 2 * n) || l2_event_begin_tags(ev, err)) return l2_oom(err);
     if (get_varint(&p, end, &ntags) || ntags > n) goto corrupt;
     static const l2_limits unlimited = {SIZE_MAX, UINT32_MAX, UINT32_MAX, SIZE_MAX, SIZE_MAX};
     for (uint64_t t = 0; t < ntags; t++) {

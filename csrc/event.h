@@ -22,6 +22,11 @@ typedef struct {
 
 extern const l2_limits l2_default_limits;
 
+/* Formats "invalid: <message>" into err (L2_ERRLEN bytes, may be NULL); returns -1. */
+int l2_invalid(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "error: out of memory"; returns -1. */
+int l2_oom(char *err);
+
 enum {
     L2_HAVE_ID = 1, L2_HAVE_PUBKEY = 2, L2_HAVE_SIG = 4, L2_HAVE_CREATED_AT = 8,
     L2_HAVE_KIND = 16, L2_HAVE_TAGS = 32, L2_HAVE_CONTENT = 64,

@@ -1,6 +1,5 @@
 #include "filter.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -16,23 +15,7 @@ const l2_filter_limits l2_default_filter_limits = {
     .max_filter_bytes = 256 * 1024,
 };
 
-static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char *err, const char *fmt, ...)
-{
-    if (!err) return -1;
-    int n = snprintf(err, L2_ERRLEN, "invalid: ");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err + n, L2_ERRLEN - (size_t)n, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
-static int oom(char *err)
-{
-    if (err) snprintf(err, L2_ERRLEN, "error: out of memory");
-    return -1;
-}
 
 void l2_filter_init(l2_filter *f)
 {
@@ -83,7 +66,7 @@ int l2_filter_key(const char *key, size_t n, unsigned *field, char *letter, char
     if (n >= 1 && key[0] == '#') {
         unsigned char c = n == 2 ? (unsigned char)key[1] : 0;
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')))
-            return fail(err, "tag filter '%.*s' must be '#' and a single letter", (int)(n > 40 ? 40 : n), key);
+            return l2_invalid(err, "tag filter '%.*s' must be '#' and a single letter", (int)(n > 40 ? 40 : n), key);
         *field = L2_F_TAG;
         *letter = (char)c;
         return 0;
@@ -94,14 +77,14 @@ int l2_filter_key(const char *key, size_t n, unsigned *field, char *letter, char
             return 0;
         }
     }
-    return fail(err, "unknown filter field '%.*s'", (int)(n > 40 ? 40 : n), key);
+    return l2_invalid(err, "unknown filter field '%.*s'", (int)(n > 40 ? 40 : n), key);
 }
 
 int l2_filter_begin(l2_filter *f, unsigned field, char letter, char *err)
 {
     if (field == L2_F_TAG) {
         for (uint32_t i = 0; i < f->ntags; i++)
-            if (f->tags[i].letter == letter) return fail(err, "duplicate filter field '#%c'", letter);
+            if (f->tags[i].letter == letter) return l2_invalid(err, "duplicate filter field '#%c'", letter);
         l2_tag_cond *c = &f->tags[f->ntags++];
         c->letter = letter;
         c->first = f->nvalues;
@@ -109,7 +92,7 @@ int l2_filter_begin(l2_filter *f, unsigned field, char letter, char *err)
         f->have |= L2_F_TAG;
         return 0;
     }
-    if (f->have & field) return fail(err, "duplicate filter field '%s'", field_label(field));
+    if (f->have & field) return l2_invalid(err, "duplicate filter field '%s'", field_label(field));
     f->have |= field;
     return 0;
 }
@@ -120,7 +103,7 @@ static int grow(void **p, uint32_t *cap, uint32_t need, size_t size, char *err)
     uint32_t c = *cap ? *cap : 16;
     while (c < need) c *= 2;
     void *q = realloc(*p, (size_t)c * size);
-    if (!q) return oom(err);
+    if (!q) return l2_oom(err);
     *p = q;
     *cap = c;
     return 0;
@@ -132,19 +115,19 @@ int l2_filter_add_hex(l2_filter *f, unsigned field, const char *s, size_t n, siz
     int ids = field == L2_F_IDS;
     uint32_t *count = ids ? &f->nids : &f->nauthors;
     uint32_t max = ids ? lim->max_ids : lim->max_authors;
-    if (*count >= max) return fail(err, "%s has more than %u entries", field_label(field), max);
+    if (*count >= max) return l2_invalid(err, "%s has more than %u entries", field_label(field), max);
     uint8_t (**arr)[32] = ids ? &f->ids : &f->authors;
     if (grow((void **)arr, ids ? &f->ids_cap : &f->authors_cap, *count + 1, 32, err)) return -1;
     if (n != 64 || l2_hex_decode((*arr)[*count], s, 32))
-        return fail(err, "%s[%zu] must be 64 lowercase hex characters (no prefixes)", field_label(field), idx);
+        return l2_invalid(err, "%s[%zu] must be 64 lowercase hex characters (no prefixes)", field_label(field), idx);
     (*count)++;
     return 0;
 }
 
 int l2_filter_add_kind(l2_filter *f, int64_t kind, size_t idx, const l2_filter_limits *lim, char *err)
 {
-    if (f->nkinds >= lim->max_kinds) return fail(err, "kinds has more than %u entries", lim->max_kinds);
-    if (kind < 0 || kind > L2_MAX_KIND) return fail(err, "kinds[%zu] must be an integer from 0 to 65535", idx);
+    if (f->nkinds >= lim->max_kinds) return l2_invalid(err, "kinds has more than %u entries", lim->max_kinds);
+    if (kind < 0 || kind > L2_MAX_KIND) return l2_invalid(err, "kinds[%zu] must be an integer from 0 to 65535", idx);
     if (grow((void **)&f->kinds, &f->kinds_cap, f->nkinds + 1, sizeof *f->kinds, err)) return -1;
     f->kinds[f->nkinds++] = (uint16_t)kind;
     return 0;
@@ -154,10 +137,10 @@ int l2_filter_add_tag_value(l2_filter *f, const char *s, size_t n, int check_utf
                             const l2_filter_limits *lim, char *err)
 {
     l2_tag_cond *c = &f->tags[f->ntags - 1];
-    if (c->n >= lim->max_tag_values) return fail(err, "#%c has more than %u values", c->letter, lim->max_tag_values);
+    if (c->n >= lim->max_tag_values) return l2_invalid(err, "#%c has more than %u values", c->letter, lim->max_tag_values);
     if (n > lim->max_tag_value_bytes)
-        return fail(err, "#%c[%zu] is %zu bytes, over the limit of %zu", c->letter, idx, n, lim->max_tag_value_bytes);
-    if (check_utf8 && !l2_utf8_valid(s, n)) return fail(err, "#%c[%zu] is not valid UTF-8", c->letter, idx);
+        return l2_invalid(err, "#%c[%zu] is %zu bytes, over the limit of %zu", c->letter, idx, n, lim->max_tag_value_bytes);
+    if (check_utf8 && !l2_utf8_valid(s, n)) return l2_invalid(err, "#%c[%zu] is not valid UTF-8", c->letter, idx);
     if (grow((void **)&f->values, &f->values_cap, f->nvalues + 1, sizeof *f->values, err)) return -1;
     f->values[f->nvalues].p = s;
     f->values[f->nvalues].n = n;
@@ -169,7 +152,7 @@ int l2_filter_add_tag_value(l2_filter *f, const char *s, size_t n, int check_utf
 int l2_filter_set_number(l2_filter *f, unsigned field, int64_t v, char *err)
 {
     if (v < 0 || v > L2_MAX_CREATED_AT)
-        return fail(err, "%s must be a non-negative integer below 2^53", field_label(field));
+        return l2_invalid(err, "%s must be a non-negative integer below 2^53", field_label(field));
     if (field == L2_F_SINCE) f->since = v;
     else if (field == L2_F_UNTIL) f->until = v;
     else f->limit = v;
@@ -179,8 +162,8 @@ int l2_filter_set_number(l2_filter *f, unsigned field, int64_t v, char *err)
 int l2_filter_set_search(l2_filter *f, const char *s, size_t n, int check_utf8,
                          const l2_filter_limits *lim, char *err)
 {
-    if (n > lim->max_search_bytes) return fail(err, "search is %zu bytes, over the limit of %zu", n, lim->max_search_bytes);
-    if (check_utf8 && !l2_utf8_valid(s, n)) return fail(err, "search is not valid UTF-8");
+    if (n > lim->max_search_bytes) return l2_invalid(err, "search is %zu bytes, over the limit of %zu", n, lim->max_search_bytes);
+    if (check_utf8 && !l2_utf8_valid(s, n)) return l2_invalid(err, "search is not valid UTF-8");
     f->search.p = s;
     f->search.n = n;
     return 0;
@@ -272,8 +255,8 @@ int l2_filter_parse_json(l2_filter *f, const char *json, size_t n, const l2_filt
     l2_json j;
     size_t i = 0;
     l2_filter_reset(f);
-    if (n > lim->max_filter_bytes) return fail(err, "filter is %zu bytes, over the limit of %zu", n, lim->max_filter_bytes);
-    if (l2_buf_reserve(&f->arena, n + 1)) return oom(err);
+    if (n > lim->max_filter_bytes) return l2_invalid(err, "filter is %zu bytes, over the limit of %zu", n, lim->max_filter_bytes);
+    if (l2_buf_reserve(&f->arena, n + 1)) return l2_oom(err);
     l2_json_init(&j, json, n, 8, err, L2_ERRLEN);
     if (l2_json_peek(&j) != '{') return l2_json_fail(&j, "a filter must be a JSON object");
     if (l2_json_open(&j, '{')) return -1;

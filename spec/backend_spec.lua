@@ -7,13 +7,9 @@ local gen = require("layer2.gen")
 local NOW = 1800000000
 local MiB = 1024 * 1024
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local tmpdir = helper.tmpdir
 
-local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
+local rmdir = helper.rmdir
 
 local function ids(list)
   local out = {}

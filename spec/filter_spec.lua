@@ -13,34 +13,8 @@ local function refused(f, pattern)
   assert.matches(pattern, err)
 end
 
--- The reference: NIP-01 matching written plainly over decoded tables.
-local function contains(list, v)
-  for _, x in ipairs(list) do
-    if x == v then return true end
-  end
-  return false
-end
-
-local function ref_match(f, ev)
-  if f.ids and not contains(f.ids, ev.id) then return false end
-  if f.authors and not contains(f.authors, ev.pubkey) then return false end
-  if f.kinds and not contains(f.kinds, ev.kind) then return false end
-  if f.since and ev.created_at < f.since then return false end
-  if f["until"] and ev.created_at > f["until"] then return false end
-  for key, values in pairs(f) do
-    if key:sub(1, 1) == "#" then
-      local hit = false
-      for _, tag in ipairs(ev.tags) do
-        if tag[1] == key:sub(2) and tag[2] ~= nil and contains(values, tag[2]) then
-          hit = true
-          break
-        end
-      end
-      if not hit then return false end
-    end
-  end
-  return true
-end
+-- The reference: NIP-01 matching written plainly over decoded tables (spec/ref.lua).
+local ref_match = require("spec.ref").match
 
 describe("layer2.filter", function()
   it("normalizes: sorted, deduplicated, the same from a table and from JSON", function()

@@ -55,4 +55,15 @@ function helper.rng(seed)
   end
 end
 
+-- A fresh path for a store (not created), and its removal.
+function helper.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+function helper.rmdir(p)
+  os.execute("rm -rf '" .. p .. "'")
+end
+
 return helper

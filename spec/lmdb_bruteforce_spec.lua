@@ -7,11 +7,7 @@ local ref = require("spec.ref")
 
 local NOW = 1800000000 -- fixed, so expiration is the same for both sides
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local tmpdir = helper.tmpdir
 
 local function load_events(order_seed)
   local lines = helper.lines("real.jsonl")

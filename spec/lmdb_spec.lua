@@ -8,13 +8,9 @@ local B = ("0"):rep(63) .. "b"
 local PA, PB = layer2.schnorr.pubkey(A), layer2.schnorr.pubkey(B)
 local T = 1700000000
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local tmpdir = helper.tmpdir
 
-local function rmdir(p) os.execute("rm -rf '" .. p .. "'") end
+local rmdir = helper.rmdir
 
 local function sign(sec, kind, created_at, tags, content)
   return assert(event.sign({ kind = kind, created_at = created_at, tags = tags or {}, content = content or "" }, sec))

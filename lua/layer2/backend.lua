@@ -253,42 +253,49 @@ function Backend:choose(candidates, need)
   return self.default_policy:select(candidates, need)
 end
 
--- Evicts in small transactions: copy-on-write needs free pages, and a full cache has few.
-function Backend:evict(ids, mode)
-  local evicted, freed, step = 0, 0, 32
-  local i = 1
-  while i <= #ids do
-    local chunk = {}
-    for k = i, math.min(i + step - 1, #ids) do chunk[#chunk + 1] = ids[k] end
-    local n, bytes = self.l1:evict(chunk, mode)
-    if n then
-      evicted, freed, i = evicted + n, freed + bytes, i + #chunk
-    elseif step > 1 then
-      step = math.max(1, math.floor(step / 4))
-    else
-      self.log("eviction failed: " .. tostring(bytes))
-      break
+-- Runs `step(size)` until it reports done, in small transactions: copy-on-write needs free pages,
+-- and a full cache has few. A step that fails is retried smaller; `step` returns the count it
+-- handled (0: nothing left) or nil and a message.
+local function in_small_steps(self, what, step)
+  local size = 32
+  while true do
+    local n, err = step(size)
+    if n == 0 then return end
+    if not n then
+      if size == 1 then
+        self.log(what .. " failed: " .. tostring(err))
+        return
+      end
+      size = math.max(1, math.floor(size / 4))
     end
   end
+end
+
+function Backend:evict(ids, mode)
+  local evicted, freed, i = 0, 0, 1
+  in_small_steps(self, "eviction", function(size)
+    if i > #ids then return 0 end
+    local chunk = {}
+    for k = i, math.min(i + size - 1, #ids) do chunk[#chunk + 1] = ids[k] end
+    local n, bytes = self.l1:evict(chunk, mode)
+    if not n then return nil, bytes end
+    evicted, freed, i = evicted + n, freed + bytes, i + #chunk
+    return #chunk
+  end)
   return evicted, freed
 end
 
--- Removes up to `max` stubs, oldest first, in small transactions; moves the horizon past them.
+-- Removes up to `max` stubs, oldest first; moves the horizon past them.
 function Backend:drop_stubs(max)
-  local dropped, step = 0, 32
-  while dropped < max do
-    local n, horizon = self.l1:drop_stubs(math.min(step, max - dropped))
-    if n then
-      if n == 0 then break end
-      dropped = dropped + n
-      self:raise_horizon(horizon)
-    elseif step > 1 then
-      step = math.max(1, math.floor(step / 4))
-    else
-      self.log("dropping stubs failed: " .. tostring(horizon))
-      break
-    end
-  end
+  local dropped = 0
+  in_small_steps(self, "dropping stubs", function(size)
+    if dropped >= max then return 0 end
+    local n, horizon = self.l1:drop_stubs(math.min(size, max - dropped))
+    if not n then return nil, horizon end
+    dropped = dropped + n
+    if n > 0 then self:raise_horizon(horizon) end
+    return n
+  end)
   return dropped
 end
 

@@ -1,4 +1,6 @@
 -- Least frequently used first (fewest reads), then least recently used.
+local take = require("layer2.policy").take
+
 return {
   name = "lfu",
   order = "access",
@@ -10,12 +12,6 @@ return {
       if a.last_access ~= b.last_access then return a.last_access < b.last_access end
       return a.id < b.id
     end)
-    local picked, freed = {}, 0
-    for _, c in ipairs(sorted) do
-      if freed >= bytes_needed then break end
-      picked[#picked + 1] = c.id
-      freed = freed + c.size
-    end
-    return picked
+    return (take(sorted, bytes_needed))
   end,
 }
