@@ -55,9 +55,9 @@ describe("layer2.open (two levels)", function()
       if db:save_event(line, { now = NOW }) and events[i].kind < 20000 then last = events[i] end
     end
     -- the newest save is whole in L1 and answered from there
-    local got, levels = db:query_events({ ids = { last.id } }, { now = NOW })
-    assert.same({ last.id }, ids(got))
-    assert.same({ l1 = 1, stubs = 0, l2 = 0 }, levels)
+    local newest, from = db:query_events({ ids = { last.id } }, { now = NOW })
+    assert.same({ last.id }, ids(newest))
+    assert.same({ l1 = 1, stubs = 0, l2 = 0 }, from)
     local st = db:stats()
     assert(st.l2.events > 6000, "L2 holds the data")
     assert(st.l1.used_bytes <= MiB and st.l1.file_bytes <= MiB, "L1 stays within its limit")
