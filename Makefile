@@ -71,6 +71,7 @@ run: deps all
 
 # every benchmark, one summary table, bench/results/latest.md (BENCH_EVENTS=1000000 for more)
 bench: deps all
+	@sh tools/deps.sh gnuplot-nox
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/run.lua'
 
 bench-event:

@@ -54,7 +54,7 @@ local function run(policy, mode)
     freed = freed + (r.freed or 0)
     return r
   end
-  local hits, hit_us, miss_us, sizes, counts = 0, {}, {}, {}, {}
+  local hits, hit_us, miss_us, sizes, counts, trace_rows = 0, {}, {}, {}, {}, {}
   for i, k in ipairs(trace) do
     local t0 = os.clock()
     local res, levels = db:query_events({ ids = { ids[k] } }, { json = true })
@@ -71,6 +71,9 @@ local function run(policy, mode)
       sizes[#sizes + 1] = ("%.1f"):format(st.used_bytes / 1048576)
       counts[#counts + 1] = st.events
     end
+    if i % math.floor(READS / 200) == 0 then
+      trace_rows[#trace_rows + 1] = ("%d %.3f %.4f"):format(i, db.l1:stats().used_bytes / 1048576, hits / i)
+    end
   end
   local used = db.l1:stats()
   db:close()
@@ -81,7 +84,7 @@ local function run(policy, mode)
     hit_p50 = percentile(hit_us, 0.5), miss_p50 = percentile(miss_us, 0.5),
     hit_p99 = percentile(hit_us, 0.99), miss_p99 = percentile(miss_us, 0.99),
     evict_mbs = gc_time > 0 and freed / 1048576 / gc_time or 0, sizes = sizes,
-    capacity = math.floor(mean_events / #counts), final = used,
+    capacity = math.floor(mean_events / #counts), final = used, trace_rows = trace_rows,
   }
 end
 
@@ -168,6 +171,12 @@ print(("\nBelady is computed for a cache of %d events (lru's mean occupancy), un
 print(("peak RSS: %.1f MB"):format(util.peak_rss_kb() / 1024))
 l2:close()
 os.execute("rm -rf " .. base)
+-- the data behind bench/results/cache-trace.svg (drawn by bench/run.lua)
+os.execute("mkdir -p bench/results")
+local dat = assert(io.open("bench/results/cache-trace.dat", "w"))
+dat:write(("# reads  L1-used-MiB  hit-ratio   (lru; L1 limit %.1f MiB)\n"):format(LIMIT / 1048576))
+dat:write(table.concat(results[1].trace_rows, "\n"), "\n")
+dat:close()
 for _, r in ipairs(results) do
   util.summary("cache hit ratio, " .. r.policy, ("%.1f %%"):format(100 * r.ratio),
     ("%.0f %% of Belady's %.1f %%"):format(100 * r.ratio / opt, 100 * opt))

@@ -153,4 +153,11 @@ util.summary("disk", ("%.2f x the JSONL"):format(disk / jsonl_bytes), ("%.0f byt
 for _, r in ipairs(qrows) do
   util.summary("query " .. r[1] .. ", limit 500 JSON", r[5] .. " µs p50/p99", data)
 end
+-- query latency by class against store size: one row per run (bench/run.lua draws it)
+os.execute("mkdir -p bench/results")
+local scaling = assert(io.open("bench/results/query-scaling.dat", "a"))
+for i, r in ipairs(qrows) do
+  scaling:write(("%d %d %s %s\n"):format(N, i, r[5]:match("^(%d+)"), r[1]:gsub(" ", "_")))
+end
+scaling:close()
 util.summary("peak RSS, bench/store", ("%.0f MB"):format(util.peak_rss_kb() / 1024), data)
