@@ -366,6 +366,43 @@ describe("layer2.open (two levels)", function()
     os.remove(src)
   end)
 
+  it("without an L2, eviction deletes and L1 alone answers; l1_only skips L2", function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { l2 = false, l1 = { size_limit = MiB }, nosync = true, log = quiet }))
+    assert.is_nil(db.l2)
+    local g = gen.new({ seed = 31, authors = 20, count = 3000 })
+    for _ = 1, 3000 do db:save_event(g:next()) end
+    local st = db:stats()
+    assert.equal(0, st.l1.stubs, "no stubs without an L2")
+    assert(st.l1.events < 3000, "events were evicted")
+    assert(st.l1.file_bytes <= MiB)
+    local all, levels = db:query_events({}, { max_limit = 100000 })
+    assert.equal(st.l1.events, #all)
+    assert.equal(0, levels.l2)
+    db:close()
+    rmdir(dir)
+    -- l1_only: an answer from L1 alone, stubs left out, L2 not asked
+    db = assert(layer2.open(dir, { nosync = true, log = quiet }))
+    local evs = {}
+    for i = 1, 5 do
+      evs[i] = g:next()
+      assert(db:save_event(evs[i]))
+    end
+    assert(db.l1:evict({ evs[1].id }) == 1)
+    local asked, real = 0, db.l2
+    db.l2 = setmetatable({ query_events = function(_, ...)
+      asked = asked + 1
+      return real:query_events(...)
+    end }, { __index = real })
+    local got, from = db:query_events({ ids = { evs[1].id, evs[2].id } }, { l1_only = true })
+    assert.same({ l1 = 1, stubs = 0, l2 = 0 }, { l1 = #got, stubs = from.stubs, l2 = from.l2 })
+    assert.equal(evs[2].id, got[1].id)
+    assert.equal(0, asked)
+    db.l2 = real
+    db:close()
+    rmdir(dir)
+  end)
+
   it("refuses bad options and a bad L2 clearly", function()
     assert.has_error(function() layer2.open(5) end, "layer2.open: a directory path expected")
     assert.has_error(function() layer2.open("/tmp/x", { l1 = { size_limit = 10 } }) end,
