@@ -1,0 +1,63 @@
+-- Four processes on one backend (as nginx workers would be): two write, two query, one of those
+-- also runs eviction; a bounded time; no error, exact counts, a clean check.
+local helper = require("spec.helper")
+local layer2 = require("layer2")
+
+local LUA = jit and "luajit" or "lua5.4"
+
+local WORKER = [=[
+local layer2 = require("layer2")
+local dir, role, seed = arg[1], arg[2], tonumber(arg[3])
+local db = assert(layer2.open(dir, { l1 = { size_limit = 2 * 1024 * 1024 }, log = function() end }))
+local deadline = layer2.monotonic() + 4
+if role == "writer" then
+  local sec = ("%064x"):format(seed)
+  for i = 1, 600 do
+    local ev = assert(layer2.event.sign({ kind = 1, created_at = 1700000000 + i, tags = { { "t", "w" .. seed } },
+      content = ("note %d of writer %d "):format(i, seed) .. ("x"):rep(i % 700) }, sec))
+    local ok, err = db:save_event(ev)
+    if not ok then error("save: " .. tostring(err)) end
+  end
+else
+  local n = 0
+  while layer2.monotonic() < deadline do
+    local res, err = db:query_events({ { kinds = { 1 }, limit = 50 }, { ["#t"] = { "w1", "w2" }, limit = 20 } })
+    if not res then error("query: " .. tostring(err)) end
+    for _, ev in ipairs(res) do assert(layer2.event.verify(ev)) end
+    n = n + 1
+    if role == "gc" and n % 20 == 0 then db:gc(true) end
+  end
+end
+db:close()
+print("done")
+]=]
+
+describe("concurrency", function()
+  it("2 writers, 2 readers (one evicting) on one L1 and L2: no error, exact counts, clean", function()
+    local dir = helper.tmpdir()
+    local script = dir .. "-worker.lua"
+    local f = assert(io.open(script, "w"))
+    f:write(WORKER)
+    f:close()
+    assert(layer2.open(dir)):close() -- create it first: the workers race on nothing else
+    local procs = {}
+    for i, role in ipairs({ "writer", "writer", "reader", "gc" }) do
+      procs[i] = assert(io.popen(("%s %s %s %s %d 2>&1"):format(LUA, script, dir, role, i)))
+    end
+    for i, p in ipairs(procs) do
+      local out = p:read("a")
+      p:close()
+      assert.equal("done\n", out, "worker " .. i)
+    end
+    local db = assert(layer2.open(dir))
+    assert.equal(600, db:count_events({ ["#t"] = { "w1" } }))
+    assert.equal(600, db:count_events({ ["#t"] = { "w2" } }))
+    assert.equal(1200, db.l2:count_events({}))
+    local ok, problems = db:check()
+    assert(ok, table.concat(problems, "\n"))
+    assert(db.l1:stats().file_bytes <= 2 * 1024 * 1024)
+    db:close()
+    helper.rmdir(dir)
+    os.remove(script)
+  end)
+end)
