@@ -17,11 +17,12 @@ LUAJIT_INC := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/incl
 
 # Debian 12 packages the project needs (see README); `make deps` installs those missing.
 DEB_PACKAGES := build-essential pkg-config lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
-	liblmdb-dev libsecp256k1-dev libssl-dev lua-cjson lua-busted lua-check luarocks
+	liblmdb-dev libsecp256k1-dev libssl-dev lua-cjson lua-busted lua-check luarocks lua-socket curl \
+	nginx-core libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-nginx-websocket
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-asan run lint bench bench-event bench-store bench-cache rock rock-build rock-install clean
+.PHONY: all deps env test test-asan run demo lint bench bench-event bench-store bench-cache rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -37,6 +38,7 @@ build/luajit/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
 
 deps:
 	@sh tools/deps.sh $(DEB_PACKAGES)
+	@command -v node >/dev/null 2>&1 || sh tools/deps.sh nodejs npm
 
 # eval "$(make -s env)" or eval "$(make -s env LUA=luajit)"
 env:
@@ -66,7 +68,12 @@ test-asan: deps all build/asan/layer2/core.so
 lint:
 	@luacheck -q --no-color lua spec bench examples bin/layer2
 
+# The example relay on nginx in the foreground: ws://127.0.0.1:7777/, data in ./data
 run: deps all
+	@exec tools/relay --listen 127.0.0.1:7777 --data ./data
+
+# The library demo without nginx: sign, store and query a generated data set
+demo: deps all
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 examples/demo.lua'
 
 # every benchmark, one summary table, bench/results/latest.md (BENCH_EVENTS=1000000 for more)

@@ -1,4 +1,4 @@
--- `make run`: what layer2 does today, on a deterministic signed data set made by its own signer:
+-- `make demo`: what layer2 does, on a deterministic signed data set made by its own signer:
 -- sign, verify, store in LMDB, query, delete, replace, count, check.
 local layer2 = require("layer2")
 local gen = require("layer2.gen")

@@ -36,11 +36,12 @@ local function check_store(l2)
   return l2
 end
 
--- Calls an L2 method; a raised error or an `error:` refusal is an L2 failure: nil, message.
+-- Calls an L2 method. A raised error, or an answer whose message starts with `error:`, is an L2
+-- failure: nil and the message. Anything else is L2's answer, refusals included: true, results.
 local function call_l2(self, method, ...)
   local ok, a, b, c = pcall(self.l2[method], self.l2, ...)
   if not ok then return nil, "error: L2 failed: " .. tostring(a) end
-  if a == nil or (a == false and type(b) == "string" and b:match("^error:")) then
+  if (a == nil or a == false) and (b == nil or (type(b) == "string" and b:match("^error:"))) then
     return nil, b or "error: L2 failed"
   end
   return true, a, b, c
@@ -103,14 +104,14 @@ function backend.open(path, opts)
     self.horizon = 0
     if self.l2 then
       local ok, newest = call_l2(self, "query_events", { limit = 1 }, { max_limit = 1 })
-      if ok and newest[1] then self:raise_horizon(newest[1].created_at + 1) end
+      if ok and newest and newest[1] then self:raise_horizon(newest[1].created_at + 1) end
     end
     self.l1:meta("horizon", tostring(self.horizon))
   end
   -- polling starts from what L2 holds now: L1 does not replay L2's history
   if self.l2 and type(self.l2.changes_since) == "function" and not self.l1:meta("poll_cursor") then
     local ok, st = call_l2(self, "stats")
-    if ok and st.last_seq then self.l1:meta("poll_cursor", tostring(st.last_seq)) end
+    if ok and st and st.last_seq then self.l1:meta("poll_cursor", tostring(st.last_seq)) end
   end
   return self
 end
@@ -364,7 +365,7 @@ function Backend:reset_l1()
   self.l1:nuke()
   self.horizon = -1
   local ok, newest = call_l2(self, "query_events", { limit = 1 }, { max_limit = 1 })
-  self:raise_horizon(ok and newest[1] and newest[1].created_at + 1 or 0)
+  self:raise_horizon(ok and newest and newest[1] and newest[1].created_at + 1 or 0)
 end
 
 -- ---- reads ----
@@ -387,7 +388,7 @@ function Backend:fill_stubs(res, stubs, json)
   for i, pos in ipairs(stubs) do ids[i] = res[pos] end
   local ok, bodies = call_l2(self, "query_events", { ids = ids }, { max_limit = #ids })
   local by_id = {}
-  if ok then
+  if ok and bodies then
     for _, ev in ipairs(bodies) do by_id[ev.id] = ev end
     self.l1:revive(bodies)
   end
@@ -450,8 +451,9 @@ function Backend:query_events(filters, opts)
     return res, levels
   end
   -- L1 cannot prove the answer: L2, the authority, answers
-  local ok, res2 = call_l2(self, "query_events", filters,
+  local ok, res2, refusal = call_l2(self, "query_events", filters,
     { json = json, max_limit = l1opts.max_limit, now = opts.now })
+  if ok and not res2 then return nil, refusal end
   if not ok then
     self.log("L2 query failed, answering from L1: " .. tostring(res2))
     if #info.stubs > 0 then res = self:fill_stubs(res, info.stubs, json) end
@@ -482,8 +484,8 @@ end
 
 function Backend:count_events(filters, opts)
   if self.l2 then
-    local ok, n = call_l2(self, "count_events", filters, opts)
-    if ok then return n end
+    local ok, n, refusal = call_l2(self, "count_events", filters, opts)
+    if ok then return n, refusal end
     self.log("L2 count failed, counting L1: " .. tostring(n))
   end
   return self.l1:count_events(filters, opts)
@@ -556,7 +558,7 @@ function Backend:poll()
   local cursor = tonumber(self.l1:meta("poll_cursor") or "") or 0
   while true do
     local ok, changes, next_cursor = call_l2(self, "changes_since", cursor, 1000)
-    if not ok or #changes == 0 then break end
+    if not ok or not changes or #changes == 0 then break end
     for _, ch in ipairs(changes) do
       if ch.op == "saved" and ch.event then
         local saved = self:save_l1(ch.event, { verify = false })
@@ -588,7 +590,7 @@ function Backend:stats()
   }
   if self.l2 and type(self.l2.stats) == "function" then
     local ok, st = call_l2(self, "stats")
-    if ok then out.l2 = st end
+    if ok and st then out.l2 = st end
   end
   return out
 end

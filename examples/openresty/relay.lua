@@ -1,0 +1,222 @@
+-- An example nostr relay on OpenResty + layer2: NIP-01 (EVENT, REQ, CLOSE, CLOSED, EOSE, NOTICE,
+-- OK), NIP-11, NIP-45 COUNT, live subscriptions across workers, and /metrics.
+local cjson = require("cjson.safe")
+local layer2 = require("layer2")
+local resty = require("layer2.resty")
+local server = require("nginx.websocket.server")
+local semaphore = require("ngx.semaphore")
+
+local relay = {}
+
+relay.limits = {
+  max_message_length = 256 * 1024,
+  max_subscriptions = 20,
+  max_filters = 10,
+  max_limit = 500,
+  max_subid_length = 64,
+}
+
+local function info_document()
+  local l = relay.limits
+  return cjson.encode({
+    name = "layer2 example relay",
+    description = "a nostr relay on OpenResty with a two-level layer2 store",
+    software = "layer2",
+    version = layer2.version,
+    supported_nips = { 1, 9, 11, 40, 45 },
+    limitation = { max_message_length = l.max_message_length, max_subscriptions = l.max_subscriptions,
+      max_filters = l.max_filters, max_limit = l.max_limit, max_subid_length = l.max_subid_length },
+  })
+end
+
+local function filters_of(msg, from)
+  local filters = {}
+  for i = from, #msg do
+    if type(msg[i]) ~= "table" then return nil, "invalid: filter " .. (i - from + 1) .. " is not an object" end
+    filters[#filters + 1] = msg[i]
+  end
+  if #filters == 0 then return nil, "invalid: no filter" end
+  if #filters > relay.limits.max_filters then
+    return nil, ("invalid: more than %d filters"):format(relay.limits.max_filters)
+  end
+  return filters
+end
+
+function relay.handle()
+  local headers = ngx.req.get_headers()
+  local upgrade = headers["upgrade"]
+  if not upgrade or upgrade:lower() ~= "websocket" then
+    local accept = headers["accept"] or ""
+    ngx.header["Access-Control-Allow-Origin"] = "*"
+    if accept:find("application/nostr+json", 1, true) then
+      ngx.header["Content-Type"] = "application/nostr+json"
+      ngx.say(info_document())
+    else
+      ngx.header["Content-Type"] = "text/plain"
+      ngx.say("a nostr relay: connect with a websocket client to ws://", ngx.var.host, ":", ngx.var.server_port, "/")
+    end
+    return
+  end
+  local wb, err = server:new({ timeout = 60000, max_payload_len = relay.limits.max_message_length })
+  if not wb then
+    ngx.log(ngx.ERR, "websocket handshake: ", err)
+    return ngx.exit(400)
+  end
+  local db = resty.db()
+  local subs, nsubs = {}, 0
+  local queue, sem, closed = {}, semaphore.new(), false
+
+  local function send(msg)
+    queue[#queue + 1] = cjson.encode(msg)
+    sem:post(1)
+  end
+  -- stored events arrive as JSON strings; sending them as they are avoids re-encoding
+  local function send_event(subid, json)
+    queue[#queue + 1] = '["EVENT",' .. cjson.encode(subid) .. "," .. json .. "]"
+    sem:post(1)
+  end
+
+  local sender = ngx.thread.spawn(function()
+    while not closed do
+      local ok = sem:wait(5)
+      if ok or #queue > 0 then
+        local batch = queue
+        queue = {}
+        for _, text in ipairs(batch) do
+          local _, e = wb:send_text(text)
+          if e then
+            closed = true
+            return
+          end
+        end
+      end
+    end
+  end)
+
+  local listener = resty.subscribe(function(json)
+    for subid, filters in pairs(subs) do
+      for _, f in ipairs(filters) do
+        if layer2.filter.match(f, json) then
+          send_event(subid, json)
+          break
+        end
+      end
+    end
+  end)
+
+  local handlers = {}
+
+  function handlers.EVENT(msg)
+    local ev = msg[2]
+    if type(ev) ~= "table" then return send({ "NOTICE", "invalid: EVENT needs an event object" }) end
+    local id = type(ev.id) == "string" and ev.id or ""
+    local ok, m = db:save_event(ev)
+    if ok and type(ev.kind) == "number" and ev.kind >= 20000 and ev.kind < 30000 then
+      resty.broadcast(layer2.event.encode(ev))
+    end
+    send({ "OK", id, ok and true or false, m or "" })
+  end
+
+  local function subid_of(msg, verb)
+    local subid = msg[2]
+    if type(subid) ~= "string" or #subid == 0 or #subid > relay.limits.max_subid_length then
+      send({ "NOTICE", "invalid: " .. verb .. " needs a subscription id of 1 to 64 characters" })
+      return nil
+    end
+    return subid
+  end
+
+  function handlers.REQ(msg)
+    local subid = subid_of(msg, "REQ")
+    if not subid then return end
+    local filters, ferr = filters_of(msg, 3)
+    if not filters then return send({ "CLOSED", subid, ferr }) end
+    if not subs[subid] and nsubs >= relay.limits.max_subscriptions then
+      return send({ "CLOSED", subid, ("blocked: more than %d subscriptions"):format(relay.limits.max_subscriptions) })
+    end
+    local events, qerr = db:query_events(filters, { json = true, max_limit = relay.limits.max_limit })
+    if not events then return send({ "CLOSED", subid, qerr }) end
+    for _, json in ipairs(events) do send_event(subid, json) end
+    send({ "EOSE", subid })
+    if not subs[subid] then nsubs = nsubs + 1 end
+    subs[subid] = filters
+  end
+
+  function handlers.COUNT(msg)
+    local subid = subid_of(msg, "COUNT")
+    if not subid then return end
+    local filters, ferr = filters_of(msg, 3)
+    if not filters then return send({ "CLOSED", subid, ferr }) end
+    local n, cerr = db:count_events(filters)
+    if not n then return send({ "CLOSED", subid, cerr }) end
+    send({ "COUNT", subid, { count = n } })
+  end
+
+  function handlers.CLOSE(msg)
+    local subid = subid_of(msg, "CLOSE")
+    if subid and subs[subid] then
+      subs[subid] = nil
+      nsubs = nsubs - 1
+    end
+  end
+
+  while not closed do
+    local data, typ, rerr = wb:recv_frame()
+    if not data then
+      if rerr and rerr:find("timeout", 1, true) then
+        if closed then break end
+      else
+        break
+      end
+    elseif typ == "close" then
+      break
+    elseif typ == "ping" then
+      wb:send_pong(data)
+    elseif typ == "text" then
+      local msg = cjson.decode(data)
+      if type(msg) ~= "table" or type(msg[1]) ~= "string" then
+        send({ "NOTICE", "invalid: a message is a JSON array starting with a verb" })
+      elseif not handlers[msg[1]] then
+        send({ "NOTICE", "invalid: unknown message type " .. msg[1]:sub(1, 20) })
+      else
+        local ok, herr = pcall(handlers[msg[1]], msg)
+        if not ok then
+          ngx.log(ngx.ERR, "relay: ", herr)
+          send({ "NOTICE", "error: the relay failed on this message" })
+        end
+      end
+    end
+  end
+  closed = true
+  resty.unsubscribe(listener)
+  sem:post(1)
+  ngx.thread.wait(sender)
+  wb:send_close()
+end
+
+-- GET /metrics: db:stats() in the Prometheus text format.
+function relay.metrics()
+  local st = resty.db():stats()
+  local lines = {
+    "# TYPE layer2_events gauge",
+    ('layer2_events{level="l1"} %d'):format(st.l1.events),
+    ('layer2_events{level="l2"} %d'):format(st.l2 and st.l2.events or 0),
+    "# TYPE layer2_stubs gauge",
+    ("layer2_stubs %d"):format(st.l1.stubs),
+    "# TYPE layer2_l1_bytes gauge",
+    ('layer2_l1_bytes{kind="used"} %d'):format(st.l1.used_bytes),
+    ('layer2_l1_bytes{kind="limit"} %d'):format(st.size_limit or 0),
+    "# TYPE layer2_hits counter",
+    ('layer2_hits{level="l1"} %d'):format(st.hits.l1),
+    ('layer2_hits{level="stubs"} %d'):format(st.hits.stubs),
+    ('layer2_hits{level="l2"} %d'):format(st.hits.l2),
+    "# TYPE layer2_outbox gauge",
+    ("layer2_outbox %d"):format(st.outbox),
+    "# TYPE layer2_horizon gauge",
+    ("layer2_horizon %d"):format(st.horizon),
+  }
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4"
+  ngx.say(table.concat(lines, "\n"))
+end
+
+return relay

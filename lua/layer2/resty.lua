@@ -1,0 +1,119 @@
+-- layer2 inside OpenResty / nginx + lua-nginx-module: one backend per worker process (LMDB is
+-- shared between them through the process-wide registry in C), periodic work on ngx.timer, and
+-- a tail of L1's change feed so a subscription in any worker sees events saved by any other.
+--
+--   init_worker_by_lua_block { require("layer2.resty").init_worker("/var/lib/relay", opts) }
+--   local db = require("layer2.resty").db()
+--   local sub = require("layer2.resty").subscribe(function(change) ... end)
+--
+-- Read transactions never cross a yield: every call into the store is synchronous C.
+local layer2 = require("layer2")
+
+local resty = {}
+local state = { listeners = {}, next_id = 0 }
+
+local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
+
+-- opts: everything layer2.open takes, plus tail_interval (s, 0.05), gc_interval (s, 5),
+-- poll_interval (s, opts.poll_frequency or 0: off).
+function resty.init_worker(path, opts)
+  opts = opts or {}
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.log = o.log or log
+  local db, err = layer2.open(path, o)
+  if not db then
+    log("cannot open the store at " .. path .. ": " .. tostring(err))
+    return nil, err
+  end
+  state.db = db
+  -- the tail starts at the present: history is what REQ is for
+  local _, cursor = db.l1:changes_since(0, 1)
+  state.cursor = db.l1:stats().last_seq or cursor
+  local tail = opts.tail_interval or 0.05
+  ngx.timer.every(tail, function(premature)
+    if premature then return end
+    resty.tail()
+  end)
+  if ngx.worker.id() == 0 then
+    -- one worker does the shared maintenance
+    ngx.timer.every(opts.gc_interval or 5, function(premature)
+      if premature then return end
+      local ok, e = pcall(db.gc, db)
+      if not ok then log("gc failed: " .. tostring(e)) end
+    end)
+    local poll = opts.poll_interval or opts.poll_frequency or 0
+    if poll > 0 then
+      ngx.timer.every(poll, function(premature)
+        if premature then return end
+        local ok, e = pcall(db.poll, db)
+        if not ok then log("poll failed: " .. tostring(e)) end
+      end)
+    end
+  end
+  return db
+end
+
+function resty.db()
+  return state.db
+end
+
+local function deliver(json)
+  for _, fn in pairs(state.listeners) do
+    local ok, e = pcall(fn, json)
+    if not ok then log("a listener failed: " .. tostring(e)) end
+  end
+end
+
+-- Ephemeral events are never stored, so they are not in the change feed: they go through a
+-- shared dict (lua_shared_dict layer2_ephemeral) that every worker's tail reads.
+function resty.broadcast(json)
+  local dict = ngx.shared.layer2_ephemeral
+  if not dict then return deliver(json) end
+  local seq = dict:incr("seq", 1, 0)
+  dict:set("e:" .. seq, json, 30)
+end
+
+local function tail_ephemeral()
+  local dict = ngx.shared.layer2_ephemeral
+  if not dict then return end
+  local last = dict:get("seq") or 0
+  if not state.ephemeral_seen then state.ephemeral_seen = last end
+  for seq = state.ephemeral_seen + 1, last do
+    local json = dict:get("e:" .. seq)
+    if json then deliver(json) end
+  end
+  state.ephemeral_seen = last
+end
+
+-- Delivers the changes since the last tail to every listener (saved events with their JSON).
+function resty.tail()
+  local db = state.db
+  tail_ephemeral()
+  if not db or next(state.listeners) == nil then
+    if db then state.cursor = db.l1:stats().last_seq end
+    return
+  end
+  while true do
+    local changes, cursor = db.l1:changes_since(state.cursor, 500, { json = true })
+    if not changes or #changes == 0 then return end
+    state.cursor = cursor
+    for _, ch in ipairs(changes) do
+      if ch.op == "saved" and ch.event then
+        deliver(ch.event)
+      end
+    end
+  end
+end
+
+function resty.subscribe(fn)
+  state.next_id = state.next_id + 1
+  state.listeners[state.next_id] = fn
+  return state.next_id
+end
+
+function resty.unsubscribe(id)
+  state.listeners[id] = nil
+end
+
+return resty

@@ -1,0 +1,95 @@
+// Drives the example relay with nostr-tools (and ws for raw frames), as a client would.
+// usage: node client.mjs CONFIG.json  -> writes one JSON object with what it saw to CONFIG.out
+import fs from "node:fs";
+import { Relay, useWebSocketImplementation } from "nostr-tools/relay";
+import WebSocket from "ws";
+
+useWebSocketImplementation(WebSocket);
+const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const out = {};
+const lines = (p) => fs.readFileSync(p, "utf8").split("\n").filter((l) => l.length > 0);
+
+async function publishAll(relay, file) {
+  // pipelined: every EVENT goes out at once, each OK is awaited
+  const evs = lines(file).map((l) => JSON.parse(l));
+  const results = await Promise.all(evs.map((ev) => relay.publish(ev).then(
+    (reason) => [true, reason || ""],
+    (err) => [false, String(err && err.message !== undefined ? err.message : err)])));
+  return results;
+}
+
+function req(relay, filters) {
+  return new Promise((resolve) => {
+    const ids = [];
+    const sub = relay.subscribe(filters, {
+      onevent: (ev) => ids.push(ev.id),
+      oneose: () => { sub.close(); resolve(ids); },
+    });
+  });
+}
+
+// EVENT frames sent as they are (a refused event may have no usable id for a library to await)
+function rawPublish(url, file) {
+  const frames = lines(file).map((l) => '["EVENT",' + l + "]");
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url);
+    const got = [];
+    ws.on("open", () => { for (const f of frames) ws.send(f); });
+    ws.on("message", (m) => {
+      got.push(JSON.parse(m.toString()));
+      if (got.length === frames.length) { ws.close(); resolve(got); }
+    });
+    ws.on("error", (e) => resolve([["error", String(e)]]));
+    setTimeout(() => { ws.close(); resolve(got); }, 60000);
+  });
+}
+
+function raw(url, frames) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url);
+    const got = [];
+    ws.on("open", () => { for (const f of frames) ws.send(f); });
+    ws.on("message", (m) => {
+      got.push(JSON.parse(m.toString()));
+      if (got.some((g) => g[0] === "EOSE")) { ws.close(); resolve(got); }
+    });
+    ws.on("error", (e) => resolve([["error", String(e)]]));
+  });
+}
+
+const stage = (s) => process.stderr.write(`client: ${s}\n`);
+const relay = await Relay.connect(cfg.url);
+stage("connected");
+relay.publishTimeout = 60000;
+out.valid = await publishAll(relay, cfg.valid);
+stage("published valid");
+out.invalid = await rawPublish(cfg.url, cfg.invalid);
+stage("published invalid");
+out.reqs = [];
+for (const f of cfg.filters) out.reqs.push(await req(relay, [f]));
+stage("reqs");
+out.count = await relay.count([{ kinds: [1] }], {});
+stage("count");
+
+// live: a subscriber on one connection sees what another connection publishes
+const watcher = await Relay.connect(cfg.url);
+const seen = [];
+const live = watcher.subscribe([{ kinds: [1111], "#t": ["layer2-live"] }], { onevent: (ev) => seen.push(ev.id) });
+await new Promise((r) => setTimeout(r, 300));
+for (const ev of cfg.live) await relay.publish(ev).catch((e) => stage("live publish refused: " + e));
+stage("live published");
+await new Promise((r) => setTimeout(r, 1000));
+out.live_seen = seen.slice();
+live.close();
+await new Promise((r) => setTimeout(r, 200));
+await relay.publish(cfg.after_close).catch((e) => stage("publish refused: " + e));
+await new Promise((r) => setTimeout(r, 800));
+out.after_close_seen = seen.length - out.live_seen.length;
+watcher.close();
+
+// malformed frames get a NOTICE, and the connection keeps working
+out.raw = await raw(cfg.url, ["not json", '["NOPE"]', '{"a":1}', '["REQ","s1",{"kinds":[1],"limit":1}]']);
+relay.close();
+// a file, not stdout: process.exit would cut a piped stdout short
+fs.writeFileSync(cfg.out, JSON.stringify(out));
+process.exit(0);

@@ -1,0 +1,160 @@
+-- The example relay (examples/openresty) on real nginx with 2 workers, driven by nostr-tools.
+-- It runs once, in the Lua 5.4 pass: nginx itself always runs LuaJIT.
+local helper = require("spec.helper")
+local layer2 = require("layer2")
+local ref = require("spec.ref")
+local cjson = require("cjson")
+
+local ROOT = io.popen("pwd"):read("l")
+local NODE_DIR = ROOT .. "/build/node"
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+
+local function free_port()
+  local socket = require("socket")
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+local function wait_http(port)
+  for _ = 1, 100 do
+    if sh(("curl -sf -o /dev/null http://127.0.0.1:%d/"):format(port)) then return true end
+    os.execute("sleep 0.1")
+  end
+  return false
+end
+
+-- starts a relay; returns its port and a stop function
+local function start_relay(extra)
+  local port = free_port()
+  local prefix, data = helper.tmpdir(), helper.tmpdir()
+  assert(sh(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s --data %s --workers 2 --daemon %s"):format(ROOT, port,
+    prefix, data, extra or "")), "the relay did not start")
+  assert(wait_http(port), "the relay does not answer")
+  return port, data, function()
+    os.execute(("kill -QUIT $(cat %s/logs/nginx.pid) 2>/dev/null; sleep 0.3"):format(prefix))
+    helper.rmdir(prefix)
+    helper.rmdir(data)
+  end
+end
+
+local function slurp(path)
+  local f = io.open(path)
+  local s = f and f:read("a") or ""
+  if f then f:close() end
+  os.remove(path)
+  return s
+end
+
+local function run_client(cfg)
+  local path = os.tmpname()
+  cfg.out = path .. ".out"
+  local f = io.open(path, "w")
+  f:write(cjson.encode(cfg))
+  f:close()
+  os.execute(("cd %s && node client.mjs %s 2>%s.err"):format(NODE_DIR, path, path))
+  local out, err = slurp(cfg.out), slurp(path .. ".err")
+  os.remove(path)
+  local ok, res = pcall(cjson.decode, out)
+  assert(ok, ("the client failed: %s\n%s\n(output: %d bytes: %s...)"):format(tostring(res), err, #out, out:sub(1, 200)))
+  return res
+end
+
+local describe_if = jit and pending or describe
+
+describe_if("the example relay on nginx, driven by nostr-tools", function()
+  local data_dir = io.popen("cd '" .. helper.data_dir() .. "' && pwd"):read("l") -- the client runs elsewhere
+  local lines = helper.lines("real.jsonl")
+  local events = {}
+  for i, line in ipairs(lines) do events[i] = layer2.event.parse(line) end
+
+  setup(function()
+    -- the client library, from the npm registry, into a test-only folder
+    if not io.open(NODE_DIR .. "/node_modules/nostr-tools/package.json") then
+      assert(sh(("mkdir -p %s && cd %s && npm install --silent --no-audit --no-fund nostr-tools@2 ws@8 >/dev/null 2>&1")
+        :format(NODE_DIR, NODE_DIR)), "npm install nostr-tools ws failed")
+    end
+    assert(sh(("cp %s/spec/relay/client.mjs %s/"):format(ROOT, NODE_DIR)))
+  end)
+
+  local function config(port, rand, live_key)
+    local filters = {}
+    for i = 1, 120 do
+      local e = events[rand(#events)]
+      local f = ({ { kinds = { e.kind }, limit = rand(30) }, { authors = { e.pubkey } }, { ids = { e.id } },
+        { kinds = { 1 }, since = e.created_at, limit = 20 }, { ["#p"] = { e.pubkey }, limit = 10 } })[i % 5 + 1]
+      filters[i] = f
+    end
+    local live = {}
+    for i = 1, 3 do
+      live[i] = layer2.event.sign({ kind = 1111, created_at = os.time() - 10 + i, tags = { { "t", "layer2-live" } },
+        content = "live " .. i }, live_key)
+    end
+    local after = layer2.event.sign({ kind = 1111, created_at = os.time(), tags = { { "t", "layer2-live" } },
+      content = "after close" }, live_key)
+    return { url = ("ws://127.0.0.1:%d/"):format(port), valid = data_dir .. "/real.jsonl",
+      invalid = data_dir .. "/real-invalid.jsonl", filters = filters, live = live, after_close = after }
+  end
+
+  local answers = {}
+
+  for _, variant in ipairs({ { name = "unlimited L1" }, { name = "a 1 MiB L1", extra = "--l1-limit 1048576" } }) do
+    it("speaks NIP-01 with " .. variant.name, function()
+      local port, data, stop = start_relay(variant.extra)
+      local ok, err = pcall(function()
+        local cfg = config(port, helper.rng(99), ("0"):rep(63) .. "d")
+        local res = run_client(cfg)
+        -- every real event: OK true, or the refusal the rules give
+        local model, now = ref.new(), os.time()
+        assert.equal(#events, #res.valid)
+        for i, ev in ipairs(events) do
+          local want, prefix = model:save(ev, now)
+          local got = res.valid[i]
+          assert(got[1] == want, ("event %d: relay says %s %s"):format(i, tostring(got[1]), tostring(got[2])))
+          if not want then assert.matches("^" .. prefix .. ":", got[2]) end
+        end
+        -- every invalid one refused, nothing of them stored
+        assert.equal(391, #res.invalid)
+        for _, r in ipairs(res.invalid) do
+          assert.same({ "OK", false }, { r[1], r[3] })
+          assert.matches("^invalid: ", r[4])
+        end
+        -- the store holds what the rules accepted and the 4 live events: nothing of the invalid ones
+        local db = assert(layer2.open(data))
+        assert.equal(model:count() + 4, db:count_events({}))
+        -- REQ answers equal the store's own query
+        assert.equal(120, #res.reqs)
+        for i, f in ipairs(cfg.filters) do
+          local want = {}
+          for k, ev in ipairs(db:query_events(f, { max_limit = 500 })) do want[k] = ev.id end
+          assert.same(want, res.reqs[i], "filter " .. i .. ": " .. cjson.encode(f))
+        end
+        answers[#answers + 1] = res.reqs
+        assert.equal(db:count_events({ kinds = { 1 } }), type(res.count) == "table" and res.count.count or res.count)
+        db:close()
+        -- live events reach a subscriber on another connection; CLOSE stops them
+        local live_ids = {}
+        for i, ev in ipairs(cfg.live) do live_ids[i] = ev.id end
+        table.sort(live_ids)
+        table.sort(res.live_seen)
+        assert.same(live_ids, res.live_seen)
+        assert.equal(0, res.after_close_seen)
+        -- malformed frames: a NOTICE each, and the connection goes on
+        assert.same({ "NOTICE", "NOTICE", "NOTICE", "EVENT", "EOSE" },
+          { res.raw[1][1], res.raw[2][1], res.raw[3][1], res.raw[4][1], res.raw[5][1] })
+      end)
+      stop()
+      assert(ok, err)
+    end)
+  end
+
+  it("a size-limited L1 returns the same answers as an unlimited one", function()
+    assert.equal(2, #answers)
+    assert.same(answers[1], answers[2])
+  end)
+end)
