@@ -58,7 +58,7 @@ build/asan/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
 
 test-asan: deps all build/asan/layer2/core.so
 	@LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/build/asan/?.so;;" \
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LAYER2_ASAN=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	LD_PRELOAD="$(ASAN_LIBS)" lua5.4 $$(command -v busted) -o TAP spec > build/asan/tap.log 2>&1; \
 	rc=$$?; p=$$(grep -c '^ok ' build/asan/tap.log); f=$$(grep -c '^not ok ' build/asan/tap.log); \
 	if [ $$rc -ne 0 ] || [ $$f -ne 0 ] || grep -q 'runtime error\|AddressSanitizer' build/asan/tap.log; then \
