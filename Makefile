@@ -16,13 +16,13 @@ LUA54_INC := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/inclu
 LUAJIT_INC := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
 
 # Debian 12 packages the project needs (see README); `make deps` installs those missing.
-DEB_PACKAGES := build-essential pkg-config lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
+DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
 	liblmdb-dev libsecp256k1-dev libssl-dev lua-cjson lua-busted lua-check luarocks lua-socket curl \
 	nginx-core libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-nginx-websocket
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-asan run demo lint bench bench-event bench-store bench-cache rock rock-build rock-install clean
+.PHONY: all deps env test test-asan fuzz run demo lint bench bench-event bench-store bench-cache rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -64,6 +64,25 @@ test-asan: deps all build/asan/layer2/core.so
 	if [ $$rc -ne 0 ] || [ $$f -ne 0 ] || grep -q 'runtime error\|AddressSanitizer' build/asan/tap.log; then \
 		grep -v '^ok ' build/asan/tap.log | tail -60; echo "asan: $$p passed, $$f failed"; exit 1; fi; \
 	echo "asan: $$p passed, 0 failed (ASan + UBSan, Lua 5.4)"
+
+# libFuzzer targets (clang, with ASan + UBSan) seeded from ../shared/data; any crash, leak or
+# sanitizer report fails. CI runs a short pass.
+FUZZ_TARGETS := event_parse filter_parse binary_decode store
+FUZZ_SECONDS ?= 60
+FUZZ_DATA ?= $(firstword $(wildcard ../shared/data /work/shared/data))
+build/fuzz/%: fuzz/%.c $(CORE_SRC) $(HEADERS)
+	@mkdir -p build/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc -o $@ $< $(CORE_SRC) $(LIBS)
+
+fuzz: deps all $(addprefix build/fuzz/,$(FUZZ_TARGETS))
+	@rm -rf build/fuzz/corpus && LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" \
+		LUA_CPATH="$(CURDIR)/build/lua5.4/?.so;;" lua5.4 tools/fuzz-corpus.lua build/fuzz/corpus $(FUZZ_DATA)
+	@for t in $(FUZZ_TARGETS); do \
+		build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 \
+			-artifact_prefix=build/fuzz/crash-$$t- build/fuzz/corpus/$$t > build/fuzz/$$t.log 2>&1 || \
+			{ tail -40 build/fuzz/$$t.log; echo "fuzz: $$t FAILED (see build/fuzz/$$t.log)"; exit 1; }; \
+		echo "fuzz: $$t: $$(grep -o 'Done [0-9]* runs' build/fuzz/$$t.log | grep -o '[0-9]*') executions in $(FUZZ_SECONDS) s, no crash"; \
+	done
 
 lint:
 	@luacheck -q --no-color lua spec bench examples bin/layer2

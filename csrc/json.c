@@ -121,7 +121,7 @@ static int hex4(const unsigned char *p, unsigned *out)
 /* Appends bytes to out while they fit, always counting them. */
 #define EMIT(src, k)                                              \
     do {                                                          \
-        if (n + (k) <= cap) memcpy(out + n, (src), (k));          \
+        if (out && n + (k) <= cap) memcpy(out + n, (src), (k)); \
         n += (k);                                                 \
     } while (0)
 

@@ -178,6 +178,16 @@ describe("crafted bad events", function()
     assert.equal("h\0i", parsed.content:sub(1, 3))
   end)
 
+  it("fuzzer finds stay fixed", function()
+    -- libFuzzer (fuzz/event_parse.c): skipping an unknown field whose string holds invalid UTF-8
+    -- did pointer arithmetic on NULL (UBSan); now a clean refusal
+    local input = '{"id":"1","pubk(y":"\143bc","created_at":0,"kind":30800,"tags":[["d","a"' ..
+      ("\154"):rep(17) .. ']],"content":"","sig":""}'
+    local ok, err = event.verify(input) -- the lenient path the fuzzer took
+    assert.is_false(ok)
+    assert.matches("^invalid: invalid UTF%-8", err)
+  end)
+
   it("refuses a corrupt binary form", function()
     local bin = event.pack(good)
     for _, b in ipairs({ "", "x", bin:sub(1, 100), bin:sub(1, #bin - 1), "\3" .. bin:sub(2), bin .. "z" }) do

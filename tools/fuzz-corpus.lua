@@ -1,0 +1,32 @@
+-- Seeds the fuzzers' corpora from ../shared/data (read at run time; nothing is copied into the
+-- repository): tools/fuzz-corpus.lua OUTDIR DATADIR
+local layer2 = require("layer2")
+local out, data = arg[1], arg[2]
+
+local function write(dir, name, text)
+  local f = assert(io.open(("%s/%s/%s"):format(out, dir, name), "wb"))
+  f:write(text)
+  f:close()
+end
+
+for _, d in ipairs({ "event_parse", "filter_parse", "binary_decode", "store" }) do os.execute("mkdir -p " .. out .. "/" .. d) end
+local n, lines = 0, {}
+for _, file in ipairs({ "real.jsonl", "real-invalid.jsonl" }) do
+  for line in io.lines(data .. "/" .. file) do
+    n = n + 1
+    lines[#lines + 1] = line
+    if n % 7 == 0 then write("event_parse", "e" .. n, line) end
+    local bin = layer2.event.pack(line)
+    if bin and n % 11 == 0 then write("binary_decode", "b" .. n, bin) end
+  end
+end
+local filters = { '{"kinds":[1],"limit":10}', '{"ids":["' .. ("a"):rep(64) .. '"]}', '{"#e":["x","y"],"since":1}',
+  '{"authors":["' .. ("b"):rep(64) .. '"],"kinds":[0,3],"until":99}', '{"#t":["nostr"],"limit":0}', "{}",
+  '{"search":"q"}', '[{"kinds":[7]}]' }
+for i, f in ipairs(filters) do write("filter_parse", "f" .. i, f) end
+for i = 1, 40 do
+  local chunk = {}
+  for k = 1, 20 do chunk[k] = lines[(i * 37 + k * 101) % #lines + 1] end
+  chunk[#chunk + 1] = filters[i % #filters + 1]
+  write("store", "s" .. i, table.concat(chunk, "\n"))
+end
