@@ -17,15 +17,8 @@ local function run(args, wrap)
   local cmd = ("%s lua5.4 %s/bin/layer2 %s"):format(ENV, ROOT, args)
   if wrap then cmd = wrap(cmd) end
   os.execute(("(%s) >%s 2>%s; echo $? >%s"):format(cmd, out, err, code))
-  local function slurp(p)
-    local f = io.open(p)
-    local s = f and f:read("a") or ""
-    if f then f:close() end
-    os.remove(p)
-    return s
-  end
-  local c = tonumber(slurp(code))
-  return c, slurp(out), slurp(err)
+  local c = tonumber(helper.slurp(code))
+  return c, helper.slurp(out), helper.slurp(err)
 end
 
 local function ids_of_file(path)

@@ -66,4 +66,13 @@ function helper.rmdir(p)
   os.execute("rm -rf '" .. p .. "'")
 end
 
+-- The contents of a file, which is then removed ("" when there is none).
+function helper.slurp(path)
+  local f = io.open(path)
+  local s = f and f:read("a") or ""
+  if f then f:close() end
+  os.remove(path)
+  return s
+end
+
 return helper

@@ -43,13 +43,7 @@ local function start_relay(extra)
   end
 end
 
-local function slurp(path)
-  local f = io.open(path)
-  local s = f and f:read("a") or ""
-  if f then f:close() end
-  os.remove(path)
-  return s
-end
+local slurp = helper.slurp
 
 local function run_client(cfg)
   local path = os.tmpname()

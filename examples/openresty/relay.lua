@@ -126,11 +126,21 @@ function relay.handle()
     return subid
   end
 
-  function handlers.REQ(msg)
-    local subid = subid_of(msg, "REQ")
-    if not subid then return end
+  -- ["REQ"|"COUNT", subid, filter...]: the id and the filters, or nil once the refusal is sent
+  local function query_args(msg)
+    local subid = subid_of(msg, msg[1])
+    if not subid then return nil end
     local filters, ferr = filters_of(msg, 3)
-    if not filters then return send({ "CLOSED", subid, ferr }) end
+    if not filters then
+      send({ "CLOSED", subid, ferr })
+      return nil
+    end
+    return subid, filters
+  end
+
+  function handlers.REQ(msg)
+    local subid, filters = query_args(msg)
+    if not subid then return end
     if not subs[subid] and nsubs >= relay.limits.max_subscriptions then
       return send({ "CLOSED", subid, ("blocked: more than %d subscriptions"):format(relay.limits.max_subscriptions) })
     end
@@ -143,10 +153,8 @@ function relay.handle()
   end
 
   function handlers.COUNT(msg)
-    local subid = subid_of(msg, "COUNT")
+    local subid, filters = query_args(msg)
     if not subid then return end
-    local filters, ferr = filters_of(msg, 3)
-    if not filters then return send({ "CLOSED", subid, ferr }) end
     local n, cerr = db:count_events(filters)
     if not n then return send({ "CLOSED", subid, cerr }) end
     send({ "COUNT", subid, { count = n } })
