@@ -398,6 +398,12 @@ static void sha256_fetch(void)
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
+__attribute__((destructor)) static void sha256_release(void) /* at unload, as the context above */
+{
+    EVP_MD_free(sha256_md);
+    sha256_md = NULL;
+}
+
 int l2_sha256(const void *data, size_t n, uint8_t out[32])
 {
     pthread_once(&sha256_once, sha256_fetch);

@@ -31,6 +31,13 @@ static void ctx_create(void)
     (void)randomized; /* it fails only on the static context, never on a created one */
 }
 
+/* The module may be unloaded (lua_close dlcloses C libraries): free the context with it. */
+__attribute__((destructor)) static void ctx_destroy(void)
+{
+    if (ctx) secp256k1_context_destroy(ctx);
+    ctx = NULL;
+}
+
 static const secp256k1_context *context(void)
 {
     pthread_once(&ctx_once, ctx_create);
