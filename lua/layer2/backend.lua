@@ -187,7 +187,8 @@ function Backend:save_event(ev, opts)
       trusted.outbox = true
     end
   end
-  local saved, msg = self:save_l1(ev, trusted, type(ev) == "string" and #ev or #event.encode(ev))
+  -- a table's size is estimated (save_l1's default): encoding it only to measure would cost a hot path
+  local saved, msg = self:save_l1(ev, trusted)
   if not saved and msg and msg:match("^error:") then
     if trusted.outbox then return false, msg end -- neither level has it
     -- L2 has it; L1 cannot hold it: stop claiming completeness up to it

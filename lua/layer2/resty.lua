@@ -28,8 +28,7 @@ function resty.init_worker(path, opts)
   end
   state.db = db
   -- the tail starts at the present: history is what REQ is for
-  local _, cursor = db.l1:changes_since(0, 1)
-  state.cursor = db.l1:stats().last_seq or cursor
+  state.cursor = db.l1:stats().last_seq
   local tail = opts.tail_interval or 0.05
   ngx.timer.every(tail, function(premature)
     if premature then return end

@@ -28,33 +28,23 @@ function req(relay, filters) {
   });
 }
 
-// EVENT frames sent as they are (a refused event may have no usable id for a library to await)
-function rawPublish(url, file) {
-  const frames = lines(file).map((l) => '["EVENT",' + l + "]");
+// Sends frames on a fresh connection; resolves with the replies once `done(replies)` says so.
+function raw(url, frames, done) {
   return new Promise((resolve) => {
     const ws = new WebSocket(url);
     const got = [];
+    const finish = () => { ws.close(); resolve(got); };
     ws.on("open", () => { for (const f of frames) ws.send(f); });
-    ws.on("message", (m) => {
-      got.push(JSON.parse(m.toString()));
-      if (got.length === frames.length) { ws.close(); resolve(got); }
-    });
+    ws.on("message", (m) => { got.push(JSON.parse(m.toString())); if (done(got)) finish(); });
     ws.on("error", (e) => resolve([["error", String(e)]]));
-    setTimeout(() => { ws.close(); resolve(got); }, 60000);
+    setTimeout(finish, 60000);
   });
 }
 
-function raw(url, frames) {
-  return new Promise((resolve) => {
-    const ws = new WebSocket(url);
-    const got = [];
-    ws.on("open", () => { for (const f of frames) ws.send(f); });
-    ws.on("message", (m) => {
-      got.push(JSON.parse(m.toString()));
-      if (got.some((g) => g[0] === "EOSE")) { ws.close(); resolve(got); }
-    });
-    ws.on("error", (e) => resolve([["error", String(e)]]));
-  });
+// EVENT frames sent as they are (a refused event may have no usable id for a library to await)
+function rawPublish(url, file) {
+  const frames = lines(file).map((l) => '["EVENT",' + l + "]");
+  return raw(url, frames, (got) => got.length === frames.length);
 }
 
 const stage = (s) => process.stderr.write(`client: ${s}\n`);
@@ -88,7 +78,8 @@ out.after_close_seen = seen.length - out.live_seen.length;
 watcher.close();
 
 // malformed frames get a NOTICE, and the connection keeps working
-out.raw = await raw(cfg.url, ["not json", '["NOPE"]', '{"a":1}', '["REQ","s1",{"kinds":[1],"limit":1}]']);
+out.raw = await raw(cfg.url, ["not json", '["NOPE"]', '{"a":1}', '["REQ","s1",{"kinds":[1],"limit":1}]'],
+  (got) => got.some((g) => g[0] === "EOSE"));
 relay.close();
 // a file, not stdout: process.exit would cut a piped stdout short
 fs.writeFileSync(cfg.out, JSON.stringify(out));
