@@ -5,11 +5,12 @@ LUA ?= lua5.4
 CC ?= cc
 CFLAGS ?= -O2 -g
 WARN := -Wall -Wextra -Werror -Werror=implicit-function-declaration
-BASE_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden $(WARN)
-LIBS := -llmdb -lsecp256k1 -lcrypto -lm -lpthread
+PQ_INC := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
+BASE_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden $(WARN) $(PQ_INC)
+LIBS := -llmdb -lpq -lsecp256k1 -lcrypto -lm -lpthread
 
-CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c csrc/batch.c csrc/store.c
-BIND_SRC := csrc/lua_layer2.c csrc/lua_lmdb.c
+CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c csrc/batch.c csrc/rules.c csrc/store.c csrc/pgstore.c
+BIND_SRC := csrc/lua_layer2.c csrc/lua_store.c csrc/lua_lmdb.c csrc/lua_pg.c
 HEADERS := $(wildcard csrc/*.h)
 
 LUA54_INC := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
@@ -17,7 +18,7 @@ LUAJIT_INC := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/incl
 
 # Debian 12 packages the project needs (see README); `make deps` installs those missing.
 DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
-	liblmdb-dev libsecp256k1-dev libssl-dev lua-cjson lua-busted lua-check luarocks lua-socket curl \
+	liblmdb-dev libpq-dev postgresql libsecp256k1-dev libssl-dev lua-cjson lua-busted lua-check luarocks lua-socket curl \
 	nginx-core libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-nginx-websocket
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
@@ -59,7 +60,7 @@ build/asan/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
 test-asan: deps all build/asan/layer2/core.so
 	@LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/build/asan/?.so;;" \
 	LAYER2_ASAN=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	LD_PRELOAD="$(ASAN_LIBS)" lua5.4 $$(command -v busted) -o TAP spec > build/asan/tap.log 2>&1; \
+	tools/pg run --fast -- env LD_PRELOAD="$(ASAN_LIBS)" lua5.4 $$(command -v busted) -o TAP spec > build/asan/tap.log 2>&1; \
 	rc=$$?; p=$$(grep -c '^ok ' build/asan/tap.log); f=$$(grep -c '^not ok ' build/asan/tap.log); \
 	if [ $$rc -ne 0 ] || [ $$f -ne 0 ] || grep -q 'runtime error\|AddressSanitizer' build/asan/tap.log; then \
 		grep -v '^ok ' build/asan/tap.log | tail -60; echo "asan: $$p passed, $$f failed"; exit 1; fi; \
@@ -72,7 +73,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_DATA ?= $(firstword $(wildcard ../shared/data /work/shared/data))
 build/fuzz/%: fuzz/%.c $(CORE_SRC) $(HEADERS)
 	@mkdir -p build/fuzz
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc -o $@ $< $(CORE_SRC) $(LIBS)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc $(PQ_INC) -o $@ $< $(CORE_SRC) $(LIBS)
 
 fuzz: deps all $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	@rm -rf build/fuzz/corpus && LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" \

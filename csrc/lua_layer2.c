@@ -1,5 +1,6 @@
 /* The Lua binding of the layer2 core: the only file that sees Lua headers.
  * Refusals are values (nil/false, "invalid: ..."); misuse (a wrong argument type) raises. */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -614,6 +615,17 @@ static int core_monotonic(lua_State *L)
     return 1;
 }
 
+/* layer2.core.sleep(seconds): blocks the process (a plain-Lua host's poll loop; never in nginx) */
+static int core_sleep(lua_State *L)
+{
+    lua_Number secs = luaL_checknumber(L, 1);
+    if (secs <= 0) return 0;
+    struct timespec ts = {(time_t)secs, (long)((secs - (lua_Number)(time_t)secs) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    return 0;
+}
+
 static const luaL_Reg event_funcs[] = {
     {"parse", event_parse}, {"verify", event_verify}, {"serialize", event_serialize},
     {"id", event_id}, {"encode", event_encode}, {"sign", event_sign},
@@ -657,12 +669,17 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     add_lib(L, "event", event_funcs);
     add_lib(L, "filter", filter_funcs);
     add_lib(L, "schnorr", schnorr_funcs);
+    l2lua_open_store_common(L);
     l2lua_open_lmdb(L);
     lua_setfield(L, -2, "lmdb");
+    l2lua_open_pg(L);
+    lua_setfield(L, -2, "postgres");
     lua_pushliteral(L, L2_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushcfunction(L, core_monotonic);
     lua_setfield(L, -2, "monotonic");
+    lua_pushcfunction(L, core_sleep);
+    lua_setfield(L, -2, "sleep");
     lua_remove(L, -2);
     return 1;
 }

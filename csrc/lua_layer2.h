@@ -5,6 +5,7 @@
 #include "compat.h"
 #include "event.h"
 #include "filter.h"
+#include "rules.h"
 
 /* Pushes nil (or false when `first`) and err; returns 2. */
 int l2lua_refuse(lua_State *L, int first, const char *err);
@@ -19,7 +20,63 @@ int l2lua_filter_arg(lua_State *L, int idx, l2_filter *f, const l2_filter_limits
 void l2lua_push_event(lua_State *L, const l2_event *ev);
 void l2lua_push_hex(lua_State *L, const uint8_t *b, size_t n);
 
-/* Pushes the layer2.lmdb table (lua_lmdb.c). */
+/* ---- shared by the store bindings (lua_store.c) ---- */
+
+#include <stdio.h>
+
+/* Options of an opts table at index `opts` (any non-table means none): a non-negative integer
+ * (raises otherwise), a boolean, `now` (the time when absent), a function's stack index or 0. */
+int64_t l2lua_opt_int(lua_State *L, int opts, const char *name, int64_t def);
+int l2lua_opt_bool(lua_State *L, int opts, const char *name, int def);
+int64_t l2lua_opt_now(lua_State *L, int opts);
+int l2lua_opt_function(lua_State *L, int opts, const char *name);
+
+/* A REQ's filters, reused across calls. */
+typedef struct {
+    l2_filter *v;
+    size_t n, cap, max;
+    l2_filter_limits lim;
+} l2lua_filters;
+void l2lua_filters_init(l2lua_filters *fs, size_t max);
+void l2lua_filters_free(l2lua_filters *fs);
+/* One filter (table or JSON object) or a list (array or JSON array) at idx; 0 or -1 with err. */
+int l2lua_read_filters(lua_State *L, int idx, l2lua_filters *fs, char *err);
+/* 1 with "unsupported: ..." in err when a filter asks for what no store here does (search). */
+int l2lua_filters_unsupported(const l2lua_filters *fs, char *err);
+
+/* store:import(source [, opts]) for any store: source at 2 (a path, an io handle or a function
+ * returning lines), opts at 3 (verify, batch, threads, now, on_refused(line, msg),
+ * progress(lines, bytes)); `save` stores each batch of checked events in one transaction.
+ * Returns the Lua results: the counts, or nil and the message. */
+typedef int (*l2lua_save_fn)(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res,
+                             char *err);
+int l2lua_import(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err);
+
+/* The pubkeys argument of export: an event matches when its pubkey or a `p` tag is listed. */
+typedef struct {
+    uint8_t (*keys)[32]; /* sorted; a userdata left on the stack */
+    size_t n;
+    int filtered; /* 0: no list given, everything matches */
+} l2lua_pubkeys;
+int l2lua_pubkeys_arg(lua_State *L, int idx, l2lua_pubkeys *pk, char *err);
+int l2lua_pubkeys_match(const l2lua_pubkeys *pk, const l2_event *ev);
+
+/* Where export writes lines: a path, an io handle or a function; opts.progress(n) every 10,000. */
+typedef struct {
+    lua_State *L;
+    FILE *f, *owned;
+    int fn, progress, werr;
+    uint64_t count;
+} l2lua_sink;
+/* Pushes the sink (a userdata that closes an opened file if a callback raises); NULL with err. */
+l2lua_sink *l2lua_sink_open(lua_State *L, int idx, int opts, char *err);
+int l2lua_sink_write(l2lua_sink *s, const char *line, size_t n);
+/* 0, or -1 with "error: export failed: ..." when a write failed. */
+int l2lua_sink_close(l2lua_sink *s, char *err);
+
+void l2lua_open_store_common(lua_State *L);
+/* Push the layer2.lmdb and layer2.postgres tables (lua_lmdb.c, lua_pg.c). */
 void l2lua_open_lmdb(lua_State *L);
+void l2lua_open_pg(lua_State *L);
 
 #endif

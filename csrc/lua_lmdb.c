@@ -5,25 +5,19 @@
 #include <string.h>
 #include <time.h>
 
-#include "batch.h"
-#include "json.h"
 #include "lua_layer2.h"
 #include "store.h"
 
 #define STORE_MT "layer2.lmdb.store"
-#define IMPORT_MT "layer2.lmdb.import"
 
 typedef struct {
     l2_store *st;
     l2_event ev;
-    l2_filter *filters;
-    size_t nfilters, filters_cap;
+    l2lua_filters filters;
     l2_hits hits;
     l2_buf out;
     l2_limits lim;
-    l2_filter_limits flim;
     int64_t max_limit;
-    size_t max_filters;
     char err[L2_ERRLEN];
 } lstore;
 
@@ -38,10 +32,7 @@ static void store_release(lstore *s)
 {
     if (s->st) l2_store_close(s->st);
     s->st = NULL;
-    for (size_t i = 0; i < s->filters_cap; i++) l2_filter_free(&s->filters[i]);
-    free(s->filters);
-    s->filters = NULL;
-    s->filters_cap = s->nfilters = 0;
+    l2lua_filters_free(&s->filters);
     l2_event_free(&s->ev);
     l2_hits_free(&s->hits);
     l2_buf_free(&s->out);
@@ -61,138 +52,27 @@ static int store_tostring(lua_State *L)
     return 1;
 }
 
-static int64_t opt_int(lua_State *L, int opts, const char *name, int64_t def)
-{
-    int64_t v = def;
-    if (lua_type(L, opts) != LUA_TTABLE) return def;
-    lua_getfield(L, opts, name);
-    if (!lua_isnil(L, -1) && (l2lua_int64(L, -1, &v) || v < 0))
-        luaL_error(L, "layer2: option '%s' must be a non-negative integer", name);
-    lua_pop(L, 1);
-    return v;
-}
-
-static int opt_bool(lua_State *L, int opts, const char *name, int def)
-{
-    if (lua_type(L, opts) != LUA_TTABLE) return def;
-    lua_getfield(L, opts, name);
-    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static int64_t now_opt(lua_State *L, int opts)
-{
-    return opt_int(L, opts, "now", (int64_t)time(NULL));
-}
-
 /* layer2.lmdb.open(path [, opts]) -> store | nil, err */
 static int lmdb_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
     l2_store_opts o = {0, 0, 0, 0};
-    o.map_size = (size_t)opt_int(L, 2, "map_size", 0);
-    o.fixed_map = opt_bool(L, 2, "fixed_map", 0);
-    o.nosync = opt_bool(L, 2, "nosync", 0);
-    o.cache = opt_bool(L, 2, "cache", 0);
-    int64_t max_limit = opt_int(L, 2, "max_limit", 500);
-    int64_t max_filters = opt_int(L, 2, "max_filters", 500);
+    o.map_size = (size_t)l2lua_opt_int(L, 2, "map_size", 0);
+    o.fixed_map = l2lua_opt_bool(L, 2, "fixed_map", 0);
+    o.nosync = l2lua_opt_bool(L, 2, "nosync", 0);
+    o.cache = l2lua_opt_bool(L, 2, "cache", 0);
+    int64_t max_limit = l2lua_opt_int(L, 2, "max_limit", 500);
+    int64_t max_filters = l2lua_opt_int(L, 2, "max_filters", 500);
     lstore *s = lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);
     l2_event_init(&s->ev);
     s->lim = l2_default_limits;
-    s->flim = l2_default_filter_limits;
+    l2lua_filters_init(&s->filters, (size_t)max_filters);
     s->max_limit = max_limit;
-    s->max_filters = (size_t)max_filters;
     luaL_setmetatable(L, STORE_MT);
     if (l2_store_open(&s->st, path, &o, s->err)) return l2lua_refuse(L, 0, s->err);
     return 1;
-}
-
-/* ---- filters: one (table or JSON object) or a REQ's list (array, or JSON array) ---- */
-
-static l2_filter *next_filter(lstore *s)
-{
-    if (s->nfilters == s->filters_cap) {
-        size_t cap = s->filters_cap ? s->filters_cap * 2 : 4;
-        l2_filter *f = realloc(s->filters, cap * sizeof *f);
-        if (!f) return NULL;
-        for (size_t i = s->filters_cap; i < cap; i++) l2_filter_init(&f[i]);
-        s->filters = f;
-        s->filters_cap = cap;
-    }
-    return &s->filters[s->nfilters++];
-}
-
-static int too_many_filters(lstore *s)
-{
-    snprintf(s->err, sizeof s->err, "invalid: more than %zu filters", s->max_filters);
-    return -1;
-}
-
-static int read_filters(lua_State *L, int idx, lstore *s)
-{
-    l2_filter *f;
-    s->nfilters = 0;
-    l2lua_check_table_or_string(L, idx);
-    if (lua_type(L, idx) == LUA_TSTRING) {
-        size_t n;
-        const char *p = lua_tolstring(L, idx, &n);
-        l2_json j;
-        l2_json_init(&j, p, n, 8, s->err, sizeof s->err);
-        if (l2_json_peek(&j) != '[') {
-            if (!(f = next_filter(s))) return luaL_error(L, "layer2: out of memory");
-            return l2_filter_parse_json(f, p, n, &s->flim, s->err);
-        }
-        size_t i = 0;
-        if (l2_json_open(&j, '[')) return -1;
-        for (int r; (r = l2_json_more(&j, ']', &i));) {
-            if (r < 0) return -1;
-            l2_json_peek(&j);
-            const char *start = j.p;
-            if (l2_json_skip(&j)) return -1;
-            if (s->nfilters >= s->max_filters) return too_many_filters(s);
-            if (!(f = next_filter(s))) return luaL_error(L, "layer2: out of memory");
-            if (l2_filter_parse_json(f, start, (size_t)(j.p - start), &s->flim, s->err)) return -1;
-        }
-        return l2_json_finish(&j);
-    }
-    lua_rawgeti(L, idx, 1);
-    int list = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (!list) {
-        if (!(f = next_filter(s))) return luaL_error(L, "layer2: out of memory");
-        return l2lua_filter_arg(L, idx, f, &s->flim, s->err);
-    }
-    size_t n = lua_rawlen(L, idx);
-    if (n > s->max_filters) return too_many_filters(s);
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, idx, (int)i);
-        int t = lua_type(L, -1);
-        if (t != LUA_TTABLE && t != LUA_TSTRING) {
-            lua_pop(L, 1);
-            snprintf(s->err, sizeof s->err, "invalid: filter %zu must be a table or a JSON object", i);
-            return -1;
-        }
-        if (!(f = next_filter(s))) return luaL_error(L, "layer2: out of memory");
-        /* the filter's strings stay referenced by the argument table */
-        int rc = l2lua_filter_arg(L, lua_gettop(L), f, &s->flim, s->err);
-        lua_pop(L, 1);
-        if (rc) return -1;
-    }
-    return 0;
-}
-
-static int unsupported(lstore *s)
-{
-    for (size_t i = 0; i < s->nfilters; i++) {
-        if (s->filters[i].have & L2_F_SEARCH) {
-            snprintf(s->err, sizeof s->err, "unsupported: search (NIP-50) is not supported by this store");
-            return 1;
-        }
-    }
-    return 0;
 }
 
 /* Pushes the event in a stored body, as a table or as wire JSON. */
@@ -216,13 +96,13 @@ static int push_body(lua_State *L, lstore *s, const void *data, size_t len, int 
 static int store_query(lua_State *L)
 {
     lstore *s = check_store(L);
-    int json = opt_bool(L, 3, "json", 0), info = opt_bool(L, 3, "info", 0);
-    int64_t max_limit = opt_int(L, 3, "max_limit", s->max_limit);
-    int64_t now = now_opt(L, 3), horizon = opt_int(L, 3, "horizon", 0);
-    if (read_filters(L, 2, s)) return l2lua_refuse(L, 0, s->err);
-    if (unsupported(s)) return l2lua_refuse(L, 0, s->err);
-    uint8_t *incomplete = info ? lua_newuserdatauv(L, s->nfilters + 1, 0) : NULL; /* collected with the call */
-    if (l2_store_query(s->st, s->filters, s->nfilters, max_limit, now, horizon, incomplete, &s->hits, s->err))
+    int json = l2lua_opt_bool(L, 3, "json", 0), info = l2lua_opt_bool(L, 3, "info", 0);
+    int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit);
+    int64_t now = l2lua_opt_now(L, 3), horizon = l2lua_opt_int(L, 3, "horizon", 0);
+    if (l2lua_read_filters(L, 2, &s->filters, s->err) || l2lua_filters_unsupported(&s->filters, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    uint8_t *incomplete = info ? lua_newuserdatauv(L, s->filters.n + 1, 0) : NULL; /* collected with the call */
+    if (l2_store_query(s->st, s->filters.v, s->filters.n, max_limit, now, horizon, incomplete, &s->hits, s->err))
         return l2lua_refuse(L, 0, s->err);
     lua_createtable(L, (int)s->hits.n, 0);
     int results = lua_gettop(L), out = 0, nstubs = 0;
@@ -252,7 +132,7 @@ static int store_query(lua_State *L)
     lua_insert(L, -2);
     lua_setfield(L, -2, "stubs");
     lua_newtable(L);
-    for (size_t i = 0, k = 0; i < s->nfilters; i++) {
+    for (size_t i = 0, k = 0; i < s->filters.n; i++) {
         if (!incomplete[i]) continue;
         lua_pushinteger(L, (lua_Integer)i + 1);
         lua_rawseti(L, -2, (int)++k);
@@ -266,10 +146,10 @@ static int store_count(lua_State *L)
 {
     lstore *s = check_store(L);
     uint64_t n;
-    int64_t now = now_opt(L, 3);
-    if (read_filters(L, 2, s)) return l2lua_refuse(L, 0, s->err);
-    if (unsupported(s)) return l2lua_refuse(L, 0, s->err);
-    if (l2_store_count(s->st, s->filters, s->nfilters, now, &n, s->err)) return l2lua_refuse(L, 0, s->err);
+    int64_t now = l2lua_opt_now(L, 3);
+    if (l2lua_read_filters(L, 2, &s->filters, s->err) || l2lua_filters_unsupported(&s->filters, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    if (l2_store_count(s->st, s->filters.v, s->filters.n, now, &n, s->err)) return l2lua_refuse(L, 0, s->err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }
@@ -279,8 +159,8 @@ static int store_count(lua_State *L)
 static int store_save(lua_State *L)
 {
     lstore *s = check_store(L);
-    int verify = opt_bool(L, 3, "verify", 1), outbox = opt_bool(L, 3, "outbox", 0);
-    int64_t now = now_opt(L, 3);
+    int verify = l2lua_opt_bool(L, 3, "verify", 1), outbox = l2lua_opt_bool(L, 3, "outbox", 0);
+    int64_t now = l2lua_opt_now(L, 3);
     l2_save_result res;
     l2_event *evp = &s->ev;
     if (l2lua_event_arg(L, 2, &s->ev, L2_HAVE_ALL | (verify ? L2_LENIENT_IDSIG : 0), &s->lim, s->err))
@@ -308,7 +188,7 @@ static int store_delete(lua_State *L)
     lstore *s = check_store(L);
     uint8_t id[32];
     int found;
-    int outbox = opt_bool(L, 4, "outbox", 0);
+    int outbox = l2lua_opt_bool(L, 4, "outbox", 0);
     if (!arg_id(L, 2, id)) return l2lua_refuse(L, 1, "invalid: id must be 64 lowercase hex characters");
     if (l2_store_delete(s->st, id, !lua_toboolean(L, 3), outbox, &found, s->err)) return l2lua_refuse(L, 1, s->err);
     if (!found) return l2lua_refuse(L, 1, "not found: no stored event has this id");
@@ -316,214 +196,17 @@ static int store_delete(lua_State *L)
     return 1;
 }
 
-/* ---- import ---- */
-
-typedef struct {
-    l2_batch_item *items;
-    size_t cap;
-    l2_event **evs;
-    l2_save_result *res;
-    l2_buf lines;
-    char *line;
-    size_t line_cap;
-    FILE *owned;
-} import_state;
-
-static int import_gc(lua_State *L)
+static int save_batch(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
 {
-    import_state *im = luaL_checkudata(L, 1, IMPORT_MT);
-    for (size_t i = 0; i < im->cap; i++) l2_event_free(&im->items[i].ev);
-    free(im->items);
-    free(im->evs);
-    free(im->res);
-    im->items = NULL;
-    im->evs = NULL;
-    im->res = NULL;
-    im->cap = 0;
-    l2_buf_free(&im->lines);
-    free(im->line);
-    im->line = NULL;
-    if (im->owned) fclose(im->owned);
-    im->owned = NULL;
-    return 0;
+    return l2_store_save_batch(ud, evs, n, now, 0, res, err);
 }
 
-/* The FILE* of an io library handle (5.4's luaL_Stream and LuaJIT's both start with it). */
-static FILE *check_file(lua_State *L, int idx)
-{
-    FILE **fp = luaL_checkudata(L, idx, LUA_FILEHANDLE);
-    if (!*fp) luaL_argerror(L, idx, "attempt to use a closed file");
-    return *fp;
-}
-
-/* Next line of the source into im->lines (offset in *off, length in *len); 0 at the end. */
-static int next_line(lua_State *L, import_state *im, FILE *f, int fn_idx, size_t *off, size_t *len)
-{
-    const char *p;
-    size_t n;
-    if (f) {
-        ssize_t r = getline(&im->line, &im->line_cap, f);
-        if (r < 0) return 0;
-        p = im->line;
-        n = (size_t)r;
-    } else {
-        lua_pushvalue(L, fn_idx);
-        lua_call(L, 0, 1);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            return 0;
-        }
-        if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "layer2: the import source returned a %s, not a line",
-                                                             luaL_typename(L, -1));
-        p = lua_tolstring(L, -1, &n);
-    }
-    while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) n--;
-    *off = im->lines.len;
-    *len = n;
-    if (l2_buf_put(&im->lines, p, n)) return luaL_error(L, "layer2: out of memory");
-    if (!f) lua_pop(L, 1);
-    return 1;
-}
-
-static void call_refused(lua_State *L, int fn, uint64_t line, const char *msg)
-{
-    if (!fn) return;
-    lua_pushvalue(L, fn);
-    lua_pushinteger(L, (lua_Integer)line);
-    lua_pushstring(L, msg);
-    lua_call(L, 2, 0);
-}
-
-static int is_blank(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != ' ' && p[i] != '\t') return 0;
-    return 1;
-}
-
-/* store:import(source [, opts]) -> counts | nil, err.
- * source: a path, an io handle or a function returning lines (nil at the end).
- * opts: verify (true), batch (4096), threads (2), now, on_refused(line, msg),
- * progress(lines, bytes) after each batch is committed. */
+/* store:import(source [, opts]) -> counts | nil, err (see l2lua_import): one write transaction
+ * per batch. */
 static int store_import(lua_State *L)
 {
     lstore *s = check_store(L);
-    int verify = opt_bool(L, 3, "verify", 1);
-    size_t batch = (size_t)opt_int(L, 3, "batch", 4096);
-    int threads = (int)opt_int(L, 3, "threads", 2);
-    int64_t now = now_opt(L, 3);
-    int on_refused = 0, progress = 0;
-    if (batch < 1) batch = 1;
-    if (lua_type(L, 3) == LUA_TTABLE) {
-        lua_getfield(L, 3, "on_refused");
-        on_refused = lua_isfunction(L, -1) ? lua_gettop(L) : (lua_pop(L, 1), 0);
-        lua_getfield(L, 3, "progress");
-        progress = lua_isfunction(L, -1) ? lua_gettop(L) : (lua_pop(L, 1), 0);
-    }
-    import_state *im = lua_newuserdatauv(L, sizeof *im, 0);
-    memset(im, 0, sizeof *im);
-    l2_buf_init(&im->lines);
-    luaL_setmetatable(L, IMPORT_MT);
-    int im_idx = lua_gettop(L);
-    FILE *f = NULL;
-    int fn_idx = 0;
-    if (lua_type(L, 2) == LUA_TSTRING) {
-        const char *path = lua_tostring(L, 2);
-        if (!(f = im->owned = fopen(path, "r"))) {
-            snprintf(s->err, sizeof s->err, "error: cannot open '%s': %s", path, strerror(errno));
-            return l2lua_refuse(L, 0, s->err);
-        }
-    } else if (lua_type(L, 2) == LUA_TFUNCTION) {
-        fn_idx = 2;
-    } else {
-        f = check_file(L, 2);
-    }
-    /* everything lives in the state userdata: a Lua error in a callback (Ctrl-C) frees it all */
-    im->items = calloc(batch, sizeof *im->items);
-    im->evs = malloc(batch * sizeof *im->evs);
-    im->res = malloc(batch * sizeof *im->res);
-    if (!im->items || !im->evs || !im->res) return luaL_error(L, "layer2: out of memory");
-    im->cap = batch;
-    for (size_t i = 0; i < batch; i++) l2_event_init(&im->items[i].ev);
-    l2_event **evs = im->evs;
-    l2_save_result *res = im->res;
-    uint64_t lineno = 0, bytes = 0, counts[8] = {0};
-    enum { C_SAVED, C_DUP, C_REPLACED, C_INVALID, C_DELETED, C_BLOCKED, C_EPHEMERAL, C_LINES };
-    int done = 0, failed = 0;
-    while (!done && !failed) {
-        size_t n = 0;
-        im->lines.len = 0;
-        while (n < batch) {
-            size_t off = 0, len = 0;
-            if (!next_line(L, im, f, fn_idx, &off, &len)) {
-                done = 1;
-                break;
-            }
-            lineno++;
-            bytes += len + 1;
-            if (is_blank(im->lines.data + off, len)) continue;
-            im->items[n].json = (const char *)(uintptr_t)off; /* an offset until the buffer stops moving */
-            im->items[n].len = len;
-            im->items[n].line = lineno;
-            n++;
-        }
-        for (size_t i = 0; i < n; i++) im->items[i].json = im->lines.data + (uintptr_t)im->items[i].json;
-        l2_batch_check(im->items, n, threads, verify, &s->lim);
-        size_t nok = 0;
-        for (size_t i = 0; i < n; i++)
-            if (im->items[i].ok) evs[nok++] = &im->items[i].ev;
-        if (nok && l2_store_save_batch(s->st, evs, nok, now, 0, res, s->err)) {
-            failed = 1;
-            break;
-        }
-        counts[C_LINES] += n;
-        size_t k = 0;
-        for (size_t i = 0; i < n; i++) {
-            l2_batch_item *it = &im->items[i];
-            if (!it->ok) {
-                counts[C_INVALID]++;
-                call_refused(L, on_refused, it->line, it->err);
-                continue;
-            }
-            l2_save_result *r = &res[k++];
-            counts[C_REPLACED] += r->replaced;
-            counts[C_DELETED] += r->deleted;
-            switch (r->status) {
-            case L2_SAVE_STORED: counts[C_SAVED]++; break;
-            case L2_SAVE_EPHEMERAL: counts[C_EPHEMERAL]++; break;
-            case L2_SAVE_DUPLICATE:
-            case L2_SAVE_OLDER: counts[C_DUP]++; break;
-            case L2_SAVE_DELETED: counts[C_BLOCKED]++; break;
-            default: counts[C_INVALID]++;
-            }
-            if (r->status != L2_SAVE_STORED && r->status != L2_SAVE_EPHEMERAL)
-                call_refused(L, on_refused, it->line, l2_save_message(r->status));
-        }
-        if (progress) {
-            lua_pushvalue(L, progress);
-            lua_pushinteger(L, (lua_Integer)lineno);
-            lua_pushinteger(L, (lua_Integer)bytes);
-            lua_call(L, 2, 0);
-        }
-    }
-    lua_pushcfunction(L, import_gc);
-    lua_pushvalue(L, im_idx);
-    lua_call(L, 1, 0);
-    if (failed) return l2lua_refuse(L, 0, s->err);
-    static const char *names[] = {"saved", "duplicate", "replaced", "invalid", "deleted", "blocked", "ephemeral", "lines"};
-    lua_createtable(L, 0, 8);
-    for (int i = 0; i < 8; i++) {
-        lua_pushinteger(L, (lua_Integer)counts[i]);
-        lua_setfield(L, -2, names[i]);
-    }
-    return 1;
-}
-
-/* ---- export ---- */
-
-static int cmp32(const void *a, const void *b)
-{
-    return memcmp(a, b, 32);
+    return l2lua_import(L, save_batch, s->st, &s->lim, s->err);
 }
 
 /* store:export(sink [, pubkeys [, opts]]) -> n | nil, err: every event, or those whose pubkey or
@@ -532,89 +215,30 @@ static int cmp32(const void *a, const void *b)
 static int store_export(lua_State *L)
 {
     lstore *s = check_store(L);
-    FILE *f = NULL, *owned = NULL;
-    int fn = 0;
-    uint8_t (*keys)[32] = NULL;
-    size_t nkeys = 0;
-    int filtered = 0;
-    if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        nkeys = lua_rawlen(L, 3);
-        filtered = 1; /* an empty list matches nothing */
-        keys = lua_newuserdatauv(L, nkeys * 32 + 1, 0); /* collected with the call */
-        for (size_t i = 0; i < nkeys; i++) {
-            lua_rawgeti(L, 3, (int)i + 1);
-            size_t n;
-            const char *p = lua_tolstring(L, -1, &n);
-            if (!p || n != 64 || l2_hex_decode(keys[i], p, 32)) {
-                snprintf(s->err, sizeof s->err, "invalid: pubkeys[%zu] must be 64 lowercase hex characters", i);
-                return l2lua_refuse(L, 0, s->err);
-            }
-            lua_pop(L, 1);
-        }
-        qsort(keys, nkeys, 32, cmp32);
-    }
-    if (lua_type(L, 2) == LUA_TSTRING) {
-        const char *path = lua_tostring(L, 2);
-        if (!(f = owned = fopen(path, "w"))) {
-            snprintf(s->err, sizeof s->err, "error: cannot write '%s': %s", path, strerror(errno));
-            return l2lua_refuse(L, 0, s->err);
-        }
-    } else if (lua_type(L, 2) == LUA_TFUNCTION) {
-        fn = 2;
-    } else {
-        f = check_file(L, 2);
-    }
-    uint64_t count = 0, serial;
+    l2lua_pubkeys pk;
+    l2lua_sink *sink;
+    uint64_t serial;
     const void *data;
     size_t len;
-    int werr = 0, progress = 0;
-    if (lua_type(L, 4) == LUA_TTABLE) {
-        lua_getfield(L, 4, "progress");
-        progress = lua_isfunction(L, -1) ? lua_gettop(L) : (lua_pop(L, 1), 0);
-    }
+    if (l2lua_pubkeys_arg(L, 3, &pk, s->err) || !(sink = l2lua_sink_open(L, 2, 4, s->err)))
+        return l2lua_refuse(L, 0, s->err);
     if (l2_store_iter_begin(s->st, s->err)) {
-        if (owned) fclose(owned);
+        l2lua_sink_close(sink, s->err);
         return l2lua_refuse(L, 0, s->err);
     }
-    while (!werr && l2_store_iter_next(s->st, &serial, &data, &len)) {
-        if (l2_event_decode_bin(&s->ev, data, len, s->err)) continue;
-        if (filtered) {
-            int hit = nkeys && bsearch(s->ev.pubkey, keys, nkeys, 32, cmp32) != NULL;
-            for (uint32_t t = 0; !hit && t < s->ev.ntags; t++) {
-                const l2_str *name = l2_tag_elem(&s->ev, t, 0);
-                uint8_t pk[32];
-                if (l2_tag_len(&s->ev, t) < 2 || name->n != 1 || name->p[0] != 'p') continue;
-                const l2_str *v = l2_tag_elem(&s->ev, t, 1);
-                hit = nkeys && v->n == 64 && l2_hex_decode(pk, v->p, 32) == 0 && bsearch(pk, keys, nkeys, 32, cmp32);
-            }
-            if (!hit) continue;
-        }
+    int rc = 0;
+    while (rc == 0 && l2_store_iter_next(s->st, &serial, &data, &len)) {
+        if (l2_event_decode_bin(&s->ev, data, len, s->err) || !l2lua_pubkeys_match(&pk, &s->ev)) continue;
         s->out.len = 0;
         if (l2_event_encode_json(&s->ev, &s->out)) {
-            werr = ENOMEM;
-            break;
+            l2_store_read_end(s->st);
+            return luaL_error(L, "layer2: out of memory");
         }
-        if (fn) {
-            lua_pushvalue(L, fn);
-            lua_pushlstring(L, s->out.data, s->out.len);
-            lua_call(L, 1, 0);
-        } else if (fwrite(s->out.data, 1, s->out.len, f) != s->out.len || fputc('\n', f) == EOF) {
-            werr = errno ? errno : EIO;
-        }
-        if (++count % 10000 == 0 && progress) {
-            lua_pushvalue(L, progress);
-            lua_pushinteger(L, (lua_Integer)count);
-            lua_call(L, 1, 0);
-        }
+        rc = l2lua_sink_write(sink, s->out.data, s->out.len);
     }
     l2_store_read_end(s->st);
-    if (owned && fclose(owned) != 0 && !werr) werr = errno;
-    if (werr) {
-        snprintf(s->err, sizeof s->err, "error: export failed: %s", strerror(werr));
-        return l2lua_refuse(L, 0, s->err);
-    }
-    lua_pushinteger(L, (lua_Integer)count);
+    if (l2lua_sink_close(sink, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)sink->count);
     return 1;
 }
 
@@ -627,7 +251,7 @@ static int store_changes(lua_State *L)
         return luaL_argerror(L, 2, "a non-negative integer cursor expected");
     if (!lua_isnoneornil(L, 3) && (l2lua_int64(L, 3, &max) || max < 1))
         return luaL_argerror(L, 3, "a positive integer expected");
-    int json = opt_bool(L, 4, "json", 0);
+    int json = l2lua_opt_bool(L, 4, "json", 0);
     if (max > 100000) max = 100000;
     l2_change *ch = malloc((size_t)max * sizeof *ch);
     size_t n;
@@ -688,7 +312,7 @@ static int store_copy(lua_State *L)
 {
     lstore *s = check_store(L);
     const char *dir = luaL_checkstring(L, 2);
-    int compact = opt_bool(L, 3, "compact", 1), with_progress = 0;
+    int compact = l2lua_opt_bool(L, 3, "compact", 1), with_progress = 0;
     if (lua_type(L, 3) == LUA_TTABLE) {
         lua_getfield(L, 3, "progress");
         with_progress = lua_isfunction(L, -1);
@@ -919,7 +543,7 @@ static int store_outbox(lua_State *L)
     lstore *s = check_store(L);
     int64_t max = 1000;
     if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, &max) || max < 1)) return luaL_argerror(L, 2, "a count expected");
-    int json = opt_bool(L, 3, "json", 0);
+    int json = l2lua_opt_bool(L, 3, "json", 0);
     if (max > 100000) max = 100000;
     l2_outbox_item *items = malloc((size_t)max * sizeof *items);
     size_t n;
@@ -988,11 +612,6 @@ void l2lua_open_lmdb(lua_State *L)
         lua_setfield(L, -2, "__close");
         lua_pushcfunction(L, store_tostring);
         lua_setfield(L, -2, "__tostring");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, IMPORT_MT)) {
-        lua_pushcfunction(L, import_gc);
-        lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
     lua_newtable(L);

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rules.h"
+
 /* ---- layout ----
  * events   serial(8)                              -> binary event
  * ids      id(32)                                 -> serial(8)
@@ -19,7 +21,7 @@
  * pubkind  pubkey(32) kind(2) created_at(8) serial(8) -> ""
  * tag      letter(1) value(V) created_at(8) serial(8) -> ""   (single-letter tags with a value)
  * created  created_at(8) serial(8)                -> ""
- * expire   expiration(8) serial(8)                -> ""
+ * expire   l2_expiration(8) serial(8)                -> ""
  * replace  pubkey(32) kind(2) d(V)                -> serial(8) created_at(8) id(32)  (a slot's head: the
  *          record that refuses older versions; it outlives the event itself when a cache evicts it)
  * tomb     id(32) author(32)                      -> ""          (NIP-09 `e` deletions)
@@ -121,63 +123,6 @@ static inline void put_be16(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)(v >> 8);
     p[1] = (uint8_t)v;
-}
-
-/* ---- nostr classification ---- */
-
-static int is_replaceable(uint32_t k)
-{
-    return k == 0 || k == 3 || (k >= 10000 && k < 20000);
-}
-static int is_ephemeral(uint32_t k)
-{
-    return k >= 20000 && k < 30000;
-}
-static int is_addressable(uint32_t k)
-{
-    return k >= 30000 && k < 40000;
-}
-
-static int tag_is(const l2_event *ev, uint32_t t, const char *name, size_t n)
-{
-    const l2_str *e;
-    if (l2_tag_len(ev, t) < 2) return 0;
-    e = l2_tag_elem(ev, t, 0);
-    return e->n == n && memcmp(e->p, name, n) == 0;
-}
-
-/* The `d` value of an addressable event ("" when absent or for a replaceable kind). */
-static l2_str d_value(const l2_event *ev)
-{
-    l2_str d = {"", 0};
-    if (!is_addressable(ev->kind)) return d;
-    for (uint32_t t = 0; t < ev->ntags; t++)
-        if (tag_is(ev, t, "d", 1)) return *l2_tag_elem(ev, t, 1);
-    return d;
-}
-
-/* NIP-40: the expiration timestamp, when the event has a well-formed one. */
-static int expiration(const l2_event *ev, int64_t *out)
-{
-    for (uint32_t t = 0; t < ev->ntags; t++) {
-        if (!tag_is(ev, t, "expiration", 10)) continue;
-        const l2_str *v = l2_tag_elem(ev, t, 1);
-        if (v->n == 0 || v->n > 15) return 0;
-        int64_t x = 0;
-        for (size_t i = 0; i < v->n; i++) {
-            if (v->p[i] < '0' || v->p[i] > '9') return 0;
-            x = x * 10 + (v->p[i] - '0');
-        }
-        *out = x;
-        return 1;
-    }
-    return 0;
-}
-
-static int is_hex64(const char *s, size_t n)
-{
-    uint8_t tmp[32];
-    return n == 64 && l2_hex_decode(tmp, s, 32) == 0;
 }
 
 static size_t value_key(uint8_t *out, const char *s, size_t n)
@@ -472,7 +417,7 @@ static int for_each_index(const l2_event *ev, uint64_t serial, index_fn fn, void
         memcpy(k + n, tail, 16);
         if ((rc = fn(ud, DB_TAG, k, n + 16))) return rc;
     }
-    if (expiration(ev, &exp)) {
+    if (l2_expiration(ev, &exp)) {
         put_be64(k, (uint64_t)exp);
         put_be64(k + 8, serial);
         if ((rc = fn(ud, DB_EXPIRE, k, 16))) return rc;
@@ -697,9 +642,9 @@ static int remove_event(wtx *w, uint64_t serial, int op)
     if (r.slot && (rc = free_body(w, r.slot, r.body_len))) return rc;
     if ((rc = for_each_index(ev, serial, index_del, w))) return rc;
     if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
-    if (op && (is_replaceable(ev->kind) || is_addressable(ev->kind))) {
+    if (op && (l2_kind_replaceable(ev->kind) || l2_kind_addressable(ev->kind))) {
         /* a cache eviction (op 0) keeps the head record: it still refuses older versions */
-        l2_str d = d_value(ev);
+        l2_str d = l2_d_value(ev);
         size_t n = addr_key(k, ev->pubkey, ev->kind, d.p, d.n);
         head_rec h;
         if (get_head(w->txn, st, k, n, &h) == 0 && h.serial == serial && (rc = del_key(w, DB_REPLACE, k, n)))
@@ -822,11 +767,11 @@ static int apply_deletion(wtx *w, const l2_event *del, l2_save_result *r)
     l2_store *st = w->st;
     int rc;
     for (uint32_t t = 0; t < del->ntags; t++) {
-        const l2_str *v = l2_tag_len(del, t) >= 2 ? l2_tag_elem(del, t, 1) : NULL;
-        if (tag_is(del, t, "e", 1) && is_hex64(v->p, v->n)) {
-            uint8_t id[32];
+        uint8_t id[32];
+        uint32_t kind;
+        l2_str d;
+        if (l2_deletion_id(del, t, id)) {
             uint64_t serial;
-            l2_hex_decode(id, v->p, 32);
             rc = lookup_id(w->txn, st, id, &serial);
             if (rc == 0) {
                 if ((rc = load(st, w->txn, serial, &st->old, 0))) return rc;
@@ -838,22 +783,9 @@ static int apply_deletion(wtx *w, const l2_event *del, l2_save_result *r)
                 return rc;
             }
             if ((rc = put_tombstone(w, id, del->pubkey))) return rc;
-        } else if (tag_is(del, t, "a", 1)) {
-            /* kind:pubkey:d, where d may itself contain ':' */
-            const char *s = v->p, *end = v->p + v->n, *c1 = memchr(s, ':', v->n), *c2;
-            if (!c1 || !(c2 = memchr(c1 + 1, ':', (size_t)(end - c1 - 1)))) continue;
-            uint32_t kind = 0;
-            size_t kn = (size_t)(c1 - s);
-            uint8_t pk[32], k[MAX_ADDR_KEY], when[8];
-            if (kn == 0 || kn > 5) continue;
-            for (size_t i = 0; i < kn; i++) kind = kind * 10 + (uint32_t)(s[i] - '0');
-            int digits = 1;
-            for (size_t i = 0; i < kn; i++) digits &= s[i] >= '0' && s[i] <= '9';
-            if (!digits || !(is_replaceable(kind) || is_addressable(kind))) continue;
-            if (c2 - c1 - 1 != 64 || l2_hex_decode(pk, c1 + 1, 32) || memcmp(pk, del->pubkey, 32) != 0) continue;
-            const char *d = c2 + 1;
-            size_t dn = is_addressable(kind) ? (size_t)(end - d) : 0;
-            size_t n = addr_key(k, pk, kind, d, dn);
+        } else if (l2_deletion_address(del, t, &kind, &d)) {
+            uint8_t k[MAX_ADDR_KEY], when[8];
+            size_t n = addr_key(k, del->pubkey, kind, d.p, d.n);
             MDB_val kv = {n, k}, vv;
             rc = mdb_get(w->txn, st->dbi[DB_ATOMB], &kv, &vv);
             if (rc && rc != MDB_NOTFOUND) return rc;
@@ -886,11 +818,11 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     int64_t exp;
     int rc;
     r->replaced = r->deleted = 0;
-    if (is_ephemeral(ev->kind)) {
+    if (l2_kind_ephemeral(ev->kind)) {
         r->status = L2_SAVE_EPHEMERAL;
         return 0;
     }
-    if (expiration(ev, &exp) && exp <= now) {
+    if (l2_expiration(ev, &exp) && exp <= now) {
         r->status = L2_SAVE_EXPIRED;
         return 0;
     }
@@ -914,8 +846,8 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     }
     uint8_t ak[MAX_ADDR_KEY];
     size_t an = 0;
-    if (is_replaceable(ev->kind) || is_addressable(ev->kind)) {
-        l2_str d = d_value(ev);
+    if (l2_kind_replaceable(ev->kind) || l2_kind_addressable(ev->kind)) {
+        l2_str d = l2_d_value(ev);
         an = addr_key(ak, ev->pubkey, ev->kind, d.p, d.n);
         MDB_val k = {an, ak}, v;
         rc = w->may_atomb ? mdb_get(w->txn, st->dbi[DB_ATOMB], &k, &v) : MDB_NOTFOUND;
@@ -1091,17 +1023,6 @@ int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t no
 {
     save_args a = {evs, n, now, outbox, res};
     return write_txn(st, save_body, &a, err);
-}
-
-const char *l2_save_message(int status)
-{
-    switch (status) {
-    case L2_SAVE_DUPLICATE: return "duplicate: already have this event";
-    case L2_SAVE_OLDER: return "duplicate: a newer version of this replaceable event is stored";
-    case L2_SAVE_DELETED: return "blocked: this event was deleted by its author";
-    case L2_SAVE_EXPIRED: return "invalid: this event has expired";
-    default: return NULL;
-    }
 }
 
 typedef struct {
@@ -1336,7 +1257,7 @@ static int consider(l2_store *st, const l2_filter *f, uint64_t serial, int64_t n
     if (rc == MDB_NOTFOUND) return 0; /* a dangling index entry: never returned */
     if (rc) return rc;
     if (!l2_filter_match(f, &st->ev)) return 0;
-    if (expiration(&st->ev, &exp) && exp <= now) return 0;
+    if (l2_expiration(&st->ev, &exp) && exp <= now) return 0;
     *matched = 1;
     return hits_push(out, &st->ev, serial);
 }
@@ -2102,7 +2023,7 @@ int l2_store_check(l2_store *st, void (*problem)(void *ud, const char *msg), voi
             continue;
         }
         uint8_t ak[MAX_ADDR_KEY];
-        l2_str d = d_value(&st->ev);
+        l2_str d = l2_d_value(&st->ev);
         size_t n = addr_key(ak, st->ev.pubkey, st->ev.kind, d.p, d.n);
         if (n != k.mv_size || memcmp(ak, k.mv_data, n) != 0 || h.created_at != st->ev.created_at ||
             memcmp(h.id, st->ev.id, 32) != 0)

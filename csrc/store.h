@@ -8,6 +8,7 @@
 
 #include "event.h"
 #include "filter.h"
+#include "rules.h"
 
 typedef struct l2_store l2_store;
 
@@ -18,23 +19,6 @@ typedef struct {
     int cache;       /* an L1: keeps access statistics, can hold stubs */
 } l2_store_opts;
 
-enum l2_save_status {
-    L2_SAVE_STORED,
-    L2_SAVE_EPHEMERAL, /* accepted, never stored */
-    L2_SAVE_DUPLICATE,
-    L2_SAVE_OLDER,     /* a newer version of this replaceable event is stored */
-    L2_SAVE_DELETED,   /* a deletion request of its author blocks it */
-    L2_SAVE_EXPIRED,
-};
-
-typedef struct {
-    int status;
-    unsigned replaced; /* older versions this save removed */
-    unsigned deleted;  /* events its NIP-09 tags removed */
-} l2_save_result;
-
-/* The NIP-01 OK message for a refusal ("duplicate: ...", "blocked: ..."), NULL when stored. */
-const char *l2_save_message(int status);
 
 int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char *err);
 void l2_store_close(l2_store *st);

@@ -75,4 +75,25 @@ function helper.slurp(path)
   return s
 end
 
+-- The interpreter running the specs, for child processes that load the same build.
+helper.LUA = jit and "luajit" or "lua5.4"
+
+-- Runs a Lua script in a separate process (stdout and stderr read through the handle); the
+-- script's file is removed when the handle is closed.
+function helper.spawn(script)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(script)
+  f:close()
+  local p = assert(io.popen(("%s %s 2>&1"):format(helper.LUA, path)))
+  return {
+    read = function(_, ...) return p:read(...) end,
+    close = function()
+      local a, b, c = p:close()
+      os.remove(path)
+      return a, b, c
+    end,
+  }
+end
+
 return helper

@@ -309,7 +309,7 @@ describe("lmdb store", function()
     assert.matches("^error: cannot write", err)
     r, err = db:export(function() end, { "nothex" })
     assert.is_nil(r)
-    assert.matches("^invalid: pubkeys%[0%]", err)
+    assert.matches("^invalid: pubkeys%[1%]", err)
     nothing_changed()
   end)
 

@@ -2,6 +2,7 @@
 -- The C core does storage and rules; this file decides what goes where, when to evict, and
 -- what to signal. See DESIGN §4 and the README.
 local core = require("layer2.core")
+local poll = require("layer2.poll")
 
 local event = core.event
 local backend = {}
@@ -46,6 +47,7 @@ local function call_l2(self, method, ...)
   end
   return true, a, b, c
 end
+Backend.call_l2 = call_l2
 
 function backend.open(path, opts)
   if type(path) ~= "string" then error("layer2.open: a directory path expected", 2) end
@@ -91,8 +93,23 @@ function backend.open(path, opts)
       return nil, err
     end
     self.own_l2 = true
+  elseif type(opts.l2) == "string" then
+    -- a conninfo or postgres:// URI: the shared L2 of a cluster
+    self.l2, err = core.postgres.open(opts.l2, { max_limit = self.max_limit })
+    if not self.l2 then
+      self.l1:close()
+      return nil, err
+    end
+    self.own_l2 = true
   elseif opts.l2 ~= false then
     self.l2 = check_store(opts.l2)
+  end
+  self.poll_frequency = opts.poll_frequency or 0
+  self.poll_overlap = opts.poll_overlap or 4
+  if opts.notify and self.l2 and type(self.l2.listen) == "function" then
+    local ok, lerr = call_l2(self, "listen")
+    if not ok then self.log("cannot listen for L2's change signal: " .. tostring(lerr)) end
+    self.notify = ok
   end
   if opts.on_event then self:on_event(opts.on_event) end
   -- the horizon: L1 holds an entry for every event at or after it that this backend has seen
@@ -551,30 +568,20 @@ function Backend:sync()
   return self.l1:sync()
 end
 
--- One poll step: drains the outbox, then takes what other writers added to L2 (through its change
--- feed) into L1, signalling each new event with origin "l2".
-function Backend:poll()
-  local report = { sent = self:drain(), received = 0 }
-  if not self.l2 or type(self.l2.changes_since) ~= "function" then return report end
-  local cursor = tonumber(self.l1:meta("poll_cursor") or "") or 0
-  while true do
-    local ok, changes, next_cursor = call_l2(self, "changes_since", cursor, 1000)
-    if not ok or not changes or #changes == 0 then break end
-    for _, ch in ipairs(changes) do
-      if ch.op == "saved" and ch.event then
-        local saved = self:save_l1(ch.event, { verify = false })
-        if saved then
-          report.received = report.received + 1
-          self:signal(ch.event, "l2")
-        end
-      elseif ch.op == "deleted" and ch.id then
-        self.l1:delete_event(ch.id)
-      end
-    end
-    cursor = next_cursor
-  end
-  self.l1:meta("poll_cursor", tostring(cursor))
+-- One poll step: drains the outbox, then takes what other writers added to L2 into L1 (see
+-- layer2/poll.lua), signalling each new event with origin "l2".
+function Backend:poll(now)
+  local report = { sent = self:drain(), received = 0, deleted = 0 }
+  if self.l2 then poll.step(self, report, now) end
   return report
+end
+
+-- Waits up to `seconds` (poll_frequency, else 1) for L2's change signal when opts.notify asked
+-- for it (LISTEN/NOTIFY on PostgreSQL), or just that long, then polls.
+function Backend:poll_wait(seconds)
+  seconds = seconds or (self.poll_frequency > 0 and self.poll_frequency or 1)
+  if not (self.notify and call_l2(self, "wait", seconds)) then core.sleep(seconds) end
+  return self:poll()
 end
 
 function Backend:stats()

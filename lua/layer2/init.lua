@@ -9,6 +9,7 @@ local layer2 = {
   filter = core.filter,
   schnorr = core.schnorr,
   lmdb = core.lmdb,
+  postgres = core.postgres, -- the shared L2 of a cluster: layer2.postgres.open(conninfo, opts)
   open = backend.open, -- the two-level backend: layer2.open(path, opts)
   monotonic = core.monotonic, -- seconds on a clock that never jumps
 }

@@ -1,0 +1,447 @@
+/* What the store bindings (lua_lmdb.c, lua_pg.c) share: options, a REQ's filters, the import
+ * driver (sources, batches, threaded verification, counts, callbacks) and export sinks. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "batch.h"
+#include "json.h"
+#include "lua_layer2.h"
+
+#define IMPORT_MT "layer2.import"
+#define SINK_MT "layer2.sink"
+
+int64_t l2lua_opt_int(lua_State *L, int opts, const char *name, int64_t def)
+{
+    int64_t v = def;
+    if (lua_type(L, opts) != LUA_TTABLE) return def;
+    lua_getfield(L, opts, name);
+    if (!lua_isnil(L, -1) && (l2lua_int64(L, -1, &v) || v < 0))
+        luaL_error(L, "layer2: option '%s' must be a non-negative integer", name);
+    lua_pop(L, 1);
+    return v;
+}
+
+int l2lua_opt_bool(lua_State *L, int opts, const char *name, int def)
+{
+    if (lua_type(L, opts) != LUA_TTABLE) return def;
+    lua_getfield(L, opts, name);
+    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+int64_t l2lua_opt_now(lua_State *L, int opts)
+{
+    return l2lua_opt_int(L, opts, "now", (int64_t)time(NULL));
+}
+
+int l2lua_opt_function(lua_State *L, int opts, const char *name)
+{
+    if (lua_type(L, opts) != LUA_TTABLE) return 0;
+    lua_getfield(L, opts, name);
+    if (lua_isfunction(L, -1)) return lua_gettop(L);
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* ---- filters: one (table or JSON object) or a REQ's list (array, or JSON array) ---- */
+
+void l2lua_filters_init(l2lua_filters *fs, size_t max)
+{
+    memset(fs, 0, sizeof *fs);
+    fs->max = max;
+    fs->lim = l2_default_filter_limits;
+}
+
+void l2lua_filters_free(l2lua_filters *fs)
+{
+    for (size_t i = 0; i < fs->cap; i++) l2_filter_free(&fs->v[i]);
+    free(fs->v);
+    fs->v = NULL;
+    fs->cap = fs->n = 0;
+}
+
+static l2_filter *next_filter(lua_State *L, l2lua_filters *fs)
+{
+    if (fs->n == fs->cap) {
+        size_t cap = fs->cap ? fs->cap * 2 : 4;
+        l2_filter *f = realloc(fs->v, cap * sizeof *f);
+        if (!f) luaL_error(L, "layer2: out of memory");
+        for (size_t i = fs->cap; i < cap; i++) l2_filter_init(&f[i]);
+        fs->v = f;
+        fs->cap = cap;
+    }
+    return &fs->v[fs->n++];
+}
+
+static int too_many_filters(l2lua_filters *fs, char *err)
+{
+    snprintf(err, L2_ERRLEN, "invalid: more than %zu filters", fs->max);
+    return -1;
+}
+
+int l2lua_read_filters(lua_State *L, int idx, l2lua_filters *fs, char *err)
+{
+    fs->n = 0;
+    l2lua_check_table_or_string(L, idx);
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        size_t n;
+        const char *p = lua_tolstring(L, idx, &n);
+        l2_json j;
+        l2_json_init(&j, p, n, 8, err, L2_ERRLEN);
+        if (l2_json_peek(&j) != '[') return l2_filter_parse_json(next_filter(L, fs), p, n, &fs->lim, err);
+        size_t i = 0;
+        if (l2_json_open(&j, '[')) return -1;
+        for (int r; (r = l2_json_more(&j, ']', &i));) {
+            if (r < 0) return -1;
+            l2_json_peek(&j);
+            const char *start = j.p;
+            if (l2_json_skip(&j)) return -1;
+            if (fs->n >= fs->max) return too_many_filters(fs, err);
+            if (l2_filter_parse_json(next_filter(L, fs), start, (size_t)(j.p - start), &fs->lim, err)) return -1;
+        }
+        return l2_json_finish(&j);
+    }
+    lua_rawgeti(L, idx, 1);
+    int list = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!list) return l2lua_filter_arg(L, idx, next_filter(L, fs), &fs->lim, err);
+    size_t n = lua_rawlen(L, idx);
+    if (n > fs->max) return too_many_filters(fs, err);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, (int)i);
+        int t = lua_type(L, -1);
+        if (t != LUA_TTABLE && t != LUA_TSTRING) {
+            lua_pop(L, 1);
+            snprintf(err, L2_ERRLEN, "invalid: filter %zu must be a table or a JSON object", i);
+            return -1;
+        }
+        /* the filter's strings stay referenced by the argument table */
+        int rc = l2lua_filter_arg(L, lua_gettop(L), next_filter(L, fs), &fs->lim, err);
+        lua_pop(L, 1);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+int l2lua_filters_unsupported(const l2lua_filters *fs, char *err)
+{
+    for (size_t i = 0; i < fs->n; i++) {
+        if (fs->v[i].have & L2_F_SEARCH) {
+            snprintf(err, L2_ERRLEN, "unsupported: search (NIP-50) is not supported by this store");
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- import ---- */
+
+typedef struct {
+    l2_batch_item *items;
+    size_t cap;
+    l2_event **evs;
+    l2_save_result *res;
+    l2_buf lines;
+    char *line;
+    size_t line_cap;
+    FILE *owned;
+} import_state;
+
+static int import_gc(lua_State *L)
+{
+    import_state *im = luaL_checkudata(L, 1, IMPORT_MT);
+    for (size_t i = 0; i < im->cap; i++) l2_event_free(&im->items[i].ev);
+    free(im->items);
+    free(im->evs);
+    free(im->res);
+    im->items = NULL;
+    im->evs = NULL;
+    im->res = NULL;
+    im->cap = 0;
+    l2_buf_free(&im->lines);
+    free(im->line);
+    im->line = NULL;
+    if (im->owned) fclose(im->owned);
+    im->owned = NULL;
+    return 0;
+}
+
+/* The FILE* of an io library handle (5.4's luaL_Stream and LuaJIT's both start with it). */
+static FILE *check_file(lua_State *L, int idx)
+{
+    FILE **fp = luaL_checkudata(L, idx, LUA_FILEHANDLE);
+    if (!*fp) luaL_argerror(L, idx, "attempt to use a closed file");
+    return *fp;
+}
+
+/* Next line of the source into im->lines (offset in *off, length in *len); 0 at the end. */
+static int next_line(lua_State *L, import_state *im, FILE *f, int fn_idx, size_t *off, size_t *len)
+{
+    const char *p;
+    size_t n;
+    if (f) {
+        ssize_t r = getline(&im->line, &im->line_cap, f);
+        if (r < 0) return 0;
+        p = im->line;
+        n = (size_t)r;
+    } else {
+        lua_pushvalue(L, fn_idx);
+        lua_call(L, 0, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "layer2: the import source returned a %s, not a line",
+                                                             luaL_typename(L, -1));
+        p = lua_tolstring(L, -1, &n);
+    }
+    while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) n--;
+    *off = im->lines.len;
+    *len = n;
+    if (l2_buf_put(&im->lines, p, n)) return luaL_error(L, "layer2: out of memory");
+    if (!f) lua_pop(L, 1);
+    return 1;
+}
+
+static void call_refused(lua_State *L, int fn, uint64_t line, const char *msg)
+{
+    if (!fn) return;
+    lua_pushvalue(L, fn);
+    lua_pushinteger(L, (lua_Integer)line);
+    lua_pushstring(L, msg);
+    lua_call(L, 2, 0);
+}
+
+static int is_blank(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t') return 0;
+    return 1;
+}
+
+int l2lua_import(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err)
+{
+    int verify = l2lua_opt_bool(L, 3, "verify", 1);
+    size_t batch = (size_t)l2lua_opt_int(L, 3, "batch", 4096);
+    int threads = (int)l2lua_opt_int(L, 3, "threads", 2);
+    int64_t now = l2lua_opt_now(L, 3);
+    if (batch < 1) batch = 1;
+    int on_refused = l2lua_opt_function(L, 3, "on_refused");
+    int progress = l2lua_opt_function(L, 3, "progress");
+    import_state *im = lua_newuserdatauv(L, sizeof *im, 0);
+    memset(im, 0, sizeof *im);
+    l2_buf_init(&im->lines);
+    luaL_setmetatable(L, IMPORT_MT);
+    int im_idx = lua_gettop(L);
+    FILE *f = NULL;
+    int fn_idx = 0;
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        const char *path = lua_tostring(L, 2);
+        if (!(f = im->owned = fopen(path, "r"))) {
+            snprintf(err, L2_ERRLEN, "error: cannot open '%s': %s", path, strerror(errno));
+            return l2lua_refuse(L, 0, err);
+        }
+    } else if (lua_type(L, 2) == LUA_TFUNCTION) {
+        fn_idx = 2;
+    } else {
+        f = check_file(L, 2);
+    }
+    /* everything lives in the state userdata: a Lua error in a callback (Ctrl-C) frees it all */
+    im->items = calloc(batch, sizeof *im->items);
+    im->evs = malloc(batch * sizeof *im->evs);
+    im->res = malloc(batch * sizeof *im->res);
+    if (!im->items || !im->evs || !im->res) return luaL_error(L, "layer2: out of memory");
+    im->cap = batch;
+    for (size_t i = 0; i < batch; i++) l2_event_init(&im->items[i].ev);
+    l2_event **evs = im->evs;
+    l2_save_result *res = im->res;
+    uint64_t lineno = 0, bytes = 0, counts[8] = {0};
+    enum { C_SAVED, C_DUP, C_REPLACED, C_INVALID, C_DELETED, C_BLOCKED, C_EPHEMERAL, C_LINES };
+    int done = 0, failed = 0;
+    while (!done && !failed) {
+        size_t n = 0;
+        im->lines.len = 0;
+        while (n < batch) {
+            size_t off = 0, len = 0;
+            if (!next_line(L, im, f, fn_idx, &off, &len)) {
+                done = 1;
+                break;
+            }
+            lineno++;
+            bytes += len + 1;
+            if (is_blank(im->lines.data + off, len)) continue;
+            im->items[n].json = (const char *)(uintptr_t)off; /* an offset until the buffer stops moving */
+            im->items[n].len = len;
+            im->items[n].line = lineno;
+            n++;
+        }
+        for (size_t i = 0; i < n; i++) im->items[i].json = im->lines.data + (uintptr_t)im->items[i].json;
+        l2_batch_check(im->items, n, threads, verify, lim);
+        size_t nok = 0;
+        for (size_t i = 0; i < n; i++)
+            if (im->items[i].ok) evs[nok++] = &im->items[i].ev;
+        if (nok && save(ud, evs, nok, now, res, err)) {
+            failed = 1;
+            break;
+        }
+        counts[C_LINES] += n;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+            l2_batch_item *it = &im->items[i];
+            if (!it->ok) {
+                counts[C_INVALID]++;
+                call_refused(L, on_refused, it->line, it->err);
+                continue;
+            }
+            l2_save_result *r = &res[k++];
+            counts[C_REPLACED] += r->replaced;
+            counts[C_DELETED] += r->deleted;
+            switch (r->status) {
+            case L2_SAVE_STORED: counts[C_SAVED]++; break;
+            case L2_SAVE_EPHEMERAL: counts[C_EPHEMERAL]++; break;
+            case L2_SAVE_DUPLICATE:
+            case L2_SAVE_OLDER: counts[C_DUP]++; break;
+            case L2_SAVE_DELETED: counts[C_BLOCKED]++; break;
+            default: counts[C_INVALID]++;
+            }
+            if (r->status != L2_SAVE_STORED && r->status != L2_SAVE_EPHEMERAL)
+                call_refused(L, on_refused, it->line, l2_save_message(r->status));
+        }
+        if (progress) {
+            lua_pushvalue(L, progress);
+            lua_pushinteger(L, (lua_Integer)lineno);
+            lua_pushinteger(L, (lua_Integer)bytes);
+            lua_call(L, 2, 0);
+        }
+    }
+    lua_pushcfunction(L, import_gc);
+    lua_pushvalue(L, im_idx);
+    lua_call(L, 1, 0);
+    if (failed) return l2lua_refuse(L, 0, err);
+    static const char *names[] = {"saved", "duplicate", "replaced", "invalid", "deleted", "blocked", "ephemeral", "lines"};
+    lua_createtable(L, 0, 8);
+    for (int i = 0; i < 8; i++) {
+        lua_pushinteger(L, (lua_Integer)counts[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    return 1;
+}
+
+/* ---- export ---- */
+
+static int cmp32(const void *a, const void *b)
+{
+    return memcmp(a, b, 32);
+}
+
+int l2lua_pubkeys_arg(lua_State *L, int idx, l2lua_pubkeys *pk, char *err)
+{
+    memset(pk, 0, sizeof *pk);
+    if (lua_isnoneornil(L, idx)) return 0;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    pk->n = lua_rawlen(L, idx);
+    pk->filtered = 1; /* an empty list matches nothing */
+    pk->keys = lua_newuserdatauv(L, pk->n * 32 + 1, 0); /* left on the stack: collected after the call */
+    for (size_t i = 0; i < pk->n; i++) {
+        lua_rawgeti(L, idx, (int)i + 1);
+        size_t n;
+        const char *p = lua_tolstring(L, -1, &n);
+        if (!p || n != 64 || l2_hex_decode(pk->keys[i], p, 32)) {
+            snprintf(err, L2_ERRLEN, "invalid: pubkeys[%zu] must be 64 lowercase hex characters", i + 1);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    qsort(pk->keys, pk->n, 32, cmp32);
+    return 0;
+}
+
+int l2lua_pubkeys_match(const l2lua_pubkeys *pk, const l2_event *ev)
+{
+    if (!pk->filtered) return 1;
+    if (!pk->n) return 0;
+    if (bsearch(ev->pubkey, pk->keys, pk->n, 32, cmp32)) return 1;
+    for (uint32_t t = 0; t < ev->ntags; t++) {
+        const l2_str *name = l2_tag_elem(ev, t, 0);
+        uint8_t key[32];
+        if (l2_tag_len(ev, t) < 2 || name->n != 1 || name->p[0] != 'p') continue;
+        const l2_str *v = l2_tag_elem(ev, t, 1);
+        if (v->n == 64 && l2_hex_decode(key, v->p, 32) == 0 && bsearch(key, pk->keys, pk->n, 32, cmp32)) return 1;
+    }
+    return 0;
+}
+
+static int sink_gc(lua_State *L)
+{
+    l2lua_sink *s = luaL_checkudata(L, 1, SINK_MT);
+    if (s->owned) fclose(s->owned);
+    s->owned = NULL;
+    return 0;
+}
+
+l2lua_sink *l2lua_sink_open(lua_State *L, int idx, int opts, char *err)
+{
+    l2lua_sink *s = lua_newuserdatauv(L, sizeof *s, 0); /* closes the file if a callback raises */
+    memset(s, 0, sizeof *s);
+    luaL_setmetatable(L, SINK_MT);
+    s->L = L;
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        const char *path = lua_tostring(L, idx);
+        if (!(s->f = s->owned = fopen(path, "w"))) {
+            snprintf(err, L2_ERRLEN, "error: cannot write '%s': %s", path, strerror(errno));
+            return NULL;
+        }
+    } else if (lua_type(L, idx) == LUA_TFUNCTION) {
+        s->fn = idx;
+    } else {
+        s->f = check_file(L, idx);
+    }
+    s->progress = l2lua_opt_function(L, opts, "progress");
+    return s;
+}
+
+int l2lua_sink_write(l2lua_sink *s, const char *line, size_t n)
+{
+    lua_State *L = s->L;
+    if (s->fn) {
+        lua_pushvalue(L, s->fn);
+        lua_pushlstring(L, line, n);
+        lua_call(L, 1, 0);
+    } else if (fwrite(line, 1, n, s->f) != n || fputc('\n', s->f) == EOF) {
+        s->werr = errno ? errno : EIO;
+        return -1;
+    }
+    if (++s->count % 10000 == 0 && s->progress) {
+        lua_pushvalue(L, s->progress);
+        lua_pushinteger(L, (lua_Integer)s->count);
+        lua_call(L, 1, 0);
+    }
+    return 0;
+}
+
+int l2lua_sink_close(l2lua_sink *s, char *err)
+{
+    if (s->owned && fclose(s->owned) != 0 && !s->werr) s->werr = errno;
+    s->owned = NULL;
+    if (!s->werr) return 0;
+    snprintf(err, L2_ERRLEN, "error: export failed: %s", strerror(s->werr));
+    return -1;
+}
+
+void l2lua_open_store_common(lua_State *L)
+{
+    if (luaL_newmetatable(L, IMPORT_MT)) {
+        lua_pushcfunction(L, import_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, SINK_MT)) {
+        lua_pushcfunction(L, sink_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+}

@@ -1,0 +1,988 @@
+#include "pgstore.h"
+
+#include <libpq-fe.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+
+/* Parameters and results travel in PostgreSQL's binary format: nothing from an event or a filter
+ * is ever spliced into SQL text, and nothing needs escaping or parsing. */
+enum { OID_BOOL = 16, OID_BYTEA = 17, OID_INT8 = 20, OID_INT4 = 23, OID_TEXT = 25, OID_BYTEA_ARR = 1001,
+       OID_INT4_ARR = 1007 };
+
+/* pg_advisory_xact_lock(LOCK_NS, bucket): writes of one author take turns (every nostr rule
+ * relates events of a single author), in ascending bucket order so that batches cannot deadlock. */
+#define LOCK_NS "1278364210"
+
+typedef struct {
+    l2_buf data;
+    size_t *off;
+    int *len, *fmt;
+    Oid *type;
+    const char **val;
+    int n, cap;
+} pg_params;
+
+struct l2_pg {
+    PGconn *conn;
+    char *conninfo;
+    char name[256];
+    PGresult *res;
+    int listening, notified, staged_ready, exporting;
+    uint64_t reconnects;
+    pg_params par;
+    l2_buf sql, json, copy;
+};
+
+static const char SCHEMA_SQL[] =
+    "CREATE TABLE layer2_meta (key text PRIMARY KEY, value text NOT NULL);\n"
+    "CREATE TABLE layer2_events (\n"
+    "  seq bigserial PRIMARY KEY,\n"
+    "  id bytea NOT NULL UNIQUE,\n"
+    "  pubkey bytea NOT NULL,\n"
+    "  kind integer NOT NULL,\n"
+    "  created_at bigint NOT NULL,\n"
+    "  expiration bigint,\n"
+    "  tags bytea[] NOT NULL, -- letter || value of every single-letter tag with a value\n"
+    "  json text NOT NULL);\n"
+    "CREATE INDEX layer2_events_created ON layer2_events (created_at DESC, id);\n"
+    "CREATE INDEX layer2_events_pubkey ON layer2_events (pubkey, created_at DESC, id);\n"
+    "CREATE INDEX layer2_events_kind ON layer2_events (kind, created_at DESC, id);\n"
+    "CREATE INDEX layer2_events_pubkind ON layer2_events (pubkey, kind, created_at DESC, id);\n"
+    "CREATE INDEX layer2_events_tags ON layer2_events USING gin (tags);\n"
+    "CREATE INDEX layer2_events_expiration ON layer2_events (expiration) WHERE expiration IS NOT NULL;\n"
+    "CREATE TABLE layer2_heads (pubkey bytea, kind integer, d bytea, created_at bigint NOT NULL,\n"
+    "  id bytea NOT NULL, PRIMARY KEY (pubkey, kind, d));\n"
+    "CREATE INDEX layer2_heads_id ON layer2_heads (id);\n"
+    "CREATE TABLE layer2_tombstones (id bytea, pubkey bytea, PRIMARY KEY (id, pubkey));\n"
+    "CREATE TABLE layer2_addr_tombstones (pubkey bytea, kind integer, d bytea, until bigint NOT NULL,\n"
+    "  PRIMARY KEY (pubkey, kind, d));\n"
+    "CREATE TABLE layer2_changes (seq bigserial PRIMARY KEY, op smallint NOT NULL, id bytea NOT NULL);\n"
+    "\n"
+    "CREATE FUNCTION layer2_notify() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "BEGIN PERFORM pg_notify('layer2_changes', ''); RETURN NULL; END $$;\n"
+    "CREATE TRIGGER layer2_changes_notify AFTER INSERT ON layer2_changes\n"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION layer2_notify();\n"
+    "\n"
+    "CREATE FUNCTION layer2_lock(p_pubkey bytea) RETURNS void LANGUAGE sql AS\n"
+    "$$ SELECT pg_advisory_xact_lock(" LOCK_NS ", get_byte(p_pubkey, 0)) $$;\n"
+    "\n"
+    "CREATE FUNCTION layer2_remove(p_id bytea, p_op smallint) RETURNS boolean LANGUAGE plpgsql AS $$\n"
+    "BEGIN\n"
+    "  DELETE FROM layer2_events WHERE id = p_id;\n"
+    "  IF NOT FOUND THEN RETURN false; END IF;\n"
+    "  DELETE FROM layer2_heads WHERE id = p_id;\n"
+    "  INSERT INTO layer2_changes (op, id) VALUES (p_op, p_id);\n"
+    "  RETURN true;\n"
+    "END $$;\n"
+    "\n"
+    /* status: 0 stored, 2 duplicate, 3 older, 4 deleted (blocked), 5 expired: enum l2_save_status */
+    "CREATE FUNCTION layer2_save(p_id bytea, p_pubkey bytea, p_kind integer, p_created bigint,\n"
+    "    p_expiration bigint, p_addr boolean, p_d bytea, p_tags bytea[], p_json text, p_del_ids bytea[],\n"
+    "    p_del_kinds integer[], p_del_ds bytea[], p_now bigint,\n"
+    "    OUT status integer, OUT replaced integer, OUT deleted integer) LANGUAGE plpgsql AS $$\n"
+    "DECLARE h_created bigint; h_id bytea; x bytea; i integer;\n"
+    "BEGIN\n"
+    "  replaced := 0; deleted := 0;\n"
+    "  IF p_expiration IS NOT NULL AND p_expiration <= p_now THEN status := 5; RETURN; END IF;\n"
+    "  PERFORM layer2_lock(p_pubkey);\n"
+    "  PERFORM 1 FROM layer2_events WHERE id = p_id;\n"
+    "  IF FOUND THEN status := 2; RETURN; END IF;\n"
+    "  IF p_kind <> 5 THEN\n"
+    "    PERFORM 1 FROM layer2_tombstones WHERE id = p_id AND pubkey = p_pubkey;\n"
+    "    IF FOUND THEN status := 4; RETURN; END IF;\n"
+    "  END IF;\n"
+    "  IF p_addr THEN\n"
+    "    PERFORM 1 FROM layer2_addr_tombstones\n"
+    "      WHERE pubkey = p_pubkey AND kind = p_kind AND d = p_d AND until >= p_created;\n"
+    "    IF FOUND THEN status := 4; RETURN; END IF;\n"
+    "    SELECT created_at, id INTO h_created, h_id FROM layer2_heads\n"
+    "      WHERE pubkey = p_pubkey AND kind = p_kind AND d = p_d;\n"
+    "    IF FOUND AND (h_created > p_created OR (h_created = p_created AND h_id < p_id)) THEN\n"
+    "      status := 3; RETURN;\n"
+    "    END IF;\n"
+    "    -- the conditional upsert: one head per address, the newest, a tie to the lower id\n"
+    "    INSERT INTO layer2_heads AS cur VALUES (p_pubkey, p_kind, p_d, p_created, p_id)\n"
+    "      ON CONFLICT (pubkey, kind, d) DO UPDATE SET created_at = excluded.created_at, id = excluded.id\n"
+    "      WHERE cur.created_at < excluded.created_at\n"
+    "         OR (cur.created_at = excluded.created_at AND cur.id > excluded.id);\n"
+    "    IF NOT FOUND THEN status := 3; RETURN; END IF;\n"
+    "    IF h_id IS NOT NULL AND layer2_remove(h_id, 2::smallint) THEN replaced := 1; END IF;\n"
+    "  END IF;\n"
+    "  INSERT INTO layer2_events (id, pubkey, kind, created_at, expiration, tags, json)\n"
+    "    VALUES (p_id, p_pubkey, p_kind, p_created, p_expiration, p_tags, p_json);\n"
+    "  INSERT INTO layer2_changes (op, id) VALUES (1, p_id);\n"
+    "  status := 0;\n"
+    "  IF p_kind <> 5 THEN RETURN; END IF;\n"
+    "  -- NIP-09: only the author's own events, never another deletion; tombstones either way\n"
+    "  FOREACH x IN ARRAY p_del_ids LOOP\n"
+    "    PERFORM 1 FROM layer2_events WHERE id = x AND pubkey = p_pubkey AND kind <> 5;\n"
+    "    IF FOUND AND layer2_remove(x, 3::smallint) THEN deleted := deleted + 1; END IF;\n"
+    "    INSERT INTO layer2_tombstones VALUES (x, p_pubkey) ON CONFLICT DO NOTHING;\n"
+    "  END LOOP;\n"
+    "  FOR i IN 1 .. coalesce(array_length(p_del_kinds, 1), 0) LOOP\n"
+    "    INSERT INTO layer2_addr_tombstones AS cur VALUES (p_pubkey, p_del_kinds[i], p_del_ds[i], p_created)\n"
+    "      ON CONFLICT (pubkey, kind, d) DO UPDATE SET until = excluded.until WHERE cur.until < excluded.until;\n"
+    "    SELECT created_at, id INTO h_created, h_id FROM layer2_heads\n"
+    "      WHERE pubkey = p_pubkey AND kind = p_del_kinds[i] AND d = p_del_ds[i];\n"
+    "    IF FOUND AND h_created <= p_created AND layer2_remove(h_id, 3::smallint) THEN\n"
+    "      deleted := deleted + 1;\n"
+    "    END IF;\n"
+    "  END LOOP;\n"
+    "END $$;\n"
+    "\n"
+    /* a batch staged by COPY, saved in order; the locks of all its authors are taken first */
+    "CREATE FUNCTION layer2_save_staged(p_now bigint)\n"
+    "    RETURNS TABLE (status integer, replaced integer, deleted integer) LANGUAGE plpgsql AS $$\n"
+    "DECLARE r record; k integer;\n"
+    "BEGIN\n"
+    "  FOR k IN SELECT DISTINCT get_byte(s.pubkey, 0) FROM layer2_staged s ORDER BY 1 LOOP\n"
+    "    PERFORM pg_advisory_xact_lock(" LOCK_NS ", k);\n"
+    "  END LOOP;\n"
+    "  FOR r IN SELECT * FROM layer2_staged s ORDER BY s.ord LOOP\n"
+    "    SELECT f.status, f.replaced, f.deleted INTO status, replaced, deleted\n"
+    "      FROM layer2_save(r.id, r.pubkey, r.kind, r.created_at, r.expiration, r.addr, r.d, r.tags, r.json,\n"
+    "                       r.del_ids, r.del_kinds, r.del_ds, p_now) f;\n"
+    "    RETURN NEXT;\n"
+    "  END LOOP;\n"
+    "END $$;\n"
+    "\n"
+    "CREATE FUNCTION layer2_delete(p_id bytea, p_tombstone boolean) RETURNS boolean LANGUAGE plpgsql AS $$\n"
+    "DECLARE pk bytea;\n"
+    "BEGIN\n"
+    "  SELECT pubkey INTO pk FROM layer2_events WHERE id = p_id;\n"
+    "  IF NOT FOUND THEN RETURN false; END IF;\n"
+    "  PERFORM layer2_lock(pk);\n"
+    "  IF NOT layer2_remove(p_id, 3::smallint) THEN RETURN false; END IF;\n"
+    "  IF p_tombstone THEN INSERT INTO layer2_tombstones VALUES (p_id, pk) ON CONFLICT DO NOTHING; END IF;\n"
+    "  RETURN true;\n"
+    "END $$;\n"
+    "\n"
+    "CREATE FUNCTION layer2_sweep(p_now bigint) RETURNS bigint LANGUAGE plpgsql AS $$\n"
+    "DECLARE k integer; x bytea; n bigint := 0; ids bytea[];\n"
+    "BEGIN\n"
+    "  SELECT coalesce(array_agg(id), '{}') INTO ids FROM layer2_events WHERE expiration <= p_now;\n"
+    "  FOR k IN SELECT DISTINCT get_byte(e.pubkey, 0) FROM layer2_events e WHERE e.id = ANY(ids) ORDER BY 1 LOOP\n"
+    "    PERFORM pg_advisory_xact_lock(" LOCK_NS ", k);\n"
+    "  END LOOP;\n"
+    "  FOREACH x IN ARRAY ids LOOP\n"
+    "    IF layer2_remove(x, 3::smallint) THEN n := n + 1; END IF;\n"
+    "  END LOOP;\n"
+    "  RETURN n;\n"
+    "END $$;\n";
+
+static const char STAGED_SQL[] =
+    "CREATE TEMP TABLE IF NOT EXISTS layer2_staged (ord bigserial, id bytea, pubkey bytea, kind integer,"
+    " created_at bigint, expiration bigint, addr boolean, d bytea, tags bytea[], json text, del_ids bytea[],"
+    " del_kinds integer[], del_ds bytea[]) ON COMMIT DELETE ROWS";
+
+/* ---- errors ---- */
+
+static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(char *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, L2_ERRLEN, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* The first line of libpq's message for r (or the connection), without its severity prefix. */
+static const char *reason(l2_pg *pg, const PGresult *r, int *len)
+{
+    const char *m = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!m || !*m) m = pg->conn ? PQerrorMessage(pg->conn) : "out of memory";
+    if (!m || !*m) m = "unknown failure";
+    static const char *const severities[] = {"FATAL:  ", "ERROR:  ", "PANIC:  "};
+    for (size_t i = 0; i < 3; i++)
+        if (strncmp(m, severities[i], 8) == 0) m += 8;
+    size_t n = strcspn(m, "\n");
+    *len = (int)(n > 160 ? 160 : n);
+    return m;
+}
+
+static int pg_fail(l2_pg *pg, const PGresult *r, char *err)
+{
+    int n;
+    const char *m = reason(pg, r, &n);
+    return fail(err, "error: PostgreSQL: %.*s", n, m);
+}
+
+/* ---- binary parameters ---- */
+
+static void par_reset(pg_params *p)
+{
+    p->n = 0;
+    p->data.len = 0;
+}
+
+static void par_free(pg_params *p)
+{
+    l2_buf_free(&p->data);
+    free(p->off);
+    free(p->len);
+    free(p->fmt);
+    free(p->type);
+    free(p->val);
+    memset(p, 0, sizeof *p);
+}
+
+static int par_slot(pg_params *p, Oid type)
+{
+    if (p->n == p->cap) {
+        int cap = p->cap ? p->cap * 2 : 32;
+        size_t *off = realloc(p->off, (size_t)cap * sizeof *off);
+        if (off) p->off = off;
+        int *len = realloc(p->len, (size_t)cap * sizeof *len);
+        if (len) p->len = len;
+        int *fmt = realloc(p->fmt, (size_t)cap * sizeof *fmt);
+        if (fmt) p->fmt = fmt;
+        Oid *t = realloc(p->type, (size_t)cap * sizeof *t);
+        if (t) p->type = t;
+        const char **val = realloc(p->val, (size_t)cap * sizeof *val);
+        if (val) p->val = val;
+        if (!off || !len || !fmt || !t || !val) return -1;
+        p->cap = cap;
+    }
+    p->off[p->n] = p->data.len;
+    p->len[p->n] = 0;
+    p->fmt[p->n] = 1;
+    p->type[p->n] = type;
+    return p->n++;
+}
+
+static int put_be32(l2_buf *b, uint32_t v)
+{
+    uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+    return l2_buf_put(b, x, 4);
+}
+
+static int put_be64(l2_buf *b, uint64_t v)
+{
+    return put_be32(b, (uint32_t)(v >> 32)) || put_be32(b, (uint32_t)v);
+}
+
+static void set_be32(char *p, uint32_t v)
+{
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
+}
+
+/* Each adder returns the parameter's number ($n), or -1 when out of memory. */
+static int par_bytes(pg_params *p, Oid type, const void *data, size_t n)
+{
+    int i = par_slot(p, type);
+    if (i < 0 || l2_buf_put(&p->data, data, n)) return -1;
+    p->len[i] = (int)n;
+    return i + 1;
+}
+
+static int par_null(pg_params *p, Oid type)
+{
+    int i = par_slot(p, type);
+    if (i < 0) return -1;
+    p->len[i] = -1;
+    return i + 1;
+}
+
+static int par_i32(pg_params *p, int32_t v)
+{
+    int i = par_slot(p, OID_INT4);
+    if (i < 0 || put_be32(&p->data, (uint32_t)v)) return -1;
+    p->len[i] = 4;
+    return i + 1;
+}
+
+static int par_i64(pg_params *p, int64_t v)
+{
+    int i = par_slot(p, OID_INT8);
+    if (i < 0 || put_be64(&p->data, (uint64_t)v)) return -1;
+    p->len[i] = 8;
+    return i + 1;
+}
+
+static int par_bool(pg_params *p, int v)
+{
+    uint8_t b = v ? 1 : 0;
+    return par_bytes(p, OID_BOOL, &b, 1);
+}
+
+/* A one-dimensional array: begin, add elements, end (which fills in the header). */
+static int arr_begin(pg_params *p, Oid array_type, Oid elem_type)
+{
+    int i = par_slot(p, array_type);
+    if (i < 0 || put_be32(&p->data, 1) || put_be32(&p->data, 0) || put_be32(&p->data, elem_type) ||
+        put_be32(&p->data, 0) || put_be32(&p->data, 1))
+        return -1;
+    return i + 1;
+}
+
+static int arr_add(pg_params *p, const void *a, size_t an, const void *b, size_t bn)
+{
+    return put_be32(&p->data, (uint32_t)(an + bn)) || l2_buf_put(&p->data, a, an) || l2_buf_put(&p->data, b, bn);
+}
+
+static int arr_add_i32(pg_params *p, int32_t v)
+{
+    return put_be32(&p->data, 4) || put_be32(&p->data, (uint32_t)v);
+}
+
+static int arr_end(pg_params *p, int num, uint32_t count)
+{
+    char *h = p->data.data + p->off[num - 1];
+    if (count == 0) {
+        set_be32(h, 0); /* no dimensions: the empty array */
+        p->data.len = p->off[num - 1] + 12;
+    } else {
+        set_be32(h + 12, count);
+    }
+    p->len[num - 1] = (int)(p->data.len - p->off[num - 1]);
+    return num;
+}
+
+static void par_finish(pg_params *p)
+{
+    for (int i = 0; i < p->n; i++) p->val[i] = p->len[i] < 0 ? NULL : p->data.data + p->off[i];
+}
+
+/* ---- the connection ---- */
+
+static void collect_notifies(l2_pg *pg)
+{
+    PGnotify *n;
+    while ((n = PQnotifies(pg->conn))) {
+        pg->notified = 1;
+        PQfreemem(n);
+    }
+}
+
+static void clear_result(l2_pg *pg)
+{
+    if (pg->res) PQclear(pg->res);
+    pg->res = NULL;
+}
+
+/* Runs one statement; the result stays in pg->res. NULL with err on any failure. */
+static PGresult *run(l2_pg *pg, const char *sql, pg_params *p, char *err)
+{
+    clear_result(pg);
+    if (p) par_finish(p);
+    PGresult *r = PQexecParams(pg->conn, sql, p ? p->n : 0, p ? p->type : NULL, p ? p->val : NULL,
+                               p ? p->len : NULL, p ? p->fmt : NULL, 1);
+    collect_notifies(pg);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        pg_fail(pg, r, err);
+        if (r) PQclear(r);
+        return NULL;
+    }
+    pg->res = r;
+    return r;
+}
+
+static int run_plain(l2_pg *pg, const char *sql, char *err)
+{
+    clear_result(pg);
+    PGresult *r = PQexec(pg->conn, sql);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    int rc = (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) ? 0 : pg_fail(pg, r, err);
+    if (r) PQclear(r);
+    return rc;
+}
+
+static void quiet(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message; /* NOTICEs (e.g. "relation already exists, skipping") are not for the relay's log */
+}
+
+static int session_setup(l2_pg *pg, char *err)
+{
+    PQsetNoticeProcessor(pg->conn, quiet, NULL);
+    if (PQsetClientEncoding(pg->conn, "UTF8")) return pg_fail(pg, NULL, err);
+    pg->staged_ready = 0;
+    if (pg->listening && run_plain(pg, "LISTEN layer2_changes", err)) return -1;
+    return 0;
+}
+
+/* Called at the start of every operation: a connection found lost is reset (and a signal may
+ * have been missed meanwhile, so it counts as one); a transaction a failed export left open is
+ * rolled back. */
+static int ready(l2_pg *pg, char *err)
+{
+    clear_result(pg);
+    if (PQstatus(pg->conn) == CONNECTION_OK) {
+        PQconsumeInput(pg->conn);
+        collect_notifies(pg);
+    }
+    if (PQstatus(pg->conn) != CONNECTION_OK) {
+        PQreset(pg->conn);
+        if (PQstatus(pg->conn) != CONNECTION_OK) {
+            int n;
+            const char *m = reason(pg, NULL, &n);
+            return fail(err, "error: PostgreSQL: connection lost, reconnecting failed: %.*s", n, m);
+        }
+        pg->reconnects++;
+        pg->exporting = 0;
+        if (session_setup(pg, err)) return -1;
+        if (pg->listening) pg->notified = 1;
+    }
+    if (!pg->exporting && PQtransactionStatus(pg->conn) != PQTRANS_IDLE) return run_plain(pg, "ROLLBACK", err);
+    return 0;
+}
+
+static int create_schema(l2_pg *pg, char *err)
+{
+    char v[32];
+    if (run_plain(pg, "BEGIN", err)) return -1;
+    /* bucket locks are 0..255: -1 is the schema's */
+    if (!run(pg, "SELECT pg_advisory_xact_lock(" LOCK_NS ", -1), to_regclass('layer2_meta') IS NOT NULL", NULL, err))
+        goto rollback;
+    if (PQgetvalue(pg->res, 0, 1)[0]) {
+        if (!run(pg, "SELECT value FROM layer2_meta WHERE key = 'schema_version'", NULL, err)) goto rollback;
+        size_t n = PQntuples(pg->res) ? (size_t)PQgetlength(pg->res, 0, 0) : 0;
+        snprintf(v, sizeof v, "%.*s", (int)(n < sizeof v ? n : sizeof v - 1), n ? PQgetvalue(pg->res, 0, 0) : "");
+        if (atoi(v) != L2_PG_SCHEMA_VERSION) {
+            fail(err, "error: PostgreSQL: the database holds layer2 schema version '%s'; this layer2 knows version %d "
+                      "and leaves it alone", v, L2_PG_SCHEMA_VERSION);
+            goto rollback;
+        }
+    } else {
+        char set_version[128];
+        snprintf(set_version, sizeof set_version,
+                 "INSERT INTO layer2_meta VALUES ('schema_version', '%d')", L2_PG_SCHEMA_VERSION);
+        if (run_plain(pg, SCHEMA_SQL, err) || run_plain(pg, set_version, err)) goto rollback;
+    }
+    return run_plain(pg, "COMMIT", err);
+rollback:
+    run_plain(pg, "ROLLBACK", v);
+    return -1;
+}
+
+int l2_pg_open(l2_pg **out, const char *conninfo, char *err)
+{
+    l2_pg *pg = calloc(1, sizeof *pg);
+    *out = NULL;
+    if (!pg || !(pg->conninfo = strdup(conninfo))) {
+        free(pg);
+        return fail(err, "error: out of memory");
+    }
+    l2_buf_init(&pg->sql);
+    l2_buf_init(&pg->json);
+    l2_buf_init(&pg->copy);
+    pg->conn = PQconnectdb(conninfo);
+    if (!pg->conn || PQstatus(pg->conn) != CONNECTION_OK) {
+        int n;
+        const char *m = reason(pg, NULL, &n);
+        fail(err, "error: PostgreSQL: cannot connect: %.*s", n, m);
+        l2_pg_close(pg);
+        return -1;
+    }
+    const char *host = PQhost(pg->conn);
+    snprintf(pg->name, sizeof pg->name, "postgresql://%s@%s:%s/%s", PQuser(pg->conn),
+             host && host[0] != '/' ? host : "localhost", PQport(pg->conn), PQdb(pg->conn));
+    if (session_setup(pg, err) || create_schema(pg, err)) {
+        l2_pg_close(pg);
+        return -1;
+    }
+    *out = pg;
+    return 0;
+}
+
+void l2_pg_close(l2_pg *pg)
+{
+    if (!pg) return;
+    clear_result(pg);
+    if (pg->conn) PQfinish(pg->conn);
+    par_free(&pg->par);
+    l2_buf_free(&pg->sql);
+    l2_buf_free(&pg->json);
+    l2_buf_free(&pg->copy);
+    free(pg->conninfo);
+    free(pg);
+}
+
+const char *l2_pg_name(const l2_pg *pg)
+{
+    return pg->name;
+}
+
+const char *l2_pg_value(l2_pg *pg, size_t row, int col, size_t *len)
+{
+    if (!pg->res || PQgetisnull(pg->res, (int)row, col)) {
+        *len = 0;
+        return NULL;
+    }
+    *len = (size_t)PQgetlength(pg->res, (int)row, col);
+    return PQgetvalue(pg->res, (int)row, col);
+}
+
+int64_t l2_pg_int(l2_pg *pg, size_t row, int col)
+{
+    size_t n;
+    const uint8_t *p = (const uint8_t *)l2_pg_value(pg, row, col, &n);
+    uint64_t v = 0;
+    if (!p || (n != 2 && n != 4 && n != 8)) return 0;
+    for (size_t i = 0; i < n; i++) v = v << 8 | p[i];
+    if (n < 8 && (p[0] & 0x80)) v |= ~(uint64_t)0 << (8 * n); /* sign-extend */
+    return (int64_t)v;
+}
+
+/* ---- saving ---- */
+
+/* The 12 values of layer2_save (all but p_now) for one event, in its order. */
+static int event_params(l2_pg *pg, const l2_event *ev)
+{
+    pg_params *p = &pg->par;
+    int64_t exp;
+    int addr = l2_kind_replaceable(ev->kind) || l2_kind_addressable(ev->kind);
+    l2_str d = l2_d_value(ev);
+    pg->json.len = 0;
+    if (l2_event_encode_json(ev, &pg->json)) return -1;
+    if (par_bytes(p, OID_BYTEA, ev->id, 32) < 0 || par_bytes(p, OID_BYTEA, ev->pubkey, 32) < 0 ||
+        par_i32(p, (int32_t)ev->kind) < 0 || par_i64(p, ev->created_at) < 0 ||
+        (l2_expiration(ev, &exp) ? par_i64(p, exp) : par_null(p, OID_INT8)) < 0 || par_bool(p, addr) < 0 ||
+        par_bytes(p, OID_BYTEA, d.p, d.n) < 0)
+        return -1;
+    int tags = arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+    uint32_t count = 0;
+    for (uint32_t t = 0; tags > 0 && t < ev->ntags; t++) {
+        const l2_str *name = l2_tag_elem(ev, t, 0);
+        if (l2_tag_len(ev, t) < 2 || name->n != 1) continue;
+        const l2_str *v = l2_tag_elem(ev, t, 1);
+        if (arr_add(p, name->p, 1, v->p, v->n)) return -1;
+        count++;
+    }
+    if (tags < 0 || arr_end(p, tags, count) < 0 || par_bytes(p, OID_TEXT, pg->json.data, pg->json.len) < 0) return -1;
+    /* NIP-09 targets: ids, then addresses as parallel arrays of kinds and d values */
+    int ids = arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+    count = 0;
+    for (uint32_t t = 0; ids > 0 && ev->kind == 5 && t < ev->ntags; t++) {
+        uint8_t id[32];
+        if (!l2_deletion_id(ev, t, id)) continue;
+        if (arr_add(p, id, 32, NULL, 0)) return -1;
+        count++;
+    }
+    if (ids < 0 || arr_end(p, ids, count) < 0) return -1;
+    for (int pass = 0; pass < 2; pass++) {
+        int arr = pass == 0 ? arr_begin(p, OID_INT4_ARR, OID_INT4) : arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+        count = 0;
+        for (uint32_t t = 0; arr > 0 && ev->kind == 5 && t < ev->ntags; t++) {
+            uint32_t kind;
+            l2_str ad;
+            if (!l2_deletion_address(ev, t, &kind, &ad)) continue;
+            if (pass == 0 ? arr_add_i32(p, (int32_t)kind) : arr_add(p, ad.p, ad.n, NULL, 0)) return -1;
+            count++;
+        }
+        if (arr < 0 || arr_end(p, arr, count) < 0) return -1;
+    }
+    return 0;
+}
+
+static void read_result(l2_pg *pg, size_t row, l2_save_result *r)
+{
+    r->status = (int)l2_pg_int(pg, row, 0);
+    r->replaced = (unsigned)l2_pg_int(pg, row, 1);
+    r->deleted = (unsigned)l2_pg_int(pg, row, 2);
+}
+
+static int oom(char *err)
+{
+    return fail(err, "error: out of memory");
+}
+
+static int save_one(l2_pg *pg, const l2_event *ev, int64_t now, l2_save_result *res, char *err)
+{
+    par_reset(&pg->par);
+    if (event_params(pg, ev) || par_i64(&pg->par, now) < 0) return oom(err);
+    if (!run(pg,
+             "SELECT status, replaced, deleted FROM layer2_save($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             &pg->par, err))
+        return -1;
+    read_result(pg, 0, res);
+    return 0;
+}
+
+/* One row of the staging table in COPY's binary format: the event's parameters as fields. */
+static int copy_row(l2_pg *pg, const l2_event *ev)
+{
+    pg_params *p = &pg->par;
+    par_reset(p);
+    if (event_params(pg, ev)) return -1;
+    uint8_t nfields[2] = {0, (uint8_t)p->n};
+    if (l2_buf_put(&pg->copy, nfields, 2)) return -1;
+    for (int i = 0; i < p->n; i++)
+        if (put_be32(&pg->copy, (uint32_t)p->len[i]) ||
+            (p->len[i] > 0 && l2_buf_put(&pg->copy, p->data.data + p->off[i], (size_t)p->len[i])))
+            return -1;
+    return 0;
+}
+
+static int copy_batch(l2_pg *pg, l2_event *const *evs, size_t n, char *err)
+{
+    static const char header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+    clear_result(pg);
+    PGresult *start = PQexec(pg->conn, "COPY layer2_staged (id, pubkey, kind, created_at, expiration, addr, d, tags,"
+                                       " json, del_ids, del_kinds, del_ds) FROM STDIN (FORMAT binary)");
+    int copying = start && PQresultStatus(start) == PGRES_COPY_IN;
+    if (!copying) pg_fail(pg, start, err);
+    if (start) PQclear(start);
+    if (!copying) return -1;
+    pg->copy.len = 0;
+    if (l2_buf_put(&pg->copy, header, sizeof header)) return oom(err);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (copy_row(pg, evs[i])) rc = oom(err);
+        if (rc == 0 && (pg->copy.len > (1u << 20) || i + 1 == n)) {
+            if (i + 1 == n && l2_buf_put(&pg->copy, "\377\377", 2)) rc = oom(err);
+            else if (PQputCopyData(pg->conn, pg->copy.data, (int)pg->copy.len) != 1) rc = pg_fail(pg, NULL, err);
+            pg->copy.len = 0;
+        }
+    }
+    if (PQputCopyEnd(pg->conn, rc ? "layer2: batch abandoned" : NULL) != 1 && rc == 0) rc = pg_fail(pg, NULL, err);
+    PGresult *r;
+    while ((r = PQgetResult(pg->conn))) {
+        if (rc == 0 && PQresultStatus(r) != PGRES_COMMAND_OK) rc = pg_fail(pg, r, err);
+        PQclear(r);
+    }
+    return rc;
+}
+
+static int save_staged(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
+{
+    if (!pg->staged_ready) {
+        if (run_plain(pg, STAGED_SQL, err)) return -1;
+        pg->staged_ready = 1;
+    }
+    if (run_plain(pg, "BEGIN", err)) return -1;
+    par_reset(&pg->par);
+    if (copy_batch(pg, evs, n, err)) goto rollback;
+    par_reset(&pg->par);
+    if (par_i64(&pg->par, now) < 0) {
+        oom(err);
+        goto rollback;
+    }
+    if (!run(pg, "SELECT status, replaced, deleted FROM layer2_save_staged($1)", &pg->par, err)) goto rollback;
+    if ((size_t)PQntuples(pg->res) != n) {
+        fail(err, "error: PostgreSQL: the batch came back with %d results for %zu events", PQntuples(pg->res), n);
+        goto rollback;
+    }
+    for (size_t i = 0; i < n; i++) read_result(pg, i, &res[i]);
+    clear_result(pg);
+    return run_plain(pg, "COMMIT", err);
+rollback:
+    {
+        char ignored[L2_ERRLEN];
+        run_plain(pg, "ROLLBACK", ignored);
+    }
+    return -1;
+}
+
+int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
+{
+    if (ready(pg, err)) return -1;
+    /* ephemeral events are answered here; the rest go to the server */
+    l2_event **keep = malloc((n ? n : 1) * sizeof *keep);
+    l2_save_result *kres = malloc((n ? n : 1) * sizeof *kres);
+    size_t k = 0;
+    int rc = 0;
+    if (!keep || !kres) rc = oom(err);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        res[i] = (l2_save_result){L2_SAVE_EPHEMERAL, 0, 0};
+        if (!l2_kind_ephemeral(evs[i]->kind)) keep[k++] = evs[i];
+    }
+    if (rc == 0 && k == 1) rc = save_one(pg, keep[0], now, kres, err);
+    else if (rc == 0 && k > 1) rc = save_staged(pg, keep, k, now, kres, err);
+    for (size_t i = 0, j = 0; rc == 0 && i < n; i++)
+        if (!l2_kind_ephemeral(evs[i]->kind)) res[i] = kres[j++];
+    free(keep);
+    free(kres);
+    return rc;
+}
+
+int l2_pg_delete(l2_pg *pg, const uint8_t id[32], int tombstone, int *found, char *err)
+{
+    if (ready(pg, err)) return -1;
+    par_reset(&pg->par);
+    if (par_bytes(&pg->par, OID_BYTEA, id, 32) < 0 || par_bool(&pg->par, tombstone) < 0) return oom(err);
+    if (!run(pg, "SELECT layer2_delete($1, $2)", &pg->par, err)) return -1;
+    size_t n;
+    const char *v = l2_pg_value(pg, 0, 0, &n);
+    *found = v && n == 1 && v[0];
+    return 0;
+}
+
+int l2_pg_sweep(l2_pg *pg, int64_t now, uint64_t *removed, char *err)
+{
+    if (ready(pg, err)) return -1;
+    par_reset(&pg->par);
+    if (par_i64(&pg->par, now) < 0) return oom(err);
+    if (!run(pg, "SELECT layer2_sweep($1)", &pg->par, err)) return -1;
+    *removed = (uint64_t)l2_pg_int(pg, 0, 0);
+    return 0;
+}
+
+int l2_pg_nuke(l2_pg *pg, char *err)
+{
+    if (ready(pg, err)) return -1;
+    return run_plain(pg, "TRUNCATE layer2_events, layer2_heads, layer2_tombstones, layer2_addr_tombstones, layer2_changes",
+                     err);
+}
+
+/* ---- queries ---- */
+
+static int sql_add(l2_buf *b, const char *s)
+{
+    return l2_buf_put(b, s, strlen(s));
+}
+
+static int sql_param(l2_buf *b, const char *before, int num)
+{
+    char x[16];
+    snprintf(x, sizeof x, "$%d", num);
+    return num < 0 || sql_add(b, before) || sql_add(b, x);
+}
+
+static int hex_array(pg_params *p, const uint8_t (*v)[32], uint32_t n)
+{
+    int a = arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+    for (uint32_t i = 0; a > 0 && i < n; i++)
+        if (arr_add(p, v[i], 32, NULL, 0)) return -1;
+    return a < 0 ? -1 : arr_end(p, a, n);
+}
+
+/* One filter's SELECT: `cols`, every condition a parameter, then the order and limit when
+ * limit >= 0. The expiry condition uses parameter $1 (now). */
+static int filter_sql(l2_pg *pg, const l2_filter *f, const char *cols, int64_t limit)
+{
+    l2_buf *s = &pg->sql;
+    pg_params *p = &pg->par;
+    int rc = sql_add(s, "SELECT ") || sql_add(s, cols) ||
+             sql_add(s, " FROM layer2_events WHERE (expiration IS NULL OR expiration > $1)");
+    if (f->have & L2_F_IDS) rc = rc || sql_param(s, " AND id = ANY(", hex_array(p, f->ids, f->nids)) || sql_add(s, ")");
+    if (f->have & L2_F_AUTHORS)
+        rc = rc || sql_param(s, " AND pubkey = ANY(", hex_array(p, f->authors, f->nauthors)) || sql_add(s, ")");
+    if (f->have & L2_F_KINDS) {
+        int a = arr_begin(p, OID_INT4_ARR, OID_INT4);
+        for (uint32_t i = 0; a > 0 && i < f->nkinds; i++) rc = rc || arr_add_i32(p, f->kinds[i]);
+        rc = rc || a < 0 || sql_param(s, " AND kind = ANY(", arr_end(p, a, f->nkinds)) || sql_add(s, ")");
+    }
+    for (uint32_t t = 0; t < f->ntags; t++) {
+        const l2_tag_cond *c = &f->tags[t];
+        int a = arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+        for (uint32_t i = 0; a > 0 && i < c->n; i++) {
+            const l2_str *v = &f->values[c->first + i];
+            rc = rc || arr_add(p, &c->letter, 1, v->p, v->n);
+        }
+        rc = rc || a < 0 || sql_param(s, " AND tags && ", arr_end(p, a, c->n));
+    }
+    if (f->have & L2_F_SINCE) rc = rc || sql_param(s, " AND created_at >= ", par_i64(p, f->since));
+    if (f->have & L2_F_UNTIL) rc = rc || sql_param(s, " AND created_at <= ", par_i64(p, f->until));
+    if (limit >= 0) rc = rc || sql_param(s, " ORDER BY created_at DESC, id LIMIT ", par_i64(p, limit));
+    return rc ? -1 : 0;
+}
+
+static int64_t filter_limit(const l2_filter *f, int64_t max_limit)
+{
+    return (f->have & L2_F_LIMIT) && f->limit < max_limit ? f->limit : max_limit;
+}
+
+/* The union of the filters that can match, each a SELECT of `cols` (limited when `limited`). */
+static int union_sql(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, const char *cols,
+                     int limited, size_t *used)
+{
+    pg->sql.len = 0;
+    par_reset(&pg->par);
+    if (par_i64(&pg->par, now) < 0) return -1;
+    *used = 0;
+    for (size_t i = 0; i < nf; i++) {
+        int64_t limit = limited ? filter_limit(&fs[i], max_limit) : -1;
+        if (l2_filter_is_empty(&fs[i]) || (limited && limit <= 0)) continue;
+        if ((*used)++ && sql_add(&pg->sql, " UNION ")) return -1;
+        if (sql_add(&pg->sql, "(") || filter_sql(pg, &fs[i], cols, limit) || sql_add(&pg->sql, ")")) return -1;
+    }
+    return l2_buf_putc(&pg->sql, 0);
+}
+
+int l2_pg_query(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, size_t *rows, char *err)
+{
+    size_t used;
+    *rows = 0;
+    if (ready(pg, err)) return -1;
+    if (union_sql(pg, fs, nf, max_limit, now, "created_at, id, json", 1, &used)) return oom(err);
+    if (!used) return 0;
+    /* the union removes events several filters found; the outer order is the REQ's */
+    l2_buf inner = pg->sql;
+    l2_buf_init(&pg->sql);
+    int rc = sql_add(&pg->sql, "SELECT json FROM (") || l2_buf_put(&pg->sql, inner.data, inner.len - 1) ||
+             sql_add(&pg->sql, ") u ORDER BY created_at DESC, id") || l2_buf_putc(&pg->sql, 0);
+    l2_buf_free(&inner);
+    if (rc) return oom(err);
+    if (!run(pg, pg->sql.data, &pg->par, err)) return -1;
+    *rows = (size_t)PQntuples(pg->res);
+    return 0;
+}
+
+int l2_pg_count(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err)
+{
+    size_t used;
+    *count = 0;
+    if (ready(pg, err)) return -1;
+    if (union_sql(pg, fs, nf, 0, now, "id", 0, &used)) return oom(err);
+    if (!used) return 0;
+    l2_buf inner = pg->sql;
+    l2_buf_init(&pg->sql);
+    int rc = sql_add(&pg->sql, "SELECT count(*) FROM (") || l2_buf_put(&pg->sql, inner.data, inner.len - 1) ||
+             sql_add(&pg->sql, ") u") || l2_buf_putc(&pg->sql, 0);
+    l2_buf_free(&inner);
+    if (rc) return oom(err);
+    if (!run(pg, pg->sql.data, &pg->par, err)) return -1;
+    *count = (uint64_t)l2_pg_int(pg, 0, 0);
+    return 0;
+}
+
+/* ---- export, changes ---- */
+
+int l2_pg_export_begin(l2_pg *pg, const uint8_t (*keys)[32], size_t nkeys, int filtered, char *err)
+{
+    if (ready(pg, err)) return -1;
+    par_reset(&pg->par);
+    const char *sql = "DECLARE layer2_export NO SCROLL CURSOR FOR SELECT json FROM layer2_events ORDER BY seq";
+    if (filtered) {
+        int a = arr_begin(&pg->par, OID_BYTEA_ARR, OID_BYTEA);
+        for (size_t i = 0; a > 0 && i < nkeys; i++) {
+            char hex[65];
+            l2_hex_encode(hex, keys[i], 32);
+            if (arr_add(&pg->par, "p", 1, hex, 64)) return oom(err);
+        }
+        if (a < 0 || arr_end(&pg->par, a, (uint32_t)nkeys) < 0 || hex_array(&pg->par, keys, (uint32_t)nkeys) < 0)
+            return oom(err);
+        sql = "DECLARE layer2_export NO SCROLL CURSOR FOR SELECT json FROM layer2_events"
+              " WHERE tags && $1 OR pubkey = ANY($2) ORDER BY seq";
+    }
+    if (run_plain(pg, "BEGIN READ ONLY", err)) return -1;
+    pg->exporting = 1;
+    if (!run(pg, sql, &pg->par, err)) {
+        l2_pg_export_end(pg);
+        return -1;
+    }
+    return 0;
+}
+
+int l2_pg_export_next(l2_pg *pg, size_t *rows, char *err)
+{
+    *rows = 0;
+    if (!run(pg, "FETCH FORWARD 2000 FROM layer2_export", NULL, err)) return -1;
+    *rows = (size_t)PQntuples(pg->res);
+    return 0;
+}
+
+void l2_pg_export_end(l2_pg *pg)
+{
+    char ignored[L2_ERRLEN];
+    pg->exporting = 0;
+    clear_result(pg);
+    if (PQstatus(pg->conn) == CONNECTION_OK && PQtransactionStatus(pg->conn) != PQTRANS_IDLE)
+        run_plain(pg, "ROLLBACK", ignored); /* read only: nothing to keep */
+}
+
+int l2_pg_changes(l2_pg *pg, uint64_t after, size_t max, size_t *rows, char *err)
+{
+    *rows = 0;
+    if (ready(pg, err)) return -1;
+    par_reset(&pg->par);
+    if (par_i64(&pg->par, (int64_t)after) < 0 || par_i64(&pg->par, (int64_t)max) < 0) return oom(err);
+    if (!run(pg,
+             "SELECT c.seq, c.op, c.id, e.json FROM layer2_changes c"
+             " LEFT JOIN layer2_events e ON c.op = 1 AND e.id = c.id WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+             &pg->par, err))
+        return -1;
+    *rows = (size_t)PQntuples(pg->res);
+    return 0;
+}
+
+/* ---- maintenance ---- */
+
+int l2_pg_stats_get(l2_pg *pg, l2_pg_stats *s, char *err)
+{
+    memset(s, 0, sizeof *s);
+    if (ready(pg, err)) return -1;
+    if (!run(pg,
+             "SELECT (SELECT count(*) FROM layer2_events),"
+             " (SELECT count(*) FROM layer2_tombstones) + (SELECT count(*) FROM layer2_addr_tombstones),"
+             " (SELECT count(*) FROM layer2_changes), (SELECT coalesce(max(seq), 0) FROM layer2_changes),"
+             " (SELECT sum(pg_total_relation_size(c)) FROM unnest(ARRAY['layer2_events', 'layer2_heads',"
+             "   'layer2_tombstones', 'layer2_addr_tombstones', 'layer2_changes']::regclass[]) c)::bigint,"
+             " pg_backend_pid()",
+             NULL, err))
+        return -1;
+    s->events = (uint64_t)l2_pg_int(pg, 0, 0);
+    s->tombstones = (uint64_t)l2_pg_int(pg, 0, 1);
+    s->changes = (uint64_t)l2_pg_int(pg, 0, 2);
+    s->last_seq = (uint64_t)l2_pg_int(pg, 0, 3);
+    s->disk_bytes = (uint64_t)l2_pg_int(pg, 0, 4);
+    s->backend_pid = (int)l2_pg_int(pg, 0, 5);
+    s->reconnects = pg->reconnects;
+    clear_result(pg);
+    return 0;
+}
+
+int l2_pg_check(l2_pg *pg, void (*problem)(void *ud, const char *msg), void *ud, uint64_t *nproblems, char *err)
+{
+    static const char *const checks[] = {
+        "SELECT 'the head of an address names a missing event ' || encode(h.id, 'hex') FROM layer2_heads h"
+        " WHERE NOT EXISTS (SELECT 1 FROM layer2_events e WHERE e.id = h.id) LIMIT 1000",
+        "SELECT 'replaceable event ' || encode(e.id, 'hex') || ' is not the head of its address'"
+        " FROM layer2_events e WHERE (e.kind IN (0, 3) OR e.kind BETWEEN 10000 AND 19999"
+        " OR e.kind BETWEEN 30000 AND 39999) AND NOT EXISTS (SELECT 1 FROM layer2_heads h WHERE h.id = e.id)"
+        " LIMIT 1000",
+        "SELECT 'event ' || encode(e.id, 'hex') || ' is ephemeral' FROM layer2_events e"
+        " WHERE e.kind BETWEEN 20000 AND 29999 LIMIT 1000",
+    };
+    char msg[L2_ERRLEN];
+    *nproblems = 0;
+    if (ready(pg, err)) return -1;
+    for (size_t i = 0; i < sizeof checks / sizeof *checks; i++) {
+        if (!run(pg, checks[i], NULL, err)) return -1;
+        for (int r = 0; r < PQntuples(pg->res); r++) {
+            size_t n;
+            const char *v = l2_pg_value(pg, (size_t)r, 0, &n);
+            snprintf(msg, sizeof msg, "%.*s", (int)n, v ? v : "");
+            problem(ud, msg);
+            (*nproblems)++;
+        }
+    }
+    clear_result(pg);
+    return 0;
+}
+
+int l2_pg_listen(l2_pg *pg, char *err)
+{
+    if (ready(pg, err)) return -1;
+    if (run_plain(pg, "LISTEN layer2_changes", err)) return -1;
+    pg->listening = 1;
+    return 0;
+}
+
+int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, char *err)
+{
+    *notified = 0;
+    if (ready(pg, err)) return -1;
+    if (!pg->notified && timeout_ms > 0) {
+        struct pollfd pfd = {PQsocket(pg->conn), POLLIN, 0};
+        if (pfd.fd >= 0 && poll(&pfd, 1, timeout_ms) > 0) {
+            if (!PQconsumeInput(pg->conn)) return pg_fail(pg, NULL, err);
+            collect_notifies(pg);
+        }
+    }
+    *notified = pg->notified;
+    pg->notified = 0;
+    return 0;
+}
