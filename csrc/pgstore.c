@@ -412,17 +412,27 @@ static int session_setup(l2_pg *pg, char *err)
     return 0;
 }
 
+/* Reads what the server sent while we were idle: notifications, or the news that it ended the
+ * session (a restart sends FATAL, then closes; the close shows on a second read). 0 when the
+ * connection looks alive. */
+static int look(l2_pg *pg)
+{
+    for (int i = 0; i < 4 && PQstatus(pg->conn) == CONNECTION_OK; i++) {
+        struct pollfd pfd = {PQsocket(pg->conn), POLLIN, 0};
+        if (pfd.fd < 0 || poll(&pfd, 1, 0) <= 0) break;
+        if (!PQconsumeInput(pg->conn)) return -1;
+    }
+    collect_notifies(pg);
+    return PQstatus(pg->conn) == CONNECTION_OK ? 0 : -1;
+}
+
 /* Called at the start of every operation: a connection found lost is reset (and a signal may
  * have been missed meanwhile, so it counts as one); a transaction a failed export left open is
  * rolled back. */
 static int ready(l2_pg *pg, char *err)
 {
     clear_result(pg);
-    if (PQstatus(pg->conn) == CONNECTION_OK) {
-        PQconsumeInput(pg->conn);
-        collect_notifies(pg);
-    }
-    if (PQstatus(pg->conn) != CONNECTION_OK) {
+    if (look(pg)) {
         PQreset(pg->conn);
         if (PQstatus(pg->conn) != CONNECTION_OK) {
             int n;
