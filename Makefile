@@ -23,7 +23,7 @@ DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblu
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-asan fuzz run demo lint bench bench-event bench-store bench-cache rock rock-build rock-install clean
+.PHONY: all deps env test test-asan fuzz run demo lint bench bench-event bench-store bench-cache bench-postgres rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -110,6 +110,10 @@ bench-store:
 
 bench-cache:
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/cache.lua'
+
+# PostgreSQL next to L1, and the cross-node delay, on a throwaway server (BENCH_EVENTS as above)
+bench-postgres: deps all
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec tools/pg run -- lua5.4 bench/postgres.lua $(BENCH_EVENTS)'
 
 # Builds and installs the rockspec offline for Lua 5.4 and for LuaJIT, each into a scratch tree,
 # and loads it from there with that interpreter.

@@ -7,6 +7,8 @@ local events = os.getenv("BENCH_EVENTS") or "100000"
 local RUNS = {
   { "bench/event.lua", "" }, { "bench/store.lua", "10000", quiet = true }, { "bench/store.lua", events },
   { "bench/cache.lua", events }, { "bench/relay.lua", "5000" },
+  -- a throwaway PostgreSQL server for this one, fsync on
+  { "bench/postgres.lua", events, prefix = "tools/pg run -- " },
 }
 local summary = os.tmpname()
 local parts = {}
@@ -14,7 +16,8 @@ local t0 = os.time()
 os.execute("mkdir -p bench/results && rm -f bench/results/query-scaling.dat")
 for _, r in ipairs(RUNS) do
   io.stderr:write(("running %s %s...\n"):format(r[1], r[2]))
-  local p = assert(io.popen(("BENCH_SUMMARY=%s lua5.4 %s %s"):format(r.quiet and "/dev/null" or summary, r[1], r[2])))
+  local p = assert(io.popen(("BENCH_SUMMARY=%s %slua5.4 %s %s"):format(r.quiet and "/dev/null" or summary,
+    r.prefix or "", r[1], r[2])))
   local out = p:read("a")
   if not r.quiet then parts[#parts + 1] = out end
   assert(p:close(), r[1] .. " failed")

@@ -3,17 +3,11 @@
 local layer2 = require("layer2")
 local util = require("bench.util")
 local dataset = require("bench.dataset")
-local event = layer2.event
 
 local N = tonumber(arg and arg[1]) or 100000
 local path = dataset.ensure(N)
--- every 50th event is a sample to draw query parameters from; the rest is only counted
-local jsonl_bytes, sample, nline = 0, {}, 0
-for line in io.lines(path) do
-  nline = nline + 1
-  jsonl_bytes = jsonl_bytes + #line + 1
-  if nline % 50 == 1 then sample[#sample + 1] = event.parse(line) end
-end
+local queries = require("bench.queries")
+local jsonl_bytes, sample = queries.sample(path)
 
 local function fresh_dir(name)
   local dir = "bench/data/store-" .. name
@@ -59,51 +53,8 @@ local disk = du(dir)
 row("disk", ("%.1f MB"):format(disk / 1e6), ("%.0f bytes/event, %.2f x the JSONL (%.1f MB)"):format(
   disk / N, disk / jsonl_bytes, jsonl_bytes / 1e6))
 
--- query classes
-local by_author, tags = {}, {}
-for _, ev in ipairs(sample) do
-  by_author[ev.pubkey] = (by_author[ev.pubkey] or 0) + 1
-  for _, t in ipairs(ev.tags) do
-    if t[1] == "t" then tags[t[2]] = (tags[t[2]] or 0) + 1 end
-  end
-end
-local authors = {}
-for pk, n in pairs(by_author) do authors[#authors + 1] = { pk, n } end
-table.sort(authors, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]) end)
-local top, median = authors[1][1], authors[math.floor(#authors / 2)][1]
-local ttags = {}
-for t, n in pairs(tags) do ttags[#ttags + 1] = { t, n } end
-table.sort(ttags, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]) end)
-local frequent_t, rare_t = ttags[1][1], ttags[#ttags][1]
-local first, last = sample[1].created_at, sample[#sample].created_at
-
-local function pick(i) return sample[(i * 7919) % #sample + 1] end
-local classes = {
-  { "1 id", function(i) return { ids = { pick(i).id } } end },
-  { "100 ids", function(i)
-    local ids = {}
-    for k = 1, 100 do ids[k] = pick(i * 100 + k).id end
-    return { ids = ids }
-  end },
-  { "top author", function() return { authors = { top } } end },
-  { "median author", function() return { authors = { median } } end },
-  { "kind 1", function() return { kinds = { 1 } } end },
-  { "frequent #t", function() return { ["#t"] = { frequent_t } } end },
-  { "rare #t", function() return { ["#t"] = { rare_t } } end },
-  { "author + kind", function(i) return { authors = { pick(i).pubkey }, kinds = { 1, 7 } } end },
-  { "time range", function(i)
-    local t = first + (i * 104729) % math.max(1, last - first)
-    return { since = t, ["until"] = t + 86400 }
-  end },
-  { "3-filter REQ", function(i)
-    return { { kinds = { 0 }, authors = { pick(i).pubkey } }, { ["#e"] = { pick(i + 1).id } }, { kinds = { 1 } } }
-  end },
-}
-
-local function percentile(v, p)
-  table.sort(v)
-  return v[math.max(1, math.ceil(#v * p))]
-end
+local classes = queries.classes(sample)
+local percentile = queries.percentile
 
 local qrows = {}
 local clock = os.clock
@@ -116,12 +67,7 @@ for _, cl in ipairs(classes) do
       local times = {}
       local opts = { json = json }
       for i = 1, ITER do
-        local f = cl[2](i)
-        if f[1] then
-          for _, g in ipairs(f) do g.limit = limit end
-        else
-          f.limit = limit
-        end
+        local f = queries.limit(cl[2](i), limit)
         local t0 = clock()
         local res = db:query_events(f, opts)
         times[i] = (clock() - t0) * 1e6

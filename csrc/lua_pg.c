@@ -151,11 +151,14 @@ static int save_batch(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_
     return l2_pg_save_batch(ud, evs, n, now, res, err);
 }
 
-/* store:import(source [, opts]) -> counts | nil, err: each batch through COPY, one transaction. */
+/* store:import(source [, opts]) -> counts | nil, err: each batch through COPY, one transaction;
+ * then fresh planner statistics, without which PostgreSQL picks poor plans for what came in. */
 static int pg_import(lua_State *L)
 {
     lpg *s = check_pg(L);
-    return l2lua_import(L, save_batch, s->pg, &s->lim, s->err);
+    int n = l2lua_import(L, save_batch, s->pg, &s->lim, s->err);
+    if (lua_type(L, -1) == LUA_TTABLE && l2_pg_analyze(s->pg, s->err)) return l2lua_refuse(L, 0, s->err);
+    return n;
 }
 
 /* store:export(sink [, pubkeys [, opts]]) -> n | nil, err: in insertion order, through a cursor. */

@@ -739,6 +739,12 @@ int l2_pg_sweep(l2_pg *pg, int64_t now, uint64_t *removed, char *err)
     return 0;
 }
 
+int l2_pg_analyze(l2_pg *pg, char *err)
+{
+    if (ready(pg, err)) return -1;
+    return run_plain(pg, "ANALYZE layer2_events, layer2_heads", err);
+}
+
 int l2_pg_nuke(l2_pg *pg, char *err)
 {
     if (ready(pg, err)) return -1;

@@ -28,6 +28,8 @@ const char *l2_pg_name(const l2_pg *pg);
 int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err);
 int l2_pg_delete(l2_pg *pg, const uint8_t id[32], int tombstone, int *found, char *err);
 int l2_pg_sweep(l2_pg *pg, int64_t now, uint64_t *removed, char *err);
+/* Refreshes the planner's statistics: after a bulk import they are what picks the right index. */
+int l2_pg_analyze(l2_pg *pg, char *err);
 /* Empties layer2's own tables; sequences keep counting so change cursors stay meaningful. */
 int l2_pg_nuke(l2_pg *pg, char *err);
 
