@@ -113,7 +113,8 @@ describe("the layer2 command line tool", function()
       { "--path " .. dir .. " nuke", "add %-%-yes" },
       { "export --pubkey XYZ", "%-%-pubkey takes 64 lowercase hex" },
       { "stats --frob", "stats does not take %-%-frob" },
-      { "--l2 postgres://x import " .. data, "PostgreSQL L2 is not available" },
+      { "--l2 postgres://nowhere.invalid/x import " .. data, "error: PostgreSQL: cannot connect: could not translate" },
+      { "--l2 mysql://x import " .. data, "%-%-l2 takes a postgres:// URL or a conninfo string" },
       { "--path", "%-%-path needs a value" },
     }
     assert.equal(0, (run(("--path %s import %s"):format(dir, data))))
@@ -129,6 +130,43 @@ describe("the layer2 command line tool", function()
     local code, out = run("")
     assert.equal(2, code)
     assert.matches("^usage: layer2", out)
+  end)
+
+  it("works the same with a PostgreSQL L2 (--l2)", function()
+    local l2 = ("--path %s --l2 '%s'"):format(dir, require("spec.pg").fresh())
+    local code, _, err = run(("%s import %s"):format(l2, data))
+    assert.equal(0, code, err)
+    assert.matches("imported 6652 lines .*6494 saved", err)
+    local out
+    code, out = run(l2 .. " count '{\"kinds\":[1]}'")
+    assert.equal(0, code)
+    assert.equal("1408\n", out)
+    code, out = run(l2 .. " scan '{\"kinds\":[0],\"limit\":3}'")
+    assert.equal(0, code)
+    assert.equal(3, select(2, out:gsub("\n", "")))
+    local pk = layer2.event.parse(out:match("^[^\n]+")).pubkey
+    local whole, by_pk = dir .. "-all.jsonl", dir .. "-pk.jsonl"
+    assert.equal(0, (run(("%s export --out %s"):format(l2, whole))))
+    assert.equal(6370, #ids_of_file(whole))
+    assert.equal(0, (run(("%s export --pubkey %s --out %s"):format(l2, pk, by_pk))))
+    local n = #ids_of_file(by_pk)
+    assert(n >= 1 and n < 6370, n)
+    code, out = run(l2 .. " stats")
+    assert.equal(0, code)
+    assert.matches("events      6370 in L2", out)
+    assert.matches("MB on disk %(PostgreSQL postgresql://", out)
+    code, out = run(l2 .. " check")
+    assert.equal(0, code)
+    assert.equal("ok\n", out)
+    code, out = run(l2 .. " gc")
+    assert.equal(0, code)
+    assert.matches("^evicted 0", out)
+    code, out = run(l2 .. " nuke --yes")
+    assert.equal(0, code)
+    assert.matches("^nuked", out)
+    code, out = run(l2 .. " count '{}'")
+    assert.equal(0, code)
+    assert.equal("0\n", out)
   end)
 
   it("--help for every command", function()

@@ -23,7 +23,8 @@ commands:
 
 options:
   --path DIR           the store (default ./data): DIR/layer1 and DIR/layer2
-  --l2 URL             a PostgreSQL L2 (postgres://...)
+  --l2 CONNINFO        a PostgreSQL L2 (postgres://user@host/db, or "host=... dbname=...");
+                       L1 stays in DIR/layer1
   -h, --help           this text; `layer2 COMMAND --help` for one command
 ]]
 
@@ -118,18 +119,15 @@ end
 local KNOWN_FLAGS = { import = { ["no-verify"] = true }, stats = { json = true }, nuke = { yes = true } }
 
 local function open_store(opts, must_exist)
-  if opts.l2 then
-    if opts.l2:match("^postgres") then
-      fail("a PostgreSQL L2 is not available in this build yet (--l2 " .. opts.l2 .. ")")
-    end
-    fail("--l2 takes a postgres:// URL")
+  if opts.l2 and not (opts.l2:match("^postgres") or opts.l2:find("=", 1, true)) then
+    fail("--l2 takes a postgres:// URL or a conninfo string (\"host=... dbname=...\")")
   end
-  if must_exist then
+  if must_exist and not opts.l2 then
     local f = io.open(opts.path .. "/layer2/data.mdb")
     if not f then fail("no store at " .. opts.path .. " (import into it first, or give --path)") end
     f:close()
   end
-  local db, err = layer2.open(opts.path, { log = function(m) io.stderr:write("layer2: ", m, "\n") end })
+  local db, err = layer2.open(opts.path, { l2 = opts.l2, log = function(m) io.stderr:write("layer2: ", m, "\n") end })
   if not db then fail(err) end
   return db
 end
@@ -237,8 +235,8 @@ end
 function commands.stats(opts)
   local db = open_store(opts, true)
   local st = db:stats()
-  db:close()
   if opts.flags.json then
+    db:close()
     print(cjson.encode(st))
     return 0
   end
@@ -246,11 +244,16 @@ function commands.stats(opts)
   print(("events      %d in L2, %d in L1 (%d stubs)"):format(l2.events or 0, l1.events, l1.stubs))
   print(("L1 bytes    %.1f MB used of %s (file %.1f MB)"):format(l1.used_bytes / 1e6,
     st.size_limit and ("%.1f MB"):format(st.size_limit / 1e6) or "no limit", l1.file_bytes / 1e6))
-  print(("L2 bytes    %.1f MB used (file %.1f MB)"):format((l2.used_bytes or 0) / 1e6, (l2.file_bytes or 0) / 1e6))
+  if l2.disk_bytes then
+    print(("L2 bytes    %.1f MB on disk (PostgreSQL %s)"):format(l2.disk_bytes / 1e6, db.l2:path()))
+  else
+    print(("L2 bytes    %.1f MB used (file %.1f MB)"):format((l2.used_bytes or 0) / 1e6, (l2.file_bytes or 0) / 1e6))
+  end
   print(("horizon     %d"):format(st.horizon))
   print(("outbox      %d"):format(st.outbox))
   print(("hits        l1 %d, stubs %d, l2 %d (this process)"):format(st.hits.l1, st.hits.stubs, st.hits.l2))
   print(("policy      %s"):format(st.policy))
+  db:close()
   return 0
 end
 
@@ -281,10 +284,13 @@ function commands.compact(opts)
   local out = opts.rest[2]
   if not out then fail("compact needs an OUT directory") end
   local db = open_store(opts, true)
-  local total = db.l1:stats().used_bytes + db.l2:stats().used_bytes
+  -- a PostgreSQL L2 is the server's to compact (VACUUM); L1 is copied either way
+  local levels = db.own_l2 and db.l2.copy and { "layer1", "layer2" } or { "layer1" }
+  local total = 0
+  for _, level in ipairs(levels) do total = total + (level == "layer1" and db.l1 or db.l2):stats().used_bytes end
   local bar = progress_bar("compact", total, "bytes")
   local written = 0
-  for _, level in ipairs({ "layer1", "layer2" }) do
+  for _, level in ipairs(levels) do
     local store = level == "layer1" and db.l1 or db.l2
     local base = written
     local n, err = store:copy(out .. "/" .. level, { progress = function(b) bar.update(base + b) end })
