@@ -1,6 +1,7 @@
 -- The example relay (examples/openresty) on real nginx with 2 workers, driven by nostr-tools.
 -- It runs once, in the Lua 5.4 pass: nginx itself always runs LuaJIT.
 local helper = require("spec.helper")
+local pg = require("spec.pg")
 local layer2 = require("layer2")
 local ref = require("spec.ref")
 local cjson = require("cjson")
@@ -99,11 +100,20 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
 
   local answers = {}
 
-  for _, variant in ipairs({ { name = "unlimited L1" }, { name = "a 1 MiB L1", extra = "--l1-limit 1048576" } }) do
+  local variants = { { name = "unlimited L1" }, { name = "a 1 MiB L1", extra = "--l1-limit 1048576" },
+    { name = "a PostgreSQL L2 shared with a second relay (live events cross over)", pg = true } }
+  for _, variant in ipairs(variants) do
     it("speaks NIP-01 with " .. variant.name, function()
+      local conninfo, stop2, port2
+      if variant.pg then
+        conninfo = pg.fresh()
+        variant.extra = ("--l2 '%s' --notify --l1-limit 1048576"):format(conninfo)
+        port2, _, stop2 = start_relay(variant.extra)
+      end
       local port, data, stop = start_relay(variant.extra)
       local ok, err = pcall(function()
         local cfg = config(port, helper.rng(99), ("0"):rep(63) .. "d")
+        if port2 then cfg.watch_url = ("ws://127.0.0.1:%d/"):format(port2) end
         local res = run_client(cfg)
         -- every real event: OK true, or the refusal the rules give
         local model, now = ref.new(), os.time()
@@ -121,7 +131,7 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
           assert.matches("^invalid: ", r[4])
         end
         -- the store holds what the rules accepted and the 4 live events: nothing of the invalid ones
-        local db = assert(layer2.open(data))
+        local db = assert(conninfo and layer2.postgres.open(conninfo) or layer2.open(data))
         assert.equal(model:count() + 4, db:count_events({}))
         -- REQ answers equal the store's own query
         assert.equal(120, #res.reqs)
@@ -153,12 +163,14 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
           { res.raw[1][1], res.raw[2][1], res.raw[3][1], res.raw[4][1], res.raw[5][1] })
       end)
       stop()
+      if stop2 then stop2() end
       assert(ok, err)
     end)
   end
 
-  it("a size-limited L1 returns the same answers as an unlimited one", function()
-    assert.equal(2, #answers)
+  it("a size-limited L1, and a PostgreSQL L2, return the same answers as an unlimited L1", function()
+    assert.equal(3, #answers)
     assert.same(answers[1], answers[2])
+    assert.same(answers[1], answers[3])
   end)
 end)

@@ -43,6 +43,11 @@ local function filters_of(msg, from)
 end
 
 function relay.handle()
+  if not resty.db() then
+    ngx.status = 503
+    ngx.say("the store is not open: see the error log")
+    return
+  end
   local headers = ngx.req.get_headers()
   local upgrade = headers["upgrade"]
   if not upgrade or upgrade:lower() ~= "websocket" then
@@ -223,6 +228,10 @@ function relay.metrics()
     "# TYPE layer2_horizon gauge",
     ("layer2_horizon %d"):format(st.horizon),
   }
+  if st.poll_lag then
+    lines[#lines + 1] = "# TYPE layer2_poll_lag_seconds gauge"
+    lines[#lines + 1] = ("layer2_poll_lag_seconds %d"):format(st.poll_lag)
+  end
   ngx.header["Content-Type"] = "text/plain; version=0.0.4"
   ngx.say(table.concat(lines, "\n"))
 end

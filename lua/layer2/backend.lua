@@ -596,6 +596,8 @@ function Backend:stats()
     outbox = l1.outbox,
     policy = self.policy.name,
   }
+  local polled = tonumber(self.l1:meta("poll_at") or "")
+  if polled then out.poll_lag = os.time() - polled end -- seconds since the last poll that reached L2
   if self.l2 and type(self.l2.stats) == "function" then
     local ok, st = call_l2(self, "stats")
     if ok and st then out.l2 = st end

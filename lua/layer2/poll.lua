@@ -82,7 +82,8 @@ end
 -- One poll step into report (received, deleted; error when L2 could not be asked).
 function poll.step(db, report, now)
   if type(db.l2.changes_since) == "function" then by_cursor(db, report) else by_time(db, report, now) end
-  if not report.error then db.last_poll = require("layer2.core").monotonic() end
+  -- kept in L1, which every process of this node shares: /metrics in any worker sees the lag
+  if not report.error then db.l1:meta("poll_at", tostring(os.time())) end
   return report
 end
 

@@ -14,46 +14,70 @@ local state = { listeners = {}, next_id = 0 }
 
 local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 
+local function start_timers(db, opts)
+  -- the tail starts at the present: history is what REQ is for
+  state.cursor = db.l1:stats().last_seq
+  ngx.timer.every(opts.tail_interval or 0.05, function(premature)
+    if premature then return end
+    resty.tail()
+  end)
+  if ngx.worker.id() ~= 0 then return end
+  -- one worker does the shared maintenance
+  ngx.timer.every(opts.gc_interval or 5, function(premature)
+    if premature then return end
+    local ok, e = pcall(db.gc, db)
+    if not ok then log("gc failed: " .. tostring(e)) end
+  end)
+  local every = opts.poll_interval or opts.poll_frequency or 0
+  if every <= 0 or not db.l2 then return end
+  -- a long-lived timer: with opts.notify it waits for L2's change signal (in the thread pool, up
+  -- to `every` seconds), otherwise it sleeps; either way it polls after
+  ngx.timer.at(0, function(premature)
+    if premature then return end
+    while not ngx.worker.exiting() do
+      local waited = db.notify and type(db.l2.wait) == "function" and pcall(db.l2.wait, db.l2, every)
+      if not waited then ngx.sleep(every) end
+      local ok, e = pcall(db.poll, db)
+      if not ok then log("poll failed: " .. tostring(e)) end
+    end
+  end)
+end
+
+local function open(path, o, opts)
+  local db, err = layer2.open(path, o)
+  if not db then
+    log("cannot open the store at " .. path .. ": " .. tostring(err))
+    state.failed = err
+    return nil, err
+  end
+  state.db = db
+  start_timers(db, opts)
+  return db
+end
+
 -- opts: everything layer2.open takes, plus tail_interval (s, 0.05), gc_interval (s, 5),
--- poll_interval (s, opts.poll_frequency or 0: off).
+-- poll_interval (s, opts.poll_frequency or 0: off), thread_pool ("layer2"). A string opts.l2 is
+-- a PostgreSQL conninfo: its calls run in nginx's thread pool (layer2.resty_pg), and the
+-- backend opens in a timer, since init_worker cannot yield; resty.db() waits for it.
 function resty.init_worker(path, opts)
   opts = opts or {}
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
   o.log = o.log or log
-  local db, err = layer2.open(path, o)
-  if not db then
-    log("cannot open the store at " .. path .. ": " .. tostring(err))
-    return nil, err
-  end
-  state.db = db
-  -- the tail starts at the present: history is what REQ is for
-  state.cursor = db.l1:stats().last_seq
-  local tail = opts.tail_interval or 0.05
-  ngx.timer.every(tail, function(premature)
-    if premature then return end
-    resty.tail()
+  if type(o.l2) ~= "string" then return open(path, o, opts) end
+  o.l2 = require("layer2.resty_pg").l2(o.l2, opts.thread_pool)
+  ngx.timer.at(0, function(premature)
+    if not premature then open(path, o, opts) end
   end)
-  if ngx.worker.id() == 0 then
-    -- one worker does the shared maintenance
-    ngx.timer.every(opts.gc_interval or 5, function(premature)
-      if premature then return end
-      local ok, e = pcall(db.gc, db)
-      if not ok then log("gc failed: " .. tostring(e)) end
-    end)
-    local poll = opts.poll_interval or opts.poll_frequency or 0
-    if poll > 0 then
-      ngx.timer.every(poll, function(premature)
-        if premature then return end
-        local ok, e = pcall(db.poll, db)
-        if not ok then log("poll failed: " .. tostring(e)) end
-      end)
-    end
-  end
-  return db
+  return true
 end
 
+-- The worker's backend; while it is still opening (a PostgreSQL L2), waits up to 10 s for it.
 function resty.db()
+  for _ = 1, 1000 do
+    if state.db or state.failed then break end
+    ngx.sleep(0.01)
+  end
   return state.db
 end
 

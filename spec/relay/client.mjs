@@ -61,8 +61,9 @@ stage("reqs");
 out.count = await relay.count([{ kinds: [1] }], {});
 stage("count");
 
-// live: a subscriber on one connection sees what another connection publishes
-const watcher = await Relay.connect(cfg.url);
+// live: a subscriber on one connection sees what another connection publishes (on another
+// relay of the cluster, when watch_url names one)
+const watcher = await Relay.connect(cfg.watch_url || cfg.url);
 const seen = [];
 const live = watcher.subscribe([{ kinds: [1111], "#t": ["layer2-live"] }], { onevent: (ev) => seen.push(ev.id) });
 await new Promise((r) => setTimeout(r, 300));
