@@ -20,6 +20,8 @@ dependencies = {
 external_dependencies = {
   SECP256K1 = { header = "secp256k1_schnorrsig.h", library = "secp256k1" },
   CRYPTO = { header = "openssl/evp.h", library = "crypto" },
+  LMDB = { header = "lmdb.h", library = "lmdb" },
+  PQ = { header = "postgresql/libpq-fe.h", library = "pq" }, -- Debian's libpq-dev layout
 }
 build = {
   type = "make",
@@ -28,8 +30,8 @@ build = {
   build_variables = {
     CFLAGS = "$(CFLAGS)",
     LUA_INCDIR = "$(LUA_INCDIR)",
-    ROCK_CPPFLAGS = "-I$(SECP256K1_INCDIR) -I$(CRYPTO_INCDIR)",
-    ROCK_LDFLAGS = "-L$(SECP256K1_LIBDIR) -L$(CRYPTO_LIBDIR)",
+    ROCK_CPPFLAGS = "-I$(SECP256K1_INCDIR) -I$(CRYPTO_INCDIR) -I$(LMDB_INCDIR) -I$(PQ_INCDIR)/postgresql",
+    ROCK_LDFLAGS = "-L$(SECP256K1_LIBDIR) -L$(CRYPTO_LIBDIR) -L$(LMDB_LIBDIR) -L$(PQ_LIBDIR)",
   },
   install_variables = {
     INST_LIBDIR = "$(LIBDIR)",
