@@ -31,6 +31,15 @@ int l2lua_opt_bool(lua_State *L, int opts, const char *name, int def);
 int64_t l2lua_opt_now(lua_State *L, int opts);
 int l2lua_opt_function(lua_State *L, int opts, const char *name);
 
+/* An optional time argument (seconds), the current time when absent; raises when malformed. */
+int64_t l2lua_time_arg(lua_State *L, int idx);
+/* changes_since's arguments: cursor at 2 (0), max at 3 (1000, at most 100,000), opts.json at 4. */
+void l2lua_changes_args(lua_State *L, int64_t *after, int64_t *max, int *json);
+/* check(): problems are collected into the table on top of the stack (the first 1,000); then
+ * check_result pushes ok below it and returns 2. */
+void l2lua_problem(void *ud, const char *msg);
+int l2lua_check_result(lua_State *L, uint64_t nproblems);
+
 /* A REQ's filters, reused across calls. */
 typedef struct {
     l2_filter *v;

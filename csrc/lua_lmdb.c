@@ -246,13 +246,9 @@ static int store_export(lua_State *L)
 static int store_changes(lua_State *L)
 {
     lstore *s = check_store(L);
-    int64_t after = 0, max = 1000;
-    if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, &after) || after < 0))
-        return luaL_argerror(L, 2, "a non-negative integer cursor expected");
-    if (!lua_isnoneornil(L, 3) && (l2lua_int64(L, 3, &max) || max < 1))
-        return luaL_argerror(L, 3, "a positive integer expected");
-    int json = l2lua_opt_bool(L, 4, "json", 0);
-    if (max > 100000) max = 100000;
+    int64_t after, max;
+    int json;
+    l2lua_changes_args(L, &after, &max, &json);
     l2_change *ch = malloc((size_t)max * sizeof *ch);
     size_t n;
     if (!ch) return luaL_error(L, "layer2: out of memory");
@@ -357,35 +353,21 @@ static int store_stats(lua_State *L)
     return 1;
 }
 
-static void collect_problem(void *ud, const char *msg)
-{
-    lua_State *L = ud;
-    size_t n = lua_rawlen(L, -1);
-    if (n >= 1000) return; /* enough to act on */
-    lua_pushstring(L, msg);
-    lua_rawseti(L, -2, (int)n + 1);
-}
-
 /* store:check() -> ok, problems */
 static int store_check(lua_State *L)
 {
     lstore *s = check_store(L);
     uint64_t n;
     lua_newtable(L);
-    if (l2_store_check(s->st, collect_problem, L, &n, s->err)) return l2lua_refuse(L, 0, s->err);
-    lua_pushboolean(L, n == 0);
-    lua_insert(L, -2);
-    return 2;
+    if (l2_store_check(s->st, l2lua_problem, L, &n, s->err)) return l2lua_refuse(L, 0, s->err);
+    return l2lua_check_result(L, n);
 }
 
 static int store_sweep(lua_State *L)
 {
     lstore *s = check_store(L);
-    int64_t now = (int64_t)time(NULL);
     uint64_t removed;
-    if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, &now) || now < 0))
-        return luaL_argerror(L, 2, "a time (seconds) expected");
-    if (l2_store_sweep(s->st, now, &removed, s->err)) return l2lua_refuse(L, 0, s->err);
+    if (l2_store_sweep(s->st, l2lua_time_arg(L, 2), &removed, s->err)) return l2lua_refuse(L, 0, s->err);
     lua_pushinteger(L, (lua_Integer)removed);
     return 1;
 }

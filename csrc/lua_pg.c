@@ -192,14 +192,10 @@ static int pg_export(lua_State *L)
 static int pg_changes(lua_State *L)
 {
     lpg *s = check_pg(L);
-    int64_t after = 0, max = 1000;
-    if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, &after) || after < 0))
-        return luaL_argerror(L, 2, "a non-negative integer cursor expected");
-    if (!lua_isnoneornil(L, 3) && (l2lua_int64(L, 3, &max) || max < 1))
-        return luaL_argerror(L, 3, "a positive integer expected");
-    int json = l2lua_opt_bool(L, 4, "json", 0);
-    if (max > 100000) max = 100000;
+    int64_t after, max;
+    int json;
     size_t rows;
+    l2lua_changes_args(L, &after, &max, &json);
     if (l2_pg_changes(s->pg, (uint64_t)after, (size_t)max, &rows, s->err)) return l2lua_refuse(L, 0, s->err);
     static const char *ops[] = {"?", "saved", "replaced", "deleted"};
     int64_t cursor = after;
@@ -246,32 +242,20 @@ static int pg_stats(lua_State *L)
     return 1;
 }
 
-static void collect_problem(void *ud, const char *msg)
-{
-    lua_State *L = ud;
-    lua_pushstring(L, msg);
-    lua_rawseti(L, -2, (int)lua_rawlen(L, -2) + 1);
-}
-
 static int pg_check(lua_State *L)
 {
     lpg *s = check_pg(L);
     uint64_t n;
     lua_newtable(L);
-    if (l2_pg_check(s->pg, collect_problem, L, &n, s->err)) return l2lua_refuse(L, 0, s->err);
-    lua_pushboolean(L, n == 0);
-    lua_insert(L, -2);
-    return 2;
+    if (l2_pg_check(s->pg, l2lua_problem, L, &n, s->err)) return l2lua_refuse(L, 0, s->err);
+    return l2lua_check_result(L, n);
 }
 
 static int pg_sweep(lua_State *L)
 {
     lpg *s = check_pg(L);
-    int64_t now = (int64_t)time(NULL);
     uint64_t removed;
-    if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, &now) || now < 0))
-        return luaL_argerror(L, 2, "a time (seconds) expected");
-    if (l2_pg_sweep(s->pg, now, &removed, s->err)) return l2lua_refuse(L, 0, s->err);
+    if (l2_pg_sweep(s->pg, l2lua_time_arg(L, 2), &removed, s->err)) return l2lua_refuse(L, 0, s->err);
     lua_pushinteger(L, (lua_Integer)removed);
     return 1;
 }

@@ -47,6 +47,40 @@ int l2lua_opt_function(lua_State *L, int opts, const char *name)
     return 0;
 }
 
+int64_t l2lua_time_arg(lua_State *L, int idx)
+{
+    int64_t t = (int64_t)time(NULL);
+    if (!lua_isnoneornil(L, idx) && (l2lua_int64(L, idx, &t) || t < 0)) luaL_argerror(L, idx, "a time (seconds) expected");
+    return t;
+}
+
+void l2lua_changes_args(lua_State *L, int64_t *after, int64_t *max, int *json)
+{
+    *after = 0;
+    *max = 1000;
+    if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, after) || *after < 0))
+        luaL_argerror(L, 2, "a non-negative integer cursor expected");
+    if (!lua_isnoneornil(L, 3) && (l2lua_int64(L, 3, max) || *max < 1)) luaL_argerror(L, 3, "a positive integer expected");
+    if (*max > 100000) *max = 100000;
+    *json = l2lua_opt_bool(L, 4, "json", 0);
+}
+
+void l2lua_problem(void *ud, const char *msg)
+{
+    lua_State *L = ud;
+    size_t n = lua_rawlen(L, -1);
+    if (n >= 1000) return; /* enough to act on */
+    lua_pushstring(L, msg);
+    lua_rawseti(L, -2, (int)n + 1);
+}
+
+int l2lua_check_result(lua_State *L, uint64_t nproblems)
+{
+    lua_pushboolean(L, nproblems == 0);
+    lua_insert(L, -2);
+    return 2;
+}
+
 /* ---- filters: one (table or JSON object) or a REQ's list (array, or JSON array) ---- */
 
 void l2lua_filters_init(l2lua_filters *fs, size_t max)

@@ -810,39 +810,35 @@ static int64_t filter_limit(const l2_filter *f, int64_t max_limit)
     return (f->have & L2_F_LIMIT) && f->limit < max_limit ? f->limit : max_limit;
 }
 
-/* The union of the filters that can match, each a SELECT of `cols` (limited when `limited`). */
-static int union_sql(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, const char *cols,
-                     int limited, size_t *used)
+/* Runs head, the union of a SELECT of `cols` per filter that can match (limited when `limited`),
+ * tail. *used is the number of such filters; with none, nothing runs. */
+static int run_union(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, const char *cols,
+                     int limited, const char *head, const char *tail, size_t *used, char *err)
 {
+    *used = 0;
+    if (ready(pg, err)) return -1;
     pg->sql.len = 0;
     par_reset(&pg->par);
-    if (par_i64(&pg->par, now) < 0) return -1;
-    *used = 0;
+    if (par_i64(&pg->par, now) < 0 || sql_add(&pg->sql, head)) return oom(err);
     for (size_t i = 0; i < nf; i++) {
         int64_t limit = limited ? filter_limit(&fs[i], max_limit) : -1;
         if (l2_filter_is_empty(&fs[i]) || (limited && limit <= 0)) continue;
-        if ((*used)++ && sql_add(&pg->sql, " UNION ")) return -1;
-        if (sql_add(&pg->sql, "(") || filter_sql(pg, &fs[i], cols, limit) || sql_add(&pg->sql, ")")) return -1;
+        if ((*used)++ && sql_add(&pg->sql, " UNION ")) return oom(err);
+        if (sql_add(&pg->sql, "(") || filter_sql(pg, &fs[i], cols, limit) || sql_add(&pg->sql, ")")) return oom(err);
     }
-    return l2_buf_putc(&pg->sql, 0);
+    if (sql_add(&pg->sql, tail) || l2_buf_putc(&pg->sql, 0)) return oom(err);
+    return *used && !run(pg, pg->sql.data, &pg->par, err) ? -1 : 0;
 }
 
 int l2_pg_query(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, size_t *rows, char *err)
 {
     size_t used;
     *rows = 0;
-    if (ready(pg, err)) return -1;
-    if (union_sql(pg, fs, nf, max_limit, now, "created_at, id, json", 1, &used)) return oom(err);
-    if (!used) return 0;
     /* the union removes events several filters found; the outer order is the REQ's */
-    l2_buf inner = pg->sql;
-    l2_buf_init(&pg->sql);
-    int rc = sql_add(&pg->sql, "SELECT json FROM (") || l2_buf_put(&pg->sql, inner.data, inner.len - 1) ||
-             sql_add(&pg->sql, ") u ORDER BY created_at DESC, id") || l2_buf_putc(&pg->sql, 0);
-    l2_buf_free(&inner);
-    if (rc) return oom(err);
-    if (!run(pg, pg->sql.data, &pg->par, err)) return -1;
-    *rows = (size_t)PQntuples(pg->res);
+    if (run_union(pg, fs, nf, max_limit, now, "created_at, id, json", 1, "SELECT json FROM (",
+                  ") u ORDER BY created_at DESC, id", &used, err))
+        return -1;
+    if (used) *rows = (size_t)PQntuples(pg->res);
     return 0;
 }
 
@@ -850,17 +846,8 @@ int l2_pg_count(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t now, uint64_t
 {
     size_t used;
     *count = 0;
-    if (ready(pg, err)) return -1;
-    if (union_sql(pg, fs, nf, 0, now, "id", 0, &used)) return oom(err);
-    if (!used) return 0;
-    l2_buf inner = pg->sql;
-    l2_buf_init(&pg->sql);
-    int rc = sql_add(&pg->sql, "SELECT count(*) FROM (") || l2_buf_put(&pg->sql, inner.data, inner.len - 1) ||
-             sql_add(&pg->sql, ") u") || l2_buf_putc(&pg->sql, 0);
-    l2_buf_free(&inner);
-    if (rc) return oom(err);
-    if (!run(pg, pg->sql.data, &pg->par, err)) return -1;
-    *count = (uint64_t)l2_pg_int(pg, 0, 0);
+    if (run_union(pg, fs, nf, 0, now, "id", 0, "SELECT count(*) FROM (", ") u", &used, err)) return -1;
+    if (used) *count = (uint64_t)l2_pg_int(pg, 0, 0);
     return 0;
 }
 

@@ -11,11 +11,7 @@ local tmpdir = helper.tmpdir
 
 local rmdir = helper.rmdir
 
-local function ids(list)
-  local out = {}
-  for i, ev in ipairs(list) do out[i] = type(ev) == "string" and layer2.event.parse(ev).id or ev.id end
-  return out
-end
+local ids = helper.ids
 
 local function quiet() end
 

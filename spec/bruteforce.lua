@@ -70,11 +70,7 @@ local function decode_all(lines)
   return evs
 end
 
-local function ids_of(result)
-  local ids = {}
-  for i, ev in ipairs(result) do ids[i] = type(ev) == "string" and layer2.event.parse(ev).id or ev.id end
-  return ids
-end
+local ids_of = helper.ids
 
 -- open(order_name) -> store, cleanup(); bb: busted's describe, it, setup, teardown and assert
 -- (they live in the spec file's environment, not in this module's)

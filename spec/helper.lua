@@ -75,6 +75,13 @@ function helper.slurp(path)
   return s
 end
 
+-- The ids of a query's answer (event tables or JSON strings), in order.
+function helper.ids(list)
+  local out = {}
+  for i, ev in ipairs(list) do out[i] = type(ev) == "string" and require("layer2").event.parse(ev).id or ev.id end
+  return out
+end
+
 -- The interpreter running the specs, for child processes that load the same build.
 helper.LUA = jit and "luajit" or "lua5.4"
 

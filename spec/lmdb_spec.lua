@@ -16,11 +16,7 @@ local function sign(sec, kind, created_at, tags, content)
   return assert(event.sign({ kind = kind, created_at = created_at, tags = tags or {}, content = content or "" }, sec))
 end
 
-local function ids(list)
-  local out = {}
-  for i, ev in ipairs(list) do out[i] = ev.id end
-  return out
-end
+local ids = helper.ids
 
 local dir, db
 local function fresh()

@@ -14,11 +14,7 @@ local function sign(t, sec)
     content = t.content or "hello" }, sec or SEC))
 end
 
-local function ids(list)
-  local out = {}
-  for i, ev in ipairs(list) do out[i] = type(ev) == "string" and layer2.event.parse(ev).id or ev.id end
-  return out
-end
+local ids = helper.ids
 
 describe("layer2.postgres store", function()
   local db, conninfo
