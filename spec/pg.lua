@@ -15,10 +15,15 @@ end
 
 function pg.dir() return os.getenv("LAYER2_PG_DIR") end
 
--- SQL through psql, as the server's superuser; returns psql's output.
+-- The shell command running SQL through psql as the server's superuser. Without the sanitizer
+-- runtime the ASan suite preloads: psql (not built for it) hangs at start with it.
+function pg.psql_command(sql, db)
+  return ("env -u LD_PRELOAD psql -qAtX -h '%s' -U postgres -d %s -c %q"):format(pg.dir(), db or "postgres", sql)
+end
+
+-- SQL through psql; returns psql's output.
 function pg.psql(sql, db)
-  local cmd = ("psql -qAtX -h '%s' -U postgres -d %s -c %q 2>&1"):format(pg.dir(), db or "postgres", sql)
-  local p = assert(io.popen(cmd))
+  local p = assert(io.popen(pg.psql_command(sql, db) .. " 2>&1"))
   local out = p:read("a")
   p:close()
   return out
@@ -35,7 +40,7 @@ function pg.fresh(extra)
   return extra and (c .. " " .. extra) or c, name
 end
 
-function pg.stop() assert(sh("tools/pg stop '" .. pg.dir() .. "'"), "pg_ctl stop failed") end
-function pg.start() assert(sh("tools/pg start '" .. pg.dir() .. "' >/dev/null"), "pg_ctl start failed") end
+function pg.stop() assert(sh("env -u LD_PRELOAD tools/pg stop '" .. pg.dir() .. "'"), "pg_ctl stop failed") end
+function pg.start() assert(sh("env -u LD_PRELOAD tools/pg start '" .. pg.dir() .. "' >/dev/null"), "pg_ctl start failed") end
 
 return pg

@@ -197,16 +197,17 @@ describe("layer2.postgres store", function()
     local name = conninfo:match("dbname=(%S+)")
     local victim = assert(layer2.postgres.open(conninfo .. " application_name=layer2_victim"))
     assert.is_true(victim:save_event(sign({})))
-    local locker = io.popen(("psql -qAtX -h '%s' -U postgres -d %s -c %q >/dev/null 2>&1"):format(pg.dir(), name,
-      "BEGIN; LOCK TABLE layer2_events; SELECT pg_sleep(3); COMMIT;"))
+    local locker = io.popen(pg.psql_command("BEGIN; LOCK TABLE layer2_events; SELECT pg_sleep(3); COMMIT;", name) ..
+      " >/dev/null 2>&1")
     for _ = 1, 100 do -- until the lock is held
       local n = pg.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation " ..
         "WHERE c.relname = 'layer2_events' AND l.mode = 'AccessExclusiveLock' AND l.granted", name)
       if tonumber(n:match("%d+")) > 0 then break end
       os.execute("sleep 0.05")
     end
-    local killer = io.popen(("sleep 1; psql -qAtX -h '%s' -U postgres -d postgres -c %q >/dev/null 2>&1"):format(
-      pg.dir(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'layer2_victim'"))
+    local killer = io.popen("sleep 1; " .. pg.psql_command(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'layer2_victim'") ..
+      " >/dev/null 2>&1")
     local res, qerr = victim:query_events({ kinds = { 1 } })
     assert.is_nil(res)
     assert.equal("error: PostgreSQL: terminating connection due to administrator command", qerr)
