@@ -8,7 +8,7 @@ local dataset = require("bench.dataset")
 local gen = require("layer2.gen")
 
 local N = tonumber(arg and arg[1]) or 100000
-local READS = tonumber(arg and arg[2]) or 40000
+local READS = tonumber(arg and arg[2]) or 200000 -- long enough to leave the warm-up behind
 local path = dataset.ensure(N)
 
 local ids, bytes = {}, 0

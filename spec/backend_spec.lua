@@ -420,6 +420,38 @@ describe("layer2.open (two levels)", function()
     rmdir(dir .. "-l2")
   end)
 
+  it("admits what L2 returns into L1 on its second fetch (one-off reads stay out); admit = 'always'", function()
+    local sec = ("0"):rep(63) .. "9"
+    local lines = {}
+    for i = 1, 3 do
+      lines[i] = layer2.event.encode(layer2.event.sign({ kind = 1, created_at = 1000 + i, tags = {},
+        content = "old " .. i }, sec))
+    end
+    for _, mode in ipairs({ "second", "always" }) do
+      local dir = tmpdir()
+      local db = assert(layer2.open(dir, { nosync = true, log = quiet, l1 = { admit = mode } }))
+      local k = 0
+      assert(db:import(function()
+        k = k + 1
+        return lines[k]
+      end))
+      local id = layer2.event.parse(lines[2]).id
+      local levels = {}
+      for r = 1, 3 do
+        local res, from = db:query_events({ ids = { id } })
+        assert.equal(1, #res)
+        levels[r] = from.l1 == 1 and "l1" or "l2"
+      end
+      assert.same(mode == "second" and { "l2", "l2", "l1" } or { "l2", "l1", "l1" }, levels)
+      -- a filter's answer the same way
+      local f = { kinds = { 1 }, limit = 3 }
+      local _, first = db:query_events(f)
+      assert.equal(3, first.l2)
+      db:close()
+      rmdir(dir)
+    end
+  end)
+
   it("delete, import, export, nuke and sync act on both levels", function()
     local dir = tmpdir()
     local db = assert(layer2.open(dir, { nosync = true }))

@@ -80,6 +80,9 @@ function backend.open(path, opts)
     -- of L1's entries are stubs, the oldest going first
     stub_share = l1opts.stub_share or 0.25,
     hits = { l1 = 0, stubs = 0, l2 = 0 },
+    admit_mode = l1opts.admit or "second",
+    history = { new = {}, old = {}, size = 0 },
+    history_max = l1opts.history or 100000,
     used = 0, -- L1's used bytes as last measured, plus what was written since
   }, Backend)
   local err
@@ -265,6 +268,9 @@ end
 -- ---- eviction ----
 
 function Backend:choose(candidates, need)
+  -- how often each was fetched from L2 lately: reads L1 could not count while it did not hold it
+  local h = self.history
+  for _, c in ipairs(candidates) do c.fetches = (h.new[c.id] or 0) + (h.old[c.id] or 0) end
   local ok, ids = pcall(self.policy.select, self.policy, candidates, need)
   if ok and type(ids) == "table" then return ids end
   self.log(("the eviction policy '%s' failed (%s); using lru"):format(tostring(self.policy.name),
@@ -400,6 +406,22 @@ local function newest_first(a, b)
   return a.id < b.id
 end
 
+-- Admission: an event fetched from L2 enters L1 (or a stub gets its body back) on its second
+-- fetch within the recent history, so one-off reads do not push out what is read again and
+-- again (TinyLFU's doorkeeper). The history is two generations of counts; the older is dropped
+-- when the newer has seen `history_max` ids. l1.admit = "always" turns it off.
+function Backend:admit(id)
+  if self.admit_mode == "always" then return true end
+  local h = self.history
+  local n = (h.new[id] or 0) + 1
+  h.new[id] = n
+  if n == 1 then
+    h.size = h.size + 1
+    if h.size > self.history_max then h.old, h.new, h.size = h.new, {}, 0 end
+  end
+  return n + (h.old[id] or 0) >= 2
+end
+
 -- Fetches the bodies of stubs from L2 and puts them in place (and back into L1).
 function Backend:fill_stubs(res, stubs, json)
   local ids = {}
@@ -407,8 +429,12 @@ function Backend:fill_stubs(res, stubs, json)
   local ok, bodies = call_l2(self, "query_events", { ids = ids }, { max_limit = #ids })
   local by_id = {}
   if ok and bodies then
-    for _, ev in ipairs(bodies) do by_id[ev.id] = ev end
-    self.l1:revive(bodies)
+    local admitted = {}
+    for _, ev in ipairs(bodies) do
+      by_id[ev.id] = ev
+      if self:admit(ev.id) then admitted[#admitted + 1] = ev end
+    end
+    self.l1:revive(admitted)
   end
   local out, filled = {}, 0
   local at = 1
@@ -430,9 +456,12 @@ end
 -- Saves events L2 returned into L1 in one transaction, so the next read hits.
 function Backend:fill(events)
   local lines, bytes = {}, 0
-  for i, ev in ipairs(events) do
-    lines[i] = type(ev) == "string" and ev or event.encode(ev)
-    bytes = bytes + #lines[i]
+  for _, ev in ipairs(events) do
+    local line = type(ev) == "string" and ev or event.encode(ev)
+    if self:admit(type(ev) == "string" and line:match('"id":"(%x+)"') or ev.id) then
+      lines[#lines + 1] = line
+      bytes = bytes + #line
+    end
   end
   if #lines == 0 or not self:make_room(bytes) then return end
   local i = 0
