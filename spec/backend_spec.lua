@@ -452,6 +452,23 @@ describe("layer2.open (two levels)", function()
     end
   end)
 
+  it("raises the admission bar to what eviction lets go (the victims' median reads), at most 4", function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { nosync = true, log = quiet, policy = "lfu" }))
+    local function cand(id, hits) return { id = id, pubkey = id, kind = 1, created_at = 1, size = 100,
+      last_access = 1, hits = hits } end
+    local id = ("e"):rep(64)
+    db:choose({ cand(("1"):rep(64), 2), cand(("2"):rep(64), 3), cand(("3"):rep(64), 3) }, 300)
+    assert.equal(3, db.admit_bar)
+    assert.is_false(db:admit(id))
+    assert.is_false(db:admit(id))
+    assert.is_true(db:admit(id))
+    db:choose({ cand(("1"):rep(64), 50), cand(("2"):rep(64), 60) }, 200)
+    assert.equal(4, db.admit_bar)
+    db:close()
+    rmdir(dir)
+  end)
+
   it("delete, import, export, nuke and sync act on both levels", function()
     local dir = tmpdir()
     local db = assert(layer2.open(dir, { nosync = true }))

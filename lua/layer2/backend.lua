@@ -12,6 +12,7 @@ Backend.__index = Backend
 local STORE_METHODS = { "save_event", "query_events", "count_events", "delete_event", "import", "export", "nuke",
   "sync", "path", "close" }
 local PAGE = 4096
+local ADMIT_BAR_MAX = 4
 
 local function is_ephemeral(kind) return kind >= 20000 and kind < 30000 end
 
@@ -272,7 +273,20 @@ function Backend:choose(candidates, need)
   local h = self.history
   for _, c in ipairs(candidates) do c.fetches = (h.new[c.id] or 0) + (h.old[c.id] or 0) end
   local ok, ids = pcall(self.policy.select, self.policy, candidates, need)
-  if ok and type(ids) == "table" then return ids end
+  if ok and type(ids) == "table" then
+    -- the admission bar: what L2 returns must have been asked for about as often as what L1 lets go
+    -- (the median of the victims' reads), at most ADMIT_BAR_MAX: L1's read counts never decay,
+    -- and a relay's hot events change, so the bar must not end out of reach
+    local by_id, f = {}, {}
+    for _, c in ipairs(candidates) do by_id[c.id] = c end
+    for _, id in ipairs(ids) do
+      local c = by_id[id]
+      if c then f[#f + 1] = c.hits + c.fetches end
+    end
+    table.sort(f)
+    self.admit_bar = math.min(ADMIT_BAR_MAX, math.max(2, f[math.ceil(#f * 0.5)] or 2))
+    return ids
+  end
   self.log(("the eviction policy '%s' failed (%s); using lru"):format(tostring(self.policy.name),
     ok and "it returned no list" or tostring(ids)))
   return self.default_policy:select(candidates, need)
@@ -419,7 +433,7 @@ function Backend:admit(id)
     h.size = h.size + 1
     if h.size > self.history_max then h.old, h.new, h.size = h.new, {}, 0 end
   end
-  return n + (h.old[id] or 0) >= 2
+  return n + (h.old[id] or 0) >= (self.admit_bar or 2)
 end
 
 -- Fetches the bodies of stubs from L2 and puts them in place (and back into L1).
