@@ -452,19 +452,29 @@ describe("layer2.open (two levels)", function()
     end
   end)
 
-  it("raises the admission bar to what eviction lets go (the victims' median reads), at most 4", function()
+  it("raises the admission bar to the recent reads of what eviction lets go (2 to 8); counts age", function()
     local dir = tmpdir()
-    local db = assert(layer2.open(dir, { nosync = true, log = quiet, policy = "lfu" }))
-    local function cand(id, hits) return { id = id, pubkey = id, kind = 1, created_at = 1, size = 100,
-      last_access = 1, hits = hits } end
-    local id = ("e"):rep(64)
-    db:choose({ cand(("1"):rep(64), 2), cand(("2"):rep(64), 3), cand(("3"):rep(64), 3) }, 300)
+    local db = assert(layer2.open(dir, { nosync = true, log = quiet, policy = "lfu", l1 = { history = 1000 } }))
+    local function cand(id, reads)
+      for _ = 1, reads do db:count_read(id) end
+      return { id = id, pubkey = id, kind = 1, created_at = 1, size = 100, last_access = 1, hits = 0 }
+    end
+    -- lfu takes the least read first: those read 2, 3 and 4 times go, the median of those is 3
+    local chosen = db:choose({ cand(("1"):rep(64), 2), cand(("2"):rep(64), 3), cand(("3"):rep(64), 9),
+      cand(("6"):rep(64), 4) }, 300)
+    assert.same({ ("1"):rep(64), ("2"):rep(64), ("6"):rep(64) }, chosen)
     assert.equal(3, db.admit_bar)
+    local id = ("e"):rep(64)
     assert.is_false(db:admit(id))
     assert.is_false(db:admit(id))
     assert.is_true(db:admit(id))
-    db:choose({ cand(("1"):rep(64), 50), cand(("2"):rep(64), 60) }, 200)
-    assert.equal(4, db.admit_bar)
+    db:choose({ cand(("4"):rep(64), 50), cand(("5"):rep(64), 60) }, 200)
+    assert.equal(8, db.admit_bar)
+    -- every 1,000 counted reads, all counts halve
+    local before = db.reads.count[("5"):rep(64)]
+    for i = 1, 1000 do db:count_read(("%064x"):format(i)) end
+    assert.equal(math.floor(before / 2), db.reads.count[("5"):rep(64)])
+    assert.is_nil(db.reads.count[("%064x"):format(1)]) -- read once: gone
     db:close()
     rmdir(dir)
   end)

@@ -12,7 +12,9 @@ Backend.__index = Backend
 local STORE_METHODS = { "save_event", "query_events", "count_events", "delete_event", "import", "export", "nuke",
   "sync", "path", "close" }
 local PAGE = 4096
-local ADMIT_BAR_MAX = 4
+-- read counts halve every this many counted reads (l1.history), so what was hot and is not any
+-- more loses its weight; the admission bar stays within these bounds
+local ADMIT_BAR_MIN, ADMIT_BAR_MAX = 2, 8
 
 local function is_ephemeral(kind) return kind >= 20000 and kind < 30000 end
 
@@ -82,8 +84,8 @@ function backend.open(path, opts)
     stub_share = l1opts.stub_share or 0.25,
     hits = { l1 = 0, stubs = 0, l2 = 0 },
     admit_mode = l1opts.admit or "second",
-    history = { new = {}, old = {}, size = 0 },
-    history_max = l1opts.history or 100000,
+    reads = { count = {}, n = 0 }, -- id -> recent reads (aged), see Backend:count_read
+    reads_period = l1opts.history or 100000,
     used = 0, -- L1's used bytes as last measured, plus what was written since
   }, Backend)
   local err
@@ -270,21 +272,19 @@ end
 
 function Backend:choose(candidates, need)
   -- how often each was fetched from L2 lately: reads L1 could not count while it did not hold it
-  local h = self.history
-  for _, c in ipairs(candidates) do c.fetches = (h.new[c.id] or 0) + (h.old[c.id] or 0) end
+  local count = self.reads.count
+  for _, c in ipairs(candidates) do c.reads = count[c.id] or 0 end
   local ok, ids = pcall(self.policy.select, self.policy, candidates, need)
   if ok and type(ids) == "table" then
-    -- the admission bar: what L2 returns must have been asked for about as often as what L1 lets go
-    -- (the median of the victims' reads), at most ADMIT_BAR_MAX: L1's read counts never decay,
-    -- and a relay's hot events change, so the bar must not end out of reach
+    -- the admission bar: what L2 returns must have been read about as often as what L1 lets go
+    -- (the median of the victims' recent reads)
     local by_id, f = {}, {}
     for _, c in ipairs(candidates) do by_id[c.id] = c end
     for _, id in ipairs(ids) do
-      local c = by_id[id]
-      if c then f[#f + 1] = c.hits + c.fetches end
+      if by_id[id] then f[#f + 1] = by_id[id].reads end
     end
     table.sort(f)
-    self.admit_bar = math.min(ADMIT_BAR_MAX, math.max(2, f[math.ceil(#f * 0.5)] or 2))
+    self.admit_bar = math.min(ADMIT_BAR_MAX, math.max(ADMIT_BAR_MIN, f[math.ceil(#f * 0.5)] or ADMIT_BAR_MIN))
     return ids
   end
   self.log(("the eviction policy '%s' failed (%s); using lru"):format(tostring(self.policy.name),
@@ -420,20 +420,30 @@ local function newest_first(a, b)
   return a.id < b.id
 end
 
--- Admission: an event fetched from L2 enters L1 (or a stub gets its body back) on its second
--- fetch within the recent history, so one-off reads do not push out what is read again and
--- again (TinyLFU's doorkeeper). The history is two generations of counts; the older is dropped
--- when the newer has seen `history_max` ids. l1.admit = "always" turns it off.
-function Backend:admit(id)
-  if self.admit_mode == "always" then return true end
-  local h = self.history
-  local n = (h.new[id] or 0) + 1
-  h.new[id] = n
-  if n == 1 then
-    h.size = h.size + 1
-    if h.size > self.history_max then h.old, h.new, h.size = h.new, {}, 0 end
+-- Recent reads per id, the one frequency count both admission and eviction use: id lookups L1
+-- answered, and every event fetched from L2. Every `reads_period` counted reads all counts halve
+-- (TinyLFU's reset), so the counts follow what is hot now.
+function Backend:count_read(id)
+  local r = self.reads
+  local n = (r.count[id] or 0) + 1
+  r.count[id] = n
+  r.n = r.n + 1
+  if r.n >= self.reads_period then
+    local halved = {}
+    for k, v in pairs(r.count) do
+      if v >= 2 then halved[k] = math.floor(v / 2) end
+    end
+    r.count, r.n = halved, r.n / 2
   end
-  return n + (h.old[id] or 0) >= (self.admit_bar or 2)
+  return n
+end
+
+-- Admission: an event fetched from L2 enters L1 (or a stub gets its body back) only when it has
+-- been read about as often as what eviction lets go (at least twice), so one-off reads do not
+-- push out what is read again and again. l1.admit = "always" turns it off.
+function Backend:admit(id)
+  local n = self:count_read(id)
+  return self.admit_mode == "always" or n >= (self.admit_bar or ADMIT_BAR_MIN)
 end
 
 -- Fetches the bodies of stubs from L2 and puts them in place (and back into L1).
@@ -494,6 +504,9 @@ function Backend:query_events(filters, opts)
   local res, info = self.l1:query_events(filters, l1opts)
   if not res then return nil, info end
   local levels = { l1 = #res - #info.stubs, stubs = 0, l2 = 0 }
+  if #info.incomplete == 0 and type(filters) == "table" and filters.ids then
+    for _, id in ipairs(filters.ids) do self:count_read(id) end -- lookups L1 answers
+  end
   if not self.l2 or opts.l1_only then
     if #info.stubs > 0 then
       local kept = {}

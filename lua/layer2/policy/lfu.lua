@@ -1,5 +1,5 @@
--- Least frequently used first (fewest reads: those L1 counted, and the fetches from L2 the backend
--- remembers), then least recently used.
+-- Least frequently used first (fewest recent reads, as the backend counts them; L1's own hit
+-- count where a caller gives no `reads`), then least recently used.
 local take = require("layer2.policy").take
 
 return {
@@ -9,7 +9,7 @@ return {
     local sorted = {}
     for i, c in ipairs(candidates) do sorted[i] = c end
     table.sort(sorted, function(a, b)
-      local fa, fb = a.hits + (a.fetches or 0), b.hits + (b.fetches or 0)
+      local fa, fb = a.reads or a.hits, b.reads or b.hits
       if fa ~= fb then return fa < fb end
       if a.last_access ~= b.last_access then return a.last_access < b.last_access end
       return a.id < b.id
