@@ -271,7 +271,7 @@ end
 -- ---- eviction ----
 
 function Backend:choose(candidates, need)
-  -- how often each was fetched from L2 lately: reads L1 could not count while it did not hold it
+  -- each candidate's recent reads (Backend:count_read), for the policy and the admission bar
   local count = self.reads.count
   for _, c in ipairs(candidates) do c.reads = count[c.id] or 0 end
   local ok, ids = pcall(self.policy.select, self.policy, candidates, need)
