@@ -1,8 +1,5 @@
 /* layer2.postgres: the PostgreSQL store as a Lua userdata, with the methods of the LMDB store. */
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "lua_layer2.h"
 #include "pgstore.h"

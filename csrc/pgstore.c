@@ -29,7 +29,6 @@ typedef struct {
 
 struct l2_pg {
     PGconn *conn;
-    char *conninfo;
     char name[256];
     PGresult *res;
     int listening, notified, staged_ready, exporting;
@@ -480,10 +479,7 @@ int l2_pg_open(l2_pg **out, const char *conninfo, char *err)
 {
     l2_pg *pg = calloc(1, sizeof *pg);
     *out = NULL;
-    if (!pg || !(pg->conninfo = strdup(conninfo))) {
-        free(pg);
-        return fail(err, "error: out of memory");
-    }
+    if (!pg) return fail(err, "error: out of memory");
     l2_buf_init(&pg->sql);
     l2_buf_init(&pg->json);
     l2_buf_init(&pg->copy);
@@ -515,7 +511,6 @@ void l2_pg_close(l2_pg *pg)
     l2_buf_free(&pg->sql);
     l2_buf_free(&pg->json);
     l2_buf_free(&pg->copy);
-    free(pg->conninfo);
     free(pg);
 }
 
@@ -698,6 +693,12 @@ rollback:
 int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
 {
     if (ready(pg, err)) return -1;
+    /* one event (every relay save) needs no staging arrays */
+    if (n == 1 && l2_kind_ephemeral(evs[0]->kind)) {
+        res[0] = (l2_save_result){L2_SAVE_EPHEMERAL, 0, 0};
+        return 0;
+    }
+    if (n == 1) return save_one(pg, evs[0], now, res, err);
     /* ephemeral events are answered here; the rest go to the server */
     l2_event **keep = malloc((n ? n : 1) * sizeof *keep);
     l2_save_result *kres = malloc((n ? n : 1) * sizeof *kres);
