@@ -949,9 +949,21 @@ static int grow_map(l2_store *st, char *err)
     return 0;
 }
 
-/* Runs body(w, ud) in one write transaction, growing the map and retrying when it fills. */
+/* LMDB reuses the pages a transaction freed only once a later one has committed: one small
+ * transaction (the meta counters rewritten) makes the last one's free pages usable. */
+static int age_free_pages(l2_store *st)
+{
+    wtx w;
+    int rc = write_begin(st, &w);
+    return rc ? rc : write_commit(&w);
+}
+
+/* Runs body(w, ud) in one write transaction, growing the map and retrying when it fills; a
+ * fixed map first gets the pages the last transaction freed (a full cache evicts in steps, each
+ * freeing what the next needs). */
 static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char *err)
 {
+    int aged = 0;
     for (;;) {
         wtx w;
         int rc = write_begin(st, &w);
@@ -965,6 +977,7 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
             return 0;
         }
         if (rc == MDB_MAP_FULL) {
+            if (st->fixed_map && !aged++ && age_free_pages(st) == 0) continue;
             if (grow_map(st, err)) return -1;
             continue;
         }

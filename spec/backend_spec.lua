@@ -118,6 +118,52 @@ describe("layer2.open (two levels)", function()
     rmdir(dir)
   end)
 
+  it("an eviction pass lets go of (high - low) / high of L1's events, not half of L1", function()
+    -- a read-heavy L1 (what L2 returns fills it), where LMDB keeps the pages evictions thin out
+    local dir = tmpdir()
+    local l2 = assert(layer2.lmdb.open(dir .. "/l2", { nosync = true }))
+    local g = gen.new({ seed = 12, authors = 200, count = 6000 })
+    local all = {}
+    for i = 1, 6000 do
+      local ev = g:next()
+      if ev.kind == 1 or ev.kind == 7 then all[#all + 1] = ev.id end
+      assert(l2:save_event(ev, { verify = false }) ~= nil)
+      if i % 1000 == 0 then l2:sync() end
+    end
+    local logged = {}
+    local db = assert(layer2.open(dir .. "/db", { l1 = { size_limit = MiB, evict = "delete", admit = "always" },
+      l2 = l2, nosync = true, log = function(msg) logged[#logged + 1] = msg end }))
+    local passes = 0
+    local gc = db.gc
+    db.gc = function(self, force)
+      local before = self.l1:stats()
+      local report = gc(self, force)
+      if report.evicted > 0 then
+        passes = passes + 1
+        local after = self.l1:stats()
+        assert(report.evicted >= math.floor(before.events * 16 / 66) or after.used_bytes <= MiB / 2,
+          ("a pass evicts L1's share or reaches low water: %d of %d evicted, %d bytes used"):format(report.evicted,
+            before.events, after.used_bytes))
+        assert(report.evicted < before.events * 0.35,
+          ("a pass keeps most of L1: %d of %d evicted"):format(report.evicted, before.events))
+        assert(after.used_bytes <= MiB * 0.58, "and leaves used bytes under the middle of the marks")
+      end
+      return report
+    end
+    local rand = helper.rng(5)
+    for _ = 1, 6000 do
+      local id = all[rand(#all)]
+      assert.same({ id }, ids((db:query_events({ ids = { id } }))))
+    end
+    assert(passes >= 3, "several passes ran")
+    assert.same({}, logged) -- no eviction step failed for want of free pages
+    local ok, problems = db:check()
+    assert(ok, table.concat(problems, "\n"))
+    db:close()
+    l2:close()
+    rmdir(dir)
+  end)
+
   it("L2 failing for a while: every event saved meanwhile reaches it after", function()
     local dir = tmpdir()
     local real = assert(layer2.lmdb.open(dir .. "/shared-l2", { nosync = true }))

@@ -339,8 +339,9 @@ function Backend:drop_stubs(max)
 end
 
 -- One eviction step: when L1 is past its high water mark (or `force`), evict what the policy
--- picks until it is under the low water mark; with an L2 events become stubs, then stubs go,
--- oldest first, and the horizon moves past them. Also drains the outbox.
+-- picks until it is under the low water mark (or has let go of its share, see `enough`); with an
+-- L2 events become stubs, then stubs go, oldest first, and the horizon moves past them. Also
+-- drains the outbox.
 function Backend:gc(force)
   local report = { evicted = 0, dropped = 0, freed = 0 }
   if not force then report.sent = self:drain() end
@@ -351,12 +352,26 @@ function Backend:gc(force)
   local mode = self.l2 and self.evict_mode or "delete"
   -- L1's change feed serves live tailing, not history
   report.pruned = self.l1:prune_changes(self.changes_kept)
-  used = self.l1:stats().used_bytes
+  local st = self.l1:stats()
+  used = st.used_bytes
+  -- LMDB frees a B-tree page only when it falls under a quarter full: the room evicted entries
+  -- leave inside pages is reused by the next writes but does not show in used bytes. Chasing
+  -- low water in pages alone would throw out half of L1 at once, so a pass also ends when it has
+  -- evicted the share (high - low) / high of L1's events and used bytes are under the middle
+  -- of the two marks.
+  local enough = (st.events - st.stubs) * (self.high_water - self.low_water) / self.high_water
+  local middle = self.limit * (self.high_water + self.low_water) / 200
+  local function settled() return used <= target or (report.evicted >= enough and used <= middle) end
   for _ = 1, 64 do
-    if used <= target then break end
+    if settled() then break end
     local candidates = self.l1:candidates(4096, self.policy.order or "access")
     if not candidates or #candidates == 0 then break end
-    local chosen = self:choose(candidates, used - target)
+    -- what this round asks of the policy: the events still short of `enough` (at their mean
+    -- size), then what still stands above the middle mark
+    local sizes = 0
+    for _, c in ipairs(candidates) do sizes = sizes + c.size end
+    local need = report.evicted < enough and (enough - report.evicted) * sizes / #candidates or used - middle
+    local chosen = self:choose(candidates, math.max(1, math.min(used - target, need)))
     local evicted, freed = self:evict(chosen, mode)
     report.evicted, report.freed = report.evicted + evicted, report.freed + freed
     if mode == "delete" and self.l2 then
@@ -366,17 +381,15 @@ function Backend:gc(force)
       for _, id in ipairs(chosen) do newest = math.max(newest, by_id[id] or -1) end
       if newest >= 0 then self:raise_horizon(newest + 1) end
     end
+    -- stubs beyond their share of L1's entries go, oldest first
+    st = self.l1:stats()
+    local excess = math.floor(st.stubs - self.stub_share * st.events)
+    if excess > 0 and self.l2 then report.dropped = report.dropped + self:drop_stubs(excess) end
     used = self.l1:stats().used_bytes
     if evicted == 0 then break end
   end
-  local st = self.l1:stats()
-  local excess = math.floor(st.stubs - self.stub_share * st.events)
-  if excess > 0 and self.l2 then
-    report.dropped = report.dropped + self:drop_stubs(excess)
-    used = self.l1:stats().used_bytes
-  end
   for _ = 1, 64 do
-    if used <= target or not self.l2 then break end
+    if settled() or not self.l2 then break end
     local dropped = self:drop_stubs(256)
     if dropped == 0 then break end
     report.dropped = report.dropped + dropped
@@ -505,7 +518,12 @@ function Backend:query_events(filters, opts)
   if not res then return nil, info end
   local levels = { l1 = #res - #info.stubs, stubs = 0, l2 = 0 }
   if #info.incomplete == 0 and type(filters) == "table" and filters.ids then
-    for _, id in ipairs(filters.ids) do self:count_read(id) end -- lookups L1 answers
+    -- lookups L1 answers with a body (a stub's read is counted when its body comes: admit)
+    local stub = {}
+    for _, pos in ipairs(info.stubs) do stub[res[pos]] = true end
+    for _, id in ipairs(filters.ids) do
+      if not stub[id] then self:count_read(id) end
+    end
   end
   if not self.l2 or opts.l1_only then
     if #info.stubs > 0 then
