@@ -398,6 +398,73 @@ describe("layer2.open (two levels)", function()
     return l2
   end
 
+  it("remembers briefly which ids L2 does not have; a save, a poll or a fill ends that at once", function()
+    local dir = tmpdir()
+    local shared = assert(layer2.lmdb.open(dir .. "-l2"))
+    local l2 = wrapped_l2(shared, true)
+    local asked = 0
+    local query = l2.query_events
+    l2.query_events = function(self, ...)
+      asked = asked + 1
+      return query(self, ...)
+    end
+    local sec = ("0"):rep(63) .. "9"
+    local function note(content) return layer2.event.sign({ kind = 1, created_at = NOW, tags = {}, content = content }, sec) end
+    -- L2 has history this L1 never saw (else L1, complete from the start, answers every id itself)
+    assert(shared:save_event(note("old")))
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, l1 = { missing_ttl = 1 } }))
+    local a, b, c, d = note("a"), note("b"), note("c"), note("d")
+    -- nobody has a: L2 is asked once, then the answer stands
+    asked = 0
+    local got, levels = db:query_events({ ids = { a.id } })
+    assert.same({}, got)
+    assert.same({ l1 = 0, stubs = 0, l2 = 0 }, levels)
+    got, levels = db:query_events({ ids = { a.id } })
+    assert.same({}, got)
+    assert.same({ l1 = 0, stubs = 0, l2 = 0, missing = 1 }, levels)
+    assert.equal(1, asked)
+    -- a lookup with more than ids (or an id L1 holds next to it) is answered the same way only
+    -- when every id is accounted for
+    assert(db:save_event(b))
+    got, levels = db:query_events({ { ids = { a.id, b.id } } })
+    assert.same({ b.id }, ids(got))
+    assert.same({ l1 = 1, stubs = 0, l2 = 0, missing = 1 }, levels)
+    assert.equal(1, asked)
+    db:query_events({ ids = { a.id }, kinds = { 1 } })
+    assert.equal(2, asked, "a filter with more than ids does not say the event does not exist")
+    -- saving a through the backend ends it at once
+    assert(db:save_event(a))
+    assert.same({ a.id }, ids((db:query_events({ ids = { a.id } }))))
+    -- another writer puts c into L2: a poll brings it, and with it the end of "missing"
+    asked = 0
+    db:query_events({ ids = { c.id } })
+    assert.same({ l1 = 0, stubs = 0, l2 = 0, missing = 1 }, select(2, db:query_events({ ids = { c.id } })))
+    assert(shared:save_event(c))
+    db:poll()
+    assert.same({ c.id }, ids((db:query_events({ ids = { c.id } }))))
+    -- another writer without a poll: the answer stands for missing_ttl seconds, no more
+    db:query_events({ ids = { d.id } })
+    assert(shared:save_event(d))
+    assert.same({}, (db:query_events({ ids = { d.id } })))
+    layer2.sleep(2.1)
+    got, levels = db:query_events({ ids = { d.id } })
+    assert.same({ d.id }, ids(got))
+    assert.equal(1, levels.l2)
+    assert.equal(4, db:stats().hits.missing) -- a, a next to b, c, d
+    db:close()
+    -- missing_ttl = 0 keeps nothing
+    db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, l1 = { missing_ttl = 0 } }))
+    local e = note("e")
+    asked = 0
+    db:query_events({ ids = { e.id } })
+    db:query_events({ ids = { e.id } })
+    assert.equal(2, asked)
+    db:close()
+    shared:close()
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
   it("polls by cursor with an overlap: a late commit is not missed, nothing is signalled twice", function()
     local dir = tmpdir()
     local shared = assert(layer2.lmdb.open(dir .. "-l2"))

@@ -18,6 +18,9 @@ local ADMIT_BAR_MIN, ADMIT_BAR_MAX = 2, 8
 
 local function is_ephemeral(kind) return kind >= 20000 and kind < 30000 end
 
+-- at most this many known-missing ids are kept (per backend: per nginx worker); past it they start over
+local MISSING_MAX = 20000
+
 local function load_policy(p)
   if p == nil then p = "lru" end
   if type(p) == "string" then
@@ -82,10 +85,14 @@ function backend.open(path, opts)
     -- stubs keep filter answers complete but hold room that bodies could use: at most this share
     -- of L1's entries are stubs, the oldest going first
     stub_share = l1opts.stub_share or 0.25,
-    hits = { l1 = 0, stubs = 0, l2 = 0 },
+    hits = { l1 = 0, stubs = 0, l2 = 0, missing = 0 },
     admit_mode = l1opts.admit or "second",
     reads = { count = {}, n = 0 }, -- id -> recent reads (aged), see Backend:count_read
     reads_period = l1opts.history or 100000,
+    -- ids L2 said it does not have: id -> until when (os.time) that answer stands
+    missing = {},
+    missing_n = 0,
+    missing_ttl = l1opts.missing_ttl or 10,
     used = 0, -- L1's used bytes as last measured, plus what was written since
   }, Backend)
   local err
@@ -154,8 +161,9 @@ function Backend:on_event(fn)
 end
 
 function Backend:signal(ev, origin)
+  if type(ev) == "string" and (self.missing_n > 0 or #self.handlers > 0) then ev = event.parse(ev) end
+  if self.missing_n > 0 and type(ev) == "table" then self:forget_missing(ev.id) end
   if #self.handlers == 0 then return end
-  if type(ev) == "string" then ev = event.parse(ev) end
   for _, h in ipairs(self.handlers) do
     local ok, err = pcall(h, ev, origin)
     if not ok then self.log("an on_event handler failed: " .. tostring(err)) end
@@ -195,9 +203,12 @@ function Backend:save_event(ev, opts)
   end
   local ok, err = event.verify(ev)
   if not ok then return false, err end
-  if type(kind) ~= "number" then kind = event.parse(ev).kind end
+  local parsed = type(ev) == "string" and (type(kind) ~= "number" or self.missing_n > 0) and event.parse(ev)
+  if parsed then kind = parsed.kind end
+  -- an event with this id exists now: L2's earlier "none" no longer stands
+  if self.missing_n > 0 then self:forget_missing((parsed or ev).id) end
   if is_ephemeral(kind) then
-    self:signal(ev, "local")
+    self:signal(parsed or ev, "local")
     return true
   end
   local trusted = { verify = false, now = opts and opts.now }
@@ -220,7 +231,7 @@ function Backend:save_event(ev, opts)
     return true
   end
   if saved then
-    self:signal(ev, "local")
+    self:signal(parsed or ev, "local")
   elseif self.l2 and not trusted.outbox then
     return true -- L2 stored it; L1 already had it or an entry that refuses it
   end
@@ -459,6 +470,90 @@ function Backend:admit(id)
   return self.admit_mode == "always" or n >= (self.admit_bar or ADMIT_BAR_MIN)
 end
 
+-- ---- known-missing ids (DESIGN §4: "a known-missing answer may be cached briefly") ----
+-- A lookup of ids L1 does not know goes to L2; when L2 has none of some of them, that answer
+-- stands for l1.missing_ttl seconds (0: never kept), so a client asking again and again for an
+-- event nobody has (a reply to a deleted note, an event on another relay) does not reach L2
+-- each time. An id leaves the set when an event with it enters L1 through this backend (a save,
+-- a poll, a fill); in a cluster another node's save is seen by the next poll.
+
+-- The filters of a query as a list (nil for JSON, which is not looked into).
+local function filter_list(filters)
+  if type(filters) ~= "table" then return nil end
+  if filters[1] == nil then return { filters } end
+  for _, f in ipairs(filters) do
+    if type(f) ~= "table" then return nil end
+  end
+  return filters
+end
+
+-- ids-only filters (ids, limit) are the lookups whose absent ids say the events do not exist
+local function ids_only(f)
+  if type(f.ids) ~= "table" then return false end
+  for k in pairs(f) do
+    if k ~= "ids" and k ~= "limit" then return false end
+  end
+  return not f.limit or (type(f.limit) == "number" and f.limit >= #f.ids)
+end
+
+-- the ids in a result list (events, JSON strings or stubs' ids)
+local function result_ids(res)
+  local out = {}
+  for _, v in ipairs(res) do
+    if type(v) == "table" then out[v.id] = true
+    elseif #v == 64 then out[v] = true
+    else
+      local id = v:match('"id"%s*:%s*"(%x+)"')
+      if id then out[id] = true end
+    end
+  end
+  return out
+end
+
+function Backend:forget_missing(id)
+  if self.missing[id] then
+    self.missing[id] = nil
+    self.missing_n = self.missing_n - 1
+  end
+end
+
+-- Are the incomplete filters of an L1 answer all lookups of ids L1 holds or L2 lately did not
+-- have? Returns the number of known-missing ids then, else nil.
+function Backend:answered_missing(list, incomplete, res)
+  if not list or self.missing_n == 0 then return nil end
+  local found, now, n = result_ids(res), os.time(), 0
+  for _, i in ipairs(incomplete) do
+    local f = list[i]
+    if not (f and ids_only(f)) then return nil end
+    for _, id in ipairs(f.ids) do
+      if not found[id] then
+        local until_t = self.missing[id]
+        if not until_t or until_t < now then return nil end
+        n = n + 1
+      end
+    end
+  end
+  return n
+end
+
+-- Remembers the ids L2 did not return for the incomplete ids-only filters.
+function Backend:remember_missing(list, incomplete, res)
+  if not list or self.missing_ttl <= 0 then return end
+  local found, until_t = result_ids(res), os.time() + self.missing_ttl
+  for _, i in ipairs(incomplete) do
+    local f = list[i]
+    if f and ids_only(f) then
+      for _, id in ipairs(f.ids) do
+        if not found[id] and type(id) == "string" then
+          if self.missing_n >= MISSING_MAX then self.missing, self.missing_n = {}, 0 end
+          if not self.missing[id] then self.missing_n = self.missing_n + 1 end
+          self.missing[id] = until_t
+        end
+      end
+    end
+  end
+end
+
 -- Fetches the bodies of stubs from L2 and puts them in place (and back into L1).
 function Backend:fill_stubs(res, stubs, json)
   local ids = {}
@@ -495,7 +590,9 @@ function Backend:fill(events)
   local lines, bytes = {}, 0
   for _, ev in ipairs(events) do
     local line = type(ev) == "string" and ev or event.encode(ev)
-    if self:admit(type(ev) == "string" and line:match('"id":"(%x+)"') or ev.id) then
+    local id = type(ev) == "string" and line:match('"id":"(%x+)"') or ev.id
+    if self.missing_n > 0 then self:forget_missing(id) end
+    if self:admit(id) then
       lines[#lines + 1] = line
       bytes = bytes + #line
     end
@@ -537,9 +634,15 @@ function Backend:query_events(filters, opts)
     self.hits.l1 = self.hits.l1 + levels.l1
     return res, levels
   end
-  if #info.incomplete == 0 then
+  local flist = #info.incomplete > 0 and filter_list(filters)
+  local missing = self:answered_missing(flist, info.incomplete, res)
+  if #info.incomplete == 0 or missing then
     if #info.stubs > 0 then res, levels.stubs = self:fill_stubs(res, info.stubs, json) end
     self.hits.l1, self.hits.stubs = self.hits.l1 + levels.l1, self.hits.stubs + levels.stubs
+    if missing then
+      levels.missing = missing
+      self.hits.missing = self.hits.missing + missing
+    end
     return res, levels
   end
   -- L1 cannot prove the answer: L2, the authority, answers
@@ -568,6 +671,7 @@ function Backend:query_events(filters, opts)
     res2 = {}
     for i, m in ipairs(merged) do res2[i] = (json and type(m.v) ~= "string") and event.encode(m.t) or m.v end
   end
+  self:remember_missing(flist, info.incomplete, res2)
   self:fill(res2)
   levels.l1, levels.l2 = 0, #res2
   self.hits.l2 = self.hits.l2 + #res2
@@ -666,7 +770,7 @@ function Backend:stats()
     size_limit = self.limit,
     high_water = self.high_water,
     low_water = self.low_water,
-    hits = { l1 = self.hits.l1, stubs = self.hits.stubs, l2 = self.hits.l2 },
+    hits = { l1 = self.hits.l1, stubs = self.hits.stubs, l2 = self.hits.l2, missing = self.hits.missing },
     outbox = l1.outbox,
     policy = self.policy.name,
   }
