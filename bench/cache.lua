@@ -1,7 +1,7 @@
--- bench/cache: the two-level backend under a Zipf(0.9) read trace by id, over a data set 10x the
--- L1 limit: hit ratio per policy next to Belady's optimum on the same trace, L1 hit vs L2 fetch
--- latency, eviction throughput, L1's size over time.
---   lua5.4 bench/cache.lua [events] [reads]
+-- bench/cache: the two-level backend under Zipf(0.9) read traces over a data set 10x the L1
+-- limit, one by id and one by filter: hit ratio per policy next to Belady's optimum and the best
+-- fixed set on the same trace, L1 hit vs L2 fetch latency, eviction throughput, L1's size over time.
+--   lua5.4 bench/cache.lua [events] [reads by id] [reads by filter]
 local layer2 = require("layer2")
 local util = require("bench.util")
 local dataset = require("bench.dataset")
@@ -9,91 +9,65 @@ local gen = require("layer2.gen")
 
 local N = tonumber(arg and arg[1]) or 100000
 local READS = tonumber(arg and arg[2]) or 200000 -- long enough to leave the warm-up behind
+local FREADS = tonumber(arg and arg[3]) or 50000
 local path = dataset.ensure(N)
+local function quiet() end
 
-local ids, bytes = {}, 0
+local ids, authors, seen_author, bytes = {}, {}, {}, 0
 for line in io.lines(path) do
   ids[#ids + 1] = line:match('"id":"(%x+)"')
+  local pk = line:match('"pubkey":"(%x+)"')
+  if not seen_author[pk] then
+    seen_author[pk] = true
+    authors[#authors + 1] = pk
+  end
   bytes = bytes + #line + 1
 end
 local LIMIT = math.floor(bytes / 10 / 4096) * 4096
 
--- the trace: Zipf(0.9) popularity over a random permutation of the events
 local g = gen.new({ seed = 99, authors = 1, count = 1 })
-local weights = gen.zipf(#ids, 0.9)
-local perm = {}
-for i = 1, #ids do perm[i] = i end
-for i = #perm, 2, -1 do
-  local j = g:uniform(i)
-  perm[i], perm[j] = perm[j], perm[i]
+-- a Zipf(0.9) trace of `reads` draws over 1..n, popularity by a random permutation
+local function zipf_trace(n, reads)
+  local weights = gen.zipf(n, 0.9)
+  local perm = {}
+  for i = 1, n do perm[i] = i end
+  for i = #perm, 2, -1 do
+    local j = g:uniform(i)
+    perm[i], perm[j] = perm[j], perm[i]
+  end
+  local trace = {}
+  for i = 1, reads do trace[i] = perm[g:draw(weights)] end
+  return trace
 end
-local trace = {}
-for i = 1, READS do trace[i] = perm[g:draw(weights)] end
 
--- L2 once, shared by every run (read-only during the runs)
+-- L2 once, shared by the id runs (read-only during them)
 local base = "bench/data/cache"
 os.execute("rm -rf " .. base .. " && mkdir -p " .. base)
 local l2 = assert(layer2.lmdb.open(base .. "/l2", { nosync = true }))
 assert(l2:import(path, { verify = false }))
+-- the data set holds replaced versions and deleted events L2 does not keep: reads of those can
+-- never be L1 hits, so the hit ratios count the reads of events L2 holds
+local held, nheld = {}, 0
+for i = 1, #ids, 500 do
+  local batch = {}
+  for k = i, math.min(i + 499, #ids) do batch[#batch + 1] = ids[k] end
+  for _, ev in ipairs(assert(l2:query_events({ ids = batch }, { max_limit = 500 }))) do
+    held[ev.id], nheld = true, nheld + 1
+  end
+end
 
 local function percentile(v, p)
   table.sort(v)
   return v[math.max(1, math.ceil(#v * p))] or 0
 end
 
-local function run(policy, mode)
-  local dir = base .. "/" .. policy .. (mode or "")
-  local db = assert(layer2.open(dir, { l1 = { size_limit = LIMIT, evict = mode }, l2 = l2, policy = policy,
-    nosync = true, log = function() end }))
-  local gc_time, freed = 0, 0
-  local gc = db.gc
-  db.gc = function(self, force)
-    local t0 = os.clock()
-    local r = gc(self, force)
-    gc_time = gc_time + os.clock() - t0
-    freed = freed + (r.freed or 0)
-    return r
-  end
-  local hits, hit_us, miss_us, sizes, counts, trace_rows = 0, {}, {}, {}, {}, {}
-  for i, k in ipairs(trace) do
-    local t0 = os.clock()
-    local res, levels = db:query_events({ ids = { ids[k] } }, { json = true })
-    local us = (os.clock() - t0) * 1e6
-    assert(#res == 1 or levels.l2 == 0)
-    if levels.l1 == 1 then
-      hits = hits + 1
-      hit_us[#hit_us + 1] = us
-    else
-      miss_us[#miss_us + 1] = us
-    end
-    if i % math.floor(READS / 20) == 0 then
-      local st = db.l1:stats()
-      sizes[#sizes + 1] = ("%.1f"):format(st.used_bytes / 1048576)
-      counts[#counts + 1] = st.events
-    end
-    if i % math.floor(READS / 200) == 0 then
-      trace_rows[#trace_rows + 1] = ("%d %.3f %.4f"):format(i, db.l1:stats().used_bytes / 1048576, hits / i)
-    end
-  end
-  local used = db.l1:stats()
-  db:close()
-  local mean_events = 0
-  for _, c in ipairs(counts) do mean_events = mean_events + c end
-  return {
-    policy = policy .. (mode and (", evict = " .. mode) or ""), ratio = hits / READS,
-    hit_p50 = percentile(hit_us, 0.5), miss_p50 = percentile(miss_us, 0.5),
-    hit_p99 = percentile(hit_us, 0.99), miss_p99 = percentile(miss_us, 0.99),
-    evict_mbs = gc_time > 0 and freed / 1048576 / gc_time or 0, sizes = sizes,
-    capacity = math.floor(mean_events / #counts), final = used, trace_rows = trace_rows,
-  }
-end
-
--- Belady's optimum for a cache of `capacity` events (unit sizes): evict the one used farthest ahead
-local function belady(capacity)
+-- Belady's optimum over a stream of keys for a cache of `capacity` (unit sizes): on a miss with a
+-- full cache, evict the key used farthest ahead. Returns hits / #stream.
+local function belady(stream, capacity)
   local next_use, last = {}, {}
-  for i = #trace, 1, -1 do
-    next_use[i] = last[trace[i]] or math.huge
-    last[trace[i]] = i
+  for i = #stream, 1, -1 do
+    next_use[i] = last[stream[i]] or math.huge
+    last[stream[i]] = i
   end
   -- a max-heap of (next use, key) with lazy deletion
   local heap, pos_next, cached, size, hits = {}, {}, {}, 0, 0
@@ -122,7 +96,7 @@ local function belady(capacity)
     end
     return top
   end
-  for i, k in ipairs(trace) do
+  for i, k in ipairs(stream) do
     if cached[k] then
       hits = hits + 1
     else
@@ -142,44 +116,219 @@ local function belady(capacity)
     pos_next[k] = next_use[i]
     push(next_use[i], k)
   end
-  return hits / #trace
+  return hits / #stream
+end
+
+-- The best fixed set: the `capacity` keys read most often over the whole stream, known in
+-- advance. No policy that learns popularity as it goes does better on an independent Zipf
+-- trace; Belady, who knows the order of the reads too, does.
+local function best_fixed(stream, capacity)
+  local count, keys = {}, {}
+  for _, k in ipairs(stream) do
+    if not count[k] then keys[#keys + 1] = k end
+    count[k] = (count[k] or 0) + 1
+  end
+  table.sort(keys, function(a, b) return count[a] > count[b] end)
+  local hits = 0
+  for i = 1, math.min(capacity, #keys) do hits = hits + count[keys[i]] end
+  return hits / #stream
+end
+
+-- Samples L1 during a run: mean events with a body (what a hit needs), used MiB every 5 %.
+local function sampler(db, reads)
+  local s = { bodies = 0, n = 0, sizes = {}, rows = {} }
+  function s.at(i, hits)
+    if i % math.max(1, math.floor(reads / 100)) == 0 then
+      local st = db.l1:stats()
+      s.bodies, s.n = s.bodies + st.events - st.stubs, s.n + 1
+      if i % math.max(1, math.floor(reads / 20)) == 0 then s.sizes[#s.sizes + 1] = ("%.1f"):format(st.used_bytes / 1048576) end
+      s.rows[#s.rows + 1] = ("%d %.3f %.4f"):format(i, st.used_bytes / 1048576, hits / i)
+    end
+  end
+  function s.capacity() return math.floor(s.bodies / math.max(1, s.n)) end
+  return s
+end
+
+-- times gc passes: eviction throughput
+local function timed_gc(db)
+  local t = { time = 0, freed = 0 }
+  local gc = db.gc
+  db.gc = function(self, force)
+    local t0 = os.clock()
+    local r = gc(self, force)
+    t.time = t.time + os.clock() - t0
+    t.freed = t.freed + (r.freed or 0)
+    return r
+  end
+  return t
+end
+
+-- ---- by id ----
+local trace = zipf_trace(#ids, READS)
+local held_stream, absent_reads = {}, 0
+for _, k in ipairs(trace) do
+  if held[ids[k]] then held_stream[#held_stream + 1] = k else absent_reads = absent_reads + 1 end
+end
+
+local function run_ids(policy, mode)
+  local dir = base .. "/" .. policy .. (mode or "")
+  local db = assert(layer2.open(dir, { l1 = { size_limit = LIMIT, evict = mode }, l2 = l2, policy = policy,
+    nosync = true, log = quiet }))
+  local gct = timed_gc(db)
+  local s = sampler(db, READS)
+  local hits, missing, hit_us, miss_us = 0, 0, {}, {}
+  for i, k in ipairs(trace) do
+    local t0 = os.clock()
+    local res, levels = db:query_events({ ids = { ids[k] } }, { json = true })
+    local us = (os.clock() - t0) * 1e6
+    assert(#res == 1 or levels.l2 == 0)
+    if levels.l1 == 1 then
+      hits = hits + 1
+      hit_us[#hit_us + 1] = us
+    elseif levels.missing then
+      missing = missing + 1
+    else
+      miss_us[#miss_us + 1] = us
+    end
+    s.at(i, hits)
+  end
+  db:close()
+  return {
+    policy = policy .. (mode and (", evict = " .. mode) or ""), ratio = hits / #held_stream, missing = missing,
+    hit_p50 = percentile(hit_us, 0.5), miss_p50 = percentile(miss_us, 0.5),
+    hit_p99 = percentile(hit_us, 0.99), miss_p99 = percentile(miss_us, 0.99),
+    evict_mbs = gct.time > 0 and gct.freed / 1048576 / gct.time or 0, sizes = s.sizes,
+    capacity = s.capacity(), trace_rows = s.rows,
+  }
 end
 
 local results = {}
-for _, p in ipairs({ "lru", "lfu", "oldest" }) do results[#results + 1] = run(p) end
-for _, p in ipairs({ "lru", "lfu" }) do results[#results + 1] = run(p, "delete") end
-local capacity = results[1].capacity
-local opt = belady(capacity)
+for _, p in ipairs({ "lru", "lfu", "oldest" }) do results[#results + 1] = run_ids(p) end
+for _, p in ipairs({ "lru", "lfu" }) do results[#results + 1] = run_ids(p, "delete") end
+for _, r in ipairs(results) do
+  r.belady = belady(held_stream, r.capacity)
+  r.fixed = best_fixed(held_stream, r.capacity)
+end
+l2:close()
+
+-- ---- by filter ----
+-- The data arrives live, through the backend (a relay's saves), then readers ask for author feeds
+-- ({authors = {pk}, kinds = {1}, limit = 20}), Zipf(0.9) over the authors. L1 answers a feed when
+-- it can prove it complete (the horizon rule); a stub in it is fetched by id.
+local ftrace = zipf_trace(#authors, FREADS)
+local function feed(k) return { authors = { authors[k] }, kinds = { 1 }, limit = 20 } end
+
+local function run_filters(policy)
+  local dir = base .. "/f-" .. policy
+  local db = assert(layer2.open(dir, { l1 = { size_limit = LIMIT }, policy = policy, nosync = true, log = quiet }))
+  local t0 = util.wall()
+  for line in io.lines(path) do db:save_event(line) end
+  local load_s = util.wall() - t0
+  local answers = {}
+  -- counts the filter queries L2 gets (by-id fetches of stubs are not filter queries)
+  local real, asked = db.l2, 0
+  db.l2 = setmetatable({}, { __index = function(_, m)
+    return function(_, a, ...)
+      if m == "query_events" and not (type(a) == "table" and a.ids) then asked = asked + 1 end
+      return real[m](real, a, ...)
+    end
+  end })
+  local gct = timed_gc(db)
+  local s = sampler(db, FREADS)
+  local whole, served, from_l1, hit_us, miss_us = 0, 0, 0, {}, {}
+  for i, k in ipairs(ftrace) do
+    local c0, before = os.clock(), asked
+    local res, levels = db:query_events(feed(k), { json = true })
+    local us = (os.clock() - c0) * 1e6
+    served, from_l1 = served + #res, from_l1 + levels.l1
+    if asked == before and levels.stubs == 0 then
+      whole = whole + 1
+      hit_us[#hit_us + 1] = us
+    else
+      miss_us[#miss_us + 1] = us
+    end
+    s.at(i, whole)
+  end
+  -- the events each feed needs, from L2 (nothing is written during the reads)
+  for _, k in ipairs(ftrace) do
+    if not answers[k] then
+      local list = {}
+      for j, ev in ipairs(assert(real:query_events(feed(k)))) do list[j] = ev.id end
+      answers[k] = list
+    end
+  end
+  local st = db:stats()
+  db:close()
+  return {
+    policy = policy, whole = whole / FREADS, events = from_l1 / math.max(1, served), served = served,
+    hit_p50 = percentile(hit_us, 0.5), miss_p50 = percentile(miss_us, 0.5), capacity = s.capacity(),
+    evict_mbs = gct.time > 0 and gct.freed / 1048576 / gct.time or 0, answers = answers, load_s = load_s,
+    horizon = st.horizon, stubs = st.l1.stubs,
+  }
+end
+
+local fresults = {}
+for _, p in ipairs({ "lru", "lfu", "oldest" }) do fresults[#fresults + 1] = run_filters(p) end
+-- every event the feeds returned, in the order they were read: the stream Belady sees
+local stream = {}
+for _, k in ipairs(ftrace) do
+  for _, id in ipairs(fresults[1].answers[k]) do stream[#stream + 1] = id end
+end
+for _, r in ipairs(fresults) do
+  r.belady = belady(stream, r.capacity)
+  r.fixed = best_fixed(stream, r.capacity)
+end
 
 print(("## bench/cache (%s)\n"):format(_VERSION .. (jit and (" / " .. jit.version) or "")))
 print("machine: " .. util.machine())
-print(("data: %s, %d events, %.1f MB JSONL; L1 limit %.1f MiB (1/10 of the data), high/low water 66/50 %%"):format(
-  path, N, bytes / 1e6, LIMIT / 1048576))
-print(("trace: %d reads by id, Zipf(0.9) over all events; L1 starts empty (the data imported into L2)\n"):format(READS))
+print(("data: %s, %d events (%d held by L2: the rest are replaced versions and deleted events), %.1f MB JSONL;"
+  .. " L1 limit %.1f MiB (1/10 of the data), high/low water 66/50 %%"):format(path, N, nheld, bytes / 1e6,
+  LIMIT / 1048576))
+print(("\n### By id: %d reads, Zipf(0.9) over all %d events; L1 starts empty (the data imported into L2)\n"):format(
+  READS, N))
+print(("%d reads (%.1f %%) ask for events L2 does not hold; hit ratios are over the other %d. Belady and the best"
+  .. " fixed set are computed on those same reads for each row's own mean count of events with a body in L1"
+  .. " (unit sizes).\n"):format(absent_reads, 100 * absent_reads / READS, #held_stream))
 local rows = {}
 for _, r in ipairs(results) do
-  rows[#rows + 1] = { r.policy, ("%.1f %%"):format(100 * r.ratio), ("%.0f %%"):format(100 * r.ratio / opt),
+  rows[#rows + 1] = { r.policy, ("%.1f %%"):format(100 * r.ratio), ("%.1f %%"):format(100 * r.belady),
+    ("%.0f %%"):format(100 * r.ratio / r.belady), ("%.1f %%"):format(100 * r.fixed),
+    ("%.0f %%"):format(100 * r.ratio / r.fixed), tostring(r.capacity),
     ("%.0f / %.0f"):format(r.hit_p50, r.hit_p99), ("%.0f / %.0f"):format(r.miss_p50, r.miss_p99),
-    ("%.1f"):format(r.evict_mbs), tostring(r.capacity) }
+    ("%.1f"):format(r.evict_mbs), ("%.0f %%"):format(100 * r.missing / math.max(1, absent_reads)) }
 end
-rows[#rows + 1] = { "Belady (offline optimum, same trace)", ("%.1f %%"):format(100 * opt), "100 %", "", "", "",
-  tostring(capacity) }
-print(util.table({ "policy", "hit ratio", "of Belady", "L1 hit µs p50/p99", "L2 fetch µs p50/p99",
-  "eviction MB/s", "events in L1" }, rows))
+print(util.table({ "policy", "hit ratio", "Belady", "of Belady", "best fixed set", "of best fixed", "events in L1",
+  "L1 hit µs p50/p99", "L2 fetch µs p50/p99", "eviction MB/s", "absent ids answered from memory" }, rows))
 print("\nL1 used MiB over the trace (every 5 %), lru: " .. table.concat(results[1].sizes, " "))
-print(("\nBelady is computed for a cache of %d events (lru's mean occupancy), unit sizes."):format(capacity))
-print(("peak RSS: %.1f MB"):format(util.peak_rss_kb() / 1024))
-l2:close()
+
+print(("\n### By filter: %d author feeds ({authors = {pk}, kinds = {1}, limit = 20}), Zipf(0.9) over %d authors;"
+  .. " the data saved live through the backend first\n"):format(FREADS, #authors))
+print(("Belady and the best fixed set see the %d events the feeds return, in order, as single reads (they ignore"
+  .. " that L1 must prove a feed complete); \"events from L1\" is the share of those L1 gave.\n"):format(#stream))
+rows = {}
+for _, r in ipairs(fresults) do
+  rows[#rows + 1] = { r.policy, ("%.1f %%"):format(100 * r.whole), ("%.1f %%"):format(100 * r.events),
+    ("%.1f %%"):format(100 * r.belady), ("%.1f %%"):format(100 * r.fixed), tostring(r.capacity),
+    ("%.0f / %.0f"):format(r.hit_p50, r.miss_p50), ("%.1f"):format(r.evict_mbs), ("%.1f k/s"):format(N / r.load_s / 1e3) }
+end
+print(util.table({ "policy", "feeds L1 answered whole", "events from L1", "Belady (events)", "best fixed set",
+  "events in L1", "µs p50 L1 / L2", "eviction MB/s", "live saves" }, rows))
+print(("\npeak RSS: %.1f MB"):format(util.peak_rss_kb() / 1024))
 os.execute("rm -rf " .. base)
 -- the data behind bench/results/cache-trace.svg (drawn by bench/run.lua)
 os.execute("mkdir -p bench/results")
 local dat = assert(io.open("bench/results/cache-trace.dat", "w"))
-dat:write(("# reads  L1-used-MiB  hit-ratio   (lru; L1 limit %.1f MiB)\n"):format(LIMIT / 1048576))
+dat:write(("# reads  L1-used-MiB  hit-ratio   (lru, by id; L1 limit %.1f MiB)\n"):format(LIMIT / 1048576))
 dat:write(table.concat(results[1].trace_rows, "\n"), "\n")
 dat:close()
 for _, r in ipairs(results) do
-  util.summary("cache hit ratio, " .. r.policy, ("%.1f %%"):format(100 * r.ratio),
-    ("%.0f %% of Belady's %.1f %%"):format(100 * r.ratio / opt, 100 * opt))
+  util.summary("cache hit ratio by id, " .. r.policy, ("%.1f %%"):format(100 * r.ratio),
+    ("%.0f %% of Belady's %.1f %%, %.0f %% of the best fixed set's %.1f %%"):format(100 * r.ratio / r.belady,
+      100 * r.belady, 100 * r.ratio / r.fixed, 100 * r.fixed))
+end
+for _, r in ipairs(fresults) do
+  util.summary("cache by filter (author feeds), " .. r.policy, ("%.1f %% of events from L1"):format(100 * r.events),
+    ("%.1f %% of feeds whole from L1; Belady on the events %.1f %%"):format(100 * r.whole, 100 * r.belady))
 end
 util.summary("L1 hit vs L2 fetch", ("%.0f vs %.0f µs p50"):format(results[1].hit_p50, results[1].miss_p50),
   "by id, JSON")

@@ -167,7 +167,8 @@ static int store_save(lua_State *L)
         return l2lua_refuse(L, 1, s->err);
     s->out.len = 0;
     if (verify && l2_event_verify(&s->ev, &s->out, s->err)) return l2lua_refuse(L, 1, s->err);
-    if (l2_store_save_batch(s->st, &evp, 1, now, outbox, &res, s->err)) return l2lua_refuse(L, 1, s->err);
+    if (l2_store_save_batch(s->st, &evp, 1, now, outbox ? L2_SAVE_OUTBOX : 0, &res, s->err))
+        return l2lua_refuse(L, 1, s->err);
     const char *msg = l2_save_message(res.status);
     if (msg) return l2lua_refuse(L, 1, msg);
     lua_pushboolean(L, 1);
@@ -196,17 +197,24 @@ static int store_delete(lua_State *L)
     return 1;
 }
 
+typedef struct {
+    l2_store *st;
+    int flags;
+} import_target;
+
 static int save_batch(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
 {
-    return l2_store_save_batch(ud, evs, n, now, 0, res, err);
+    import_target *t = ud;
+    return l2_store_save_batch(t->st, evs, n, now, t->flags, res, err);
 }
 
 /* store:import(source [, opts]) -> counts | nil, err (see l2lua_import): one write transaction
- * per batch. */
+ * per batch. opts.fill: a cache fill, which the change feed does not report (not news). */
 static int store_import(lua_State *L)
 {
     lstore *s = check_store(L);
-    return l2lua_import(L, save_batch, s->st, &s->lim, s->err);
+    import_target t = {s->st, l2lua_opt_bool(L, 3, "fill", 0) ? L2_SAVE_FILL : 0};
+    return l2lua_import(L, save_batch, &t, &s->lim, s->err);
 }
 
 /* store:export(sink [, pubkeys [, opts]]) -> n | nil, err: every event, or those whose pubkey or

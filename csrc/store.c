@@ -351,6 +351,7 @@ typedef struct {
     uint64_t serial, seq; /* the next free ones */
     int may_tomb, may_atomb; /* tombstones exist: lookups are worth doing */
     uint64_t next_slot, body_bytes; /* a cache's body slots and the bytes its bodies hold */
+    int quiet; /* a cache fill: what it stores is not news, so the change feed does not hear of it */
 } wtx;
 
 static int meta_get_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *out)
@@ -438,6 +439,7 @@ static int index_del(void *ud, int db, const uint8_t *key, size_t n)
 /* A saved event's id is in its body; a removed one's body is gone, so its record keeps the id. */
 static int add_change(wtx *w, int op, const uint8_t id[32], uint64_t serial)
 {
+    if (w->quiet) return 0;
     uint8_t k[8], rec[41];
     put_be64(k, w->seq++);
     rec[0] = (uint8_t)op;
@@ -1012,17 +1014,18 @@ typedef struct {
     l2_event *const *evs;
     size_t n;
     int64_t now;
-    int outbox;
+    int flags;
     l2_save_result *res;
 } save_args;
 
 static int save_body(wtx *w, void *ud)
 {
     save_args *a = ud;
+    w->quiet = (a->flags & L2_SAVE_FILL) != 0;
     for (size_t i = 0; i < a->n; i++) {
         int rc = save_one(w, a->evs[i], a->now, &a->res[i]);
         if (rc) return rc;
-        if (a->outbox && a->res[i].status == L2_SAVE_STORED) {
+        if ((a->flags & L2_SAVE_OUTBOX) && a->res[i].status == L2_SAVE_STORED) {
             w->st->body.len = 0;
             if (l2_event_encode_bin(a->evs[i], &w->st->body)) return ENOMEM;
             if ((rc = outbox_put(w, 'S', w->st->body.data, w->st->body.len))) return rc;
@@ -1031,10 +1034,10 @@ static int save_body(wtx *w, void *ud)
     return 0;
 }
 
-int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int outbox, l2_save_result *res,
+int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
                         char *err)
 {
-    save_args a = {evs, n, now, outbox, res};
+    save_args a = {evs, n, now, flags, res};
     return write_txn(st, save_body, &a, err);
 }
 

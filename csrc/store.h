@@ -24,9 +24,11 @@ int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char
 void l2_store_close(l2_store *st);
 const char *l2_store_path(const l2_store *st);
 
-/* Saves n parsed, verified events in one write transaction, in order. With `outbox`, each stored
- * event is also queued in the outbox in that transaction. 0, or -1 with err. */
-int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int outbox, l2_save_result *res,
+/* Saves n parsed, verified events in one write transaction, in order. Flags: L2_SAVE_OUTBOX queues
+ * each stored event in the outbox in that transaction; L2_SAVE_FILL marks a cache fill (events L2
+ * already had): no change record, the change feed being news. 0, or -1 with err. */
+enum { L2_SAVE_OUTBOX = 1, L2_SAVE_FILL = 2 };
+int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
                         char *err);
 /* Deletes an event by id (and keeps a tombstone unless told not to); with `outbox` the deletion is
  * queued in the same transaction. *found says if it was there. */

@@ -164,6 +164,137 @@ describe("layer2.open (two levels)", function()
     rmdir(dir)
   end)
 
+  it("remembered filter answers equal L2's through saves, replacements, deletions and evictions", function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, nosync = true, log = quiet }))
+    local g = gen.new({ seed = 31, authors = 30, count = 6000 })
+    local key_of = {}
+    for i, pk in ipairs(g.pubkeys) do key_of[pk] = g.keys[i] end
+    local lines = {}
+    for i = 1, 3000 do lines[i] = layer2.event.encode(g:next()) end
+    local n = 0
+    assert(db:import(function()
+      n = n + 1
+      return lines[n]
+    end, { verify = false }))
+    -- a pool of filters asked again and again: feeds, profiles, threads, topics, a global feed
+    local rand = helper.rng(77)
+    local pool = {}
+    for i = 1, 12 do
+      local pk = g.pubkeys[i]
+      pool[#pool + 1] = { authors = { pk }, kinds = { 1 }, limit = 5 }
+      pool[#pool + 1] = { authors = { pk }, kinds = { 0, 3 } }
+      pool[#pool + 1] = { authors = { pk, g.pubkeys[i + 12] }, limit = 8 }
+    end
+    for _, t in ipairs({ "nostr", "bitcoin", "art" }) do pool[#pool + 1] = { ["#t"] = { t }, limit = 10 } end
+    pool[#pool + 1] = { kinds = { 1 }, limit = 10 }
+    pool[#pool + 1] = { kinds = { 30023 }, since = g.start }
+    local function stored_of(pk)
+      return db.l2:query_events({ authors = { pk } }, { max_limit = 50 })
+    end
+    local compared = 0
+    for step = 1, 1500 do
+      local r = rand(12)
+      if r <= 3 then
+        assert(db:save_event(g:next()))
+      elseif r == 4 then
+        -- the author deletes one of their events (NIP-09)
+        local pk = g.pubkeys[rand(12)]
+        local mine = stored_of(pk)
+        if #mine > 0 then
+          local target = mine[rand(#mine)]
+          local del = layer2.event.sign({ kind = 5, created_at = g.start + 400 * 86400, content = "",
+            tags = { { "e", target.id } } }, key_of[pk])
+          assert(db:save_event(del))
+        end
+      elseif r == 5 then
+        local mine = stored_of(g.pubkeys[rand(24)])
+        if #mine > 0 then db:delete_event(mine[rand(#mine)].id, true) end
+      elseif r == 6 then
+        db:gc(true)
+      else
+        local f = pool[rand(#pool)]
+        local got = db:query_events(f)
+        assert.same(ids(db.l2:query_events(f)), ids(got), ("step %d: %s"):format(step, require("cjson").encode(f)))
+        compared = compared + 1
+      end
+    end
+    assert(compared > 500)
+    local hits = db:stats().hits
+    assert(hits.answers > 100, "remembered answers were used: " .. hits.answers)
+    local ok, problems = db:check()
+    assert(ok, table.concat(problems, "\n"))
+    db:close()
+    rmdir(dir)
+  end)
+
+  it("a cache fill is not news: L1's change feed (what live subscriptions tail) does not carry it", function()
+    local dir = tmpdir()
+    local l2 = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
+    local g = gen.new({ seed = 41, authors = 5, count = 200 })
+    local old = {}
+    for i = 1, 200 do
+      old[i] = g:next()
+      assert(l2:save_event(old[i]) ~= nil)
+    end
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, l1 = { admit = "always" } }))
+    local cursor = db.l1:stats().last_seq
+    local got = db:query_events({ authors = { g.pubkeys[1] } })
+    assert(#got > 0)
+    assert.same(ids(got), ids((db:query_events({ authors = { g.pubkeys[1] } }, { l1_only = true }))), "L1 took them")
+    assert.same({}, (db.l1:changes_since(cursor)))
+    -- a save is news
+    local new = g:next()
+    assert(db:save_event(new))
+    local changes = db.l1:changes_since(cursor)
+    assert.equal(1, #changes)
+    assert.equal(new.id, changes[1].id)
+    db:close()
+    l2:close()
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
+  it("a remembered answer sees another backend's saves on the same L1 and another writer's after a poll", function()
+    local dir = tmpdir()
+    local shared = assert(layer2.lmdb.open(dir .. "-l2"))
+    local sec = ("0"):rep(63) .. "5"
+    local n = 0
+    local function note()
+      n = n + 1
+      return layer2.event.sign({ kind = 1, created_at = NOW + n, tags = {}, content = "n" .. n }, sec)
+    end
+    -- the newest event in L2 (another author's) puts L1's horizon past everything below
+    assert(shared:save_event(layer2.event.sign({ kind = 1, created_at = NOW + 1000, tags = {}, content = "x" },
+      ("0"):rep(63) .. "6")))
+    local a = assert(layer2.open(dir, { l2 = shared, nosync = true, log = quiet }))
+    local b = assert(layer2.open(dir, { l2 = shared, nosync = true, log = quiet })) -- a second worker
+    local pk = note().pubkey
+    local f = { authors = { pk }, kinds = { 1 }, limit = 3 }
+    for _ = 1, 3 do assert(shared:save_event(note())) end -- history L1 never saw
+    local function check(db, why)
+      assert.same(ids(shared:query_events(f)), ids((db:query_events(f))), why)
+    end
+    check(a, "from L2")
+    check(a, "remembered")
+    check(a, "remembered")
+    assert.equal(2, a:stats().hits.answers)
+    assert(b:save_event(note()))
+    check(a, "after the other worker's save")
+    check(a, "remembered again")
+    assert.equal(3, a:stats().hits.answers)
+    assert(shared:save_event(note())) -- another node, straight into L2
+    a:poll()
+    check(a, "after the poll brought it")
+    check(a, "remembered again")
+    assert.equal(4, a:stats().hits.answers)
+    a:close()
+    b:close()
+    shared:close()
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
   it("L2 failing for a while: every event saved meanwhile reaches it after", function()
     local dir = tmpdir()
     local real = assert(layer2.lmdb.open(dir .. "/shared-l2", { nosync = true }))

@@ -3,6 +3,7 @@
 -- what to signal. See DESIGN §4 and the README.
 local core = require("layer2.core")
 local poll = require("layer2.poll")
+local answers = require("layer2.answers")
 
 local event = core.event
 local backend = {}
@@ -85,7 +86,7 @@ function backend.open(path, opts)
     -- stubs keep filter answers complete but hold room that bodies could use: at most this share
     -- of L1's entries are stubs, the oldest going first
     stub_share = l1opts.stub_share or 0.25,
-    hits = { l1 = 0, stubs = 0, l2 = 0, missing = 0 },
+    hits = { l1 = 0, stubs = 0, l2 = 0, missing = 0, answers = 0 },
     admit_mode = l1opts.admit or "second",
     reads = { count = {}, n = 0 }, -- id -> recent reads (aged), see Backend:count_read
     reads_period = l1opts.history or 100000,
@@ -116,6 +117,9 @@ function backend.open(path, opts)
     self.own_l2 = true
   elseif opts.l2 ~= false then
     self.l2 = check_store(opts.l2)
+  end
+  if self.l2 and l1opts.answers ~= false then
+    self.answers = answers.new(self.l1, { ttl = l1opts.answers_ttl, max_ids = l1opts.answers_max_ids })
   end
   self.poll_frequency = opts.poll_frequency or 0
   self.poll_overlap = opts.poll_overlap or 4
@@ -496,16 +500,19 @@ local function ids_only(f)
   return not f.limit or (type(f.limit) == "number" and f.limit >= #f.ids)
 end
 
--- the ids in a result list (events, JSON strings or stubs' ids)
+-- the id of a result (an event, a JSON string or a stub's id)
+local function id_of(v)
+  if type(v) == "table" then return v.id end
+  if #v == 64 then return v end
+  return v:match('"id"%s*:%s*"(%x+)"')
+end
+
+-- the ids in a result list, as a set
 local function result_ids(res)
   local out = {}
   for _, v in ipairs(res) do
-    if type(v) == "table" then out[v.id] = true
-    elseif #v == 64 then out[v] = true
-    else
-      local id = v:match('"id"%s*:%s*"(%x+)"')
-      if id then out[id] = true end
-    end
+    local id = id_of(v)
+    if id then out[id] = true end
   end
   return out
 end
@@ -552,6 +559,38 @@ function Backend:remember_missing(list, incomplete, res)
       end
     end
   end
+end
+
+-- Answers from a remembered L2 answer (layer2/answers.lua): the bodies L1 holds, stubs and the
+-- events L1 let go of fetched from L2 by id (and offered back to L1). nil when an event of it is
+-- gone (expired, deleted): the answer no longer stands.
+function Backend:serve_answer(entry, json, now)
+  local res, info = self.l1:query_events({ ids = entry.ids }, { json = json, max_limit = #entry.ids, now = now,
+    info = true, horizon = 0 })
+  if not res then return nil end
+  local bodies = #res - #info.stubs
+  local fetched = #info.stubs
+  if fetched > 0 then res = self:fill_stubs(res, info.stubs, json) end
+  local value = {}
+  for _, v in ipairs(res) do value[id_of(v)] = v end
+  local gone = {}
+  for _, id in ipairs(entry.ids) do
+    if not value[id] then gone[#gone + 1] = id end
+  end
+  if #gone > 0 then
+    local ok, got = call_l2(self, "query_events", { ids = gone }, { json = json, max_limit = #gone, now = now })
+    if not ok or not got then return nil end
+    for _, v in ipairs(got) do value[id_of(v)] = v end
+    fetched = fetched + #got
+    self:fill(got)
+  end
+  local out = {}
+  for i, id in ipairs(entry.ids) do
+    out[i] = value[id]
+    if not out[i] then return nil end
+  end
+  for _, v in ipairs(res) do self:count_read(id_of(v)) end
+  return out, { l1 = bodies, stubs = fetched, l2 = 0 }
 end
 
 -- Fetches the bodies of stubs from L2 and puts them in place (and back into L1).
@@ -602,7 +641,7 @@ function Backend:fill(events)
   local ok, err = self.l1:import(function()
     i = i + 1
     return lines[i]
-  end, { verify = false, threads = 1 })
+  end, { verify = false, threads = 1, fill = true })
   if not ok then self.log("L1 could not keep what L2 returned: " .. tostring(err)) end
 end
 
@@ -645,6 +684,25 @@ function Backend:query_events(filters, opts)
     end
     return res, levels
   end
+  -- a single filter L2 answered before, its answer untouched since: from L1 and by id
+  local akey, acursor, single
+  if self.answers and flist and #flist == 1 then
+    single = flist[1]
+    self.answers:catch_up()
+    local limit = math.min(tonumber(single.limit) or l1opts.max_limit, l1opts.max_limit)
+    akey = answers.key(single, limit, opts.now)
+    local entry = akey and self.answers:get(akey)
+    if entry then
+      local out, from = self:serve_answer(entry, json, opts.now)
+      if out then
+        self.hits.l1, self.hits.stubs = self.hits.l1 + from.l1, self.hits.stubs + from.stubs
+        self.hits.answers = self.hits.answers + 1
+        return out, from
+      end
+      self.answers:drop(akey)
+    end
+    acursor = self.answers.cursor
+  end
   -- L1 cannot prove the answer: L2, the authority, answers
   local ok, res2, refusal = call_l2(self, "query_events", filters,
     { json = json, max_limit = l1opts.max_limit, now = opts.now })
@@ -672,6 +730,11 @@ function Backend:query_events(filters, opts)
     for i, m in ipairs(merged) do res2[i] = (json and type(m.v) ~= "string") and event.encode(m.t) or m.v end
   end
   self:remember_missing(flist, info.incomplete, res2)
+  if akey then
+    local list = {}
+    for i, v in ipairs(res2) do list[i] = id_of(v) end
+    self.answers:put(akey, single, list, acursor)
+  end
   self:fill(res2)
   levels.l1, levels.l2 = 0, #res2
   self.hits.l2 = self.hits.l2 + #res2
@@ -770,7 +833,8 @@ function Backend:stats()
     size_limit = self.limit,
     high_water = self.high_water,
     low_water = self.low_water,
-    hits = { l1 = self.hits.l1, stubs = self.hits.stubs, l2 = self.hits.l2, missing = self.hits.missing },
+    hits = { l1 = self.hits.l1, stubs = self.hits.stubs, l2 = self.hits.l2, missing = self.hits.missing,
+      answers = self.hits.answers },
     outbox = l1.outbox,
     policy = self.policy.name,
   }
