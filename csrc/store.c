@@ -903,6 +903,7 @@ static int write_begin(l2_store *st, wtx *w)
     int rc;
     l2_store_read_end(st);
     w->st = st;
+    w->quiet = 0;
     rc = mdb_txn_begin(st->env, NULL, 0, &w->txn);
     if (rc == MDB_MAP_RESIZED) {
         adopt_map(st);

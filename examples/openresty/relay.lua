@@ -224,6 +224,7 @@ function relay.metrics()
     ('layer2_hits{level="stubs"} %d'):format(st.hits.stubs),
     ('layer2_hits{level="l2"} %d'):format(st.hits.l2),
     ('layer2_hits{level="missing"} %d'):format(st.hits.missing),
+    ('layer2_hits{level="answers"} %d'):format(st.hits.answers),
     "# TYPE layer2_outbox gauge",
     ("layer2_outbox %d"):format(st.outbox),
     "# TYPE layer2_horizon gauge",

@@ -251,8 +251,8 @@ function commands.stats(opts)
   end
   print(("horizon     %d"):format(st.horizon))
   print(("outbox      %d"):format(st.outbox))
-  print(("hits        l1 %d, stubs %d, l2 %d, known missing %d (this process)"):format(st.hits.l1, st.hits.stubs,
-    st.hits.l2, st.hits.missing))
+  print(("hits        l1 %d, stubs %d, l2 %d, known missing %d, remembered answers %d (this process)"):format(
+    st.hits.l1, st.hits.stubs, st.hits.l2, st.hits.missing, st.hits.answers))
   print(("policy      %s"):format(st.policy))
   db:close()
   return 0
