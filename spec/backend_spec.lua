@@ -289,6 +289,14 @@ describe("layer2.open (two levels)", function()
     check(a, "after the poll brought it")
     check(a, "remembered again")
     assert.equal(4, a:stats().hits.answers)
+    -- an import goes to L2 only, past L1's change feed: it ends every remembered answer
+    local line = layer2.event.encode(note())
+    assert(a:import(function()
+      local l = line
+      line = nil
+      return l
+    end))
+    check(a, "after an import")
     a:close()
     b:close()
     shared:close()
@@ -360,9 +368,14 @@ describe("layer2.open (two levels)", function()
     end
     local lru, lfu, oldest = require("layer2.policy.lru"), require("layer2.policy.lfu"), require("layer2.policy.oldest")
 
-    it("lru: coldest first, kinds 0, 3 and 10002 only when nothing else frees enough", function()
-      assert.same({ "b", "d" }, lru:select(cands(), 200))
-      assert.same({ "b", "d", "a", "c" }, lru:select(cands(), 400))
+    it("lru: coldest first, kinds 0, 3 and 10002 that are read only when nothing else frees enough", function()
+      -- c (kind 3) was never read: it goes like any other
+      assert.same({ "b", "c" }, lru:select(cands(), 200))
+      assert.same({ "b", "c", "d", "a" }, lru:select(cands(), 400))
+      -- the backend's recent reads count over L1's hits
+      local cs = cands()
+      for _, c in ipairs(cs) do c.reads = c.id == "c" and 3 or 0 end
+      assert.same({ "a", "b", "d", "e" }, lru:select(cs, 400))
       assert.equal("access", lru.order)
     end)
 

@@ -23,7 +23,8 @@ function answers.new(l1, opts)
     max_ids = opts.max_ids or 100000, -- ids kept over all answers (per backend: per nginx worker)
     entries = {}, -- key -> {ids =, filter =, until_t =}
     by_author = {}, -- pubkey -> {key = true}: answers of filters naming authors
-    unbound = {}, -- key -> true: answers of filters without authors
+    by_kind = {}, -- kind -> {key = true}: of filters naming kinds, not authors
+    unbound = {}, -- key -> true: the others
     nids = 0,
   }, Answers)
 end
@@ -33,6 +34,14 @@ local function sorted_list(t)
   for i, v in ipairs(t) do out[i] = type(v) == "string" and ("%q"):format(v) or tostring(v) end
   table.sort(out)
   return table.concat(out, ",")
+end
+
+-- the index an answer is found under: a save may touch the answers of its author, of its kind,
+-- and those of filters naming neither
+local function index_of(self, filter)
+  if filter.authors then return self.by_author, filter.authors end
+  if filter.kinds then return self.by_kind, filter.kinds end
+  return nil
 end
 
 -- A canonical key for a single filter with its effective limit and `now`, or nil when it is not
@@ -87,18 +96,19 @@ function Answers:drop(key)
   if not e then return end
   self.entries[key] = nil
   self.unbound[key] = nil
-  for _, pk in ipairs(e.filter.authors or {}) do
-    local set = self.by_author[pk]
+  local index, values = index_of(self, e.filter)
+  for _, v in ipairs(values or {}) do
+    local set = index[v]
     if set then
       set[key] = nil
-      if next(set) == nil then self.by_author[pk] = nil end
+      if next(set) == nil then index[v] = nil end
     end
   end
   self.nids = self.nids - #e.ids
 end
 
 function Answers:clear()
-  self.entries, self.by_author, self.unbound, self.nids = {}, {}, {}, 0
+  self.entries, self.by_author, self.by_kind, self.unbound, self.nids = {}, {}, {}, {}, 0
 end
 
 -- Drops the answers a change in L1's feed may touch: a save of an event that may match. (An
@@ -111,7 +121,7 @@ function Answers:apply(ch)
     self:clear() -- a save whose event is gone already: which answers it touched is unknown
     return
   end
-  for _, set in ipairs({ self.by_author[ev.pubkey] or {}, self.unbound }) do
+  for _, set in ipairs({ self.by_author[ev.pubkey] or {}, self.by_kind[ev.kind] or {}, self.unbound }) do
     local keys = {}
     for key in pairs(set) do keys[#keys + 1] = key end
     for _, key in ipairs(keys) do
@@ -170,10 +180,11 @@ function Answers:put(key, filter, ids, cursor)
   filter = copy_filter(filter)
   local e = { ids = ids, filter = filter, until_t = os.time() + self.ttl }
   self.entries[key] = e
-  if filter.authors then
-    for _, pk in ipairs(filter.authors) do
-      self.by_author[pk] = self.by_author[pk] or {}
-      self.by_author[pk][key] = true
+  local index, values = index_of(self, filter)
+  if index then
+    for _, v in ipairs(values) do
+      index[v] = index[v] or {}
+      index[v][key] = true
     end
   else
     self.unbound[key] = true

@@ -779,6 +779,8 @@ function Backend:import(source, opts)
   -- function) is theirs to see, not an L2 failure
   local ok, counts, err = pcall(self.l2.import, self.l2, tracked, opts)
   if close then close() end
+  -- L1's change feed does not see an import: no remembered answer can be trusted after one
+  if self.answers then self.answers:clear() end
   if newest >= 0 then self:raise_horizon(newest + 1) end
   if not ok then error(counts, 0) end
   return counts, err
@@ -795,6 +797,7 @@ function Backend:nuke()
   end
   local ok, err = self.l1:nuke()
   if not ok then return nil, err end
+  if self.answers then self.answers:clear() end
   self.horizon = -1
   self:raise_horizon(0)
   return true
