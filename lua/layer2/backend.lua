@@ -500,11 +500,15 @@ local function ids_only(f)
   return not f.limit or (type(f.limit) == "number" and f.limit >= #f.ids)
 end
 
--- the id of a result (an event, a JSON string or a stub's id)
+-- the id of a result (an event, a JSON string or a stub's id); the stores' JSON starts with the
+-- id, any other (a Lua L2's) is parsed, since its content may quote an id first
 local function id_of(v)
   if type(v) == "table" then return v.id end
   if #v == 64 then return v end
-  return v:match('"id"%s*:%s*"(%x+)"')
+  local id = v:match('^{"id":"(%x+)"')
+  if id then return id end
+  local ev = event.parse(v)
+  return ev and ev.id
 end
 
 -- the ids in a result list, as a set
@@ -629,7 +633,7 @@ function Backend:fill(events)
   local lines, bytes = {}, 0
   for _, ev in ipairs(events) do
     local line = type(ev) == "string" and ev or event.encode(ev)
-    local id = type(ev) == "string" and line:match('"id":"(%x+)"') or ev.id
+    local id = id_of(ev)
     if self.missing_n > 0 then self:forget_missing(id) end
     if self:admit(id) then
       lines[#lines + 1] = line
