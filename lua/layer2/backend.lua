@@ -692,9 +692,9 @@ function Backend:query_events(filters, opts)
   local akey, acursor, single
   if self.answers and flist and #flist == 1 then
     single = flist[1]
-    self.answers:catch_up()
     local limit = math.min(tonumber(single.limit) or l1opts.max_limit, l1opts.max_limit)
     akey = answers.key(single, limit, opts.now)
+    if akey then self.answers:catch_up() end
     local entry = akey and self.answers:get(akey)
     if entry then
       local out, from = self:serve_answer(entry, json, opts.now)
@@ -717,7 +717,8 @@ function Backend:query_events(filters, opts)
     levels.l2_error = res2
     return res, levels
   end
-  if self.l1:stats().outbox > 0 then
+  local waiting = self.l1:outbox(1)
+  if waiting and #waiting > 0 then
     -- events waiting for L2 are only in L1: merge them in (stubs are in L2's answer already)
     local seen, merged = {}, {}
     for _, list in ipairs({ res2, res }) do
