@@ -693,12 +693,8 @@ rollback:
 int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
 {
     if (ready(pg, err)) return -1;
-    /* one event (every relay save) needs no staging arrays */
-    if (n == 1 && l2_kind_ephemeral(evs[0]->kind)) {
-        res[0] = (l2_save_result){L2_SAVE_EPHEMERAL, 0, 0};
-        return 0;
-    }
-    if (n == 1) return save_one(pg, evs[0], now, res, err);
+    /* one event to store (every relay save) needs no staging arrays */
+    if (n == 1 && !l2_kind_ephemeral(evs[0]->kind)) return save_one(pg, evs[0], now, res, err);
     /* ephemeral events are answered here; the rest go to the server */
     l2_event **keep = malloc((n ? n : 1) * sizeof *keep);
     l2_save_result *kres = malloc((n ? n : 1) * sizeof *kres);

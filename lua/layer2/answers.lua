@@ -67,14 +67,15 @@ function answers.key(filter, limit, now)
   return table.concat(parts, ";") .. ";limit=" .. tostring(limit) .. ";now=" .. tostring(now or "")
 end
 
+local function has(list, x)
+  for _, v in ipairs(list) do
+    if v == x then return true end
+  end
+  return false
+end
+
 -- May `ev` belong to the answer of `f`? (false only when it surely does not)
 local function may_match(f, ev)
-  local function has(list, x)
-    for _, v in ipairs(list) do
-      if v == x then return true end
-    end
-    return false
-  end
   if f.kinds and not has(f.kinds, ev.kind) then return false end
   if f.authors and not has(f.authors, ev.pubkey) then return false end
   if f.since and ev.created_at < f.since then return false end
@@ -192,5 +193,4 @@ function Answers:put(key, filter, ids, cursor)
   self.nids = self.nids + #ids
 end
 
-answers.may_match = may_match
 return answers

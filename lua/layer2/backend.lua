@@ -399,8 +399,11 @@ function Backend:gc(force)
     -- stubs beyond their share of L1's entries go, oldest first
     st = self.l1:stats()
     local excess = math.floor(st.stubs - self.stub_share * st.events)
-    if excess > 0 and self.l2 then report.dropped = report.dropped + self:drop_stubs(excess) end
-    used = self.l1:stats().used_bytes
+    if excess > 0 and self.l2 then
+      report.dropped = report.dropped + self:drop_stubs(excess)
+      st = self.l1:stats()
+    end
+    used = st.used_bytes
     if evicted == 0 then break end
   end
   for _ = 1, 64 do
@@ -574,6 +577,11 @@ function Backend:serve_answer(entry, json, now)
   if not res then return nil end
   local bodies = #res - #info.stubs
   local fetched = #info.stubs
+  -- reads of the bodies L1 gave (stubs and the rest are counted when L2's copies are admitted)
+  local at = 1
+  for i, v in ipairs(res) do
+    if info.stubs[at] == i then at = at + 1 else self:count_read(id_of(v)) end
+  end
   if fetched > 0 then res = self:fill_stubs(res, info.stubs, json) end
   local value = {}
   for _, v in ipairs(res) do value[id_of(v)] = v end
@@ -593,7 +601,6 @@ function Backend:serve_answer(entry, json, now)
     out[i] = value[id]
     if not out[i] then return nil end
   end
-  for _, v in ipairs(res) do self:count_read(id_of(v)) end
   return out, { l1 = bodies, stubs = fetched, l2 = 0 }
 end
 
