@@ -89,18 +89,22 @@ test-valgrind: deps all build/valgrind/layer2/core.so
 		echo "valgrind: $$p passed, $$f failed, exit status $$rc"; exit 1; fi; \
 	echo "valgrind: $$p passed, 0 failed, no leak or memory error from the module (memcheck, Lua 5.4)"
 
-# libFuzzer targets (clang, with ASan + UBSan) seeded from ../shared/data; any crash, leak or
-# sanitizer report fails. CI runs a short pass.
+# libFuzzer targets (clang, with ASan + UBSan) seeded from the generated corpus, and the real one
+# when present ($LAYER2_DATA or ../shared/data); any crash, leak or sanitizer report fails. CI runs
+# a short pass.
 FUZZ_TARGETS := event_parse filter_parse binary_decode store
 FUZZ_SECONDS ?= 60
-FUZZ_DATA ?= $(firstword $(wildcard ../shared/data /work/shared/data))
+REAL_DATA := $(firstword $(wildcard $(LAYER2_DATA)/real.jsonl ../shared/data/real.jsonl))
+FUZZ_SEEDS := build/fuzz/seed/valid.jsonl build/fuzz/seed/invalid.jsonl \
+	$(if $(REAL_DATA),$(REAL_DATA) $(dir $(REAL_DATA))real-invalid.jsonl)
 build/fuzz/%: fuzz/%.c $(CORE_SRC) $(HEADERS)
 	@mkdir -p build/fuzz
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc $(PQ_INC) -o $@ $< $(CORE_SRC) $(LIBS)
 
 fuzz: deps all $(addprefix build/fuzz/,$(FUZZ_TARGETS))
-	@rm -rf build/fuzz/corpus && LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" \
-		LUA_CPATH="$(CURDIR)/build/lua5.4/?.so;;" lua5.4 tools/fuzz-corpus.lua build/fuzz/corpus $(FUZZ_DATA)
+	@rm -rf build/fuzz/corpus && mkdir -p build/fuzz/seed && export LUA_PATH="$(CURDIR)/?.lua;$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" \
+		LUA_CPATH="$(CURDIR)/build/lua5.4/?.so;;" && lua5.4 -e 'require("spec.fixtures.corpus").write("build/fuzz/seed")' && \
+		lua5.4 tools/fuzz-corpus.lua build/fuzz/corpus $(FUZZ_SEEDS)
 	@for t in $(FUZZ_TARGETS); do \
 		build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 \
 			-artifact_prefix=build/fuzz/crash-$$t- build/fuzz/corpus/$$t > build/fuzz/$$t.log 2>&1 || \

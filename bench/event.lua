@@ -1,10 +1,10 @@
--- bench/event: events/s per core for the event core on ../shared/data/real.jsonl.
+-- bench/event: events/s per core for the event core on the real corpus (or the generated one).
 -- Single-threaded, CPU time (os.clock): each figure is one core's rate.
 local layer2 = require("layer2")
 local util = require("bench.util")
 local event, schnorr = layer2.event, layer2.schnorr
 
-local path = util.data_dir() .. "/real.jsonl"
+local path, data_name = util.corpus()
 local lines, bytes = {}, 0
 for line in io.lines(path) do
   lines[#lines + 1] = line
@@ -51,9 +51,10 @@ local _ = parse_rate + pack_rate + id_rate
 
 print(("## bench/event (%s)\n"):format(_VERSION .. (jit and (" / " .. jit.version) or "")))
 print(("machine: %s"):format(util.machine()))
-print(("data: real.jsonl, %d events, %.1f MB (mean %d bytes/event)\n"):format(#lines, bytes / 1e6, math.floor(bytes / #lines)))
+print(("data: %s, %d events, %.1f MB (mean %d bytes/event)\n"):format(data_name, #lines, bytes / 1e6,
+  math.floor(bytes / #lines)))
 print(util.table({ "operation (one core)", "events/s", "µs/event", "note" }, rows))
 print(("\npeak RSS: %.1f MB"):format(util.peak_rss_kb() / 1024))
-util.summary("parse + id, one core", util.fmt_rate(id_rate) .. " events/s", "real.jsonl")
+util.summary("parse + id, one core", util.fmt_rate(id_rate) .. " events/s", data_name)
 util.summary("parse + id + verify, one core", util.fmt_rate(verify_rate) .. " events/s",
   ("%.1f %% of raw libsecp256k1 verify (%s/s)"):format(100 * verify_rate / raw_rate, util.fmt_rate(raw_rate)))

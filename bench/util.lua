@@ -49,15 +49,20 @@ function util.fmt_rate(n)
   return ("%.0f"):format(n)
 end
 
-function util.data_dir()
-  for _, dir in ipairs({ os.getenv("LAYER2_DATA") or "../shared/data", "../shared/data", "/work/shared/data" }) do
-    local f = io.open(dir .. "/real.jsonl")
-    if f then
-      f:close()
-      return dir
-    end
+-- The events a benchmark reads: the real corpus when this machine has it (LAYER2_DATA, or
+-- ../shared/data beside the checkout), else the project's generated corpus. Returns the path of
+-- its JSON lines and a name for the tables.
+function util.corpus()
+  local dir = os.getenv("LAYER2_DATA") or "../shared/data"
+  local f = io.open(dir .. "/real.jsonl")
+  if f then
+    f:close()
+    return dir .. "/real.jsonl", "real.jsonl (6,652 real events)"
   end
-  error("shared data not found: set LAYER2_DATA")
+  os.execute("mkdir -p build/fixtures/bench")
+  local counts = require("spec.fixtures.corpus").write("build/fixtures/bench")
+  return "build/fixtures/bench/valid.jsonl", ("the generated corpus (%d events, spec/fixtures/corpus.lua)")
+    :format(counts.valid)
 end
 
 -- One row of `make bench`'s summary table (bench/run.lua collects them through $BENCH_SUMMARY).

@@ -17,8 +17,10 @@ static void *check_slice(void *arg)
     for (size_t i = s->from; i < s->to; i++) {
         l2_batch_item *it = &s->items[i];
         unsigned required = L2_HAVE_ALL | (s->verify ? L2_LENIENT_IDSIG : 0);
-        it->ok = l2_event_parse_json(&it->ev, it->json, it->len, required, s->lim, it->err) == 0 &&
-                 (!s->verify || l2_event_verify(&it->ev, &scratch, it->err) == 0);
+        int parsed = it->from == L2_BATCH_PARSED ||
+                     (it->from == L2_BATCH_JSON &&
+                      l2_event_parse_json(&it->ev, it->json, it->len, required, s->lim, it->err) == 0);
+        it->ok = parsed && (!s->verify || l2_event_verify(&it->ev, &scratch, it->err) == 0);
     }
     l2_buf_free(&scratch);
     return NULL;

@@ -4,8 +4,13 @@
 
 #include "event.h"
 
+/* Where an item stands before the check: its JSON to parse, an event already parsed (only verified),
+ * or refused already (err says why). */
+enum { L2_BATCH_JSON, L2_BATCH_PARSED, L2_BATCH_REFUSED };
+
 typedef struct {
-    const char *json;
+    int from;         /* L2_BATCH_JSON (0) unless set */
+    const char *json; /* with L2_BATCH_JSON */
     size_t len;
     uint64_t line; /* its line number in the source, for messages */
     l2_event ev;   /* reused from batch to batch */

@@ -60,6 +60,12 @@ int l2lua_filters_unsupported(const l2lua_filters *fs, char *err);
 typedef int (*l2lua_save_fn)(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res,
                              char *err);
 int l2lua_import(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err);
+/* store:save_events(list [, opts]) for a store's save function: every event of the list (tables or
+ * wire JSON) checked (and verified unless opts.verify == false, on opts.threads threads), those
+ * that pass saved in one call of `save` (one transaction), in order. Returns the verdicts in order:
+ * true, or the refusal's message; nil, err when the store failed (then nothing of it was saved). */
+#define L2LUA_SAVE_EVENTS_MAX 10000
+int l2lua_save_events(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err);
 
 /* The pubkeys argument of export: an event matches when its pubkey or a `p` tag is listed. */
 typedef struct {

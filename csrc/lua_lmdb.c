@@ -208,6 +208,15 @@ static int save_batch(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_
     return l2_store_save_batch(t->st, evs, n, now, t->flags, res, err);
 }
 
+/* store:save_events(list [, opts]) -> verdicts | nil, err (see l2lua_save_events): one write
+ * transaction for the batch. opts.outbox queues each stored event in the outbox in it. */
+static int store_save_events(lua_State *L)
+{
+    lstore *s = check_store(L);
+    import_target t = {s->st, l2lua_opt_bool(L, 3, "outbox", 0) ? L2_SAVE_OUTBOX : 0};
+    return l2lua_save_events(L, save_batch, &t, &s->lim, s->err);
+}
+
 /* store:import(source [, opts]) -> counts | nil, err (see l2lua_import): one write transaction
  * per batch. opts.fill: a cache fill, which the change feed does not report (not news). */
 static int store_import(lua_State *L)
@@ -579,7 +588,7 @@ static int store_outbox_ack(lua_State *L)
 }
 
 static const luaL_Reg store_methods[] = {
-    {"save_event", store_save}, {"query_events", store_query}, {"count_events", store_count},
+    {"save_event", store_save}, {"save_events", store_save_events}, {"query_events", store_query}, {"count_events", store_count},
     {"delete_event", store_delete}, {"import", store_import}, {"export", store_export},
     {"changes_since", store_changes}, {"stats", store_stats}, {"check", store_check},
     {"sweep", store_sweep}, {"nuke", store_nuke}, {"sync", store_sync}, {"path", store_path},

@@ -148,6 +148,13 @@ static int save_batch(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_
     return l2_pg_save_batch(ud, evs, n, now, res, err);
 }
 
+/* store:save_events(list [, opts]) -> verdicts | nil, err (see l2lua_save_events): one transaction. */
+static int pg_save_events(lua_State *L)
+{
+    lpg *s = check_pg(L);
+    return l2lua_save_events(L, save_batch, s->pg, &s->lim, s->err);
+}
+
 /* store:import(source [, opts]) -> counts | nil, err: each batch through COPY, one transaction;
  * then fresh planner statistics, without which PostgreSQL picks poor plans for what came in. */
 static int pg_import(lua_State *L)
@@ -308,7 +315,7 @@ static int pg_wait(lua_State *L)
 }
 
 static const luaL_Reg pg_methods[] = {
-    {"save_event", pg_save}, {"query_events", pg_query}, {"count_events", pg_count},
+    {"save_event", pg_save}, {"save_events", pg_save_events}, {"query_events", pg_query}, {"count_events", pg_count},
     {"delete_event", pg_delete}, {"import", pg_import}, {"export", pg_export},
     {"changes_since", pg_changes}, {"stats", pg_stats}, {"check", pg_check}, {"sweep", pg_sweep},
     {"nuke", pg_nuke}, {"sync", pg_sync}, {"path", pg_path}, {"close", pg_close}, {"is_closed", pg_is_closed},

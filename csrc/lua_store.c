@@ -365,6 +365,74 @@ int l2lua_import(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *li
     return 1;
 }
 
+/* ---- a batch of events from Lua ---- */
+
+int l2lua_save_events(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err)
+{
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    int verify = l2lua_opt_bool(L, 3, "verify", 1);
+    int64_t now = l2lua_opt_now(L, 3);
+    size_t n = lua_rawlen(L, 2);
+    /* threads only pay off past a few dozen signatures */
+    int threads = (int)l2lua_opt_int(L, 3, "threads", n >= 64 ? 2 : 1);
+    if (n > L2LUA_SAVE_EVENTS_MAX) {
+        snprintf(err, L2_ERRLEN, "invalid: more than %d events in one save_events call", L2LUA_SAVE_EVENTS_MAX);
+        return l2lua_refuse(L, 0, err);
+    }
+    /* the items live in a userdata: a Lua error on the way frees them */
+    import_state *im = lua_newuserdatauv(L, sizeof *im, 0);
+    memset(im, 0, sizeof *im);
+    l2_buf_init(&im->lines);
+    luaL_setmetatable(L, IMPORT_MT);
+    int im_idx = lua_gettop(L);
+    size_t cap = n ? n : 1;
+    im->items = calloc(cap, sizeof *im->items);
+    im->evs = malloc(cap * sizeof *im->evs);
+    im->res = malloc(cap * sizeof *im->res);
+    if (!im->items || !im->evs || !im->res) return luaL_error(L, "layer2: out of memory");
+    im->cap = cap;
+    unsigned required = L2_HAVE_ALL | (verify ? L2_LENIENT_IDSIG : 0);
+    for (size_t i = 0; i < n; i++) {
+        l2_batch_item *it = &im->items[i];
+        l2_event_init(&it->ev);
+        it->line = i + 1;
+        /* the strings an item points into stay referenced by the list until the call returns */
+        lua_rawgeti(L, 2, (int)i + 1);
+        int t = lua_type(L, -1);
+        if (t == LUA_TSTRING) {
+            it->json = lua_tolstring(L, -1, &it->len);
+        } else if (t != LUA_TTABLE) {
+            it->from = L2_BATCH_REFUSED;
+            snprintf(it->err, L2_ERRLEN, "invalid: an event is a table or a JSON string, not a %s", lua_typename(L, t));
+        } else {
+            it->from = l2lua_event_arg(L, lua_gettop(L), &it->ev, required, lim, it->err) ? L2_BATCH_REFUSED
+                                                                                           : L2_BATCH_PARSED;
+        }
+        lua_pop(L, 1);
+    }
+    l2_batch_check(im->items, n, threads, verify, lim);
+    size_t nok = 0;
+    for (size_t i = 0; i < n; i++)
+        if (im->items[i].ok) im->evs[nok++] = &im->items[i].ev;
+    int failed = nok && save(ud, im->evs, nok, now, im->res, err);
+    if (!failed) {
+        lua_createtable(L, (int)n, 0);
+        for (size_t i = 0, k = 0; i < n; i++) {
+            l2_batch_item *it = &im->items[i];
+            const char *msg = it->ok ? l2_save_message(im->res[k++].status) : it->err;
+            if (msg) lua_pushstring(L, msg);
+            else lua_pushboolean(L, 1);
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+    }
+    lua_pushcfunction(L, import_gc);
+    lua_pushvalue(L, im_idx);
+    lua_call(L, 1, 0);
+    if (failed) return l2lua_refuse(L, 0, err);
+    return 1;
+}
+
 /* ---- export ---- */
 
 static int cmp32(const void *a, const void *b)

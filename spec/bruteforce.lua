@@ -1,4 +1,4 @@
--- A store against the plain-Lua reference (spec/ref.lua) over every real event, in file order
+-- A store against the plain-Lua reference (spec/ref.lua) over every event of each corpus, in file order
 -- and shuffled: the same accepted set, and the same answer (ids and order) for 1,200 random
 -- filters and REQs. Run for each store kind by its spec (lmdb_bruteforce_spec, postgres_...).
 local layer2 = require("layer2")
@@ -7,8 +7,8 @@ local ref = require("spec.ref")
 
 local NOW = 1800000000 -- fixed, so expiration is the same for both sides
 
-local function load_events(order_seed)
-  local lines = helper.lines("real.jsonl")
+local function load_events(path, order_seed)
+  local lines = helper.lines(path)
   if order_seed then
     local rand = helper.rng(order_seed)
     for i = #lines, 2, -1 do
@@ -76,7 +76,8 @@ local ids_of = helper.ids
 -- (they live in the spec file's environment, not in this module's)
 return function(label, open, bb)
 local describe, it, setup, teardown, assert = bb.describe, bb.it, bb.setup, bb.teardown, bb.assert
-describe(label .. " vs the brute-force reference", function()
+helper.each_corpus(bb.pending, label .. " vs the brute-force reference", function(corpus)
+describe(label .. " vs the brute-force reference, " .. corpus.name .. " events", function()
   local orders = { { name = "file order" }, { name = "shuffled", seed = 777 } }
   local final_sets = {}
 
@@ -87,7 +88,7 @@ describe(label .. " vs the brute-force reference", function()
       setup(function()
         db, cleanup = open(order.name)
         model = ref.new()
-        local lines = load_events(order.seed)
+        local lines = load_events(corpus.valid, order.seed)
         events = decode_all(lines)
         -- half saved one by one, half imported in batches
         local half = math.floor(#lines / 2)
@@ -166,5 +167,6 @@ describe(label .. " vs the brute-force reference", function()
     assert.equal(2, #final_sets)
     assert.same(final_sets[1], final_sets[2])
   end)
+end)
 end)
 end

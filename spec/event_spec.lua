@@ -55,11 +55,12 @@ describe("layer2.event", function()
     end
   end)
 
-  describe("real events", function()
-    local lines = helper.lines("real.jsonl")
+  helper.each_corpus(pending, "parsing, hashing and verifying", function(c)
+  describe(c.name .. " events", function()
+    local lines = helper.lines(c.valid)
 
-    it("all 6,652 parse, hash to their id and verify (JSON and table forms)", function()
-      assert.equal(6652, #lines)
+    it("all " .. c.counts.valid .. " parse, hash to their id and verify (JSON and table forms)", function()
+      assert.equal(c.counts.valid, #lines)
       for i, line in ipairs(lines) do
         local ev, err = event.parse(line)
         assert(ev, "line " .. i .. ": " .. tostring(err))
@@ -100,12 +101,12 @@ describe("layer2.event", function()
     end)
   end)
 
-  describe("refused events", function()
-    local lines = helper.lines("real-invalid.jsonl")
-    local reasons = helper.lines("real-invalid.reasons.jsonl")
+  describe(c.name .. " refused events", function()
+    local lines = helper.lines(c.invalid)
+    local reasons = helper.lines(c.reasons)
 
-    it("all 391 are refused for the reason given", function()
-      assert.equal(391, #lines)
+    it("all " .. c.counts.invalid .. " are refused for the reason given", function()
+      assert.equal(c.counts.invalid, #lines)
       assert.equal(#lines, #reasons)
       local seen = {}
       for i, line in ipairs(lines) do
@@ -126,8 +127,9 @@ describe("layer2.event", function()
           assert(err:match("^invalid: bad signature"), "line " .. i .. ": " .. err)
         end
       end
-      assert.same({ bad_id = 197, bad_shape = 188, bad_sig = 6 }, seen)
+      assert.same(c.counts.reasons, seen)
     end)
+  end)
   end)
 
   describe("BIP-340 vectors", function()

@@ -51,8 +51,9 @@ describe("lmdb store", function()
     rmdir(dir)
   end)
 
+  helper.with_real(pending, "the peer suite's 14 events", function(real)
   it("the peer suite's 14 events: all accepted, and the queries after them", function()
-    local lines = helper.lines("peer-rust-nostr-db-suite.jsonl")
+    local lines = helper.lines(real.peer)
     local evs = {}
     for i, line in ipairs(lines) do
       evs[i] = event.parse(line)
@@ -74,6 +75,7 @@ describe("lmdb store", function()
     refused(lines[11], "blocked:")  -- deleted by id
     refused(lines[1], "duplicate:")
     clean()
+  end)
   end)
 
   it("duplicates are refused", function()
@@ -351,21 +353,23 @@ describe("lmdb store", function()
     clean()
   end)
 
-  it("import from a path, a handle and a function; reports refused lines; export streams back", function()
-    local path = helper.data_dir() .. "/real-invalid.jsonl"
+  helper.each_corpus(pending, "import and export", function(c)
+  it("import from a path, a handle and a function; reports refused lines; export streams back (" .. c.name
+    .. " events)", function()
+    local path = c.invalid
     local refusals, progress = {}, 0
     local counts = assert(db:import(path, {
       on_refused = function(line, msg) refusals[#refusals + 1] = { line, msg } end,
       progress = function(n) progress = n end,
     }))
-    assert.equal(391, counts.invalid)
-    assert.equal(391, #refusals)
-    assert.equal(391, progress)
+    assert.equal(c.counts.invalid, counts.invalid)
+    assert.equal(c.counts.invalid, #refusals)
+    assert.equal(c.counts.invalid, progress)
     assert.equal(1, refusals[1][1])
     assert.matches("^invalid: ", refusals[1][2])
     assert.equal(0, db:count_events({}))
-    local lines = helper.lines("real.jsonl")
-    local fh = assert(io.open(helper.data_dir() .. "/real.jsonl"))
+    local lines = helper.lines(c.valid)
+    local fh = assert(io.open(c.valid))
     counts = assert(db:import(fh, { batch = 1000, now = 1800000000 }))
     fh:close()
     assert.equal(#lines, counts.lines)
@@ -396,6 +400,7 @@ describe("lmdb store", function()
     rmdir(copy_dir)
     os.remove(out)
     clean()
+  end)
   end)
 
   it("import without verification takes trusted dumps as they are", function()
@@ -452,8 +457,9 @@ describe("lmdb store", function()
     db:close()
     rmdir(dir)
     db = assert(layer2.lmdb.open(dir, { map_size = 256 * 1024 }))
-    local c = assert(db:import(helper.data_dir() .. "/real.jsonl", { now = 1 }))
-    assert(c.saved > 6000)
+    local data = helper.corpora()[1]
+    local c = assert(db:import(data.valid, { now = 1 }))
+    assert(c.saved > data.counts.valid * 0.9)
     assert(db:stats().map_bytes > 256 * 1024)
     clean()
     db:close()
@@ -461,7 +467,7 @@ describe("lmdb store", function()
     db = assert(layer2.lmdb.open(dir, { map_size = 256 * 1024, fixed_map = true }))
     local first = sign(A, 1, T)
     saved(first)
-    local r, err = db:import(helper.data_dir() .. "/real.jsonl", { now = 1 })
+    local r, err = db:import(data.valid, { now = 1 })
     assert.is_nil(r)
     assert.matches("^error: the store is full", err)
     assert.same({ first.id }, ids(db:query_events({})))

@@ -135,7 +135,7 @@ describe("layer2.postgres store", function()
   it("imports through COPY in batches, exports through a cursor, by pubkey too, like the LMDB store", function()
     local dir = helper.tmpdir()
     local lmdb = assert(layer2.lmdb.open(dir))
-    local path = helper.data_dir() .. "/real.jsonl"
+    local path = helper.corpora()[1].valid
     local c1 = assert(db:import(path, { now = NOW, batch = 700 }))
     local c2 = assert(lmdb:import(path, { now = NOW }))
     assert.same(c2, c1)

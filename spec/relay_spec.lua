@@ -65,10 +65,6 @@ local describe_if = (jit or os.getenv("LAYER2_ASAN")) and pending or describe
 local relay_limits = { max_filters = 10 }
 
 describe_if("the example relay on nginx, driven by nostr-tools", function()
-  local data_dir = io.popen("cd '" .. helper.data_dir() .. "' && pwd"):read("l") -- the client runs elsewhere
-  local lines = helper.lines("real.jsonl")
-  local events = {}
-  for i, line in ipairs(lines) do events[i] = layer2.event.parse(line) end
 
   setup(function()
     -- the client library, from the npm registry, into a test-only folder
@@ -79,7 +75,7 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
     assert(sh(("cp %s/spec/relay/client.mjs %s/"):format(ROOT, NODE_DIR)))
   end)
 
-  local function config(port, rand, live_key)
+  local function config(corpus, events, port, rand, live_key)
     local filters = {}
     for i = 1, 120 do
       local e = events[rand(#events)]
@@ -94,16 +90,21 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
     end
     local after = layer2.event.sign({ kind = 1111, created_at = os.time(), tags = { { "t", "layer2-live" } },
       content = "after close" }, live_key)
-    return { url = ("ws://127.0.0.1:%d/"):format(port), valid = data_dir .. "/real.jsonl",
-      invalid = data_dir .. "/real-invalid.jsonl", filters = filters, live = live, after_close = after }
+    local sentinel = layer2.event.sign({ kind = 1112, created_at = os.time(), tags = { { "t", "layer2-live" } },
+      content = "delivery has caught up" }, live_key)
+    return { url = ("ws://127.0.0.1:%d/"):format(port), valid = corpus.valid, invalid = corpus.invalid,
+      filters = filters, live = live, after_close = after, sentinel = sentinel }
   end
 
+  helper.each_corpus(pending, "NIP-01 through the relay", function(corpus)
+  local events = {}
+  for i, line in ipairs(helper.lines(corpus.valid)) do events[i] = layer2.event.parse(line) end
   local answers = {}
 
   local variants = { { name = "unlimited L1" }, { name = "a 1 MiB L1", extra = "--l1-limit 1048576" },
     { name = "a PostgreSQL L2 shared with a second relay (live events cross over)", pg = true } }
   for _, variant in ipairs(variants) do
-    it("speaks NIP-01 with " .. variant.name, function()
+    it("speaks NIP-01 with " .. variant.name .. " (" .. corpus.name .. " events)", function()
       local conninfo, stop2, port2
       if variant.pg then
         conninfo = pg.fresh()
@@ -112,7 +113,7 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
       end
       local port, data, stop = start_relay(variant.extra)
       local ok, err = pcall(function()
-        local cfg = config(port, helper.rng(99), ("0"):rep(63) .. "d")
+        local cfg = config(corpus, events, port, helper.rng(99), ("0"):rep(63) .. "d")
         if port2 then cfg.watch_url = ("ws://127.0.0.1:%d/"):format(port2) end
         local res = run_client(cfg)
         -- every real event: OK true, or the refusal the rules give
@@ -125,14 +126,14 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
           if not want then assert.matches("^" .. prefix .. ":", got[2]) end
         end
         -- every invalid one refused, nothing of them stored
-        assert.equal(391, #res.invalid)
+        assert.equal(corpus.counts.invalid, #res.invalid)
         for _, r in ipairs(res.invalid) do
           assert.same({ "OK", false }, { r[1], r[3] })
           assert.matches("^invalid: ", r[4])
         end
-        -- the store holds what the rules accepted and the 4 live events: nothing of the invalid ones
+        -- the store holds what the rules accepted and the 5 live events: nothing of the invalid ones
         local db = assert(conninfo and layer2.postgres.open(conninfo) or layer2.open(data))
-        assert.equal(model:count() + 4, db:count_events({}))
+        assert.equal(model:count() + 5, db:count_events({}))
         -- REQ answers equal the store's own query
         assert.equal(120, #res.reqs)
         for i, f in ipairs(cfg.filters) do
@@ -168,9 +169,11 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
     end)
   end
 
-  it("a size-limited L1, and a PostgreSQL L2, return the same answers as an unlimited L1", function()
+  it("a size-limited L1, and a PostgreSQL L2, return the same answers as an unlimited L1 (" .. corpus.name
+    .. " events)", function()
     assert.equal(3, #answers)
     assert.same(answers[1], answers[2])
     assert.same(answers[1], answers[3])
+  end)
   end)
 end)

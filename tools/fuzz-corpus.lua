@@ -1,7 +1,7 @@
--- Seeds the fuzzers' corpora from ../shared/data (read at run time; nothing is copied into the
--- repository): tools/fuzz-corpus.lua OUTDIR DATADIR
+-- Seeds the fuzzers' corpora from files of JSON events, valid and refused (the generated corpus,
+-- and the real one when present): tools/fuzz-corpus.lua OUTDIR FILE...
 local layer2 = require("layer2")
-local out, data = arg[1], arg[2]
+local out = arg[1]
 
 local function write(dir, name, text)
   local f = assert(io.open(("%s/%s/%s"):format(out, dir, name), "wb"))
@@ -11,8 +11,8 @@ end
 
 for _, d in ipairs({ "event_parse", "filter_parse", "binary_decode", "store" }) do os.execute("mkdir -p " .. out .. "/" .. d) end
 local n, lines = 0, {}
-for _, file in ipairs({ "real.jsonl", "real-invalid.jsonl" }) do
-  for line in io.lines(data .. "/" .. file) do
+for k = 2, #arg do
+  for line in io.lines(arg[k]) do
     n = n + 1
     lines[#lines + 1] = line
     if n % 7 == 0 then write("event_parse", "e" .. n, line) end

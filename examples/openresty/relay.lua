@@ -111,15 +111,27 @@ function relay.handle()
 
   local handlers = {}
 
+  -- events of this connection not decided yet: a REQ or COUNT after an EVENT waits for them, so
+  -- a client reads its own writes
+  local unsettled, settled = 0, semaphore.new()
+  local function settle()
+    while unsettled > 0 do settled:wait(5) end
+  end
+
   function handlers.EVENT(msg)
     local ev = msg[2]
     if type(ev) ~= "table" then return send({ "NOTICE", "invalid: EVENT needs an event object" }) end
     local id = type(ev.id) == "string" and ev.id or ""
-    local ok, m = db:save_event(ev)
-    if ok and type(ev.kind) == "number" and ev.kind >= 20000 and ev.kind < 30000 then
-      resty.broadcast(layer2.event.encode(ev))
-    end
-    send({ "OK", id, ok and true or false, m or "" })
+    unsettled = unsettled + 1
+    -- saved with what other connections sent meanwhile (group commit); the OK follows
+    resty.save(ev, function(ok, m)
+      if ok and type(ev.kind) == "number" and ev.kind >= 20000 and ev.kind < 30000 then
+        resty.broadcast(layer2.event.encode(ev))
+      end
+      send({ "OK", id, ok, m })
+      unsettled = unsettled - 1
+      if unsettled == 0 then settled:post(1) end
+    end)
   end
 
   local function subid_of(msg, verb)
@@ -146,6 +158,7 @@ function relay.handle()
   function handlers.REQ(msg)
     local subid, filters = query_args(msg)
     if not subid then return end
+    settle()
     if not subs[subid] and nsubs >= relay.limits.max_subscriptions then
       return send({ "CLOSED", subid, ("blocked: more than %d subscriptions"):format(relay.limits.max_subscriptions) })
     end
@@ -160,6 +173,7 @@ function relay.handle()
   function handlers.COUNT(msg)
     local subid, filters = query_args(msg)
     if not subid then return end
+    settle()
     local n, cerr = db:count_events(filters)
     if not n then return send({ "CLOSED", subid, cerr }) end
     send({ "COUNT", subid, { count = n } })

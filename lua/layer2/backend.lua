@@ -1,6 +1,6 @@
 -- The two-level backend: a size-limited LMDB cache (L1) in front of an authoritative store (L2).
 -- The C core does storage and rules; this file decides what goes where, when to evict, and
--- what to signal. See DESIGN §4 and the README.
+-- what to signal. See docs/DESIGN.md §3 and the README.
 local core = require("layer2.core")
 local poll = require("layer2.poll")
 local answers = require("layer2.answers")
@@ -16,6 +16,8 @@ local PAGE = 4096
 -- read counts halve every this many counted reads (l1.history), so what was hot and is not any
 -- more loses its weight; the admission bar stays within these bounds
 local ADMIT_BAR_MIN, ADMIT_BAR_MAX = 2, 8
+-- at most this many events in one L1 transaction of save_events
+local L1_CHUNK_MAX = 500
 
 local function is_ephemeral(kind) return kind >= 20000 and kind < 30000 end
 
@@ -95,6 +97,7 @@ function backend.open(path, opts)
     missing_n = 0,
     missing_ttl = l1opts.missing_ttl or 10,
     used = 0, -- L1's used bytes as last measured, plus what was written since
+    l1_chunk = L1_CHUNK_MAX, -- events per L1 transaction of save_events (smaller when L1 filled)
   }, Backend)
   local err
   self.l1, err = core.lmdb.open(path .. "/layer1", { cache = true, map_size = self.limit, fixed_map = limit ~= nil,
@@ -179,10 +182,20 @@ end
 -- Room for a write of about `bytes`: evicts before the map could fill. LMDB needs free pages
 -- even to delete, so L1 must never be allowed to fill up: work below the high water mark.
 -- Returns false when the write could not fit in L1 at all.
-function Backend:make_room(bytes)
+-- What a write of `bytes` in `n` events may take in L1: the bodies, their index keys and the
+-- pages copied on write (each event of a transaction touches pages of several indexes).
+local function room_needed(bytes, n)
+  return bytes * 3 + 16384 + ((n or 1) - 1) * 6 * PAGE
+end
+
+function Backend:make_room_fits(bytes, n)
+  return not self.limit or room_needed(bytes, n) <= self.limit * (100 - self.high_water) / 100
+end
+
+function Backend:make_room(bytes, n)
   if not self.limit then return true end
-  local need = bytes * 3 + 16384 -- body, index keys and copy-on-write pages
-  if need > self.limit * (100 - self.high_water) / 100 then return false end
+  if not self:make_room_fits(bytes, n) then return false end
+  local need = room_needed(bytes, n)
   local high = self.limit * self.high_water / 100
   if self.used + need > high then
     self.used = self.l1:stats().used_bytes
@@ -240,6 +253,136 @@ function Backend:save_event(ev, opts)
     return true -- L2 stored it; L1 already had it or an entry that refuses it
   end
   return saved, msg
+end
+
+-- A table's size in L1, roughly (encoding it only to measure would cost a hot path).
+local function size_of(ev)
+  if type(ev) == "string" then return #ev end
+  local n = 400 + (type(ev.content) == "string" and #ev.content or 0)
+  if type(ev.tags) == "table" then n = n + 80 * #ev.tags end
+  return n
+end
+
+-- Saves a batch into L1 in as few transactions as L1's size limit allows; calls
+-- done(k, verdict, err) for each event in order (verdict nil and err on a store failure). A
+-- transaction copies every page it touches, and in a small L1 that can fill the map however
+-- few bytes the events have: a chunk that finds L1 full is split after an eviction.
+function Backend:save_l1_batch(evs, opts, done)
+  local from = 1
+  while from <= #evs do
+    local part, bytes = {}, 0
+    for i = from, math.min(#evs, from + self.l1_chunk - 1) do
+      local b = size_of(evs[i])
+      if #part > 0 and not self:make_room_fits(bytes + b, #part + 1) then break end
+      part[#part + 1], bytes = evs[i], bytes + b
+    end
+    local res, err
+    if self:make_room(bytes, #part) then
+      res, err = self.l1:save_events(part, opts)
+    else
+      err = "error: the event is too large for L1"
+    end
+    if not res and #part > 1 and self.limit and err:find("full", 1, true) then
+      self.l1_chunk = math.max(1, math.floor(#part / 2))
+      self:gc(true)
+    else
+      if res and self.l1_chunk < L1_CHUNK_MAX then self.l1_chunk = self.l1_chunk + 1 end
+      for k = 1, #part do done(from + k - 1, res and res[k], err) end
+      from = from + #part
+    end
+  end
+end
+
+-- Saves a list of events (tables or wire JSON): each gets the verdict save_event would give it,
+-- in order (true or the refusal's message), with one write transaction per level for the batch:
+-- L2 verifies and decides, L1 takes what L2 accepted; when L2 fails, L1 decides and queues the
+-- batch in its outbox.
+function Backend:save_events(list, opts)
+  if type(list) ~= "table" then
+    error("bad argument #1 to 'save_events' (table expected, got " .. type(list) .. ")", 2)
+  end
+  local now = opts and opts.now
+  local verdicts, pending, at, parsed = {}, {}, {}, {}
+  for i, ev in ipairs(list) do
+    local p, perr = ev, nil
+    if type(ev) == "string" then p, perr = event.parse(ev)
+    elseif type(ev) ~= "table" then p, perr = nil, "invalid: an event is a table or a JSON string, not a " .. type(ev) end
+    if not p then
+      verdicts[i] = perr
+    elseif type(p.kind) == "number" and is_ephemeral(p.kind) then
+      local ok, err = event.verify(ev)
+      verdicts[i] = ok or err
+      if ok then
+        if self.missing_n > 0 then self:forget_missing(p.id) end
+        self:signal(p, "local")
+      end
+    else
+      pending[#pending + 1], at[#pending + 1], parsed[#pending + 1] = ev, i, p
+    end
+  end
+  -- L2 first: its verdicts stand; `outbox` holds the positions (in pending) L1 must decide
+  local accepted, outbox = {}, {}
+  if self.l2 and #pending > 0 then
+    if type(self.l2.save_events) == "function" then
+      local ok, res = call_l2(self, "save_events", pending, { now = now })
+      for k = 1, #pending do
+        if not ok then outbox[#outbox + 1] = k
+        elseif res[k] == true then accepted[#accepted + 1] = k
+        else verdicts[at[k]] = res[k] end
+      end
+      if not ok then self.log("L2 save failed, queued in the outbox: " .. tostring(res)) end
+    else
+      local down
+      for k, ev in ipairs(pending) do
+        local vok, verr = event.verify(ev)
+        if not vok then verdicts[at[k]] = verr
+        elseif down then outbox[#outbox + 1] = k
+        else
+          local ok, stored, msg = call_l2(self, "save_event", ev, { verify = false, now = now })
+          if not ok then
+            down = true
+            outbox[#outbox + 1] = k
+            self.log("L2 save failed, queued in the outbox: " .. tostring(stored))
+          elseif stored then accepted[#accepted + 1] = k
+          else verdicts[at[k]] = msg end
+        end
+      end
+    end
+  elseif #pending > 0 then
+    for k = 1, #pending do outbox[k] = k end -- L1 is the only level: it decides
+  end
+  for _, k in ipairs(accepted) do verdicts[at[k]] = true end
+  if self.missing_n > 0 then
+    for _, k in ipairs(accepted) do self:forget_missing(parsed[k].id) end
+    for _, k in ipairs(outbox) do self:forget_missing(parsed[k].id) end
+  end
+  -- L1: trusted for what L2 accepted (L2 has it whatever L1 says)
+  local group = {}
+  for j, k in ipairs(accepted) do group[j] = pending[k] end
+  local lost, lost_err, newest_lost = 0, nil, -1
+  self:save_l1_batch(group, { verify = false, now = now }, function(j, verdict, err)
+    local k = accepted[j]
+    if verdict == true then
+      self:signal(parsed[k], "local")
+    elseif not verdict then
+      lost, lost_err, newest_lost = lost + 1, err, math.max(newest_lost, parsed[k].created_at)
+    end
+  end)
+  if lost > 0 then
+    -- L2 has them, L1 cannot hold them: stop claiming completeness up to them
+    self.log(("L1 could not take %d event(s): %s"):format(lost, tostring(lost_err)))
+    self:raise_horizon(newest_lost + 1)
+  end
+  -- ...and deciding, with the outbox, when L2 failed or there is no L2
+  group = {}
+  for j, k in ipairs(outbox) do group[j] = pending[k] end
+  local l1opts = { verify = true, now = now, outbox = self.l2 ~= nil and self.l2 ~= false }
+  self:save_l1_batch(group, l1opts, function(j, verdict, err)
+    local k = outbox[j]
+    verdicts[at[k]] = verdict or err
+    if verdict == true then self:signal(parsed[k], "local") end
+  end)
+  return verdicts
 end
 
 function Backend:delete_event(id, no_tombstone)
@@ -477,7 +620,7 @@ function Backend:admit(id)
   return self.admit_mode == "always" or n >= (self.admit_bar or ADMIT_BAR_MIN)
 end
 
--- ---- known-missing ids (DESIGN §4: "a known-missing answer may be cached briefly") ----
+-- ---- known-missing ids (docs/DESIGN.md §3) ----
 -- A lookup of ids L1 does not know goes to L2; when L2 has none of some of them, that answer
 -- stands for l1.missing_ttl seconds (0: never kept), so a client asking again and again for an
 -- event nobody has (a reply to a deleted note, an event on another relay) does not reach L2
@@ -647,7 +790,7 @@ function Backend:fill(events)
       bytes = bytes + #line
     end
   end
-  if #lines == 0 or not self:make_room(bytes) then return end
+  if #lines == 0 or not self:make_room(bytes, #lines) then return end
   local i = 0
   local ok, err = self.l1:import(function()
     i = i + 1

@@ -1,4 +1,4 @@
--- Polling a shared L2 (DESIGN §4): what other nodes wrote reaches this node's L1, and the
+-- Polling a shared L2 (docs/DESIGN.md §3): what other nodes wrote reaches this node's L1, and the
 -- on_event handlers here fire for it with origin "l2". Driven by db:poll() (one step).
 --
 -- With a change feed (L2 has changes_since: PostgreSQL, LMDB) the cursor is a sequence number.

@@ -30,7 +30,7 @@ function resty_pg.call(conninfo, method, ...)
 end
 
 -- ---- the worker side: an L2 object with the store methods, each a call in the thread pool ----
-local METHODS = { "save_event", "query_events", "count_events", "delete_event", "changes_since", "stats", "check",
+local METHODS = { "save_event", "save_events", "query_events", "count_events", "delete_event", "changes_since", "stats", "check",
   "sweep", "nuke", "wait" }
 
 function resty_pg.l2(conninfo, pool)

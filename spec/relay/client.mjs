@@ -62,19 +62,35 @@ out.count = await relay.count([{ kinds: [1] }], {});
 stage("count");
 
 // live: a subscriber on one connection sees what another connection publishes (on another
-// relay of the cluster, when watch_url names one)
+// relay of the cluster, when watch_url names one). No step waits a fixed time: each waits for
+// the answer that proves the step before it done (a busy machine only makes it slower).
 const watcher = await Relay.connect(cfg.watch_url || cfg.url);
+const waitFor = (what, test) => new Promise((resolve, reject) => {
+  const started = Date.now();
+  const check = () => {
+    if (test()) return resolve();
+    if (Date.now() - started > 120000) return reject(new Error("timed out waiting for " + what));
+    setTimeout(check, 20);
+  };
+  check();
+});
 const seen = [];
-const live = watcher.subscribe([{ kinds: [1111], "#t": ["layer2-live"] }], { onevent: (ev) => seen.push(ev.id) });
-await new Promise((r) => setTimeout(r, 300));
+let eose = false, sentinel = false;
+const live = watcher.subscribe([{ kinds: [1111], "#t": ["layer2-live"] }],
+  { onevent: (ev) => seen.push(ev.id), oneose: () => { eose = true; } });
+// a second subscription that stays open: its event, published last, shows delivery has caught up
+watcher.subscribe([{ kinds: [1112], "#t": ["layer2-live"] }], { onevent: () => { sentinel = true; } });
+await waitFor("the live subscription", () => eose);
 for (const ev of cfg.live) await relay.publish(ev).catch((e) => stage("live publish refused: " + e));
 stage("live published");
-await new Promise((r) => setTimeout(r, 1000));
+await waitFor("the live events", () => seen.length >= cfg.live.length);
 out.live_seen = seen.slice();
 live.close();
-await new Promise((r) => setTimeout(r, 200));
+// frames on one connection are handled in order: once this COUNT is answered, the CLOSE was too
+await watcher.count([{ kinds: [1111] }], {});
 await relay.publish(cfg.after_close).catch((e) => stage("publish refused: " + e));
-await new Promise((r) => setTimeout(r, 800));
+await relay.publish(cfg.sentinel).catch((e) => stage("sentinel refused: " + e));
+await waitFor("the sentinel event", () => sentinel);
 out.after_close_seen = seen.length - out.live_seen.length;
 watcher.close();
 
