@@ -51,7 +51,7 @@ local function random_filters(events, rand, count)
       elseif which == 6 then
         -- a narrow window around one event's time: ties are common here
         local t = pick().created_at
-        f.since, f["until"] = t - rand(3) + 1, t + rand(3) - 1
+        f.since, f["until"] = math.max(0, t - rand(3) + 1), t + rand(3) - 1
       else
         local letter = ({ "e", "p", "t", "d", "a", "k", "E" })[rand(7)]
         f["#" .. letter] = { tag_value(letter), tag_value(letter) }
