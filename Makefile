@@ -23,7 +23,7 @@ DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblu
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-postgres rock rock-build rock-install clean
+.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-backend bench-postgres rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -71,7 +71,7 @@ test-asan: deps all build/asan/layer2/core.so
 # relay, crash and process specs are left out: their work happens in child processes valgrind
 # does not follow, or is the same code paths at a hundred times the length.
 VALGRIND_SPECS := spec/event_spec.lua spec/event_input_spec.lua spec/filter_spec.lua spec/lmdb_spec.lua \
-	spec/postgres_spec.lua spec/backend_spec.lua spec/hostile_spec.lua spec/gen_spec.lua
+	spec/postgres_spec.lua spec/backend_spec.lua spec/hostile_spec.lua spec/gen_spec.lua spec/save_events_spec.lua
 build/valgrind/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) -O1 -g $(LUA54_INC) -shared -o $@ $(CORE_SRC) $(BIND_SRC) $(LIBS)
@@ -137,6 +137,10 @@ bench-store:
 
 bench-cache:
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/cache.lua'
+
+# the two-level store against the raw stores it is made of
+bench-backend: deps all
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/backend.lua'
 
 # PostgreSQL next to L1, and the cross-node delay, on a throwaway server (BENCH_EVENTS as above)
 bench-postgres: deps all

@@ -584,3 +584,22 @@ corrupt:
     if (err) snprintf(err, L2_ERRLEN, "error: corrupt stored event");
     return -1;
 }
+
+static int cmp_key(const void *a, const void *b)
+{
+    return memcmp(a, b, 32);
+}
+
+int l2_event_names_pubkey(const l2_event *ev, const uint8_t (*keys)[32], size_t n)
+{
+    if (!n) return 0;
+    if (bsearch(ev->pubkey, keys, n, 32, cmp_key)) return 1;
+    for (uint32_t t = 0; t < ev->ntags; t++) {
+        const l2_str *name = l2_tag_elem(ev, t, 0);
+        uint8_t key[32];
+        if (l2_tag_len(ev, t) < 2 || name->n != 1 || name->p[0] != 'p') continue;
+        const l2_str *v = l2_tag_elem(ev, t, 1);
+        if (v->n == 64 && l2_hex_decode(key, v->p, 32) == 0 && bsearch(key, keys, n, 32, cmp_key)) return 1;
+    }
+    return 0;
+}

@@ -109,4 +109,7 @@ int l2_event_encode_bin(const l2_event *ev, l2_buf *out);
 int l2_event_encode_stub(const l2_event *ev, l2_buf *out);
 int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err);
 
+/* Whether an event belongs to one of n sorted pubkeys: its author's, or a `p` tag's value. */
+int l2_event_names_pubkey(const l2_event *ev, const uint8_t (*keys)[32], size_t n);
+
 #endif

@@ -6,6 +6,7 @@
 #include "event.h"
 #include "filter.h"
 #include "rules.h"
+#include "storeif.h"
 
 /* Pushes nil (or false when `first`) and err; returns 2. */
 int l2lua_refuse(lua_State *L, int first, const char *err);
@@ -53,41 +54,31 @@ int l2lua_read_filters(lua_State *L, int idx, l2lua_filters *fs, char *err);
 /* 1 with "unsupported: ..." in err when a filter asks for what no store here does (search). */
 int l2lua_filters_unsupported(const l2lua_filters *fs, char *err);
 
-/* store:import(source [, opts]) for any store: source at 2 (a path, an io handle or a function
- * returning lines), opts at 3 (verify, batch, threads, now, on_refused(line, msg),
- * progress(lines, bytes)); `save` stores each batch of checked events in one transaction.
- * Returns the Lua results: the counts, or nil and the message. */
-typedef int (*l2lua_save_fn)(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res,
-                             char *err);
-int l2lua_import(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err);
-/* store:save_events(list [, opts]) for a store's save function: every event of the list (tables or
- * wire JSON) checked (and verified unless opts.verify == false, on opts.threads threads), those
- * that pass saved in one call of `save` (one transaction), in order. Returns the verdicts in order:
- * true, or the refusal's message; nil, err when the store failed (then nothing of it was saved). */
+/* A store as a Lua userdata: any store, through its interface (storeif.h). */
+typedef struct {
+    const l2_store_if *vt;
+    void *st; /* NULL once closed */
+    l2_event ev;
+    l2lua_filters filters;
+    l2_buf out;
+    l2_limits lim;
+    int64_t max_limit;
+    char err[L2_ERRLEN];
+} l2lua_store;
+
+/* The store methods (lua_store.c): save_event, save_events (at most this many events),
+ * query_events, count_events, delete_event, import, export, changes_since, stats, check, sweep,
+ * nuke, sync, path, close, is_closed; `__gc`, `__close` and `__tostring`. */
 #define L2LUA_SAVE_EVENTS_MAX 10000
-int l2lua_save_events(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err);
-
-/* The pubkeys argument of export: an event matches when its pubkey or a `p` tag is listed. */
-typedef struct {
-    uint8_t (*keys)[32]; /* sorted; a userdata left on the stack */
-    size_t n;
-    int filtered; /* 0: no list given, everything matches */
-} l2lua_pubkeys;
-int l2lua_pubkeys_arg(lua_State *L, int idx, l2lua_pubkeys *pk, char *err);
-int l2lua_pubkeys_match(const l2lua_pubkeys *pk, const l2_event *ev);
-
-/* Where export writes lines: a path, an io handle or a function; opts.progress(n) every 10,000. */
-typedef struct {
-    lua_State *L;
-    FILE *f, *owned;
-    int fn, progress, werr;
-    uint64_t count;
-} l2lua_sink;
-/* Pushes the sink (a userdata that closes an opened file if a callback raises); NULL with err. */
-l2lua_sink *l2lua_sink_open(lua_State *L, int idx, int opts, char *err);
-int l2lua_sink_write(l2lua_sink *s, const char *line, size_t n);
-/* 0, or -1 with "error: export failed: ..." when a write failed. */
-int l2lua_sink_close(l2lua_sink *s, char *err);
+/* Makes the class `mt`: the store methods and `extra` (what only this kind of store has). */
+void l2lua_store_class(lua_State *L, const char *mt, const luaL_Reg *extra);
+/* Pushes a new store userdata of class mt, not open yet (st NULL): the caller opens the store
+ * into s->st. opts (a stack index, may hold nothing): max_limit (500), max_filters (500). */
+l2lua_store *l2lua_store_new(lua_State *L, const char *mt, const l2_store_if *vt, int opts);
+/* The open store at idx, of any class; raises for another value or a closed store. */
+l2lua_store *l2lua_check_store(lua_State *L, int idx);
+/* Pushes a row as an event table, or as wire JSON; -1 with s->err when it cannot be read. */
+int l2lua_push_row(lua_State *L, l2lua_store *s, const l2_row *r, int json);
 
 void l2lua_open_store_common(lua_State *L);
 /* Push the layer2.lmdb and layer2.postgres tables (lua_lmdb.c, lua_pg.c). */

@@ -1,5 +1,7 @@
-/* What the store bindings (lua_lmdb.c, lua_pg.c) share: options, a REQ's filters, the import
- * driver (sources, batches, threaded verification, counts, callbacks) and export sinks. */
+/* The binding of the store interface (storeif.h): one userdata layout and one set of methods for
+ * every store (lua_lmdb.c and lua_pg.c open theirs and add what only they have), with options,
+ * a REQ's filters, the import driver (sources, batches, threaded verification, counts, callbacks)
+ * and export sinks. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,8 +259,10 @@ static int is_blank(const char *p, size_t n)
     return 1;
 }
 
-int l2lua_import(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err)
+static int import_events(lua_State *L, l2lua_store *s, int flags)
 {
+    const l2_limits *lim = &s->lim;
+    char *err = s->err;
     int verify = l2lua_opt_bool(L, 3, "verify", 1);
     size_t batch = (size_t)l2lua_opt_int(L, 3, "batch", 4096);
     int threads = (int)l2lua_opt_int(L, 3, "threads", 2);
@@ -318,7 +322,7 @@ int l2lua_import(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *li
         size_t nok = 0;
         for (size_t i = 0; i < n; i++)
             if (im->items[i].ok) evs[nok++] = &im->items[i].ev;
-        if (nok && save(ud, evs, nok, now, res, err)) {
+        if (nok && s->vt->save_batch(s->st, evs, nok, now, flags, res, err)) {
             failed = 1;
             break;
         }
@@ -367,8 +371,10 @@ int l2lua_import(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *li
 
 /* ---- a batch of events from Lua ---- */
 
-int l2lua_save_events(lua_State *L, l2lua_save_fn save, void *ud, const l2_limits *lim, char *err)
+static int save_events(lua_State *L, l2lua_store *s, int flags)
 {
+    const l2_limits *lim = &s->lim;
+    char *err = s->err;
     luaL_checktype(L, 2, LUA_TTABLE);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     int verify = l2lua_opt_bool(L, 3, "verify", 1);
@@ -415,7 +421,7 @@ int l2lua_save_events(lua_State *L, l2lua_save_fn save, void *ud, const l2_limit
     size_t nok = 0;
     for (size_t i = 0; i < n; i++)
         if (im->items[i].ok) im->evs[nok++] = &im->items[i].ev;
-    int failed = nok && save(ud, im->evs, nok, now, im->res, err);
+    int failed = nok && s->vt->save_batch(s->st, im->evs, nok, now, flags, im->res, err);
     if (!failed) {
         lua_createtable(L, (int)n, 0);
         for (size_t i = 0, k = 0; i < n; i++) {
@@ -440,7 +446,14 @@ static int cmp32(const void *a, const void *b)
     return memcmp(a, b, 32);
 }
 
-int l2lua_pubkeys_arg(lua_State *L, int idx, l2lua_pubkeys *pk, char *err)
+/* The pubkeys argument of export, sorted: an event matches when its pubkey or a `p` tag is listed. */
+typedef struct {
+    uint8_t (*keys)[32]; /* a userdata left on the stack */
+    size_t n;
+    int filtered; /* 0: no list given, everything matches */
+} pubkeys_arg;
+
+static int read_pubkeys(lua_State *L, int idx, pubkeys_arg *pk, char *err)
 {
     memset(pk, 0, sizeof *pk);
     if (lua_isnoneornil(L, idx)) return 0;
@@ -462,32 +475,25 @@ int l2lua_pubkeys_arg(lua_State *L, int idx, l2lua_pubkeys *pk, char *err)
     return 0;
 }
 
-int l2lua_pubkeys_match(const l2lua_pubkeys *pk, const l2_event *ev)
-{
-    if (!pk->filtered) return 1;
-    if (!pk->n) return 0;
-    if (bsearch(ev->pubkey, pk->keys, pk->n, 32, cmp32)) return 1;
-    for (uint32_t t = 0; t < ev->ntags; t++) {
-        const l2_str *name = l2_tag_elem(ev, t, 0);
-        uint8_t key[32];
-        if (l2_tag_len(ev, t) < 2 || name->n != 1 || name->p[0] != 'p') continue;
-        const l2_str *v = l2_tag_elem(ev, t, 1);
-        if (v->n == 64 && l2_hex_decode(key, v->p, 32) == 0 && bsearch(key, pk->keys, pk->n, 32, cmp32)) return 1;
-    }
-    return 0;
-}
+/* Where export writes lines: a path, an io handle or a function; opts.progress(n) every 10,000. */
+typedef struct {
+    lua_State *L;
+    FILE *f, *owned;
+    int fn, progress, werr;
+    uint64_t count;
+} export_sink;
 
 static int sink_gc(lua_State *L)
 {
-    l2lua_sink *s = luaL_checkudata(L, 1, SINK_MT);
+    export_sink *s = luaL_checkudata(L, 1, SINK_MT);
     if (s->owned) fclose(s->owned);
     s->owned = NULL;
     return 0;
 }
 
-l2lua_sink *l2lua_sink_open(lua_State *L, int idx, int opts, char *err)
+static export_sink *sink_open(lua_State *L, int idx, int opts, char *err)
 {
-    l2lua_sink *s = lua_newuserdatauv(L, sizeof *s, 0); /* closes the file if a callback raises */
+    export_sink *s = lua_newuserdatauv(L, sizeof *s, 0); /* closes the file if a callback raises */
     memset(s, 0, sizeof *s);
     luaL_setmetatable(L, SINK_MT);
     s->L = L;
@@ -506,7 +512,7 @@ l2lua_sink *l2lua_sink_open(lua_State *L, int idx, int opts, char *err)
     return s;
 }
 
-int l2lua_sink_write(l2lua_sink *s, const char *line, size_t n)
+static int sink_write(export_sink *s, const char *line, size_t n)
 {
     lua_State *L = s->L;
     if (s->fn) {
@@ -525,13 +531,396 @@ int l2lua_sink_write(l2lua_sink *s, const char *line, size_t n)
     return 0;
 }
 
-int l2lua_sink_close(l2lua_sink *s, char *err)
+static int sink_close(export_sink *s, char *err)
 {
     if (s->owned && fclose(s->owned) != 0 && !s->werr) s->werr = errno;
     s->owned = NULL;
     if (!s->werr) return 0;
     snprintf(err, L2_ERRLEN, "error: export failed: %s", strerror(s->werr));
     return -1;
+}
+
+/* ---- the store userdata ---- */
+
+#define STORE_MARK "__layer2_store" /* in every store class's metatable */
+
+l2lua_store *l2lua_store_new(lua_State *L, const char *mt, const l2_store_if *vt, int opts)
+{
+    int64_t max_limit = l2lua_opt_int(L, opts, "max_limit", 500);
+    int64_t max_filters = l2lua_opt_int(L, opts, "max_filters", 500);
+    l2lua_store *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s);
+    s->vt = vt;
+    l2_event_init(&s->ev);
+    l2_buf_init(&s->out);
+    s->lim = l2_default_limits;
+    l2lua_filters_init(&s->filters, (size_t)max_filters);
+    s->max_limit = max_limit;
+    luaL_setmetatable(L, mt);
+    return s;
+}
+
+/* The store userdata at idx, open or closed. */
+static l2lua_store *to_store(lua_State *L, int idx)
+{
+    l2lua_store *s = lua_touserdata(L, idx);
+    int ok = s && lua_getmetatable(L, idx);
+    if (ok) {
+        lua_getfield(L, -1, STORE_MARK);
+        ok = lua_toboolean(L, -1);
+        lua_pop(L, 2);
+    }
+    if (!ok) luaL_argerror(L, idx, "a layer2 store expected");
+    return s;
+}
+
+l2lua_store *l2lua_check_store(lua_State *L, int idx)
+{
+    l2lua_store *s = to_store(L, idx);
+    if (!s->st) luaL_error(L, "layer2: attempt to use a closed store");
+    return s;
+}
+
+int l2lua_push_row(lua_State *L, l2lua_store *s, const l2_row *r, int json)
+{
+    if (r->json && json) {
+        lua_pushlstring(L, r->json, r->json_len);
+        return 0;
+    }
+    if (r->json ? l2_event_parse_json(&s->ev, r->json, r->json_len, L2_HAVE_ALL, &s->lim, s->err)
+                : l2_event_decode_bin(&s->ev, r->bin, r->bin_len, s->err))
+        return -1;
+    if (!json) {
+        l2lua_push_event(L, &s->ev);
+        return 0;
+    }
+    s->out.len = 0;
+    if (l2_event_encode_json(&s->ev, &s->out)) return luaL_error(L, "layer2: out of memory");
+    lua_pushlstring(L, s->out.data, s->out.len);
+    return 0;
+}
+
+static int store_close(lua_State *L)
+{
+    l2lua_store *s = to_store(L, 1);
+    if (s->st) s->vt->close(s->st);
+    s->st = NULL;
+    l2lua_filters_free(&s->filters);
+    l2_event_free(&s->ev);
+    l2_buf_free(&s->out);
+    return 0;
+}
+
+static int store_is_closed(lua_State *L)
+{
+    lua_pushboolean(L, to_store(L, 1)->st == NULL);
+    return 1;
+}
+
+static int store_tostring(lua_State *L)
+{
+    l2lua_store *s = to_store(L, 1);
+    if (s->st) lua_pushfstring(L, "layer2.%s store (%s)", s->vt->kind, s->vt->path(s->st));
+    else lua_pushfstring(L, "layer2.%s store (closed)", s->vt->kind);
+    return 1;
+}
+
+static int store_path(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    lua_pushstring(L, s->vt->path(s->st));
+    return 1;
+}
+
+/* opts.outbox: queue in a cache's outbox in the same transaction; opts.fill: a cache fill. */
+static int save_flags(lua_State *L, int opts)
+{
+    return (l2lua_opt_bool(L, opts, "outbox", 0) ? L2_SAVE_OUTBOX : 0) |
+           (l2lua_opt_bool(L, opts, "fill", 0) ? L2_SAVE_FILL : 0);
+}
+
+/* store:save_event(ev [, {verify = true, now, outbox}]) -> true | false, msg */
+static int store_save(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    int verify = l2lua_opt_bool(L, 3, "verify", 1);
+    l2_save_result res;
+    l2_event *evp = &s->ev;
+    if (l2lua_event_arg(L, 2, &s->ev, L2_HAVE_ALL | (verify ? L2_LENIENT_IDSIG : 0), &s->lim, s->err))
+        return l2lua_refuse(L, 1, s->err);
+    s->out.len = 0;
+    if (verify && l2_event_verify(&s->ev, &s->out, s->err)) return l2lua_refuse(L, 1, s->err);
+    if (s->vt->save_batch(s->st, &evp, 1, l2lua_opt_now(L, 3), save_flags(L, 3), &res, s->err))
+        return l2lua_refuse(L, 1, s->err);
+    const char *msg = l2_save_message(res.status);
+    if (msg) return l2lua_refuse(L, 1, msg);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* store:save_events(list [, opts]) -> verdicts | nil, err (see save_events) */
+static int store_save_events(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    return save_events(L, s, save_flags(L, 3));
+}
+
+/* store:import(source [, opts]) -> counts | nil, err (see import_events); then what the store does
+ * after a bulk load (PostgreSQL: fresh planner statistics, without which it picks poor plans). */
+static int store_import(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    int n = import_events(L, s, save_flags(L, 3));
+    if (lua_type(L, -1) == LUA_TTABLE && s->vt->after_import && s->vt->after_import(s->st, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    return n;
+}
+
+/* store:delete_event(id [, no_tombstone [, {outbox}]]) -> true | false, msg */
+static int store_delete(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    uint8_t id[32];
+    size_t n;
+    int found;
+    const char *p = luaL_checklstring(L, 2, &n);
+    if (n != 64 || l2_hex_decode(id, p, 32)) return l2lua_refuse(L, 1, "invalid: id must be 64 lowercase hex characters");
+    if (s->vt->delete_event(s->st, id, !lua_toboolean(L, 3), save_flags(L, 4), &found, s->err))
+        return l2lua_refuse(L, 1, s->err);
+    if (!found) return l2lua_refuse(L, 1, "not found: no stored event has this id");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int read_filters(lua_State *L, l2lua_store *s)
+{
+    return l2lua_read_filters(L, 2, &s->filters, s->err) || l2lua_filters_unsupported(&s->filters, s->err);
+}
+
+typedef struct {
+    lua_State *L;
+    l2lua_store *s;
+    int json, info, results, out, nstubs, failed;
+} query_state;
+
+static int query_row(void *ud, const l2_row *r)
+{
+    query_state *q = ud;
+    lua_State *L = q->L;
+    if (r->stub) {
+        /* a stub's position holds its id, its body being elsewhere (opts.info only) */
+        if (!q->info) return 0;
+        l2lua_push_hex(L, r->id, 32);
+        lua_rawseti(L, q->results, ++q->out);
+        lua_pushinteger(L, q->out);
+        lua_rawseti(L, q->results + 1, ++q->nstubs);
+        return 0;
+    }
+    if (l2lua_push_row(L, q->s, r, q->json)) {
+        q->failed = 1;
+        return 1;
+    }
+    lua_rawseti(L, q->results, ++q->out);
+    return 0;
+}
+
+/* store:query_events(filters [, {json, max_limit, now, horizon, info}]) -> events | nil, err.
+ * opts.info (for a two-level backend): a second result {incomplete = {filter indexes}, stubs =
+ * {positions}}; a stub's position holds its id. Without it stubs are left out: a store never
+ * returns what is not a whole event. opts.horizon: see l2_store_query. */
+static int store_query(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    query_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), l2lua_opt_bool(L, 3, "info", 0), 0, 0, 0, 0};
+    int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit);
+    int64_t now = l2lua_opt_now(L, 3), horizon = l2lua_opt_int(L, 3, "horizon", 0);
+    if (read_filters(L, s)) return l2lua_refuse(L, 0, s->err);
+    uint8_t *incomplete = q.info ? lua_newuserdatauv(L, s->filters.n + 1, 0) : NULL; /* collected with the call */
+    lua_newtable(L);
+    q.results = lua_gettop(L);
+    if (q.info) lua_newtable(L); /* stub positions */
+    if (s->vt->query(s->st, s->filters.v, s->filters.n, max_limit, now, horizon, incomplete, query_row, &q, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    if (q.failed) return l2lua_refuse(L, 0, s->err);
+    if (!q.info) return 1;
+    lua_createtable(L, 0, 2);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "stubs");
+    lua_newtable(L);
+    for (size_t i = 0, k = 0; i < s->filters.n; i++) {
+        if (!incomplete[i]) continue;
+        lua_pushinteger(L, (lua_Integer)i + 1);
+        lua_rawseti(L, -2, (int)++k);
+    }
+    lua_setfield(L, -2, "incomplete");
+    return 2;
+}
+
+/* store:count_events(filters [, {now}]) -> n | nil, err (NIP-45) */
+static int store_count(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    uint64_t n;
+    if (read_filters(L, s)) return l2lua_refuse(L, 0, s->err);
+    if (s->vt->count(s->st, s->filters.v, s->filters.n, l2lua_opt_now(L, 3), &n, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
+typedef struct {
+    lua_State *L;
+    l2lua_store *s;
+    export_sink *sink;
+} export_state;
+
+static int export_row(void *ud, const l2_row *r)
+{
+    export_state *e = ud;
+    if (r->json) return sink_write(e->sink, r->json, r->json_len);
+    l2lua_store *s = e->s;
+    if (l2_event_decode_bin(&s->ev, r->bin, r->bin_len, NULL)) return 0; /* unreadable: check() says so */
+    s->out.len = 0;
+    if (l2_event_encode_json(&s->ev, &s->out)) return luaL_error(e->L, "layer2: out of memory");
+    return sink_write(e->sink, s->out.data, s->out.len);
+}
+
+/* store:export(sink [, pubkeys [, {progress}]]) -> n | nil, err: every event, or those whose
+ * pubkey or a `p` tag names one of pubkeys, as JSON lines, streamed in storage order. */
+static int store_export(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    pubkeys_arg pk;
+    export_state e = {L, s, NULL};
+    if (read_pubkeys(L, 3, &pk, s->err) || !(e.sink = sink_open(L, 2, 4, s->err))) return l2lua_refuse(L, 0, s->err);
+    if (s->vt->export_rows(s->st, (const uint8_t (*)[32])pk.keys, pk.n, pk.filtered, export_row, &e, s->err)) {
+        sink_close(e.sink, s->err);
+        return l2lua_refuse(L, 0, s->err);
+    }
+    if (sink_close(e.sink, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)e.sink->count);
+    return 1;
+}
+
+typedef struct {
+    lua_State *L;
+    l2lua_store *s;
+    int json, n;
+    uint64_t cursor;
+} changes_state;
+
+static int change_row(void *ud, uint64_t seq, int op, const uint8_t *id, const l2_row *r)
+{
+    static const char *ops[] = {"?", "saved", "replaced", "deleted"};
+    changes_state *c = ud;
+    lua_State *L = c->L;
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, (lua_Integer)seq);
+    lua_setfield(L, -2, "seq");
+    lua_pushstring(L, ops[op >= 1 && op <= 3 ? op : 0]);
+    lua_setfield(L, -2, "op");
+    if (id) {
+        l2lua_push_hex(L, id, 32);
+        lua_setfield(L, -2, "id");
+    }
+    if (r && l2lua_push_row(L, c->s, r, c->json) == 0) lua_setfield(L, -2, "event");
+    lua_rawseti(L, -2, ++c->n);
+    c->cursor = seq;
+    return 0;
+}
+
+/* store:changes_since(cursor [, max [, {json}]]) -> {{seq, op, id, event}...}, cursor */
+static int store_changes(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    int64_t after, max;
+    changes_state c = {L, s, 0, 0, 0};
+    l2lua_changes_args(L, &after, &max, &c.json);
+    c.cursor = (uint64_t)after;
+    lua_newtable(L);
+    if (s->vt->changes(s->st, (uint64_t)after, (size_t)max, change_row, &c, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)c.cursor);
+    return 2;
+}
+
+static void stat_field(void *ud, const char *name, uint64_t value)
+{
+    lua_State *L = ud;
+    lua_pushinteger(L, (lua_Integer)value);
+    lua_setfield(L, -2, name);
+}
+
+static int store_stats(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    lua_createtable(L, 0, 12);
+    if (s->vt->stats(s->st, stat_field, L, s->err)) return l2lua_refuse(L, 0, s->err);
+    return 1;
+}
+
+/* store:check() -> ok, problems */
+static int store_check(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    uint64_t n;
+    lua_newtable(L);
+    if (s->vt->check(s->st, l2lua_problem, L, &n, s->err)) return l2lua_refuse(L, 0, s->err);
+    return l2lua_check_result(L, n);
+}
+
+static int store_sweep(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    uint64_t removed;
+    if (s->vt->sweep(s->st, l2lua_time_arg(L, 2), &removed, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)removed);
+    return 1;
+}
+
+/* nuke and sync: true | nil, err */
+static int store_done(lua_State *L, int (*op)(void *st, char *err))
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    if (op(s->st, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int store_nuke(lua_State *L)
+{
+    return store_done(L, l2lua_check_store(L, 1)->vt->nuke);
+}
+
+static int store_sync(lua_State *L)
+{
+    return store_done(L, l2lua_check_store(L, 1)->vt->sync);
+}
+
+static const luaL_Reg store_methods[] = {
+    {"save_event", store_save}, {"save_events", store_save_events}, {"query_events", store_query},
+    {"count_events", store_count}, {"delete_event", store_delete}, {"import", store_import},
+    {"export", store_export}, {"changes_since", store_changes}, {"stats", store_stats}, {"check", store_check},
+    {"sweep", store_sweep}, {"nuke", store_nuke}, {"sync", store_sync}, {"path", store_path},
+    {"close", store_close}, {"is_closed", store_is_closed}, {NULL, NULL},
+};
+
+void l2lua_store_class(lua_State *L, const char *mt, const luaL_Reg *extra)
+{
+    if (luaL_newmetatable(L, mt)) {
+        lua_newtable(L);
+        luaL_setfuncs(L, store_methods, 0);
+        if (extra) luaL_setfuncs(L, extra, 0);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, store_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, store_close);
+        lua_setfield(L, -2, "__close");
+        lua_pushcfunction(L, store_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, STORE_MARK);
+    }
+    lua_pop(L, 1);
 }
 
 void l2lua_open_store_common(lua_State *L)

@@ -986,3 +986,130 @@ int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, char *err)
     pg->notified = 0;
     return 0;
 }
+
+/* ---- the store interface (storeif.h) ---- */
+
+static const char *if_path(void *pg)
+{
+    return l2_pg_name(pg);
+}
+
+static void if_close(void *pg)
+{
+    l2_pg_close(pg);
+}
+
+static int if_save(void *pg, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res, char *err)
+{
+    (void)flags; /* an authority has no outbox, and nothing to fill */
+    return l2_pg_save_batch(pg, evs, n, now, res, err);
+}
+
+static int if_delete(void *pg, const uint8_t id[32], int tombstone, int flags, int *found, char *err)
+{
+    (void)flags;
+    return l2_pg_delete(pg, id, tombstone, found, err);
+}
+
+/* The JSON of column col of each row, handed on as it is. */
+static int rows_json(l2_pg *pg, size_t rows, int col, l2_row_fn row, void *ud)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < rows; i++) {
+        l2_row r = {0};
+        r.json = l2_pg_value(pg, i, col, &r.json_len);
+        if (r.json) rc = row(ud, &r);
+    }
+    return rc;
+}
+
+static int if_query(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
+                    uint8_t *incomplete, l2_row_fn row, void *ud, char *err)
+{
+    size_t rows;
+    (void)horizon; /* it holds everything: every answer is complete */
+    if (incomplete) memset(incomplete, 0, nf);
+    if (l2_pg_query(pg, fs, nf, max_limit, now, &rows, err)) return -1;
+    rows_json(pg, rows, 0, row, ud);
+    return 0;
+}
+
+static int if_count(void *pg, const l2_filter *fs, size_t nf, int64_t now, uint64_t *n, char *err)
+{
+    return l2_pg_count(pg, fs, nf, now, n, err);
+}
+
+static int if_export(void *pg, const uint8_t (*keys)[32], size_t nkeys, int filtered, l2_row_fn row, void *ud,
+                     char *err)
+{
+    size_t rows;
+    if (l2_pg_export_begin(pg, keys, nkeys, filtered, err)) return -1;
+    int rc = 0, stopped = 0;
+    while (!stopped && (rc = l2_pg_export_next(pg, &rows, err)) == 0 && rows) stopped = rows_json(pg, rows, 0, row, ud);
+    l2_pg_export_end(pg);
+    return rc;
+}
+
+static int if_changes(void *pg, uint64_t after, size_t max, l2_change_fn fn, void *ud, char *err)
+{
+    size_t rows;
+    if (l2_pg_changes(pg, after, max, &rows, err)) return -1;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < rows; i++) {
+        size_t n;
+        l2_row r = {0};
+        const char *id = l2_pg_value(pg, i, 2, &n);
+        r.json = l2_pg_value(pg, i, 3, &r.json_len);
+        if (id && n == 32) memcpy(r.id, id, 32);
+        rc = fn(ud, (uint64_t)l2_pg_int(pg, i, 0), (int)l2_pg_int(pg, i, 1), id && n == 32 ? (const uint8_t *)id : NULL,
+                r.json ? &r : NULL);
+    }
+    return 0;
+}
+
+static int if_stats(void *pg, l2_stat_fn field, void *ud, char *err)
+{
+    l2_pg_stats s;
+    if (l2_pg_stats_get(pg, &s, err)) return -1;
+    field(ud, "events", s.events);
+    field(ud, "tombstones", s.tombstones);
+    field(ud, "changes", s.changes);
+    field(ud, "last_seq", s.last_seq);
+    field(ud, "disk_bytes", s.disk_bytes);
+    field(ud, "reconnects", s.reconnects);
+    field(ud, "backend_pid", (uint64_t)s.backend_pid);
+    return 0;
+}
+
+static int if_check(void *pg, l2_problem_fn problem, void *ud, uint64_t *n, char *err)
+{
+    return l2_pg_check(pg, problem, ud, n, err);
+}
+
+static int if_sweep(void *pg, int64_t now, uint64_t *removed, char *err)
+{
+    return l2_pg_sweep(pg, now, removed, err);
+}
+
+static int if_nuke(void *pg, char *err)
+{
+    return l2_pg_nuke(pg, err);
+}
+
+/* Every save is its own committed transaction: there is nothing left to flush. */
+static int if_sync(void *pg, char *err)
+{
+    (void)pg;
+    (void)err;
+    return 0;
+}
+
+static int if_after_import(void *pg, char *err)
+{
+    return l2_pg_analyze(pg, err);
+}
+
+const l2_store_if l2_pg_store_if = {
+    "postgres", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats,
+    if_check, if_sweep, if_nuke, if_sync, if_after_import,
+};

@@ -10,6 +10,7 @@
 #include "event.h"
 #include "filter.h"
 #include "rules.h"
+#include "storeif.h"
 
 #define L2_PG_SCHEMA_VERSION 1
 

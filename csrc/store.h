@@ -9,6 +9,7 @@
 #include "event.h"
 #include "filter.h"
 #include "rules.h"
+#include "storeif.h"
 
 typedef struct l2_store l2_store;
 
@@ -24,10 +25,9 @@ int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char
 void l2_store_close(l2_store *st);
 const char *l2_store_path(const l2_store *st);
 
-/* Saves n parsed, verified events in one write transaction, in order. Flags: L2_SAVE_OUTBOX queues
- * each stored event in the outbox in that transaction; L2_SAVE_FILL marks a cache fill (events L2
- * already had): no change record, the change feed being news. 0, or -1 with err. */
-enum { L2_SAVE_OUTBOX = 1, L2_SAVE_FILL = 2 };
+/* Saves n parsed, verified events in one write transaction, in order. Flags (storeif.h):
+ * L2_SAVE_OUTBOX queues each stored event in the outbox in that transaction; L2_SAVE_FILL marks a
+ * cache fill (events L2 already had): no change record, the change feed being news. 0, or -1. */
 int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
                         char *err);
 /* Deletes an event by id (and keeps a tombstone unless told not to); with `outbox` the deletion is
@@ -68,8 +68,6 @@ void l2_store_read_end(l2_store *st);
 /* Walks every stored event in serial order inside a read transaction (ended by read_end). */
 int l2_store_iter_begin(l2_store *st, char *err);
 int l2_store_iter_next(l2_store *st, uint64_t *serial, const void **data, size_t *len);
-
-enum l2_change_op { L2_CHANGE_SAVED = 1, L2_CHANGE_REPLACED = 2, L2_CHANGE_DELETED = 3 };
 
 typedef struct {
     uint64_t seq, serial;

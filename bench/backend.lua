@@ -1,0 +1,124 @@
+-- bench/backend: the two-level store against the raw stores it is made of, side by side in one
+-- run, as ratios (what the backend costs over doing the same work on the stores directly).
+--   lua5.4 bench/backend.lua [events]      (default 20000; one-by-one saves use the first 2,000)
+-- Both levels are local LMDB with fsync on (the defaults).
+local layer2 = require("layer2")
+local util = require("bench.util")
+local dataset = require("bench.dataset")
+
+local N = tonumber(arg and arg[1]) or 20000
+local path = dataset.ensure(N)
+local lines = {}
+for line in io.lines(path) do lines[#lines + 1] = line end
+local ONE_BY_ONE = math.min(2000, #lines)
+
+local function fresh(name)
+  local dir = "bench/data/backend-" .. name
+  os.execute("rm -rf " .. dir)
+  return dir
+end
+
+local rows = {}
+local function row(what, backend, raw, unit, note)
+  rows[#rows + 1] = { what, backend .. " " .. unit, raw .. " " .. unit, ("%.2f x"):format(tonumber(backend) /
+    tonumber(raw)), note }
+end
+local function rate(n, seconds) return ("%.0f"):format(n / seconds) end
+
+-- writes one by one: the backend (L2 verifies, L1 trusts) against the two raw stores doing the same
+local dir = fresh("one")
+local db = assert(layer2.open(dir))
+local w0 = util.wall()
+for i = 1, ONE_BY_ONE do db:save_event(lines[i]) end
+local t_backend = util.wall() - w0
+db:close()
+dir = fresh("raw")
+local l1 = assert(layer2.lmdb.open(dir .. "/l1", { cache = true }))
+local l2 = assert(layer2.lmdb.open(dir .. "/l2"))
+w0 = util.wall()
+for i = 1, ONE_BY_ONE do
+  l2:save_event(lines[i])
+  l1:save_event(lines[i], { verify = false })
+end
+local t_raw = util.wall() - w0
+l1:close()
+l2:close()
+row("save_event, one by one", rate(ONE_BY_ONE, t_backend), rate(ONE_BY_ONE, t_raw), "events/s",
+  ("%d events; raw: L2 save_event then L1 save_event (trusted)"):format(ONE_BY_ONE))
+
+-- batches of 100 against L2's import of the same events
+dir = fresh("batch")
+db = assert(layer2.open(dir))
+w0 = util.wall()
+for from = 1, #lines, 100 do
+  local batch = {}
+  for i = from, math.min(#lines, from + 99) do batch[#batch + 1] = lines[i] end
+  assert(db:save_events(batch))
+end
+t_backend = util.wall() - w0
+db:close()
+dir = fresh("import")
+l2 = assert(layer2.lmdb.open(dir))
+w0 = util.wall()
+assert(l2:import(path))
+t_raw = util.wall() - w0
+l2:close()
+row("save_events, batches of 100", rate(#lines, t_backend), rate(#lines, t_raw), "events/s",
+  "raw: L2's import of the same file (verified, 2 threads)")
+
+-- reads: an imported data set (it goes to L2; L1 fills on demand)
+dir = fresh("read")
+db = assert(layer2.open(dir))
+assert(db:import(path))
+local ids = {}
+for i = 1, #lines, math.max(1, math.floor(#lines / 500)) do ids[#ids + 1] = layer2.event.parse(lines[i]).id end
+
+local function per_call(fn, n)
+  local t0 = util.now()
+  for i = 1, n do fn(i) end
+  return (util.now() - t0) / n * 1e6
+end
+
+-- id lookups L1 answers: each asked once to bring it into L1 (admission wants a second read)
+for _ = 1, 3 do
+  for _, id in ipairs(ids) do db:query_events({ ids = { id } }) end
+end
+local ROUNDS = 20000
+local us_backend = per_call(function(i) db:query_events({ ids = { ids[i % #ids + 1] } }) end, ROUNDS)
+local us_raw = per_call(function(i) db.l1:query_events({ ids = { ids[i % #ids + 1] } }) end, ROUNDS)
+rows[#rows + 1] = { "id lookup L1 holds", ("%.1f µs"):format(us_backend), ("%.1f µs"):format(us_raw),
+  ("%.2f x"):format(us_backend / us_raw), "raw: db.l1:query_events, the same ids" }
+
+local function query_row(what, f, raw_store, note)
+  db:query_events(f) -- the first ask may fill L1
+  local b = per_call(function() db:query_events(f) end, 2000)
+  local r = per_call(function() raw_store:query_events(f) end, 2000)
+  rows[#rows + 1] = { what, ("%.1f µs"):format(b), ("%.1f µs"):format(r), ("%.2f x"):format(b / r), note }
+end
+query_row("kinds [1] limit 50, repeated", { kinds = { 1 }, limit = 50 }, db.l2, "raw: db.l2 (L1 holds too little)")
+query_row("kinds [1] limit 500, repeated", { kinds = { 1 }, limit = 500 }, db.l2, "raw: db.l2")
+
+-- p99 against p50 over 1,000 mixed queries (wall clock per query)
+local rand = math.random
+math.randomseed(7)
+local times = {}
+for i = 1, 1000 do
+  local ev = layer2.event.parse(lines[rand(#lines)])
+  local f = ({ { kinds = { ev.kind }, limit = 50 }, { authors = { ev.pubkey }, limit = 20 }, { ids = { ev.id } },
+    { kinds = { 1 }, since = ev.created_at, limit = 100 } })[i % 4 + 1]
+  local t0 = util.now()
+  db:query_events(f)
+  times[i] = util.now() - t0
+end
+table.sort(times)
+local p50, p99 = times[500] * 1e6, times[990] * 1e6
+rows[#rows + 1] = { "1,000 mixed queries, p99 / p50", ("%.0f / %.0f µs"):format(p99, p50), "", ("%.1f x"):format(
+  p99 / p50), "kinds, authors, ids, since: new filters each time" }
+db:close()
+os.execute("rm -rf bench/data/backend-*")
+
+print(("## bench/backend (%s)\n"):format(_VERSION .. (jit and (" / " .. jit.version) or "")))
+print("machine: " .. util.machine())
+print(("data: %d events made by layer2.gen (bench/dataset.lua); both levels local LMDB, fsync on\n"):format(#lines))
+print(util.table({ "what", "backend", "raw stores", "backend / raw", "note" }, rows))
+for _, r in ipairs(rows) do util.summary("backend: " .. r[1], r[4], r[2] .. " vs " .. r[3]) end
