@@ -259,6 +259,10 @@ static int is_blank(const char *p, size_t n)
     return 1;
 }
 
+/* store:import(source [, opts]): source at 2 (a path, an io handle or a function returning
+ * lines), opts at 3 (verify, batch, threads, now, on_refused(line, msg), progress(lines, bytes));
+ * each batch of checked events is saved in one transaction. Returns the Lua results: the counts,
+ * or nil and the message. */
 static int import_events(lua_State *L, l2lua_store *s, int flags)
 {
     const l2_limits *lim = &s->lim;
@@ -371,6 +375,10 @@ static int import_events(lua_State *L, l2lua_store *s, int flags)
 
 /* ---- a batch of events from Lua ---- */
 
+/* store:save_events(list [, opts]): every event of the list (tables or wire JSON) checked (and
+ * verified unless opts.verify == false, on opts.threads threads), those that pass saved in one
+ * transaction, in order. Returns the verdicts in order: true, or the refusal's message; nil, err
+ * when the store failed (then nothing of it was saved). */
 static int save_events(lua_State *L, l2lua_store *s, int flags)
 {
     const l2_limits *lim = &s->lim;
@@ -878,9 +886,8 @@ static int store_sweep(lua_State *L)
 }
 
 /* nuke and sync: true | nil, err */
-static int store_done(lua_State *L, int (*op)(void *st, char *err))
+static int store_done(lua_State *L, l2lua_store *s, int (*op)(void *st, char *err))
 {
-    l2lua_store *s = l2lua_check_store(L, 1);
     if (op(s->st, s->err)) return l2lua_refuse(L, 0, s->err);
     lua_pushboolean(L, 1);
     return 1;
@@ -888,12 +895,14 @@ static int store_done(lua_State *L, int (*op)(void *st, char *err))
 
 static int store_nuke(lua_State *L)
 {
-    return store_done(L, l2lua_check_store(L, 1)->vt->nuke);
+    l2lua_store *s = l2lua_check_store(L, 1);
+    return store_done(L, s, s->vt->nuke);
 }
 
 static int store_sync(lua_State *L)
 {
-    return store_done(L, l2lua_check_store(L, 1)->vt->sync);
+    l2lua_store *s = l2lua_check_store(L, 1);
+    return store_done(L, s, s->vt->sync);
 }
 
 static const luaL_Reg store_methods[] = {

@@ -33,6 +33,7 @@ local function write_batch(db)
     q[i] = nil
   end
   writer.head = last + 1
+  if writer.head > writer.tail then writer.queue, writer.head, writer.tail = {}, 1, 0 end
   if writer.blocked > 0 then writer.room:post(writer.blocked) end
   local ok, verdicts = pcall(db.save_events, db, events)
   if not ok then log("a batch of saves failed: " .. tostring(verdicts)) end
