@@ -205,6 +205,19 @@ static int store_meta(lua_State *L)
     return 1;
 }
 
+/* store:meta_raise(key, n) -> the value now stored: at least n, never lowered (see store.h) */
+static int store_meta_raise(lua_State *L)
+{
+    l2lua_store *s;
+    l2_store *st = check_lmdb(L, &s);
+    const char *key = luaL_checkstring(L, 2);
+    int64_t v, now;
+    if (l2lua_int64(L, 3, &v)) return luaL_argerror(L, 3, "an integer expected");
+    if (l2_store_meta_raise(st, key, v, &now, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)now);
+    return 1;
+}
+
 /* store:outbox([max [, opts]]) -> {{seq, op = "save", event} | {seq, op = "delete", id, tombstone}} */
 static int store_outbox(lua_State *L)
 {
@@ -261,7 +274,8 @@ static int store_outbox_ack(lua_State *L)
 
 static const luaL_Reg lmdb_methods[] = {
     {"candidates", store_candidates}, {"evict", store_evict}, {"drop_stubs", store_drop_stubs},
-    {"revive", store_revive}, {"meta", store_meta}, {"outbox", store_outbox}, {"outbox_ack", store_outbox_ack},
+    {"revive", store_revive}, {"meta", store_meta}, {"meta_raise", store_meta_raise}, {"outbox", store_outbox},
+    {"outbox_ack", store_outbox_ack},
     {"prune_changes", store_prune_changes}, {"copy", store_copy}, {NULL, NULL},
 };
 

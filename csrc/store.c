@@ -1793,6 +1793,41 @@ int l2_store_meta_set(l2_store *st, const char *key, const void *val, size_t n, 
     return write_txn(st, meta_body, &a, err);
 }
 
+typedef struct {
+    const char *key;
+    int64_t value;
+} meta_raise_args;
+
+/* Reads the value and writes the larger of it and the new one, in one write transaction: LMDB
+ * has one writer at a time, so processes raising a value together never lower it. */
+static int meta_raise_body(wtx *w, void *ud)
+{
+    meta_raise_args *a = ud;
+    char k[256], text[32];
+    MDB_val kv = {meta_key(k, sizeof k, a->key), k}, v;
+    if (mdb_get(w->txn, w->st->dbi[DB_META], &kv, &v) == 0 && v.mv_size < sizeof text) {
+        memcpy(text, v.mv_data, v.mv_size);
+        text[v.mv_size] = 0;
+        long long stored = strtoll(text, NULL, 10);
+        if (stored >= a->value) {
+            a->value = stored;
+            return 0;
+        }
+    }
+    int n = snprintf(text, sizeof text, "%lld", (long long)a->value);
+    v.mv_size = (size_t)n;
+    v.mv_data = text;
+    return mdb_put(w->txn, w->st->dbi[DB_META], &kv, &v, 0);
+}
+
+int l2_store_meta_raise(l2_store *st, const char *key, int64_t value, int64_t *now_value, char *err)
+{
+    meta_raise_args a = {key, value};
+    if (write_txn(st, meta_raise_body, &a, err)) return -1;
+    *now_value = a.value;
+    return 0;
+}
+
 int l2_store_outbox_list(l2_store *st, size_t max, l2_outbox_item *out, size_t *n, char *err)
 {
     MDB_cursor *c;

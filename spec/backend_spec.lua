@@ -41,6 +41,31 @@ local function random_filter(events, rand)
 end
 
 describe("layer2.open (two levels)", function()
+  it("what one process learns of L1's horizon, another on the same L1 (an nginx worker) knows too", function()
+    local dir = tmpdir()
+    local l2 = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
+    local opts = { l2 = l2, nosync = true, log = quiet, l1 = { size_limit = 256 * 1024 } }
+    local a, b = assert(layer2.open(dir, opts)), assert(layer2.open(dir, opts))
+    local sec = ("0"):rep(63) .. "7"
+    local small = layer2.event.sign({ kind = 1, created_at = 1000, tags = {}, content = "small" }, sec)
+    assert(a:save_event(small))
+    local got, levels = b:query_events({ kinds = { 1 }, since = 500 })
+    assert.same({ small.id }, ids(got))
+    assert.equal(0, levels.l2, "L1 proves this answer")
+    -- too big for a 256 KiB L1: L2 takes it, L1 cannot, and `a` stops claiming completeness
+    local big = layer2.event.sign({ kind = 1, created_at = 2000, tags = {}, content = ("x"):rep(60000) }, sec)
+    assert(a:save_event(big))
+    assert.equal(0, a.l1:count_events({ ids = { big.id } }))
+    -- `b` never saw that save: it must not answer from L1 alone what L1 no longer proves
+    got = b:query_events({ kinds = { 1 }, since = 500 })
+    assert.same({ big.id, small.id }, ids(got))
+    a:close()
+    b:close()
+    l2:close()
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
   helper.each_corpus(pending, "a 1 MiB L1 against L2 alone", function(c)
   it("a 1 MiB L1 answers 500 random filters exactly as L2 alone, before and after eviction cycles (" .. c.name
     .. " events)", function()

@@ -143,7 +143,7 @@ function backend.open(path, opts)
       local ok, newest = call_l2(self, "query_events", { limit = 1 }, { max_limit = 1 })
       if ok and newest and newest[1] then self:raise_horizon(newest[1].created_at + 1) end
     end
-    self.l1:meta("horizon", tostring(self.horizon))
+    self.horizon = self.l1:meta_raise("horizon", self.horizon)
   end
   -- polling starts from what L2 holds now: L1 does not replay L2's history
   if self.l2 and type(self.l2.changes_since) == "function" and not self.l1:meta("poll_cursor") then
@@ -153,11 +153,30 @@ function backend.open(path, opts)
   return self
 end
 
+-- The horizon lives in L1, shared by every process on it (each nginx worker has a backend): it is
+-- raised there atomically and read back before L1 is asked to prove an answer. A raise means L1
+-- lost events it held or never got some L2 has (not in L1's change feed), so remembered answers
+-- go too.
 function Backend:raise_horizon(h)
   if h > self.horizon then
-    self.horizon = h
-    self.l1:meta("horizon", tostring(h))
+    self.horizon = self.l1:meta_raise("horizon", h) or h
+    if self.answers then self.answers:clear() end
   end
+end
+
+function Backend:sync_horizon()
+  local h = tonumber(self.l1:meta("horizon"))
+  if h and h ~= self.horizon then
+    self.horizon = h
+    if self.answers then self.answers:clear() end
+  end
+end
+
+-- After L1 was emptied: the only time the horizon goes down.
+function Backend:reset_horizon(h)
+  self.horizon = h
+  self.l1:meta("horizon", tostring(h))
+  if self.answers then self.answers:clear() end
 end
 
 function Backend:path() return self.dir end
@@ -182,6 +201,14 @@ end
 -- Room for a write of about `bytes`: evicts before the map could fill. LMDB needs free pages
 -- even to delete, so L1 must never be allowed to fill up: work below the high water mark.
 -- Returns false when the write could not fit in L1 at all.
+-- An event's size in L1, roughly for a table (encoding it only to measure would cost a hot path).
+local function size_of(ev)
+  if type(ev) == "string" then return #ev end
+  local n = 400 + (type(ev.content) == "string" and #ev.content or 0)
+  if type(ev.tags) == "table" then n = n + 80 * #ev.tags end
+  return n
+end
+
 -- What a write of `bytes` in `n` events may take in L1: the bodies, their index keys and the
 -- pages copied on write (each event of a transaction touches pages of several indexes).
 local function room_needed(bytes, n)
@@ -207,7 +234,7 @@ end
 
 -- Saves into L1 (trusted: already verified), making room first.
 function Backend:save_l1(ev, opts, bytes)
-  if not self:make_room(bytes or (type(ev) == "string" and #ev or 4096)) then
+  if not self:make_room(bytes or size_of(ev)) then
     return false, "error: the event is too large for L1"
   end
   return self.l1:save_event(ev, opts)
@@ -238,7 +265,6 @@ function Backend:save_event(ev, opts)
       trusted.outbox = true
     end
   end
-  -- a table's size is estimated (save_l1's default): encoding it only to measure would cost a hot path
   local saved, msg = self:save_l1(ev, trusted)
   if not saved and msg and msg:match("^error:") then
     if trusted.outbox then return false, msg end -- neither level has it
@@ -253,14 +279,6 @@ function Backend:save_event(ev, opts)
     return true -- L2 stored it; L1 already had it or an entry that refuses it
   end
   return saved, msg
-end
-
--- A table's size in L1, roughly (encoding it only to measure would cost a hot path).
-local function size_of(ev)
-  if type(ev) == "string" then return #ev end
-  local n = 400 + (type(ev.content) == "string" and #ev.content or 0)
-  if type(ev.tags) == "table" then n = n + 80 * #ev.tags end
-  return n
 end
 
 -- Saves a batch into L1 in as few transactions as L1's size limit allows; calls
@@ -575,9 +593,8 @@ function Backend:reset_l1()
     return
   end
   self.l1:nuke()
-  self.horizon = -1
   local ok, newest = call_l2(self, "query_events", { limit = 1 }, { max_limit = 1 })
-  self:raise_horizon(ok and newest and newest[1] and newest[1].created_at + 1 or 0)
+  self:reset_horizon(ok and newest and newest[1] and newest[1].created_at + 1 or 0)
 end
 
 -- ---- reads ----
@@ -801,6 +818,7 @@ end
 
 function Backend:query_events(filters, opts)
   opts = opts or {}
+  if self.l2 then self:sync_horizon() end
   local json = opts.json
   local l1opts = { json = json, max_limit = opts.max_limit or self.max_limit, now = opts.now, info = true,
     horizon = self.l2 and self.horizon or 0 }
@@ -952,9 +970,7 @@ function Backend:nuke()
   end
   local ok, err = self.l1:nuke()
   if not ok then return nil, err end
-  if self.answers then self.answers:clear() end
-  self.horizon = -1
-  self:raise_horizon(0)
+  self:reset_horizon(0)
   return true
 end
 
