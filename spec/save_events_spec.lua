@@ -163,41 +163,41 @@ describe("save_events on the two-level backend", function()
     return l2
   end
 
-  it("an L2 without save_events is saved event by event, with the same verdicts", function()
+  -- a backend in front of a Lua-table L2 over an LMDB store; body(db, store, l2, logged), then cleanup
+  local function with_lua_l2(fail, body)
     local dir = helper.tmpdir()
     local store = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
-    local l2 = lua_l2(store, function() return false end)
-    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet }))
-    local list = mixed()
-    check_verdicts(list, assert(db:save_events(list, { now = NOW })))
-    same_store(store, list)
-    assert(l2.saves >= 8, "each valid event reached L2")
+    local l2, logged = lua_l2(store, fail), {}
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = function(m) logged[#logged + 1] = m end }))
+    body(db, store, l2, logged)
     db:close()
     store:close()
     helper.rmdir(dir)
     helper.rmdir(dir .. "-l2")
+  end
+
+  it("an L2 without save_events is saved event by event, with the same verdicts", function()
+    with_lua_l2(function() return false end, function(db, store, l2)
+      local list = mixed()
+      check_verdicts(list, assert(db:save_events(list, { now = NOW })))
+      same_store(store, list)
+      assert(l2.saves >= 8, "each valid event reached L2")
+    end)
   end)
 
   it("when L2 fails, L1 decides and keeps the batch in its outbox until L2 has it", function()
-    local dir = helper.tmpdir()
-    local store = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
     local down = true
-    local l2 = lua_l2(store, function() return down end)
-    local logged = {}
-    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = function(m) logged[#logged + 1] = m end }))
-    local list = mixed()
-    check_verdicts(list, assert(db:save_events(list, { now = NOW })))
-    assert.equal(0, store:count_events({}))
-    assert.matches("L2 save failed, queued in the outbox", logged[1])
-    same_store(db.l1, list)
-    down = false
-    db:sync()
-    same_store(store, list)
-    assert.equal(0, db:stats().outbox)
-    db:close()
-    store:close()
-    helper.rmdir(dir)
-    helper.rmdir(dir .. "-l2")
+    with_lua_l2(function() return down end, function(db, store, _, logged)
+      local list = mixed()
+      check_verdicts(list, assert(db:save_events(list, { now = NOW })))
+      assert.equal(0, store:count_events({}))
+      assert.matches("L2 save failed, queued in the outbox", logged[1])
+      same_store(db.l1, list)
+      down = false
+      db:sync()
+      same_store(store, list)
+      assert.equal(0, db:stats().outbox)
+    end)
   end)
 
   it("signals each saved event once, ephemeral ones included, and no refused one", function()
