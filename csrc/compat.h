@@ -8,6 +8,7 @@
 
 #if LUA_VERSION_NUM < 502
 #define lua_rawlen lua_objlen
+#define lua_absindex(L, i) ((i) > 0 || (i) <= LUA_REGISTRYINDEX ? (i) : lua_gettop(L) + (i) + 1)
 #endif
 
 #if LUA_VERSION_NUM < 504

@@ -498,7 +498,7 @@ static void push_hex_list(lua_State *L, uint8_t (*items)[32], uint32_t n, const 
     lua_setfield(L, -2, name);
 }
 
-static void push_filter(lua_State *L, const l2_filter *f)
+void l2lua_push_filter(lua_State *L, const l2_filter *f)
 {
     lua_newtable(L);
     if (f->have & L2_F_IDS) push_hex_list(L, f->ids, f->nids, "ids");
@@ -542,7 +542,7 @@ static int filter_parse(lua_State *L)
 {
     scratch *s = get_scratch(L);
     if (arg_filter(L, 1, s)) return l2lua_refuse(L, 0, s->err);
-    push_filter(L, &s->flt);
+    l2lua_push_filter(L, &s->flt);
     return 1;
 }
 
@@ -674,6 +674,8 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     lua_setfield(L, -2, "lmdb");
     l2lua_open_pg(L);
     lua_setfield(L, -2, "postgres");
+    l2lua_open_backend(L);
+    lua_setfield(L, -2, "backend_private");
     lua_pushliteral(L, L2_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushcfunction(L, core_monotonic);

@@ -19,6 +19,8 @@ int l2lua_event_arg(lua_State *L, int idx, l2_event *ev, unsigned required, cons
 /* Reads one filter (table or JSON object) at idx. */
 int l2lua_filter_arg(lua_State *L, int idx, l2_filter *f, const l2_filter_limits *lim, char *err);
 void l2lua_push_event(lua_State *L, const l2_event *ev);
+/* Pushes a filter as a Lua table (its normalized form: sorted, deduplicated lists). */
+void l2lua_push_filter(lua_State *L, const l2_filter *f);
 void l2lua_push_hex(lua_State *L, const uint8_t *b, size_t n);
 
 /* ---- shared by the store bindings (lua_store.c) ---- */
@@ -63,6 +65,7 @@ typedef struct {
     l2_buf out;
     l2_limits lim;
     int64_t max_limit;
+    int save_flags; /* of the save_events call under way */
     char err[L2_ERRLEN];
 } l2lua_store;
 
@@ -70,6 +73,13 @@ typedef struct {
  * query_events, count_events, delete_event, import, export, changes_since, stats, check, sweep,
  * nuke, sync, path, close, is_closed; `__gc`, `__close` and `__tostring`. */
 #define L2LUA_SAVE_EVENTS_MAX 10000
+
+/* Saves n checked events, each verdict in out[i]; -1 with err when nothing of them was saved. */
+typedef int (*l2lua_saver)(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_verdict *out, char *err);
+/* store:save_events's work for any saver: the list at list_idx (at most L2LUA_SAVE_EVENTS_MAX
+ * events: tables or wire JSON), opts at opts_idx (verify, threads, now); pushes the verdicts. */
+int l2lua_save_list(lua_State *L, int list_idx, int opts_idx, const l2_limits *lim, l2lua_saver save, void *ud,
+                    char *err);
 /* Makes the class `mt`: the store methods and `extra` (what only this kind of store has). */
 void l2lua_store_class(lua_State *L, const char *mt, const luaL_Reg *extra);
 /* Pushes a new store userdata of class mt, not open yet (st NULL): the caller opens the store
@@ -84,5 +94,7 @@ void l2lua_open_store_common(lua_State *L);
 /* Push the layer2.lmdb and layer2.postgres tables (lua_lmdb.c, lua_pg.c). */
 void l2lua_open_lmdb(lua_State *L);
 void l2lua_open_pg(lua_State *L);
+/* Pushes layer2.core.backend_private (lua_backend.c): the two-level store's class and helpers. */
+void l2lua_open_backend(lua_State *L);
 
 #endif

@@ -181,6 +181,7 @@ typedef struct {
     size_t cap;
     l2_event **evs;
     l2_save_result *res;
+    l2_verdict *verdicts;
     l2_buf lines;
     char *line;
     size_t line_cap;
@@ -194,6 +195,8 @@ static int import_gc(lua_State *L)
     free(im->items);
     free(im->evs);
     free(im->res);
+    free(im->verdicts);
+    im->verdicts = NULL;
     im->items = NULL;
     im->evs = NULL;
     im->res = NULL;
@@ -375,21 +378,19 @@ static int import_events(lua_State *L, l2lua_store *s, int flags)
 
 /* ---- a batch of events from Lua ---- */
 
-/* store:save_events(list [, opts]): every event of the list (tables or wire JSON) checked (and
- * verified unless opts.verify == false, on opts.threads threads), those that pass saved in one
- * transaction, in order. Returns the verdicts in order: true, or the refusal's message; nil, err
- * when the store failed (then nothing of it was saved). */
-static int save_events(lua_State *L, l2lua_store *s, int flags)
+/* Reads a list of events at list_idx (tables or wire JSON) with the options at opts_idx (verify,
+ * threads, now), parses and verifies them (several threads past a few dozen signatures) and hands
+ * those that pass to `save` in one call. Returns the Lua results: the verdicts in order (true, or
+ * the refusal's message), or nil and err when `save` failed as a whole (nothing of it was saved). */
+int l2lua_save_list(lua_State *L, int list_idx, int opts_idx, const l2_limits *lim, l2lua_saver save, void *ud,
+                    char *err)
 {
-    const l2_limits *lim = &s->lim;
-    char *err = s->err;
-    luaL_checktype(L, 2, LUA_TTABLE);
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-    int verify = l2lua_opt_bool(L, 3, "verify", 1);
-    int64_t now = l2lua_opt_now(L, 3);
-    size_t n = lua_rawlen(L, 2);
-    /* threads only pay off past a few dozen signatures */
-    int threads = (int)l2lua_opt_int(L, 3, "threads", n >= 64 ? 2 : 1);
+    luaL_checktype(L, list_idx, LUA_TTABLE);
+    if (!lua_isnoneornil(L, opts_idx)) luaL_checktype(L, opts_idx, LUA_TTABLE);
+    int verify = l2lua_opt_bool(L, opts_idx, "verify", 1);
+    int64_t now = l2lua_opt_now(L, opts_idx);
+    size_t n = lua_rawlen(L, list_idx);
+    int threads = (int)l2lua_opt_int(L, opts_idx, "threads", n >= 64 ? 2 : 1);
     if (n > L2LUA_SAVE_EVENTS_MAX) {
         snprintf(err, L2_ERRLEN, "invalid: more than %d events in one save_events call", L2LUA_SAVE_EVENTS_MAX);
         return l2lua_refuse(L, 0, err);
@@ -403,8 +404,8 @@ static int save_events(lua_State *L, l2lua_store *s, int flags)
     size_t cap = n ? n : 1;
     im->items = calloc(cap, sizeof *im->items);
     im->evs = malloc(cap * sizeof *im->evs);
-    im->res = malloc(cap * sizeof *im->res);
-    if (!im->items || !im->evs || !im->res) return luaL_error(L, "layer2: out of memory");
+    im->verdicts = calloc(cap, sizeof *im->verdicts);
+    if (!im->items || !im->evs || !im->verdicts) return luaL_error(L, "layer2: out of memory");
     im->cap = cap;
     unsigned required = L2_HAVE_ALL | (verify ? L2_LENIENT_IDSIG : 0);
     for (size_t i = 0; i < n; i++) {
@@ -412,7 +413,7 @@ static int save_events(lua_State *L, l2lua_store *s, int flags)
         l2_event_init(&it->ev);
         it->line = i + 1;
         /* the strings an item points into stay referenced by the list until the call returns */
-        lua_rawgeti(L, 2, (int)i + 1);
+        lua_rawgeti(L, list_idx, (int)i + 1);
         int t = lua_type(L, -1);
         if (t == LUA_TSTRING) {
             it->json = lua_tolstring(L, -1, &it->len);
@@ -429,14 +430,14 @@ static int save_events(lua_State *L, l2lua_store *s, int flags)
     size_t nok = 0;
     for (size_t i = 0; i < n; i++)
         if (im->items[i].ok) im->evs[nok++] = &im->items[i].ev;
-    int failed = nok && s->vt->save_batch(s->st, im->evs, nok, now, flags, im->res, err);
+    int failed = nok && save(ud, im->evs, nok, now, im->verdicts, err);
     if (!failed) {
         lua_createtable(L, (int)n, 0);
         for (size_t i = 0, k = 0; i < n; i++) {
             l2_batch_item *it = &im->items[i];
-            const char *msg = it->ok ? l2_save_message(im->res[k++].status) : it->err;
-            if (msg) lua_pushstring(L, msg);
-            else lua_pushboolean(L, 1);
+            const l2_verdict *v = it->ok ? &im->verdicts[k++] : NULL;
+            if (v && v->ok) lua_pushboolean(L, 1);
+            else lua_pushstring(L, v ? v->msg : it->err);
             lua_rawseti(L, -2, (int)i + 1);
         }
     }
@@ -445,6 +446,22 @@ static int save_events(lua_State *L, l2lua_store *s, int flags)
     lua_call(L, 1, 0);
     if (failed) return l2lua_refuse(L, 0, err);
     return 1;
+}
+
+/* A store saves a list in one transaction: all or nothing. */
+static int store_saver(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_verdict *out, char *err)
+{
+    l2lua_store *s = ud;
+    l2_save_result *res = calloc(n, sizeof *res);
+    if (!res) return l2_oom(err);
+    int rc = s->vt->save_batch(s->st, evs, n, now, s->save_flags, res, err);
+    for (size_t i = 0; !rc && i < n; i++) {
+        const char *msg = l2_save_message(res[i].status);
+        out[i].ok = !msg;
+        if (msg) snprintf(out[i].msg, sizeof out[i].msg, "%s", msg);
+    }
+    free(res);
+    return rc;
 }
 
 /* ---- export ---- */
@@ -670,7 +687,8 @@ static int store_save(lua_State *L)
 static int store_save_events(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
-    return save_events(L, s, save_flags(L, 3));
+    s->save_flags = save_flags(L, 3);
+    return l2lua_save_list(L, 2, 3, &s->lim, store_saver, s, s->err);
 }
 
 /* store:import(source [, opts]) -> counts | nil, err (see import_events); then what the store does

@@ -596,6 +596,7 @@ static void read_result(l2_pg *pg, size_t row, l2_save_result *r)
     r->status = (int)l2_pg_int(pg, row, 0);
     r->replaced = (unsigned)l2_pg_int(pg, row, 1);
     r->deleted = (unsigned)l2_pg_int(pg, row, 2);
+    r->msg = NULL;
 }
 
 static int oom(char *err)
@@ -702,7 +703,7 @@ int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_
     int rc = 0;
     if (!keep || !kres) rc = oom(err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        res[i] = (l2_save_result){L2_SAVE_EPHEMERAL, 0, 0};
+        res[i] = (l2_save_result){L2_SAVE_EPHEMERAL, 0, 0, NULL};
         if (!l2_kind_ephemeral(evs[i]->kind)) keep[k++] = evs[i];
     }
     if (rc == 0 && k == 1) rc = save_one(pg, keep[0], now, kres, err);

@@ -28,13 +28,22 @@ enum l2_save_status {
     L2_SAVE_OLDER,     /* a newer version of this replaceable event is stored */
     L2_SAVE_DELETED,   /* a deletion request of its author blocks it */
     L2_SAVE_EXPIRED,
+    L2_SAVE_REFUSED, /* refused for the reason in msg (a store written in Lua says why itself) */
+    L2_SAVE_FAILED,  /* did not reach the store, which failed part way through a batch (msg: why) */
 };
 
 typedef struct {
     int status;
     unsigned replaced; /* older versions this save removed */
     unsigned deleted;  /* events its NIP-09 tags removed */
+    const char *msg;   /* why, for REFUSED and FAILED; owned by the store until its next call */
 } l2_save_result;
+
+/* One event's verdict as a caller gets it: ok, or the message of its refusal (NIP-01 prefixes). */
+typedef struct {
+    int ok;
+    char msg[L2_ERRLEN];
+} l2_verdict;
 
 /* The NIP-01 OK message for a refusal ("duplicate: ...", "blocked: ..."), NULL when stored. */
 const char *l2_save_message(int status);

@@ -822,6 +822,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     int64_t exp;
     int rc;
     r->replaced = r->deleted = 0;
+    r->msg = NULL;
     if (l2_kind_ephemeral(ev->kind)) {
         r->status = L2_SAVE_EPHEMERAL;
         return 0;

@@ -60,4 +60,47 @@ describe("concurrency", function()
     helper.rmdir(dir)
     os.remove(script)
   end)
+
+  -- What one process learns from its reads is what every process on the same L1 knows.
+  it("shares read counts and known-missing ids between processes on one L1", function()
+    local dir = helper.tmpdir()
+    local sec = ("0"):rep(63) .. "5"
+    local ev = layer2.event.sign({ kind = 1, created_at = 1000, tags = {}, content = "read twice" }, sec)
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    local line = layer2.event.encode(ev)
+    assert(db:import(function()
+      local l = line
+      line = nil
+      return l
+    end))
+    local nobody = ("ab"):rep(32)
+    local function other(query)
+      local p = helper.spawn(([[
+        local layer2 = require("layer2")
+        local db = assert(layer2.open(%q, { nosync = true, log = function() end }))
+        local res, from = assert(db:query_events(%s))
+        print(#res, from.l1, from.l2, from.missing or 0)
+        db:close()
+      ]]):format(dir, query))
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+    -- the other process fetches the event once from L2 (one read: not admitted)...
+    assert.equal("1\t0\t1\t0\n", other(("{ ids = { %q } }"):format(ev.id)))
+    -- ...so this one's first fetch is its second read: admitted, and the next read is L1's
+    local res, from = db:query_events({ ids = { ev.id } })
+    assert.equal(1, #res)
+    assert.equal(1, from.l2)
+    res, from = db:query_events({ ids = { ev.id } })
+    assert.equal(1, #res)
+    assert.equal(1, from.l1)
+    -- an id L2 does not have, learnt here, is not asked of L2 by the other process
+    res, from = db:query_events({ ids = { nobody } })
+    assert.same({}, res)
+    assert.is_nil(from.missing)
+    assert.equal("0\t0\t0\t1\n", other(("{ ids = { %q } }"):format(nobody)))
+    db:close()
+    helper.rmdir(dir)
+  end)
 end)

@@ -11,7 +11,7 @@
 local layer2 = require("layer2")
 
 local resty = {}
-local state = { listeners = {}, next_id = 0 }
+local state = { listeners = {}, next_id = 0, save_events = function(db, events) return db:save_events(events) end }
 
 local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 
@@ -35,7 +35,7 @@ local function write_batch(db)
   writer.head = last + 1
   if writer.head > writer.tail then writer.queue, writer.head, writer.tail = {}, 1, 0 end
   if writer.blocked > 0 then writer.room:post(writer.blocked) end
-  local ok, verdicts = pcall(db.save_events, db, events)
+  local ok, verdicts = pcall(state.save_events, db, events)
   if not ok then log("a batch of saves failed: " .. tostring(verdicts)) end
   for i, fn in ipairs(done) do
     local v = ok and verdicts[i] or "error: the store failed on this batch"
@@ -128,9 +128,26 @@ function resty.init_worker(path, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.log = o.log or log
   if type(o.l2) ~= "string" then return open(path, o, opts) end
+  -- The C core reaches L2 from C, and a call into the thread pool yields, which LuaJIT cannot do
+  -- across C: what L1 proves alone is answered here, a read that needs L2 and every batch of
+  -- saves run whole in the pool, on a backend of the thread's own (same L1, same learned state).
+  local in_pool = require("layer2.resty_pg").backend(path, opts, opts.thread_pool)
+  state.save_events = function(_, events)
+    local verdicts, err = in_pool("save_events", events)
+    if not verdicts then error(err, 0) end
+    return verdicts
+  end
+  local query_l1 = require("layer2.core").backend_private.query_l1
   o.l2 = require("layer2.resty_pg").l2(o.l2, opts.thread_pool)
   ngx.timer.at(0, function(premature)
-    if not premature then open(path, o, opts) end
+    if premature then return end
+    local db = open(path, o, opts)
+    if not db then return end
+    db.query_events = function(self, filters, qopts)
+      local res, levels = query_l1(self, filters, qopts)
+      if res ~= false then return res, levels end
+      return in_pool("query_events", filters, qopts)
+    end
   end)
   return true
 end

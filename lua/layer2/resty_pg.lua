@@ -8,6 +8,7 @@
 --   thread_pool layer2 threads=8;          # nginx.conf, main context
 --   layer2.resty.init_worker(path, { l2 = "host=/run/postgresql dbname=relay", poll_frequency = 1 })
 local resty_pg = {}
+local inside_c = require("layer2.core").backend_private.inside_c
 
 -- ---- the thread side: runs in a worker thread's Lua VM; its connections stay open there ----
 local stores, listening = {}, {}
@@ -29,15 +30,47 @@ function resty_pg.call(conninfo, method, ...)
   return s[method](s, ...)
 end
 
+-- A whole two-level store in the thread's VM, on the worker's L1 (the same LMDB environment: one
+-- per process) and a connection of its own: the worker's writes run here, since the C core's
+-- save calls L2 from C, and a call into the thread pool yields, which LuaJIT cannot do across C.
+local backends = {}
+
+function resty_pg.backend_call(path, opts, method, ...)
+  local db = backends[path]
+  if not db or db:is_closed() then
+    local err
+    db, err = require("layer2").open(path, opts)
+    if not db then return nil, err end
+    backends[path] = db
+  end
+  return db[method](db, ...)
+end
+
 -- ---- the worker side: an L2 object with the store methods, each a call in the thread pool ----
 local METHODS = { "save_event", "save_events", "query_events", "count_events", "delete_event", "changes_since", "stats", "check",
   "sweep", "nuke", "wait" }
+
+-- The worker's way to a backend_call: fn(method, ...) runs it in the pool. opts: what
+-- layer2.open takes that can cross into a thread (no functions).
+function resty_pg.backend(path, opts, pool)
+  local o = { l2 = opts.l2, l1 = opts.l1, nosync = opts.nosync, max_limit = opts.max_limit,
+    policy = type(opts.policy) == "string" and opts.policy or nil }
+  return function(method, ...)
+    if inside_c() then error("PostgreSQL cannot be reached from inside a C call", 0) end
+    local ok, a, b = ngx.run_worker_thread(pool or "layer2", "layer2.resty_pg", "backend_call", path, o, method, ...)
+    if not ok then error("the PostgreSQL thread failed: " .. tostring(a), 0) end
+    return a, b
+  end
+end
 
 function resty_pg.l2(conninfo, pool)
   pool = pool or "layer2"
   local l2 = {}
   for _, m in ipairs(METHODS) do
     l2[m] = function(_, ...)
+      -- from inside a C call (a hook of the C core) the coroutine cannot yield for the thread:
+      -- fail as an L2 failure would, rather than let nginx resume a coroutine that never yielded
+      if inside_c() then error("PostgreSQL cannot be reached from inside a C call", 0) end
       local ok, a, b, c = ngx.run_worker_thread(pool, "layer2.resty_pg", "call", conninfo, m, ...)
       if not ok then error("the PostgreSQL thread failed: " .. tostring(a), 0) end
       return a, b, c

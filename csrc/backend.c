@@ -1,0 +1,720 @@
+#include "backend.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rules.h"
+
+#define PAGE 4096
+/* at most this many events in one L1 transaction of a save */
+#define L1_CHUNK_MAX 500
+
+struct l2_backend {
+    l2_store *l1;
+    const l2_store_if *l2vt;
+    void *l2;
+    l2_learned *learned;
+    l2_backend_opts o;
+    l2_backend_hooks hooks;
+    uint64_t used;   /* L1's used bytes as last measured, plus what was written since */
+    size_t l1_chunk; /* events per L1 transaction (smaller after a chunk found L1 full) */
+    l2_buf scratch;
+    l2_hits hits;
+    uint64_t answered[5]; /* by level: see level_names */
+};
+
+static const char *level_names[5] = {"l1", "stubs", "l2", "missing", "answers"};
+
+int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
+                    const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err)
+{
+    *out = NULL;
+    l2_backend *b = calloc(1, sizeof *b);
+    if (!b) return l2_oom(err);
+    if (l2_learned_open(&b->learned, l1_dir, err)) {
+        free(b);
+        return -1;
+    }
+    b->l1 = l1;
+    b->l2vt = l2 ? l2vt : NULL;
+    b->l2 = l2;
+    b->o = *o;
+    b->hooks = *hooks;
+    b->l1_chunk = L1_CHUNK_MAX;
+    l2_buf_init(&b->scratch);
+    *out = b;
+    return 0;
+}
+
+void l2_backend_close(l2_backend *b)
+{
+    if (!b) return;
+    l2_learned_close(b->learned);
+    l2_buf_free(&b->scratch);
+    l2_hits_free(&b->hits);
+    free(b);
+}
+
+l2_learned *l2_backend_learned(l2_backend *b)
+{
+    return b->learned;
+}
+
+static void logf_(l2_backend *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logf_(l2_backend *b, const char *fmt, ...)
+{
+    char msg[2 * L2_ERRLEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (b->hooks.log) b->hooks.log(b->hooks.ud, msg);
+}
+
+/* ---- the horizon ---- */
+
+int l2_backend_horizon(l2_backend *b, int64_t *h, char *err)
+{
+    int found;
+    *h = 0;
+    if (l2_store_meta_get(b->l1, "horizon", &b->scratch, &found, err)) return -1;
+    if (found && b->scratch.len < 24) {
+        char num[24];
+        memcpy(num, b->scratch.data, b->scratch.len);
+        num[b->scratch.len] = 0;
+        *h = strtoll(num, NULL, 10);
+    }
+    return 0;
+}
+
+int l2_backend_raise_horizon(l2_backend *b, int64_t h, char *err)
+{
+    int64_t now_value;
+    return l2_store_meta_raise(b->l1, "horizon", h, &now_value, err);
+}
+
+/* ---- room in L1 ---- */
+
+/* What a write of `bytes` in `n` events may take in L1: the bodies, their index keys and the
+ * pages copied on write (each event of a transaction touches pages of several indexes). */
+static uint64_t room_needed(uint64_t bytes, size_t n)
+{
+    return bytes * 3 + 16384 + (uint64_t)(n ? n - 1 : 0) * 6 * PAGE;
+}
+
+static int room_fits(const l2_backend *b, uint64_t bytes, size_t n)
+{
+    return !b->o.size_limit || room_needed(bytes, n) <= b->o.size_limit * (100 - b->o.high_water) / 100;
+}
+
+static int used_bytes(l2_backend *b, uint64_t *used, char *err)
+{
+    l2_store_stats s;
+    if (l2_store_stats_get(b->l1, &s, err)) return -1;
+    *used = s.used_bytes;
+    return 0;
+}
+
+/* Room for a write of about `bytes` in `n` events: evicts before the map could fill (LMDB needs
+ * free pages even to delete, so L1 works below its high water mark). 0, 1 when the write cannot
+ * fit in L1 at all, -1 with err. */
+int l2_backend_make_room(l2_backend *b, uint64_t bytes, size_t n, char *err)
+{
+    if (!b->o.size_limit) return 0;
+    if (!room_fits(b, bytes, n)) return 1;
+    uint64_t need = room_needed(bytes, n), high = b->o.size_limit * b->o.high_water / 100;
+    if (b->used + need > high) {
+        if (used_bytes(b, &b->used, err)) return -1;
+        if (b->used + need > high) {
+            if (b->hooks.gc(b->hooks.ud, 0, err)) logf_(b, "eviction failed: %s", err);
+            if (used_bytes(b, &b->used, err)) return -1;
+        }
+    }
+    b->used += need;
+    return 0;
+}
+
+/* An event's size in L1, about (its JSON's). */
+static uint64_t size_of(const l2_event *ev)
+{
+    return 300 + l2_event_canonical_len(ev);
+}
+
+/* Saves evs into L1 in as few transactions as L1's size limit allows: res[i] for each, and
+ * failed[i] set with the message in msgs[i] when L1 could not take it. A transaction copies every
+ * page it touches, and in a small L1 that can fill the map however few bytes the events have: a
+ * chunk that finds L1 full is split after an eviction. */
+static void save_l1(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
+                    l2_verdict *fail)
+{
+    size_t from = 0;
+    int retried = 0;
+    while (from < n) {
+        size_t k = 0;
+        uint64_t bytes = 0;
+        while (from + k < n && k < b->l1_chunk) {
+            uint64_t s = size_of(evs[from + k]);
+            if (k && !room_fits(b, bytes + s, k + 1)) break;
+            bytes += s;
+            k++;
+        }
+        char err[L2_ERRLEN];
+        int room = l2_backend_make_room(b, bytes, k, err);
+        if (room == 1) snprintf(err, sizeof err, "error: the event is too large for L1");
+        int rc = room ? -1 : l2_store_save_batch(b->l1, evs + from, k, now, flags, res + from, err);
+        if (rc && b->o.size_limit && strstr(err, "full") && (k > 1 || !retried)) {
+            /* the pages a transaction copies filled L1 below its high water mark: evict, then
+             * try again, in smaller transactions, a single event once more */
+            b->l1_chunk = k / 2 ? k / 2 : 1;
+            retried = k == 1;
+            if (b->hooks.gc(b->hooks.ud, 1, err)) logf_(b, "eviction failed: %s", err);
+            continue;
+        }
+        retried = 0;
+        if (!rc && b->l1_chunk < L1_CHUNK_MAX) b->l1_chunk++;
+        for (size_t i = from; i < from + k; i++) {
+            fail[i].ok = !rc;
+            if (rc) snprintf(fail[i].msg, sizeof fail[i].msg, "%s", err);
+        }
+        from += k;
+    }
+}
+
+static void refuse(l2_verdict *v, const char *msg)
+{
+    v->ok = 0;
+    snprintf(v->msg, sizeof v->msg, "%s", msg ? msg : "error: refused");
+}
+
+void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, l2_verdict *out)
+{
+    size_t cap = n ? n : 1, np = 0, na = 0, nq = 0;
+    l2_event **pending = malloc(cap * sizeof *pending), **group = malloc(cap * sizeof *group);
+    size_t *at = malloc(cap * sizeof *at), *accepted = malloc(cap * sizeof *accepted),
+           *queued = malloc(cap * sizeof *queued);
+    l2_save_result *res = calloc(cap, sizeof *res);
+    l2_verdict *l1v = calloc(cap, sizeof *l1v);
+    if (!pending || !group || !at || !accepted || !queued || !res || !l1v) {
+        for (size_t i = 0; i < n; i++) refuse(&out[i], "error: out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        out[i].ok = 0;
+        out[i].msg[0] = 0;
+        l2_learned_missing_forget(b->learned, evs[i]->id); /* it exists now */
+        if (l2_kind_ephemeral(evs[i]->kind)) {
+            out[i].ok = 1;
+            b->hooks.accepted(b->hooks.ud, evs[i]);
+            continue;
+        }
+        at[np] = i;
+        pending[np++] = evs[i];
+    }
+    /* L2 first: its verdicts stand; what it could not take L1 decides, with the outbox */
+    if (b->l2 && np) {
+        char err[L2_ERRLEN];
+        if (b->l2vt->save_batch(b->l2, pending, np, now, 0, res, err)) {
+            logf_(b, "L2 save failed, queued in the outbox: %s", err);
+            for (size_t k = 0; k < np; k++) queued[nq++] = k;
+        } else {
+            const char *why = NULL;
+            for (size_t k = 0; k < np; k++) {
+                if (res[k].status == L2_SAVE_STORED) {
+                    accepted[na++] = k;
+                } else if (res[k].status == L2_SAVE_FAILED) {
+                    if (!why) why = res[k].msg;
+                    queued[nq++] = k;
+                } else {
+                    refuse(&out[at[k]], res[k].msg ? res[k].msg : l2_save_message(res[k].status));
+                }
+            }
+            if (nq) logf_(b, "L2 save failed, queued in the outbox: %s", why ? why : "error: L2 failed");
+        }
+    } else {
+        for (size_t k = 0; k < np; k++) queued[nq++] = k; /* L1 is the only level: it decides */
+    }
+    /* L1 trusts what L2 accepted (L2 has it whatever L1 says) */
+    for (size_t j = 0; j < na; j++) group[j] = pending[accepted[j]];
+    memset(res, 0, cap * sizeof *res);
+    save_l1(b, group, na, now, 0, res, l1v);
+    size_t lost = 0;
+    int64_t newest_lost = -1;
+    const char *lost_msg = NULL;
+    for (size_t j = 0; j < na; j++) {
+        size_t k = accepted[j];
+        out[at[k]].ok = 1;
+        if (!l1v[j].ok) {
+            lost++;
+            lost_msg = l1v[j].msg;
+            if (pending[k]->created_at > newest_lost) newest_lost = pending[k]->created_at;
+        } else if (res[j].status == L2_SAVE_STORED) {
+            b->hooks.accepted(b->hooks.ud, pending[k]);
+        }
+    }
+    if (lost) {
+        /* L2 has them, L1 cannot hold them: L1 stops claiming completeness up to them */
+        char err[L2_ERRLEN];
+        logf_(b, "L1 could not take %zu event(s): %s", lost, lost_msg);
+        if (l2_backend_raise_horizon(b, newest_lost + 1, err)) logf_(b, "cannot raise the horizon: %s", err);
+    }
+    /* ...and decides, with the outbox, what L2 could not take */
+    for (size_t j = 0; j < nq; j++) group[j] = pending[queued[j]];
+    memset(res, 0, cap * sizeof *res);
+    save_l1(b, group, nq, now, b->l2 ? L2_SAVE_OUTBOX : 0, res, l1v);
+    for (size_t j = 0; j < nq; j++) {
+        l2_verdict *v = &out[at[queued[j]]];
+        if (!l1v[j].ok) {
+            refuse(v, l1v[j].msg);
+        } else if (res[j].status == L2_SAVE_STORED) {
+            v->ok = 1;
+            b->hooks.accepted(b->hooks.ud, group[j]);
+        } else {
+            refuse(v, l2_save_message(res[j].status));
+        }
+    }
+done:
+    free(pending);
+    free(group);
+    free(at);
+    free(accepted);
+    free(queued);
+    free(res);
+    free(l1v);
+}
+
+int l2_backend_delete(l2_backend *b, const uint8_t id[32], int tombstone, int *found, char *err)
+{
+    if (b->l2) {
+        if (b->l2vt->delete_event(b->l2, id, tombstone, 0, found, err) == 0) {
+            int l1_found;
+            char l1_err[L2_ERRLEN];
+            if (l2_store_delete(b->l1, id, tombstone, 0, &l1_found, l1_err))
+                logf_(b, "L1 could not delete an event L2 deleted: %s", l1_err);
+            return 0;
+        }
+        logf_(b, "L2 delete failed, queued in the outbox: %s", err);
+        return l2_store_delete(b->l1, id, tombstone, 1, found, err);
+    }
+    return l2_store_delete(b->l1, id, tombstone, 0, found, err);
+}
+
+/* ---- reads L1 answers alone ---- */
+
+int l2_backend_query_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
+                        l2_row_fn row, void *ud, int *answered, uint64_t *rows, char *err)
+{
+    *answered = 0;
+    *rows = 0;
+    int64_t horizon = 0;
+    if (b->l2 && l2_backend_horizon(b, &horizon, err)) return -1;
+    uint8_t small[16], *incomplete = nf <= sizeof small ? small : malloc(nf);
+    if (!incomplete) return l2_oom(err);
+    memset(incomplete, 0, nf);
+    int rc = l2_store_query(b->l1, fs, nf, max_limit, now, horizon, incomplete, &b->hits, err);
+    int proven = rc == 0;
+    for (size_t i = 0; proven && b->l2 && i < nf; i++) proven = !incomplete[i];
+    for (size_t i = 0; proven && b->l2 && i < b->hits.n; i++) proven = !b->hits.v[i].stub;
+    if (proven) {
+        *answered = 1;
+        for (size_t i = 0; i < b->hits.n; i++) {
+            const l2_hit *h = &b->hits.v[i];
+            l2_row r = {0};
+            r.stub = h->stub;
+            memcpy(r.id, h->id, 32);
+            if (h->stub || l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
+            ++*rows;
+            if (row(ud, &r)) break;
+        }
+    }
+    if (rc == 0) l2_store_read_end(b->l1);
+    if (incomplete != small) free(incomplete);
+    if (proven && b->l2 && nf == 1 && (fs[0].have & L2_F_IDS)) {
+        /* id lookups L1 answered with a body count as reads (for admission and eviction) */
+        for (size_t i = 0; i < fs[0].nids; i++) l2_backend_count_read(b, fs[0].ids[i]);
+    }
+    return rc;
+}
+
+uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32])
+{
+    return l2_learned_count_read(b->learned, id, b->o.history);
+}
+
+static uint64_t *level(l2_backend *b, const char *name)
+{
+    for (int i = 0; i < 5; i++)
+        if (strcmp(name, level_names[i]) == 0) return &b->answered[i];
+    return NULL;
+}
+
+void l2_backend_hit(l2_backend *b, const char *name, uint64_t n)
+{
+    uint64_t *c = level(b, name);
+    if (c) *c += n;
+}
+
+uint64_t l2_backend_hits(l2_backend *b, const char *name)
+{
+    uint64_t *c = level(b, name);
+    return c ? *c : 0;
+}
+
+/* ---- reads that reach L2 ---- */
+
+/* An event of an answer, kept while L1's read ends and L2 is asked: its stored form is at
+ * [off, off + len) of the answer's arena, binary (from L1 or an LMDB L2) or JSON. */
+typedef struct {
+    uint8_t id[32];
+    int64_t created_at;
+    int stub, json, found;
+    size_t off, len;
+} kept_row;
+
+typedef struct {
+    kept_row *v;
+    size_t n, cap;
+    l2_buf arena;
+    l2_event ev; /* scratch for decoding */
+    char err[L2_ERRLEN];
+    int failed;
+} answer;
+
+static void answer_init(answer *a)
+{
+    memset(a, 0, sizeof *a);
+    l2_buf_init(&a->arena);
+    l2_event_init(&a->ev);
+}
+
+static void answer_free(answer *a)
+{
+    free(a->v);
+    l2_buf_free(&a->arena);
+    l2_event_free(&a->ev);
+}
+
+/* Decodes row r of a into a->ev. 0, or -1 with a->err. */
+static int answer_decode(answer *a, const kept_row *r)
+{
+    const char *p = a->arena.data + r->off;
+    return r->json ? l2_event_parse_json(&a->ev, p, r->len, L2_HAVE_ALL, &l2_default_limits, a->err)
+                   : l2_event_decode_bin(&a->ev, p, r->len, a->err);
+}
+
+/* Keeps a row (a callback of the store interface's query). */
+static int keep_row(void *ud, const l2_row *row)
+{
+    answer *a = ud;
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        kept_row *v = realloc(a->v, cap * sizeof *v);
+        if (!v) {
+            a->failed = l2_oom(a->err);
+            return 1;
+        }
+        a->v = v;
+        a->cap = cap;
+    }
+    kept_row *r = &a->v[a->n];
+    memset(r, 0, sizeof *r);
+    memcpy(r->id, row->id, 32);
+    r->stub = row->stub;
+    r->json = row->json != NULL && !row->stub;
+    r->off = a->arena.len;
+    if (!row->stub) {
+        const void *p = r->json ? (const void *)row->json : row->bin;
+        r->len = r->json ? row->json_len : row->bin_len;
+        if (l2_buf_put(&a->arena, p, r->len)) {
+            a->failed = l2_oom(a->err);
+            return 1;
+        }
+        /* the id and time of an L2 row, for merging and for the missing ids */
+        if (answer_decode(a, r)) {
+            a->failed = -1;
+            return 1;
+        }
+        memcpy(r->id, a->ev.id, 32);
+        r->created_at = a->ev.created_at;
+    }
+    a->n++;
+    return 0;
+}
+
+/* L1's answer kept: bodies copied, stubs by id; L1's read ends. */
+static int query_l1_kept(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
+                         int64_t horizon, uint8_t *incomplete, answer *a, char *err)
+{
+    if (l2_store_query(b->l1, fs, nf, max_limit, now, horizon, incomplete, &b->hits, err)) return -1;
+    for (size_t i = 0; i < b->hits.n && !a->failed; i++) {
+        const l2_hit *h = &b->hits.v[i];
+        l2_row r = {0};
+        r.stub = h->stub;
+        memcpy(r.id, h->id, 32);
+        if (!h->stub && l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
+        keep_row(a, &r);
+        if (!a->failed) a->v[a->n - 1].created_at = h->created_at;
+    }
+    l2_store_read_end(b->l1);
+    if (a->failed) snprintf(err, L2_ERRLEN, "%s", a->err);
+    return a->failed ? -1 : 0;
+}
+
+int l2_backend_admit(l2_backend *b, const uint8_t id[32])
+{
+    uint32_t n = l2_backend_count_read(b, id);
+    return b->o.admit_always || n >= l2_learned_admit_bar(b->learned);
+}
+
+/* A filter of ids only (with a limit no smaller than its ids): the lookups whose absent ids say
+ * the events do not exist. */
+static int ids_only(const l2_filter *f)
+{
+    return (f->have & ~(unsigned)L2_F_LIMIT) == L2_F_IDS && (!(f->have & L2_F_LIMIT) || f->limit >= (int64_t)f->nids);
+}
+
+static int in_answer(const answer *a, const uint8_t id[32])
+{
+    for (size_t i = 0; i < a->n; i++)
+        if (memcmp(a->v[i].id, id, 32) == 0) return 1;
+    return 0;
+}
+
+/* Are the incomplete filters all lookups of ids L1 holds or L2 lately did not have? The number
+ * of known-missing ids then, else -1. */
+static int64_t answered_missing(l2_backend *b, const l2_filter *fs, size_t nf, const uint8_t *incomplete,
+                                const answer *l1, int64_t now)
+{
+    int64_t n = 0;
+    for (size_t i = 0; i < nf; i++) {
+        if (!incomplete[i]) continue;
+        if (!ids_only(&fs[i])) return -1;
+        for (uint32_t k = 0; k < fs[i].nids; k++) {
+            if (in_answer(l1, fs[i].ids[k])) continue;
+            if (!l2_learned_missing(b->learned, fs[i].ids[k], now)) return -1;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Remembers the ids L2 did not return for the incomplete ids-only filters. */
+static void remember_missing(l2_backend *b, const l2_filter *fs, size_t nf, const uint8_t *incomplete,
+                             const answer *l2, int64_t now)
+{
+    if (b->o.missing_ttl <= 0) return;
+    for (size_t i = 0; i < nf; i++) {
+        if (!incomplete[i] || !ids_only(&fs[i])) continue;
+        for (uint32_t k = 0; k < fs[i].nids; k++)
+            if (!in_answer(l2, fs[i].ids[k])) l2_learned_missing_add(b->learned, fs[i].ids[k], now + b->o.missing_ttl);
+    }
+}
+
+/* Asks L2 for these ids (at most 64 per call, a filter's worth). */
+static int l2_by_ids(l2_backend *b, const uint8_t (*ids)[32], size_t n, int64_t now, answer *out, char *err)
+{
+    l2_filter f;
+    l2_filter_init(&f);
+    int rc = l2_filter_begin(&f, L2_F_IDS, 0, err);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        char hex[64];
+        l2_hex_encode(hex, ids[i], 32);
+        static const l2_filter_limits unlimited = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, SIZE_MAX, SIZE_MAX,
+                                                   SIZE_MAX};
+        rc = l2_filter_add_hex(&f, L2_F_IDS, hex, 64, i, &unlimited, err);
+    }
+    if (rc == 0) rc = l2_filter_finish(&f, err);
+    if (rc == 0) rc = b->l2vt->query(b->l2, &f, 1, (int64_t)n, now, 0, NULL, keep_row, out, err);
+    if (rc == 0 && out->failed) rc = -1, snprintf(err, L2_ERRLEN, "%s", out->err);
+    l2_filter_free(&f);
+    return rc;
+}
+
+/* Saves the admitted events of `a` (rows from..a->n) into L1: a cache fill (no change record),
+ * or bodies put back in place of stubs (`revive`). */
+static void fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t now)
+{
+    size_t n = 0;
+    uint64_t bytes = 0;
+    l2_event *evs = calloc(a->n - from + 1, sizeof *evs);
+    l2_event **ptrs = calloc(a->n - from + 1, sizeof *ptrs);
+    l2_save_result *res = calloc(a->n - from + 1, sizeof *res);
+    char err[L2_ERRLEN] = "error: out of memory";
+    int rc = !evs || !ptrs || !res;
+    for (size_t i = from; !rc && i < a->n; i++) {
+        kept_row *r = &a->v[i];
+        if (r->stub) continue;
+        l2_learned_missing_forget(b->learned, r->id);
+        if (!l2_backend_admit(b, r->id)) continue;
+        l2_event_init(&evs[n]);
+        const char *p = a->arena.data + r->off;
+        if (r->json ? l2_event_parse_json(&evs[n], p, r->len, L2_HAVE_ALL, &l2_default_limits, err)
+                    : l2_event_decode_bin(&evs[n], p, r->len, err)) {
+            l2_event_free(&evs[n]);
+            continue;
+        }
+        bytes += r->len;
+        ptrs[n] = &evs[n];
+        n++;
+    }
+    if (!rc && n) {
+        uint64_t revived;
+        int room = l2_backend_make_room(b, bytes, n, err);
+        if (room == 0)
+            rc = revive ? l2_store_revive(b->l1, ptrs, n, &revived, err)
+                        : l2_store_save_batch(b->l1, ptrs, n, now, L2_SAVE_FILL, res, err);
+        if (rc) logf_(b, "L1 could not keep what L2 returned: %s", err);
+    }
+    for (size_t i = 0; evs && i < n; i++) l2_event_free(&evs[i]);
+    free(evs);
+    free(ptrs);
+    free(res);
+}
+
+/* Puts L2's bodies of L1's stubs in place; stubs L2 has no body for are left out (the event went
+ * since). The bodies are offered back to L1 (admission decides). */
+static void fill_stubs(l2_backend *b, answer *l1, int64_t now, uint64_t *filled)
+{
+    *filled = 0;
+    size_t nstubs = 0;
+    for (size_t i = 0; i < l1->n; i++) nstubs += l1->v[i].stub;
+    if (!nstubs) return;
+    uint8_t(*ids)[32] = malloc(nstubs * 32);
+    if (!ids) return;
+    size_t k = 0;
+    for (size_t i = 0; i < l1->n; i++)
+        if (l1->v[i].stub) memcpy(ids[k++], l1->v[i].id, 32);
+    size_t from = l1->n;
+    char err[L2_ERRLEN];
+    /* L2's rows go after L1's in the same answer; a stub then points at its body's row */
+    if (l2_by_ids(b, (const uint8_t(*)[32])ids, nstubs, now, l1, err)) logf_(b, "L2 could not fill stubs: %s", err);
+    for (size_t i = 0; i < from; i++) {
+        kept_row *r = &l1->v[i];
+        if (!r->stub) continue;
+        for (size_t j = from; j < l1->n; j++) {
+            if (memcmp(l1->v[j].id, r->id, 32) != 0) continue;
+            r->off = l1->v[j].off, r->len = l1->v[j].len, r->json = l1->v[j].json;
+            r->found = 1;
+            ++*filled;
+            break;
+        }
+    }
+    fill_l1(b, l1, from, 1, now);
+    l1->n = from;
+    free(ids);
+}
+
+/* Gives the rows of `a` (stubs only when filled) to `row`. */
+static uint64_t emit(const answer *a, l2_row_fn row, void *ud)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        const kept_row *r = &a->v[i];
+        if (r->stub && !r->found) continue;
+        l2_row out = {0};
+        memcpy(out.id, r->id, 32);
+        if (r->json) out.json = a->arena.data + r->off, out.json_len = r->len;
+        else out.bin = a->arena.data + r->off, out.bin_len = r->len;
+        n++;
+        if (row(ud, &out)) break;
+    }
+    return n;
+}
+
+static int newest_first(const void *x, const void *y)
+{
+    const kept_row *a = x, *b = y;
+    if (a->created_at != b->created_at) return a->created_at > b->created_at ? -1 : 1;
+    return memcmp(a->id, b->id, 32);
+}
+
+/* While L2 lags (the outbox holds events only L1 has), L1's bodies join L2's answer. */
+static void merge_outbox(l2_backend *b, answer *l2, const answer *l1)
+{
+    l2_outbox_item item;
+    size_t waiting = 0;
+    char err[L2_ERRLEN];
+    int rc = l2_store_outbox_list(b->l1, 1, &item, &waiting, err);
+    l2_store_read_end(b->l1);
+    if (rc || !waiting) return;
+    for (size_t i = 0; i < l1->n; i++) {
+        const kept_row *r = &l1->v[i];
+        if (r->stub || in_answer(l2, r->id)) continue;
+        l2_row row = {0};
+        row.bin = l1->arena.data + r->off;
+        row.bin_len = r->len;
+        if (keep_row(l2, &row)) return;
+    }
+    qsort(l2->v, l2->n, sizeof *l2->v, newest_first);
+}
+
+int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int l1_only,
+                     l2_row_fn row, void *ud, l2_levels *lv, char *err)
+{
+    memset(lv, 0, sizeof *lv);
+    int64_t horizon = 0;
+    if (b->l2 && l2_backend_horizon(b, &horizon, err)) return -1;
+    uint8_t *incomplete = calloc(nf ? nf : 1, 1);
+    answer l1, l2;
+    answer_init(&l1);
+    answer_init(&l2);
+    int rc = incomplete ? query_l1_kept(b, fs, nf, max_limit, now, horizon, incomplete, &l1, err) : l2_oom(err);
+    if (rc) goto done;
+    int complete = 1;
+    for (size_t i = 0; i < nf; i++) complete &= !incomplete[i];
+    uint64_t bodies = 0;
+    for (size_t i = 0; i < l1.n; i++) bodies += !l1.v[i].stub;
+    if (!b->l2 || l1_only) {
+        lv->l1 = emit(&l1, row, ud);
+        b->answered[0] += lv->l1;
+        goto done;
+    }
+    if (complete && nf == 1 && (fs[0].have & L2_F_IDS)) {
+        /* id lookups L1 answers with a body (a stub's read is counted when its body comes) */
+        for (uint32_t k = 0; k < fs[0].nids; k++) {
+            int stub = 0;
+            for (size_t i = 0; i < l1.n; i++)
+                if (l1.v[i].stub && memcmp(l1.v[i].id, fs[0].ids[k], 32) == 0) stub = 1;
+            if (!stub) l2_backend_count_read(b, fs[0].ids[k]);
+        }
+    }
+    /* known-missing ids are kept by the clock, whatever `now` the caller gives the rules */
+    int64_t missing = complete ? 0 : answered_missing(b, fs, nf, incomplete, &l1, (int64_t)time(NULL));
+    if (missing >= 0) {
+        fill_stubs(b, &l1, now, &lv->stubs);
+        lv->l1 = bodies;
+        lv->missing = (uint64_t)missing;
+        emit(&l1, row, ud);
+        b->answered[0] += bodies, b->answered[1] += lv->stubs, b->answered[3] += lv->missing;
+        goto done;
+    }
+    /* L1 cannot prove the answer: L2, the authority, answers */
+    lv->asked_l2 = 1;
+    if (b->l2vt->query(b->l2, fs, nf, max_limit, now, 0, NULL, keep_row, &l2, lv->l2_error) || l2.failed) {
+        if (l2.failed) snprintf(lv->l2_error, sizeof lv->l2_error, "%s", l2.err);
+        if (strncmp(lv->l2_error, "error:", 6) != 0) {
+            /* a refusal (a filter L2 will not run) is the answer */
+            snprintf(err, L2_ERRLEN, "%s", lv->l2_error);
+            rc = -1;
+            goto done;
+        }
+        logf_(b, "L2 query failed, answering from L1: %s", lv->l2_error);
+        lv->l2_failed = 1;
+        fill_stubs(b, &l1, now, &lv->stubs);
+        lv->l1 = bodies;
+        emit(&l1, row, ud);
+        goto done;
+    }
+    merge_outbox(b, &l2, &l1);
+    remember_missing(b, fs, nf, incomplete, &l2, (int64_t)time(NULL));
+    fill_l1(b, &l2, 0, 0, now);
+    lv->l2 = emit(&l2, row, ud);
+    b->answered[2] += lv->l2;
+done:
+    free(incomplete);
+    answer_free(&l1);
+    answer_free(&l2);
+    return rc;
+}

@@ -1,0 +1,102 @@
+/* The two-level store: a size-limited LMDB cache (L1) in front of an authoritative store (L2,
+ * any store interface: storeif.h), with what it learns kept beside L1 (learned.h). No Lua here:
+ * what is the caller's to decide (the eviction policy, what to do with an accepted event, where
+ * messages go) arrives through hooks. docs/DESIGN.md §3 says how the levels work together.
+ *
+ * Built so far: the writes (save, delete) and the reads; remembered answers, eviction and polling
+ * are still done by the Lua side (lua/layer2/backend.lua) over the same L1, horizon and learned
+ * state. */
+#ifndef L2_BACKEND_H
+#define L2_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "event.h"
+#include "filter.h"
+#include "learned.h"
+#include "store.h"
+#include "storeif.h"
+
+typedef struct l2_backend l2_backend;
+
+typedef struct {
+    /* Evicts from L1 (the policy is the caller's): asked before a write that would pass the high
+     * water mark, or after one found L1 full below it (`full`). 0, or -1 with err. */
+    int (*gc)(void *ud, int full, char *err);
+    /* An event accepted here (saved, or ephemeral): for the on_event handlers, origin "local". */
+    void (*accepted)(void *ud, const l2_event *ev);
+    void (*log)(void *ud, const char *msg);
+    void *ud;
+} l2_backend_hooks;
+
+typedef struct {
+    uint64_t size_limit;        /* L1's size in bytes (a multiple of its page); 0: unlimited */
+    unsigned high_water;        /* percent of size_limit where eviction starts */
+    uint64_t history;           /* reads between halvings of the read counts */
+    int admit_always;           /* admit every event L2 returns (no second read needed) */
+    int64_t missing_ttl;        /* seconds an L2 "no such id" stands; 0: not kept */
+} l2_backend_opts;
+
+/* A two-level store over an open L1 (a cache store) and L2 (NULL for none); both stay the
+ * caller's to close, after l2_backend_close. The learned state is mapped from l1_dir. */
+int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
+                    const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err);
+void l2_backend_close(l2_backend *b);
+l2_learned *l2_backend_learned(l2_backend *b);
+
+/* Saves n parsed and verified events: L2 first (its verdict stands), then L1 without checking
+ * again, in as few L1 transactions as L1's size allows; when L2 fails, L1 decides and keeps the
+ * events in its outbox in the same transaction. Ephemeral events are accepted and stored nowhere.
+ * Each event's verdict goes to out[i]; `accepted` is called for each event accepted here. */
+void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, l2_verdict *out);
+
+/* Deletes by id on both levels (L2 first; when L2 fails, L1 queues the deletion in its outbox).
+ * *found says if L2 (or L1 without an L2) had it. 0, or -1 with err. */
+int l2_backend_delete(l2_backend *b, const uint8_t id[32], int tombstone, int *found, char *err);
+
+/* Answers a REQ from L1 alone when L1 proves it complete (under the horizon) and holds every
+ * body: each event goes to `row` and *answered is set. Otherwise nothing goes to `row` and the
+ * caller asks L2. Without an L2, L1 always answers (stubs left out). An id lookup L1 answers
+ * counts as a read of each id. *rows gets the number of events given. 0, or -1 with err. */
+int l2_backend_query_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
+                        l2_row_fn row, void *ud, int *answered, uint64_t *rows, char *err);
+
+/* What answered a query, in events: L1's bodies, stubs filled from L2, known-missing ids, L2. */
+typedef struct {
+    uint64_t l1, stubs, missing, l2;
+    int asked_l2;              /* L2 was asked the filters: the answer is L2's */
+    int l2_failed;             /* L2 failed: L1 answered what it could */
+    char l2_error[L2_ERRLEN];  /* why */
+} l2_levels;
+
+/* Answers a REQ on both levels: from L1 when it proves the answer (stubs' bodies fetched from L2
+ * by id; lookups of ids L2 lately did not have count as answered); otherwise L2 answers, merged
+ * with what only L1 has while the outbox waits, its events offered to L1 (admission) and the ids
+ * it did not have remembered. When L2 fails, L1 answers what it can (lv->l2_failed). `l1_only`
+ * asks L1 alone. 0, or -1 with err (a refusal of L2's included). */
+int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int l1_only,
+                     l2_row_fn row, void *ud, l2_levels *lv, char *err);
+
+/* Makes room in L1 for a write of about `bytes` in `n` events, evicting (the gc hook) when it
+ * would pass the high water mark: 0, 1 when it cannot fit in L1 at all, -1 with err. */
+int l2_backend_make_room(l2_backend *b, uint64_t bytes, size_t n, char *err);
+
+/* Counts a read of id (l2_learned_count_read with the backend's history): its recent reads. */
+uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32]);
+
+/* Admission: an event fetched from L2 enters L1 (or a stub gets its body back) only when it has
+ * been read about as often as what eviction lets go (the admission bar, at least twice), so
+ * one-off reads do not push out what is read again and again. Counts this read. */
+int l2_backend_admit(l2_backend *b, const uint8_t id[32]);
+
+/* Answers by level since open: "l1", "stubs", "l2", "missing", "answers". */
+void l2_backend_hit(l2_backend *b, const char *level, uint64_t n);
+uint64_t l2_backend_hits(l2_backend *b, const char *level);
+
+/* The horizon (see docs/DESIGN.md §3), kept in L1: read, raised (never lowered by a raise), and
+ * set after L1 was emptied. */
+int l2_backend_horizon(l2_backend *b, int64_t *h, char *err);
+int l2_backend_raise_horizon(l2_backend *b, int64_t h, char *err);
+
+#endif

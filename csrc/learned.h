@@ -1,0 +1,41 @@
+/* What a two-level store learns from its reads, kept where every process on the same L1 sees it:
+ * a file beside L1 (`learned`), mapped shared, updated with atomic operations only, so nginx
+ * workers (and any process that opens the same L1) learn from each other's reads. No locks are
+ * held across calls and nothing here can block. No Lua here.
+ *
+ * - Read counts (for admission and the eviction policy): a count-min sketch, 4 rows of 65,536
+ *   16-bit counters, each row indexed by its own hash of the id. Every `period` counted reads
+ *   all counters halve (TinyLFU's reset), so the counts follow what is hot now. A count is never
+ *   below the true recent count and rarely above it.
+ * - The admission bar: what an event fetched from L2 must have been read to enter L1.
+ * - Known-missing ids: ids L2 said it does not have, each until a time; 16,384 slots, 8 probes,
+ *   the entry that expires first making room. Each slot is guarded by a sequence word (odd while
+ *   written), so a reader never takes a torn id for a known-missing one. */
+#ifndef L2_LEARNED_H
+#define L2_LEARNED_H
+
+#include <stdint.h>
+
+typedef struct l2_learned l2_learned;
+
+/* Maps (creating or resetting when it is not ours) `dir`/learned. 0, or -1 with err. */
+int l2_learned_open(l2_learned **out, const char *dir, char *err);
+void l2_learned_close(l2_learned *l);
+
+/* Counts one read of id and returns its recent count (this one included); every `period` reads
+ * (over all processes) the counts halve. */
+uint32_t l2_learned_count_read(l2_learned *l, const uint8_t id[32], uint64_t period);
+/* The recent count of id, without counting. */
+uint32_t l2_learned_reads(l2_learned *l, const uint8_t id[32]);
+
+uint32_t l2_learned_admit_bar(l2_learned *l);
+void l2_learned_set_admit_bar(l2_learned *l, uint32_t bar);
+
+/* Known-missing ids: remembered until `until` (seconds), asked at `now`, forgotten. */
+void l2_learned_missing_add(l2_learned *l, const uint8_t id[32], int64_t until);
+int l2_learned_missing(l2_learned *l, const uint8_t id[32], int64_t now);
+void l2_learned_missing_forget(l2_learned *l, const uint8_t id[32]);
+/* Forgets every known-missing id (L2 was emptied) and every read count. */
+void l2_learned_clear(l2_learned *l);
+
+#endif

@@ -1,0 +1,763 @@
+/* The two-level store (backend.h) as a Lua userdata, `layer2.open`'s handle. Its hot methods are
+ * C (save_event, save_events, delete_event, the reads L1 answers alone, close); the class is
+ * completed by lua/layer2/backend.lua with what is still Lua (reads that reach L2, eviction,
+ * polling, maintenance: an L2 inside nginx is called through the thread pool, which yields, and
+ * LuaJIT cannot yield across a C call), which keeps its state in a table the userdata reads through (fields the
+ * Lua side owns). Also the store interface over a Lua object with the store methods (an L2
+ * written in Lua), for the C core's writes. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "lua_layer2.h"
+
+#define BACKEND_MT "layer2.backend"
+
+typedef struct {
+    l2_backend *b;  /* NULL once closed */
+    lua_State *L;   /* the state of the call under way (hooks and a Lua L2 run in it) */
+    int ref;        /* registry: {l1, l2, state = {}, hooks = {}, strings = {}} */
+    int own_l2;     /* close L2 with this handle */
+    l2lua_store *l1;
+    l2_event ev;
+    l2lua_filters filters;
+    l2_limits lim;
+    int64_t max_limit;
+    char dir[1024];
+    char err[L2_ERRLEN];
+} backend_ud;
+
+/* How deep this thread is in calls from C into Lua (hooks, a Lua L2): code that would yield (a call
+ * into nginx's thread pool) asks, since nothing can yield across a C call under LuaJIT. */
+static _Thread_local int inside_c;
+
+/* lua_pcall, counted in inside_c. */
+static int pcall_from_c(lua_State *L, int nargs, int nresults)
+{
+    inside_c++;
+    int rc = lua_pcall(L, nargs, nresults, 0);
+    inside_c--;
+    return rc;
+}
+
+/* Pushes field `name` of the registry table (1: L1, 2: L2, or a named one). */
+static void push_part(lua_State *L, backend_ud *s, int i, const char *name)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
+    if (name) lua_getfield(L, -1, name);
+    else lua_rawgeti(L, -1, i);
+    lua_remove(L, -2);
+}
+
+static backend_ud *check_backend(lua_State *L)
+{
+    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    if (!s->b) luaL_error(L, "layer2: attempt to use a closed store");
+    s->L = L;
+    return s;
+}
+
+/* ---- hooks: the C core asks the Lua side (protected: a failing hook is reported, never raised
+ * through C; under LuaJIT a hook that yields fails here with Lua's message) ---- */
+
+/* Calls hooks[name](db, ...nargs already pushed): 0, or -1 with the message in err. */
+static int call_hook(backend_ud *s, const char *name, int nargs, char *err)
+{
+    lua_State *L = s->L;
+    push_part(L, s, 0, "hooks");
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, nargs + 1);
+        return 0;
+    }
+    lua_insert(L, -1 - nargs);
+    lua_pushvalue(L, 1);
+    lua_insert(L, -1 - nargs);
+    if (pcall_from_c(L, nargs + 1, 0)) {
+        snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
+static int hook_gc(void *ud, int full, char *err)
+{
+    backend_ud *s = ud;
+    lua_pushboolean(s->L, full);
+    return call_hook(s, "gc", 1, err);
+}
+
+static void hook_log(void *ud, const char *msg)
+{
+    backend_ud *s = ud;
+    char err[L2_ERRLEN];
+    lua_pushstring(s->L, msg);
+    call_hook(s, "log", 1, err);
+}
+
+static void hook_accepted(void *ud, const l2_event *ev)
+{
+    backend_ud *s = ud;
+    lua_State *L = s->L;
+    char err[L2_ERRLEN];
+    push_part(L, s, 0, "hooks");
+    lua_getfield(L, -1, "accepted");
+    int wanted = lua_isfunction(L, -1);
+    lua_pop(L, 2);
+    if (!wanted) return; /* no handler: no event table to make */
+    l2lua_push_event(L, ev);
+    if (call_hook(s, "accepted", 1, err)) hook_log(s, err);
+}
+
+/* ---- an L2 written in Lua, through the store interface (writes: the C core's part) ---- */
+
+/* Keeps a refusal's message referenced until the next call and returns it. */
+static const char *keep_string(backend_ud *s, int idx)
+{
+    lua_State *L = s->L;
+    idx = lua_absindex(L, idx);
+    push_part(L, s, 0, "strings");
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -2, (int)lua_rawlen(L, -2) + 1);
+    lua_pop(L, 1);
+    return lua_tostring(L, idx);
+}
+
+/* The call's results (a, b) at -2, -1 say the L2 failed (raised: the error at -2, or nil/false and
+ * an "error:" message or none): 1 with the message in err. */
+static int l2_failed(lua_State *L, int rc, char *err)
+{
+    if (rc) {
+        snprintf(err, L2_ERRLEN, "error: L2 failed: %s", lua_isstring(L, -2) ? lua_tostring(L, -2) : "an error object");
+        return 1;
+    }
+    if (lua_toboolean(L, -2)) return 0;
+    if (lua_isnil(L, -1)) snprintf(err, L2_ERRLEN, "error: L2 failed");
+    else if (lua_type(L, -1) == LUA_TSTRING && strncmp(lua_tostring(L, -1), "error:", 6) == 0)
+        snprintf(err, L2_ERRLEN, "%s", lua_tostring(L, -1));
+    else return 0;
+    return 1;
+}
+
+/* Pushes l2[method] and l2, or returns 0 (nothing pushed) when it has none. */
+static int push_method(backend_ud *s, const char *method)
+{
+    lua_State *L = s->L;
+    push_part(L, s, 2, NULL);
+    lua_getfield(L, -1, method);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    lua_insert(L, -2);
+    return 1;
+}
+
+static void push_trusted(lua_State *L, int64_t now)
+{
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "verify");
+    lua_pushinteger(L, (lua_Integer)now);
+    lua_setfield(L, -2, "now");
+}
+
+static void read_verdict(backend_ud *s, int idx, l2_save_result *r)
+{
+    lua_State *L = s->L;
+    if (lua_toboolean(L, idx) && lua_type(L, idx) != LUA_TSTRING) {
+        r->status = L2_SAVE_STORED;
+    } else {
+        r->status = L2_SAVE_REFUSED;
+        r->msg = lua_type(L, idx) == LUA_TSTRING ? keep_string(s, idx) : "error: L2 gave no verdict";
+    }
+}
+
+static int luastore_save(void *st, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
+                         char *err)
+{
+    backend_ud *s = st;
+    lua_State *L = s->L;
+    (void)flags;
+    luaL_checkstack(L, 8, "layer2");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
+    lua_newtable(L);
+    lua_setfield(L, -2, "strings"); /* the last call's messages are not needed any more */
+    lua_pop(L, 1);
+    if (push_method(s, "save_events")) {
+        lua_createtable(L, (int)n, 0);
+        for (size_t i = 0; i < n; i++) {
+            l2lua_push_event(L, evs[i]);
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+        push_trusted(L, now);
+        int rc = pcall_from_c(L, 3, 2);
+        if (rc) lua_pushnil(L);
+        if (l2_failed(L, rc, err)) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        for (size_t i = 0; i < n; i++) {
+            lua_rawgeti(L, -2, (int)i + 1);
+            read_verdict(s, -1, &res[i]);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+        return 0;
+    }
+    /* one by one: once L2 fails, the rest are not tried (they go to the outbox, in order) */
+    int down = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (down || !push_method(s, "save_event")) {
+            res[i].status = L2_SAVE_FAILED;
+            continue;
+        }
+        l2lua_push_event(L, evs[i]);
+        push_trusted(L, now);
+        int rc = pcall_from_c(L, 3, 2);
+        if (rc) lua_pushnil(L);
+        if (l2_failed(L, rc, err)) {
+            down = 1;
+            res[i].status = L2_SAVE_FAILED;
+            lua_pushstring(L, err);
+            res[i].msg = keep_string(s, -1);
+            lua_pop(L, 1);
+        } else if (lua_toboolean(L, -2)) {
+            res[i].status = L2_SAVE_STORED;
+        } else {
+            read_verdict(s, -1, &res[i]);
+        }
+        lua_pop(L, 2);
+    }
+    return 0;
+}
+
+static int luastore_delete(void *st, const uint8_t id[32], int tombstone, int flags, int *found, char *err)
+{
+    backend_ud *s = st;
+    lua_State *L = s->L;
+    (void)flags;
+    if (!push_method(s, "delete_event")) {
+        snprintf(err, L2_ERRLEN, "error: L2 has no delete_event");
+        return -1;
+    }
+    l2lua_push_hex(L, id, 32);
+    lua_pushboolean(L, !tombstone);
+    int rc = pcall_from_c(L, 3, 2);
+    if (rc) lua_pushnil(L);
+    int failed = l2_failed(L, rc, err);
+    *found = lua_toboolean(L, -2);
+    lua_pop(L, 2);
+    return failed ? -1 : 0;
+}
+
+static int luastore_query(void *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
+                          uint8_t *incomplete, l2_row_fn row, void *ud, char *err)
+{
+    backend_ud *s = st;
+    lua_State *L = s->L;
+    (void)horizon;
+    if (incomplete) memset(incomplete, 0, nf);
+    luaL_checkstack(L, 8, "layer2");
+    if (!push_method(s, "query_events")) {
+        snprintf(err, L2_ERRLEN, "error: L2 has no query_events");
+        return -1;
+    }
+    lua_createtable(L, (int)nf, 0);
+    for (size_t i = 0; i < nf; i++) {
+        l2lua_push_filter(L, &fs[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)max_limit);
+    lua_setfield(L, -2, "max_limit");
+    lua_pushinteger(L, (lua_Integer)now);
+    lua_setfield(L, -2, "now");
+    int rc = pcall_from_c(L, 3, 2);
+    if (rc) lua_pushnil(L);
+    if (l2_failed(L, rc, err)) {
+        lua_pop(L, 2);
+        return -1;
+    }
+    if (lua_type(L, -2) != LUA_TTABLE) {
+        /* nil and a refusal: the answer */
+        snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "invalid: refused");
+        lua_pop(L, 2);
+        return -1;
+    }
+    size_t n = lua_rawlen(L, -2);
+    l2_buf bin;
+    l2_buf_init(&bin);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -2, (int)i);
+        l2_row r = {0};
+        int bad = 0;
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            r.json = lua_tolstring(L, -1, &r.json_len);
+        } else {
+            bin.len = 0;
+            bad = l2lua_event_arg(L, lua_gettop(L), &s->ev, L2_HAVE_ALL, &s->lim, err) || l2_event_encode_bin(&s->ev, &bin);
+            r.bin = bin.data;
+            r.bin_len = bin.len;
+        }
+        int stop = bad ? 0 : row(ud, &r);
+        lua_pop(L, 1);
+        if (stop) break;
+    }
+    l2_buf_free(&bin);
+    lua_pop(L, 2);
+    return 0;
+}
+
+/* What the C core asks of an L2 written in Lua; the Lua side calls the object itself for the rest. */
+static const l2_store_if luastore_if = {
+    .kind = "lua",
+    .save_batch = luastore_save,
+    .delete_event = luastore_delete,
+    .query = luastore_query,
+};
+
+/* ---- the methods ---- */
+
+static int backend_saver(void *ud, l2_event *const *evs, size_t n, int64_t now, l2_verdict *out, char *err)
+{
+    backend_ud *s = ud;
+    (void)err;
+    l2_backend_save(s->b, evs, n, now, out);
+    return 0;
+}
+
+/* db:save_event(ev [, {now}]) -> true | false, msg */
+static int bk_save_event(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    l2lua_check_table_or_string(L, 2);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    l2_event *evp = &s->ev;
+    l2_buf scratch;
+    if (l2lua_event_arg(L, 2, &s->ev, L2_HAVE_ALL | L2_LENIENT_IDSIG, &s->lim, s->err))
+        return l2lua_refuse(L, 1, s->err);
+    l2_buf_init(&scratch);
+    int bad = l2_event_verify(&s->ev, &scratch, s->err);
+    l2_buf_free(&scratch);
+    if (bad) return l2lua_refuse(L, 1, s->err);
+    l2_verdict v;
+    l2_backend_save(s->b, &evp, 1, l2lua_opt_now(L, 3), &v);
+    if (!v.ok) return l2lua_refuse(L, 1, v.msg);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* db:save_events(list [, {now}]) -> verdicts (true or the refusal's message, in order) */
+static int bk_save_events(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3);
+    /* the backend verifies every event itself: an opts.verify = false is not the caller's to give */
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, (lua_Integer)l2lua_opt_now(L, 3));
+    lua_setfield(L, -2, "now");
+    return l2lua_save_list(L, 2, 4, &s->lim, backend_saver, s, s->err);
+}
+
+/* db:delete_event(id [, no_tombstone]) -> true | false, msg */
+static int bk_delete_event(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    size_t n;
+    int found;
+    const char *p = luaL_checklstring(L, 2, &n);
+    if (n != 64 || l2_hex_decode(id, p, 32)) return l2lua_refuse(L, 1, "invalid: id must be 64 lowercase hex characters");
+    if (l2_backend_delete(s->b, id, !lua_toboolean(L, 3), &found, s->err)) return l2lua_refuse(L, 1, s->err);
+    if (!found) return l2lua_refuse(L, 1, "not found: no stored event has this id");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+typedef struct {
+    lua_State *L;
+    backend_ud *s;
+    int json, failed;
+    lua_Integer n;
+} rows_state;
+
+static int push_result(void *ud, const l2_row *r)
+{
+    rows_state *q = ud;
+    if (l2lua_push_row(q->L, q->s->l1, r, q->json)) {
+        q->failed = 1;
+        return 1;
+    }
+    lua_rawseti(q->L, -2, (int)++q->n);
+    return 0;
+}
+
+/* query_l1(db, filters [, {json, max_limit, now}]) -> events, levels when L1 proves the answer
+ * (under the horizon, every body held); false when it cannot (nothing else is done: the caller
+ * asks L2, in Lua, where a call into the thread pool may yield); nil, err for bad filters. */
+static int pv_query_l1(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
+    int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
+    if (l2lua_read_filters(L, 2, &s->filters, s->err) || l2lua_filters_unsupported(&s->filters, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    int answered;
+    uint64_t rows;
+    lua_newtable(L);
+    if (l2_backend_query_l1(s->b, s->filters.v, s->filters.n, max_limit, now, push_result, &q, &answered, &rows,
+                            s->err))
+        return l2lua_refuse(L, 0, s->err);
+    if (q.failed) return l2lua_refuse(L, 0, s->l1->err);
+    if (!answered) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    l2_backend_hit(s->b, "l1", rows);
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)rows);
+    lua_setfield(L, -2, "l1");
+    lua_pushinteger(L, 0);
+    lua_setfield(L, -2, "stubs");
+    lua_pushinteger(L, 0);
+    lua_setfield(L, -2, "l2");
+    return 2;
+}
+
+static void push_levels(lua_State *L, const l2_levels *lv)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, (lua_Integer)lv->l1);
+    lua_setfield(L, -2, "l1");
+    lua_pushinteger(L, (lua_Integer)lv->stubs);
+    lua_setfield(L, -2, "stubs");
+    lua_pushinteger(L, (lua_Integer)lv->l2);
+    lua_setfield(L, -2, "l2");
+    if (lv->missing) {
+        lua_pushinteger(L, (lua_Integer)lv->missing);
+        lua_setfield(L, -2, "missing");
+    }
+    if (lv->l2_failed) {
+        lua_pushstring(L, lv->l2_error);
+        lua_setfield(L, -2, "l2_error");
+    }
+}
+
+/* query(db, filters [, {json, max_limit, now, l1_only}]) -> events, levels, asked_l2 | nil, err:
+ * the whole read on both levels (l2_backend_query), remembered answers aside. */
+static int pv_query(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
+    int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
+    int l1_only = l2lua_opt_bool(L, 3, "l1_only", 0);
+    /* the filters are read into a copy: a Lua L2 called on the way may use this handle's own */
+    l2lua_filters fs;
+    l2lua_filters_init(&fs, s->filters.max);
+    if (l2lua_read_filters(L, 2, &fs, s->err) || l2lua_filters_unsupported(&fs, s->err)) {
+        l2lua_filters_free(&fs);
+        return l2lua_refuse(L, 0, s->err);
+    }
+    l2_levels lv;
+    lua_newtable(L);
+    int rc = l2_backend_query(s->b, fs.v, fs.n, max_limit, now, l1_only, push_result, &q, &lv, s->err);
+    l2lua_filters_free(&fs);
+    if (rc) return l2lua_refuse(L, 0, s->err);
+    if (q.failed) return l2lua_refuse(L, 0, s->l1->err);
+    push_levels(L, &lv);
+    lua_pushboolean(L, lv.asked_l2);
+    return 3;
+}
+
+static int bk_close(lua_State *L)
+{
+    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    if (!s->b) return 0;
+    l2_backend_close(s->b);
+    s->b = NULL;
+    for (int i = 1; i <= (s->own_l2 ? 2 : 1); i++) {
+        push_part(L, s, i, NULL);
+        lua_getfield(L, -1, "close");
+        lua_insert(L, -2);
+        lua_pcall(L, 1, 0, 0) && (lua_pop(L, 1), 0);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
+    s->ref = LUA_NOREF;
+    l2_event_free(&s->ev);
+    l2lua_filters_free(&s->filters);
+    return 0;
+}
+
+static int bk_is_closed(lua_State *L)
+{
+    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    lua_pushboolean(L, s->b == NULL);
+    return 1;
+}
+
+static int bk_tostring(lua_State *L)
+{
+    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    lua_pushfstring(L, "layer2 store (%s%s): %p", s->dir, s->b ? "" : ", closed", (void *)s);
+    return 1;
+}
+
+static int bk_path(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    lua_pushstring(L, s->dir);
+    return 1;
+}
+
+/* db.key: the Lua side's state first (its fields, and methods a caller replaced), then the
+ * methods, then the two stores (db.l1, db.l2). */
+static int bk_index(lua_State *L)
+{
+    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    if (s->ref != LUA_NOREF) {
+        push_part(L, s, 0, "state");
+        lua_pushvalue(L, 2);
+        lua_rawget(L, -2);
+        if (!lua_isnil(L, -1)) return 1;
+        lua_pop(L, 2);
+    }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+    if (!lua_isnil(L, -1) || s->ref == LUA_NOREF || lua_type(L, 2) != LUA_TSTRING) return 1;
+    const char *k = lua_tostring(L, 2);
+    if (strcmp(k, "l1") == 0 || strcmp(k, "l2") == 0) push_part(L, s, k[1] - '0', NULL);
+    return 1;
+}
+
+static int bk_newindex(lua_State *L)
+{
+    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    if (s->ref == LUA_NOREF) return luaL_error(L, "layer2: attempt to use a closed store");
+    push_part(L, s, 0, "state");
+    lua_insert(L, 2);
+    lua_rawset(L, 2);
+    return 0;
+}
+
+/* ---- what the Lua side of the class uses (layer2.core.backend_private) ---- */
+
+static int id_arg(lua_State *L, int idx, uint8_t id[32])
+{
+    size_t n;
+    const char *p = lua_tolstring(L, idx, &n);
+    return p && n == 64 && l2_hex_decode(id, p, 32) == 0;
+}
+
+/* count_read(db, id) -> its recent reads, this one counted; reads(db, id) -> the same, not counted */
+static int pv_count_read(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    lua_pushinteger(L, id_arg(L, 2, id) ? l2_backend_count_read(s->b, id) : 0);
+    return 1;
+}
+
+static int pv_reads(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    lua_pushinteger(L, id_arg(L, 2, id) ? l2_learned_reads(l2_backend_learned(s->b), id) : 0);
+    return 1;
+}
+
+/* admit_bar(db [, bar]) -> the bar (set first when given) */
+static int pv_admit_bar(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    l2_learned *l = l2_backend_learned(s->b);
+    if (!lua_isnoneornil(L, 2)) l2_learned_set_admit_bar(l, (uint32_t)luaL_checkinteger(L, 2));
+    lua_pushinteger(L, l2_learned_admit_bar(l));
+    return 1;
+}
+
+/* missing(db, id, now) -> known missing; remember_missing(db, id, until); forget_missing(db, id) */
+static int pv_missing(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    lua_pushboolean(L, id_arg(L, 2, id) && l2_learned_missing(l2_backend_learned(s->b), id, luaL_checkinteger(L, 3)));
+    return 1;
+}
+
+static int pv_remember_missing(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    if (id_arg(L, 2, id)) l2_learned_missing_add(l2_backend_learned(s->b), id, luaL_checkinteger(L, 3));
+    return 0;
+}
+
+static int pv_forget_missing(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    if (id_arg(L, 2, id)) l2_learned_missing_forget(l2_backend_learned(s->b), id);
+    return 0;
+}
+
+static int pv_forget_all(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    l2_learned_clear(l2_backend_learned(s->b));
+    return 0;
+}
+
+/* make_room(db, bytes, n) -> false when a write that large cannot fit in L1 */
+static int pv_make_room(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    int rc = l2_backend_make_room(s->b, (uint64_t)luaL_checkinteger(L, 2), (size_t)luaL_optinteger(L, 3, 1), s->err);
+    if (rc < 0) return luaL_error(L, "layer2: %s", s->err);
+    lua_pushboolean(L, rc == 0);
+    return 1;
+}
+
+/* admit(db, id) -> whether an event with this id fetched from L2 now enters L1 (a read counted) */
+static int pv_admit(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    lua_pushboolean(L, id_arg(L, 2, id) && l2_backend_admit(s->b, id));
+    return 1;
+}
+
+/* inside_c() -> true while Lua runs called from the C core (a hook, a Lua L2's method) */
+static int pv_inside_c(lua_State *L)
+{
+    lua_pushboolean(L, inside_c > 0);
+    return 1;
+}
+
+/* hit(db, level, n): counts answers by level; hits(db) -> {l1, stubs, l2, missing, answers} */
+static int pv_hit(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    l2_backend_hit(s->b, luaL_checkstring(L, 2), (uint64_t)luaL_checkinteger(L, 3));
+    return 0;
+}
+
+static int pv_hits(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    static const char *names[] = {"l1", "stubs", "l2", "missing", "answers"};
+    lua_createtable(L, 0, 5);
+    for (int i = 0; i < 5; i++) {
+        lua_pushinteger(L, (lua_Integer)l2_backend_hits(s->b, names[i]));
+        lua_setfield(L, -2, names[i]);
+    }
+    return 1;
+}
+
+/* new(dir, l1, l2, opts, hooks, state) -> db | nil, err. dir: the backend's directory (L1 is
+ * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
+ * high_water, history, admit_always, missing_ttl, max_limit, own_l2; hooks: {gc, log, accepted}, each
+ * called with the handle first; state: the Lua side's table. */
+static int pv_new(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    l2lua_store *l1 = l2lua_check_store(L, 2);
+    luaL_argcheck(L, l1->vt == &l2_lmdb_store_if, 2, "an LMDB cache expected");
+    luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TTABLE);
+    luaL_checktype(L, 6, LUA_TTABLE);
+    const l2_store_if *vt = NULL;
+    void *l2 = NULL;
+    backend_ud *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s);
+    s->ref = LUA_NOREF;
+    luaL_setmetatable(L, BACKEND_MT);
+    int self = lua_gettop(L);
+    if (lua_type(L, 3) == LUA_TUSERDATA) {
+        l2lua_store *st = l2lua_check_store(L, 3);
+        vt = st->vt;
+        l2 = st->st;
+    } else if (!lua_isnil(L, 3)) {
+        vt = &luastore_if;
+        l2 = s;
+    }
+    l2_backend_opts o = {
+        .size_limit = (uint64_t)l2lua_opt_int(L, 4, "size_limit", 0),
+        .high_water = (unsigned)l2lua_opt_int(L, 4, "high_water", 66),
+        .history = (uint64_t)l2lua_opt_int(L, 4, "history", 100000),
+        .admit_always = l2lua_opt_bool(L, 4, "admit_always", 0),
+        .missing_ttl = l2lua_opt_int(L, 4, "missing_ttl", 10),
+    };
+    s->own_l2 = l2lua_opt_bool(L, 4, "own_l2", 0);
+    s->max_limit = l2lua_opt_int(L, 4, "max_limit", 500);
+    s->l1 = l1;
+    s->L = L;
+    s->lim = l2_default_limits;
+    l2_event_init(&s->ev);
+    l2lua_filters_init(&s->filters, 500);
+    snprintf(s->dir, sizeof s->dir, "%s", dir);
+    lua_createtable(L, 2, 4);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 1);
+    lua_pushvalue(L, 3);
+    lua_rawseti(L, -2, 2);
+    lua_pushvalue(L, 5);
+    lua_setfield(L, -2, "hooks");
+    lua_pushvalue(L, 6);
+    lua_setfield(L, -2, "state");
+    lua_newtable(L);
+    lua_setfield(L, -2, "strings");
+    s->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    l2_backend_hooks hooks = {hook_gc, hook_accepted, hook_log, s};
+    if (l2_backend_open(&s->b, l1->st, vt, l2, l2_store_path(l1->st), &o, &hooks, s->err)) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
+        s->ref = LUA_NOREF;
+        return l2lua_refuse(L, 0, s->err);
+    }
+    lua_pushvalue(L, self);
+    return 1;
+}
+
+static const luaL_Reg backend_methods[] = {
+    {"save_event", bk_save_event}, {"save_events", bk_save_events}, {"delete_event", bk_delete_event},
+    {"path", bk_path}, {"close", bk_close}, {"is_closed", bk_is_closed},
+    {NULL, NULL},
+};
+
+static const luaL_Reg private_functions[] = {
+    {"new", pv_new}, {"query_l1", pv_query_l1}, {"query", pv_query}, {"count_read", pv_count_read}, {"reads", pv_reads}, {"admit_bar", pv_admit_bar},
+    {"missing", pv_missing}, {"remember_missing", pv_remember_missing}, {"forget_missing", pv_forget_missing},
+    {"forget_all", pv_forget_all}, {"make_room", pv_make_room}, {"hit", pv_hit}, {"hits", pv_hits},
+    {"inside_c", pv_inside_c}, {"admit", pv_admit},
+    {NULL, NULL},
+};
+
+/* Pushes layer2.core.backend_private: its functions, and `methods`, the class's method table that
+ * backend.lua completes. */
+void l2lua_open_backend(lua_State *L)
+{
+    luaL_newmetatable(L, BACKEND_MT);
+    lua_newtable(L);
+    luaL_setfuncs(L, backend_methods, 0);
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, bk_index, 1);
+    lua_setfield(L, -3, "__index");
+    lua_pushcfunction(L, bk_newindex);
+    lua_setfield(L, -3, "__newindex");
+    lua_pushcfunction(L, bk_close);
+    lua_setfield(L, -3, "__gc");
+    lua_pushcfunction(L, bk_close);
+    lua_setfield(L, -3, "__close");
+    lua_pushcfunction(L, bk_tostring);
+    lua_setfield(L, -3, "__tostring");
+    lua_newtable(L);
+    luaL_setfuncs(L, private_functions, 0);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "methods");
+    lua_remove(L, -2);
+}
