@@ -24,6 +24,12 @@ struct l2_backend {
     l2_buf scratch;
     l2_hits hits;
     uint64_t answered[5]; /* by level: see level_names */
+    /* polling by L2's feed: the high-water marks of the last polls (the window re-read) and the
+     * sequence numbers applied since the window's start */
+    uint64_t marks[16], high;
+    size_t nmarks;
+    uint64_t *seen;
+    size_t nseen, seen_cap;
 };
 
 static const char *level_names[5] = {"l1", "stubs", "l2", "missing", "answers"};
@@ -55,6 +61,7 @@ void l2_backend_close(l2_backend *b)
     l2_learned_close(b->learned);
     l2_buf_free(&b->scratch);
     l2_hits_free(&b->hits);
+    free(b->seen);
     free(b);
 }
 
@@ -88,6 +95,13 @@ int l2_backend_horizon(l2_backend *b, int64_t *h, char *err)
         *h = strtoll(num, NULL, 10);
     }
     return 0;
+}
+
+int l2_backend_set_horizon(l2_backend *b, int64_t h, char *err)
+{
+    char num[24];
+    int n = snprintf(num, sizeof num, "%lld", (long long)h);
+    return l2_store_meta_set(b->l1, "horizon", num, (size_t)n, err);
 }
 
 int l2_backend_raise_horizon(l2_backend *b, int64_t h, char *err)
@@ -207,7 +221,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
         l2_learned_missing_forget(b->learned, evs[i]->id); /* it exists now */
         if (l2_kind_ephemeral(evs[i]->kind)) {
             out[i].ok = 1;
-            b->hooks.accepted(b->hooks.ud, evs[i]);
+            b->hooks.accepted(b->hooks.ud, evs[i], 0);
             continue;
         }
         at[np] = i;
@@ -251,7 +265,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
             lost_msg = l1v[j].msg;
             if (pending[k]->created_at > newest_lost) newest_lost = pending[k]->created_at;
         } else if (res[j].status == L2_SAVE_STORED) {
-            b->hooks.accepted(b->hooks.ud, pending[k]);
+            b->hooks.accepted(b->hooks.ud, pending[k], 0);
         }
     }
     if (lost) {
@@ -270,7 +284,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
             refuse(v, l1v[j].msg);
         } else if (res[j].status == L2_SAVE_STORED) {
             v->ok = 1;
-            b->hooks.accepted(b->hooks.ud, group[j]);
+            b->hooks.accepted(b->hooks.ud, group[j], 0);
         } else {
             refuse(v, l2_save_message(res[j].status));
         }
@@ -717,4 +731,497 @@ done:
     answer_free(&l1);
     answer_free(&l2);
     return rc;
+}
+
+/* ---- the outbox and eviction ---- */
+
+int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err)
+{
+    *sent = 0;
+    if (!b->l2) return 0;
+    l2_outbox_item items[256];
+    l2_buf copy;
+    l2_event ev;
+    l2_buf_init(&copy);
+    l2_event_init(&ev);
+    int rc = 0;
+    for (;;) {
+        size_t n;
+        if ((rc = l2_store_outbox_list(b->l1, 256, items, &n, err))) break;
+        /* copied: the read ends before L2 is called and each record is acknowledged */
+        copy.len = 0;
+        size_t *offs = calloc(n ? n : 1, sizeof *offs);
+        for (size_t i = 0; offs && i < n; i++) {
+            offs[i] = copy.len;
+            if (l2_buf_put(&copy, items[i].data, items[i].len)) {
+                free(offs);
+                offs = NULL;
+            }
+        }
+        l2_store_read_end(b->l1);
+        if (!offs) {
+            rc = l2_oom(err);
+            break;
+        }
+        int stop = 0;
+        for (size_t i = 0; i < n && !stop; i++) {
+            const uint8_t *p = (const uint8_t *)copy.data + offs[i];
+            size_t len = items[i].len;
+            int failed = 0;
+            char why[L2_ERRLEN];
+            if (len > 1 && p[0] == 'S' && l2_event_decode_bin(&ev, p + 1, len - 1, why) == 0) {
+                l2_event *evp = &ev;
+                l2_save_result res = {0};
+                /* a refusal (a duplicate) means L2 has it or will never take it: delivered */
+                failed = b->l2vt->save_batch(b->l2, &evp, 1, (int64_t)time(NULL), 0, &res, why) ||
+                         res.status == L2_SAVE_FAILED;
+                if (res.status == L2_SAVE_FAILED && res.msg) snprintf(why, sizeof why, "%s", res.msg);
+            } else if (len == 34 && p[0] == 'D') {
+                int found;
+                failed = b->l2vt->delete_event(b->l2, p + 1, !p[33], 0, &found, why);
+            } else {
+                logf_(b, "dropping an unreadable outbox record %llu", (unsigned long long)items[i].seq);
+            }
+            if (failed) {
+                logf_(b, "the outbox waits for L2: %s", why);
+                stop = 1;
+            } else if ((rc = l2_store_outbox_ack(b->l1, items[i].seq, err))) {
+                stop = 1;
+            } else {
+                ++*sent;
+            }
+        }
+        free(offs);
+        if (stop || n < 256) break;
+    }
+    l2_buf_free(&copy);
+    l2_event_free(&ev);
+    return rc;
+}
+
+/* Runs step(b, size, ud) in small transactions until it reports done: copy-on-write needs free
+ * pages, and a full cache has few. A step that fails is retried smaller. A step returns how many
+ * it handled (0: nothing left), or -1 with err. */
+static void in_small_steps(l2_backend *b, const char *what, int64_t (*step)(l2_backend *, size_t, void *, char *),
+                           void *ud)
+{
+    size_t size = 32;
+    char err[L2_ERRLEN];
+    for (;;) {
+        int64_t n = step(b, size, ud, err);
+        if (n == 0) return;
+        if (n < 0) {
+            if (size == 1) {
+                logf_(b, "%s failed: %s", what, err);
+                return;
+            }
+            size = size / 4 ? size / 4 : 1;
+        }
+    }
+}
+
+typedef struct {
+    const uint8_t (*ids)[32];
+    size_t n, at;
+    int delete_mode;
+    uint64_t evicted, freed;
+} evict_state;
+
+static int64_t evict_step(l2_backend *b, size_t size, void *ud, char *err)
+{
+    evict_state *e = ud;
+    if (e->at >= e->n) return 0;
+    size_t k = e->n - e->at < size ? e->n - e->at : size;
+    uint64_t evicted, freed;
+    if (l2_store_evict(b->l1, e->ids + e->at, k, e->delete_mode, &evicted, &freed, err)) return -1;
+    e->evicted += evicted, e->freed += freed, e->at += k;
+    return (int64_t)k;
+}
+
+typedef struct {
+    uint64_t max, dropped;
+} drop_state;
+
+static int64_t drop_step(l2_backend *b, size_t size, void *ud, char *err)
+{
+    drop_state *d = ud;
+    if (d->dropped >= d->max) return 0;
+    uint64_t dropped;
+    int64_t horizon;
+    size_t k = d->max - d->dropped < size ? (size_t)(d->max - d->dropped) : size;
+    if (l2_store_drop_stubs(b->l1, k, &dropped, &horizon, err)) return -1;
+    d->dropped += dropped;
+    if (dropped && l2_backend_raise_horizon(b, horizon, err)) return -1;
+    return (int64_t)dropped;
+}
+
+/* Removes up to max stubs, oldest first; the horizon moves past them. */
+static uint64_t drop_stubs(l2_backend *b, uint64_t max)
+{
+    drop_state d = {max, 0};
+    in_small_steps(b, "dropping stubs", drop_step, &d);
+    return d.dropped;
+}
+
+/* A filter of one number: {limit = v} or {since = v}. */
+static int number_filter(l2_filter *f, unsigned field, int64_t v, char *err)
+{
+    return l2_filter_begin(f, field, 0, err) || l2_filter_set_number(f, field, v, err) || l2_filter_finish(f, err);
+}
+
+/* L1 could not be brought under its high water mark: L1 is a cache and L2 has everything, so it
+ * starts again past the newest event L2 holds (past every possible one when L2 cannot say). */
+static void reset_l1(l2_backend *b)
+{
+    l2_outbox_item item;
+    size_t waiting = 0;
+    char err[L2_ERRLEN];
+    int rc = l2_store_outbox_list(b->l1, 1, &item, &waiting, err);
+    l2_store_read_end(b->l1);
+    if (rc || waiting) {
+        logf_(b, "L1 keeps its outbox: it cannot be emptied now");
+        return;
+    }
+    answer newest;
+    answer_init(&newest);
+    l2_filter f;
+    l2_filter_init(&f);
+    int64_t h = L2_MAX_CREATED_AT;
+    if (number_filter(&f, L2_F_LIMIT, 1, err) == 0 &&
+        b->l2vt->query(b->l2, &f, 1, 1, (int64_t)time(NULL), 0, NULL, keep_row, &newest, err) == 0 && !newest.failed)
+        h = newest.n ? newest.v[0].created_at + 1 : 0;
+    l2_filter_free(&f);
+    answer_free(&newest);
+    if (l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, h, err)) logf_(b, "emptying L1 failed: %s", err);
+}
+
+int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
+{
+    memset(r, 0, sizeof *r);
+    if (force == L2_GC_TIMER && l2_backend_drain(b, &r->sent, err)) logf_(b, "draining the outbox failed: %s", err);
+    if (!b->o.size_limit) return 0;
+    uint64_t limit = b->o.size_limit, high = b->o.high_water, low = b->o.low_water;
+    l2_store_stats st;
+    if (l2_store_stats_get(b->l1, &st, err)) return -1;
+    if (st.used_bytes <= limit * high / 100 && force == L2_GC_TIMER) {
+        b->used = r->used = st.used_bytes;
+        return 0;
+    }
+    int delete_mode = !b->l2 || b->o.evict_delete;
+    /* L1's change feed serves live tailing, not history */
+    if (l2_store_prune_changes(b->l1, b->o.changes_kept, &r->pruned, err) || l2_store_stats_get(b->l1, &st, err))
+        return -1;
+    double used = (double)st.used_bytes, target = (double)limit * low / 100;
+    /* LMDB frees a B-tree page only when it falls under a quarter full: the room evicted entries
+     * leave inside pages is reused by the next writes but does not show in used bytes. Chasing
+     * low water in pages alone would throw out half of L1 at once, so a pass also ends when it
+     * has evicted the share (high - low) / high of L1's events and used bytes are under the
+     * middle of the two marks. */
+    double enough = (double)(st.events - st.stubs) * (double)(high - low) / (double)high;
+    double middle = (double)limit * (double)(high + low) / 200;
+    if (force == L2_GC_FULL && used <= middle) {
+        /* a write found L1 full below its marks (in a small L1 the pages a transaction copies are
+         * much of the map): the marks scale down to where L1 is now */
+        target = used * (double)low / (double)high;
+        middle = used * (double)(high + low) / (double)(2 * high);
+    }
+#define SETTLED() (used <= target || ((double)r->evicted >= enough && used <= middle))
+    l2_candidate *cands = malloc(4096 * sizeof *cands);
+    if (!cands) return l2_oom(err);
+    for (int round = 0; round < 64 && !SETTLED(); round++) {
+        size_t n;
+        if (l2_store_candidates(b->l1, b->o.by_created, 4096, cands, &n, err)) break;
+        if (!n) break;
+        /* what this round asks of the policy: the events still short of `enough` (at their mean
+         * size), then what still stands above the middle mark */
+        double sizes = 0;
+        for (size_t i = 0; i < n; i++) sizes += cands[i].size;
+        double need = (double)r->evicted < enough ? (enough - (double)r->evicted) * sizes / (double)n : used - middle;
+        if (need > used - target) need = used - target;
+        if (need < 1) need = 1;
+        uint8_t(*chosen)[32] = NULL;
+        size_t nchosen = 0;
+        if (b->hooks.choose(b->hooks.ud, cands, n, (uint64_t)need, &chosen, &nchosen, err)) {
+            logf_(b, "choosing what to evict failed: %s", err);
+            break;
+        }
+        evict_state e = {(const uint8_t(*)[32])chosen, nchosen, 0, delete_mode, 0, 0};
+        in_small_steps(b, "eviction", evict_step, &e);
+        r->evicted += e.evicted, r->freed += e.freed;
+        if (delete_mode && b->l2) {
+            /* L1 no longer holds these: it is complete only past the newest of them */
+            int64_t newest = -1;
+            for (size_t i = 0; i < n; i++)
+                for (size_t j = 0; j < nchosen; j++)
+                    if (memcmp(cands[i].id, chosen[j], 32) == 0 && cands[i].created_at > newest)
+                        newest = cands[i].created_at;
+            if (newest >= 0 && l2_backend_raise_horizon(b, newest + 1, err)) logf_(b, "%s", err);
+        }
+        free(chosen);
+        /* stubs beyond their share of L1's entries go, oldest first */
+        if (l2_store_stats_get(b->l1, &st, err)) break;
+        double excess = (double)st.stubs - b->o.stub_share * (double)st.events;
+        if (excess >= 1 && b->l2) {
+            r->dropped += drop_stubs(b, (uint64_t)excess);
+            if (l2_store_stats_get(b->l1, &st, err)) break;
+        }
+        used = (double)st.used_bytes;
+        if (!e.evicted) break;
+    }
+    free(cands);
+    for (int round = 0; round < 64 && !SETTLED() && b->l2; round++) {
+        uint64_t dropped = drop_stubs(b, 256);
+        if (!dropped) break;
+        r->dropped += dropped;
+        if (l2_store_stats_get(b->l1, &st, err)) return -1;
+        used = (double)st.used_bytes;
+    }
+#undef SETTLED
+    if (used > (double)limit * (double)high / 100 && b->l2) {
+        logf_(b, "L1 could not be brought under its high water mark; emptying it");
+        reset_l1(b);
+        if (l2_store_stats_get(b->l1, &st, err)) return -1;
+        used = (double)st.used_bytes;
+    }
+    b->used = r->used = (uint64_t)used;
+    return 0;
+}
+
+/* ---- polling a shared L2 ---- */
+
+/* One change of L2's feed, kept while L1 is written. */
+typedef struct {
+    uint64_t seq;
+    int op, have_id, have_row;
+    uint8_t id[32];
+} kept_change;
+
+typedef struct {
+    kept_change *v;
+    size_t n, cap;
+    answer rows; /* the saved events, in order */
+} change_list;
+
+static int keep_change(void *ud, uint64_t seq, int op, const uint8_t *id, const l2_row *row)
+{
+    change_list *c = ud;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 256;
+        kept_change *v = realloc(c->v, cap * sizeof *v);
+        if (!v) {
+            c->rows.failed = l2_oom(c->rows.err);
+            return 1;
+        }
+        c->v = v;
+        c->cap = cap;
+    }
+    kept_change *k = &c->v[c->n];
+    memset(k, 0, sizeof *k);
+    k->seq = seq;
+    k->op = op;
+    if (id) k->have_id = 1, memcpy(k->id, id, 32);
+    if (row && op == L2_CHANGE_SAVED) {
+        l2_row r = *row;
+        r.stub = 0;
+        if (keep_row(&c->rows, &r)) return 1;
+        k->have_row = 1;
+    }
+    c->n++;
+    return 0;
+}
+
+static int seen_has(l2_backend *b, uint64_t seq)
+{
+    for (size_t i = 0; i < b->nseen; i++)
+        if (b->seen[i] == seq) return 1;
+    return 0;
+}
+
+static int seen_add(l2_backend *b, uint64_t seq)
+{
+    if (b->nseen == b->seen_cap) {
+        size_t cap = b->seen_cap ? b->seen_cap * 2 : 256;
+        uint64_t *v = realloc(b->seen, cap * sizeof *v);
+        if (!v) return -1;
+        b->seen = v;
+        b->seen_cap = cap;
+    }
+    b->seen[b->nseen++] = seq;
+    return 0;
+}
+
+/* Saves the events of rows [from, to) into L1 in as few transactions as it takes; each one L1
+ * stored is news: the accepted hook, origin L2. */
+static void apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int64_t now, l2_poll_report *r)
+{
+    size_t n = to - from;
+    if (!n) return;
+    l2_event *evs = calloc(n, sizeof *evs);
+    l2_event **ptrs = calloc(n, sizeof *ptrs);
+    l2_save_result *res = calloc(n, sizeof *res);
+    l2_verdict *fail = calloc(n, sizeof *fail);
+    size_t k = 0;
+    char err[L2_ERRLEN];
+    for (size_t i = from; evs && ptrs && res && fail && i < to; i++) {
+        const kept_row *kr = &rows->v[i];
+        const char *p = rows->arena.data + kr->off;
+        l2_event_init(&evs[k]);
+        if (kr->json ? l2_event_parse_json(&evs[k], p, kr->len, L2_HAVE_ALL, &l2_default_limits, err)
+                     : l2_event_decode_bin(&evs[k], p, kr->len, err)) {
+            l2_event_free(&evs[k]);
+            continue;
+        }
+        ptrs[k] = &evs[k];
+        k++;
+    }
+    if (k) save_l1(b, ptrs, k, now, 0, res, fail);
+    for (size_t i = 0; i < k; i++) {
+        l2_learned_missing_forget(b->learned, ptrs[i]->id);
+        if (fail[i].ok && res[i].status == L2_SAVE_STORED) {
+            r->received++;
+            b->hooks.accepted(b->hooks.ud, ptrs[i], 1);
+        }
+        l2_event_free(&evs[i]);
+    }
+    free(evs);
+    free(ptrs);
+    free(res);
+    free(fail);
+}
+
+/* Applies a page of changes to L1, in order: saves go together until a removal comes. */
+static void apply_changes(l2_backend *b, change_list *c, int skip_seen, int64_t now, l2_poll_report *r)
+{
+    size_t row = 0, saves_from = 0;
+    char err[L2_ERRLEN];
+    for (size_t i = 0; i < c->n; i++) {
+        kept_change *ch = &c->v[i];
+        int fresh = !skip_seen || !seen_has(b, ch->seq);
+        if (fresh && skip_seen && seen_add(b, ch->seq)) logf_(b, "polling: out of memory");
+        if (ch->have_row) {
+            /* a save already applied is left out of the batch: rows [saves_from, row) are all new */
+            if (!fresh) {
+                apply_saves(b, &c->rows, saves_from, row, now, r);
+                saves_from = row + 1;
+            }
+            row++;
+            continue;
+        }
+        if (!fresh || !ch->have_id || ch->op == L2_CHANGE_SAVED) continue;
+        apply_saves(b, &c->rows, saves_from, row, now, r);
+        saves_from = row;
+        int found;
+        /* a deletion keeps its tombstone (L1 decides alone while L2 is down); a replaced version
+         * just goes */
+        if (l2_store_delete(b->l1, ch->id, ch->op == L2_CHANGE_DELETED, 0, &found, err))
+            logf_(b, "polling: L1 could not apply a removal: %s", err);
+        else if (found && ch->op == L2_CHANGE_DELETED)
+            r->deleted++;
+    }
+    apply_saves(b, &c->rows, saves_from, row, now, r);
+}
+
+static void change_list_reset(change_list *c)
+{
+    c->n = 0;
+    answer_free(&c->rows);
+    answer_init(&c->rows);
+}
+
+/* By L2's change feed, from the high-water mark of `overlap` polls ago (sequence order is not
+ * commit order: a transaction can take seq 10, commit after seq 11 did, and be invisible to a
+ * poll that saw 11), skipping what was applied already. The window's start persists in L1
+ * (meta poll_cursor): it describes what L1 holds. */
+static int poll_by_cursor(l2_backend *b, int64_t now, l2_poll_report *r)
+{
+    char err[L2_ERRLEN];
+    if (!b->nmarks) {
+        int found;
+        uint64_t start = 0;
+        if (l2_store_meta_get(b->l1, "poll_cursor", &b->scratch, &found, err)) return -1;
+        if (found && b->scratch.len < 24) {
+            char num[24];
+            memcpy(num, b->scratch.data, b->scratch.len);
+            num[b->scratch.len] = 0;
+            start = strtoull(num, NULL, 10);
+        }
+        b->marks[0] = b->high = start;
+        b->nmarks = 1;
+    }
+    uint64_t cursor = b->marks[0], high = b->high;
+    change_list c = {0};
+    answer_init(&c.rows);
+    for (;;) {
+        change_list_reset(&c);
+        if (b->l2vt->changes(b->l2, cursor, 1000, keep_change, &c, r->error) || c.rows.failed) {
+            if (c.rows.failed) snprintf(r->error, sizeof r->error, "%s", c.rows.err);
+            r->failed = 1;
+            break;
+        }
+        apply_changes(b, &c, 1, now, r);
+        for (size_t i = 0; i < c.n; i++) {
+            if (c.v[i].seq > high) high = c.v[i].seq;
+            cursor = c.v[i].seq;
+        }
+        if (c.n < 1000) break;
+    }
+    free(c.v);
+    answer_free(&c.rows);
+    if (r->failed) return 0;
+    b->high = high;
+    unsigned overlap = b->o.poll_overlap >= 2 && b->o.poll_overlap <= 16 ? b->o.poll_overlap : 4;
+    if (b->nmarks == overlap) {
+        memmove(b->marks, b->marks + 1, (overlap - 1) * sizeof *b->marks);
+        b->nmarks--;
+    }
+    b->marks[b->nmarks++] = high;
+    uint64_t start = b->marks[0];
+    size_t kept = 0;
+    for (size_t i = 0; i < b->nseen; i++)
+        if (b->seen[i] > start) b->seen[kept++] = b->seen[i]; /* never read again otherwise */
+    b->nseen = kept;
+    char num[24];
+    int n = snprintf(num, sizeof num, "%llu", (unsigned long long)start);
+    if (l2_store_meta_set(b->l1, "poll_cursor", num, (size_t)n, err)) logf_(b, "polling: %s", err);
+    return 0;
+}
+
+/* Without a feed (an L2 written in Lua without changes_since): whatever was created in the last
+ * poll_frequency * overlap seconds; backdated events are missed. */
+static void poll_by_time(l2_backend *b, int64_t now, l2_poll_report *r)
+{
+    unsigned overlap = b->o.poll_overlap >= 2 ? b->o.poll_overlap : 4;
+    int64_t span = (b->o.poll_frequency > 1 ? b->o.poll_frequency : 1) * overlap;
+    l2_filter f;
+    l2_filter_init(&f);
+    answer a;
+    answer_init(&a);
+    if (number_filter(&f, L2_F_SINCE, now - span > 0 ? now - span : 0, r->error) ||
+        b->l2vt->query(b->l2, &f, 1, 100000, now, 0, NULL, keep_row, &a, r->error) || a.failed) {
+        if (a.failed) snprintf(r->error, sizeof r->error, "%s", a.err);
+        r->failed = 1;
+    } else {
+        apply_saves(b, &a, 0, a.n, now, r);
+    }
+    l2_filter_free(&f);
+    answer_free(&a);
+}
+
+int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err)
+{
+    memset(r, 0, sizeof *r);
+    if (l2_backend_drain(b, &r->sent, err)) logf_(b, "draining the outbox failed: %s", err);
+    if (!b->l2) return 0;
+    if (b->l2vt->changes) {
+        if (poll_by_cursor(b, now, r)) return -1;
+    } else {
+        poll_by_time(b, now, r);
+    }
+    if (!r->failed) {
+        /* kept in L1, which every process of this node shares: any worker's stats see the lag */
+        char num[24];
+        int n = snprintf(num, sizeof num, "%lld", (long long)time(NULL));
+        if (l2_store_meta_set(b->l1, "poll_at", num, (size_t)n, err)) return -1;
+    }
+    return 0;
 }

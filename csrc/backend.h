@@ -3,9 +3,9 @@
  * what is the caller's to decide (the eviction policy, what to do with an accepted event, where
  * messages go) arrives through hooks. docs/DESIGN.md §3 says how the levels work together.
  *
- * Built so far: the writes (save, delete) and the reads; remembered answers, eviction and polling
- * are still done by the Lua side (lua/layer2/backend.lua) over the same L1, horizon and learned
- * state. */
+ * Built so far: the writes (save, delete), the reads, eviction, the outbox and polling;
+ * remembered answers are still the Lua side's (lua/layer2/backend.lua), over the same L1 and
+ * horizon. */
 #ifndef L2_BACKEND_H
 #define L2_BACKEND_H
 
@@ -21,11 +21,16 @@
 typedef struct l2_backend l2_backend;
 
 typedef struct {
-    /* Evicts from L1 (the policy is the caller's): asked before a write that would pass the high
-     * water mark, or after one found L1 full below it (`full`). 0, or -1 with err. */
+    /* Evicts from L1: asked before a write that would pass the high water mark, or after one
+     * found L1 full below it (`full`); the caller's l2_backend_gc, or what it wraps. 0, or -1. */
     int (*gc)(void *ud, int full, char *err);
-    /* An event accepted here (saved, or ephemeral): for the on_event handlers, origin "local". */
-    void (*accepted)(void *ud, const l2_event *ev);
+    /* The eviction policy: of the n candidates (coldest first), the ids to let go of to free about
+     * `need` bytes, in *ids (malloc'd, the backend frees it). 0, or -1 with err. */
+    int (*choose)(void *ud, const l2_candidate *c, size_t n, uint64_t need, uint8_t (**ids)[32], size_t *nids,
+                  char *err);
+    /* An event that is news here: saved or ephemeral (origin "local"), or brought in from L2 by a
+     * poll (`from_l2`). For the on_event handlers; never a cache fill. */
+    void (*accepted)(void *ud, const l2_event *ev, int from_l2);
     void (*log)(void *ud, const char *msg);
     void *ud;
 } l2_backend_hooks;
@@ -33,7 +38,14 @@ typedef struct {
 typedef struct {
     uint64_t size_limit;        /* L1's size in bytes (a multiple of its page); 0: unlimited */
     unsigned high_water;        /* percent of size_limit where eviction starts */
+    unsigned low_water;         /* ...and where it stops */
+    int evict_delete;           /* evicted events go at once (else they leave stubs) */
+    double stub_share;          /* at most this share of L1's entries are stubs */
+    uint64_t changes_kept;      /* L1's change feed keeps this many */
+    int by_created;             /* candidates oldest created_at first (else least recently read) */
     uint64_t history;           /* reads between halvings of the read counts */
+    int64_t poll_frequency;     /* seconds between polls (an L2 without a feed is asked that far back) */
+    unsigned poll_overlap;      /* polls re-read (2 to 16; 4 by default) */
     int admit_always;           /* admit every event L2 returns (no second read needed) */
     int64_t missing_ttl;        /* seconds an L2 "no such id" stands; 0: not kept */
 } l2_backend_opts;
@@ -94,9 +106,36 @@ int l2_backend_admit(l2_backend *b, const uint8_t id[32]);
 void l2_backend_hit(l2_backend *b, const char *level, uint64_t n);
 uint64_t l2_backend_hits(l2_backend *b, const char *level);
 
+/* Sends what the outbox holds to L2, in order, each record acknowledged once L2 has it (a
+ * refusal counts: L2 has it or never will); stops at the first L2 failure. */
+int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err);
+
+typedef struct {
+    uint64_t evicted, dropped, freed, sent, pruned, used;
+} l2_gc_report;
+enum { L2_GC_TIMER, L2_GC_FORCE, L2_GC_FULL };
+/* One eviction step. L2_GC_TIMER: drains the outbox, then evicts when L1 is past its high water
+ * mark; L2_GC_FORCE evicts whatever; L2_GC_FULL after a write found L1 full below its marks.
+ * The policy picks (the choose hook) until L1 is under the low water mark (or has let go of the
+ * share (high - low) / high of its events and is under the middle of the marks); with an L2
+ * events become stubs, then stubs go, oldest first, and the horizon moves past them. */
+int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err);
+
+typedef struct {
+    uint64_t sent, received, deleted;
+    int failed;              /* L2 could not be asked */
+    char error[L2_ERRLEN];
+} l2_poll_report;
+/* One poll step: drains the outbox, then takes what other writers added to L2 into L1 (each new
+ * event through the accepted hook, from L2). By L2's change feed from a cursor, re-reading the
+ * last `poll_overlap` polls' window since sequence order is not commit order; an L2 without a
+ * feed is asked for what was created in the last poll_frequency * poll_overlap seconds. */
+int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err);
+
 /* The horizon (see docs/DESIGN.md §3), kept in L1: read, raised (never lowered by a raise), and
  * set after L1 was emptied. */
 int l2_backend_horizon(l2_backend *b, int64_t *h, char *err);
 int l2_backend_raise_horizon(l2_backend *b, int64_t h, char *err);
+int l2_backend_set_horizon(l2_backend *b, int64_t h, char *err);
 
 #endif

@@ -18,6 +18,7 @@ typedef struct {
     lua_State *L;   /* the state of the call under way (hooks and a Lua L2 run in it) */
     int ref;        /* registry: {l1, l2, state = {}, hooks = {}, strings = {}} */
     int own_l2;     /* close L2 with this handle */
+    l2_store_if luavt; /* the interface over an L2 written in Lua: what this one has */
     l2lua_store *l1;
     l2_event ev;
     l2lua_filters filters;
@@ -89,6 +90,48 @@ static int hook_gc(void *ud, int full, char *err)
     return call_hook(s, "gc", 1, err);
 }
 
+static uint32_t reads_of(void *ud, const uint8_t *id)
+{
+    backend_ud *s = ud;
+    return l2_learned_reads(l2_backend_learned(s->b), id);
+}
+
+/* The policy, through hooks.choose(db, candidates, need) -> ids. */
+static int hook_choose(void *ud, const l2_candidate *c, size_t n, uint64_t need, uint8_t (**ids)[32], size_t *nids,
+                       char *err)
+{
+    backend_ud *s = ud;
+    lua_State *L = s->L;
+    luaL_checkstack(L, 8, "layer2");
+    push_part(L, s, 0, "hooks");
+    lua_getfield(L, -1, "choose");
+    lua_remove(L, -2);
+    lua_pushvalue(L, 1);
+    l2lua_push_candidates(L, c, n, reads_of, s);
+    lua_pushinteger(L, (lua_Integer)need);
+    if (pcall_from_c(L, 3, 1)) {
+        snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
+        lua_pop(L, 1);
+        return -1;
+    }
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        snprintf(err, L2_ERRLEN, "the policy gave no list");
+        return -1;
+    }
+    size_t k;
+    uint8_t(*list)[32] = l2lua_id_list(L, -1, &k);
+    *ids = malloc(k ? k * 32 : 1);
+    if (!*ids) {
+        lua_pop(L, 2);
+        return l2_oom(err);
+    }
+    memcpy(*ids, list, k * 32);
+    *nids = k;
+    lua_pop(L, 2);
+    return 0;
+}
+
 static void hook_log(void *ud, const char *msg)
 {
     backend_ud *s = ud;
@@ -97,7 +140,7 @@ static void hook_log(void *ud, const char *msg)
     call_hook(s, "log", 1, err);
 }
 
-static void hook_accepted(void *ud, const l2_event *ev)
+static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
 {
     backend_ud *s = ud;
     lua_State *L = s->L;
@@ -108,7 +151,16 @@ static void hook_accepted(void *ud, const l2_event *ev)
     lua_pop(L, 2);
     if (!wanted) return; /* no handler: no event table to make */
     l2lua_push_event(L, ev);
-    if (call_hook(s, "accepted", 1, err)) hook_log(s, err);
+    lua_pushstring(L, from_l2 ? "l2" : "local");
+    if (call_hook(s, "accepted", 2, err)) hook_log(s, err);
+}
+
+/* A 64-hex id at idx into id: 1, or 0 when there is none. */
+static int id_arg(lua_State *L, int idx, uint8_t id[32])
+{
+    size_t n;
+    const char *p = lua_tolstring(L, idx, &n);
+    return p && n == 64 && l2_hex_decode(id, p, 32) == 0;
 }
 
 /* ---- an L2 written in Lua, through the store interface (writes: the C core's part) ---- */
@@ -311,12 +363,70 @@ static int luastore_query(void *st, const l2_filter *fs, size_t nf, int64_t max_
     return 0;
 }
 
+static int luastore_changes(void *st, uint64_t after, size_t max, l2_change_fn fn, void *ud, char *err)
+{
+    backend_ud *s = st;
+    lua_State *L = s->L;
+    luaL_checkstack(L, 8, "layer2");
+    if (!push_method(s, "changes_since")) {
+        snprintf(err, L2_ERRLEN, "error: L2 has no changes_since");
+        return -1;
+    }
+    lua_pushinteger(L, (lua_Integer)after);
+    lua_pushinteger(L, (lua_Integer)max);
+    lua_createtable(L, 0, 1);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "json");
+    int rc = pcall_from_c(L, 4, 2);
+    if (rc) lua_pushnil(L);
+    if (l2_failed(L, rc, err) || lua_type(L, -2) != LUA_TTABLE) {
+        if (!rc && lua_type(L, -2) != LUA_TTABLE) snprintf(err, L2_ERRLEN, "error: L2 gave no list of changes");
+        lua_pop(L, 2);
+        return -1;
+    }
+    static const char *ops[] = {"saved", "replaced", "deleted"};
+    l2_buf bin;
+    l2_buf_init(&bin);
+    size_t n = lua_rawlen(L, -2);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -2, (int)i);
+        int ch = lua_gettop(L);
+        lua_getfield(L, ch, "seq");
+        lua_getfield(L, ch, "op");
+        lua_getfield(L, ch, "id");
+        lua_getfield(L, ch, "event");
+        int64_t seq = 0;
+        int op = 0;
+        for (int k = 0; k < 3; k++)
+            if (lua_type(L, ch + 2) == LUA_TSTRING && strcmp(lua_tostring(L, ch + 2), ops[k]) == 0) op = k + 1;
+        uint8_t id[32];
+        int have_id = id_arg(L, ch + 3, id);
+        l2_row r = {0}, *row = NULL;
+        if (lua_type(L, ch + 4) == LUA_TSTRING) {
+            r.json = lua_tolstring(L, ch + 4, &r.json_len);
+            row = &r;
+        } else if (lua_type(L, ch + 4) == LUA_TTABLE) {
+            bin.len = 0;
+            if (l2lua_event_arg(L, ch + 4, &s->ev, L2_HAVE_ALL, &s->lim, err) == 0 &&
+                l2_event_encode_bin(&s->ev, &bin) == 0)
+                r.bin = bin.data, r.bin_len = bin.len, row = &r;
+        }
+        int stop = l2lua_int64(L, ch + 1, &seq) || !op ? 0 : fn(ud, (uint64_t)seq, op, have_id ? id : NULL, row);
+        lua_settop(L, ch - 1);
+        if (stop) break;
+    }
+    l2_buf_free(&bin);
+    lua_pop(L, 2);
+    return 0;
+}
+
 /* What the C core asks of an L2 written in Lua; the Lua side calls the object itself for the rest. */
 static const l2_store_if luastore_if = {
     .kind = "lua",
     .save_batch = luastore_save,
     .delete_event = luastore_delete,
     .query = luastore_query,
+    .changes = luastore_changes,
 };
 
 /* ---- the methods ---- */
@@ -475,6 +585,57 @@ static int pv_query(lua_State *L)
     return 3;
 }
 
+/* db:gc([force]) -> {evicted, dropped, freed, pruned, used[, sent]}: one eviction step
+ * (l2_backend_gc); force true evicts whatever, "full" after a write found L1 full. */
+static int bk_gc(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    int force = lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "full") == 0 ? L2_GC_FULL
+                : lua_toboolean(L, 2)                                                   ? L2_GC_FORCE
+                                                                                         : L2_GC_TIMER;
+    l2_gc_report r;
+    if (l2_backend_gc(s->b, force, &r, s->err)) return l2lua_refuse(L, 0, s->err);
+    static const char *names[] = {"evicted", "dropped", "freed", "sent", "pruned", "used"};
+    const uint64_t values[] = {r.evicted, r.dropped, r.freed, r.sent, r.pruned, r.used};
+    lua_createtable(L, 0, 6);
+    for (int i = 0; i < 6; i++) {
+        if (i == 3 && force != L2_GC_TIMER) continue;
+        lua_pushinteger(L, (lua_Integer)values[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    return 1;
+}
+
+/* db:poll([now]) -> {sent, received, deleted[, error]}: one poll step (l2_backend_poll) */
+static int bk_poll(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    l2_poll_report r;
+    if (l2_backend_poll(s->b, l2lua_time_arg(L, 2), &r, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, (lua_Integer)r.sent);
+    lua_setfield(L, -2, "sent");
+    lua_pushinteger(L, (lua_Integer)r.received);
+    lua_setfield(L, -2, "received");
+    lua_pushinteger(L, (lua_Integer)r.deleted);
+    lua_setfield(L, -2, "deleted");
+    if (r.failed) {
+        lua_pushstring(L, r.error);
+        lua_setfield(L, -2, "error");
+    }
+    return 1;
+}
+
+/* drain(db) -> records sent to L2 */
+static int pv_drain(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint64_t sent;
+    if (l2_backend_drain(s->b, &sent, s->err)) return luaL_error(L, "layer2: %s", s->err);
+    lua_pushinteger(L, (lua_Integer)sent);
+    return 1;
+}
+
 static int bk_close(lua_State *L)
 {
     backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
@@ -546,13 +707,6 @@ static int bk_newindex(lua_State *L)
 }
 
 /* ---- what the Lua side of the class uses (layer2.core.backend_private) ---- */
-
-static int id_arg(lua_State *L, int idx, uint8_t id[32])
-{
-    size_t n;
-    const char *p = lua_tolstring(L, idx, &n);
-    return p && n == 64 && l2_hex_decode(id, p, 32) == 0;
-}
 
 /* count_read(db, id) -> its recent reads, this one counted; reads(db, id) -> the same, not counted */
 static int pv_count_read(lua_State *L)
@@ -661,7 +815,8 @@ static int pv_hits(lua_State *L)
 
 /* new(dir, l1, l2, opts, hooks, state) -> db | nil, err. dir: the backend's directory (L1 is
  * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
- * high_water, history, admit_always, missing_ttl, max_limit, own_l2; hooks: {gc, log, accepted}, each
+ * high_water, low_water, evict_delete, stub_share, changes_kept, by_created (the policy's order),
+ * history, admit_always, missing_ttl, poll_frequency, poll_overlap, max_limit, own_l2; hooks: {gc, choose, log, accepted}, each
  * called with the handle first; state: the Lua side's table. */
 static int pv_new(lua_State *L)
 {
@@ -683,16 +838,31 @@ static int pv_new(lua_State *L)
         vt = st->vt;
         l2 = st->st;
     } else if (!lua_isnil(L, 3)) {
-        vt = &luastore_if;
+        /* polled by its feed when it has one, else by created_at */
+        s->luavt = luastore_if;
+        lua_getfield(L, 3, "changes_since");
+        if (!lua_isfunction(L, -1)) s->luavt.changes = NULL;
+        lua_pop(L, 1);
+        vt = &s->luavt;
         l2 = s;
     }
     l2_backend_opts o = {
         .size_limit = (uint64_t)l2lua_opt_int(L, 4, "size_limit", 0),
         .high_water = (unsigned)l2lua_opt_int(L, 4, "high_water", 66),
+        .low_water = (unsigned)l2lua_opt_int(L, 4, "low_water", 50),
+        .evict_delete = l2lua_opt_bool(L, 4, "evict_delete", 0),
+        .stub_share = 0.25,
+        .changes_kept = (uint64_t)l2lua_opt_int(L, 4, "changes_kept", 1000),
+        .by_created = l2lua_opt_bool(L, 4, "by_created", 0),
         .history = (uint64_t)l2lua_opt_int(L, 4, "history", 100000),
         .admit_always = l2lua_opt_bool(L, 4, "admit_always", 0),
+        .poll_frequency = l2lua_opt_int(L, 4, "poll_frequency", 0),
+        .poll_overlap = (unsigned)l2lua_opt_int(L, 4, "poll_overlap", 4),
         .missing_ttl = l2lua_opt_int(L, 4, "missing_ttl", 10),
     };
+    lua_getfield(L, 4, "stub_share");
+    if (lua_isnumber(L, -1)) o.stub_share = lua_tonumber(L, -1);
+    lua_pop(L, 1);
     s->own_l2 = l2lua_opt_bool(L, 4, "own_l2", 0);
     s->max_limit = l2lua_opt_int(L, 4, "max_limit", 500);
     s->l1 = l1;
@@ -713,7 +883,7 @@ static int pv_new(lua_State *L)
     lua_newtable(L);
     lua_setfield(L, -2, "strings");
     s->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    l2_backend_hooks hooks = {hook_gc, hook_accepted, hook_log, s};
+    l2_backend_hooks hooks = {hook_gc, hook_choose, hook_accepted, hook_log, s};
     if (l2_backend_open(&s->b, l1->st, vt, l2, l2_store_path(l1->st), &o, &hooks, s->err)) {
         luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
         s->ref = LUA_NOREF;
@@ -725,7 +895,7 @@ static int pv_new(lua_State *L)
 
 static const luaL_Reg backend_methods[] = {
     {"save_event", bk_save_event}, {"save_events", bk_save_events}, {"delete_event", bk_delete_event},
-    {"path", bk_path}, {"close", bk_close}, {"is_closed", bk_is_closed},
+    {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},
 };
 
@@ -733,7 +903,7 @@ static const luaL_Reg private_functions[] = {
     {"new", pv_new}, {"query_l1", pv_query_l1}, {"query", pv_query}, {"count_read", pv_count_read}, {"reads", pv_reads}, {"admit_bar", pv_admit_bar},
     {"missing", pv_missing}, {"remember_missing", pv_remember_missing}, {"forget_missing", pv_forget_missing},
     {"forget_all", pv_forget_all}, {"make_room", pv_make_room}, {"hit", pv_hit}, {"hits", pv_hits},
-    {"inside_c", pv_inside_c}, {"admit", pv_admit},
+    {"inside_c", pv_inside_c}, {"admit", pv_admit}, {"drain", pv_drain},
     {NULL, NULL},
 };
 

@@ -91,6 +91,14 @@ l2lua_store *l2lua_check_store(lua_State *L, int idx);
 int l2lua_push_row(lua_State *L, l2lua_store *s, const l2_row *r, int json);
 
 void l2lua_open_store_common(lua_State *L);
+/* ---- shared by the cache's binding (lua_lmdb.c) and the two-level store's (lua_backend.c) ---- */
+#include "store.h"
+/* Pushes eviction candidates as {{id, pubkey, kind, created_at, size, last_access, hits[, reads]}}
+ * (reads(ud, id) when given). */
+void l2lua_push_candidates(lua_State *L, const l2_candidate *c, size_t n, uint32_t (*reads)(void *, const uint8_t *),
+                           void *ud);
+/* The valid 64-hex ids of the list at idx, in a userdata pushed on the stack; *n of them. */
+uint8_t (*l2lua_id_list(lua_State *L, int idx, size_t *n))[32];
 /* Push the layer2.lmdb and layer2.postgres tables (lua_lmdb.c, lua_pg.c). */
 void l2lua_open_lmdb(lua_State *L);
 void l2lua_open_pg(lua_State *L);

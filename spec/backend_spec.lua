@@ -783,7 +783,9 @@ describe("layer2.open (two levels)", function()
     local private = require("layer2.core").backend_private
     local function cand(id, reads)
       for _ = 1, reads do private.count_read(db, id) end
-      return { id = id, pubkey = id, kind = 1, created_at = 1, size = 100, last_access = 1, hits = 0 }
+      -- the C core hands the policy each candidate's shared read count
+      return { id = id, pubkey = id, kind = 1, created_at = 1, size = 100, last_access = 1, hits = 0,
+        reads = private.reads(db, id) }
     end
     -- lfu takes the least read first: those read 2, 3 and 4 times go, the median of those is 3
     local chosen = db:choose({ cand(("1"):rep(64), 2), cand(("2"):rep(64), 3), cand(("3"):rep(64), 9),

@@ -4,7 +4,6 @@
 -- policy is Lua by design), polling and maintenance. Fields the Lua side keeps (policy, handlers,
 -- answers...) live in a state table the userdata reads through. See docs/DESIGN.md §3.
 local core = require("layer2.core")
-local poll = require("layer2.poll")
 local answers = require("layer2.answers")
 
 local event = core.event
@@ -15,7 +14,6 @@ local Backend = private.methods
 local STORE_METHODS = { "save_event", "query_events", "count_events", "delete_event", "import", "export", "nuke",
   "sync", "path", "close" }
 local PAGE = 4096
-local MAX_CREATED_AT = 9007199254740991 -- 2^53 - 1, the largest created_at an event may have
 -- the admission bar stays within these bounds
 local ADMIT_BAR_MIN, ADMIT_BAR_MAX = 2, 8
 
@@ -57,6 +55,7 @@ Backend.call_l2 = call_l2
 local function hooks()
   return {
     gc = function(db, full) db:gc(full and "full" or true) end,
+    choose = function(db, candidates, need) return db:choose(candidates, need) end,
     log = function(db, msg) db.log(msg) end,
   }
 end
@@ -106,19 +105,14 @@ function backend.open(path, opts)
     hooks = hooks(),
     log = opts.log or function(msg) io.stderr:write("layer2: ", msg, "\n") end,
     max_limit = opts.max_limit or 500,
-    changes_kept = l1opts.changes_kept or 1000,
-    -- "stub" (the default): evicted events leave stubs that keep filter answers complete;
-    -- "delete": they go at once and the horizon moves past them (better for id lookups)
-    evict_mode = l1opts.evict or "stub",
-    -- stubs keep filter answers complete but hold room that bodies could use: at most this share
-    -- of L1's entries are stubs, the oldest going first
-    stub_share = l1opts.stub_share or 0.25,
   }
   local l1, l2, own_l2 = open_stores(path, opts, limit, st.max_limit)
   if not l1 then return nil, l2 end
   local self, err = private.new(path, l1, l2, { size_limit = limit, high_water = high, max_limit = st.max_limit,
-    history = l1opts.history, own_l2 = own_l2, admit_always = l1opts.admit == "always",
-    missing_ttl = l1opts.missing_ttl }, st.hooks, st)
+    low_water = low, history = l1opts.history, own_l2 = own_l2, admit_always = l1opts.admit == "always",
+    missing_ttl = l1opts.missing_ttl, evict_delete = l1opts.evict == "delete", stub_share = l1opts.stub_share,
+    changes_kept = l1opts.changes_kept, by_created = st.policy.order == "created_at",
+    poll_frequency = opts.poll_frequency, poll_overlap = opts.poll_overlap }, st.hooks, st)
   if not self then
     l1:close()
     if own_l2 then l2:close() end
@@ -187,7 +181,7 @@ function Backend:on_event(fn)
   if type(fn) ~= "function" then error("layer2: on_event takes a function", 2) end
   self.handlers[#self.handlers + 1] = fn
   -- the C core makes an event table for accepted events only when a handler wants them
-  self.hooks.accepted = function(db, ev) db:signal(ev, "local") end
+  self.hooks.accepted = function(db, ev, origin) db:signal(ev, origin) end
 end
 
 -- the id of a result (an event, a JSON string or a stub's id); the stores' JSON starts with the
@@ -212,50 +206,12 @@ function Backend:signal(ev, origin)
   end
 end
 
--- ---- writes (the C core saves; this is for events polled from L2) ----
-
--- Saves into L1 (trusted: already verified), making room first.
-function Backend:save_l1(ev, opts)
-  local bytes = type(ev) == "string" and #ev or 400 + #(ev.content or "") + 80 * #(ev.tags or {})
-  if not private.make_room(self, bytes) then
-    return false, "error: the event is too large for L1"
-  end
-  return self.l1:save_event(ev, opts)
-end
-
--- Sends what the outbox holds to L2, in order; stops at the first L2 failure.
-function Backend:drain()
-  if not self.l2 then return 0 end
-  local sent = 0
-  while true do
-    local items = self.l1:outbox(256)
-    if not items or #items == 0 then return sent end
-    for _, item in ipairs(items) do
-      local ok, err
-      if item.op == "save" then
-        ok, err = call_l2(self, "save_event", item.event, { verify = false })
-      elseif item.op == "delete" then
-        ok, err = call_l2(self, "delete_event", item.id, not item.tombstone)
-      else
-        ok = true -- unreadable: nothing can be done with it
-        self.log("dropping an unreadable outbox record " .. item.seq)
-      end
-      if not ok then
-        self.log("the outbox waits for L2: " .. tostring(err))
-        return sent
-      end
-      -- a duplicate means L2 already has it: done either way, exactly once
-      self.l1:outbox_ack(item.seq)
-      sent = sent + 1
-    end
-  end
-end
-
 -- ---- eviction ----
 
+-- The policy's pick among the candidates (coldest first, each with its recent reads, shared by
+-- every process on L1); called by the C core's eviction. A failing policy is reported and lru
+-- picks instead.
 function Backend:choose(candidates, need)
-  -- each candidate's recent reads (shared by every process on L1), for the policy and the admission bar
-  for _, c in ipairs(candidates) do c.reads = private.reads(self, c.id) end
   local ok, ids = pcall(self.policy.select, self.policy, candidates, need)
   if ok and type(ids) == "table" then
     -- the admission bar: what L2 returns must have been read about as often as what L1 lets go
@@ -272,144 +228,6 @@ function Backend:choose(candidates, need)
   self.log(("the eviction policy '%s' failed (%s); using lru"):format(tostring(self.policy.name),
     ok and "it returned no list" or tostring(ids)))
   return self.default_policy:select(candidates, need)
-end
-
--- Runs `step(size)` until it reports done, in small transactions: copy-on-write needs free pages,
--- and a full cache has few. A step that fails is retried smaller; `step` returns the count it
--- handled (0: nothing left) or nil and a message.
-local function in_small_steps(self, what, step)
-  local size = 32
-  while true do
-    local n, err = step(size)
-    if n == 0 then return end
-    if not n then
-      if size == 1 then
-        self.log(what .. " failed: " .. tostring(err))
-        return
-      end
-      size = math.max(1, math.floor(size / 4))
-    end
-  end
-end
-
-function Backend:evict(ids, mode)
-  local evicted, freed, i = 0, 0, 1
-  in_small_steps(self, "eviction", function(size)
-    if i > #ids then return 0 end
-    local chunk = {}
-    for k = i, math.min(i + size - 1, #ids) do chunk[#chunk + 1] = ids[k] end
-    local n, bytes = self.l1:evict(chunk, mode)
-    if not n then return nil, bytes end
-    evicted, freed, i = evicted + n, freed + bytes, i + #chunk
-    return #chunk
-  end)
-  return evicted, freed
-end
-
--- Removes up to `max` stubs, oldest first; moves the horizon past them.
-function Backend:drop_stubs(max)
-  local dropped = 0
-  in_small_steps(self, "dropping stubs", function(size)
-    if dropped >= max then return 0 end
-    local n, horizon = self.l1:drop_stubs(math.min(size, max - dropped))
-    if not n then return nil, horizon end
-    dropped = dropped + n
-    if n > 0 then self:raise_horizon(horizon) end
-    return n
-  end)
-  return dropped
-end
-
--- One eviction step: when L1 is past its high water mark (or `force`; "full": a write found L1
--- full below it), evict what the policy
--- picks until it is under the low water mark (or has let go of its share, see `enough`); with an
--- L2 events become stubs, then stubs go, oldest first, and the horizon moves past them. Also
--- drains the outbox.
-function Backend:gc(force)
-  local report = { evicted = 0, dropped = 0, freed = 0 }
-  if not force then report.sent = self:drain() end
-  if not self.limit then return report end
-  local used = self.l1:stats().used_bytes
-  if used <= self.limit * self.high_water / 100 and not force then return report end
-  local target = self.limit * self.low_water / 100
-  local mode = self.l2 and self.evict_mode or "delete"
-  -- L1's change feed serves live tailing, not history
-  report.pruned = self.l1:prune_changes(self.changes_kept)
-  local st = self.l1:stats()
-  used = st.used_bytes
-  -- LMDB frees a B-tree page only when it falls under a quarter full: the room evicted entries
-  -- leave inside pages is reused by the next writes but does not show in used bytes. Chasing
-  -- low water in pages alone would throw out half of L1 at once, so a pass also ends when it has
-  -- evicted the share (high - low) / high of L1's events and used bytes are under the middle
-  -- of the two marks.
-  local enough = (st.events - st.stubs) * (self.high_water - self.low_water) / self.high_water
-  local middle = self.limit * (self.high_water + self.low_water) / 200
-  if force == "full" and used <= middle then
-    -- a write found L1 full below its marks (in a small L1 the pages a transaction copies are
-    -- much of the map): the marks scale down to where L1 is now
-    target, middle = used * self.low_water / self.high_water, used * (self.high_water + self.low_water) /
-      (2 * self.high_water)
-  end
-  local function settled() return used <= target or (report.evicted >= enough and used <= middle) end
-  for _ = 1, 64 do
-    if settled() then break end
-    local candidates = self.l1:candidates(4096, self.policy.order or "access")
-    if not candidates or #candidates == 0 then break end
-    -- what this round asks of the policy: the events still short of `enough` (at their mean
-    -- size), then what still stands above the middle mark
-    local sizes = 0
-    for _, c in ipairs(candidates) do sizes = sizes + c.size end
-    local need = report.evicted < enough and (enough - report.evicted) * sizes / #candidates or used - middle
-    local chosen = self:choose(candidates, math.max(1, math.min(used - target, need)))
-    local evicted, freed = self:evict(chosen, mode)
-    report.evicted, report.freed = report.evicted + evicted, report.freed + freed
-    if mode == "delete" and self.l2 then
-      -- L1 no longer holds these: it is complete only past the newest of them
-      local by_id, newest = {}, -1
-      for _, c in ipairs(candidates) do by_id[c.id] = c.created_at end
-      for _, id in ipairs(chosen) do newest = math.max(newest, by_id[id] or -1) end
-      if newest >= 0 then self:raise_horizon(newest + 1) end
-    end
-    -- stubs beyond their share of L1's entries go, oldest first
-    st = self.l1:stats()
-    local excess = math.floor(st.stubs - self.stub_share * st.events)
-    if excess > 0 and self.l2 then
-      report.dropped = report.dropped + self:drop_stubs(excess)
-      st = self.l1:stats()
-    end
-    used = st.used_bytes
-    if evicted == 0 then break end
-  end
-  for _ = 1, 64 do
-    if settled() or not self.l2 then break end
-    local dropped = self:drop_stubs(256)
-    if dropped == 0 then break end
-    report.dropped = report.dropped + dropped
-    used = self.l1:stats().used_bytes
-  end
-  if used > self.limit * self.high_water / 100 and self.l2 then
-    -- nothing more can go and L1 is still full (a write could not even evict): L1 is a cache,
-    -- L2 has everything; start it again past the newest event L2 holds
-    self.log("L1 could not be brought under its high water mark; emptying it")
-    self:reset_l1()
-    used = self.l1:stats().used_bytes
-  end
-  report.used = used
-  return report
-end
-
-function Backend:reset_l1()
-  local outbox = self.l1:outbox(100000) or {}
-  if #outbox > 0 then
-    self.log("L1 keeps its outbox of " .. #outbox .. " records: it cannot be emptied now")
-    return
-  end
-  local ok, newest = call_l2(self, "query_events", { limit = 1 }, { max_limit = 1 })
-  self.l1:nuke()
-  -- past the newest event L2 holds; when L2 cannot say, past every possible one (L1 proves no
-  -- answer by the horizon until it is reset again: slower, never wrong)
-  local h = not ok and MAX_CREATED_AT or (newest and newest[1] and newest[1].created_at + 1 or 0)
-  self:reset_horizon(h)
 end
 
 -- ---- reads (the C core; remembered answers are still this side's) ----
@@ -536,20 +354,12 @@ function Backend:nuke()
 end
 
 function Backend:sync()
-  self:drain()
+  private.drain(self)
   if self.l2 then
     local ok, err = call_l2(self, "sync")
     if not ok then return nil, err end
   end
   return self.l1:sync()
-end
-
--- One poll step: drains the outbox, then takes what other writers added to L2 into L1 (see
--- layer2/poll.lua), signalling each new event with origin "l2".
-function Backend:poll(now)
-  local report = { sent = self:drain(), received = 0, deleted = 0 }
-  if self.l2 then poll.step(self, report, now) end
-  return report
 end
 
 -- Waits up to `seconds` (poll_frequency, else 1) for L2's change signal when opts.notify asked
@@ -564,7 +374,7 @@ function Backend:stats()
   local l1 = self.l1:stats()
   local out = {
     l1 = l1,
-    horizon = self.horizon,
+    horizon = tonumber(self.l1:meta("horizon")) or 0, -- L1's, whoever raised it
     size_limit = self.limit,
     high_water = self.high_water,
     low_water = self.low_water,

@@ -11,7 +11,9 @@
 local layer2 = require("layer2")
 
 local resty = {}
-local state = { listeners = {}, next_id = 0, save_events = function(db, events) return db:save_events(events) end }
+-- in_pool(method, ...): runs a backend method where it may reach L2 from C (see init_worker)
+local state = { listeners = {}, next_id = 0 }
+state.in_pool = function(method, ...) return state.db[method](state.db, ...) end
 
 local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 
@@ -24,7 +26,7 @@ local MAX_BATCH, MAX_QUEUED = 500, 5000
 -- queued saves are writer.queue[head .. tail]; the writer takes them from the head
 local writer = { queue = {}, head = 1, tail = 0, wake = nil, room = nil, idle = false, blocked = 0 }
 
-local function write_batch(db)
+local function write_batch()
   local q, head = writer.queue, writer.head
   local last = math.min(writer.tail, head + MAX_BATCH - 1)
   local events, done = {}, {}
@@ -35,7 +37,8 @@ local function write_batch(db)
   writer.head = last + 1
   if writer.head > writer.tail then writer.queue, writer.head, writer.tail = {}, 1, 0 end
   if writer.blocked > 0 then writer.room:post(writer.blocked) end
-  local ok, verdicts = pcall(state.save_events, db, events)
+  local ok, verdicts, err = pcall(state.in_pool, "save_events", events)
+  if ok and not verdicts then ok, verdicts = false, err end
   if not ok then log("a batch of saves failed: " .. tostring(verdicts)) end
   for i, fn in ipairs(done) do
     local v = ok and verdicts[i] or "error: the store failed on this batch"
@@ -53,7 +56,7 @@ local function write_loop(premature)
       writer.wake:wait(1)
       writer.idle = false
     else
-      write_batch(state.db)
+      write_batch()
     end
   end
 end
@@ -88,7 +91,7 @@ local function start_timers(db, opts)
   -- one worker does the shared maintenance
   ngx.timer.every(opts.gc_interval or 5, function(premature)
     if premature then return end
-    local ok, e = pcall(db.gc, db)
+    local ok, e = pcall(state.in_pool, "gc")
     if not ok then log("gc failed: " .. tostring(e)) end
   end)
   local every = opts.poll_interval or opts.poll_frequency or 0
@@ -100,7 +103,7 @@ local function start_timers(db, opts)
     while not ngx.worker.exiting() do
       local waited = db.notify and type(db.l2.wait) == "function" and pcall(db.l2.wait, db.l2, every)
       if not waited then ngx.sleep(every) end
-      local ok, e = pcall(db.poll, db)
+      local ok, e = pcall(state.in_pool, "poll")
       if not ok then log("poll failed: " .. tostring(e)) end
     end
   end)
@@ -129,14 +132,11 @@ function resty.init_worker(path, opts)
   o.log = o.log or log
   if type(o.l2) ~= "string" then return open(path, o, opts) end
   -- The C core reaches L2 from C, and a call into the thread pool yields, which LuaJIT cannot do
-  -- across C: what L1 proves alone is answered here, a read that needs L2 and every batch of
-  -- saves run whole in the pool, on a backend of the thread's own (same L1, same learned state).
+  -- across C: what L1 proves alone is answered here; a read that needs L2, every batch of saves,
+  -- eviction (which drains the outbox) and polling run whole in the pool, on a backend of the
+  -- thread's own (same L1, same learned state).
   local in_pool = require("layer2.resty_pg").backend(path, opts, opts.thread_pool)
-  state.save_events = function(_, events)
-    local verdicts, err = in_pool("save_events", events)
-    if not verdicts then error(err, 0) end
-    return verdicts
-  end
+  state.in_pool = in_pool
   local query_l1 = require("layer2.core").backend_private.query_l1
   o.l2 = require("layer2.resty_pg").l2(o.l2, opts.thread_pool)
   ngx.timer.at(0, function(premature)
