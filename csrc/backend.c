@@ -418,10 +418,17 @@ static int answer_decode(answer *a, const kept_row *r)
                    : l2_event_decode_bin(&a->ev, p, r->len, a->err);
 }
 
-/* Keeps a row (a callback of the store interface's query). */
+/* Keeps a row whose id and created_at are known (L1's hits): nothing to decode. */
+static int keep_known_row(answer *a, const l2_row *row, const uint8_t id[32], int64_t created_at);
+
+/* Keeps a row (a callback of the store interface's query): decoded for its id and created_at. */
 static int keep_row(void *ud, const l2_row *row)
 {
-    answer *a = ud;
+    return keep_known_row(ud, row, NULL, 0);
+}
+
+static int keep_known_row(answer *a, const l2_row *row, const uint8_t id[32], int64_t created_at)
+{
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 64;
         kept_row *v = realloc(a->v, cap * sizeof *v);
@@ -445,13 +452,18 @@ static int keep_row(void *ud, const l2_row *row)
             a->failed = l2_oom(a->err);
             return 1;
         }
-        /* the id and time of an L2 row, for merging and for the missing ids */
-        if (answer_decode(a, r)) {
-            a->failed = -1;
-            return 1;
+        if (id) {
+            memcpy(r->id, id, 32);
+            r->created_at = created_at;
+        } else {
+            /* the id and time of an L2 row, for merging and for the missing ids */
+            if (answer_decode(a, r)) {
+                a->failed = -1;
+                return 1;
+            }
+            memcpy(r->id, a->ev.id, 32);
+            r->created_at = a->ev.created_at;
         }
-        memcpy(r->id, a->ev.id, 32);
-        r->created_at = a->ev.created_at;
     }
     a->n++;
     return 0;
@@ -468,8 +480,7 @@ static int query_l1_kept(l2_backend *b, const l2_filter *fs, size_t nf, int64_t 
         r.stub = h->stub;
         memcpy(r.id, h->id, 32);
         if (!h->stub && l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
-        keep_row(a, &r);
-        if (!a->failed) a->v[a->n - 1].created_at = h->created_at;
+        keep_known_row(a, &r, h->id, h->created_at);
     }
     l2_store_read_end(b->l1);
     if (a->failed) snprintf(err, L2_ERRLEN, "%s", a->err);

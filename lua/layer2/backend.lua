@@ -246,19 +246,13 @@ local function rememberable(self, filters, opts)
 end
 
 -- Answers from a remembered L2 answer (layer2/answers.lua): its events by id, from L1 or, for
--- those L1 let go of, from L2. nil when an event of it is gone (expired, deleted): the answer no
+-- those L1 let go of, from L2; a query of those ids returns them in the answer's own order
+-- (newest first, ties by id). nil when an event of it is gone (expired, deleted): the answer no
 -- longer stands.
 function Backend:serve_answer(entry, json, now)
   local res, levels = private.query(self, { ids = entry.ids }, { json = json, max_limit = #entry.ids, now = now })
   if not res or levels.l2_error or #res ~= #entry.ids then return nil end
-  local value = {}
-  for _, v in ipairs(res) do value[id_of(v)] = v end
-  local out = {}
-  for i, id in ipairs(entry.ids) do
-    out[i] = value[id]
-    if not out[i] then return nil end
-  end
-  return out, { l1 = levels.l1, stubs = levels.stubs + levels.l2, l2 = 0 }
+  return res, { l1 = levels.l1, stubs = levels.stubs + levels.l2, l2 = 0 }
 end
 
 function Backend:query_events(filters, opts)
