@@ -83,20 +83,6 @@ static void logf_(l2_backend *b, const char *fmt, ...)
 
 /* ---- the horizon ---- */
 
-int l2_backend_horizon(l2_backend *b, int64_t *h, char *err)
-{
-    int found;
-    *h = 0;
-    if (l2_store_meta_get(b->l1, "horizon", &b->scratch, &found, err)) return -1;
-    if (found && b->scratch.len < 24) {
-        char num[24];
-        memcpy(num, b->scratch.data, b->scratch.len);
-        num[b->scratch.len] = 0;
-        *h = strtoll(num, NULL, 10);
-    }
-    return 0;
-}
-
 int l2_backend_set_horizon(l2_backend *b, int64_t h, char *err)
 {
     char num[24];
@@ -322,8 +308,7 @@ int l2_backend_query_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t m
 {
     *answered = 0;
     *rows = 0;
-    int64_t horizon = 0;
-    if (b->l2 && l2_backend_horizon(b, &horizon, err)) return -1;
+    int64_t horizon = b->l2 ? L2_HORIZON_IN_META : 0;
     uint8_t small[16], *incomplete = nf <= sizeof small ? small : malloc(nf);
     if (!incomplete) return l2_oom(err);
     memset(incomplete, 0, nf);
@@ -679,8 +664,7 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
                      l2_row_fn row, void *ud, l2_levels *lv, char *err)
 {
     memset(lv, 0, sizeof *lv);
-    int64_t horizon = 0;
-    if (b->l2 && l2_backend_horizon(b, &horizon, err)) return -1;
+    int64_t horizon = b->l2 ? L2_HORIZON_IN_META : 0;
     uint8_t *incomplete = calloc(nf ? nf : 1, 1);
     answer l1, l2;
     answer_init(&l1);

@@ -132,9 +132,8 @@ typedef struct {
  * feed is asked for what was created in the last poll_frequency * poll_overlap seconds. */
 int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err);
 
-/* The horizon (see docs/DESIGN.md §3), kept in L1: read, raised (never lowered by a raise), and
- * set after L1 was emptied. */
-int l2_backend_horizon(l2_backend *b, int64_t *h, char *err);
+/* The horizon (see docs/DESIGN.md §3), kept in L1 (queries read it in their own snapshot):
+ * raised (never lowered by a raise), and set after L1 was emptied. */
 int l2_backend_raise_horizon(l2_backend *b, int64_t h, char *err);
 int l2_backend_set_horizon(l2_backend *b, int64_t h, char *err);
 

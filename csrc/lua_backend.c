@@ -11,7 +11,8 @@
 #include "backend.h"
 #include "lua_layer2.h"
 
-#define BACKEND_MT "layer2.backend"
+#define BACKEND_MT "layer2.backend" /* the class: what each handle's own metatable copies */
+#define BACKEND_MARK "__layer2_backend"
 
 typedef struct {
     l2_backend *b;  /* NULL once closed */
@@ -50,9 +51,23 @@ static void push_part(lua_State *L, backend_ud *s, int i, const char *name)
     lua_remove(L, -2);
 }
 
+/* The backend at 1, open or closed: a userdata whose metatable (its own: see pv_new) is marked. */
+static backend_ud *to_backend(lua_State *L)
+{
+    backend_ud *s = lua_touserdata(L, 1);
+    int ok = s && lua_getmetatable(L, 1);
+    if (ok) {
+        lua_getfield(L, -1, BACKEND_MARK);
+        ok = lua_toboolean(L, -1);
+        lua_pop(L, 2);
+    }
+    if (!ok) luaL_argerror(L, 1, "a layer2 two-level store expected");
+    return s;
+}
+
 static backend_ud *check_backend(lua_State *L)
 {
-    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    backend_ud *s = to_backend(L);
     if (!s->b) luaL_error(L, "layer2: attempt to use a closed store");
     s->L = L;
     return s;
@@ -507,8 +522,8 @@ static int push_result(void *ud, const l2_row *r)
 }
 
 /* query_l1(db, filters [, {json, max_limit, now}]) -> events, levels when L1 proves the answer
- * (under the horizon, every body held); false when it cannot (nothing else is done: the caller
- * asks L2, in Lua, where a call into the thread pool may yield); nil, err for bad filters. */
+ * (under the horizon, every body held); false when it cannot (nothing else is done: under nginx
+ * with PostgreSQL the caller runs the rest in the thread pool); nil, err for bad filters. */
 static int pv_query_l1(lua_State *L)
 {
     backend_ud *s = check_backend(L);
@@ -536,6 +551,24 @@ static int pv_query_l1(lua_State *L)
     lua_setfield(L, -2, "stubs");
     lua_pushinteger(L, 0);
     lua_setfield(L, -2, "l2");
+    return 2;
+}
+
+/* db:query_events(filters [, {json, max_limit, now, l1_only}]) -> events, levels | nil, err:
+ * what L1 proves alone is answered here; the rest by hooks.query (remembered answers, then
+ * l2_backend_query), which must not yield. */
+static int bk_query_events(lua_State *L)
+{
+    lua_settop(L, 3);
+    int n = pv_query_l1(L);
+    if (n != 1 || lua_toboolean(L, -1)) return n;
+    lua_settop(L, 3);
+    backend_ud *s = to_backend(L);
+    push_part(L, s, 0, "hooks");
+    lua_getfield(L, -1, "query");
+    lua_insert(L, 1);
+    lua_settop(L, 4);
+    lua_call(L, 3, 2);
     return 2;
 }
 
@@ -638,7 +671,7 @@ static int pv_drain(lua_State *L)
 
 static int bk_close(lua_State *L)
 {
-    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    backend_ud *s = to_backend(L);
     if (!s->b) return 0;
     l2_backend_close(s->b);
     s->b = NULL;
@@ -657,14 +690,14 @@ static int bk_close(lua_State *L)
 
 static int bk_is_closed(lua_State *L)
 {
-    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    backend_ud *s = to_backend(L);
     lua_pushboolean(L, s->b == NULL);
     return 1;
 }
 
 static int bk_tostring(lua_State *L)
 {
-    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
+    backend_ud *s = to_backend(L);
     lua_pushfstring(L, "layer2 store (%s%s): %p", s->dir, s->b ? "" : ", closed", (void *)s);
     return 1;
 }
@@ -674,36 +707,6 @@ static int bk_path(lua_State *L)
     backend_ud *s = check_backend(L);
     lua_pushstring(L, s->dir);
     return 1;
-}
-
-/* db.key: the Lua side's state first (its fields, and methods a caller replaced), then the
- * methods, then the two stores (db.l1, db.l2). */
-static int bk_index(lua_State *L)
-{
-    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
-    if (s->ref != LUA_NOREF) {
-        push_part(L, s, 0, "state");
-        lua_pushvalue(L, 2);
-        lua_rawget(L, -2);
-        if (!lua_isnil(L, -1)) return 1;
-        lua_pop(L, 2);
-    }
-    lua_pushvalue(L, 2);
-    lua_rawget(L, lua_upvalueindex(1));
-    if (!lua_isnil(L, -1) || s->ref == LUA_NOREF || lua_type(L, 2) != LUA_TSTRING) return 1;
-    const char *k = lua_tostring(L, 2);
-    if (strcmp(k, "l1") == 0 || strcmp(k, "l2") == 0) push_part(L, s, k[1] - '0', NULL);
-    return 1;
-}
-
-static int bk_newindex(lua_State *L)
-{
-    backend_ud *s = luaL_checkudata(L, 1, BACKEND_MT);
-    if (s->ref == LUA_NOREF) return luaL_error(L, "layer2: attempt to use a closed store");
-    push_part(L, s, 0, "state");
-    lua_insert(L, 2);
-    lua_rawset(L, 2);
-    return 0;
 }
 
 /* ---- what the Lua side of the class uses (layer2.core.backend_private) ---- */
@@ -831,8 +834,31 @@ static int pv_new(lua_State *L)
     backend_ud *s = lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);
     s->ref = LUA_NOREF;
-    luaL_setmetatable(L, BACKEND_MT);
     int self = lua_gettop(L);
+    /* its own metatable: fields and methods are found by the VM's table lookups (db.x: the Lua
+     * side's state, whose fields include db.l1 and db.l2 and any method a caller replaced, then
+     * the class's methods), with no function call in between */
+    lua_pushvalue(L, 2);
+    lua_setfield(L, 6, "l1");
+    lua_pushvalue(L, 3);
+    lua_setfield(L, 6, "l2");
+    luaL_getmetatable(L, BACKEND_MT);
+    lua_createtable(L, 0, 1);
+    lua_getfield(L, -2, "methods");
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, 6);
+    lua_createtable(L, 0, 7);
+    static const char *copied[] = {"__gc", "__close", "__tostring", BACKEND_MARK};
+    for (int i = 0; i < 4; i++) {
+        lua_getfield(L, -2, copied[i]);
+        lua_setfield(L, -2, copied[i]);
+    }
+    lua_pushvalue(L, 6);
+    lua_setfield(L, -2, "__index");
+    lua_pushvalue(L, 6);
+    lua_setfield(L, -2, "__newindex");
+    lua_setmetatable(L, self);
+    lua_pop(L, 1);
     if (lua_type(L, 3) == LUA_TUSERDATA) {
         l2lua_store *st = l2lua_check_store(L, 3);
         vt = st->vt;
@@ -895,7 +921,7 @@ static int pv_new(lua_State *L)
 
 static const luaL_Reg backend_methods[] = {
     {"save_event", bk_save_event}, {"save_events", bk_save_events}, {"delete_event", bk_delete_event},
-    {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll}, {"close", bk_close}, {"is_closed", bk_is_closed},
+    {"query_events", bk_query_events}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},
 };
 
@@ -915,10 +941,9 @@ void l2lua_open_backend(lua_State *L)
     lua_newtable(L);
     luaL_setfuncs(L, backend_methods, 0);
     lua_pushvalue(L, -1);
-    lua_pushcclosure(L, bk_index, 1);
-    lua_setfield(L, -3, "__index");
-    lua_pushcfunction(L, bk_newindex);
-    lua_setfield(L, -3, "__newindex");
+    lua_setfield(L, -3, "methods");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -3, BACKEND_MARK);
     lua_pushcfunction(L, bk_close);
     lua_setfield(L, -3, "__gc");
     lua_pushcfunction(L, bk_close);

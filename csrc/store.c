@@ -100,6 +100,8 @@ static int fail(char *err, const char *fmt, ...)
     return -1;
 }
 
+static size_t meta_key(char *out, size_t cap, const char *key);
+
 static int lmdb_fail(char *err, const char *what, int rc)
 {
     return fail(err, "error: %s: %s", what, mdb_strerror(rc));
@@ -1406,6 +1408,17 @@ int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_lim
 {
     out->n = 0;
     if (read_begin(st, err)) return -1;
+    if (horizon == L2_HORIZON_IN_META) {
+        /* the caller's own horizon, read in this snapshot (one read for the two) */
+        char k[256], num[24];
+        MDB_val kv = {meta_key(k, sizeof k, "horizon"), k}, v;
+        horizon = 0;
+        if (mdb_get(st->rtxn, st->dbi[DB_META], &kv, &v) == 0 && v.mv_size < sizeof num) {
+            memcpy(num, v.mv_data, v.mv_size);
+            num[v.mv_size] = 0;
+            horizon = strtoll(num, NULL, 10);
+        }
+    }
     for (size_t i = 0; i < nf; i++) {
         const l2_filter *f = &fs[i];
         int64_t limit = (f->have & L2_F_LIMIT) && f->limit < max_limit ? f->limit : max_limit;

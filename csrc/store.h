@@ -57,7 +57,10 @@ void l2_hits_free(l2_hits *h);
  * l2_store_body until l2_store_read_end. With `incomplete` (nf bytes), each filter is marked
  * when this store cannot prove its answer complete under the horizon: it holds every event with
  * created_at >= horizon, so a filter is complete when its since is at or past the horizon, when
- * its limit was reached at or past it, or when it names ids that are all known here. */
+ * its limit was reached at or past it, or when it names ids that are all known here.
+ * L2_HORIZON_IN_META as the horizon reads the caller's meta value "horizon" in the query's own
+ * snapshot (one read transaction for both). */
+#define L2_HORIZON_IN_META INT64_MIN
 int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
                    uint8_t *incomplete, l2_hits *out, char *err);
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err);

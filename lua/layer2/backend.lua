@@ -1,8 +1,9 @@
 -- The two-level store's Lua side. `layer2.open` returns a C userdata (csrc/lua_backend.c over
--- csrc/backend.c): its writes and the reads L1 answers alone are C. What is still Lua completes
--- its class here: reads that reach L2 (stub bodies, fills, remembered answers), eviction (the
--- policy is Lua by design), polling and maintenance. Fields the Lua side keeps (policy, handlers,
--- answers...) live in a state table the userdata reads through. See docs/DESIGN.md §3.
+-- csrc/backend.c): writes, reads, eviction, the outbox and polling are C. What is still Lua
+-- completes its class here: options, the policy's call (policies are Lua by design), on_event
+-- handlers, remembered answers and the thin maintenance methods. Fields the Lua side keeps
+-- (policy, handlers, answers...) live in the handle's state table, where db.x looks first. See
+-- docs/DESIGN.md §3.
 local core = require("layer2.core")
 local answers = require("layer2.answers")
 
@@ -52,8 +53,11 @@ end
 Backend.call_l2 = call_l2
 
 -- what the C core asks of this side, each called with the handle
+local hooks_query -- the reads L1 cannot prove alone (below)
+
 local function hooks()
   return {
+    query = function(db, filters, opts) return hooks_query(db, filters, opts) end,
     gc = function(db, full) db:gc(full and "full" or true) end,
     choose = function(db, candidates, need) return db:choose(candidates, need) end,
     log = function(db, msg) db.log(msg) end,
@@ -255,9 +259,9 @@ function Backend:serve_answer(entry, json, now)
   return res, { l1 = levels.l1, stubs = levels.stubs + levels.l2, l2 = 0 }
 end
 
-function Backend:query_events(filters, opts)
-  local res, levels = private.query_l1(self, filters, opts)
-  if res ~= false then return res, levels end
+-- What L1 could not prove alone (the C query_events asked it first): a remembered answer, else
+-- the C core's whole read (L1 with stubs' bodies and known-missing ids, else L2).
+local function query_rest(self, filters, opts)
   opts = opts or {}
   self:sync_horizon()
   -- a single filter L2 answered before, its answer untouched since: from L1 and by id
@@ -276,8 +280,7 @@ function Backend:query_events(filters, opts)
     end
     cursor = self.answers.cursor
   end
-  local asked_l2
-  res, levels, asked_l2 = private.query(self, filters, opts)
+  local res, levels, asked_l2 = private.query(self, filters, opts)
   if key and res and asked_l2 and not levels.l2_error then
     local list = {}
     for i, v in ipairs(res) do list[i] = id_of(v) end
@@ -285,6 +288,7 @@ function Backend:query_events(filters, opts)
   end
   return res, levels
 end
+hooks_query = query_rest
 
 function Backend:count_events(filters, opts)
   if self.l2 then
