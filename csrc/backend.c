@@ -121,7 +121,7 @@ static int used_bytes(l2_backend *b, uint64_t *used, char *err)
 /* Room for a write of about `bytes` in `n` events: evicts before the map could fill (LMDB needs
  * free pages even to delete, so L1 works below its high water mark). 0, 1 when the write cannot
  * fit in L1 at all, -1 with err. */
-int l2_backend_make_room(l2_backend *b, uint64_t bytes, size_t n, char *err)
+static int make_room(l2_backend *b, uint64_t bytes, size_t n, char *err)
 {
     if (!b->o.size_limit) return 0;
     if (!room_fits(b, bytes, n)) return 1;
@@ -162,7 +162,7 @@ static void save_l1(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, 
             k++;
         }
         char err[L2_ERRLEN];
-        int room = l2_backend_make_room(b, bytes, k, err);
+        int room = make_room(b, bytes, k, err);
         if (room == 1) snprintf(err, sizeof err, "error: the event is too large for L1");
         int rc = room ? -1 : l2_store_save_batch(b->l1, evs + from, k, now, flags, res + from, err);
         if (rc && b->o.size_limit && strstr(err, "full") && (k > 1 || !retried)) {
@@ -571,7 +571,7 @@ static void fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t n
     }
     if (!rc && n) {
         uint64_t revived;
-        int room = l2_backend_make_room(b, bytes, n, err);
+        int room = make_room(b, bytes, n, err);
         if (room == 0)
             rc = revive ? l2_store_revive(b->l1, ptrs, n, &revived, err)
                         : l2_store_save_batch(b->l1, ptrs, n, now, L2_SAVE_FILL, res, err);

@@ -90,10 +90,6 @@ typedef struct {
 int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int l1_only,
                      l2_row_fn row, void *ud, l2_levels *lv, char *err);
 
-/* Makes room in L1 for a write of about `bytes` in `n` events, evicting (the gc hook) when it
- * would pass the high water mark: 0, 1 when it cannot fit in L1 at all, -1 with err. */
-int l2_backend_make_room(l2_backend *b, uint64_t bytes, size_t n, char *err);
-
 /* Counts a read of id (l2_learned_count_read with the backend's history): its recent reads. */
 uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32]);
 

@@ -738,23 +738,7 @@ static int pv_admit_bar(lua_State *L)
     return 1;
 }
 
-/* missing(db, id, now) -> known missing; remember_missing(db, id, until); forget_missing(db, id) */
-static int pv_missing(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    uint8_t id[32];
-    lua_pushboolean(L, id_arg(L, 2, id) && l2_learned_missing(l2_backend_learned(s->b), id, luaL_checkinteger(L, 3)));
-    return 1;
-}
-
-static int pv_remember_missing(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    uint8_t id[32];
-    if (id_arg(L, 2, id)) l2_learned_missing_add(l2_backend_learned(s->b), id, luaL_checkinteger(L, 3));
-    return 0;
-}
-
+/* forget_missing(db, id): an event with this id exists now */
 static int pv_forget_missing(lua_State *L)
 {
     backend_ud *s = check_backend(L);
@@ -768,16 +752,6 @@ static int pv_forget_all(lua_State *L)
     backend_ud *s = check_backend(L);
     l2_learned_clear(l2_backend_learned(s->b));
     return 0;
-}
-
-/* make_room(db, bytes, n) -> false when a write that large cannot fit in L1 */
-static int pv_make_room(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    int rc = l2_backend_make_room(s->b, (uint64_t)luaL_checkinteger(L, 2), (size_t)luaL_optinteger(L, 3, 1), s->err);
-    if (rc < 0) return luaL_error(L, "layer2: %s", s->err);
-    lua_pushboolean(L, rc == 0);
-    return 1;
 }
 
 /* admit(db, id) -> whether an event with this id fetched from L2 now enters L1 (a read counted) */
@@ -926,9 +900,9 @@ static const luaL_Reg backend_methods[] = {
 };
 
 static const luaL_Reg private_functions[] = {
-    {"new", pv_new}, {"query_l1", pv_query_l1}, {"query", pv_query}, {"count_read", pv_count_read}, {"reads", pv_reads}, {"admit_bar", pv_admit_bar},
-    {"missing", pv_missing}, {"remember_missing", pv_remember_missing}, {"forget_missing", pv_forget_missing},
-    {"forget_all", pv_forget_all}, {"make_room", pv_make_room}, {"hit", pv_hit}, {"hits", pv_hits},
+    {"new", pv_new}, {"query_l1", pv_query_l1}, {"query", pv_query}, {"count_read", pv_count_read},
+    {"reads", pv_reads}, {"admit_bar", pv_admit_bar}, {"forget_missing", pv_forget_missing},
+    {"forget_all", pv_forget_all}, {"hit", pv_hit}, {"hits", pv_hits},
     {"inside_c", pv_inside_c}, {"admit", pv_admit}, {"drain", pv_drain},
     {NULL, NULL},
 };

@@ -50,7 +50,6 @@ local function call_l2(self, method, ...)
   end
   return true, a, b, c
 end
-Backend.call_l2 = call_l2
 
 -- what the C core asks of this side, each called with the handle
 local hooks_query -- the reads L1 cannot prove alone (below)

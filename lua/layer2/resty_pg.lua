@@ -46,7 +46,19 @@ function resty_pg.backend_call(path, opts, method, ...)
   return db[method](db, ...)
 end
 
--- ---- the worker side: an L2 object with the store methods, each a call in the thread pool ----
+-- ---- the worker side ----
+
+-- Runs resty_pg[fn](...) in a pool thread; the request's coroutine yields meanwhile. From inside a
+-- C call (a hook of the C core) it cannot yield: that fails as an L2 failure would, rather than
+-- let nginx resume a coroutine that never yielded.
+local function in_thread(pool, fn, ...)
+  if inside_c() then error("PostgreSQL cannot be reached from inside a C call", 0) end
+  local ok, a, b, c = ngx.run_worker_thread(pool, "layer2.resty_pg", fn, ...)
+  if not ok then error("the PostgreSQL thread failed: " .. tostring(a), 0) end
+  return a, b, c
+end
+
+-- An L2 object with the store methods, each a call in the thread pool.
 local METHODS = { "save_event", "save_events", "query_events", "count_events", "delete_event", "changes_since", "stats", "check",
   "sweep", "nuke", "wait" }
 
@@ -55,12 +67,7 @@ local METHODS = { "save_event", "save_events", "query_events", "count_events", "
 function resty_pg.backend(path, opts, pool)
   local o = { l2 = opts.l2, l1 = opts.l1, nosync = opts.nosync, max_limit = opts.max_limit,
     policy = type(opts.policy) == "string" and opts.policy or nil }
-  return function(method, ...)
-    if inside_c() then error("PostgreSQL cannot be reached from inside a C call", 0) end
-    local ok, a, b = ngx.run_worker_thread(pool or "layer2", "layer2.resty_pg", "backend_call", path, o, method, ...)
-    if not ok then error("the PostgreSQL thread failed: " .. tostring(a), 0) end
-    return a, b
-  end
+  return function(method, ...) return in_thread(pool or "layer2", "backend_call", path, o, method, ...) end
 end
 
 function resty_pg.l2(conninfo, pool)
@@ -68,12 +75,7 @@ function resty_pg.l2(conninfo, pool)
   local l2 = {}
   for _, m in ipairs(METHODS) do
     l2[m] = function(_, ...)
-      -- from inside a C call (a hook of the C core) the coroutine cannot yield for the thread:
-      -- fail as an L2 failure would, rather than let nginx resume a coroutine that never yielded
-      if inside_c() then error("PostgreSQL cannot be reached from inside a C call", 0) end
-      local ok, a, b, c = ngx.run_worker_thread(pool, "layer2.resty_pg", "call", conninfo, m, ...)
-      if not ok then error("the PostgreSQL thread failed: " .. tostring(a), 0) end
-      return a, b, c
+      return in_thread(pool, "call", conninfo, m, ...)
     end
   end
   -- functions cannot cross into a thread: bulk work is the command line tool's
