@@ -22,6 +22,7 @@ struct l2_backend {
     uint64_t used;   /* L1's used bytes as last measured, plus what was written since */
     size_t l1_chunk; /* events per L1 transaction (smaller after a chunk found L1 full) */
     l2_buf scratch;
+    l2_buf answer_key; /* the key of the query under way's remembered answer */
     l2_hits hits;
     uint64_t answered[5]; /* by level: see level_names */
     /* polling by L2's feed: the high-water marks of the last polls (the window re-read) and the
@@ -33,6 +34,9 @@ struct l2_backend {
 };
 
 static const char *level_names[5] = {"l1", "stubs", "l2", "missing", "answers"};
+
+static int first_open(l2_backend *b, char *err);
+static int learn_horizon(l2_backend *b, char *err);
 
 int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
                     const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err)
@@ -50,8 +54,18 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
     b->o = *o;
     b->hooks = *hooks;
     b->l1_chunk = L1_CHUNK_MAX;
+    /* answers take at most a sixteenth of a size-limited L1 */
+    if (b->o.size_limit && b->o.answers_max_ids > b->o.size_limit / 16 / 32)
+        b->o.answers_max_ids = b->o.size_limit / 16 / 32;
+    if (!l2 || !b->o.answers_max_ids) b->o.answers_ttl = 0;
     l2_buf_init(&b->scratch);
+    l2_buf_init(&b->answer_key);
     *out = b;
+    if (first_open(b, err)) {
+        l2_backend_close(b);
+        *out = NULL;
+        return -1;
+    }
     return 0;
 }
 
@@ -60,6 +74,7 @@ void l2_backend_close(l2_backend *b)
     if (!b) return;
     l2_learned_close(b->learned);
     l2_buf_free(&b->scratch);
+    l2_buf_free(&b->answer_key);
     l2_hits_free(&b->hits);
     free(b->seen);
     free(b);
@@ -259,6 +274,8 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
         char err[L2_ERRLEN];
         logf_(b, "L1 could not take %zu event(s): %s", lost, lost_msg);
         if (l2_backend_raise_horizon(b, newest_lost + 1, err)) logf_(b, "cannot raise the horizon: %s", err);
+        /* nor can a remembered answer hear of them */
+        if (l2_backend_forget_answers(b, err)) logf_(b, "cannot forget the remembered answers: %s", err);
     }
     /* ...and decides, with the outbox, what L2 could not take */
     for (size_t j = 0; j < nq; j++) group[j] = pending[queued[j]];
@@ -522,20 +539,26 @@ static void remember_missing(l2_backend *b, const l2_filter *fs, size_t nf, cons
     }
 }
 
-/* Asks L2 for these ids (at most 64 per call, a filter's worth). */
+/* A filter of these ids. */
+static int ids_filter(l2_filter *f, const uint8_t (*ids)[32], size_t n, char *err)
+{
+    static const l2_filter_limits unlimited = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, SIZE_MAX, SIZE_MAX,
+                                               SIZE_MAX};
+    int rc = l2_filter_begin(f, L2_F_IDS, 0, err);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        char hex[64];
+        l2_hex_encode(hex, ids[i], 32);
+        rc = l2_filter_add_hex(f, L2_F_IDS, hex, 64, i, &unlimited, err);
+    }
+    return rc ? rc : l2_filter_finish(f, err);
+}
+
+/* Asks L2 for these ids. */
 static int l2_by_ids(l2_backend *b, const uint8_t (*ids)[32], size_t n, int64_t now, answer *out, char *err)
 {
     l2_filter f;
     l2_filter_init(&f);
-    int rc = l2_filter_begin(&f, L2_F_IDS, 0, err);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        char hex[64];
-        l2_hex_encode(hex, ids[i], 32);
-        static const l2_filter_limits unlimited = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, SIZE_MAX, SIZE_MAX,
-                                                   SIZE_MAX};
-        rc = l2_filter_add_hex(&f, L2_F_IDS, hex, 64, i, &unlimited, err);
-    }
-    if (rc == 0) rc = l2_filter_finish(&f, err);
+    int rc = ids_filter(&f, ids, n, err);
     if (rc == 0) rc = b->l2vt->query(b->l2, &f, 1, (int64_t)n, now, 0, NULL, keep_row, out, err);
     if (rc == 0 && out->failed) rc = -1, snprintf(err, L2_ERRLEN, "%s", out->err);
     l2_filter_free(&f);
@@ -660,7 +683,78 @@ static void merge_outbox(l2_backend *b, answer *l2, const answer *l1)
     qsort(l2->v, l2->n, sizeof *l2->v, newest_first);
 }
 
-int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int l1_only,
+/* ---- remembered answers ---- */
+
+/* The key a query's answer is remembered under, or 0 when it is not one to remember: a single
+ * filter without ids (id lookups have the known-missing ids) or search. */
+static int answer_key(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, unsigned flags,
+                      l2_answer_key *k)
+{
+    if (!b->o.answers_ttl || nf != 1 || (flags & L2_QUERY_L1_ONLY) || (fs[0].have & (L2_F_IDS | L2_F_SEARCH)))
+        return 0;
+    int64_t limit = (fs[0].have & L2_F_LIMIT) && fs[0].limit < max_limit ? fs[0].limit : max_limit;
+    b->answer_key.len = 0;
+    if (l2_filter_encode_json(&fs[0], limit, &b->answer_key)) return 0;
+    k->filter = b->answer_key.data;
+    k->len = b->answer_key.len;
+    k->now = (flags & L2_QUERY_NOW_GIVEN) ? now : L2_ANSWER_ANY_NOW;
+    return 1;
+}
+
+/* Keeps a row as it is (the answer's order is the query's): nothing decoded. */
+static int keep_raw_row(void *ud, const l2_row *row)
+{
+    return keep_known_row(ud, row, row->id, 0);
+}
+
+/* Serves a remembered answer (its n ids, newest first) by id: 1 when every event of it is still
+ * there (then the rows are given), 0 when it no longer stands (an event of it was deleted,
+ * replaced or expired since) or L2 failed. */
+static int serve_answer(l2_backend *b, const uint8_t (*ids)[32], size_t n, int64_t now, l2_row_fn row, void *ud,
+                        l2_levels *lv)
+{
+    l2_filter f;
+    answer a;
+    l2_levels by_id;
+    char err[L2_ERRLEN];
+    l2_filter_init(&f);
+    answer_init(&a);
+    memset(&by_id, 0, sizeof by_id);
+    int served = n == 0 || (ids_filter(&f, ids, n, err) == 0 &&
+                            l2_backend_query(b, &f, 1, (int64_t)n, now, 0, keep_raw_row, &a, &by_id, err) == 0 &&
+                            !a.failed && !by_id.l2_failed && a.n == n);
+    if (served) {
+        emit(&a, row, ud);
+        lv->l1 = by_id.l1;
+        lv->stubs = by_id.stubs + by_id.l2;
+        lv->remembered = 1;
+        b->answered[4]++;
+    }
+    l2_filter_free(&f);
+    answer_free(&a);
+    return served;
+}
+
+/* Remembers L2's answer (the rows of a) under k, unless a save since `seq` may have touched it. */
+static void remember_answer(l2_backend *b, const l2_answer_key *k, const answer *a, uint64_t seq)
+{
+    char err[L2_ERRLEN];
+    int kept;
+    uint8_t(*ids)[32] = malloc((a->n ? a->n : 1) * 32);
+    if (!ids) return;
+    for (size_t i = 0; i < a->n; i++) memcpy(ids[i], a->v[i].id, 32);
+    if (l2_store_answer_put(b->l1, k, (const uint8_t(*)[32])ids, a->n, (int64_t)time(NULL) + b->o.answers_ttl,
+                            b->o.answers_max_ids, seq, &kept, err))
+        logf_(b, "cannot remember an answer: %s", err);
+    free(ids);
+}
+
+int l2_backend_forget_answers(l2_backend *b, char *err)
+{
+    return l2_store_answers_clear(b->l1, err);
+}
+
+int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, unsigned flags,
                      l2_row_fn row, void *ud, l2_levels *lv, char *err)
 {
     memset(lv, 0, sizeof *lv);
@@ -675,7 +769,7 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
     for (size_t i = 0; i < nf; i++) complete &= !incomplete[i];
     uint64_t bodies = 0;
     for (size_t i = 0; i < l1.n; i++) bodies += !l1.v[i].stub;
-    if (!b->l2 || l1_only) {
+    if (!b->l2 || (flags & L2_QUERY_L1_ONLY)) {
         lv->l1 = emit(&l1, row, ud);
         b->answered[0] += lv->l1;
         goto done;
@@ -699,7 +793,25 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
         b->answered[0] += bodies, b->answered[1] += lv->stubs, b->answered[3] += lv->missing;
         goto done;
     }
-    /* L1 cannot prove the answer: L2, the authority, answers */
+    /* L1 cannot prove the answer: a remembered answer of L2's, else L2, the authority */
+    l2_answer_key key;
+    uint64_t seq = 0;
+    int remember = answer_key(b, fs, nf, max_limit, now, flags, &key);
+    if (remember) {
+        int found;
+        l2_buf kept;
+        l2_buf_init(&kept);
+        if (l2_store_answer_get(b->l1, &key, (int64_t)time(NULL), &kept, &found, &seq, err)) {
+            logf_(b, "cannot read a remembered answer: %s", err);
+            remember = 0;
+        } else if (found) {
+            int served = serve_answer(b, (const uint8_t(*)[32])kept.data, kept.len / 32, now, row, ud, lv);
+            l2_buf_free(&kept);
+            if (served) goto done;
+            if (l2_store_answer_drop(b->l1, &key, err)) logf_(b, "cannot drop a remembered answer: %s", err);
+        }
+        l2_buf_free(&kept);
+    }
     lv->asked_l2 = 1;
     if (b->l2vt->query(b->l2, fs, nf, max_limit, now, 0, NULL, keep_row, &l2, lv->l2_error) || l2.failed) {
         if (l2.failed) snprintf(lv->l2_error, sizeof lv->l2_error, "%s", l2.err);
@@ -719,6 +831,7 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
     merge_outbox(b, &l2, &l1);
     remember_missing(b, fs, nf, incomplete, &l2, (int64_t)time(NULL));
     fill_l1(b, &l2, 0, 0, now);
+    if (remember) remember_answer(b, &key, &l2, seq);
     lv->l2 = emit(&l2, row, ud);
     b->answered[2] += lv->l2;
 done:
@@ -864,6 +977,24 @@ static int number_filter(l2_filter *f, unsigned field, int64_t v, char *err)
     return l2_filter_begin(f, field, 0, err) || l2_filter_set_number(f, field, v, err) || l2_filter_finish(f, err);
 }
 
+/* The created_at past the newest event L2 holds (0 when it holds none), or `unknown` when L2
+ * cannot say. */
+static int64_t past_newest(l2_backend *b, int64_t unknown)
+{
+    answer newest;
+    answer_init(&newest);
+    l2_filter f;
+    l2_filter_init(&f);
+    char err[L2_ERRLEN];
+    int64_t h = unknown;
+    if (number_filter(&f, L2_F_LIMIT, 1, err) == 0 &&
+        b->l2vt->query(b->l2, &f, 1, 1, (int64_t)time(NULL), 0, NULL, keep_row, &newest, err) == 0 && !newest.failed)
+        h = newest.n ? newest.v[0].created_at + 1 : 0;
+    l2_filter_free(&f);
+    answer_free(&newest);
+    return h;
+}
+
 /* L1 could not be brought under its high water mark: L1 is a cache and L2 has everything, so it
  * starts again past the newest event L2 holds (past every possible one when L2 cannot say). */
 static void reset_l1(l2_backend *b)
@@ -877,22 +1008,14 @@ static void reset_l1(l2_backend *b)
         logf_(b, "L1 keeps its outbox: it cannot be emptied now");
         return;
     }
-    answer newest;
-    answer_init(&newest);
-    l2_filter f;
-    l2_filter_init(&f);
-    int64_t h = L2_MAX_CREATED_AT;
-    if (number_filter(&f, L2_F_LIMIT, 1, err) == 0 &&
-        b->l2vt->query(b->l2, &f, 1, 1, (int64_t)time(NULL), 0, NULL, keep_row, &newest, err) == 0 && !newest.failed)
-        h = newest.n ? newest.v[0].created_at + 1 : 0;
-    l2_filter_free(&f);
-    answer_free(&newest);
+    int64_t h = past_newest(b, L2_MAX_CREATED_AT);
     if (l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, h, err)) logf_(b, "emptying L1 failed: %s", err);
 }
 
 int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
 {
     memset(r, 0, sizeof *r);
+    if (learn_horizon(b, err)) return -1;
     if (force == L2_GC_TIMER && l2_backend_drain(b, &r->sent, err)) logf_(b, "draining the outbox failed: %s", err);
     if (!b->o.size_limit) return 0;
     uint64_t limit = b->o.size_limit, high = b->o.high_water, low = b->o.low_water;
@@ -1218,5 +1341,99 @@ int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err)
         int n = snprintf(num, sizeof num, "%lld", (long long)time(NULL));
         if (l2_store_meta_set(b->l1, "poll_at", num, (size_t)n, err)) return -1;
     }
+    return 0;
+}
+
+/* ---- a new L1, and maintenance ---- */
+
+static void last_seq_field(void *ud, const char *name, uint64_t value)
+{
+    if (strcmp(name, "last_seq") == 0) *(uint64_t *)ud = value;
+}
+
+/* A new L1 in front of an L2 that already has events knows none of them: its horizon goes past
+ * the newest (0 without an L2). Until L2 can say which is the newest, L1 has no horizon and
+ * proves nothing; eviction asks again. */
+static int learn_horizon(l2_backend *b, char *err)
+{
+    int found;
+    int64_t now_value;
+    if (l2_store_meta_get(b->l1, "horizon", &b->scratch, &found, err)) return -1;
+    if (found) return 0;
+    int64_t h = b->l2 ? past_newest(b, -1) : 0;
+    if (h < 0) {
+        logf_(b, "L2 cannot say yet what it holds: L1 proves no answer alone until it can");
+        return 0;
+    }
+    return l2_store_meta_raise(b->l1, "horizon", h, &now_value, err);
+}
+
+/* The horizon, and polling from what L2 holds now (L1 does not replay L2's history). */
+static int first_open(l2_backend *b, char *err)
+{
+    int found;
+    if (learn_horizon(b, err)) return -1;
+    if (!b->l2 || !b->l2vt->changes || !b->l2vt->stats) return 0;
+    if (l2_store_meta_get(b->l1, "poll_cursor", &b->scratch, &found, err)) return -1;
+    uint64_t last = 0;
+    char l2err[L2_ERRLEN];
+    if (found || b->l2vt->stats(b->l2, last_seq_field, &last, l2err)) return 0;
+    char num[24];
+    int n = snprintf(num, sizeof num, "%llu", (unsigned long long)last);
+    return l2_store_meta_set(b->l1, "poll_cursor", num, (size_t)n, err);
+}
+
+const l2_backend_opts *l2_backend_options(const l2_backend *b)
+{
+    return &b->o;
+}
+
+int l2_backend_count(l2_backend *b, const l2_filter *fs, size_t nf, int64_t now, uint64_t *n, char *err)
+{
+    if (b->l2) {
+        if (b->l2vt->count(b->l2, fs, nf, now, n, err) == 0) return 0;
+        if (strncmp(err, "error:", 6) != 0) return -1; /* a refusal is the answer */
+        logf_(b, "L2 count failed, counting L1: %s", err);
+    }
+    return l2_store_count(b->l1, fs, nf, now, n, err);
+}
+
+int l2_backend_nuke(l2_backend *b, char *err)
+{
+    if ((b->l2 && b->l2vt->nuke(b->l2, err)) || l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, 0, err))
+        return -1;
+    l2_learned_clear(b->learned); /* read counts and known-missing ids were about events that are gone */
+    return 0;
+}
+
+int l2_backend_sync(l2_backend *b, char *err)
+{
+    uint64_t sent;
+    if (l2_backend_drain(b, &sent, err)) logf_(b, "draining the outbox failed: %s", err);
+    if (b->l2 && b->l2vt->sync(b->l2, err)) return -1;
+    return l2_store_sync(b->l1, err);
+}
+
+typedef struct {
+    l2_problem_fn problem;
+    void *ud;
+} l2_problems;
+
+static void l2_problem(void *ud, const char *msg)
+{
+    l2_problems *p = ud;
+    char line[2 * L2_ERRLEN];
+    snprintf(line, sizeof line, "L2: %s", msg);
+    p->problem(p->ud, line);
+}
+
+int l2_backend_check(l2_backend *b, l2_problem_fn problem, void *ud, uint64_t *nproblems, char *err)
+{
+    if (l2_store_check(b->l1, problem, ud, nproblems, err)) return -1;
+    if (!b->l2 || !b->l2vt->check) return 0;
+    uint64_t n2 = 0;
+    l2_problems p = {problem, ud};
+    if (b->l2vt->check(b->l2, l2_problem, &p, &n2, err)) return -1;
+    *nproblems += n2;
     return 0;
 }

@@ -3,9 +3,8 @@
  * what is the caller's to decide (the eviction policy, what to do with an accepted event, where
  * messages go) arrives through hooks. docs/DESIGN.md §3 says how the levels work together.
  *
- * Built so far: the writes (save, delete), the reads, eviction, the outbox and polling;
- * remembered answers are still the Lua side's (lua/layer2/backend.lua), over the same L1 and
- * horizon. */
+ * Remembered answers are kept in L1 itself (store.h, answers.h), so every process on it shares
+ * them. */
 #ifndef L2_BACKEND_H
 #define L2_BACKEND_H
 
@@ -48,10 +47,14 @@ typedef struct {
     unsigned poll_overlap;      /* polls re-read (2 to 16; 4 by default) */
     int admit_always;           /* admit every event L2 returns (no second read needed) */
     int64_t missing_ttl;        /* seconds an L2 "no such id" stands; 0: not kept */
+    int64_t answers_ttl;        /* seconds a remembered answer stands; 0: none are kept */
+    uint64_t answers_max_ids;   /* ids kept over all remembered answers (at most 1/16 of L1's size) */
 } l2_backend_opts;
 
 /* A two-level store over an open L1 (a cache store) and L2 (NULL for none); both stay the
- * caller's to close, after l2_backend_close. The learned state is mapped from l1_dir. */
+ * caller's to close, after l2_backend_close. The learned state is mapped from l1_dir. A new L1
+ * in front of an L2 that has events gets its horizon past L2's newest, and polls from L2's
+ * present. */
 int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
                     const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err);
 void l2_backend_close(l2_backend *b);
@@ -77,18 +80,40 @@ int l2_backend_query_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t m
 /* What answered a query, in events: L1's bodies, stubs filled from L2, known-missing ids, L2. */
 typedef struct {
     uint64_t l1, stubs, missing, l2;
+    int remembered;            /* a remembered answer was served */
     int asked_l2;              /* L2 was asked the filters: the answer is L2's */
     int l2_failed;             /* L2 failed: L1 answered what it could */
     char l2_error[L2_ERRLEN];  /* why */
 } l2_levels;
 
+/* Flags of l2_backend_query: ask L1 alone; `now` is the caller's, not the clock's (a remembered
+ * answer is kept for that `now` only). */
+enum { L2_QUERY_L1_ONLY = 1, L2_QUERY_NOW_GIVEN = 2 };
+
 /* Answers a REQ on both levels: from L1 when it proves the answer (stubs' bodies fetched from L2
- * by id; lookups of ids L2 lately did not have count as answered); otherwise L2 answers, merged
- * with what only L1 has while the outbox waits, its events offered to L1 (admission) and the ids
- * it did not have remembered. When L2 fails, L1 answers what it can (lv->l2_failed). `l1_only`
- * asks L1 alone. 0, or -1 with err (a refusal of L2's included). */
-int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int l1_only,
+ * by id; lookups of ids L2 lately did not have count as answered); else from a remembered answer
+ * of L2's to the same single filter (its events by id: L1's bodies, the rest from L2; the levels
+ * count those as stubs); otherwise L2 answers, merged with what only L1 has while the outbox
+ * waits, its events offered to L1 (admission), the ids it did not have and its answer to a
+ * single filter remembered. When L2 fails, L1 answers what it can (lv->l2_failed). 0, or -1
+ * with err (a refusal of L2's included). */
+int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, unsigned flags,
                      l2_row_fn row, void *ud, l2_levels *lv, char *err);
+
+/* The options the backend runs with (answers_max_ids as bounded by L1's size). */
+const l2_backend_opts *l2_backend_options(const l2_backend *b);
+
+/* Counts on L2 (the authority); on L1 when L2 fails (logged). 0, or -1 with err. */
+int l2_backend_count(l2_backend *b, const l2_filter *fs, size_t nf, int64_t now, uint64_t *n, char *err);
+/* Empties both levels; the horizon goes to 0 and what the backend learnt is forgotten. */
+int l2_backend_nuke(l2_backend *b, char *err);
+/* Drains the outbox, then makes both levels durable. */
+int l2_backend_sync(l2_backend *b, char *err);
+/* Checks L1, then L2 (its problems prefixed "L2: "); *nproblems counts both. */
+int l2_backend_check(l2_backend *b, l2_problem_fn problem, void *ud, uint64_t *nproblems, char *err);
+
+/* Forgets every remembered answer (L2 took events L1's feed never saw: an import). */
+int l2_backend_forget_answers(l2_backend *b, char *err);
 
 /* Counts a read of id (l2_learned_count_read with the backend's history): its recent reads. */
 uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32]);

@@ -295,6 +295,61 @@ int l2_filter_parse_json(l2_filter *f, const char *json, size_t n, const l2_filt
     return l2_filter_finish(f, err);
 }
 
+/* ---- canonical JSON ---- */
+
+static int put_i64(l2_buf *out, int64_t v)
+{
+    if (v < 0 && l2_buf_putc(out, '-')) return -1;
+    return l2_buf_put_u64(out, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v);
+}
+
+static int put_hex_list(l2_buf *out, const char *name, const uint8_t (*v)[32], uint32_t n)
+{
+    if (l2_buf_put(out, name, strlen(name)) || l2_buf_putc(out, '[')) return -1;
+    for (uint32_t i = 0; i < n; i++)
+        if ((i && l2_buf_putc(out, ',')) || l2_buf_putc(out, '"') || l2_buf_put_hex(out, v[i], 32) ||
+            l2_buf_putc(out, '"'))
+            return -1;
+    return l2_buf_put(out, "],", 2);
+}
+
+int l2_filter_encode_json(const l2_filter *f, int64_t limit, l2_buf *out)
+{
+    if (l2_buf_putc(out, '{')) return -1;
+    if ((f->have & L2_F_IDS) && put_hex_list(out, "\"ids\":", (const uint8_t(*)[32])f->ids, f->nids)) return -1;
+    if ((f->have & L2_F_AUTHORS) && put_hex_list(out, "\"authors\":", (const uint8_t(*)[32])f->authors, f->nauthors))
+        return -1;
+    if (f->have & L2_F_KINDS) {
+        if (l2_buf_put(out, "\"kinds\":[", 9)) return -1;
+        for (uint32_t i = 0; i < f->nkinds; i++)
+            if ((i && l2_buf_putc(out, ',')) || l2_buf_put_u64(out, f->kinds[i])) return -1;
+        if (l2_buf_put(out, "],", 2)) return -1;
+    }
+    /* tag conditions by letter, whatever order the filter named them in */
+    for (int c = 0; c < 256; c++) {
+        for (uint32_t t = 0; t < f->ntags; t++) {
+            const l2_tag_cond *tc = &f->tags[t];
+            if ((unsigned char)tc->letter != c) continue;
+            char name[5] = {'"', '#', tc->letter, '"', ':'};
+            if (l2_buf_put(out, name, 5) || l2_buf_putc(out, '[')) return -1;
+            for (uint32_t i = 0; i < tc->n; i++) {
+                const l2_str *v = &f->values[tc->first + i];
+                if ((i && l2_buf_putc(out, ',')) || l2_json_put_string(out, v->p, v->n)) return -1;
+            }
+            if (l2_buf_put(out, "],", 2)) return -1;
+        }
+    }
+    if ((f->have & L2_F_SINCE) && (l2_buf_put(out, "\"since\":", 8) || put_i64(out, f->since) || l2_buf_putc(out, ',')))
+        return -1;
+    if ((f->have & L2_F_UNTIL) && (l2_buf_put(out, "\"until\":", 8) || put_i64(out, f->until) || l2_buf_putc(out, ',')))
+        return -1;
+    if ((f->have & L2_F_SEARCH) &&
+        (l2_buf_put(out, "\"search\":", 9) || l2_json_put_string(out, f->search.p, f->search.n) ||
+         l2_buf_putc(out, ',')))
+        return -1;
+    return l2_buf_put(out, "\"limit\":", 8) || put_i64(out, limit) || l2_buf_putc(out, '}');
+}
+
 /* ---- matching ---- */
 
 int l2_filter_has_id(const l2_filter *f, const uint8_t id[32])

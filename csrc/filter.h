@@ -62,6 +62,11 @@ int l2_filter_finish(l2_filter *f, char *err);
 
 int l2_filter_parse_json(l2_filter *f, const char *json, size_t n, const l2_filter_limits *lim, char *err);
 
+/* The filter as canonical JSON (lists sorted and deduplicated as the filter keeps them, fields in
+ * a fixed order, tag conditions by letter) with `limit` as its limit: equal filters give equal
+ * text, and l2_filter_parse_json reads it back. 0, or -1 when out of memory. */
+int l2_filter_encode_json(const l2_filter *f, int64_t limit, l2_buf *out);
+
 /* 1 when ev matches every condition of f (limit and search are not conditions here). */
 int l2_filter_match(const l2_filter *f, const l2_event *ev);
 /* 1 when f can match nothing at all (an empty list, since > until, limit 0). */

@@ -1,12 +1,13 @@
-/* The two-level store (backend.h) as a Lua userdata, `layer2.open`'s handle. Its hot methods are
- * C (save_event, save_events, delete_event, the reads L1 answers alone, close); the class is
- * completed by lua/layer2/backend.lua with what is still Lua (reads that reach L2, eviction,
- * polling, maintenance: an L2 inside nginx is called through the thread pool, which yields, and
- * LuaJIT cannot yield across a C call), which keeps its state in a table the userdata reads through (fields the
- * Lua side owns). Also the store interface over a Lua object with the store methods (an L2
- * written in Lua), for the C core's writes. */
+/* The two-level store (backend.h) as a Lua userdata, `layer2.open`'s handle: every method is C
+ * (backend_methods). lua/layer2/backend.lua completes the class with what the design keeps in
+ * Lua: the options, the eviction policy's call and the on_event handlers, which the C core calls
+ * through the hooks table; the Lua side's fields live in a state table the handle's own
+ * metatable reads through. Also the store interface over a Lua object with the store methods
+ * (an L2 written in Lua). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "lua_layer2.h"
@@ -20,6 +21,8 @@ typedef struct {
     int ref;        /* registry: {l1, l2, state = {}, hooks = {}, strings = {}} */
     int own_l2;     /* close L2 with this handle */
     l2_store_if luavt; /* the interface over an L2 written in Lua: what this one has */
+    const l2_store_if *l2vt; /* L2 through its interface (NULL for none) */
+    void *l2st;
     l2lua_store *l1;
     l2_event ev;
     l2lua_filters filters;
@@ -320,6 +323,29 @@ static int luastore_delete(void *st, const uint8_t id[32], int tombstone, int fl
     return failed ? -1 : 0;
 }
 
+static void push_filters(lua_State *L, const l2_filter *fs, size_t nf)
+{
+    lua_createtable(L, (int)nf, 0);
+    for (size_t i = 0; i < nf; i++) {
+        l2lua_push_filter(L, &fs[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+}
+
+/* Calls the L2 method pushed by push_method with its nargs arguments: 0 with its two results on
+ * the stack, or -1 with err (nothing left) when it failed (see l2_failed). */
+static int call_l2(backend_ud *s, int nargs, char *err)
+{
+    lua_State *L = s->L;
+    int rc = pcall_from_c(L, nargs + 1, 2);
+    if (rc) lua_pushnil(L);
+    if (l2_failed(L, rc, err)) {
+        lua_pop(L, 2);
+        return -1;
+    }
+    return 0;
+}
+
 static int luastore_query(void *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
                           uint8_t *incomplete, l2_row_fn row, void *ud, char *err)
 {
@@ -332,22 +358,13 @@ static int luastore_query(void *st, const l2_filter *fs, size_t nf, int64_t max_
         snprintf(err, L2_ERRLEN, "error: L2 has no query_events");
         return -1;
     }
-    lua_createtable(L, (int)nf, 0);
-    for (size_t i = 0; i < nf; i++) {
-        l2lua_push_filter(L, &fs[i]);
-        lua_rawseti(L, -2, (int)i + 1);
-    }
+    push_filters(L, fs, nf);
     lua_createtable(L, 0, 2);
     lua_pushinteger(L, (lua_Integer)max_limit);
     lua_setfield(L, -2, "max_limit");
     lua_pushinteger(L, (lua_Integer)now);
     lua_setfield(L, -2, "now");
-    int rc = pcall_from_c(L, 3, 2);
-    if (rc) lua_pushnil(L);
-    if (l2_failed(L, rc, err)) {
-        lua_pop(L, 2);
-        return -1;
-    }
+    if (call_l2(s, 2, err)) return -1;
     if (lua_type(L, -2) != LUA_TTABLE) {
         /* nil and a refusal: the answer */
         snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "invalid: refused");
@@ -392,10 +409,9 @@ static int luastore_changes(void *st, uint64_t after, size_t max, l2_change_fn f
     lua_createtable(L, 0, 1);
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "json");
-    int rc = pcall_from_c(L, 4, 2);
-    if (rc) lua_pushnil(L);
-    if (l2_failed(L, rc, err) || lua_type(L, -2) != LUA_TTABLE) {
-        if (!rc && lua_type(L, -2) != LUA_TTABLE) snprintf(err, L2_ERRLEN, "error: L2 gave no list of changes");
+    if (call_l2(s, 3, err)) return -1;
+    if (lua_type(L, -2) != LUA_TTABLE) {
+        snprintf(err, L2_ERRLEN, "error: L2 gave no list of changes");
         lua_pop(L, 2);
         return -1;
     }
@@ -435,13 +451,116 @@ static int luastore_changes(void *st, uint64_t after, size_t max, l2_change_fn f
     return 0;
 }
 
-/* What the C core asks of an L2 written in Lua; the Lua side calls the object itself for the rest. */
+static int luastore_count(void *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *n, char *err)
+{
+    backend_ud *s = st;
+    lua_State *L = s->L;
+    luaL_checkstack(L, 8, "layer2");
+    if (!push_method(s, "count_events")) {
+        snprintf(err, L2_ERRLEN, "error: L2 has no count_events");
+        return -1;
+    }
+    push_filters(L, fs, nf);
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, (lua_Integer)now);
+    lua_setfield(L, -2, "now");
+    if (call_l2(s, 2, err)) return -1;
+    int64_t v;
+    int bad = l2lua_int64(L, -2, &v) || v < 0;
+    if (bad) snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "error: L2 gave no count");
+    *n = bad ? 0 : (uint64_t)v;
+    lua_pop(L, 2);
+    return bad ? -1 : 0;
+}
+
+/* nuke and sync: an L2 without the method has nothing to do */
+static int luastore_done(backend_ud *s, const char *method, char *err)
+{
+    if (!push_method(s, method)) return 0;
+    if (call_l2(s, 0, err)) return -1;
+    lua_pop(s->L, 2);
+    return 0;
+}
+
+static int luastore_nuke(void *st, char *err)
+{
+    return luastore_done(st, "nuke", err);
+}
+
+static int luastore_sync(void *st, char *err)
+{
+    return luastore_done(st, "sync", err);
+}
+
+static int luastore_stats(void *st, l2_stat_fn field, void *ud, char *err)
+{
+    backend_ud *s = st;
+    lua_State *L = s->L;
+    luaL_checkstack(L, 8, "layer2");
+    if (!push_method(s, "stats")) return 0;
+    if (call_l2(s, 0, err)) return -1;
+    /* the figures are gathered first: `field` may use this Lua stack */
+    l2_buf figures;
+    l2_buf_init(&figures);
+    int rc = 0;
+    if (lua_type(L, -2) == LUA_TTABLE) {
+        for (lua_pushnil(L); rc == 0 && lua_next(L, -3); lua_pop(L, 1)) {
+            int64_t v;
+            size_t n;
+            if (lua_type(L, -2) != LUA_TSTRING || l2lua_int64(L, -1, &v) || v < 0) continue;
+            const char *name = lua_tolstring(L, -2, &n);
+            rc = l2_buf_put(&figures, &v, sizeof v) || l2_buf_put(&figures, name, n + 1);
+        }
+    }
+    lua_settop(L, lua_gettop(L) - (rc ? 3 : 2)); /* the key lua_next left, when stopped */
+    for (size_t at = 0; rc == 0 && at < figures.len;) {
+        int64_t v;
+        memcpy(&v, figures.data + at, sizeof v);
+        const char *name = figures.data + at + sizeof v;
+        field(ud, name, (uint64_t)v);
+        at += sizeof v + strlen(name) + 1;
+    }
+    l2_buf_free(&figures);
+    if (rc) snprintf(err, L2_ERRLEN, "error: out of memory");
+    return rc ? -1 : 0;
+}
+
+static int luastore_check(void *st, l2_problem_fn problem, void *ud, uint64_t *nproblems, char *err)
+{
+    backend_ud *s = st;
+    lua_State *L = s->L;
+    luaL_checkstack(L, 8, "layer2");
+    *nproblems = 0;
+    if (!push_method(s, "check")) return 0;
+    if (pcall_from_c(L, 1, 2)) {
+        snprintf(err, L2_ERRLEN, "error: L2 failed: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
+        lua_pop(L, 1);
+        return -1;
+    }
+    size_t n = lua_type(L, -1) == LUA_TTABLE ? lua_rawlen(L, -1) : 0;
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (int)i);
+        problem(ud, lua_isstring(L, -1) ? lua_tostring(L, -1) : "a problem with no message");
+        lua_pop(L, 1);
+    }
+    *nproblems = n ? n : !lua_toboolean(L, -2);
+    if (!n && *nproblems) problem(ud, "check failed");
+    lua_pop(L, 2);
+    return 0;
+}
+
+/* What the C core asks of an L2 written in Lua. */
 static const l2_store_if luastore_if = {
     .kind = "lua",
     .save_batch = luastore_save,
     .delete_event = luastore_delete,
     .query = luastore_query,
+    .count = luastore_count,
     .changes = luastore_changes,
+    .stats = luastore_stats,
+    .check = luastore_check,
+    .nuke = luastore_nuke,
+    .sync = luastore_sync,
 };
 
 /* ---- the methods ---- */
@@ -554,24 +673,6 @@ static int pv_query_l1(lua_State *L)
     return 2;
 }
 
-/* db:query_events(filters [, {json, max_limit, now, l1_only}]) -> events, levels | nil, err:
- * what L1 proves alone is answered here; the rest by hooks.query (remembered answers, then
- * l2_backend_query), which must not yield. */
-static int bk_query_events(lua_State *L)
-{
-    lua_settop(L, 3);
-    int n = pv_query_l1(L);
-    if (n != 1 || lua_toboolean(L, -1)) return n;
-    lua_settop(L, 3);
-    backend_ud *s = to_backend(L);
-    push_part(L, s, 0, "hooks");
-    lua_getfield(L, -1, "query");
-    lua_insert(L, 1);
-    lua_settop(L, 4);
-    lua_call(L, 3, 2);
-    return 2;
-}
-
 static void push_levels(lua_State *L, const l2_levels *lv)
 {
     lua_createtable(L, 0, 4);
@@ -591,15 +692,24 @@ static void push_levels(lua_State *L, const l2_levels *lv)
     }
 }
 
-/* query(db, filters [, {json, max_limit, now, l1_only}]) -> events, levels, asked_l2 | nil, err:
- * the whole read on both levels (l2_backend_query), remembered answers aside. */
-static int pv_query(lua_State *L)
+/* db:query_events(filters [, {json, max_limit, now, l1_only}]) -> events, levels | nil, err:
+ * what L1 proves alone is answered first, with nothing else done; then the whole read on both
+ * levels (l2_backend_query). */
+static int bk_query_events(lua_State *L)
 {
-    backend_ud *s = check_backend(L);
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3);
+    int n = pv_query_l1(L);
+    if (n != 1 || lua_toboolean(L, -1)) return n;
+    lua_settop(L, 3);
+    backend_ud *s = to_backend(L);
     rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
     int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
-    int l1_only = l2lua_opt_bool(L, 3, "l1_only", 0);
+    unsigned flags = l2lua_opt_bool(L, 3, "l1_only", 0) ? L2_QUERY_L1_ONLY : 0;
+    if (lua_type(L, 3) == LUA_TTABLE) {
+        lua_getfield(L, 3, "now");
+        if (!lua_isnil(L, -1)) flags |= L2_QUERY_NOW_GIVEN;
+        lua_pop(L, 1);
+    }
     /* the filters are read into a copy: a Lua L2 called on the way may use this handle's own */
     l2lua_filters fs;
     l2lua_filters_init(&fs, s->filters.max);
@@ -609,13 +719,12 @@ static int pv_query(lua_State *L)
     }
     l2_levels lv;
     lua_newtable(L);
-    int rc = l2_backend_query(s->b, fs.v, fs.n, max_limit, now, l1_only, push_result, &q, &lv, s->err);
+    int rc = l2_backend_query(s->b, fs.v, fs.n, max_limit, now, flags, push_result, &q, &lv, s->err);
     l2lua_filters_free(&fs);
     if (rc) return l2lua_refuse(L, 0, s->err);
     if (q.failed) return l2lua_refuse(L, 0, s->l1->err);
     push_levels(L, &lv);
-    lua_pushboolean(L, lv.asked_l2);
-    return 3;
+    return 2;
 }
 
 /* db:gc([force]) -> {evicted, dropped, freed, pruned, used[, sent]}: one eviction step
@@ -659,13 +768,180 @@ static int bk_poll(lua_State *L)
     return 1;
 }
 
-/* drain(db) -> records sent to L2 */
-static int pv_drain(lua_State *L)
+static int pv_hits(lua_State *L);
+
+/* db:poll_wait([seconds]) -> what poll gives: waits up to `seconds` (poll_frequency, else 1) for
+ * L2's change signal when opts.notify asked for it (LISTEN/NOTIFY on PostgreSQL), or just that
+ * long, then polls. Blocks: for a plain-Lua host's loop, never in nginx. */
+static int bk_poll_wait(lua_State *L)
 {
     backend_ud *s = check_backend(L);
-    uint64_t sent;
-    if (l2_backend_drain(s->b, &sent, s->err)) return luaL_error(L, "layer2: %s", s->err);
-    lua_pushinteger(L, (lua_Integer)sent);
+    int64_t every = l2_backend_options(s->b)->poll_frequency;
+    double seconds = luaL_optnumber(L, 2, every > 0 ? (double)every : 1);
+    push_part(L, s, 0, "state");
+    lua_getfield(L, -1, "notify");
+    int waited = 0;
+    if (lua_toboolean(L, -1) && push_method(s, "wait")) {
+        lua_pushnumber(L, seconds);
+        waited = pcall_from_c(L, 2, 1) == 0; /* signalled or timed out */
+    }
+    lua_settop(L, 1);
+    if (!waited) {
+        struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
+    return bk_poll(L);
+}
+
+/* Calls the L1 (level 1) or L2 (2) store's own method with this call's arguments. */
+static int delegate(lua_State *L, int level, const char *method)
+{
+    backend_ud *s = check_backend(L);
+    int n = lua_gettop(L);
+    push_part(L, s, level, NULL);
+    lua_getfield(L, -1, method);
+    lua_replace(L, 1);
+    lua_insert(L, 2);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* db:export(sink [, pubkeys [, opts]]): L2's, the authority's (L1's without an L2) */
+static int bk_export(lua_State *L)
+{
+    return delegate(L, to_backend(L)->l2vt ? 2 : 1, "export");
+}
+
+/* db:changes_since(cursor [, max [, opts]]): L1's change feed, every save this L1 heard of */
+static int bk_changes_since(lua_State *L)
+{
+    return delegate(L, 1, "changes_since");
+}
+
+/* db:count_events(filters [, {now}]) -> n | nil, err: L2's count, L1's when L2 fails */
+static int bk_count_events(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    l2lua_filters fs;
+    l2lua_filters_init(&fs, s->filters.max);
+    uint64_t n;
+    int rc = l2lua_read_filters(L, 2, &fs, s->err) || l2lua_filters_unsupported(&fs, s->err) ||
+             l2_backend_count(s->b, fs.v, fs.n, l2lua_opt_now(L, 3), &n, s->err);
+    l2lua_filters_free(&fs);
+    if (rc) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
+/* db:import(source [, opts]) -> counts | nil, err (store:import's): into L2, the authority; L1
+ * fills on demand, so its horizon moves past the newest event imported, and since L1's change
+ * feed never saw them, no remembered answer stands. */
+static int bk_import(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (!s->l2vt) return delegate(L, 1, "import");
+    lua_settop(L, 3);
+    int64_t newest;
+    int n = l2lua_import(L, s->l2vt, s->l2st, &s->lim, 0, &newest, s->err);
+    char err[L2_ERRLEN];
+    if (l2_backend_forget_answers(s->b, err) || (newest >= 0 && l2_backend_raise_horizon(s->b, newest + 1, err)))
+        return l2lua_refuse(L, 0, err);
+    if (lua_type(L, -1) == LUA_TTABLE && s->l2vt->after_import && s->l2vt->after_import(s->l2st, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    return n;
+}
+
+/* db:nuke() and db:sync() -> true | nil, err */
+static int bk_nuke(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (l2_backend_nuke(s->b, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int bk_sync(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (l2_backend_sync(s->b, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* db:check() -> ok, problems (L1's, then L2's prefixed "L2: ") */
+static int bk_check(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint64_t n;
+    lua_newtable(L);
+    if (l2_backend_check(s->b, l2lua_problem, L, &n, s->err)) return l2lua_refuse(L, 0, s->err);
+    return l2lua_check_result(L, n);
+}
+
+static void stat_field(void *ud, const char *name, uint64_t value)
+{
+    lua_State *L = ud;
+    lua_pushinteger(L, (lua_Integer)value);
+    lua_setfield(L, -2, name);
+}
+
+/* The decimal value L1 keeps under `key`, or def. */
+static int64_t meta_number(backend_ud *s, const char *key, int64_t def)
+{
+    l2_buf v;
+    l2_buf_init(&v);
+    int found;
+    char num[24];
+    if (l2_store_meta_get(s->l1->st, key, &v, &found, s->err) == 0 && found && v.len < sizeof num) {
+        memcpy(num, v.data, v.len);
+        num[v.len] = 0;
+        def = strtoll(num, NULL, 10);
+    }
+    l2_buf_free(&v);
+    return def;
+}
+
+/* db:stats() -> {l1, l2, horizon, size_limit, high_water, low_water, hits, outbox, policy,
+ * poll_lag}: L1's and L2's own figures (L2's left out when it cannot give them) and the
+ * backend's */
+static int bk_stats(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    const l2_backend_opts *o = l2_backend_options(s->b);
+    lua_createtable(L, 0, 10);
+    lua_createtable(L, 0, 12);
+    if (s->l1->vt->stats(s->l1->st, stat_field, L, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_getfield(L, -1, "outbox");
+    lua_setfield(L, -3, "outbox");
+    lua_setfield(L, -2, "l1");
+    if (s->l2vt && s->l2vt->stats) {
+        lua_createtable(L, 0, 12);
+        char err[L2_ERRLEN];
+        if (s->l2vt->stats(s->l2st, stat_field, L, err) == 0) lua_setfield(L, -2, "l2");
+        else lua_pop(L, 1);
+    }
+    static const char *names[] = {"horizon", "size_limit", "high_water", "low_water"};
+    const int64_t values[] = {meta_number(s, "horizon", 0), (int64_t)o->size_limit, o->high_water, o->low_water};
+    for (int i = 0; i < 4; i++) {
+        if (i == 1 && !o->size_limit) continue;
+        lua_pushinteger(L, (lua_Integer)values[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    /* seconds since the last poll that reached L2 */
+    int64_t polled = meta_number(s, "poll_at", -1);
+    if (polled >= 0) {
+        lua_pushinteger(L, (lua_Integer)((int64_t)time(NULL) - polled));
+        lua_setfield(L, -2, "poll_lag");
+    }
+    pv_hits(L);
+    lua_setfield(L, -2, "hits");
+    push_part(L, s, 0, "state");
+    lua_getfield(L, -1, "policy");
+    lua_getfield(L, -1, "name");
+    lua_setfield(L, -4, "policy");
+    lua_pop(L, 2);
     return 1;
 }
 
@@ -754,6 +1030,15 @@ static int pv_forget_all(lua_State *L)
     return 0;
 }
 
+/* forget_answers(db) -> true | nil, err: every remembered answer goes (after an import) */
+static int pv_forget_answers(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (l2_backend_forget_answers(s->b, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* admit(db, id) -> whether an event with this id fetched from L2 now enters L1 (a read counted) */
 static int pv_admit(lua_State *L)
 {
@@ -793,7 +1078,8 @@ static int pv_hits(lua_State *L)
 /* new(dir, l1, l2, opts, hooks, state) -> db | nil, err. dir: the backend's directory (L1 is
  * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
  * high_water, low_water, evict_delete, stub_share, changes_kept, by_created (the policy's order),
- * history, admit_always, missing_ttl, poll_frequency, poll_overlap, max_limit, own_l2; hooks: {gc, choose, log, accepted}, each
+ * history, admit_always, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap, max_limit, own_l2;
+ * hooks: {gc, choose, log, accepted}, each
  * called with the handle first; state: the Lua side's table. */
 static int pv_new(lua_State *L)
 {
@@ -846,6 +1132,8 @@ static int pv_new(lua_State *L)
         vt = &s->luavt;
         l2 = s;
     }
+    s->l2vt = vt;
+    s->l2st = l2;
     l2_backend_opts o = {
         .size_limit = (uint64_t)l2lua_opt_int(L, 4, "size_limit", 0),
         .high_water = (unsigned)l2lua_opt_int(L, 4, "high_water", 66),
@@ -859,6 +1147,8 @@ static int pv_new(lua_State *L)
         .poll_frequency = l2lua_opt_int(L, 4, "poll_frequency", 0),
         .poll_overlap = (unsigned)l2lua_opt_int(L, 4, "poll_overlap", 4),
         .missing_ttl = l2lua_opt_int(L, 4, "missing_ttl", 10),
+        .answers_ttl = l2lua_opt_int(L, 4, "answers_ttl", 60),
+        .answers_max_ids = (uint64_t)l2lua_opt_int(L, 4, "answers_max_ids", 100000),
     };
     lua_getfield(L, 4, "stub_share");
     if (lua_isnumber(L, -1)) o.stub_share = lua_tonumber(L, -1);
@@ -895,15 +1185,18 @@ static int pv_new(lua_State *L)
 
 static const luaL_Reg backend_methods[] = {
     {"save_event", bk_save_event}, {"save_events", bk_save_events}, {"delete_event", bk_delete_event},
-    {"query_events", bk_query_events}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll}, {"close", bk_close}, {"is_closed", bk_is_closed},
+    {"query_events", bk_query_events}, {"count_events", bk_count_events}, {"import", bk_import},
+    {"export", bk_export}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
+    {"changes_since", bk_changes_since}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll},
+    {"poll_wait", bk_poll_wait}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},
 };
 
 static const luaL_Reg private_functions[] = {
-    {"new", pv_new}, {"query_l1", pv_query_l1}, {"query", pv_query}, {"count_read", pv_count_read},
+    {"new", pv_new}, {"query_l1", pv_query_l1}, {"count_read", pv_count_read},
     {"reads", pv_reads}, {"admit_bar", pv_admit_bar}, {"forget_missing", pv_forget_missing},
-    {"forget_all", pv_forget_all}, {"hit", pv_hit}, {"hits", pv_hits},
-    {"inside_c", pv_inside_c}, {"admit", pv_admit}, {"drain", pv_drain},
+    {"forget_all", pv_forget_all}, {"forget_answers", pv_forget_answers}, {"hit", pv_hit}, {"hits", pv_hits},
+    {"inside_c", pv_inside_c}, {"admit", pv_admit},
     {NULL, NULL},
 };
 

@@ -80,6 +80,12 @@ typedef int (*l2lua_saver)(void *ud, l2_event *const *evs, size_t n, int64_t now
  * events: tables or wire JSON), opts at opts_idx (verify, threads, now); pushes the verdicts. */
 int l2lua_save_list(lua_State *L, int list_idx, int opts_idx, const l2_limits *lim, l2lua_saver save, void *ud,
                     char *err);
+/* store:import's work for any store: the source at 2 (a path, an io handle or a function returning
+ * lines), opts at 3 (verify, batch, threads, now, on_refused(line, msg), progress(lines, bytes));
+ * each batch of checked events is saved in one call of vt->save_batch. Pushes the counts, or nil
+ * and the message; *newest gets the newest created_at stored (-1 for none). */
+int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags, int64_t *newest,
+                 char *err);
 /* Makes the class `mt`: the store methods and `extra` (what only this kind of store has). */
 void l2lua_store_class(lua_State *L, const char *mt, const luaL_Reg *extra);
 /* Pushes a new store userdata of class mt, not open yet (st NULL): the caller opens the store

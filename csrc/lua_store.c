@@ -262,14 +262,10 @@ static int is_blank(const char *p, size_t n)
     return 1;
 }
 
-/* store:import(source [, opts]): source at 2 (a path, an io handle or a function returning
- * lines), opts at 3 (verify, batch, threads, now, on_refused(line, msg), progress(lines, bytes));
- * each batch of checked events is saved in one transaction. Returns the Lua results: the counts,
- * or nil and the message. */
-static int import_events(lua_State *L, l2lua_store *s, int flags)
+int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags, int64_t *newest,
+                 char *err)
 {
-    const l2_limits *lim = &s->lim;
-    char *err = s->err;
+    *newest = -1;
     int verify = l2lua_opt_bool(L, 3, "verify", 1);
     size_t batch = (size_t)l2lua_opt_int(L, 3, "batch", 4096);
     int threads = (int)l2lua_opt_int(L, 3, "threads", 2);
@@ -329,7 +325,7 @@ static int import_events(lua_State *L, l2lua_store *s, int flags)
         size_t nok = 0;
         for (size_t i = 0; i < n; i++)
             if (im->items[i].ok) evs[nok++] = &im->items[i].ev;
-        if (nok && s->vt->save_batch(s->st, evs, nok, now, flags, res, err)) {
+        if (nok && vt->save_batch(st, evs, nok, now, flags, res, err)) {
             failed = 1;
             break;
         }
@@ -345,6 +341,7 @@ static int import_events(lua_State *L, l2lua_store *s, int flags)
             l2_save_result *r = &res[k++];
             counts[C_REPLACED] += r->replaced;
             counts[C_DELETED] += r->deleted;
+            if (r->status == L2_SAVE_STORED && it->ev.created_at > *newest) *newest = it->ev.created_at;
             switch (r->status) {
             case L2_SAVE_STORED: counts[C_SAVED]++; break;
             case L2_SAVE_EPHEMERAL: counts[C_EPHEMERAL]++; break;
@@ -691,12 +688,13 @@ static int store_save_events(lua_State *L)
     return l2lua_save_list(L, 2, 3, &s->lim, store_saver, s, s->err);
 }
 
-/* store:import(source [, opts]) -> counts | nil, err (see import_events); then what the store does
+/* store:import(source [, opts]) -> counts | nil, err (see l2lua_import); then what the store does
  * after a bulk load (PostgreSQL: fresh planner statistics, without which it picks poor plans). */
 static int store_import(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
-    int n = import_events(L, s, save_flags(L, 3));
+    int64_t newest;
+    int n = l2lua_import(L, s->vt, s->st, &s->lim, save_flags(L, 3), &newest, s->err);
     if (lua_type(L, -1) == LUA_TTABLE && s->vt->after_import && s->vt->after_import(s->st, s->err))
         return l2lua_refuse(L, 0, s->err);
     return n;

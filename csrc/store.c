@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "answers.h"
 #include "rules.h"
 
 /* ---- layout ----
@@ -39,6 +40,7 @@
  * lru      last access ms(8) serial(8)            -> ""          (coldest first)
  * stubs    created_at(8) serial(8)                -> ""          (stubs that may go, oldest first)
  * outbox   seq(8)                                 -> 'S' binary event | 'D' id(32) tombstone(1)
+ * answers  remembered answers: see answers.h
  * Integers are big-endian so cursors walk in order. V, a value key: 64-char lowercase hex as
  * 0xFE + 32 bytes, up to 64 bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of
  * its sha256. Index keys may therefore collide for long values: every candidate is checked
@@ -51,10 +53,11 @@
 
 enum { DB_EVENTS, DB_IDS, DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE, DB_REPLACE,
        DB_TOMB, DB_ATOMB, DB_CHANGES, DB_META, DB_ACCESS, DB_LRU, DB_STUBS, DB_OUTBOX, DB_BODIES,
-       DB_FREESLOTS, DB_COUNT };
+       DB_FREESLOTS, DB_ANSWERS, DB_COUNT };
 static const char *db_names[DB_COUNT] = {"events", "ids", "pubkey", "kind", "pubkind", "tag", "created",
                                          "expire", "replace", "tomb", "atomb", "changes", "meta",
-                                         "access", "lru", "stubs", "outbox", "bodies", "freeslots"};
+                                         "access", "lru", "stubs", "outbox", "bodies", "freeslots",
+                                         "answers"};
 
 /* One LMDB environment per directory and process: LMDB forbids opening it twice. */
 typedef struct shared_env {
@@ -354,6 +357,7 @@ typedef struct {
     MDB_txn *txn;
     uint64_t serial, seq; /* the next free ones */
     int may_tomb, may_atomb; /* tombstones exist: lookups are worth doing */
+    int may_answer;          /* remembered answers exist: a save must look for those it touches */
     uint64_t next_slot, body_bytes; /* a cache's body slots and the bytes its bodies hold */
     int quiet; /* a cache fill: what it stores is not news, so the change feed does not hear of it */
 } wtx;
@@ -897,6 +901,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     if ((rc = for_each_index(ev, serial, index_put, w))) return rc;
     if (an && (rc = put_head(w, ak, an, serial, ev))) return rc;
     if ((rc = add_change(w, L2_CHANGE_SAVED, ev->id, serial))) return rc;
+    if (w->may_answer && !w->quiet && (rc = l2_answers_touch(w->txn, st->dbi[DB_ANSWERS], ev))) return rc;
     if (st->cache && (rc = set_access(w, serial, now_ms(), 0))) return rc;
     r->status = L2_SAVE_STORED;
     if (ev->kind == 5) return apply_deletion(w, ev, r);
@@ -928,6 +933,7 @@ static int write_begin(l2_store *st, wtx *w)
     if (st->cache) w->body_bytes--; /* meta_get_u64 counts from 1 */
     w->may_tomb = entries(w->txn, st->dbi[DB_TOMB]) > 0;
     w->may_atomb = entries(w->txn, st->dbi[DB_ATOMB]) > 0;
+    w->may_answer = st->cache && entries(w->txn, st->dbi[DB_ANSWERS]) > 0;
     return 0;
 }
 
@@ -1412,7 +1418,7 @@ int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_lim
         /* the caller's own horizon, read in this snapshot (one read for the two) */
         char k[256], num[24];
         MDB_val kv = {meta_key(k, sizeof k, "horizon"), k}, v;
-        horizon = 0;
+        horizon = L2_MAX_CREATED_AT + 1; /* none yet: nothing is proven */
         if (mdb_get(st->rtxn, st->dbi[DB_META], &kv, &v) == 0 && v.mv_size < sizeof num) {
             memcpy(num, v.mv_data, v.mv_size);
             num[v.mv_size] = 0;
@@ -1840,6 +1846,110 @@ int l2_store_meta_raise(l2_store *st, const char *key, int64_t value, int64_t *n
     if (write_txn(st, meta_raise_body, &a, err)) return -1;
     *now_value = a.value;
     return 0;
+}
+
+/* ---- remembered answers ---- */
+
+int l2_store_answer_get(l2_store *st, const l2_answer_key *k, int64_t t, l2_buf *ids, int *found, uint64_t *seq,
+                        char *err)
+{
+    MDB_val v;
+    *found = 0;
+    if (read_begin(st, err)) return -1;
+    int rc = meta_get_u64(st->rtxn, st->dbi[DB_META], "seq", seq);
+    if (rc == 0) rc = l2_answers_get(st->rtxn, st->dbi[DB_ANSWERS], k, t, &v);
+    if (rc == 0) {
+        *found = 1;
+        if (l2_buf_put(ids, v.mv_data, v.mv_size)) rc = ENOMEM;
+    }
+    l2_store_read_end(st);
+    if (rc == ENOMEM) return fail(err, "error: out of memory");
+    if (rc && rc != MDB_NOTFOUND) return lmdb_fail(err, "reading a remembered answer", rc);
+    return 0;
+}
+
+typedef struct {
+    const l2_answer_key *k;
+    const uint8_t (*ids)[32];
+    size_t n;
+    int64_t expires;
+    uint64_t max_ids, seq;
+    int kept;
+} answer_args;
+
+/* Did a change from seq on save an event the filter may match (or one no longer there to say)? */
+static int touched_since(wtx *w, const l2_filter *f, uint64_t seq, int *touched)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint8_t start[8];
+    uint64_t seen = 0;
+    *touched = 0;
+    int rc = mdb_cursor_open(w->txn, w->st->dbi[DB_CHANGES], &c);
+    if (rc) return rc;
+    put_be64(start, seq);
+    k.mv_size = 8;
+    k.mv_data = start;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && !*touched;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        seen++;
+        if (v.mv_size < 9 || ((const uint8_t *)v.mv_data)[0] != L2_CHANGE_SAVED) continue;
+        record r;
+        int lrc = load_head(w->st, w->txn, get_be64((const uint8_t *)v.mv_data + 1), &w->st->old, &r);
+        if (lrc && lrc != MDB_NOTFOUND) {
+            rc = lrc;
+            break;
+        }
+        *touched = lrc == MDB_NOTFOUND || l2_filter_match(f, &w->st->old);
+    }
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    /* changes pruned since seq cannot be read: the answer may have missed them */
+    if (!*touched && seen != w->seq - seq) *touched = 1;
+    return 0;
+}
+
+static int answer_put_body(wtx *w, void *ud)
+{
+    answer_args *a = ud;
+    l2_filter f;
+    l2_filter_init(&f);
+    int touched = 1, rc = l2_answer_filter(a->k, &f) ? MDB_INCOMPATIBLE : 0;
+    if (rc == 0) rc = touched_since(w, &f, a->seq, &touched);
+    l2_filter_free(&f);
+    a->kept = rc == 0 && !touched;
+    if (!a->kept) return rc;
+    return l2_answers_put(w->txn, w->st->dbi[DB_ANSWERS], a->k, a->ids, a->n, a->expires, a->max_ids);
+}
+
+int l2_store_answer_put(l2_store *st, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n, int64_t expires,
+                        uint64_t max_ids, uint64_t seq, int *kept, char *err)
+{
+    answer_args a = {k, ids, n, expires, max_ids, seq, 0};
+    int rc = write_txn(st, answer_put_body, &a, err);
+    *kept = a.kept;
+    return rc;
+}
+
+static int answer_drop_body(wtx *w, void *ud)
+{
+    return l2_answers_drop(w->txn, w->st->dbi[DB_ANSWERS], ud);
+}
+
+int l2_store_answer_drop(l2_store *st, const l2_answer_key *k, char *err)
+{
+    return write_txn(st, answer_drop_body, (void *)k, err);
+}
+
+static int answers_clear_body(wtx *w, void *ud)
+{
+    (void)ud;
+    return mdb_drop(w->txn, w->st->dbi[DB_ANSWERS], 0);
+}
+
+int l2_store_answers_clear(l2_store *st, char *err)
+{
+    return write_txn(st, answers_clear_body, NULL, err);
 }
 
 int l2_store_outbox_list(l2_store *st, size_t max, l2_outbox_item *out, size_t *n, char *err)

@@ -59,7 +59,7 @@ void l2_hits_free(l2_hits *h);
  * created_at >= horizon, so a filter is complete when its since is at or past the horizon, when
  * its limit was reached at or past it, or when it names ids that are all known here.
  * L2_HORIZON_IN_META as the horizon reads the caller's meta value "horizon" in the query's own
- * snapshot (one read transaction for both). */
+ * snapshot (one read transaction for both); while there is none, nothing is proven. */
 #define L2_HORIZON_IN_META INT64_MIN
 int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
                    uint8_t *incomplete, l2_hits *out, char *err);
@@ -127,6 +127,29 @@ int l2_store_outbox_list(l2_store *st, size_t max, l2_outbox_item *out, size_t *
 int l2_store_outbox_ack(l2_store *st, uint64_t seq, char *err);
 
 int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err);
+
+/* ---- remembered answers (a cache's: answers.h says how they are kept and dropped) ---- */
+
+#define L2_ANSWER_ANY_NOW INT64_MIN
+/* What an answer is kept under: a filter's canonical JSON (l2_filter_encode_json, with its
+ * effective limit) and the `now` it was asked with (L2_ANSWER_ANY_NOW: the clock's). */
+typedef struct {
+    const char *filter;
+    size_t len;
+    int64_t now;
+} l2_answer_key;
+
+/* The ids kept under k (newest first, 32 bytes each) appended to *ids when an answer is there and
+ * has not expired at t (*found says). *seq gets the change feed's position, for a later put. */
+int l2_store_answer_get(l2_store *st, const l2_answer_key *k, int64_t t, l2_buf *ids, int *found, uint64_t *seq,
+                        char *err);
+/* Keeps an answer under k until `expires`, unless a change after `seq` (the feed's position
+ * before L2 was asked) may have touched it: then nothing is kept (*kept says). Past max_ids ids
+ * over all answers the others go. */
+int l2_store_answer_put(l2_store *st, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n, int64_t expires,
+                        uint64_t max_ids, uint64_t seq, int *kept, char *err);
+int l2_store_answer_drop(l2_store *st, const l2_answer_key *k, char *err);
+int l2_store_answers_clear(l2_store *st, char *err);
 
 /* Writes a copy of the store into dir (created; it must not hold a store), compacted when asked:
  * a consistent snapshot taken while others keep working. progress gets the bytes written so far. */

@@ -284,6 +284,47 @@ describe("layer2.open (two levels)", function()
     rmdir(dir .. "-l2")
   end)
 
+  it("an answer L2 gave while a save it may miss reached L1 is not remembered", function()
+    local dir = tmpdir()
+    local store = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
+    local sec = ("0"):rep(63) .. "9"
+    local function note(t) return layer2.event.sign({ kind = 1, created_at = t, tags = {}, content = "at " .. t }, sec) end
+    for t = 1, 3 do assert(store:save_event(note(NOW + t))) end
+    -- an L2 whose answer is taken, then another worker saves an event it matches, then it returns
+    local other, racing
+    local l2 = setmetatable({}, { __index = function(_, k)
+      local f = store[k]
+      return type(f) == "function" and function(_, ...) return f(store, ...) end or f
+    end })
+    function l2.query_events(_, filters, opts)
+      local res, err = store:query_events(filters, opts)
+      if racing then
+        racing = false
+        assert(other:save_event(note(NOW + 100)))
+      end
+      return res, err
+    end
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet }))
+    other = assert(layer2.open(dir, { l2 = store, nosync = true, log = quiet }))
+    local f = { authors = { note(0).pubkey }, kinds = { 1 }, limit = 5 }
+    racing = true
+    assert.equal(3, #db:query_events(f), "L2's answer, taken before the save")
+    local res, from = db:query_events(f)
+    assert.equal(4, #res, "the answer was not kept")
+    assert.equal(NOW + 100, res[1].created_at)
+    assert.equal(4, from.l2)
+    -- asked again with nothing in between, the answer is kept and serves
+    res, from = db:query_events(f)
+    assert.equal(4, #res)
+    assert.equal(0, from.l2)
+    assert.equal(1, db:stats().hits.answers)
+    db:close()
+    other:close()
+    store:close()
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
   it("a remembered answer sees another backend's saves on the same L1 and another writer's after a poll", function()
     local dir = tmpdir()
     local shared = assert(layer2.lmdb.open(dir .. "-l2"))

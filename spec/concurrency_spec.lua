@@ -103,4 +103,53 @@ describe("concurrency", function()
     db:close()
     helper.rmdir(dir)
   end)
+
+  it("shares remembered answers between processes on one L1; a save in either ends them for both", function()
+    local dir = helper.tmpdir()
+    local sec = ("0"):rep(63) .. "7"
+    local lines = {}
+    for i = 1, 3 do
+      lines[i] = layer2.event.encode(layer2.event.sign({ kind = 1, created_at = 1000 + i, tags = {}, content = "n" .. i },
+        sec))
+    end
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    local n = 0
+    assert(db:import(function()
+      n = n + 1
+      return lines[n]
+    end))
+    local pk = layer2.event.parse(lines[1]).pubkey
+    local filter = ("{ authors = { %q }, kinds = { 1 }, limit = 5 }"):format(pk)
+    local function other(code)
+      local p = helper.spawn(([[
+        local layer2 = require("layer2")
+        local db = assert(layer2.open(%q, { nosync = true, log = function() end }))
+        %s
+        local res, from = assert(db:query_events(%s))
+        print(#res, from.l2, db:stats().hits.answers)
+        db:close()
+      ]]):format(dir, code, filter))
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+    local f = load("return " .. filter)()
+    local res, from = db:query_events(f)
+    assert.equal(3, #res)
+    assert.equal(3, from.l2, "L2 answered the filter")
+    -- the other process asks the same filter: this one's answer serves it, by id
+    assert.equal("3\t0\t1\n", other(""))
+    -- the other process saves an event the filter matches: the answer is gone for both
+    local save = ("assert(db:save_event(layer2.event.sign({ kind = 1, created_at = 2000, tags = {}, content = 'new' }, %q)))")
+      :format(sec)
+    assert.equal("4\t4\t0\n", other(save))
+    res, from = db:query_events(f)
+    assert.equal(4, #res)
+    assert.equal(2000, res[1].created_at)
+    -- the answer the other process remembered then serves this one
+    assert.equal(0, from.l2)
+    assert.equal(1, db:stats().hits.answers)
+    db:close()
+    helper.rmdir(dir)
+  end)
 end)

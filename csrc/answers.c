@@ -1,0 +1,261 @@
+#include "answers.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEAD 24 /* expires(8) now(8) nids(4) filter_len(4) */
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+    return v;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* FNV-1a over the filter, then the now, finished by a 64-bit mix */
+static uint64_t key_hash(const l2_answer_key *k)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < k->len; i++) h = (h ^ (uint8_t)k->filter[i]) * 0x100000001b3ull;
+    h ^= (uint64_t)k->now;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    return h ^ (h >> 33);
+}
+
+/* The stored filters are the canonical JSON of filters that passed the caller's checks. */
+static const l2_filter_limits unlimited = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, SIZE_MAX, SIZE_MAX,
+                                           SIZE_MAX};
+
+int l2_answer_filter(const l2_answer_key *k, l2_filter *f)
+{
+    return l2_filter_parse_json(f, k->filter, k->len, &unlimited, NULL) ? -1 : 0;
+}
+
+static int get_record(MDB_txn *txn, MDB_dbi dbi, uint64_t hash, MDB_val *v)
+{
+    uint8_t kb[9] = {'A'};
+    put_be64(kb + 1, hash);
+    MDB_val kv = {9, kb};
+    int rc = mdb_get(txn, dbi, &kv, v);
+    if (rc == 0 && (v->mv_size < HEAD || v->mv_size != HEAD + get_be32((uint8_t *)v->mv_data + 20) +
+                                                           32 * (size_t)get_be32((uint8_t *)v->mv_data + 16)))
+        return MDB_CORRUPTED;
+    return rc;
+}
+
+/* The key a record holds. */
+static l2_answer_key record_key(const MDB_val *v)
+{
+    const uint8_t *p = v->mv_data;
+    l2_answer_key k = {(const char *)p + HEAD, get_be32(p + 20), (int64_t)get_be64(p + 8)};
+    return k;
+}
+
+int l2_answers_get(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, int64_t t, MDB_val *ids)
+{
+    MDB_val v;
+    int rc = get_record(txn, dbi, key_hash(k), &v);
+    if (rc) return rc;
+    const uint8_t *p = v.mv_data;
+    l2_answer_key kept = record_key(&v);
+    if (kept.len != k->len || kept.now != k->now || memcmp(kept.filter, k->filter, k->len) != 0 ||
+        (int64_t)get_be64(p) < t)
+        return MDB_NOTFOUND;
+    ids->mv_size = 32 * (size_t)get_be32(p + 16);
+    ids->mv_data = (uint8_t *)p + HEAD + kept.len;
+    return 0;
+}
+
+typedef int (*index_fn)(MDB_txn *txn, MDB_dbi dbi, const uint8_t *key, size_t n);
+
+static int index_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *key, size_t n)
+{
+    MDB_val k = {n, (void *)key}, v = {0, ""};
+    return mdb_put(txn, dbi, &k, &v, 0);
+}
+
+static int index_del(MDB_txn *txn, MDB_dbi dbi, const uint8_t *key, size_t n)
+{
+    MDB_val k = {n, (void *)key};
+    int rc = mdb_del(txn, dbi, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Calls fn for each index key of the answer with this filter and hash. */
+static int for_each_index(MDB_txn *txn, MDB_dbi dbi, const l2_filter *f, uint64_t hash, index_fn fn)
+{
+    uint8_t k[41];
+    int rc = 0;
+    if (f->have & L2_F_AUTHORS) {
+        k[0] = 'a';
+        put_be64(k + 33, hash);
+        for (uint32_t i = 0; rc == 0 && i < f->nauthors; i++) {
+            memcpy(k + 1, f->authors[i], 32);
+            rc = fn(txn, dbi, k, 41);
+        }
+    } else if (f->have & L2_F_KINDS) {
+        k[0] = 'k';
+        put_be64(k + 3, hash);
+        for (uint32_t i = 0; rc == 0 && i < f->nkinds; i++) {
+            k[1] = (uint8_t)(f->kinds[i] >> 8), k[2] = (uint8_t)f->kinds[i];
+            rc = fn(txn, dbi, k, 11);
+        }
+    } else {
+        k[0] = 'u';
+        put_be64(k + 1, hash);
+        rc = fn(txn, dbi, k, 9);
+    }
+    return rc;
+}
+
+static int count_get(MDB_txn *txn, MDB_dbi dbi, uint64_t *n)
+{
+    MDB_val k = {1, "N"}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    *n = rc == 0 && v.mv_size == 8 ? get_be64(v.mv_data) : 0;
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int count_put(MDB_txn *txn, MDB_dbi dbi, uint64_t n)
+{
+    uint8_t b[8];
+    put_be64(b, n);
+    MDB_val k = {1, "N"}, v = {8, b};
+    return mdb_put(txn, dbi, &k, &v, 0);
+}
+
+/* Drops the record under hash with its index entries. */
+static int drop_hash(MDB_txn *txn, MDB_dbi dbi, uint64_t hash)
+{
+    MDB_val v;
+    int rc = get_record(txn, dbi, hash, &v);
+    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
+    uint64_t nids = get_be32((uint8_t *)v.mv_data + 16), total;
+    l2_answer_key kept = record_key(&v);
+    l2_filter f;
+    l2_filter_init(&f);
+    /* a record whose filter no longer parses cannot be unindexed entry by entry: all go */
+    if (l2_answer_filter(&kept, &f)) rc = mdb_drop(txn, dbi, 0);
+    else if ((rc = for_each_index(txn, dbi, &f, hash, index_del)) == 0) {
+        uint8_t kb[9] = {'A'};
+        put_be64(kb + 1, hash);
+        MDB_val kv = {9, kb};
+        if ((rc = mdb_del(txn, dbi, &kv, NULL)) == 0 && (rc = count_get(txn, dbi, &total)) == 0)
+            rc = count_put(txn, dbi, total > nids ? total - nids : 0);
+    }
+    l2_filter_free(&f);
+    return rc;
+}
+
+int l2_answers_drop(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k)
+{
+    return drop_hash(txn, dbi, key_hash(k));
+}
+
+int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n,
+                   int64_t expires, uint64_t max_ids)
+{
+    uint64_t hash = key_hash(k), total;
+    l2_filter f;
+    l2_filter_init(&f);
+    int rc = drop_hash(txn, dbi, hash);
+    if (rc == 0) rc = count_get(txn, dbi, &total);
+    if (rc == 0 && total + n > max_ids) {
+        rc = mdb_drop(txn, dbi, 0);
+        total = 0;
+    }
+    if (rc == 0 && l2_answer_filter(k, &f)) rc = MDB_INCOMPATIBLE; /* not a key this file made */
+    if (rc == 0) {
+        uint8_t kb[9] = {'A'};
+        put_be64(kb + 1, hash);
+        MDB_val kv = {9, kb}, v = {HEAD + k->len + 32 * n, NULL};
+        if ((rc = mdb_put(txn, dbi, &kv, &v, MDB_RESERVE)) == 0) {
+            uint8_t *p = v.mv_data;
+            put_be64(p, (uint64_t)expires);
+            put_be64(p + 8, (uint64_t)k->now);
+            put_be32(p + 16, (uint32_t)n);
+            put_be32(p + 20, (uint32_t)k->len);
+            memcpy(p + HEAD, k->filter, k->len);
+            if (n) memcpy(p + HEAD + k->len, ids, 32 * n);
+            rc = for_each_index(txn, dbi, &f, hash, index_put);
+        }
+    }
+    if (rc == 0) rc = count_put(txn, dbi, total + n);
+    l2_filter_free(&f);
+    return rc;
+}
+
+/* Does the answer under hash have a filter ev may match? */
+static int touches(MDB_txn *txn, MDB_dbi dbi, uint64_t hash, const l2_event *ev, int *hit)
+{
+    MDB_val v;
+    *hit = 0;
+    int rc = get_record(txn, dbi, hash, &v);
+    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
+    l2_answer_key kept = record_key(&v);
+    l2_filter f;
+    l2_filter_init(&f);
+    *hit = l2_answer_filter(&kept, &f) || l2_filter_match(&f, ev);
+    l2_filter_free(&f);
+    return 0;
+}
+
+int l2_answers_touch(MDB_txn *txn, MDB_dbi dbi, const l2_event *ev)
+{
+    uint8_t prefixes[3][33];
+    size_t lens[3] = {33, 3, 1};
+    prefixes[0][0] = 'a';
+    memcpy(prefixes[0] + 1, ev->pubkey, 32);
+    prefixes[1][0] = 'k', prefixes[1][1] = (uint8_t)(ev->kind >> 8), prefixes[1][2] = (uint8_t)ev->kind;
+    prefixes[2][0] = 'u';
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, dbi, &c);
+    if (rc) return rc;
+    /* the answers to drop are gathered first: dropping moves the cursor's ground */
+    uint64_t small[16], *drop = small;
+    size_t ndrop = 0, cap = 16;
+    for (int p = 0; rc == 0 && p < 3; p++) {
+        MDB_val k = {lens[p], prefixes[p]}, v;
+        int crc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        for (; crc == 0 && k.mv_size == lens[p] + 8 && memcmp(k.mv_data, prefixes[p], lens[p]) == 0;
+             crc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            uint64_t hash = get_be64((uint8_t *)k.mv_data + lens[p]);
+            int hit;
+            if ((rc = touches(txn, dbi, hash, ev, &hit))) break;
+            if (!hit) continue;
+            if (ndrop == cap) {
+                uint64_t *grown = malloc(2 * cap * sizeof *grown);
+                if (!grown) {
+                    rc = ENOMEM;
+                    break;
+                }
+                memcpy(grown, drop, ndrop * sizeof *drop);
+                if (drop != small) free(drop);
+                drop = grown, cap *= 2;
+            }
+            drop[ndrop++] = hash;
+        }
+        if (crc && crc != MDB_NOTFOUND && !rc) rc = crc;
+    }
+    mdb_cursor_close(c);
+    for (size_t i = 0; rc == 0 && i < ndrop; i++) rc = drop_hash(txn, dbi, drop[i]);
+    if (drop != small) free(drop);
+    return rc;
+}
