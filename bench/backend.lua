@@ -79,41 +79,59 @@ local function per_call(fn, n)
   return (util.now() - t0) / n * 1e6
 end
 
+-- µs per call of a and of b, each the best of 5 rounds taken in turn (a busy 2-core machine
+-- slows one round or another; taking turns gives both the same chances)
+local function side_by_side(a, b, n)
+  local best_a, best_b = math.huge, math.huge
+  for _ = 1, 5 do
+    best_a = math.min(best_a, per_call(a, n))
+    best_b = math.min(best_b, per_call(b, n))
+  end
+  return best_a, best_b
+end
+
 -- id lookups L1 answers: each asked once to bring it into L1 (admission wants a second read)
 for _ = 1, 3 do
   for _, id in ipairs(ids) do db:query_events({ ids = { id } }) end
 end
-local ROUNDS = 20000
-local us_backend = per_call(function(i) db:query_events({ ids = { ids[i % #ids + 1] } }) end, ROUNDS)
-local us_raw = per_call(function(i) db.l1:query_events({ ids = { ids[i % #ids + 1] } }) end, ROUNDS)
+local us_backend, us_raw = side_by_side(function(i) db:query_events({ ids = { ids[i % #ids + 1] } }) end,
+  function(i) db.l1:query_events({ ids = { ids[i % #ids + 1] } }) end, 10000)
 rows[#rows + 1] = { "id lookup L1 holds", ("%.1f µs"):format(us_backend), ("%.1f µs"):format(us_raw),
   ("%.2f x"):format(us_backend / us_raw), "raw: db.l1:query_events, the same ids" }
 
 local function query_row(what, f, raw_store, note)
   db:query_events(f) -- the first ask may fill L1
-  local b = per_call(function() db:query_events(f) end, 2000)
-  local r = per_call(function() raw_store:query_events(f) end, 2000)
+  local b, r = side_by_side(function() db:query_events(f) end, function() raw_store:query_events(f) end, 400)
   rows[#rows + 1] = { what, ("%.1f µs"):format(b), ("%.1f µs"):format(r), ("%.2f x"):format(b / r), note }
 end
 query_row("kinds [1] limit 50, repeated", { kinds = { 1 }, limit = 50 }, db.l2, "raw: db.l2 (L1 holds too little)")
 query_row("kinds [1] limit 500, repeated", { kinds = { 1 }, limit = 500 }, db.l2, "raw: db.l2")
 
--- p99 against p50 over 1,000 mixed queries (wall clock per query)
-local rand = math.random
-math.randomseed(7)
-local times = {}
-for i = 1, 1000 do
-  local ev = layer2.event.parse(lines[rand(#lines)])
-  local f = ({ { kinds = { ev.kind }, limit = 50 }, { authors = { ev.pubkey }, limit = 20 }, { ids = { ev.id } },
-    { kinds = { 1 }, since = ev.created_at, limit = 100 } })[i % 4 + 1]
-  local t0 = util.now()
-  db:query_events(f)
-  times[i] = util.now() - t0
+-- p99 against p50 over 1,000 mixed queries (wall clock per query), through the backend and, the
+-- same queries, asked of L2 alone: the mix has classes of very different cost (an id lookup, a
+-- limit-100 page), so its own p99 / p50 is the raw store's as much as the backend's
+local function mixed(store)
+  math.randomseed(7)
+  local times = {}
+  for i = 1, 1000 do
+    local ev = layer2.event.parse(lines[math.random(#lines)])
+    local f = ({ { kinds = { ev.kind }, limit = 50 }, { authors = { ev.pubkey }, limit = 20 }, { ids = { ev.id } },
+      { kinds = { 1 }, since = ev.created_at, limit = 100 } })[i % 4 + 1]
+    local t0 = util.now()
+    store:query_events(f)
+    times[i] = util.now() - t0
+  end
+  table.sort(times)
+  return times[500] * 1e6, times[990] * 1e6
 end
-table.sort(times)
-local p50, p99 = times[500] * 1e6, times[990] * 1e6
-rows[#rows + 1] = { "1,000 mixed queries, p99 / p50", ("%.0f / %.0f µs"):format(p99, p50), "", ("%.1f x"):format(
-  p99 / p50), "kinds, authors, ids, since: new filters each time" }
+local raw50, raw99 = mixed(db.l2)
+local p50, p99 = mixed(db)
+rows[#rows + 1] = { "1,000 mixed queries, p99 / p50", ("%.0f / %.0f µs = %.1f"):format(p99, p50, p99 / p50),
+  ("%.0f / %.0f µs = %.1f"):format(raw99, raw50, raw99 / raw50), ("%.2f x"):format((p99 / p50) / (raw99 / raw50)),
+  "kinds, authors, ids, since: new filters each time; raw: db.l2; ratio of the two p99 / p50"
+}
+rows[#rows + 1] = { "1,000 mixed queries, p99", ("%.0f µs"):format(p99), ("%.0f µs"):format(raw99),
+  ("%.2f x"):format(p99 / raw99), "a first ask reaches L2 and fills L1 in one commit" }
 db:close()
 os.execute("rm -rf bench/data/backend-*")
 

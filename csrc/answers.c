@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEAD 24 /* expires(8) now(8) nids(4) filter_len(4) */
+#define HEAD 32 /* expires(8) now(8) epoch(8) nids(4) filter_len(4) */
 
 static void put_be64(uint8_t *p, uint64_t v)
 {
@@ -54,8 +54,8 @@ static int get_record(MDB_txn *txn, MDB_dbi dbi, uint64_t hash, MDB_val *v)
     put_be64(kb + 1, hash);
     MDB_val kv = {9, kb};
     int rc = mdb_get(txn, dbi, &kv, v);
-    if (rc == 0 && (v->mv_size < HEAD || v->mv_size != HEAD + get_be32((uint8_t *)v->mv_data + 20) +
-                                                           32 * (size_t)get_be32((uint8_t *)v->mv_data + 16)))
+    if (rc == 0 && (v->mv_size < HEAD || v->mv_size != HEAD + get_be32((uint8_t *)v->mv_data + 28) +
+                                                           32 * (size_t)get_be32((uint8_t *)v->mv_data + 24)))
         return MDB_CORRUPTED;
     return rc;
 }
@@ -64,7 +64,7 @@ static int get_record(MDB_txn *txn, MDB_dbi dbi, uint64_t hash, MDB_val *v)
 static l2_answer_key record_key(const MDB_val *v)
 {
     const uint8_t *p = v->mv_data;
-    l2_answer_key k = {(const char *)p + HEAD, get_be32(p + 20), (int64_t)get_be64(p + 8)};
+    l2_answer_key k = {(const char *)p + HEAD, get_be32(p + 28), (int64_t)get_be64(p + 8), get_be64(p + 16)};
     return k;
 }
 
@@ -75,10 +75,10 @@ int l2_answers_get(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, int64_t t,
     if (rc) return rc;
     const uint8_t *p = v.mv_data;
     l2_answer_key kept = record_key(&v);
-    if (kept.len != k->len || kept.now != k->now || memcmp(kept.filter, k->filter, k->len) != 0 ||
-        (int64_t)get_be64(p) < t)
+    if (kept.len != k->len || kept.now != k->now || kept.epoch != k->epoch ||
+        memcmp(kept.filter, k->filter, k->len) != 0 || (int64_t)get_be64(p) < t)
         return MDB_NOTFOUND;
-    ids->mv_size = 32 * (size_t)get_be32(p + 16);
+    ids->mv_size = 32 * (size_t)get_be32(p + 24);
     ids->mv_data = (uint8_t *)p + HEAD + kept.len;
     return 0;
 }
@@ -147,7 +147,7 @@ static int drop_hash(MDB_txn *txn, MDB_dbi dbi, uint64_t hash)
     MDB_val v;
     int rc = get_record(txn, dbi, hash, &v);
     if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    uint64_t nids = get_be32((uint8_t *)v.mv_data + 16), total;
+    uint64_t nids = get_be32((uint8_t *)v.mv_data + 24), total;
     l2_answer_key kept = record_key(&v);
     l2_filter f;
     l2_filter_init(&f);
@@ -190,8 +190,9 @@ int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint
             uint8_t *p = v.mv_data;
             put_be64(p, (uint64_t)expires);
             put_be64(p + 8, (uint64_t)k->now);
-            put_be32(p + 16, (uint32_t)n);
-            put_be32(p + 20, (uint32_t)k->len);
+            put_be64(p + 16, k->epoch);
+            put_be32(p + 24, (uint32_t)n);
+            put_be32(p + 28, (uint32_t)k->len);
             memcpy(p + HEAD, k->filter, k->len);
             if (n) memcpy(p + HEAD + k->len, ids, 32 * n);
             rc = for_each_index(txn, dbi, &f, hash, index_put);

@@ -6,7 +6,7 @@
  * Only store.c includes this file; the rest of the core sees store.h's l2_store_answer_*.
  *
  * Records (integers big-endian):
- *   'A' hash(8)             -> expires(8) now(8) nids(4) filter_len(4) filter ids(32 * nids)
+ *   'A' hash(8)             -> expires(8) now(8) epoch(8) nids(4) filter_len(4) filter ids(32 * nids)
  *   'a' pubkey(32) hash(8)  -> ""    answers of filters naming authors
  *   'k' kind(2) hash(8)     -> ""    of filters naming kinds but no authors
  *   'u' hash(8)             -> ""    of the others

@@ -49,6 +49,7 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
         return -1;
     }
     b->l1 = l1;
+    l2_store_share_horizon(l1, l2_learned_horizon_floor(b->learned));
     b->l2vt = l2 ? l2vt : NULL;
     b->l2 = l2;
     b->o = *o;
@@ -72,6 +73,7 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
 void l2_backend_close(l2_backend *b)
 {
     if (!b) return;
+    l2_store_share_horizon(b->l1, NULL);
     l2_learned_close(b->learned);
     l2_buf_free(&b->scratch);
     l2_buf_free(&b->answer_key);
@@ -100,13 +102,29 @@ static void logf_(l2_backend *b, const char *fmt, ...)
 
 int l2_backend_set_horizon(l2_backend *b, int64_t h, char *err)
 {
+    l2_learned_set_horizon_floor(b->learned, h);
     char num[24];
     int n = snprintf(num, sizeof num, "%lld", (long long)h);
     return l2_store_meta_set(b->l1, "horizon", num, (size_t)n, err);
 }
 
+int64_t l2_backend_horizon(l2_backend *b)
+{
+    int found;
+    int64_t h = L2_MAX_CREATED_AT + 1, floor = *l2_learned_horizon_floor(b->learned);
+    char err[L2_ERRLEN], num[24];
+    if (l2_store_meta_get(b->l1, "horizon", &b->scratch, &found, err) == 0 && found && b->scratch.len < sizeof num) {
+        memcpy(num, b->scratch.data, b->scratch.len);
+        num[b->scratch.len] = 0;
+        h = strtoll(num, NULL, 10);
+    }
+    return h > floor ? h : floor;
+}
+
 int l2_backend_raise_horizon(l2_backend *b, int64_t h, char *err)
 {
+    /* first where it cannot fail: a full L1 may refuse the write below */
+    l2_learned_raise_horizon_floor(b->learned, h);
     int64_t now_value;
     return l2_store_meta_raise(b->l1, "horizon", h, &now_value, err);
 }
@@ -320,38 +338,70 @@ int l2_backend_delete(l2_backend *b, const uint8_t id[32], int tombstone, int *f
 
 /* ---- reads L1 answers alone ---- */
 
-int l2_backend_query_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
-                        l2_row_fn row, void *ud, int *answered, uint64_t *rows, char *err)
+/* Does L1's answer (b->hits, with the filters' completeness) stand alone: every filter complete
+ * under the horizon, no stub, and `expect` events when that is not 0? */
+static int l1_proves(const l2_backend *b, size_t nf, const uint8_t *incomplete, uint64_t expect)
+{
+    for (size_t i = 0; i < nf; i++)
+        if (incomplete[i]) return 0;
+    for (size_t i = 0; i < b->hits.n; i++)
+        if (b->hits.v[i].stub) return 0;
+    return !expect || b->hits.n == expect;
+}
+
+/* Gives the bodies of L1's hits to `row` from inside the read l2_store_query left open (stubs
+ * left out), and ends it: the number given. */
+static uint64_t emit_hits(l2_backend *b, l2_row_fn row, void *ud)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < b->hits.n; i++) {
+        const l2_hit *h = &b->hits.v[i];
+        l2_row r = {0};
+        memcpy(r.id, h->id, 32);
+        if (h->stub || l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
+        n++;
+        if (row(ud, &r)) break;
+    }
+    l2_store_read_end(b->l1);
+    return n;
+}
+
+/* Id lookups L1 answered with a body count as reads (for admission and eviction). */
+static void count_lookup_reads(l2_backend *b, const l2_filter *fs, size_t nf, const l2_hits *stubs)
+{
+    if (nf != 1 || !(fs[0].have & L2_F_IDS)) return;
+    for (uint32_t k = 0; k < fs[0].nids; k++) {
+        int stub = 0;
+        for (size_t i = 0; stubs && i < stubs->n && !stub; i++)
+            stub = stubs->v[i].stub && memcmp(stubs->v[i].id, fs[0].ids[k], 32) == 0;
+        if (!stub) l2_backend_count_read(b, fs[0].ids[k]);
+    }
+}
+
+/* l2_backend_query_l1, answering only when L1 gives `expect` events (0: any number). */
+static int query_l1_rows(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
+                         uint64_t expect, l2_row_fn row, void *ud, int *answered, uint64_t *rows, char *err)
 {
     *answered = 0;
     *rows = 0;
-    int64_t horizon = b->l2 ? L2_HORIZON_IN_META : 0;
-    uint8_t small[16], *incomplete = nf <= sizeof small ? small : malloc(nf);
+    uint8_t small[16], *incomplete = nf <= sizeof small ? small : calloc(nf, 1);
     if (!incomplete) return l2_oom(err);
     memset(incomplete, 0, nf);
-    int rc = l2_store_query(b->l1, fs, nf, max_limit, now, horizon, incomplete, &b->hits, err);
-    int proven = rc == 0;
-    for (size_t i = 0; proven && b->l2 && i < nf; i++) proven = !incomplete[i];
-    for (size_t i = 0; proven && b->l2 && i < b->hits.n; i++) proven = !b->hits.v[i].stub;
-    if (proven) {
-        *answered = 1;
-        for (size_t i = 0; i < b->hits.n; i++) {
-            const l2_hit *h = &b->hits.v[i];
-            l2_row r = {0};
-            r.stub = h->stub;
-            memcpy(r.id, h->id, 32);
-            if (h->stub || l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
-            ++*rows;
-            if (row(ud, &r)) break;
-        }
+    int rc = l2_store_query(b->l1, fs, nf, max_limit, now, b->l2 ? L2_HORIZON_IN_META : 0, incomplete, &b->hits, err);
+    if (rc == 0) {
+        *answered = !b->l2 || l1_proves(b, nf, incomplete, expect);
+        if (*answered) *rows = emit_hits(b, row, ud);
+        else l2_store_read_end(b->l1);
+        if (*answered && b->l2) count_lookup_reads(b, fs, nf, NULL);
     }
-    if (rc == 0) l2_store_read_end(b->l1);
     if (incomplete != small) free(incomplete);
-    if (proven && b->l2 && nf == 1 && (fs[0].have & L2_F_IDS)) {
-        /* id lookups L1 answered with a body count as reads (for admission and eviction) */
-        for (size_t i = 0; i < fs[0].nids; i++) l2_backend_count_read(b, fs[0].ids[i]);
-    }
     return rc;
+}
+
+int l2_backend_query_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
+                        l2_row_fn row, void *ud, int *answered, uint64_t *rows, char *err)
+{
+    return query_l1_rows(b, fs, nf, max_limit, now, 0, row, ud, answered, rows, err);
 }
 
 uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32])
@@ -471,22 +521,30 @@ static int keep_known_row(answer *a, const l2_row *row, const uint8_t id[32], in
     return 0;
 }
 
-/* L1's answer kept: bodies copied, stubs by id; L1's read ends. */
-static int query_l1_kept(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
-                         int64_t horizon, uint8_t *incomplete, answer *a, char *err)
+/* L1's hits (b->hits, in the read l2_store_query left open) kept: stubs by id, the others with
+ * their bodies when `bodies`, else by id alone (what L1 has, when L2 answers: reading bodies
+ * nobody gets would count them as reads); L1's read ends. */
+static int keep_hits(l2_backend *b, answer *a, int bodies, char *err)
 {
-    if (l2_store_query(b->l1, fs, nf, max_limit, now, horizon, incomplete, &b->hits, err)) return -1;
     for (size_t i = 0; i < b->hits.n && !a->failed; i++) {
         const l2_hit *h = &b->hits.v[i];
         l2_row r = {0};
         r.stub = h->stub;
         memcpy(r.id, h->id, 32);
-        if (!h->stub && l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
+        if (!h->stub && bodies && l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
         keep_known_row(a, &r, h->id, h->created_at);
     }
     l2_store_read_end(b->l1);
     if (a->failed) snprintf(err, L2_ERRLEN, "%s", a->err);
     return a->failed ? -1 : 0;
+}
+
+/* L1's answer (no horizon) kept with its bodies. */
+static int query_l1_kept(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, answer *a,
+                         char *err)
+{
+    if (l2_store_query(b->l1, fs, nf, max_limit, now, 0, NULL, &b->hits, err)) return -1;
+    return keep_hits(b, a, 1, err);
 }
 
 int l2_backend_admit(l2_backend *b, const uint8_t id[32])
@@ -509,17 +567,24 @@ static int in_answer(const answer *a, const uint8_t id[32])
     return 0;
 }
 
+static int in_hits(const l2_hits *h, const uint8_t id[32])
+{
+    for (size_t i = 0; i < h->n; i++)
+        if (memcmp(h->v[i].id, id, 32) == 0) return 1;
+    return 0;
+}
+
 /* Are the incomplete filters all lookups of ids L1 holds or L2 lately did not have? The number
  * of known-missing ids then, else -1. */
 static int64_t answered_missing(l2_backend *b, const l2_filter *fs, size_t nf, const uint8_t *incomplete,
-                                const answer *l1, int64_t now)
+                                const l2_hits *l1, int64_t now)
 {
     int64_t n = 0;
     for (size_t i = 0; i < nf; i++) {
         if (!incomplete[i]) continue;
         if (!ids_only(&fs[i])) return -1;
         for (uint32_t k = 0; k < fs[i].nids; k++) {
-            if (in_answer(l1, fs[i].ids[k])) continue;
+            if (in_hits(l1, fs[i].ids[k])) continue;
             if (!l2_learned_missing(b->learned, fs[i].ids[k], now)) return -1;
             n++;
         }
@@ -545,11 +610,7 @@ static int ids_filter(l2_filter *f, const uint8_t (*ids)[32], size_t n, char *er
     static const l2_filter_limits unlimited = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, SIZE_MAX, SIZE_MAX,
                                                SIZE_MAX};
     int rc = l2_filter_begin(f, L2_F_IDS, 0, err);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        char hex[64];
-        l2_hex_encode(hex, ids[i], 32);
-        rc = l2_filter_add_hex(f, L2_F_IDS, hex, 64, i, &unlimited, err);
-    }
+    for (size_t i = 0; rc == 0 && i < n; i++) rc = l2_filter_add_key(f, L2_F_IDS, ids[i], i, &unlimited, err);
     return rc ? rc : l2_filter_finish(f, err);
 }
 
@@ -566,18 +627,22 @@ static int l2_by_ids(l2_backend *b, const uint8_t (*ids)[32], size_t n, int64_t 
 }
 
 /* Saves the admitted events of `a` (rows from..a->n) into L1: a cache fill (no change record),
- * or bodies put back in place of stubs (`revive`). */
-static void fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t now)
+ * or bodies put back in place of stubs (`revive`). With a key k, the rows' ids are remembered as
+ * the answer under k in the same transaction (unless a save since `seq` may have touched it). */
+static void fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t now, const l2_answer_key *k,
+                    uint64_t seq)
 {
-    size_t n = 0;
+    size_t n = 0, rows = a->n - from;
     uint64_t bytes = 0;
-    l2_event *evs = calloc(a->n - from + 1, sizeof *evs);
-    l2_event **ptrs = calloc(a->n - from + 1, sizeof *ptrs);
-    l2_save_result *res = calloc(a->n - from + 1, sizeof *res);
+    l2_event *evs = calloc(rows + 1, sizeof *evs);
+    l2_event **ptrs = calloc(rows + 1, sizeof *ptrs);
+    l2_save_result *res = calloc(rows + 1, sizeof *res);
+    uint8_t(*ids)[32] = k ? malloc((rows + 1) * 32) : NULL;
     char err[L2_ERRLEN] = "error: out of memory";
-    int rc = !evs || !ptrs || !res;
+    int rc = !evs || !ptrs || !res || (k && !ids);
     for (size_t i = from; !rc && i < a->n; i++) {
         kept_row *r = &a->v[i];
+        if (ids) memcpy(ids[i - from], r->id, 32);
         if (r->stub) continue;
         l2_learned_missing_forget(b->learned, r->id);
         if (!l2_backend_admit(b, r->id)) continue;
@@ -592,18 +657,21 @@ static void fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t n
         ptrs[n] = &evs[n];
         n++;
     }
-    if (!rc && n) {
+    if (!rc && (n || k)) {
         uint64_t revived;
-        int room = make_room(b, bytes, n, err);
-        if (room == 0)
-            rc = revive ? l2_store_revive(b->l1, ptrs, n, &revived, err)
-                        : l2_store_save_batch(b->l1, ptrs, n, now, L2_SAVE_FILL, res, err);
+        int kept;
+        size_t room = n && make_room(b, bytes, n, err) ? 0 : n; /* without room the answer may still be kept */
+        if (revive) rc = room ? l2_store_revive(b->l1, ptrs, room, &revived, err) : 0;
+        else if (room || k)
+            rc = l2_store_fill(b->l1, ptrs, room, now, res, k, (const uint8_t(*)[32])ids, rows,
+                               (int64_t)time(NULL) + b->o.answers_ttl, b->o.answers_max_ids, seq, &kept, err);
         if (rc) logf_(b, "L1 could not keep what L2 returned: %s", err);
     }
     for (size_t i = 0; evs && i < n; i++) l2_event_free(&evs[i]);
     free(evs);
     free(ptrs);
     free(res);
+    free(ids);
 }
 
 /* Puts L2's bodies of L1's stubs in place; stubs L2 has no body for are left out (the event went
@@ -634,7 +702,7 @@ static void fill_stubs(l2_backend *b, answer *l1, int64_t now, uint64_t *filled)
             break;
         }
     }
-    fill_l1(b, l1, from, 1, now);
+    fill_l1(b, l1, from, 1, now, NULL, 0);
     l1->n = from;
     free(ids);
 }
@@ -664,7 +732,7 @@ static int newest_first(const void *x, const void *y)
 }
 
 /* While L2 lags (the outbox holds events only L1 has), L1's bodies join L2's answer. */
-static void merge_outbox(l2_backend *b, answer *l2, const answer *l1)
+static void merge_outbox(l2_backend *b, answer *l2, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now)
 {
     l2_outbox_item item;
     size_t waiting = 0;
@@ -672,14 +740,18 @@ static void merge_outbox(l2_backend *b, answer *l2, const answer *l1)
     int rc = l2_store_outbox_list(b->l1, 1, &item, &waiting, err);
     l2_store_read_end(b->l1);
     if (rc || !waiting) return;
-    for (size_t i = 0; i < l1->n; i++) {
-        const kept_row *r = &l1->v[i];
+    answer l1;
+    answer_init(&l1);
+    if (query_l1_kept(b, fs, nf, max_limit, now, &l1, err)) logf_(b, "L1's part of an answer: %s", err);
+    for (size_t i = 0; i < l1.n; i++) {
+        const kept_row *r = &l1.v[i];
         if (r->stub || in_answer(l2, r->id)) continue;
         l2_row row = {0};
-        row.bin = l1->arena.data + r->off;
+        row.bin = l1.arena.data + r->off;
         row.bin_len = r->len;
-        if (keep_row(l2, &row)) return;
+        if (keep_row(l2, &row)) break;
     }
+    answer_free(&l1);
     qsort(l2->v, l2->n, sizeof *l2->v, newest_first);
 }
 
@@ -698,6 +770,7 @@ static int answer_key(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max
     k->filter = b->answer_key.data;
     k->len = b->answer_key.len;
     k->now = (flags & L2_QUERY_NOW_GIVEN) ? now : L2_ANSWER_ANY_NOW;
+    k->epoch = l2_learned_answers_epoch(b->learned);
     return 1;
 }
 
@@ -720,14 +793,24 @@ static int serve_answer(l2_backend *b, const uint8_t (*ids)[32], size_t n, int64
     l2_filter_init(&f);
     answer_init(&a);
     memset(&by_id, 0, sizeof by_id);
-    int served = n == 0 || (ids_filter(&f, ids, n, err) == 0 &&
-                            l2_backend_query(b, &f, 1, (int64_t)n, now, 0, keep_raw_row, &a, &by_id, err) == 0 &&
-                            !a.failed && !by_id.l2_failed && a.n == n);
+    int in_l1 = 0, served = n == 0;
+    uint64_t rows = 0;
+    if (!served && ids_filter(&f, ids, n, err) == 0) {
+        /* L1 holds all of it (the answer served before): given as L1 reads them */
+        if (query_l1_rows(b, &f, 1, (int64_t)n, now, n, row, ud, &in_l1, &rows, err) == 0 && in_l1) {
+            served = 1;
+            by_id.l1 = rows;
+        } else {
+            served = l2_backend_query(b, &f, 1, (int64_t)n, now, 0, keep_raw_row, &a, &by_id, err) == 0 &&
+                     !a.failed && !by_id.l2_failed && a.n == n;
+            if (served) emit(&a, row, ud);
+        }
+    }
     if (served) {
-        emit(&a, row, ud);
         lv->l1 = by_id.l1;
         lv->stubs = by_id.stubs + by_id.l2;
         lv->remembered = 1;
+        b->answered[0] += in_l1 ? rows : 0;
         b->answered[4]++;
     }
     l2_filter_free(&f);
@@ -735,56 +818,31 @@ static int serve_answer(l2_backend *b, const uint8_t (*ids)[32], size_t n, int64
     return served;
 }
 
-/* Remembers L2's answer (the rows of a) under k, unless a save since `seq` may have touched it. */
-static void remember_answer(l2_backend *b, const l2_answer_key *k, const answer *a, uint64_t seq)
-{
-    char err[L2_ERRLEN];
-    int kept;
-    uint8_t(*ids)[32] = malloc((a->n ? a->n : 1) * 32);
-    if (!ids) return;
-    for (size_t i = 0; i < a->n; i++) memcpy(ids[i], a->v[i].id, 32);
-    if (l2_store_answer_put(b->l1, k, (const uint8_t(*)[32])ids, a->n, (int64_t)time(NULL) + b->o.answers_ttl,
-                            b->o.answers_max_ids, seq, &kept, err))
-        logf_(b, "cannot remember an answer: %s", err);
-    free(ids);
-}
-
 int l2_backend_forget_answers(l2_backend *b, char *err)
 {
+    l2_learned_end_answers(b->learned); /* at once, and whatever the write below does */
     return l2_store_answers_clear(b->l1, err);
 }
 
-int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, unsigned flags,
-                     l2_row_fn row, void *ud, l2_levels *lv, char *err)
+/* The rest of l2_backend_query, when L1 could not answer alone from its read (b->hits, with the
+ * filters' completeness in `incomplete`; the read still open). */
+static int query_beyond_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
+                           unsigned flags, const uint8_t *incomplete, l2_row_fn row, void *ud, l2_levels *lv,
+                           char *err)
 {
-    memset(lv, 0, sizeof *lv);
-    int64_t horizon = b->l2 ? L2_HORIZON_IN_META : 0;
-    uint8_t *incomplete = calloc(nf ? nf : 1, 1);
+    int rc = 0;
     answer l1, l2;
     answer_init(&l1);
     answer_init(&l2);
-    int rc = incomplete ? query_l1_kept(b, fs, nf, max_limit, now, horizon, incomplete, &l1, err) : l2_oom(err);
-    if (rc) goto done;
     int complete = 1;
     for (size_t i = 0; i < nf; i++) complete &= !incomplete[i];
+    /* known-missing ids are kept by the clock, whatever `now` the caller gives the rules */
+    int64_t missing = complete ? 0 : answered_missing(b, fs, nf, incomplete, &b->hits, (int64_t)time(NULL));
+    /* a stub's read is counted when its body comes */
+    if (complete) count_lookup_reads(b, fs, nf, &b->hits);
+    if ((rc = keep_hits(b, &l1, missing >= 0, err))) goto done;
     uint64_t bodies = 0;
     for (size_t i = 0; i < l1.n; i++) bodies += !l1.v[i].stub;
-    if (!b->l2 || (flags & L2_QUERY_L1_ONLY)) {
-        lv->l1 = emit(&l1, row, ud);
-        b->answered[0] += lv->l1;
-        goto done;
-    }
-    if (complete && nf == 1 && (fs[0].have & L2_F_IDS)) {
-        /* id lookups L1 answers with a body (a stub's read is counted when its body comes) */
-        for (uint32_t k = 0; k < fs[0].nids; k++) {
-            int stub = 0;
-            for (size_t i = 0; i < l1.n; i++)
-                if (l1.v[i].stub && memcmp(l1.v[i].id, fs[0].ids[k], 32) == 0) stub = 1;
-            if (!stub) l2_backend_count_read(b, fs[0].ids[k]);
-        }
-    }
-    /* known-missing ids are kept by the clock, whatever `now` the caller gives the rules */
-    int64_t missing = complete ? 0 : answered_missing(b, fs, nf, incomplete, &l1, (int64_t)time(NULL));
     if (missing >= 0) {
         fill_stubs(b, &l1, now, &lv->stubs);
         lv->l1 = bodies;
@@ -823,21 +881,42 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
         }
         logf_(b, "L2 query failed, answering from L1: %s", lv->l2_error);
         lv->l2_failed = 1;
+        answer_free(&l1);
+        answer_init(&l1);
+        if ((rc = query_l1_kept(b, fs, nf, max_limit, now, &l1, err))) goto done;
         fill_stubs(b, &l1, now, &lv->stubs);
-        lv->l1 = bodies;
-        emit(&l1, row, ud);
+        lv->l1 = emit(&l1, row, ud) - lv->stubs;
         goto done;
     }
-    merge_outbox(b, &l2, &l1);
+    merge_outbox(b, &l2, fs, nf, max_limit, now);
     remember_missing(b, fs, nf, incomplete, &l2, (int64_t)time(NULL));
-    fill_l1(b, &l2, 0, 0, now);
-    if (remember) remember_answer(b, &key, &l2, seq);
+    fill_l1(b, &l2, 0, 0, now, remember ? &key : NULL, seq);
     lv->l2 = emit(&l2, row, ud);
     b->answered[2] += lv->l2;
 done:
-    free(incomplete);
     answer_free(&l1);
     answer_free(&l2);
+    return rc;
+}
+
+int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, unsigned flags,
+                     l2_row_fn row, void *ud, l2_levels *lv, char *err)
+{
+    memset(lv, 0, sizeof *lv);
+    uint8_t small[16], *incomplete = nf <= sizeof small ? small : malloc(nf);
+    if (!incomplete) return l2_oom(err);
+    memset(incomplete, 0, nf);
+    int64_t horizon = b->l2 && !(flags & L2_QUERY_L1_ONLY) ? L2_HORIZON_IN_META : 0;
+    int rc = l2_store_query(b->l1, fs, nf, max_limit, now, horizon, incomplete, &b->hits, err);
+    if (rc == 0 && (!b->l2 || (flags & L2_QUERY_L1_ONLY) || l1_proves(b, nf, incomplete, 0))) {
+        /* L1 answers alone: straight from its read */
+        lv->l1 = emit_hits(b, row, ud);
+        if (b->l2 && !(flags & L2_QUERY_L1_ONLY)) count_lookup_reads(b, fs, nf, NULL);
+        b->answered[0] += lv->l1;
+    } else if (rc == 0) {
+        rc = query_beyond_l1(b, fs, nf, max_limit, now, flags, incomplete, row, ud, lv, err);
+    }
+    if (incomplete != small) free(incomplete);
     return rc;
 }
 
@@ -959,7 +1038,6 @@ static int64_t drop_step(l2_backend *b, size_t size, void *ud, char *err)
     size_t k = d->max - d->dropped < size ? (size_t)(d->max - d->dropped) : size;
     if (l2_store_drop_stubs(b->l1, k, &dropped, &horizon, err)) return -1;
     d->dropped += dropped;
-    if (dropped && l2_backend_raise_horizon(b, horizon, err)) return -1;
     return (int64_t)dropped;
 }
 
@@ -1066,15 +1144,6 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
         evict_state e = {(const uint8_t(*)[32])chosen, nchosen, 0, delete_mode, 0, 0};
         in_small_steps(b, "eviction", evict_step, &e);
         r->evicted += e.evicted, r->freed += e.freed;
-        if (delete_mode && b->l2) {
-            /* L1 no longer holds these: it is complete only past the newest of them */
-            int64_t newest = -1;
-            for (size_t i = 0; i < n; i++)
-                for (size_t j = 0; j < nchosen; j++)
-                    if (memcmp(cands[i].id, chosen[j], 32) == 0 && cands[i].created_at > newest)
-                        newest = cands[i].created_at;
-            if (newest >= 0 && l2_backend_raise_horizon(b, newest + 1, err)) logf_(b, "%s", err);
-        }
         free(chosen);
         /* stubs beyond their share of L1's entries go, oldest first */
         if (l2_store_stats_get(b->l1, &st, err)) break;

@@ -156,6 +156,9 @@ int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err);
 /* The horizon (see docs/DESIGN.md §3), kept in L1 (queries read it in their own snapshot):
  * raised (never lowered by a raise), and set after L1 was emptied. */
 int l2_backend_raise_horizon(l2_backend *b, int64_t h, char *err);
+/* The horizon queries go by now (L1's, or the floor beside it when that is higher); past every
+ * possible event while L1 has none. */
+int64_t l2_backend_horizon(l2_backend *b);
 int l2_backend_set_horizon(l2_backend *b, int64_t h, char *err);
 
 #endif

@@ -109,8 +109,9 @@ static int grow(void **p, uint32_t *cap, uint32_t need, size_t size, char *err)
     return 0;
 }
 
-int l2_filter_add_hex(l2_filter *f, unsigned field, const char *s, size_t n, size_t idx,
-                      const l2_filter_limits *lim, char *err)
+/* Adds one id or pubkey: the 32 bytes, or (bytes NULL) the 64 hex characters at s. */
+static int add_key(l2_filter *f, unsigned field, const uint8_t *bytes, const char *s, size_t n, size_t idx,
+                   const l2_filter_limits *lim, char *err)
 {
     int ids = field == L2_F_IDS;
     uint32_t *count = ids ? &f->nids : &f->nauthors;
@@ -118,10 +119,23 @@ int l2_filter_add_hex(l2_filter *f, unsigned field, const char *s, size_t n, siz
     if (*count >= max) return l2_invalid(err, "%s has more than %u entries", field_label(field), max);
     uint8_t (**arr)[32] = ids ? &f->ids : &f->authors;
     if (grow((void **)arr, ids ? &f->ids_cap : &f->authors_cap, *count + 1, 32, err)) return -1;
-    if (n != 64 || l2_hex_decode((*arr)[*count], s, 32))
+    if (bytes) memcpy((*arr)[*count], bytes, 32);
+    else if (n != 64 || l2_hex_decode((*arr)[*count], s, 32))
         return l2_invalid(err, "%s[%zu] must be 64 lowercase hex characters (no prefixes)", field_label(field), idx);
     (*count)++;
     return 0;
+}
+
+int l2_filter_add_hex(l2_filter *f, unsigned field, const char *s, size_t n, size_t idx,
+                      const l2_filter_limits *lim, char *err)
+{
+    return add_key(f, field, NULL, s, n, idx, lim, err);
+}
+
+int l2_filter_add_key(l2_filter *f, unsigned field, const uint8_t key[32], size_t idx, const l2_filter_limits *lim,
+                      char *err)
+{
+    return add_key(f, field, key, NULL, 0, idx, lim, err);
 }
 
 int l2_filter_add_kind(l2_filter *f, int64_t kind, size_t idx, const l2_filter_limits *lim, char *err)

@@ -51,6 +51,9 @@ int l2_filter_begin(l2_filter *f, unsigned field, char letter, char *err);
 /* Adds one element to the list field begun last; idx is its position, for messages. */
 int l2_filter_add_hex(l2_filter *f, unsigned field, const char *s, size_t n, size_t idx,
                       const l2_filter_limits *lim, char *err);
+/* The same with the 32 bytes themselves. */
+int l2_filter_add_key(l2_filter *f, unsigned field, const uint8_t key[32], size_t idx, const l2_filter_limits *lim,
+                      char *err);
 int l2_filter_add_kind(l2_filter *f, int64_t kind, size_t idx, const l2_filter_limits *lim, char *err);
 int l2_filter_add_tag_value(l2_filter *f, const char *s, size_t n, int check_utf8, size_t idx,
                             const l2_filter_limits *lim, char *err);

@@ -12,7 +12,7 @@
 
 #include "event.h"
 
-#define MAGIC 0x6c326c726e643031ull /* "l2lrnd01" */
+#define MAGIC 0x6c326c726e643032ull /* "l2lrnd02" */
 #define ROWS 4
 #define WIDTH 65536
 #define MISSING_SLOTS 16384
@@ -30,6 +30,8 @@ typedef struct {
     uint64_t reads; /* reads counted since the last halving */
     uint32_t admit_bar;
     uint32_t halving; /* 1 while a process halves the counters */
+    int64_t horizon_floor;
+    uint64_t answers_epoch;
     uint16_t counts[ROWS][WIDTH];
     missing_slot missing[MISSING_SLOTS];
 } shared_file;
@@ -252,4 +254,31 @@ void l2_learned_clear(l2_learned *l)
     for (int r = 0; r < ROWS; r++)
         for (int c = 0; c < WIDTH; c++) __atomic_store_n(&l->f->counts[r][c], 0, __ATOMIC_RELAXED);
     __atomic_store_n(&l->f->reads, 0, __ATOMIC_RELAXED);
+}
+
+const int64_t *l2_learned_horizon_floor(l2_learned *l)
+{
+    return &l->f->horizon_floor;
+}
+
+void l2_learned_raise_horizon_floor(l2_learned *l, int64_t h)
+{
+    int64_t cur = __atomic_load_n(&l->f->horizon_floor, __ATOMIC_ACQUIRE);
+    while (cur < h && !__atomic_compare_exchange_n(&l->f->horizon_floor, &cur, h, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    }
+}
+
+void l2_learned_set_horizon_floor(l2_learned *l, int64_t h)
+{
+    __atomic_store_n(&l->f->horizon_floor, h, __ATOMIC_RELEASE);
+}
+
+uint64_t l2_learned_answers_epoch(l2_learned *l)
+{
+    return __atomic_load_n(&l->f->answers_epoch, __ATOMIC_ACQUIRE);
+}
+
+void l2_learned_end_answers(l2_learned *l)
+{
+    __atomic_add_fetch(&l->f->answers_epoch, 1, __ATOMIC_ACQ_REL);
 }

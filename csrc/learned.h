@@ -8,6 +8,7 @@
  *   all counters halve (TinyLFU's reset), so the counts follow what is hot now. A count is never
  *   below the true recent count and rarely above it.
  * - The admission bar: what an event fetched from L2 must have been read to enter L1.
+ * - A floor under the horizon and the generation of remembered answers (see below).
  * - Known-missing ids: ids L2 said it does not have, each until a time; 16,384 slots, 8 probes,
  *   the entry that expires first making room. Each slot is guarded by a sequence word (odd while
  *   written), so a reader never takes a torn id for a known-missing one. */
@@ -35,6 +36,19 @@ void l2_learned_set_admit_bar(l2_learned *l, uint32_t bar);
 void l2_learned_missing_add(l2_learned *l, const uint8_t id[32], int64_t until);
 int l2_learned_missing(l2_learned *l, const uint8_t id[32], int64_t now);
 void l2_learned_missing_forget(l2_learned *l, const uint8_t id[32]);
+/* A floor under L1's horizon, raised where raising it cannot fail (a raise in L1 itself is a
+ * write, which a full L1 can refuse): queries take the larger of it and L1's own horizon. */
+const int64_t *l2_learned_horizon_floor(l2_learned *l);
+void l2_learned_raise_horizon_floor(l2_learned *l, int64_t h);
+/* After L1 was emptied: the only time it goes down. */
+void l2_learned_set_horizon_floor(l2_learned *l, int64_t h);
+
+/* The generation of L1's remembered answers: ending them all is a step of it, which cannot fail
+ * (clearing them in L1 is a write, which a full L1 may refuse); an answer of another generation
+ * does not stand. */
+uint64_t l2_learned_answers_epoch(l2_learned *l);
+void l2_learned_end_answers(l2_learned *l);
+
 /* Forgets every known-missing id (L2 was emptied) and every read count. */
 void l2_learned_clear(l2_learned *l);
 

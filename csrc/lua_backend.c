@@ -18,14 +18,16 @@
 typedef struct {
     l2_backend *b;  /* NULL once closed */
     lua_State *L;   /* the state of the call under way (hooks and a Lua L2 run in it) */
-    int ref;        /* registry: {l1, l2, state = {}, hooks = {}, strings = {}} */
+    int ref;        /* registry: {l1, l2, state = {}, hooks = {}, handlers = {}, strings = {}} */
     int own_l2;     /* close L2 with this handle */
+    int nhandlers;  /* on_event handlers, in the registry table's `handlers` */
     l2_store_if luavt; /* the interface over an L2 written in Lua: what this one has */
     const l2_store_if *l2vt; /* L2 through its interface (NULL for none) */
     void *l2st;
     l2lua_store *l1;
     l2_event ev;
     l2lua_filters filters;
+    int filters_busy; /* `filters` holds a call's filters (a Lua L2 may query this handle meanwhile) */
     l2_limits lim;
     int64_t max_limit;
     char dir[1024];
@@ -158,19 +160,28 @@ static void hook_log(void *ud, const char *msg)
     call_hook(s, "log", 1, err);
 }
 
+/* Calls the on_event handlers with an event accepted here; a failing one is reported. */
 static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
 {
     backend_ud *s = ud;
     lua_State *L = s->L;
-    char err[L2_ERRLEN];
-    push_part(L, s, 0, "hooks");
-    lua_getfield(L, -1, "accepted");
-    int wanted = lua_isfunction(L, -1);
-    lua_pop(L, 2);
-    if (!wanted) return; /* no handler: no event table to make */
+    if (!s->nhandlers) return; /* no handler: no event table to make */
+    luaL_checkstack(L, 6, "layer2");
+    push_part(L, s, 0, "handlers");
     l2lua_push_event(L, ev);
-    lua_pushstring(L, from_l2 ? "l2" : "local");
-    if (call_hook(s, "accepted", 2, err)) hook_log(s, err);
+    for (int i = 1; i <= s->nhandlers; i++) {
+        lua_rawgeti(L, -2, i);
+        lua_pushvalue(L, -2);
+        lua_pushstring(L, from_l2 ? "l2" : "local");
+        if (pcall_from_c(L, 2, 0)) {
+            char msg[L2_ERRLEN];
+            snprintf(msg, sizeof msg, "an on_event handler failed: %s",
+                     lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
+            lua_pop(L, 1);
+            hook_log(s, msg);
+        }
+    }
+    lua_pop(L, 2);
 }
 
 /* A 64-hex id at idx into id: 1, or 0 when there is none. */
@@ -640,6 +651,30 @@ static int push_result(void *ud, const l2_row *r)
     return 0;
 }
 
+static void put_filters(backend_ud *s, l2lua_filters *fs);
+
+/* The filters at 2, read into the handle's own list, or into `spare` when that one is busy (a Lua
+ * L2 querying this handle from inside one of its calls); NULL with s->err for bad filters.
+ * put_filters gives them back. */
+static l2lua_filters *take_filters(lua_State *L, backend_ud *s, l2lua_filters *spare)
+{
+    l2lua_filters *fs = &s->filters;
+    if (s->filters_busy) {
+        fs = spare;
+        l2lua_filters_init(fs, s->filters.max);
+    }
+    s->filters_busy += fs == &s->filters;
+    if (l2lua_read_filters(L, 2, fs, s->err) == 0 && l2lua_filters_unsupported(fs, s->err) == 0) return fs;
+    put_filters(s, fs);
+    return NULL;
+}
+
+static void put_filters(backend_ud *s, l2lua_filters *fs)
+{
+    if (fs == &s->filters) s->filters_busy = 0;
+    else l2lua_filters_free(fs);
+}
+
 /* query_l1(db, filters [, {json, max_limit, now}]) -> events, levels when L1 proves the answer
  * (under the horizon, every body held); false when it cannot (nothing else is done: under nginx
  * with PostgreSQL the caller runs the rest in the thread pool); nil, err for bad filters. */
@@ -649,14 +684,14 @@ static int pv_query_l1(lua_State *L)
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
     int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
-    if (l2lua_read_filters(L, 2, &s->filters, s->err) || l2lua_filters_unsupported(&s->filters, s->err))
-        return l2lua_refuse(L, 0, s->err);
+    l2lua_filters spare, *fs = take_filters(L, s, &spare);
+    if (!fs) return l2lua_refuse(L, 0, s->err);
     int answered;
     uint64_t rows;
     lua_newtable(L);
-    if (l2_backend_query_l1(s->b, s->filters.v, s->filters.n, max_limit, now, push_result, &q, &answered, &rows,
-                            s->err))
-        return l2lua_refuse(L, 0, s->err);
+    int rc = l2_backend_query_l1(s->b, fs->v, fs->n, max_limit, now, push_result, &q, &answered, &rows, s->err);
+    put_filters(s, fs);
+    if (rc) return l2lua_refuse(L, 0, s->err);
     if (q.failed) return l2lua_refuse(L, 0, s->l1->err);
     if (!answered) {
         lua_pushboolean(L, 0);
@@ -693,15 +728,12 @@ static void push_levels(lua_State *L, const l2_levels *lv)
 }
 
 /* db:query_events(filters [, {json, max_limit, now, l1_only}]) -> events, levels | nil, err:
- * what L1 proves alone is answered first, with nothing else done; then the whole read on both
- * levels (l2_backend_query). */
+ * the read on both levels (l2_backend_query). */
 static int bk_query_events(lua_State *L)
 {
+    backend_ud *s = check_backend(L);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3);
-    int n = pv_query_l1(L);
-    if (n != 1 || lua_toboolean(L, -1)) return n;
-    lua_settop(L, 3);
-    backend_ud *s = to_backend(L);
     rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
     int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
     unsigned flags = l2lua_opt_bool(L, 3, "l1_only", 0) ? L2_QUERY_L1_ONLY : 0;
@@ -710,17 +742,12 @@ static int bk_query_events(lua_State *L)
         if (!lua_isnil(L, -1)) flags |= L2_QUERY_NOW_GIVEN;
         lua_pop(L, 1);
     }
-    /* the filters are read into a copy: a Lua L2 called on the way may use this handle's own */
-    l2lua_filters fs;
-    l2lua_filters_init(&fs, s->filters.max);
-    if (l2lua_read_filters(L, 2, &fs, s->err) || l2lua_filters_unsupported(&fs, s->err)) {
-        l2lua_filters_free(&fs);
-        return l2lua_refuse(L, 0, s->err);
-    }
+    l2lua_filters spare, *fs = take_filters(L, s, &spare);
+    if (!fs) return l2lua_refuse(L, 0, s->err);
     l2_levels lv;
     lua_newtable(L);
-    int rc = l2_backend_query(s->b, fs.v, fs.n, max_limit, now, flags, push_result, &q, &lv, s->err);
-    l2lua_filters_free(&fs);
+    int rc = l2_backend_query(s->b, fs->v, fs->n, max_limit, now, flags, push_result, &q, &lv, s->err);
+    put_filters(s, fs);
     if (rc) return l2lua_refuse(L, 0, s->err);
     if (q.failed) return l2lua_refuse(L, 0, s->l1->err);
     push_levels(L, &lv);
@@ -769,6 +796,18 @@ static int bk_poll(lua_State *L)
 }
 
 static int pv_hits(lua_State *L);
+
+/* db:on_event(fn): fn(event, origin) for each event accepted here (origin "local": saved, or
+ * ephemeral) or brought in by a poll ("l2"); never for a cache fill. */
+static int bk_on_event(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (!lua_isfunction(L, 2)) return luaL_error(L, "layer2: on_event takes a function");
+    push_part(L, s, 0, "handlers");
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, ++s->nhandlers);
+    return 0;
+}
 
 /* db:poll_wait([seconds]) -> what poll gives: waits up to `seconds` (poll_frequency, else 1) for
  * L2's change signal when opts.notify asked for it (LISTEN/NOTIFY on PostgreSQL), or just that
@@ -824,12 +863,12 @@ static int bk_count_events(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-    l2lua_filters fs;
-    l2lua_filters_init(&fs, s->filters.max);
+    int64_t now = l2lua_opt_now(L, 3);
+    l2lua_filters spare, *fs = take_filters(L, s, &spare);
+    if (!fs) return l2lua_refuse(L, 0, s->err);
     uint64_t n;
-    int rc = l2lua_read_filters(L, 2, &fs, s->err) || l2lua_filters_unsupported(&fs, s->err) ||
-             l2_backend_count(s->b, fs.v, fs.n, l2lua_opt_now(L, 3), &n, s->err);
-    l2lua_filters_free(&fs);
+    int rc = l2_backend_count(s->b, fs->v, fs->n, now, &n, s->err);
+    put_filters(s, fs);
     if (rc) return l2lua_refuse(L, 0, s->err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
@@ -923,7 +962,7 @@ static int bk_stats(lua_State *L)
         else lua_pop(L, 1);
     }
     static const char *names[] = {"horizon", "size_limit", "high_water", "low_water"};
-    const int64_t values[] = {meta_number(s, "horizon", 0), (int64_t)o->size_limit, o->high_water, o->low_water};
+    const int64_t values[] = {l2_backend_horizon(s->b), (int64_t)o->size_limit, o->high_water, o->low_water};
     for (int i = 0; i < 4; i++) {
         if (i == 1 && !o->size_limit) continue;
         lua_pushinteger(L, (lua_Integer)values[i]);
@@ -1079,7 +1118,7 @@ static int pv_hits(lua_State *L)
  * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
  * high_water, low_water, evict_delete, stub_share, changes_kept, by_created (the policy's order),
  * history, admit_always, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap, max_limit, own_l2;
- * hooks: {gc, choose, log, accepted}, each
+ * hooks: {gc, choose, log}, each
  * called with the handle first; state: the Lua side's table. */
 static int pv_new(lua_State *L)
 {
@@ -1172,6 +1211,8 @@ static int pv_new(lua_State *L)
     lua_setfield(L, -2, "state");
     lua_newtable(L);
     lua_setfield(L, -2, "strings");
+    lua_newtable(L);
+    lua_setfield(L, -2, "handlers");
     s->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     l2_backend_hooks hooks = {hook_gc, hook_choose, hook_accepted, hook_log, s};
     if (l2_backend_open(&s->b, l1->st, vt, l2, l2_store_path(l1->st), &o, &hooks, s->err)) {
@@ -1188,7 +1229,7 @@ static const luaL_Reg backend_methods[] = {
     {"query_events", bk_query_events}, {"count_events", bk_count_events}, {"import", bk_import},
     {"export", bk_export}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
     {"changes_since", bk_changes_since}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll},
-    {"poll_wait", bk_poll_wait}, {"close", bk_close}, {"is_closed", bk_is_closed},
+    {"poll_wait", bk_poll_wait}, {"on_event", bk_on_event}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},
 };
 

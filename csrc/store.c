@@ -86,6 +86,8 @@ struct l2_store {
     l2_event ev, old;  /* decoded bodies */
     l2_buf body, key;  /* copies and key building */
     int cache;         /* keeps access statistics and stubs (an L1) */
+    uint64_t query_ms; /* a cache's query under way: when its bodies are read (an access) */
+    const int64_t *horizon_floor; /* l2_store_share_horizon */
     /* reads counted in memory, written in the next write transaction: never a write per read */
     struct touch { uint64_t serial, last_ms; uint32_t hits; } *touched;
     size_t ntouched, touched_cap;
@@ -346,6 +348,7 @@ void l2_store_read_end(l2_store *st)
     }
     if (st->rtxn_live) mdb_txn_reset(st->rtxn);
     st->rtxn_live = 0;
+    st->query_ms = 0;
 }
 
 static uint64_t entries(MDB_txn *txn, MDB_dbi dbi);
@@ -1341,7 +1344,10 @@ static int plan(l2_store *st, const l2_filter *f, scan **scans, size_t *nscans, 
     return 0;
 }
 
-static int run_filter(l2_store *st, const l2_filter *f, int64_t limit, int64_t now, l2_hits *out)
+/* Runs one filter; a scan stops where the limit is certain, or below `horizon` (when it is not
+ * INT64_MIN) while the limit is not reached: such an answer cannot be proven complete, and the
+ * caller asks elsewhere. */
+static int run_filter(l2_store *st, const l2_filter *f, int64_t limit, int64_t now, int64_t horizon, l2_hits *out)
 {
     int rc = 0, matched;
     size_t base = out->n;
@@ -1373,6 +1379,7 @@ static int run_filter(l2_store *st, const l2_filter *f, int64_t limit, int64_t n
             scan *s = heap[0];
             /* `limit` found: keep only the ties of the last one (they are ordered by id below) */
             if (count >= limit && s->created_at < stop_at) break;
+            if (count < limit && s->created_at < horizon) break;
             int fresh = f->ntags ? set_add(&seen, s->serial) : 1;
             if (fresh < 0) rc = ENOMEM;
             else if (fresh && (rc = consider(st, f, s->serial, now, out, &matched)) == 0 && matched &&
@@ -1416,20 +1423,23 @@ int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_lim
     if (read_begin(st, err)) return -1;
     if (horizon == L2_HORIZON_IN_META) {
         /* the caller's own horizon, read in this snapshot (one read for the two) */
-        char k[256], num[24];
-        MDB_val kv = {meta_key(k, sizeof k, "horizon"), k}, v;
+        static const char key[] = "u:horizon"; /* meta_key("horizon") */
+        char num[24];
+        MDB_val kv = {sizeof key - 1, (void *)key}, v;
         horizon = L2_MAX_CREATED_AT + 1; /* none yet: nothing is proven */
         if (mdb_get(st->rtxn, st->dbi[DB_META], &kv, &v) == 0 && v.mv_size < sizeof num) {
             memcpy(num, v.mv_data, v.mv_size);
             num[v.mv_size] = 0;
             horizon = strtoll(num, NULL, 10);
         }
+        int64_t floor = st->horizon_floor ? __atomic_load_n(st->horizon_floor, __ATOMIC_ACQUIRE) : 0;
+        if (floor > horizon) horizon = floor;
     }
     for (size_t i = 0; i < nf; i++) {
         const l2_filter *f = &fs[i];
         int64_t limit = (f->have & L2_F_LIMIT) && f->limit < max_limit ? f->limit : max_limit;
         size_t base = out->n;
-        int rc = run_filter(st, f, limit, now, out);
+        int rc = run_filter(st, f, limit, now, incomplete && horizon > 0 ? horizon : INT64_MIN, out);
         if (rc) {
             l2_store_read_end(st);
             return rc == ENOMEM ? fail(err, "error: out of memory") : lmdb_fail(err, "query", rc);
@@ -1437,11 +1447,14 @@ int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_lim
         if (incomplete) incomplete[i] = !complete(st, f, limit, horizon, out, base);
     }
     if (nf > 1) sort_unique_hits(out, 0, hit_order);
-    if (st->cache) {
-        uint64_t ms = now_ms();
-        for (size_t i = 0; i < out->n; i++) touch(st, out->v[i].serial, ms);
-    }
+    /* a cache counts the bodies read from this answer as accesses (l2_store_body) */
+    st->query_ms = st->cache ? now_ms() : 0;
     return 0;
+}
+
+void l2_store_share_horizon(l2_store *st, const int64_t *floor)
+{
+    st->horizon_floor = floor;
 }
 
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err)
@@ -1449,7 +1462,7 @@ int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, ui
     l2_hits hits = {NULL, 0, 0};
     int rc = 0;
     if (read_begin(st, err)) return -1;
-    for (size_t i = 0; i < nf && rc == 0; i++) rc = run_filter(st, &fs[i], INT64_MAX, now, &hits);
+    for (size_t i = 0; i < nf && rc == 0; i++) rc = run_filter(st, &fs[i], INT64_MAX, now, INT64_MIN, &hits);
     l2_store_read_end(st);
     if (rc == 0 && nf > 1) sort_unique_hits(&hits, 0, serial_order);
     *count = hits.n;
@@ -1462,6 +1475,7 @@ int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len)
 {
     record r;
     if (!st->rtxn_live || get_record(st->rtxn, st, serial, &r) || get_body(st->rtxn, st, &r, data, len)) return -1;
+    if (st->query_ms) touch(st, serial, st->query_ms);
     return 0;
 }
 
@@ -1639,7 +1653,12 @@ typedef struct {
     size_t n;
     int delete_mode;
     uint64_t evicted, freed;
+    int64_t horizon; /* past the newest event deleted */
 } evict_args;
+
+/* Raises the caller's meta value "horizon" to at least h in this transaction: readers never see
+ * events gone from a cache with its horizon not yet past them. */
+static int raise_horizon(wtx *w, int64_t h);
 
 static int evict_body(wtx *w, void *ud)
 {
@@ -1656,6 +1675,8 @@ static int evict_body(wtx *w, void *ud)
         if (!r.slot) continue; /* a stub already */
         uint32_t size = r.body_len;
         if (a->delete_mode) {
+            if (l2_event_decode_bin(&st->old, r.head, r.head_len, NULL)) return MDB_CORRUPTED;
+            if (st->old.created_at + 1 > a->horizon) a->horizon = st->old.created_at + 1;
             if ((rc = remove_event(w, serial, 0))) return rc;
         } else {
             /* the body goes; the record keeps the stub form with slot 0 */
@@ -1677,13 +1698,13 @@ static int evict_body(wtx *w, void *ud)
         a->freed += size;
         a->evicted++;
     }
-    return 0;
+    return a->horizon > 0 ? raise_horizon(w, a->horizon) : 0;
 }
 
 int l2_store_evict(l2_store *st, const uint8_t (*ids)[32], size_t n, int delete_mode, uint64_t *evicted,
                    uint64_t *freed, char *err)
 {
-    evict_args a = {ids, n, delete_mode, 0, 0};
+    evict_args a = {ids, n, delete_mode, 0, 0, 0};
     if (write_txn(st, evict_body, &a, err)) return -1;
     *evicted = a.evicted;
     *freed = a.freed;
@@ -1709,7 +1730,7 @@ static int drop_body(wtx *w, void *ud)
         uint8_t key[16];
         if (rc == 0 && k.mv_size == 16) memcpy(key, k.mv_data, 16);
         mdb_cursor_close(c);
-        if (rc == MDB_NOTFOUND) return 0;
+        if (rc == MDB_NOTFOUND) break; /* no stub left */
         if (rc) return rc;
         int64_t created_at = (int64_t)get_be64(key);
         rc = remove_event(w, get_be64(key + 8), 0);
@@ -1718,7 +1739,7 @@ static int drop_body(wtx *w, void *ud)
         if (created_at + 1 > a->horizon) a->horizon = created_at + 1;
         a->dropped++;
     }
-    return 0;
+    return a->dropped ? raise_horizon(w, a->horizon) : 0;
 }
 
 int l2_store_drop_stubs(l2_store *st, size_t max, uint64_t *dropped, int64_t *horizon, char *err)
@@ -1840,6 +1861,12 @@ static int meta_raise_body(wtx *w, void *ud)
     return mdb_put(w->txn, w->st->dbi[DB_META], &kv, &v, 0);
 }
 
+static int raise_horizon(wtx *w, int64_t h)
+{
+    meta_raise_args a = {"horizon", h};
+    return meta_raise_body(w, &a);
+}
+
 int l2_store_meta_raise(l2_store *st, const char *key, int64_t value, int64_t *now_value, char *err)
 {
     meta_raise_args a = {key, value};
@@ -1869,13 +1896,14 @@ int l2_store_answer_get(l2_store *st, const l2_answer_key *k, int64_t t, l2_buf 
 }
 
 typedef struct {
+    save_args save;
     const l2_answer_key *k;
     const uint8_t (*ids)[32];
     size_t n;
     int64_t expires;
     uint64_t max_ids, seq;
     int kept;
-} answer_args;
+} fill_args;
 
 /* Did a change from seq on save an event the filter may match (or one no longer there to say)? */
 static int touched_since(wtx *w, const l2_filter *f, uint64_t seq, int *touched)
@@ -1909,24 +1937,28 @@ static int touched_since(wtx *w, const l2_filter *f, uint64_t seq, int *touched)
     return 0;
 }
 
-static int answer_put_body(wtx *w, void *ud)
+static int fill_body(wtx *w, void *ud)
 {
-    answer_args *a = ud;
+    fill_args *a = ud;
+    int rc = a->save.n ? save_body(w, &a->save) : 0;
+    a->kept = 0;
+    if (rc || !a->k) return rc;
     l2_filter f;
     l2_filter_init(&f);
-    int touched = 1, rc = l2_answer_filter(a->k, &f) ? MDB_INCOMPATIBLE : 0;
-    if (rc == 0) rc = touched_since(w, &f, a->seq, &touched);
+    int touched = 1;
+    rc = l2_answer_filter(a->k, &f) ? MDB_INCOMPATIBLE : touched_since(w, &f, a->seq, &touched);
     l2_filter_free(&f);
     a->kept = rc == 0 && !touched;
     if (!a->kept) return rc;
     return l2_answers_put(w->txn, w->st->dbi[DB_ANSWERS], a->k, a->ids, a->n, a->expires, a->max_ids);
 }
 
-int l2_store_answer_put(l2_store *st, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n, int64_t expires,
-                        uint64_t max_ids, uint64_t seq, int *kept, char *err)
+int l2_store_fill(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res,
+                  const l2_answer_key *k, const uint8_t (*ids)[32], size_t nids, int64_t expires, uint64_t max_ids,
+                  uint64_t seq, int *kept, char *err)
 {
-    answer_args a = {k, ids, n, expires, max_ids, seq, 0};
-    int rc = write_txn(st, answer_put_body, &a, err);
+    fill_args a = {{evs, n, now, L2_SAVE_FILL, res}, k, ids, nids, expires, max_ids, seq, 0};
+    int rc = write_txn(st, fill_body, &a, err);
     *kept = a.kept;
     return rc;
 }

@@ -59,10 +59,15 @@ void l2_hits_free(l2_hits *h);
  * created_at >= horizon, so a filter is complete when its since is at or past the horizon, when
  * its limit was reached at or past it, or when it names ids that are all known here.
  * L2_HORIZON_IN_META as the horizon reads the caller's meta value "horizon" in the query's own
- * snapshot (one read transaction for both); while there is none, nothing is proven. */
+ * snapshot (one read transaction for both); while there is none, nothing is proven. With
+ * `incomplete`, a filter found incomplete may come back short: its scan stops at the horizon.
+ * A cache counts each body read (l2_store_body) before l2_store_read_end as an access. */
 #define L2_HORIZON_IN_META INT64_MIN
 int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
                    uint8_t *incomplete, l2_hits *out, char *err);
+/* A horizon kept outside the store, in memory the caller shares (NULL: none): a query under
+ * L2_HORIZON_IN_META takes the larger of it and the meta value. */
+void l2_store_share_horizon(l2_store *st, const int64_t *floor);
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err);
 /* The stored binary form of serial, valid until l2_store_read_end; 0, or -1 when absent. */
 int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len);
@@ -101,11 +106,13 @@ typedef struct {
 
 /* Up to max eviction candidates, coldest first: by last access, or by created_at. */
 int l2_store_candidates(l2_store *st, int by_created, size_t max, l2_candidate *out, size_t *n, char *err);
-/* Evicts these events: to stubs, or deleted (`delete_mode`, for a cache without L2). The heads of
+/* Evicts these events: to stubs, or deleted (`delete_mode`): then the meta value "horizon" (see
+ * l2_store_query) is raised past the newest of them in the same transaction. The heads of
  * replaceable slots always become stubs, so the rules they enforce stay. */
 int l2_store_evict(l2_store *st, const uint8_t (*ids)[32], size_t n, int delete_mode, uint64_t *evicted,
                    uint64_t *freed, char *err);
-/* Removes up to max stubs, oldest created_at first; *horizon gets the created_at past the last. */
+/* Removes up to max stubs, oldest created_at first; *horizon gets the created_at past the last,
+ * and the meta value "horizon" is raised to it in the same transaction. */
 int l2_store_drop_stubs(l2_store *st, size_t max, uint64_t *dropped, int64_t *horizon, char *err);
 /* Puts full bodies back in place of stubs. */
 int l2_store_revive(l2_store *st, l2_event *const *evs, size_t n, uint64_t *revived, char *err);
@@ -132,22 +139,27 @@ int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err);
 
 #define L2_ANSWER_ANY_NOW INT64_MIN
 /* What an answer is kept under: a filter's canonical JSON (l2_filter_encode_json, with its
- * effective limit) and the `now` it was asked with (L2_ANSWER_ANY_NOW: the clock's). */
+ * effective limit), the `now` it was asked with (L2_ANSWER_ANY_NOW: the clock's) and the
+ * generation of answers it belongs to (the caller's: an answer of another one does not stand). */
 typedef struct {
     const char *filter;
     size_t len;
     int64_t now;
+    uint64_t epoch;
 } l2_answer_key;
 
 /* The ids kept under k (newest first, 32 bytes each) appended to *ids when an answer is there and
  * has not expired at t (*found says). *seq gets the change feed's position, for a later put. */
 int l2_store_answer_get(l2_store *st, const l2_answer_key *k, int64_t t, l2_buf *ids, int *found, uint64_t *seq,
                         char *err);
-/* Keeps an answer under k until `expires`, unless a change after `seq` (the feed's position
- * before L2 was asked) may have touched it: then nothing is kept (*kept says). Past max_ids ids
+/* Keeps what L2 answered, in one write transaction: its events (n, possibly 0) as a cache fill
+ * (l2_store_save_batch with L2_SAVE_FILL, each result in res[i]) and, when k is given, the
+ * answer's ids under k until `expires`, unless a change after `seq` (the feed's position before
+ * L2 was asked) may have touched it: then the answer is not kept (*kept says). Past max_ids ids
  * over all answers the others go. */
-int l2_store_answer_put(l2_store *st, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n, int64_t expires,
-                        uint64_t max_ids, uint64_t seq, int *kept, char *err);
+int l2_store_fill(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res,
+                  const l2_answer_key *k, const uint8_t (*ids)[32], size_t nids, int64_t expires, uint64_t max_ids,
+                  uint64_t seq, int *kept, char *err);
 int l2_store_answer_drop(l2_store *st, const l2_answer_key *k, char *err);
 int l2_store_answers_clear(l2_store *st, char *err);
 

@@ -257,6 +257,32 @@ describe("layer2.open (two levels)", function()
     rmdir(dir)
   end)
 
+  it("L1 holds an entry for every event at or past its horizon, however eviction went (to the last stub)", function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { l1 = { size_limit = 256 * 1024 }, nosync = true, log = quiet }))
+    local g = gen.new({ seed = 17, authors = 20, count = 3000 })
+    local saved = {}
+    for round = 1, 12 do
+      for _ = 1, round <= 4 and 20 or 100 do
+        local ev = g:next()
+        if db:save_event(ev) then saved[#saved + 1] = ev end
+      end
+      -- "full": as after a write L1 refused, down from where L1 is (to its last stub when it is small)
+      for _ = 1, round % 4 do db:gc(round % 2 == 0 and "full" or true) end
+      local h = db:stats().horizon
+      for _, ev in ipairs(saved) do
+        if ev.created_at >= h and #db.l2:query_events({ ids = { ev.id } }) == 1 then
+          -- a body, or a stub's id
+          assert(#db.l1:query_events({ ids = { ev.id } }, { info = true }) == 1,
+            ("round %d: event at %d missing from L1 under horizon %d"):format(round, ev.created_at, h))
+        end
+      end
+    end
+    assert(db:stats().l1.stubs >= 0)
+    db:close()
+    rmdir(dir)
+  end)
+
   it("a cache fill is not news: L1's change feed (what live subscriptions tail) does not carry it", function()
     local dir = tmpdir()
     local l2 = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))

@@ -1,11 +1,10 @@
 -- The two-level store's Lua side. `layer2.open` returns a C userdata (csrc/lua_backend.c over
--- csrc/backend.c) whose methods are all C. This file completes its class with what the design
--- keeps in Lua: the options, the eviction policy's call (policies are Lua) and the on_event
--- handlers, which the C core calls through the hooks table. Fields the Lua side keeps (policy,
--- handlers, log) live in the handle's state table, where db.x looks first. See docs/DESIGN.md §3.
+-- csrc/backend.c) whose methods are all C. This file opens it, with its options, and completes
+-- its class with what the design keeps in Lua: the eviction policy's call (policies are Lua),
+-- which the C core makes through the hooks table. Fields the Lua side keeps (policy, log) live in
+-- the handle's state table, where db.x looks first. See docs/DESIGN.md §3.
 local core = require("layer2.core")
 
-local event = core.event
 local private = core.backend_private
 local backend = {}
 local Backend = private.methods
@@ -85,7 +84,6 @@ function backend.open(path, opts)
   local st = {
     policy = load_policy(opts.policy),
     default_policy = require("layer2.policy.lru"),
-    handlers = {},
     hooks = hooks(),
     log = opts.log or function(msg) io.stderr:write("layer2: ", msg, "\n") end,
   }
@@ -111,35 +109,6 @@ function backend.open(path, opts)
   end
   if opts.on_event then self:on_event(opts.on_event) end
   return self
-end
-
-function Backend:on_event(fn)
-  if type(fn) ~= "function" then error("layer2: on_event takes a function", 2) end
-  self.handlers[#self.handlers + 1] = fn
-  -- the C core makes an event table for accepted events only when a handler wants them
-  self.hooks.accepted = function(db, ev, origin) db:signal(ev, origin) end
-end
-
--- the id of a result (an event, a JSON string or a stub's id); the stores' JSON starts with the
--- id, any other (a Lua L2's) is parsed, since its content may quote an id first
-local function id_of(v)
-  if type(v) == "table" then return v.id end
-  if #v == 64 then return v end
-  local id = v:match('^{"id":"(%x+)"')
-  if id then return id end
-  local ev = event.parse(v)
-  return ev and ev.id
-end
-
-function Backend:signal(ev, origin)
-  local id = id_of(ev)
-  if id then private.forget_missing(self, id) end -- it exists now: L2's "none" no longer stands
-  if #self.handlers == 0 then return end
-  if type(ev) == "string" then ev = event.parse(ev) end
-  for _, h in ipairs(self.handlers) do
-    local ok, err = pcall(h, ev, origin)
-    if not ok then self.log("an on_event handler failed: " .. tostring(err)) end
-  end
 end
 
 -- ---- eviction ----
