@@ -98,17 +98,6 @@ function relay.handle()
     end
   end)
 
-  local listener = resty.subscribe(function(json)
-    for subid, filters in pairs(subs) do
-      for _, f in ipairs(filters) do
-        if layer2.filter.match(f, json) then
-          send_event(subid, json)
-          break
-        end
-      end
-    end
-  end)
-
   local handlers = {}
 
   -- events of this connection not decided yet: a REQ or COUNT after an EVENT waits for them, so
@@ -166,8 +155,18 @@ function relay.handle()
     if not events then return send({ "CLOSED", subid, qerr }) end
     for _, json in ipairs(events) do send_event(subid, json) end
     send({ "EOSE", subid })
-    if not subs[subid] then nsubs = nsubs + 1 end
-    subs[subid] = filters
+    if subs[subid] then
+      resty.unwatch(subs[subid])
+    else
+      nsubs = nsubs + 1
+    end
+    -- the worker's index hands this subscription the new events its filters match
+    local handle, werr = resty.watch(filters, function(json) send_event(subid, json) end)
+    subs[subid] = handle
+    if not handle then
+      nsubs = nsubs - 1
+      send({ "CLOSED", subid, werr })
+    end
   end
 
   function handlers.COUNT(msg)
@@ -182,6 +181,7 @@ function relay.handle()
   function handlers.CLOSE(msg)
     local subid = subid_of(msg, "CLOSE")
     if subid and subs[subid] then
+      resty.unwatch(subs[subid])
       subs[subid] = nil
       nsubs = nsubs - 1
     end
@@ -215,7 +215,7 @@ function relay.handle()
     end
   end
   closed = true
-  resty.unsubscribe(listener)
+  for _, handle in pairs(subs) do resty.unwatch(handle) end
   sem:post(1)
   ngx.thread.wait(sender)
   wb:send_close()

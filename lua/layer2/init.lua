@@ -11,6 +11,7 @@ local layer2 = {
   lmdb = core.lmdb,
   postgres = core.postgres, -- the shared L2 of a cluster: layer2.postgres.open(conninfo, opts)
   open = backend.open, -- the two-level backend: layer2.open(path, opts)
+  fanout = core.fanout, -- a relay worker's live subscriptions, indexed: layer2.fanout()
   monotonic = core.monotonic, -- seconds on a clock that never jumps
   sleep = core.sleep, -- blocks the process: for plain-Lua loops, never inside nginx
 }

@@ -4,7 +4,8 @@
 --
 --   init_worker_by_lua_block { require("layer2.resty").init_worker("/var/lib/relay", opts) }
 --   local db = require("layer2.resty").db()
---   local sub = require("layer2.resty").subscribe(function(change) ... end)
+--   local sub = require("layer2.resty").subscribe(function(json) ... end)   -- every event
+--   local h = require("layer2.resty").watch(filters, function(json) ... end) -- matching ones
 --   require("layer2.resty").save(ev, function(ok, msg) ... end)   -- group commit
 --
 -- Read transactions never cross a yield: every call into the store is synchronous C.
@@ -230,6 +231,44 @@ end
 
 function resty.unsubscribe(id)
   state.listeners[id] = nil
+end
+
+-- ---- live subscriptions ----
+-- A worker's subscriptions are indexed together (layer2.fanout): each event is parsed once and
+-- handed only to the subscriptions a filter of which matches it, not matched against every
+-- filter of every connection.
+local live = { fns = {}, next = 0 }
+
+local function deliver_live(json)
+  local keys = live.fanout:match(json)
+  for _, key in ipairs(keys or {}) do
+    local fn = live.fns[key]
+    if fn then
+      local ok, e = pcall(fn, json)
+      if not ok then log("a live subscription failed: " .. tostring(e)) end
+    end
+  end
+end
+
+-- Calls fn(json) for each event saved from now on (by any worker, or polled from L2) or
+-- broadcast (ephemeral) that one of `filters` matches (limits aside). Returns a handle for
+-- resty.unwatch, or nil and the filters' refusal.
+function resty.watch(filters, fn)
+  if not live.fanout then
+    live.fanout = layer2.fanout()
+    resty.subscribe(deliver_live)
+  end
+  live.next = live.next + 1
+  local ok, err = live.fanout:add(live.next, filters)
+  if not ok then return nil, err end
+  live.fns[live.next] = fn
+  return live.next
+end
+
+function resty.unwatch(handle)
+  if not live.fanout or not handle then return end
+  live.fanout:remove(handle)
+  live.fns[handle] = nil
 end
 
 return resty
