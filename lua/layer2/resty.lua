@@ -46,6 +46,9 @@ local function write_batch()
     local cok, e = pcall(fn, v == true, v ~= true and v or "")
     if not cok then log("a save's callback failed: " .. tostring(e)) end
   end
+  -- this worker's subscribers get the batch now, not at the next tick of the tail
+  local tok, e = pcall(resty.tail)
+  if not tok then log("delivering a batch failed: " .. tostring(e)) end
 end
 
 local function write_loop(premature)
