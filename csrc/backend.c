@@ -103,21 +103,15 @@ static void logf_(l2_backend *b, const char *fmt, ...)
 int l2_backend_set_horizon(l2_backend *b, int64_t h, char *err)
 {
     l2_learned_set_horizon_floor(b->learned, h);
-    char num[24];
-    int n = snprintf(num, sizeof num, "%lld", (long long)h);
-    return l2_store_meta_set(b->l1, "horizon", num, (size_t)n, err);
+    return l2_store_meta_set_int(b->l1, "horizon", h, err);
 }
 
 int64_t l2_backend_horizon(l2_backend *b)
 {
     int found;
-    int64_t h = L2_MAX_CREATED_AT + 1, floor = *l2_learned_horizon_floor(b->learned);
-    char err[L2_ERRLEN], num[24];
-    if (l2_store_meta_get(b->l1, "horizon", &b->scratch, &found, err) == 0 && found && b->scratch.len < sizeof num) {
-        memcpy(num, b->scratch.data, b->scratch.len);
-        num[b->scratch.len] = 0;
-        h = strtoll(num, NULL, 10);
-    }
+    int64_t h, floor = *l2_learned_horizon_floor(b->learned);
+    char err[L2_ERRLEN];
+    if (l2_store_meta_get_int(b->l1, "horizon", &h, &found, err) || !found) h = L2_MAX_CREATED_AT + 1;
     return h > floor ? h : floor;
 }
 
@@ -522,16 +516,15 @@ static int keep_known_row(answer *a, const l2_row *row, const uint8_t id[32], in
 }
 
 /* L1's hits (b->hits, in the read l2_store_query left open) kept: stubs by id, the others with
- * their bodies when `bodies`, else by id alone (what L1 has, when L2 answers: reading bodies
- * nobody gets would count them as reads); L1's read ends. */
-static int keep_hits(l2_backend *b, answer *a, int bodies, char *err)
+ * their bodies; L1's read ends. */
+static int keep_hits(l2_backend *b, answer *a, char *err)
 {
     for (size_t i = 0; i < b->hits.n && !a->failed; i++) {
         const l2_hit *h = &b->hits.v[i];
         l2_row r = {0};
         r.stub = h->stub;
         memcpy(r.id, h->id, 32);
-        if (!h->stub && bodies && l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
+        if (!h->stub && l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
         keep_known_row(a, &r, h->id, h->created_at);
     }
     l2_store_read_end(b->l1);
@@ -544,7 +537,7 @@ static int query_l1_kept(l2_backend *b, const l2_filter *fs, size_t nf, int64_t 
                          char *err)
 {
     if (l2_store_query(b->l1, fs, nf, max_limit, now, 0, NULL, &b->hits, err)) return -1;
-    return keep_hits(b, a, 1, err);
+    return keep_hits(b, a, err);
 }
 
 int l2_backend_admit(l2_backend *b, const uint8_t id[32])
@@ -840,7 +833,10 @@ static int query_beyond_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_
     int64_t missing = complete ? 0 : answered_missing(b, fs, nf, incomplete, &b->hits, (int64_t)time(NULL));
     /* a stub's read is counted when its body comes */
     if (complete) count_lookup_reads(b, fs, nf, &b->hits);
-    if ((rc = keep_hits(b, &l1, missing >= 0, err))) goto done;
+    /* L1's bodies are needed only when L1 answers; else nobody gets them, and reading them would
+     * count them as accesses */
+    if (missing < 0) l2_store_read_end(b->l1);
+    else if ((rc = keep_hits(b, &l1, err))) goto done;
     uint64_t bodies = 0;
     for (size_t i = 0; i < l1.n; i++) bodies += !l1.v[i].stub;
     if (missing >= 0) {
@@ -1324,15 +1320,9 @@ static int poll_by_cursor(l2_backend *b, int64_t now, l2_poll_report *r)
     char err[L2_ERRLEN];
     if (!b->nmarks) {
         int found;
-        uint64_t start = 0;
-        if (l2_store_meta_get(b->l1, "poll_cursor", &b->scratch, &found, err)) return -1;
-        if (found && b->scratch.len < 24) {
-            char num[24];
-            memcpy(num, b->scratch.data, b->scratch.len);
-            num[b->scratch.len] = 0;
-            start = strtoull(num, NULL, 10);
-        }
-        b->marks[0] = b->high = start;
+        int64_t start;
+        if (l2_store_meta_get_int(b->l1, "poll_cursor", &start, &found, err)) return -1;
+        b->marks[0] = b->high = found && start > 0 ? (uint64_t)start : 0;
         b->nmarks = 1;
     }
     uint64_t cursor = b->marks[0], high = b->high;
@@ -1367,9 +1357,7 @@ static int poll_by_cursor(l2_backend *b, int64_t now, l2_poll_report *r)
     for (size_t i = 0; i < b->nseen; i++)
         if (b->seen[i] > start) b->seen[kept++] = b->seen[i]; /* never read again otherwise */
     b->nseen = kept;
-    char num[24];
-    int n = snprintf(num, sizeof num, "%llu", (unsigned long long)start);
-    if (l2_store_meta_set(b->l1, "poll_cursor", num, (size_t)n, err)) logf_(b, "polling: %s", err);
+    if (l2_store_meta_set_int(b->l1, "poll_cursor", (int64_t)start, err)) logf_(b, "polling: %s", err);
     return 0;
 }
 
@@ -1406,9 +1394,7 @@ int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err)
     }
     if (!r->failed) {
         /* kept in L1, which every process of this node shares: any worker's stats see the lag */
-        char num[24];
-        int n = snprintf(num, sizeof num, "%lld", (long long)time(NULL));
-        if (l2_store_meta_set(b->l1, "poll_at", num, (size_t)n, err)) return -1;
+        if (l2_store_meta_set_int(b->l1, "poll_at", (int64_t)time(NULL), err)) return -1;
     }
     return 0;
 }
@@ -1427,7 +1413,7 @@ static int learn_horizon(l2_backend *b, char *err)
 {
     int found;
     int64_t now_value;
-    if (l2_store_meta_get(b->l1, "horizon", &b->scratch, &found, err)) return -1;
+    if (l2_store_meta_get_int(b->l1, "horizon", &now_value, &found, err)) return -1;
     if (found) return 0;
     int64_t h = b->l2 ? past_newest(b, -1) : 0;
     if (h < 0) {
@@ -1441,15 +1427,14 @@ static int learn_horizon(l2_backend *b, char *err)
 static int first_open(l2_backend *b, char *err)
 {
     int found;
+    int64_t cursor;
     if (learn_horizon(b, err)) return -1;
     if (!b->l2 || !b->l2vt->changes || !b->l2vt->stats) return 0;
-    if (l2_store_meta_get(b->l1, "poll_cursor", &b->scratch, &found, err)) return -1;
+    if (l2_store_meta_get_int(b->l1, "poll_cursor", &cursor, &found, err)) return -1;
     uint64_t last = 0;
     char l2err[L2_ERRLEN];
     if (found || b->l2vt->stats(b->l2, last_seq_field, &last, l2err)) return 0;
-    char num[24];
-    int n = snprintf(num, sizeof num, "%llu", (unsigned long long)last);
-    return l2_store_meta_set(b->l1, "poll_cursor", num, (size_t)n, err);
+    return l2_store_meta_set_int(b->l1, "poll_cursor", (int64_t)last, err);
 }
 
 const l2_backend_opts *l2_backend_options(const l2_backend *b)

@@ -104,17 +104,25 @@ static int rehash(l2_fanout *fo)
     return 0;
 }
 
-/* Indexes filter f of subscription si under the key type|bytes. */
-static int index_put(l2_fanout *fo, uint32_t si, uint32_t f, char type, const void *bytes, size_t n)
+/* A key: the field's type, a tag's letter (0 for other fields) and the value's bytes. */
+static size_t make_key(uint8_t *k, char type, char letter, const void *bytes, size_t n)
+{
+    size_t len = 0;
+    k[len++] = (uint8_t)type;
+    if (letter) k[len++] = (uint8_t)letter;
+    memcpy(k + len, bytes, n);
+    return len + n;
+}
+
+/* Indexes filter f of subscription si under the key type|letter|bytes. */
+static int index_put(l2_fanout *fo, uint32_t si, uint32_t f, char type, char letter, const void *bytes, size_t n)
 {
     sub *s = &fo->subs[si];
     if (grow((void **)&s->entries, &s->entries_cap, s->nentries + 1, sizeof *s->entries)) return -1;
     if (fo->nentries >= fo->nbuckets && rehash(fo)) return -1;
-    entry *e = malloc(sizeof *e + n + 1);
+    entry *e = malloc(sizeof *e + n + 2);
     if (!e) return -1;
-    e->key[0] = (uint8_t)type;
-    memcpy(e->key + 1, bytes, n);
-    e->len = (uint32_t)n + 1;
+    e->len = (uint32_t)make_key(e->key, type, letter, bytes, n);
     e->hash = hash_bytes(e->key, e->len);
     e->sub = si;
     e->filter = f;
@@ -168,32 +176,26 @@ static int index_filter(l2_fanout *fo, uint32_t si, uint32_t fi)
     if (l2_filter_is_empty(f)) return 0; /* matches nothing: not indexed at all */
     if (f->have & L2_F_IDS) {
         for (uint32_t i = 0; i < f->nids; i++)
-            if (index_put(fo, si, fi, K_ID, f->ids[i], 32)) return -1;
+            if (index_put(fo, si, fi, K_ID, 0, f->ids[i], 32)) return -1;
         return 0;
     }
     if (f->have & L2_F_AUTHORS) {
         for (uint32_t i = 0; i < f->nauthors; i++)
-            if (index_put(fo, si, fi, K_AUTHOR, f->authors[i], 32)) return -1;
+            if (index_put(fo, si, fi, K_AUTHOR, 0, f->authors[i], 32)) return -1;
         return 0;
     }
     if (f->ntags) {
         const l2_tag_cond *c = &f->tags[0];
         for (uint32_t i = 0; i < c->n; i++) {
             const l2_str *v = &f->values[c->first + i];
-            uint8_t *k = malloc(v->n + 1);
-            if (!k) return -1;
-            k[0] = (uint8_t)c->letter;
-            memcpy(k + 1, v->p, v->n);
-            int rc = index_put(fo, si, fi, K_TAG, k, v->n + 1);
-            free(k);
-            if (rc) return -1;
+            if (index_put(fo, si, fi, K_TAG, c->letter, v->p, v->n)) return -1;
         }
         return 0;
     }
     if (f->have & L2_F_KINDS) {
         for (uint32_t i = 0; i < f->nkinds; i++) {
             uint8_t k[2] = {(uint8_t)(f->kinds[i] >> 8), (uint8_t)f->kinds[i]};
-            if (index_put(fo, si, fi, K_KIND, k, 2)) return -1;
+            if (index_put(fo, si, fi, K_KIND, 0, k, 2)) return -1;
         }
         return 0;
     }
@@ -277,15 +279,14 @@ static void consider(l2_fanout *fo, uint32_t si, uint32_t f, const l2_event *ev)
     fo->out[fo->nout++] = s->key;
 }
 
-static void lookup(l2_fanout *fo, char type, const void *bytes, size_t n, const l2_event *ev)
+static void lookup(l2_fanout *fo, char type, char letter, const void *bytes, size_t n, const l2_event *ev)
 {
-    uint8_t small[66], *k = n + 1 <= sizeof small ? small : malloc(n + 1);
+    uint8_t small[80], *k = n + 2 <= sizeof small ? small : malloc(n + 2);
     if (!k) return;
-    k[0] = (uint8_t)type;
-    memcpy(k + 1, bytes, n);
-    uint64_t h = hash_bytes(k, n + 1);
+    size_t len = make_key(k, type, letter, bytes, n);
+    uint64_t h = hash_bytes(k, len);
     for (entry *e = fo->buckets[h & (fo->nbuckets - 1)]; e; e = e->next)
-        if (e->hash == h && e->len == n + 1 && memcmp(e->key, k, n + 1) == 0) consider(fo, e->sub, e->filter, ev);
+        if (e->hash == h && e->len == len && memcmp(e->key, k, len) == 0) consider(fo, e->sub, e->filter, ev);
     if (k != small) free(k);
 }
 
@@ -300,19 +301,13 @@ const int64_t *l2_fanout_match(l2_fanout *fo, const l2_event *ev, size_t *n)
     for (size_t i = 0; i < fo->neverything; i++) consider(fo, fo->everything[i] >> 8, fo->everything[i] & 0xff, ev);
     if (fo->nentries) {
         uint8_t kind[2] = {(uint8_t)(ev->kind >> 8), (uint8_t)ev->kind};
-        lookup(fo, K_ID, ev->id, 32, ev);
-        lookup(fo, K_AUTHOR, ev->pubkey, 32, ev);
-        lookup(fo, K_KIND, kind, 2, ev);
+        lookup(fo, K_ID, 0, ev->id, 32, ev);
+        lookup(fo, K_AUTHOR, 0, ev->pubkey, 32, ev);
+        lookup(fo, K_KIND, 0, kind, 2, ev);
         for (uint32_t t = 0; t < ev->ntags; t++) {
             if (l2_tag_len(ev, t) < 2) continue;
             const l2_str *name = l2_tag_elem(ev, t, 0), *value = l2_tag_elem(ev, t, 1);
-            if (name->n != 1) continue;
-            uint8_t *k = malloc(value->n + 1);
-            if (!k) continue;
-            k[0] = (uint8_t)name->p[0];
-            memcpy(k + 1, value->p, value->n);
-            lookup(fo, K_TAG, k, value->n + 1, ev);
-            free(k);
+            if (name->n == 1 && name->p[0]) lookup(fo, K_TAG, name->p[0], value->p, value->n, ev);
         }
     }
     *n = fo->nout;

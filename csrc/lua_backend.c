@@ -795,8 +795,6 @@ static int bk_poll(lua_State *L)
     return 1;
 }
 
-static int pv_hits(lua_State *L);
-
 /* db:on_event(fn): fn(event, origin) for each event accepted here (origin "local": saved, or
  * ephemeral) or brought in by a poll ("l2"); never for a cache fill. */
 static int bk_on_event(lua_State *L)
@@ -893,20 +891,22 @@ static int bk_import(lua_State *L)
 }
 
 /* db:nuke() and db:sync() -> true | nil, err */
-static int bk_nuke(lua_State *L)
+static int done(lua_State *L, int (*op)(l2_backend *, char *))
 {
     backend_ud *s = check_backend(L);
-    if (l2_backend_nuke(s->b, s->err)) return l2lua_refuse(L, 0, s->err);
+    if (op(s->b, s->err)) return l2lua_refuse(L, 0, s->err);
     lua_pushboolean(L, 1);
     return 1;
 }
 
+static int bk_nuke(lua_State *L)
+{
+    return done(L, l2_backend_nuke);
+}
+
 static int bk_sync(lua_State *L)
 {
-    backend_ud *s = check_backend(L);
-    if (l2_backend_sync(s->b, s->err)) return l2lua_refuse(L, 0, s->err);
-    lua_pushboolean(L, 1);
-    return 1;
+    return done(L, l2_backend_sync);
 }
 
 /* db:check() -> ok, problems (L1's, then L2's prefixed "L2: ") */
@@ -929,17 +929,20 @@ static void stat_field(void *ud, const char *name, uint64_t value)
 /* The decimal value L1 keeps under `key`, or def. */
 static int64_t meta_number(backend_ud *s, const char *key, int64_t def)
 {
-    l2_buf v;
-    l2_buf_init(&v);
     int found;
-    char num[24];
-    if (l2_store_meta_get(s->l1->st, key, &v, &found, s->err) == 0 && found && v.len < sizeof num) {
-        memcpy(num, v.data, v.len);
-        num[v.len] = 0;
-        def = strtoll(num, NULL, 10);
+    int64_t v;
+    return l2_store_meta_get_int(s->l1->st, key, &v, &found, s->err) == 0 && found ? v : def;
+}
+
+/* {l1, stubs, l2, missing, answers}: what answered this handle's queries, by level */
+static void push_hits(lua_State *L, backend_ud *s)
+{
+    static const char *names[] = {"l1", "stubs", "l2", "missing", "answers"};
+    lua_createtable(L, 0, 5);
+    for (int i = 0; i < 5; i++) {
+        lua_pushinteger(L, (lua_Integer)l2_backend_hits(s->b, names[i]));
+        lua_setfield(L, -2, names[i]);
     }
-    l2_buf_free(&v);
-    return def;
 }
 
 /* db:stats() -> {l1, l2, horizon, size_limit, high_water, low_water, hits, outbox, policy,
@@ -974,7 +977,7 @@ static int bk_stats(lua_State *L)
         lua_pushinteger(L, (lua_Integer)((int64_t)time(NULL) - polled));
         lua_setfield(L, -2, "poll_lag");
     }
-    pv_hits(L);
+    push_hits(L, s);
     lua_setfield(L, -2, "hits");
     push_part(L, s, 0, "state");
     lua_getfield(L, -1, "policy");
@@ -1053,31 +1056,6 @@ static int pv_admit_bar(lua_State *L)
     return 1;
 }
 
-/* forget_missing(db, id): an event with this id exists now */
-static int pv_forget_missing(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    uint8_t id[32];
-    if (id_arg(L, 2, id)) l2_learned_missing_forget(l2_backend_learned(s->b), id);
-    return 0;
-}
-
-static int pv_forget_all(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    l2_learned_clear(l2_backend_learned(s->b));
-    return 0;
-}
-
-/* forget_answers(db) -> true | nil, err: every remembered answer goes (after an import) */
-static int pv_forget_answers(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    if (l2_backend_forget_answers(s->b, s->err)) return l2lua_refuse(L, 0, s->err);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
 /* admit(db, id) -> whether an event with this id fetched from L2 now enters L1 (a read counted) */
 static int pv_admit(lua_State *L)
 {
@@ -1094,32 +1072,12 @@ static int pv_inside_c(lua_State *L)
     return 1;
 }
 
-/* hit(db, level, n): counts answers by level; hits(db) -> {l1, stubs, l2, missing, answers} */
-static int pv_hit(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    l2_backend_hit(s->b, luaL_checkstring(L, 2), (uint64_t)luaL_checkinteger(L, 3));
-    return 0;
-}
-
-static int pv_hits(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    static const char *names[] = {"l1", "stubs", "l2", "missing", "answers"};
-    lua_createtable(L, 0, 5);
-    for (int i = 0; i < 5; i++) {
-        lua_pushinteger(L, (lua_Integer)l2_backend_hits(s->b, names[i]));
-        lua_setfield(L, -2, names[i]);
-    }
-    return 1;
-}
-
 /* new(dir, l1, l2, opts, hooks, state) -> db | nil, err. dir: the backend's directory (L1 is
  * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
  * high_water, low_water, evict_delete, stub_share, changes_kept, by_created (the policy's order),
- * history, admit_always, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap, max_limit, own_l2;
- * hooks: {gc, choose, log}, each
- * called with the handle first; state: the Lua side's table. */
+ * history, admit_always, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap,
+ * max_limit, own_l2; hooks: {gc, choose, log}, each called with the handle first; state: the Lua
+ * side's table. */
 static int pv_new(lua_State *L)
 {
     const char *dir = luaL_checkstring(L, 1);
@@ -1235,8 +1193,7 @@ static const luaL_Reg backend_methods[] = {
 
 static const luaL_Reg private_functions[] = {
     {"new", pv_new}, {"query_l1", pv_query_l1}, {"count_read", pv_count_read},
-    {"reads", pv_reads}, {"admit_bar", pv_admit_bar}, {"forget_missing", pv_forget_missing},
-    {"forget_all", pv_forget_all}, {"forget_answers", pv_forget_answers}, {"hit", pv_hit}, {"hits", pv_hits},
+    {"reads", pv_reads}, {"admit_bar", pv_admit_bar},
     {"inside_c", pv_inside_c}, {"admit", pv_admit},
     {NULL, NULL},
 };

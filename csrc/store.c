@@ -107,6 +107,18 @@ static int fail(char *err, const char *fmt, ...)
 
 static size_t meta_key(char *out, size_t cap, const char *key);
 
+/* A meta value written as decimal text: 0, or -1 when it is not one. */
+static int parse_int(const void *p, size_t n, int64_t *out)
+{
+    char num[24];
+    if (n == 0 || n >= sizeof num) return -1;
+    memcpy(num, p, n);
+    num[n] = 0;
+    char *end;
+    *out = strtoll(num, &end, 10);
+    return *end ? -1 : 0;
+}
+
 static int lmdb_fail(char *err, const char *what, int rc)
 {
     return fail(err, "error: %s: %s", what, mdb_strerror(rc));
@@ -1424,14 +1436,9 @@ int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_lim
     if (horizon == L2_HORIZON_IN_META) {
         /* the caller's own horizon, read in this snapshot (one read for the two) */
         static const char key[] = "u:horizon"; /* meta_key("horizon") */
-        char num[24];
         MDB_val kv = {sizeof key - 1, (void *)key}, v;
-        horizon = L2_MAX_CREATED_AT + 1; /* none yet: nothing is proven */
-        if (mdb_get(st->rtxn, st->dbi[DB_META], &kv, &v) == 0 && v.mv_size < sizeof num) {
-            memcpy(num, v.mv_data, v.mv_size);
-            num[v.mv_size] = 0;
-            horizon = strtoll(num, NULL, 10);
-        }
+        if (mdb_get(st->rtxn, st->dbi[DB_META], &kv, &v) || parse_int(v.mv_data, v.mv_size, &horizon))
+            horizon = L2_MAX_CREATED_AT + 1; /* none yet: nothing is proven */
         int64_t floor = st->horizon_floor ? __atomic_load_n(st->horizon_floor, __ATOMIC_ACQUIRE) : 0;
         if (floor > horizon) horizon = floor;
     }
@@ -1814,6 +1821,16 @@ int l2_store_meta_get(l2_store *st, const char *key, l2_buf *out, int *found, ch
     return 0;
 }
 
+int l2_store_meta_get_int(l2_store *st, const char *key, int64_t *value, int *found, char *err)
+{
+    l2_buf v;
+    l2_buf_init(&v);
+    int rc = l2_store_meta_get(st, key, &v, found, err);
+    if (rc == 0 && *found && parse_int(v.data, v.len, value)) *found = 0;
+    l2_buf_free(&v);
+    return rc;
+}
+
 typedef struct {
     const char *key;
     const void *val;
@@ -1834,6 +1851,13 @@ int l2_store_meta_set(l2_store *st, const char *key, const void *val, size_t n, 
     return write_txn(st, meta_body, &a, err);
 }
 
+int l2_store_meta_set_int(l2_store *st, const char *key, int64_t value, char *err)
+{
+    char num[24];
+    int n = snprintf(num, sizeof num, "%lld", (long long)value);
+    return l2_store_meta_set(st, key, num, (size_t)n, err);
+}
+
 typedef struct {
     const char *key;
     int64_t value;
@@ -1846,14 +1870,11 @@ static int meta_raise_body(wtx *w, void *ud)
     meta_raise_args *a = ud;
     char k[256], text[32];
     MDB_val kv = {meta_key(k, sizeof k, a->key), k}, v;
-    if (mdb_get(w->txn, w->st->dbi[DB_META], &kv, &v) == 0 && v.mv_size < sizeof text) {
-        memcpy(text, v.mv_data, v.mv_size);
-        text[v.mv_size] = 0;
-        long long stored = strtoll(text, NULL, 10);
-        if (stored >= a->value) {
-            a->value = stored;
-            return 0;
-        }
+    int64_t stored;
+    if (mdb_get(w->txn, w->st->dbi[DB_META], &kv, &v) == 0 && parse_int(v.mv_data, v.mv_size, &stored) == 0 &&
+        stored >= a->value) {
+        a->value = stored;
+        return 0;
     }
     int n = snprintf(text, sizeof text, "%lld", (long long)a->value);
     v.mv_size = (size_t)n;

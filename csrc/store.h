@@ -120,6 +120,9 @@ int l2_store_revive(l2_store *st, l2_event *const *evs, size_t n, uint64_t *revi
 /* The caller's own small values (a horizon, a cursor), kept in the store. */
 int l2_store_meta_get(l2_store *st, const char *key, l2_buf *out, int *found, char *err);
 int l2_store_meta_set(l2_store *st, const char *key, const void *val, size_t n, char *err);
+/* The same for decimal values (what a horizon or a cursor is). */
+int l2_store_meta_get_int(l2_store *st, const char *key, int64_t *value, int *found, char *err);
+int l2_store_meta_set_int(l2_store *st, const char *key, int64_t value, char *err);
 /* Raises a decimal value to at least `value` (it never goes down, whoever raises it at the same
  * time); *now_value gets what is stored after. */
 int l2_store_meta_raise(l2_store *st, const char *key, int64_t value, int64_t *now_value, char *err);
