@@ -1,54 +1,399 @@
--- bench/relay: the example relay on nginx (2 workers): events/s published by N concurrent
--- websocket clients, and REQ round trips at limit 50 and 500.   lua5.4 bench/relay.lua [events]
+-- bench/relay: the example relay (nginx + lua-nginx-module, 2 workers) and, when STRFRY names a
+-- strfry binary, strfry beside it in the same run, each fresh with an empty store per publish run:
+--   1. publish rate by 1, 16 and 64 pipelining websocket clients, with the OK latency;
+--   2. REQ round trips at limit 50 and 500 on the store the last publish run filled;
+--   3. live fan-out: 10,000 subscriptions on 100 connections, 1,000 new events/s for 10 s.
+--   lua5.4 bench/relay.lua [events]          STRFRY=/path/to/strfry lua5.4 bench/relay.lua [events]
+-- The client is bench/relay.mjs (node + ws), one process per relay instance, so one clock.
 local util = require("bench.util")
 local dataset = require("bench.dataset")
 local cjson = require("cjson")
+local socket = require("socket")
 
 local N = tonumber(arg and arg[1]) or 20000
-local ROOT = io.popen("pwd"):read("l")
-local path = ROOT .. "/" .. dataset.ensure(100000)
-local node_dir = ROOT .. "/build/node"
-if not io.open(node_dir .. "/node_modules/ws/package.json") then
-  assert(os.execute(("mkdir -p %s && cd %s && npm install --silent --no-audit --no-fund nostr-tools@2 ws@8 >/dev/null 2>&1")
-    :format(node_dir, node_dir)), "npm install failed")
-end
-os.execute(("cp %s/bench/relay.mjs %s/"):format(ROOT, node_dir))
+local CLIENTS = { 1, 16, 64 }
+-- EVENTs a publishing connection may have unacknowledged: the same for both relays
+local WINDOW = 1000
+local REQS = { { limit = 50, n = 200, warmup = 20 }, { limit = 500, n = 100, warmup = 20 } }
+local DATASET = 100000
+-- fan-out events must be new to the relay that holds the first N: a slice further into the file
+local FANOUT = { from = math.max(50000, N), count = 10000, rate = 1000, connections = 100, perConnection = 100,
+  grace = 3, seed = 1 }
+assert(FANOUT.from + FANOUT.count <= DATASET, "at most 90,000 events: the fan-out takes 10,000 after them")
+local WORKERS = 2
+local MAX_SUBS = 200
 
-local socket = require("socket")
-local rows = {}
-for _, clients in ipairs({ 1, 4, 16 }) do
+local ROOT = io.popen("pwd"):read("l")
+local DATA = ROOT .. "/" .. dataset.ensure(DATASET)
+local NODE_DIR = ROOT .. "/build/node"
+local STRFRY = os.getenv("STRFRY")
+
+local function sh(cmd)
+  assert(os.execute(cmd), "failed: " .. cmd)
+end
+
+local function output_of(cmd)
+  local p = assert(io.popen(cmd))
+  local s = p:read("a")
+  p:close()
+  return (s:gsub("%s+$", ""))
+end
+
+local function read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+local function clients_text(n)
+  return n == 1 and "1 client" or ("%d clients"):format(n)
+end
+
+local function free_port()
   local s = assert(socket.bind("127.0.0.1", 0))
   local _, port = s:getsockname()
   s:close()
-  local prefix, data = os.tmpname(), os.tmpname()
-  os.remove(prefix)
-  os.remove(data)
-  assert(os.execute(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s --data %s --workers 2 --daemon"):format(ROOT,
-    port, prefix, data)))
-  os.execute(("for i in $(seq 50); do curl -sf --max-time 1 -o /dev/null http://127.0.0.1:%d/ && break; sleep 0.1; done")
-    :format(port))
-  local out = os.tmpname()
-  assert(os.execute(("cd %s && node relay.mjs ws://127.0.0.1:%d/ %s %d %d %s"):format(node_dir, port, path, N, clients,
-    out)))
-  local f = assert(io.open(out))
-  local r = cjson.decode(f:read("a"))
-  f:close()
-  os.remove(out)
-  os.execute(("kill -QUIT $(cat %s/logs/nginx.pid); sleep 0.5; rm -rf %s %s"):format(prefix, prefix, data))
-  rows[#rows + 1] = { tostring(clients), util.fmt_rate(r.published / r.seconds) .. " events/s", ("%d"):format(r.accepted),
-    ("%.2f / %.2f"):format(r.req50.p50, r.req50.p99), ("%.2f / %.2f"):format(r.req500.p50, r.req500.p99) }
-  util.summary(("relay publish, %d clients"):format(clients), util.fmt_rate(r.published / r.seconds) .. " events/s",
-    ("%d events, 2 nginx workers, durable saves"):format(N))
-  if clients == 1 then
-    util.summary("relay REQ round trip, limit 50", ("%.2f / %.2f ms p50/p99"):format(r.req50.p50, r.req50.p99),
-      "kinds [1], JSON over a websocket")
-    util.summary("relay REQ round trip, limit 500", ("%.2f / %.2f ms p50/p99"):format(r.req500.p50, r.req500.p99),
-      "kinds [1]")
-  end
+  return port
 end
 
-print(("## bench/relay (nginx + lua-nginx-module, 2 workers)\n"))
+-- a relay is up when it answers its NIP-11 document (within 10 s)
+local function ready(port)
+  return os.execute(("for i in $(seq 100); do curl -sf --max-time 1 -o /dev/null -H 'Accept: application/nostr+json' "
+    .. "http://127.0.0.1:%d/ && exit 0; sleep 0.1; done; exit 1"):format(port))
+end
+
+-- a private directory the relay's processes can read (nginx's workers run as www-data under root)
+local function temp_dir(name)
+  local dir = output_of(("mktemp -d /tmp/bench-relay-%s.XXXXXX"):format(name))
+  sh("chmod 755 " .. dir)
+  return dir
+end
+
+-- waits for a stopped relay's process to be gone, so the next one has the machine to itself
+local function wait_gone(pid)
+  sh(("for i in $(seq 100); do kill -0 %d 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL %d"):format(pid, pid))
+end
+
+-- the lines of a log that `is_problem` picks, at most 5 distinct (their text after any timestamp)
+local function log_problems(path, is_problem)
+  local seen, out, n = {}, {}, 0
+  for line in (read_file(path) or ""):gmatch("[^\n]+") do
+    if is_problem(line) then
+      n = n + 1
+      local text = line:gsub("^[%d/: .-]+", ""):gsub("%s+$", ""):sub(1, 200)
+      if not seen[text] and #out < 5 then
+        seen[text] = true
+        out[#out + 1] = text
+      end
+    end
+  end
+  return { count = n, lines = out }
+end
+
+-- The two kinds of relay: start() launches one and gives { url, port, ... } (measure waits until it
+-- answers), stop(instance) ends it, removes its files and returns the problems its log shows.
+local layer2 = { name = "layer2" }
+
+function layer2.start()
+  local port, dir = free_port(), temp_dir("layer2")
+  sh(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s/prefix --data %s/data --workers %d --daemon "
+    .. "--max-subscriptions %d"):format(ROOT, port, dir, dir, WORKERS, MAX_SUBS))
+  return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir }
+end
+
+function layer2.stop(r)
+  -- graceful: the master waits for its workers to close their connections
+  local pid = tonumber(read_file(r.dir .. "/prefix/logs/nginx.pid"))
+  if pid then
+    sh(("kill -QUIT %d"):format(pid))
+    wait_gone(pid)
+  end
+  -- nginx's levels above notice; the workers' graceful exit is logged at notice
+  local problems = log_problems(r.dir .. "/prefix/logs/error.log", function(line)
+    return line:find("%[warn%]") or line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]")
+      or line:find("%[emerg%]")
+  end)
+  sh("rm -rf " .. r.dir)
+  return problems
+end
+
+local strfry = { name = "strfry" }
+
+function strfry.version()
+  return output_of(STRFRY .. " --version 2>/dev/null")
+end
+
+-- a copy of bench/strfry/strfry.conf with this run's port and a fresh, empty db directory
+function strfry.start()
+  local port, dir = free_port(), temp_dir("strfry")
+  local conf = assert(read_file(ROOT .. "/bench/strfry/strfry.conf"))
+  local n1, n2
+  conf, n1 = conf:gsub('\ndb = "[^"]*"', ('\ndb = "%s/db/"'):format(dir))
+  conf, n2 = conf:gsub("\n(%s*)port = %d+", ("\n%%1port = %d"):format(port))
+  assert(n1 == 1 and n2 == 1, "bench/strfry/strfry.conf: no `db = ` or `port = ` line to rewrite")
+  write_file(dir .. "/strfry.conf", conf)
+  sh(("mkdir -p %s/db"):format(dir))
+  local pid = tonumber(output_of(("%s --config=%s/strfry.conf relay >%s/strfry.log 2>&1 & echo $!")
+    :format(STRFRY, dir, dir)))
+  return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir, pid = pid }
+end
+
+function strfry.stop(r)
+  sh(("kill -TERM %d"):format(r.pid))
+  wait_gone(r.pid)
+  -- loguru's levels above INFO; the SIGTERM that stopped it is ours
+  local problems = log_problems(r.dir .. "/strfry.log", function(line)
+    return line:find("%]%s*WARN|") or line:find("%]%s*ERR|") or line:find("%]%s*FATL|")
+  end)
+  sh("rm -rf " .. r.dir)
+  return problems
+end
+
+-- one node process against a running relay: the sections of `config` it names
+local function client(url, config)
+  config.url, config.file = url, DATA
+  local cfg_path, out_path = os.tmpname(), os.tmpname()
+  write_file(cfg_path, cjson.encode(config))
+  sh(("cd %s && node relay.mjs %s %s"):format(NODE_DIR, cfg_path, out_path))
+  local out = cjson.decode(assert(read_file(out_path)))
+  os.remove(cfg_path)
+  os.remove(out_path)
+  return out
+end
+
+-- A fresh relay of `kind` with an empty store: the publish run, and on the last one the REQ round
+-- trips and the fan-out on the store it filled. Problems in its log go to `problems`.
+local function measure(kind, clients, last, problems)
+  io.stderr:write(("bench/relay: %s, %s%s\n"):format(kind.name, clients_text(clients), last and ", REQ, fan-out" or ""))
+  local r = kind.start()
+  local ok, out = ready(r.port), ("%s did not answer on port %d"):format(kind.name, r.port)
+  if ok then
+    ok, out = pcall(client, r.url, { publish = { from = 0, count = N, clients = clients, window = WINDOW },
+      req = last and REQS or nil, fanout = last and FANOUT or nil })
+  end
+  -- stopped whatever happened, so that a failure leaves no relay behind
+  local seen = kind.stop(r)
+  if seen.count > 0 then
+    problems[#problems + 1] = { where = ("%s, %s"):format(kind.name, clients_text(clients)), log = seen }
+  end
+  assert(ok, tostring(out) .. (seen.count > 0 and "; its log: " .. table.concat(seen.lines, " | ") or ""))
+  return out
+end
+
+local function setup_node()
+  if not io.open(NODE_DIR .. "/node_modules/ws/package.json") then
+    sh(("mkdir -p %s && cd %s && npm install --silent --no-audit --no-fund nostr-tools@2 ws@8 >/dev/null 2>&1")
+      :format(NODE_DIR, NODE_DIR))
+  end
+  sh(("cp %s/bench/relay.mjs %s/"):format(ROOT, NODE_DIR))
+end
+
+-- formatting ---------------------------------------------------------------------------------------
+
+local function ms(v) return v and ("%.2f"):format(v) or "-" end
+local function ms_pair(p) return ms(p.p50) .. " / " .. ms(p.p99) end
+local function ratio(a, b)
+  if not a or not b or b == 0 or a == 0 then return "-" end
+  return ("%.2f"):format(a / b)
+end
+local function count(n) return tostring(math.floor(n)) end
+
+-- "text ×n" of a { text = n } tally, for the notes
+local function tally_text(t)
+  local parts = {}
+  for text, n in pairs(t or {}) do parts[#parts + 1] = ("%q ×%d"):format(text, n) end
+  table.sort(parts)
+  return table.concat(parts, ", ")
+end
+
+-- main ---------------------------------------------------------------------------------------------
+
+setup_node()
+local kinds = { layer2 }
+if STRFRY then kinds[2] = strfry end
+local with_strfry = STRFRY ~= nil
+local t_start = util.wall()
+
+-- results[kind name][clients]; the relays alternate per row, so both see the same machine state
+local results, problems = { layer2 = {}, strfry = {} }, {}
+for i, clients in ipairs(CLIENTS) do
+  for _, kind in ipairs(kinds) do results[kind.name][clients] = measure(kind, clients, i == #CLIENTS, problems) end
+end
+local last = CLIENTS[#CLIENTS]
+local function section(name, kind)
+  return results[kind][last] and results[kind][last][name]
+end
+
+local notes = {}
+local function note(s) notes[#notes + 1] = "- " .. s end
+
+-- 1. publish
+local pub_headers = { "clients" }
+for _, kind in ipairs(kinds) do
+  for _, h in ipairs({ "events/s", "accepted", "OK ms p50 / p99" }) do pub_headers[#pub_headers + 1] = kind.name .. " " .. h end
+end
+if with_strfry then pub_headers[#pub_headers + 1] = "layer2 / strfry events/s (>1: layer2 better)" end
+local pub_rows = {}
+for _, clients in ipairs(CLIENTS) do
+  local row = { tostring(clients) }
+  for _, kind in ipairs(kinds) do
+    local p = results[kind.name][clients].publish
+    row[#row + 1] = util.fmt_rate(p.rate)
+    row[#row + 1] = ("%d / %d"):format(p.accepted, p.published)
+    row[#row + 1] = ms_pair(p.ok)
+    if p.unanswered > 0 then note(("%s, %s: %d EVENTs got no OK"):format(kind.name, clients_text(clients), p.unanswered)) end
+    if next(p.refused) then note(("%s, %s, refused: %s"):format(kind.name, clients_text(clients), tally_text(p.refused))) end
+    if next(p.notices) then note(("%s, %s, NOTICEs: %s"):format(kind.name, clients_text(clients), tally_text(p.notices))) end
+  end
+  local l2, sf = results.layer2[clients].publish, results.strfry[clients] and results.strfry[clients].publish
+  if with_strfry then row[#row + 1] = ratio(l2.rate, sf.rate) end
+  pub_rows[#pub_rows + 1] = row
+  util.summary("relay publish, " .. clients_text(clients), util.fmt_rate(l2.rate) .. " events/s",
+    ("%d events, %d nginx workers, durable saves; %s"):format(N, WORKERS, with_strfry
+      and ("strfry %s events/s, layer2/strfry %s"):format(util.fmt_rate(sf.rate), ratio(l2.rate, sf.rate))
+      or "strfry skipped"))
+end
+
+-- 2. REQ round trips: a ratio of times is strfry's over layer2's, so that >1 is layer2 better too
+local req_headers = { "REQ", "round trips" }
+for _, kind in ipairs(kinds) do req_headers[#req_headers + 1] = kind.name .. " ms p50 / p99" end
+if with_strfry then req_headers[#req_headers + 1] = "strfry / layer2 time p50 / p99 (>1: layer2 better)" end
+local req_rows = {}
+for i, spec in ipairs(REQS) do
+  local row = { ('`{"kinds":[1],"limit":%d}`'):format(spec.limit), tostring(spec.n) }
+  for _, kind in ipairs(kinds) do
+    local q = section("req", kind.name)[i]
+    row[#row + 1] = ms_pair(q)
+    if q.returned_min ~= spec.limit or q.returned_max ~= spec.limit then
+      note(("%s, REQ limit %d: %d to %d events per answer"):format(kind.name, spec.limit, q.returned_min, q.returned_max))
+    end
+    if next(q.closed) then note(("%s, REQ limit %d, CLOSED: %s"):format(kind.name, spec.limit, tally_text(q.closed))) end
+  end
+  local l2, sf = section("req", "layer2")[i], with_strfry and section("req", "strfry")[i]
+  if with_strfry then row[#row + 1] = ratio(sf.p50, l2.p50) .. " / " .. ratio(sf.p99, l2.p99) end
+  req_rows[#req_rows + 1] = row
+  util.summary(("relay REQ round trip, limit %d"):format(spec.limit), ms_pair(l2) .. " ms p50/p99",
+    'kinds [1], JSON over a websocket; ' .. (with_strfry and ("strfry %s ms"):format(ms_pair(sf)) or "strfry skipped"))
+end
+
+-- 3. fan-out: one row per measure; a ratio only where one says which relay did better
+local fan_headers = { "fan-out" }
+for _, kind in ipairs(kinds) do fan_headers[#fan_headers + 1] = kind.name end
+if with_strfry then
+  fan_headers[#fan_headers + 1] = "layer2 vs strfry (>1: layer2 better): share of expected delivered, strfry / layer2 latency"
+end
+local fan = {}
+for _, kind in ipairs(kinds) do
+  fan[kind.name] = section("fanout", kind.name)
+  local f = fan[kind.name]
+  if next(f.closed) then note(("%s, fan-out subscriptions refused: %s"):format(kind.name, tally_text(f.closed))) end
+  if next(f.refused) then note(("%s, fan-out EVENTs refused: %s"):format(kind.name, tally_text(f.refused))) end
+  if f.unanswered > 0 then note(("%s, fan-out: %d EVENTs got no OK"):format(kind.name, f.unanswered)) end
+end
+local fan_measures = {
+  { "subscriptions, all EOSE'd before publishing (s to open)", function(f)
+    return ("%d (%.1f s)"):format(f.subscriptions, f.setup_seconds) end },
+  { "events published / accepted", function(f) return ("%d / %d"):format(f.published, f.accepted) end },
+  { "publish rate kept", function(f) return util.fmt_rate(f.rate) .. " events/s" end },
+  { "expected deliveries", function(f) return count(f.expected) end },
+  { "delivered", function(f) return count(f.delivered) end,
+    function(l2, sf) return ratio(l2.delivered / l2.expected, sf.delivered / sf.expected) end },
+  { "missed (of them: replaced later in the stream)", function(f)
+    return ("%d (%d)"):format(f.missed, f.missed_superseded) end },
+  { "duplicates", function(f) return count(f.duplicates) end },
+  { "unexpected (matching no subscription's filter)", function(f) return count(f.unexpected) end },
+  { "delivery latency p50 ms", function(f) return ms(f.latency.p50) end,
+    function(l2, sf) return ratio(sf.latency.p50, l2.latency.p50) end },
+  { "delivery latency p99 ms", function(f) return ms(f.latency.p99) end,
+    function(l2, sf) return ratio(sf.latency.p99, l2.latency.p99) end },
+  { "delivery latency max ms", function(f) return ms(f.latency.max) end },
+}
+local fan_rows = {}
+for _, m in ipairs(fan_measures) do
+  local row = { m[1] }
+  for _, kind in ipairs(kinds) do row[#row + 1] = m[2](fan[kind.name]) end
+  if with_strfry then row[#row + 1] = m[3] and m[3](fan.layer2, fan.strfry) or "" end
+  fan_rows[#fan_rows + 1] = row
+end
+local fl2 = fan.layer2
+util.summary("relay fan-out, 10,000 subscriptions", ms_pair(fl2.latency) .. " ms p50/p99",
+  ("%d of %d delivered, 1,000 events/s; %s"):format(fl2.delivered, fl2.expected, with_strfry
+    and ("strfry %s ms, %d of %d"):format(ms_pair(fan.strfry.latency), fan.strfry.delivered, fan.strfry.expected)
+    or "strfry skipped"))
+
+-- print --------------------------------------------------------------------------------------------
+
+print("## bench/relay: the example relay" .. (with_strfry and " and strfry, side by side\n" or "\n"))
 print("machine: " .. util.machine())
-print(("data: the first %d events of %s, published through the relay (each save durable: L2 then L1)\n"):format(N,
-  path))
-print(util.table({ "clients", "publish", "accepted", "REQ limit 50 ms p50/p99", "REQ limit 500 ms p50/p99" }, rows))
+print(("data: the first %d events of %s (layer2.gen), each relay fresh with an empty store per publish run; "
+  .. "the fan-out publishes lines %d-%d of it"):format(N, DATA, FANOUT.from + 1, FANOUT.from + FANOUT.count))
+print(("layer2: examples/openresty by tools/relay, %d nginx workers, --max-subscriptions %d, durable saves (L2 then L1)")
+  :format(WORKERS, MAX_SUBS))
+if with_strfry then
+  print(("strfry: %s (%s), bench/strfry/strfry.conf with its port and db rewritten, durable LMDB commits (its default)")
+    :format(strfry.version(), STRFRY))
+else
+  print("strfry: skipped (set STRFRY=/path/to/strfry to measure it side by side)")
+end
+print(("\n### publish: %d events round robin over the clients, every OK awaited\n"):format(N))
+print(util.table(pub_headers, pub_rows))
+print(("\n### REQ round trips on the %d-client run's store, one connection, warm (%d first not counted)\n")
+  :format(last, REQS[1].warmup))
+print(util.table(req_headers, req_rows))
+print(("\n### fan-out: %d subscriptions on %d connections, %d events at %d/s on one more connection\n")
+  :format(FANOUT.connections * FANOUT.perConnection, FANOUT.connections, FANOUT.count, FANOUT.rate))
+print(util.table(fan_headers, fan_rows))
+
+print("\nnotes:")
+print(("- client: bench/relay.mjs, node %s + ws, one process per relay instance on the same %s-core machine as the "
+  .. "relay, so it takes CPU from it; permessage-deflate off for both"):format(output_of("node --version"),
+  output_of("nproc")))
+print(("- publish: each connection pipelines its share with at most %d EVENTs unacknowledged; events/s counts from "
+  .. "the first EVENT sent to the last OK (connections opened before); OK latency is EVENT sent to its OK, so it "
+  .. "includes the wait in that window and in the relay's queue"):format(WINDOW))
+local all_in_flight = {}
+for _, clients in ipairs(CLIENTS) do
+  if clients * WINDOW >= N then all_in_flight[#all_in_flight + 1] = tostring(clients) end
+end
+if #all_in_flight > 0 then
+  print(("- with %s clients every event is in flight at once (clients × window ≥ %d), so their OK latency is "
+    .. "mostly time queued"):format(table.concat(all_in_flight, " and "), N))
+end
+local older = results.layer2[CLIENTS[1]].publish.older_in_order
+print(("- accepted: in file order %d of the %d events are older versions of a replaceable or addressable event "
+  .. "sent before them, which a relay refuses in that order; the round robin over several clients reorders the "
+  .. "stream, and a relay may reorder one connection's EVENTs too"):format(older, N))
+print("- REQ: REQ to EOSE, then CLOSE, in sequence; the same REQ each time, so layer2 may answer from the answers "
+  .. "it remembers (L1) while strfry scans its index each time")
+print(("- fan-out: per connection 75 %% author filters (1-2 authors, half with kinds [1,6]), 12 %% #p (half with "
+  .. "kinds [1,7]), 12 %% #t (1-2 topics, half with kinds [1]), and on 31 connections one kinds filter of "
+  .. "the rarer kinds; values drawn from the published events, all distinct, all limit 0; made on the %d-client "
+  .. "run's relay, which holds its %d events. Expected: each accepted event against each filter (nostr-tools "
+  .. "matchFilter). Latency: from the publisher's send of the EVENT to a subscriber's first receipt of it, "
+  .. "one clock; missed counted %d s after the last OK. Replaced later in the stream: a replaceable or "
+  .. "addressable event that a later accepted one of the same author, kind (and d) replaces (%d of the "
+  .. "accepted events); a relay that delivers from its store after the write may miss those"):format(last, N,
+  FANOUT.grace, fan.layer2.superseded))
+if with_strfry then
+  print("- strfry.conf: maxSubsPerConnection 200 and maxFilterLimit 500 as the example relay's limits, "
+    .. "rejectEventsOlderThanSeconds 100 years (the events are from 2023-2024; its default, 3 years, refuses the "
+    .. "older ones), no NIP-42 read restriction and no compression (the example relay has neither); its threads "
+    .. "are its defaults (ingester, reqWorker, reqMonitor 3 each, writer 1) against layer2's 2 nginx workers")
+end
+for _, s in ipairs(notes) do print(s) end
+if #problems == 0 then
+  print("- logs: no warning or error in the relays' logs")
+else
+  for _, p in ipairs(problems) do
+    print(("- log of %s: %d warnings or errors, e.g. %s"):format(p.where, p.log.count, table.concat(p.log.lines, " | ")))
+  end
+end
+print(("- run time: %.0f s"):format(util.wall() - t_start))

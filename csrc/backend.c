@@ -37,6 +37,7 @@ static const char *level_names[5] = {"l1", "stubs", "l2", "missing", "answers"};
 
 static int first_open(l2_backend *b, char *err);
 static int learn_horizon(l2_backend *b, char *err);
+static void recover_writes(l2_backend *b);
 
 int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
                     const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err)
@@ -67,6 +68,7 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
         *out = NULL;
         return -1;
     }
+    if (l2) recover_writes(b);
     return 0;
 }
 
@@ -216,9 +218,35 @@ static void refuse(l2_verdict *v, const char *msg)
     snprintf(v->msg, sizeof v->msg, "%s", msg ? msg : "error: refused");
 }
 
+/* Events a process that died between L2's commit and L1's may have left in L2 alone (see
+ * l2_learned_begin_write): L1 stops proving answers up to them, and remembered answers end. */
+static void recover_writes(l2_backend *b)
+{
+    int64_t newest = l2_learned_abandoned_writes(b->learned);
+    if (newest == INT64_MIN) return;
+    char err[L2_ERRLEN];
+    logf_(b, "a process died while saving: L1 proves no answer up to created_at %lld", (long long)newest);
+    if (l2_backend_raise_horizon(b, newest + 1, err)) logf_(b, "cannot raise the horizon: %s", err);
+    if (l2_backend_forget_answers(b, err)) logf_(b, "cannot forget the remembered answers: %s", err);
+}
+
+/* Takes a write slot for a save of evs to both levels; when none is free, L1 gives up proving
+ * answers up to them at once instead. */
+static int begin_write(l2_backend *b, l2_event *const *evs, size_t n)
+{
+    int64_t newest = INT64_MIN;
+    for (size_t i = 0; i < n; i++)
+        if (evs[i]->created_at > newest) newest = evs[i]->created_at;
+    int slot = l2_learned_begin_write(b->learned, newest);
+    char err[L2_ERRLEN];
+    if (slot < 0 && l2_backend_raise_horizon(b, newest + 1, err)) logf_(b, "cannot raise the horizon: %s", err);
+    return slot;
+}
+
 void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, l2_verdict *out)
 {
     size_t cap = n ? n : 1, np = 0, na = 0, nq = 0;
+    int slot = -1;
     l2_event **pending = malloc(cap * sizeof *pending), **group = malloc(cap * sizeof *group);
     size_t *at = malloc(cap * sizeof *at), *accepted = malloc(cap * sizeof *accepted),
            *queued = malloc(cap * sizeof *queued);
@@ -243,6 +271,8 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
     /* L2 first: its verdicts stand; what it could not take L1 decides, with the outbox */
     if (b->l2 && np) {
         char err[L2_ERRLEN];
+        recover_writes(b);
+        slot = begin_write(b, pending, np);
         if (b->l2vt->save_batch(b->l2, pending, np, now, 0, res, err)) {
             logf_(b, "L2 save failed, queued in the outbox: %s", err);
             for (size_t k = 0; k < np; k++) queued[nq++] = k;
@@ -305,6 +335,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
         }
     }
 done:
+    l2_learned_end_write(b->learned, slot);
     free(pending);
     free(group);
     free(at);
@@ -395,6 +426,7 @@ static int query_l1_rows(l2_backend *b, const l2_filter *fs, size_t nf, int64_t 
 int l2_backend_query_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
                         l2_row_fn row, void *ud, int *answered, uint64_t *rows, char *err)
 {
+    if (b->l2) recover_writes(b);
     return query_l1_rows(b, fs, nf, max_limit, now, 0, row, ud, answered, rows, err);
 }
 
@@ -899,6 +931,7 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
                      l2_row_fn row, void *ud, l2_levels *lv, char *err)
 {
     memset(lv, 0, sizeof *lv);
+    if (b->l2) recover_writes(b);
     uint8_t small[16], *incomplete = nf <= sizeof small ? small : malloc(nf);
     if (!incomplete) return l2_oom(err);
     memset(incomplete, 0, nf);
@@ -1089,6 +1122,7 @@ static void reset_l1(l2_backend *b)
 int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
 {
     memset(r, 0, sizeof *r);
+    if (b->l2) recover_writes(b);
     if (learn_horizon(b, err)) return -1;
     if (force == L2_GC_TIMER && l2_backend_drain(b, &r->sent, err)) logf_(b, "draining the outbox failed: %s", err);
     if (!b->o.size_limit) return 0;

@@ -1,6 +1,7 @@
 #include "learned.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,18 +13,25 @@
 
 #include "event.h"
 
-#define MAGIC 0x6c326c726e643032ull /* "l2lrnd02" */
+#define MAGIC 0x6c326c726e643033ull /* "l2lrnd03" */
 #define ROWS 4
 #define WIDTH 65536
 #define MISSING_SLOTS 16384
 #define PROBES 8
 #define COUNT_MAX 0xffff
+#define WRITE_SLOTS 64
 
 typedef struct {
     uint32_t seq; /* odd while the slot is written */
     uint32_t until;
     uint8_t id[32];
 } missing_slot;
+
+typedef struct {
+    int32_t pid; /* 0: free */
+    uint32_t pad;
+    int64_t newest;
+} write_slot;
 
 typedef struct {
     uint64_t magic;
@@ -34,6 +42,7 @@ typedef struct {
     uint64_t answers_epoch;
     uint16_t counts[ROWS][WIDTH];
     missing_slot missing[MISSING_SLOTS];
+    write_slot writes[WRITE_SLOTS];
 } shared_file;
 
 struct l2_learned {
@@ -281,4 +290,39 @@ uint64_t l2_learned_answers_epoch(l2_learned *l)
 void l2_learned_end_answers(l2_learned *l)
 {
     __atomic_add_fetch(&l->f->answers_epoch, 1, __ATOMIC_ACQ_REL);
+}
+
+/* ---- writes in flight to both levels ---- */
+
+int l2_learned_begin_write(l2_learned *l, int64_t newest)
+{
+    int32_t me = (int32_t)getpid();
+    for (int i = 0; i < WRITE_SLOTS; i++) {
+        write_slot *w = &l->f->writes[i];
+        int32_t free_ = 0;
+        if (!__atomic_compare_exchange_n(&w->pid, &free_, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) continue;
+        __atomic_store_n(&w->newest, newest, __ATOMIC_RELEASE);
+        return i;
+    }
+    return -1;
+}
+
+void l2_learned_end_write(l2_learned *l, int slot)
+{
+    if (slot >= 0 && slot < WRITE_SLOTS) __atomic_store_n(&l->f->writes[slot].pid, 0, __ATOMIC_RELEASE);
+}
+
+int64_t l2_learned_abandoned_writes(l2_learned *l)
+{
+    int64_t newest = INT64_MIN;
+    for (int i = 0; i < WRITE_SLOTS; i++) {
+        write_slot *w = &l->f->writes[i];
+        int32_t pid = __atomic_load_n(&w->pid, __ATOMIC_ACQUIRE);
+        if (!pid || kill(pid, 0) == 0 || errno != ESRCH) continue;
+        /* read before the slot is freed: a live process may take it the moment it is */
+        int64_t n = __atomic_load_n(&w->newest, __ATOMIC_ACQUIRE);
+        if (!__atomic_compare_exchange_n(&w->pid, &pid, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) continue;
+        if (n > newest) newest = n;
+    }
+    return newest;
 }

@@ -9,6 +9,7 @@
  *   below the true recent count and rarely above it.
  * - The admission bar: what an event fetched from L2 must have been read to enter L1.
  * - A floor under the horizon and the generation of remembered answers (see below).
+ * - Writes in flight to both levels (see l2_learned_begin_write).
  * - Known-missing ids: ids L2 said it does not have, each until a time; 16,384 slots, 8 probes,
  *   the entry that expires first making room. Each slot is guarded by a sequence word (odd while
  *   written), so a reader never takes a torn id for a known-missing one. */
@@ -48,6 +49,18 @@ void l2_learned_set_horizon_floor(l2_learned *l, int64_t h);
  * does not stand. */
 uint64_t l2_learned_answers_epoch(l2_learned *l);
 void l2_learned_end_answers(l2_learned *l);
+
+/* A save goes to L2, committed, then to L1: a process that dies between the two commits leaves
+ * events in L2 that L1 does not hold, under a horizon that says it would. So a save takes a slot
+ * naming its process and the newest created_at it writes, from before L2's commit until L1's;
+ * slot, or -1 when all 64 are taken (the caller then raises the floor first). A killed process
+ * frees nothing: l2_learned_abandoned_writes frees the slots of processes that are gone and
+ * returns the newest created_at they wrote (INT64_MIN when none), so the caller raises the floor
+ * past it and ends the remembered answers. A process crash is covered: the file is shared memory
+ * the kernel keeps. A power loss is not: the file is not flushed to disk. */
+int l2_learned_begin_write(l2_learned *l, int64_t newest);
+void l2_learned_end_write(l2_learned *l, int slot);
+int64_t l2_learned_abandoned_writes(l2_learned *l);
 
 /* Forgets every known-missing id (L2 was emptied) and every read count. */
 void l2_learned_clear(l2_learned *l);

@@ -53,11 +53,11 @@
 
 enum { DB_EVENTS, DB_IDS, DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE, DB_REPLACE,
        DB_TOMB, DB_ATOMB, DB_CHANGES, DB_META, DB_ACCESS, DB_LRU, DB_STUBS, DB_OUTBOX, DB_BODIES,
-       DB_FREESLOTS, DB_ANSWERS, DB_COUNT };
+       DB_FREESLOTS, DB_ANSWERS, DB_GHOSTS, DB_COUNT };
 static const char *db_names[DB_COUNT] = {"events", "ids", "pubkey", "kind", "pubkind", "tag", "created",
                                          "expire", "replace", "tomb", "atomb", "changes", "meta",
                                          "access", "lru", "stubs", "outbox", "bodies", "freeslots",
-                                         "answers"};
+                                         "answers", "ghosts"};
 
 /* One LMDB environment per directory and process: LMDB forbids opening it twice. */
 typedef struct shared_env {
@@ -654,6 +654,51 @@ static int put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_
 
 static int drop_access(wtx *w, uint64_t serial);
 
+/* A cache keeps, for a while, the body of an event a save replaced or a deletion removed: its
+ * save may still be news to a tail of the change feed (live subscribers get every accepted event,
+ * even one replaced a moment later), which reads bodies by serial. Bounded: only the events of the
+ * last GHOST_WINDOW serials get one, and older ones go in the same transaction. */
+#define GHOST_WINDOW 16384
+
+static int keep_ghost(wtx *w, uint64_t serial, const record *r)
+{
+    l2_store *st = w->st;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(w->txn, st->dbi[DB_GHOSTS], &c);
+    if (rc) return rc;
+    while ((rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0 && get_be64(k.mv_data) + GHOST_WINDOW < w->serial)
+        if ((rc = mdb_cursor_del(c, 0))) break;
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    if (serial + GHOST_WINDOW < w->serial) return 0;
+    const void *data;
+    size_t len;
+    if ((rc = get_body(w->txn, st, r, &data, &len))) return rc;
+    /* the body's page may move once the ghosts' tree is written */
+    void *copy = malloc(len);
+    if (!copy) return ENOMEM;
+    memcpy(copy, data, len);
+    uint8_t sk[8];
+    put_be64(sk, serial);
+    MDB_val gk = {8, sk}, gv = {len, copy};
+    rc = mdb_put(w->txn, st->dbi[DB_GHOSTS], &gk, &gv, 0);
+    free(copy);
+    return rc;
+}
+
+static int get_ghost(MDB_txn *txn, l2_store *st, uint64_t serial, const void **data, size_t *len)
+{
+    uint8_t sk[8];
+    put_be64(sk, serial);
+    MDB_val k = {8, sk}, v;
+    int rc = mdb_get(txn, st->dbi[DB_GHOSTS], &k, &v);
+    if (rc) return rc;
+    *data = v.mv_data;
+    *len = v.mv_size;
+    return 0;
+}
+
 /* Removes a stored event and everything that points at it; op 0 records no change (a cache
  * eviction is not a nostr deletion). */
 static int remove_event(wtx *w, uint64_t serial, int op)
@@ -664,6 +709,7 @@ static int remove_event(wtx *w, uint64_t serial, int op)
     record r;
     int rc = get_record(w->txn, st, serial, &r);
     if (rc || (rc = load(st, w->txn, serial, ev, 1))) return rc;
+    if (op && r.slot && (rc = keep_ghost(w, serial, &r))) return rc;
     if (r.slot && (rc = free_body(w, r.slot, r.body_len))) return rc;
     if ((rc = for_each_index(ev, serial, index_del, w))) return rc;
     if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
@@ -1481,7 +1527,9 @@ int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, ui
 int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len)
 {
     record r;
-    if (!st->rtxn_live || get_record(st->rtxn, st, serial, &r) || get_body(st->rtxn, st, &r, data, len)) return -1;
+    if (!st->rtxn_live) return -1;
+    if (get_record(st->rtxn, st, serial, &r)) return st->cache && get_ghost(st->rtxn, st, serial, data, len) == 0 ? 0 : -1;
+    if (get_body(st->rtxn, st, &r, data, len)) return -1;
     if (st->query_ms) touch(st, serial, st->query_ms);
     return 0;
 }
@@ -1536,8 +1584,13 @@ int l2_store_changes(l2_store *st, uint64_t after, size_t max, l2_change *out, s
             memcpy(ch->id, rec + 9, 32);
         } else {
             record r;
-            /* the record holds the id; an event removed since then is reported by its later change */
+            const void *ghost;
+            size_t glen;
+            /* the record holds the id; an event removed since then is reported by its later change
+             * (and a cache may still hold its body) */
             if (get_record(st->rtxn, st, ch->serial, &r) == 0 && r.head_len >= 33) memcpy(ch->id, r.head + 1, 32);
+            else if (st->cache && get_ghost(st->rtxn, st, ch->serial, &ghost, &glen) == 0 && glen >= 33)
+                memcpy(ch->id, (const uint8_t *)ghost + 1, 32);
             else ch->have_id = 0;
         }
         (*n)++;

@@ -52,6 +52,52 @@ end
 ]=]
 
 describe("crash consistency", function()
+  it("a writer that dies between L2's commit and L1's: its event is answered, here and in a new process", function()
+    local dir = helper.tmpdir()
+    local sec = ("0"):rep(63) .. "7"
+    local now = os.time()
+    local function note(t) return layer2.event.sign({ kind = 1, created_at = t, tags = {}, content = "at " .. t }, sec) end
+    local store = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
+    local db = assert(layer2.open(dir, { l2 = store, nosync = true, log = function() end }))
+    for t = 1, 3 do assert(db:save_event(note(now - 10 + t))) end
+    local f = { kinds = { 1 } }
+    local res, from = db:query_events(f)
+    assert.same({ 3, 0 }, { #res, from.l2 }, "L1 proves the answer alone")
+    -- another process saves: L2 commits, and the process is gone before L1's commit
+    local lost = note(now - 5)
+    local p = helper.spawn(([[
+      local layer2 = require("layer2")
+      local store = assert(layer2.lmdb.open(%q, { nosync = true }))
+      local l2 = setmetatable({}, { __index = function(_, k)
+        local fn = store[k]
+        return type(fn) == "function" and function(_, ...) return fn(store, ...) end or fn
+      end })
+      local function save_then_die(_, ...)
+        assert(store:save_events(...))
+        os.exit(0, false)
+      end
+      l2.save_events, l2.save_event = save_then_die, function(self, ev, ...) return save_then_die(self, { ev }, ...) end
+      local db = assert(layer2.open(%q, { l2 = l2, nosync = true, log = function() end }))
+      db:save_event(layer2.event.parse(%q))
+      print("not reached")
+    ]]):format(dir .. "-l2", dir, layer2.event.encode(lost)))
+    assert.equal("", p:read("a"))
+    p:close()
+    assert.equal(1, store:count_events({ ids = { lost.id } }), "L2 has it")
+    -- this process, open all along, answers with it...
+    res = db:query_events(f)
+    assert.same({ 4, lost.id }, { #res, res[1].id })
+    -- ...and so does a new one
+    db:close()
+    db = assert(layer2.open(dir, { l2 = store, nosync = true, log = function() end }))
+    res = db:query_events(f)
+    assert.same({ 4, lost.id }, { #res, res[1].id })
+    db:close()
+    store:close()
+    helper.rmdir(dir)
+    helper.rmdir(dir .. "-l2")
+  end)
+
   it("survives SIGKILL at 20 random moments of import, saves, eviction and outbox draining", function()
     local dir = helper.tmpdir()
     local script, logpath, import_file = dir .. "-writer.lua", dir .. "-saved.log", dir .. "-import.jsonl"

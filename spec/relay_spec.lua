@@ -6,74 +6,13 @@ local layer2 = require("layer2")
 local ref = require("spec.ref")
 local cjson = require("cjson")
 
-local ROOT = io.popen("pwd"):read("l")
-local NODE_DIR = ROOT .. "/build/node"
-
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
-
-local function free_port()
-  local socket = require("socket")
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
-
-local function wait_http(port)
-  for _ = 1, 100 do
-    if sh(("curl -sf --max-time 2 -o /dev/null http://127.0.0.1:%d/"):format(port)) then return true end
-    os.execute("sleep 0.1")
-  end
-  return false
-end
-
--- starts a relay; returns its port and a stop function
-local function start_relay(extra)
-  local port = free_port()
-  local prefix, data = helper.tmpdir(), helper.tmpdir()
-  assert(sh(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s --data %s --workers 2 --daemon %s"):format(ROOT, port,
-    prefix, data, extra or "")), "the relay did not start")
-  assert(wait_http(port), "the relay does not answer")
-  return port, data, function()
-    os.execute(("kill -QUIT $(cat %s/logs/nginx.pid) 2>/dev/null; sleep 0.3"):format(prefix))
-    helper.rmdir(prefix)
-    helper.rmdir(data)
-  end
-end
-
-local slurp = helper.slurp
-
-local function run_client(cfg)
-  local path = os.tmpname()
-  cfg.out = path .. ".out"
-  local f = io.open(path, "w")
-  f:write(cjson.encode(cfg))
-  f:close()
-  os.execute(("cd %s && node client.mjs %s 2>%s.err"):format(NODE_DIR, path, path))
-  local out, err = slurp(cfg.out), slurp(path .. ".err")
-  os.remove(path)
-  local ok, res = pcall(cjson.decode, out)
-  assert(ok, ("the client failed: %s\n%s\n(output: %d bytes: %s...)"):format(tostring(res), err, #out, out:sub(1, 200)))
-  return res
-end
-
--- nginx runs LuaJIT whatever runs the specs: once is enough, and never under ASan's LD_PRELOAD
-local describe_if = (jit or os.getenv("LAYER2_ASAN")) and pending or describe
+local harness = require("spec.relay.harness")
+local start_relay = harness.start_relay
 local relay_limits = { max_filters = 10 }
 
-describe_if("the example relay on nginx, driven by nostr-tools", function()
+(harness.runs and describe or pending)("the example relay on nginx, driven by nostr-tools", function()
 
-  setup(function()
-    -- the client library, from the npm registry, into a test-only folder
-    if not io.open(NODE_DIR .. "/node_modules/nostr-tools/package.json") then
-      assert(sh(("mkdir -p %s && cd %s && npm install --silent --no-audit --no-fund nostr-tools@2 ws@8 >/dev/null 2>&1")
-        :format(NODE_DIR, NODE_DIR)), "npm install nostr-tools ws failed")
-    end
-    assert(sh(("cp %s/spec/relay/client.mjs %s/"):format(ROOT, NODE_DIR)))
-  end)
+  setup(harness.setup)
 
   local function config(corpus, events, port, rand, live_key)
     local filters = {}
@@ -115,7 +54,7 @@ describe_if("the example relay on nginx, driven by nostr-tools", function()
       local ok, err = pcall(function()
         local cfg = config(corpus, events, port, helper.rng(99), ("0"):rep(63) .. "d")
         if port2 then cfg.watch_url = ("ws://127.0.0.1:%d/"):format(port2) end
-        local res = run_client(cfg)
+        local res = harness.run_client("client.mjs", cfg)
         -- every real event: OK true, or the refusal the rules give
         local model, now = ref.new(), os.time()
         assert.equal(#events, #res.valid)

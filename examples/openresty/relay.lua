@@ -4,6 +4,9 @@ local cjson = require("cjson.safe")
 local layer2 = require("layer2")
 local resty = require("layer2.resty")
 local server = require("nginx.websocket.server")
+-- frames built here are written by the connection's socket together (see the sender)
+local build_frame = require("nginx.websocket.protocol").build_frame
+local TEXT = 0x1
 local semaphore = require("ngx.semaphore")
 
 local relay = {}
@@ -70,6 +73,8 @@ function relay.handle()
   local db = resty.db()
   local subs, nsubs = {}, 0
   local queue, sem, closed = {}, semaphore.new(), false
+  -- this connection's saves: batches take from every connection's queue in turn
+  local saves = resty.queue()
 
   local function send(msg)
     queue[#queue + 1] = cjson.encode(msg)
@@ -81,18 +86,19 @@ function relay.handle()
     sem:post(1)
   end
 
+  -- what is queued goes out in one write: a REQ's answer of 500 events is 500 frames, one
+  -- send (a frame a send was 500 system calls)
   local sender = ngx.thread.spawn(function()
     while not closed do
       local ok = sem:wait(5)
       if ok or #queue > 0 then
-        local batch = queue
+        local frames = queue
         queue = {}
-        for _, text in ipairs(batch) do
-          local _, e = wb:send_text(text)
-          if e then
-            closed = true
-            return
-          end
+        for i, text in ipairs(frames) do frames[i] = build_frame(true, TEXT, #text, text, false) end
+        local _, e = wb.sock:send(frames)
+        if e then
+          closed = true
+          return
         end
       end
     end
@@ -120,7 +126,7 @@ function relay.handle()
       send({ "OK", id, ok, m })
       unsettled = unsettled - 1
       if unsettled == 0 then settled:post(1) end
-    end)
+    end, saves)
   end
 
   local function subid_of(msg, verb)

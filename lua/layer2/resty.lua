@@ -1,12 +1,14 @@
 -- layer2 inside OpenResty / nginx + lua-nginx-module: one backend per worker process (LMDB is
--- shared between them through the process-wide registry in C), periodic work on ngx.timer, and
--- a tail of L1's change feed so a subscription in any worker sees events saved by any other.
+-- shared between them through the process-wide registry in C), periodic work on ngx.timer, saves
+-- grouped into batches, and a tail of L1's change feed so a subscription in any worker sees events
+-- saved by any other (lua_shared_dict layer2_live carries the signal, see tail_loop).
 --
 --   init_worker_by_lua_block { require("layer2.resty").init_worker("/var/lib/relay", opts) }
 --   local db = require("layer2.resty").db()
 --   local sub = require("layer2.resty").subscribe(function(json) ... end)   -- every event
 --   local h = require("layer2.resty").watch(filters, function(json) ... end) -- matching ones
---   require("layer2.resty").save(ev, function(ok, msg) ... end)   -- group commit
+--   local q = require("layer2.resty").queue()                         -- one per connection
+--   require("layer2.resty").save(ev, function(ok, msg) ... end, q)   -- group commit
 --
 -- Read transactions never cross a yield: every call into the store is synchronous C.
 local layer2 = require("layer2")
@@ -23,21 +25,48 @@ local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 -- was being written goes in the next, one write transaction (one fsync) per level for all of it.
 -- Saving event by event paid two commits per event, and on a busy machine every commit's wait
 -- for the disk also costs a wait for the CPU: ingest fell to a few dozen events a second.
-local MAX_BATCH, MAX_QUEUED = 500, 5000
--- queued saves are writer.queue[head .. tail]; the writer takes them from the head
-local writer = { queue = {}, head = 1, tail = 0, wake = nil, room = nil, idle = false, blocked = 0 }
+-- The window adapts by itself: an idle writer is woken by the first event and saves it alone;
+-- a busy one takes what queued while it wrote (up to MAX_BATCH). No timer is waited on.
+-- Each connection has its own queue, and a batch takes from them in turn: a connection that
+-- floods waits for room in its own queue (MAX_QUEUED) while another's event goes in the next
+-- batch, not behind the flood.
+local MAX_BATCH, MAX_QUEUED = 500, 1000
+-- writer.ring: the queues with events waiting, in turn order (see resty.queue)
+local writer = { ring = {}, shared = nil, wake = nil, idle = false }
+
+local function queued(q) return q.tail - q.head + 1 end
+
+-- The next batch: one event from each waiting queue in turn, until MAX_BATCH or none is left; the
+-- next batch goes on from the queue after the last one served, so turns carry across batches.
+local function take_batch()
+  local events, done, ring = {}, {}, writer.ring
+  while #ring > 0 and #events < MAX_BATCH do
+    local kept, rest = {}, {}
+    for _, q in ipairs(ring) do
+      if #events < MAX_BATCH then
+        local item = q.items[q.head]
+        q.items[q.head], q.head = nil, q.head + 1
+        events[#events + 1], done[#done + 1] = item[1], item[2]
+        if q.blocked > 0 and queued(q) < MAX_QUEUED then q.room:post(q.blocked) end
+        if queued(q) > 0 then kept[#kept + 1] = q else q.waiting = false end
+      else
+        rest[#rest + 1] = q -- not served this round: first in the next batch
+      end
+    end
+    for _, q in ipairs(kept) do rest[#rest + 1] = q end
+    ring = rest
+  end
+  writer.ring = ring
+  return events, done
+end
+
+local function signal()
+  local dict = ngx.shared.layer2_live
+  if dict then dict:incr("signal", 1, 0) end
+end
 
 local function write_batch()
-  local q, head = writer.queue, writer.head
-  local last = math.min(writer.tail, head + MAX_BATCH - 1)
-  local events, done = {}, {}
-  for i = head, last do
-    events[#events + 1], done[#done + 1] = q[i][1], q[i][2]
-    q[i] = nil
-  end
-  writer.head = last + 1
-  if writer.head > writer.tail then writer.queue, writer.head, writer.tail = {}, 1, 0 end
-  if writer.blocked > 0 then writer.room:post(writer.blocked) end
+  local events, done = take_batch()
   local ok, verdicts, err = pcall(state.in_pool, "save_events", events)
   if ok and not verdicts then ok, verdicts = false, err end
   if not ok then log("a batch of saves failed: " .. tostring(verdicts)) end
@@ -46,7 +75,8 @@ local function write_batch()
     local cok, e = pcall(fn, v == true, v ~= true and v or "")
     if not cok then log("a save's callback failed: " .. tostring(e)) end
   end
-  -- this worker's subscribers get the batch now, not at the next tick of the tail
+  -- this worker's subscribers get the batch now; the others' when they see the signal
+  signal()
   local tok, e = pcall(resty.tail)
   if not tok then log("delivering a batch failed: " .. tostring(e)) end
 end
@@ -54,43 +84,78 @@ end
 local function write_loop(premature)
   if premature then return end
   while true do
-    if writer.head > writer.tail then
+    if #writer.ring == 0 then
       if ngx.worker.exiting() then return end
       writer.idle = true
       writer.wake:wait(1)
       writer.idle = false
     else
       write_batch()
+      -- a turn of the event loop: connections read what came meanwhile (the next batch) and
+      -- the OKs go out
+      ngx.sleep(0)
     end
   end
 end
 
--- Queues an event (a table or wire JSON) for the next batch; done(ok, msg) is called once it is
--- decided, from the writer (it must not yield). Waits for room when the queue is full.
-function resty.save(ev, done)
-  while writer.tail - writer.head + 1 >= MAX_QUEUED do
-    writer.blocked = writer.blocked + 1
-    writer.room:wait(1)
-    writer.blocked = writer.blocked - 1
+-- A queue of saves, one per connection (resty.save takes it): batches take from queues in turn.
+function resty.queue()
+  return { items = {}, head = 1, tail = 0, blocked = 0, room = require("ngx.semaphore").new() }
+end
+
+-- Queues an event (a table or wire JSON) in `queue` (one of resty.queue(); a queue shared by
+-- every caller without one if nil) for the next batch; done(ok, msg) is called once it is
+-- decided, from the writer (it must not yield). Waits while that queue is full.
+function resty.save(ev, done, queue)
+  local q = queue or writer.shared
+  if not q then
+    q = resty.queue()
+    writer.shared = q
   end
-  writer.tail = writer.tail + 1
-  writer.queue[writer.tail] = { ev, done }
+  while queued(q) >= MAX_QUEUED do
+    q.blocked = q.blocked + 1
+    q.room:wait(1)
+    q.blocked = q.blocked - 1
+  end
+  q.tail = q.tail + 1
+  q.items[q.tail] = { ev, done }
+  if not q.waiting then
+    q.waiting = true
+    writer.ring[#writer.ring + 1] = q
+  end
   if writer.idle then
     writer.idle = false
     writer.wake:post(1)
   end
 end
 
+-- Every save in nginx (a batch, a poll, an ephemeral broadcast) bumps the counter "signal" in
+-- the shared dict layer2_live; a worker reads that counter every `check` seconds (shared memory,
+-- no lock held across workers, no LMDB read) and reads L1's feed only when it moved, and every
+-- `every` seconds anyway, for writers outside nginx (the CLI) or when there is no dict. nginx
+-- has no wake-up between workers: this is its cheapest stand-in, a few ms at most.
+local function tail_loop(premature, check, every)
+  if premature then return end
+  local dict = ngx.shared.layer2_live
+  local seen, last = nil, 0
+  while not ngx.worker.exiting() do
+    ngx.sleep(dict and check or every)
+    local count = dict and dict:get("signal")
+    if count ~= seen or ngx.now() - last >= every then
+      seen, last = count, ngx.now()
+      local ok, e = pcall(resty.tail)
+      if not ok then log("the tail failed: " .. tostring(e)) end
+    end
+  end
+end
+
 local function start_timers(db, opts)
   local semaphore = require("ngx.semaphore")
-  writer.wake, writer.room = semaphore.new(), semaphore.new()
+  writer.wake = semaphore.new()
   ngx.timer.at(0, write_loop)
   -- the tail starts at the present: history is what REQ is for
   state.cursor = db.l1:stats().last_seq
-  ngx.timer.every(opts.tail_interval or 0.05, function(premature)
-    if premature then return end
-    resty.tail()
-  end)
+  ngx.timer.at(0, tail_loop, opts.signal_interval or 0.005, opts.tail_interval or 0.05)
   if ngx.worker.id() ~= 0 then return end
   -- one worker does the shared maintenance
   ngx.timer.every(opts.gc_interval or 5, function(premature)
@@ -109,6 +174,7 @@ local function start_timers(db, opts)
       if not waited then ngx.sleep(every) end
       local ok, e = pcall(state.in_pool, "poll")
       if not ok then log("poll failed: " .. tostring(e)) end
+      signal()
     end
   end)
 end
@@ -125,7 +191,8 @@ local function open(path, o, opts)
   return db
 end
 
--- opts: everything layer2.open takes, plus tail_interval (s, 0.05), gc_interval (s, 5),
+-- opts: everything layer2.open takes, plus signal_interval (s, 0.005) and tail_interval (s, 0.05)
+-- (see tail_loop), gc_interval (s, 5),
 -- poll_interval (s, opts.poll_frequency or 0: off), thread_pool ("layer2"). A string opts.l2 is
 -- a PostgreSQL conninfo: its calls run in nginx's thread pool (layer2.resty_pg), and the
 -- backend opens in a timer, since init_worker cannot yield; resty.db() waits for it.
@@ -185,17 +252,18 @@ local function deliver(json)
   end
 end
 
--- Ephemeral events are never stored, so they are not in the change feed: they go through a
--- shared dict (lua_shared_dict layer2_ephemeral) that every worker's tail reads.
+-- Ephemeral events are never stored, so they are not in the change feed: they go through the
+-- shared dict (lua_shared_dict layer2_live) that every worker's tail reads.
 function resty.broadcast(json)
-  local dict = ngx.shared.layer2_ephemeral
+  local dict = ngx.shared.layer2_live
   if not dict then return deliver(json) end
   local seq = dict:incr("seq", 1, 0)
   dict:set("e:" .. seq, json, 30)
+  signal()
 end
 
 local function tail_ephemeral()
-  local dict = ngx.shared.layer2_ephemeral
+  local dict = ngx.shared.layer2_live
   if not dict then return end
   local last = dict:get("seq") or 0
   if not state.ephemeral_seen then state.ephemeral_seen = last end
