@@ -23,7 +23,7 @@ DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblu
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-backend bench-postgres rock rock-build rock-install clean
+.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-backend bench-relay bench-postgres rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -142,6 +142,10 @@ bench-cache:
 # the two-level store against the raw stores it is made of
 bench-backend: deps all
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/backend.lua'
+
+# the example relay on nginx (STRFRY=/path/to/strfry: strfry beside it; BENCH_EVENTS: 20,000)
+bench-relay: deps all
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/relay.lua $(BENCH_EVENTS)'
 
 # PostgreSQL next to L1, and the cross-node delay, on a throwaway server (BENCH_EVENTS as above)
 bench-postgres: deps all

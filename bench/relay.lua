@@ -2,7 +2,8 @@
 -- strfry binary, strfry beside it in the same run, each fresh with an empty store per publish run:
 --   1. publish rate by 1, 16 and 64 pipelining websocket clients, with the OK latency;
 --   2. REQ round trips at limit 50 and 500 on the store the last publish run filled;
---   3. live fan-out: 10,000 subscriptions on 100 connections, 1,000 new events/s for 10 s.
+--   3. live fan-out: 10,000 subscriptions on 100 connections, 1,000 new events/s for 10 s;
+--   4. fairness: one connection floods 20,000 EVENTs, another's single EVENTs wait how long.
 --   lua5.4 bench/relay.lua [events]          STRFRY=/path/to/strfry lua5.4 bench/relay.lua [events]
 -- The client is bench/relay.mjs (node + ws), one process per relay instance, so one clock.
 local util = require("bench.util")
@@ -19,7 +20,10 @@ local DATASET = 100000
 -- fan-out events must be new to the relay that holds the first N: a slice further into the file
 local FANOUT = { from = math.max(50000, N), count = 10000, rate = 1000, connections = 100, perConnection = 100,
   grace = 3, seed = 1 }
-assert(FANOUT.from + FANOUT.count <= DATASET, "at most 90,000 events: the fan-out takes 10,000 after them")
+-- the flood's events come after the fan-out's, the lone EVENTs after those
+local FLOOD = { from = FANOUT.from + FANOUT.count, count = 20000, probes = 20, interval = 50 }
+assert(FLOOD.from + FLOOD.count + FLOOD.probes <= DATASET,
+  "at most 60,000 events: the fan-out and the flood take 30,020 after them")
 local WORKERS = 2
 local MAX_SUBS = 200
 
@@ -172,12 +176,13 @@ end
 -- A fresh relay of `kind` with an empty store: the publish run, and on the last one the REQ round
 -- trips and the fan-out on the store it filled. Problems in its log go to `problems`.
 local function measure(kind, clients, last, problems)
-  io.stderr:write(("bench/relay: %s, %s%s\n"):format(kind.name, clients_text(clients), last and ", REQ, fan-out" or ""))
+  io.stderr:write(("bench/relay: %s, %s%s\n"):format(kind.name, clients_text(clients),
+    last and ", REQ, fan-out, flood" or ""))
   local r = kind.start()
   local ok, out = ready(r.port), ("%s did not answer on port %d"):format(kind.name, r.port)
   if ok then
     ok, out = pcall(client, r.url, { publish = { from = 0, count = N, clients = clients, window = WINDOW },
-      req = last and REQS or nil, fanout = last and FANOUT or nil })
+      req = last and REQS or nil, fanout = last and FANOUT or nil, flood = last and FLOOD or nil })
   end
   -- stopped whatever happened, so that a failure leaves no relay behind
   local seen = kind.stop(r)
@@ -329,6 +334,33 @@ util.summary("relay fan-out, 10,000 subscriptions", ms_pair(fl2.latency) .. " ms
     and ("strfry %s ms, %d of %d"):format(ms_pair(fan.strfry.latency), fan.strfry.delivered, fan.strfry.expected)
     or "strfry skipped"))
 
+-- 4. fairness under a flood
+local flood_headers = { "lone EVENT's OK while another connection floods" }
+for _, kind in ipairs(kinds) do flood_headers[#flood_headers + 1] = kind.name end
+if with_strfry then flood_headers[#flood_headers + 1] = "strfry / layer2 (>1: layer2 better)" end
+local flood = {}
+for _, kind in ipairs(kinds) do flood[kind.name] = section("flood", kind.name) end
+local flood_measures = {
+  { "lone EVENTs sent while the flood was still being answered", function(f)
+    return ("%d of %d"):format(f.during, f.probes) end },
+  { "OK latency p50 ms", function(f) return ms(f.lone.p50) end,
+    function(l2, sf) return ratio(sf.lone.p50, l2.lone.p50) end },
+  { "OK latency max ms", function(f) return ms(f.lone.max) end,
+    function(l2, sf) return ratio(sf.lone.max, l2.lone.max) end },
+  { "the flood's 20,000 OKs took (s)", function(f) return ("%.1f"):format(f.flood_seconds) end,
+    function(l2, sf) return ratio(sf.flood_seconds, l2.flood_seconds) end },
+}
+local flood_rows = {}
+for _, m in ipairs(flood_measures) do
+  local row = { m[1] }
+  for _, kind in ipairs(kinds) do row[#row + 1] = m[2](flood[kind.name]) end
+  if with_strfry then row[#row + 1] = m[3] and m[3](flood.layer2, flood.strfry) or "" end
+  flood_rows[#flood_rows + 1] = row
+end
+util.summary("relay lone EVENT during a 20,000-EVENT flood", ms(flood.layer2.lone.p50) .. " / "
+  .. ms(flood.layer2.lone.max) .. " ms p50/max", with_strfry and ("strfry %s / %s ms"):format(
+  ms(flood.strfry.lone.p50), ms(flood.strfry.lone.max)) or "strfry skipped")
+
 -- print --------------------------------------------------------------------------------------------
 
 print("## bench/relay: the example relay" .. (with_strfry and " and strfry, side by side\n" or "\n"))
@@ -351,6 +383,9 @@ print(util.table(req_headers, req_rows))
 print(("\n### fan-out: %d subscriptions on %d connections, %d events at %d/s on one more connection\n")
   :format(FANOUT.connections * FANOUT.perConnection, FANOUT.connections, FANOUT.count, FANOUT.rate))
 print(util.table(fan_headers, fan_rows))
+print(("\n### fairness: one connection sends %d EVENTs at once; another sends one every %d ms, %d times\n")
+  :format(FLOOD.count, FLOOD.interval, FLOOD.probes))
+print(util.table(flood_headers, flood_rows))
 
 print("\nnotes:")
 print(("- client: bench/relay.mjs, node %s + ws, one process per relay instance on the same %s-core machine as the "

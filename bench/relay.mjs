@@ -330,6 +330,40 @@ async function fanout(url, { from, count, rate, connections, perConnection, grac
     latency: percentiles(latencies) };
 }
 
+// Fairness: one connection sends `count` EVENTs at once (no window) while another sends one EVENT
+// every `interval` ms, each awaited: that lone EVENT's OK latency, while the flood is still going.
+async function flood(url, { from, count, probes, interval }) {
+  const events = eventsOf(cfg.file, from, count + probes);
+  const flooder = await connect(url), prober = await connect(url);
+  const stats = { accepted: 0, unanswered: 0, latencies: [], refused: {}, notices: {} };
+  const t0 = now();
+  const flooding = pipeline(flooder, events.slice(0, count), count, stats);
+  let floodDone = false;
+  flooding.then(() => { floodDone = true; });
+  const lone = [];
+  let during = 0;
+  for (const { text, ev } of events.slice(count)) {
+    await sleep(interval);
+    const sent = now();
+    await new Promise((resolve) => {
+      const onMsg = (data) => {
+        const msg = JSON.parse(data);
+        if (msg[0] === "OK" && msg[1] === ev.id) { prober.off("message", onMsg); resolve(); }
+      };
+      prober.on("message", onMsg);
+      prober.send('["EVENT",' + text + "]");
+    });
+    lone.push(now() - sent);
+    if (!floodDone) during++;
+  }
+  await flooding;
+  const seconds = (now() - t0) / 1000;
+  flooder.close();
+  prober.close();
+  return { count, probes, interval, during, flood_seconds: seconds, flood_unanswered: stats.unanswered,
+    lone: percentiles(lone) };
+}
+
 const out = {};
 if (cfg.publish) out.publish = await publish(cfg.url, cfg.publish);
 if (cfg.req) {
@@ -337,5 +371,6 @@ if (cfg.req) {
   for (const r of cfg.req) out.req.push(await roundTrips(cfg.url, r));
 }
 if (cfg.fanout) out.fanout = await fanout(cfg.url, cfg.fanout);
+if (cfg.flood) out.flood = await flood(cfg.url, cfg.flood);
 fs.writeFileSync(outPath, JSON.stringify(out));
 process.exit(0);

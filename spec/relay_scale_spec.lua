@@ -163,7 +163,7 @@ end
         shared }
       models[c], parts[c] = ref.new(), seq
     end
-    local port, data, stop = harness.start_relay()
+    local port, data, stop, prefix = harness.start_relay()
     local files = {}
     for c, seq in ipairs(parts) do
       files[c] = jsonl(seq)
@@ -189,9 +189,9 @@ end
             -- the same event on four connections: saved once, a duplicate on the others
             if got[2] then shared_saved = shared_saved + 1 else assert.matches("^duplicate: ", got[3]) end
           else
-            local want, prefix = models[c]:save(ev, now)
+            local want, why = models[c]:save(ev, now)
             assert(got[2] == want, ("connection %d, event %d: %s %s"):format(c, i, tostring(got[2]), got[3]))
-            if not want then assert.matches("^" .. prefix .. ": ", got[3]) end
+            if not want then assert.matches("^" .. why .. ": ", got[3]) end
           end
         end
         assert.is_false(oks[#oks][2])
@@ -207,6 +207,7 @@ end
       local have = stored_ids(db)
       db:close()
       assert.same(want, have)
+      assert.same({}, harness.log_problems(prefix))
     end)
     stop()
     for _, f in ipairs(files) do os.remove(f) end
@@ -256,7 +257,7 @@ end
     for _, ev in ipairs(events) do
       if model:save(ev, os.time()) then kept[#kept + 1] = ev end
     end
-    local port, _, stop = harness.start_relay()
+    local port, _, stop, prefix = harness.start_relay()
     local file = jsonl(events)
     local sentinel = layer2.event.sign({ kind = 1, created_at = os.time(), tags = { { "t", "layer2-sentinel" } },
       content = "caught up" }, ("0"):rep(63) .. "5")
@@ -299,6 +300,7 @@ end
         end
       end
       assert.is_true(delivered > 1000, "the subscriptions matched little: " .. delivered)
+      assert.same({}, harness.log_problems(prefix))
     end)
     stop()
     os.remove(file)
@@ -309,7 +311,7 @@ end
     function()
     -- one worker, every queue filled before the writer's turn: first-come-first-saved would put the
     -- single event after all 8 x 1,000; in turns, it is the ninth
-    local port, _, stop = harness.start_relay("--workers 1 --conf " .. harness.ROOT .. "/spec/relay/batches.conf")
+    local port, _, stop, prefix = harness.start_relay("--workers 1 --conf " .. harness.ROOT .. "/spec/relay/batches.conf")
     local ok, err = pcall(function()
       local p = io.popen(("curl -sf --max-time 120 'http://127.0.0.1:%d/queues?floods=8&each=1000'"):format(port))
       local order = {}
@@ -326,6 +328,7 @@ end
         taken[q] = taken[q] + 1
         assert(taken[q] - math.min(table.unpack(taken)) <= 1, "queue " .. q .. " went ahead of its turn at " .. i)
       end
+      assert.same({}, harness.log_problems(prefix))
     end)
     stop()
     assert(ok, err)

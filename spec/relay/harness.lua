@@ -56,6 +56,20 @@ function harness.start_relay(extra)
   end, prefix
 end
 
+-- The lines of the relay's error log at warn level or above (nginx's and layer2's own).
+function harness.log_problems(prefix)
+  local out = {}
+  local f = io.open(prefix .. "/logs/error.log")
+  for line in f and f:lines() or function() end do
+    if line:match("%[warn%]") or line:match("%[error%]") or line:match("%[crit%]") or line:match("%[alert%]")
+      or line:match("%[emerg%]") then
+      out[#out + 1] = line
+    end
+  end
+  if f then f:close() end
+  return out
+end
+
 -- The pids of the processes holding the relay's side of its open connections (one per connection).
 function harness.connections(port)
   local pids = {}
