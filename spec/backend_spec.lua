@@ -310,6 +310,32 @@ describe("layer2.open (two levels)", function()
     rmdir(dir .. "-l2")
   end)
 
+  it("L1's feed carries a saved event replaced or deleted since (live subscribers get every accepted one)", function()
+    local dir = tmpdir()
+    local l2 = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet }))
+    local sec = ("0"):rep(63) .. "b"
+    local function ev(kind, t, tags, content)
+      return layer2.event.sign({ kind = kind, created_at = t, tags = tags or {}, content = content or "" }, sec)
+    end
+    local v1, v2, note = ev(0, NOW, {}, '{"name":"one"}'), ev(0, NOW + 1, {}, '{"name":"two"}'), ev(1, NOW, {}, "hi")
+    local deletion = ev(5, NOW + 2, { { "e", note.id } })
+    for _, e in ipairs({ v1, v2, note, deletion }) do assert(db:save_event(e)) end
+    local changes = assert(db.l1:changes_since(0, 100, { json = true }))
+    local saved = {}
+    for _, ch in ipairs(changes) do
+      if ch.op == "saved" then saved[#saved + 1] = { ch.id, ch.event and layer2.event.parse(ch.event).id } end
+    end
+    assert.same({ { v1.id, v1.id }, { v2.id, v2.id }, { note.id, note.id }, { deletion.id, deletion.id } }, saved)
+    -- the store itself has let them go
+    assert.same({ deletion.id, v2.id }, ids(db:query_events({ authors = { v1.pubkey } })))
+    assert.is_true(db:check())
+    db:close()
+    l2:close()
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
   it("an answer L2 gave while a save it may miss reached L1 is not remembered", function()
     local dir = tmpdir()
     local store = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
