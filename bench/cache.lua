@@ -13,9 +13,10 @@ local FREADS = tonumber(arg and arg[3]) or 50000
 local path = dataset.ensure(N)
 local function quiet() end
 
-local ids, authors, seen_author, bytes = {}, {}, {}, 0
+local ids, sizes, authors, seen_author, bytes = {}, {}, {}, {}, 0
 for line in io.lines(path) do
   ids[#ids + 1] = line:match('"id":"(%x+)"')
+  sizes[#ids] = #line
   local pk = line:match('"pubkey":"(%x+)"')
   if not seen_author[pk] then
     seen_author[pk] = true
@@ -24,6 +25,9 @@ for line in io.lines(path) do
   bytes = bytes + #line + 1
 end
 local LIMIT = math.floor(bytes / 10 / 4096) * 4096
+local HIGH_WATER = 66 -- percent, layer2.open's default
+-- what a cache of L1's size could hold at best: the limit's high-water bytes of event JSON
+local JSON_BYTES = LIMIT * HIGH_WATER / 100
 
 local g = gen.new({ seed = 99, authors = 1, count = 1 })
 -- a Zipf(0.9) trace of `reads` draws over 1..n, popularity by a random permutation
@@ -61,9 +65,11 @@ local function percentile(v, p)
   return v[math.max(1, math.ceil(#v * p))] or 0
 end
 
--- Belady's optimum over a stream of keys for a cache of `capacity` (unit sizes): on a miss with a
--- full cache, evict the key used farthest ahead. Returns hits / #stream.
-local function belady(stream, capacity)
+-- Belady's optimum over a stream of keys for a cache of `capacity`: on a miss, evict the keys used
+-- farthest ahead until the new one fits. Sizes are size_of(key), 1 when not given (with sizes this
+-- is the usual stand-in for the optimum, which is NP-hard). Returns hits / #stream.
+local function belady(stream, capacity, size_of)
+  size_of = size_of or function() return 1 end
   local next_use, last = {}, {}
   for i = #stream, 1, -1 do
     next_use[i] = last[stream[i]] or math.huge
@@ -97,24 +103,24 @@ local function belady(stream, capacity)
     return top
   end
   for i, k in ipairs(stream) do
+    local need = size_of(k)
     if cached[k] then
       hits = hits + 1
-    else
-      if size >= capacity then
-        while true do
-          local top = pop()
-          if cached[top[2]] and pos_next[top[2]] == top[1] then
-            cached[top[2]] = nil
-            size = size - 1
-            break
-          end
+    elseif need <= capacity then
+      while size + need > capacity do
+        local top = pop()
+        if cached[top[2]] and pos_next[top[2]] == top[1] then
+          cached[top[2]] = nil
+          size = size - size_of(top[2])
         end
       end
       cached[k] = true
-      size = size + 1
+      size = size + need
     end
-    pos_next[k] = next_use[i]
-    push(next_use[i], k)
+    if cached[k] then
+      pos_next[k] = next_use[i]
+      push(next_use[i], k)
+    end
   end
   return hits / #stream
 end
@@ -205,6 +211,13 @@ end
 local results = {}
 for _, p in ipairs({ "lru", "lfu", "oldest" }) do results[#results + 1] = run_ids(p) end
 for _, p in ipairs({ "lru", "lfu" }) do results[#results + 1] = run_ids(p, "delete") end
+-- Belady at equal bytes: a cache holding JSON_BYTES of the events' JSON, and how many events of the
+-- trace's mean size that is (what L1 would hold if each cached event cost its JSON and no more)
+local function json_size(k) return sizes[k] end
+local belady_bytes = belady(held_stream, JSON_BYTES, json_size)
+local trace_bytes = 0
+for _, k in ipairs(held_stream) do trace_bytes = trace_bytes + sizes[k] end
+local fits = math.floor(JSON_BYTES / (trace_bytes / #held_stream))
 for _, r in ipairs(results) do
   r.belady = belady(held_stream, r.capacity)
   r.fixed = best_fixed(held_stream, r.capacity)
@@ -299,6 +312,16 @@ for _, r in ipairs(results) do
 end
 print(util.table({ "policy", "hit ratio", "Belady", "of Belady", "best fixed set", "of best fixed", "events in L1",
   "L1 hit µs p50/p99", "L2 fetch µs p50/p99", "eviction MB/s", "absent ids answered from memory" }, rows))
+print(("\nAt equal bytes: Belady for a cache holding %.1f MiB of event JSON (the limit's %d %% high water), "
+  .. "sizes as read: %.1f %%; that many bytes hold %d events of the trace's mean JSON size.\n"):format(
+  JSON_BYTES / 1048576, HIGH_WATER, 100 * belady_bytes, fits))
+rows = {}
+for _, r in ipairs(results) do
+  rows[#rows + 1] = { r.policy, ("%.1f %%"):format(100 * r.ratio), ("%.0f %%"):format(100 * r.ratio / belady_bytes),
+    tostring(r.capacity), ("%.2f"):format(r.capacity / fits) }
+end
+print(util.table({ "policy", "hit ratio", "of Belady at equal bytes", "events in L1 (with a body)",
+  "of the events the bytes would hold" }, rows))
 print("\nL1 used MiB over the trace (every 5 %), lru: " .. table.concat(results[1].sizes, " "))
 
 print(("\n### By filter: %d author feeds ({authors = {pk}, kinds = {1}, limit = 20}), Zipf(0.9) over %d authors;"
@@ -321,6 +344,11 @@ local dat = assert(io.open("bench/results/cache-trace.dat", "w"))
 dat:write(("# reads  L1-used-MiB  hit-ratio   (lru, by id; L1 limit %.1f MiB)\n"):format(LIMIT / 1048576))
 dat:write(table.concat(results[1].trace_rows, "\n"), "\n")
 dat:close()
+util.summary("L1 capacity", ("%.2f of the events its bytes would hold"):format(results[1].capacity / fits),
+  ("lru: %d events with a body; %d events' JSON fill %.1f MiB (high water of %.1f MiB)"):format(results[1].capacity,
+    fits, JSON_BYTES / 1048576, LIMIT / 1048576))
+util.summary("cache hit ratio by id at equal bytes, lru", ("%.0f %% of Belady"):format(100 * results[1].ratio
+  / belady_bytes), ("Belady for %.1f MiB of event JSON: %.1f %%"):format(JSON_BYTES / 1048576, 100 * belady_bytes))
 for _, r in ipairs(results) do
   util.summary("cache hit ratio by id, " .. r.policy, ("%.1f %%"):format(100 * r.ratio),
     ("%.0f %% of Belady's %.1f %%, %.0f %% of the best fixed set's %.1f %%"):format(100 * r.ratio / r.belady,
