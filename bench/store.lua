@@ -41,6 +41,17 @@ row("import, verified (2 threads)", util.fmt_rate(N / t_verified) .. " events/s"
   ("%d saved, %d replaced"):format(c.saved, c.replaced))
 row("import, trusted (`verify = false`)", util.fmt_rate(N / t_trusted) .. " events/s")
 os.execute("rm -rf " .. trusted_dir)
+-- the raw LMDB bound beside it (bench/probe.c): the same number of records, a body of 0.7 x the mean
+-- JSON size and 7 index keys of 17 bytes each, sorted within each batch of 4,096, one commit a batch
+assert(os.execute("mkdir -p build && cc -O2 -o build/probe bench/probe.c -llmdb"), "cannot build bench/probe.c")
+local probe_dir = fresh_dir("probe")
+local body = math.floor(0.7 * jsonl_bytes / N)
+local p = io.popen(("build/probe %s %d %d"):format(probe_dir, N, body))
+local probe_s = tonumber(p:read("a"):match("^(%S+)"))
+p:close()
+os.execute("rm -rf " .. probe_dir)
+row("raw LMDB probe (bench/probe.c)", util.fmt_rate(N / probe_s) .. " records/s",
+  ("%d-byte bodies + 7 keys of 17 bytes; trusted import is %.2f of it"):format(body, probe_s / t_trusted))
 
 -- export
 local sink = "bench/data/export.jsonl"
@@ -94,6 +105,8 @@ os.execute("rm -rf " .. dir)
 local data = ("%dk generated events"):format(math.floor(N / 1000))
 util.summary("import, verified", util.fmt_rate(N / t_verified) .. " events/s", data .. ", 2 threads")
 util.summary("import, trusted", util.fmt_rate(N / t_trusted) .. " events/s", data)
+util.summary("import, trusted, vs the raw LMDB probe", ("%.2f"):format(probe_s / t_trusted),
+  ("probe %s records/s (bench/probe.c)"):format(util.fmt_rate(N / probe_s)))
 util.summary("export", util.fmt_rate(exported / t_export) .. " events/s", data)
 util.summary("disk", ("%.2f x the JSONL"):format(disk / jsonl_bytes), ("%.0f bytes/event"):format(disk / N))
 for _, r in ipairs(qrows) do
