@@ -19,16 +19,19 @@ static l2_store *check_lmdb(lua_State *L, l2lua_store **out)
 }
 
 /* layer2.lmdb.open(path [, opts]) -> store | nil, err. opts: map_size, fixed_map, nosync, cache,
- * max_limit, max_filters. */
+ * max_limit, max_filters, key_prefix (store.h: for tests). */
 static int lmdb_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
-    l2_store_opts o = {0, 0, 0, 0};
+    l2_store_opts o = {0};
     o.map_size = (size_t)l2lua_opt_int(L, 2, "map_size", 0);
     o.fixed_map = l2lua_opt_bool(L, 2, "fixed_map", 0);
     o.nosync = l2lua_opt_bool(L, 2, "nosync", 0);
     o.cache = l2lua_opt_bool(L, 2, "cache", 0);
+    int64_t prefix = l2lua_opt_int(L, 2, "key_prefix", 0);
+    if (prefix < 0 || prefix > 32) return luaL_error(L, "layer2.lmdb.open: key_prefix is 1 to 32 bytes");
+    o.key_prefix = (size_t)prefix;
     l2lua_store *s = l2lua_store_new(L, STORE_MT, &l2_lmdb_store_if, 2);
     l2_store *st;
     if (l2_store_open(&st, path, &o, s->err)) return l2lua_refuse(L, 0, s->err);
@@ -291,6 +294,41 @@ static int store_outbox_ack(lua_State *L)
     return 1;
 }
 
+static void upgrade_progress(void *ud, uint64_t done, uint64_t total)
+{
+    lua_State *L = ud;
+    lua_pushvalue(L, -1); /* the progress function, kept on top */
+    lua_pushinteger(L, (lua_Integer)done);
+    lua_pushinteger(L, (lua_Integer)total);
+    /* protected: an error must not leave the upgrade's transaction behind */
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+}
+
+/* layer2.lmdb.upgrade(path [, {progress = function(done, total)}]) -> events re-indexed, already in
+ * this format | nil, err (store.h: l2_store_upgrade) */
+static int lmdb_upgrade(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    int with_progress = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "progress");
+        with_progress = lua_isfunction(L, -1);
+        if (!with_progress) lua_pop(L, 1);
+    }
+    char err[L2_ERRLEN];
+    uint64_t events;
+    int already;
+    if (l2_store_upgrade(path, with_progress ? upgrade_progress : NULL, L, &events, &already, err)) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushinteger(L, (lua_Integer)events);
+    lua_pushboolean(L, already);
+    return 2;
+}
+
 static const luaL_Reg lmdb_methods[] = {
     {"candidates", store_candidates}, {"evict", store_evict}, {"drop_stubs", store_drop_stubs},
     {"revive", store_revive}, {"meta", store_meta}, {"meta_raise", store_meta_raise}, {"outbox", store_outbox},
@@ -304,4 +342,6 @@ void l2lua_open_lmdb(lua_State *L)
     lua_newtable(L);
     lua_pushcfunction(L, lmdb_open);
     lua_setfield(L, -2, "open");
+    lua_pushcfunction(L, lmdb_upgrade);
+    lua_setfield(L, -2, "upgrade");
 }

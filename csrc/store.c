@@ -15,11 +15,16 @@
 #include "rules.h"
 
 /* ---- layout ----
+ * Format 2. P, the key prefix: the first P bytes (8; fixed when the store is made) of a pubkey or
+ * of a 64-hex tag value stand for it in an index key. Such keys may collide (two pubkeys sharing
+ * P bytes); every candidate is checked against the whole filter before it is returned, so a
+ * collision costs a read, never a wrong answer. Format 1 had whole 32-byte values: `layer2
+ * upgrade` rebuilds those indexes (l2_store_upgrade).
  * events   serial(8)                              -> binary event
  * ids      id(32)                                 -> serial(8)
- * pubkey   pubkey(32) created_at(8) serial(8)     -> ""
+ * pubkey   pubkey(P) created_at(8) serial(8)      -> ""
  * kind     kind(2) created_at(8) serial(8)        -> ""
- * pubkind  pubkey(32) kind(2) created_at(8) serial(8) -> ""
+ * pubkind  pubkey(P) kind(2) created_at(8) serial(8) -> ""
  * tag      letter(1) value(V) created_at(8) serial(8) -> ""   (single-letter tags with a value)
  * created  created_at(8) serial(8)                -> ""
  * expire   l2_expiration(8) serial(8)                -> ""
@@ -42,14 +47,15 @@
  * outbox   seq(8)                                 -> 'S' binary event | 'D' id(32) tombstone(1)
  * answers  remembered answers: see answers.h
  * Integers are big-endian so cursors walk in order. V, a value key: 64-char lowercase hex as
- * 0xFE + 32 bytes, up to 64 bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of
- * its sha256. Index keys may therefore collide for long values: every candidate is checked
- * against the whole filter before it is returned. */
+ * 0xFE + its first P bytes (32 in replace and atomb, which are looked up, not scanned), up to 64
+ * bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of its sha256. */
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
+#define KEY_PREFIX 8 /* P: see the layout */
 #define DEFAULT_MAP (1ull << 30)
 #define MAX_VALUE_KEY 65
 #define MAX_ADDR_KEY (32 + 2 + MAX_VALUE_KEY)
+#define FULL 32 /* a whole 32-byte value in a key */
 
 enum { DB_EVENTS, DB_IDS, DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE, DB_REPLACE,
        DB_TOMB, DB_ATOMB, DB_CHANGES, DB_META, DB_ACCESS, DB_LRU, DB_STUBS, DB_OUTBOX, DB_BODIES,
@@ -68,6 +74,7 @@ typedef struct shared_env {
     MDB_env *env;
     MDB_dbi dbi[DB_COUNT];
     size_t map_size;
+    size_t key_prefix; /* P */
     struct shared_env *next;
 } shared_env;
 
@@ -145,11 +152,14 @@ static inline void put_be16(uint8_t *p, uint32_t v)
     p[1] = (uint8_t)v;
 }
 
-static size_t value_key(uint8_t *out, const char *s, size_t n)
+/* The key of a tag value (V in the layout); a 64-hex value keeps its first `hex` bytes. */
+static size_t value_key(uint8_t *out, const char *s, size_t n, size_t hex)
 {
-    if (n == 64 && l2_hex_decode(out + 1, s, 32) == 0) {
+    uint8_t b[32];
+    if (n == 64 && l2_hex_decode(b, s, 32) == 0) {
         out[0] = 0xFE;
-        return 33;
+        memcpy(out + 1, b, hex);
+        return 1 + hex;
     }
     if (n <= 64) {
         out[0] = (uint8_t)n;
@@ -168,12 +178,23 @@ static size_t addr_key(uint8_t *out, const uint8_t pubkey[32], uint32_t kind, co
 {
     memcpy(out, pubkey, 32);
     put_be16(out + 32, kind);
-    return 34 + value_key(out + 34, d, dn);
+    return 34 + value_key(out + 34, d, dn, FULL);
 }
 
 /* ---- the environment ---- */
 
-static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, char *err)
+/* A meta value written by meta_put_u64, or 0 when there is none. */
+static int meta_get_opt(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *out)
+{
+    MDB_val k = {strlen(name), (void *)name}, v;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    *out = rc == 0 && v.mv_size == 8 ? get_be64(v.mv_data) : 0;
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int meta_put_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t val);
+
+static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, int upgrading, char *err)
 {
     int rc, dead;
     MDB_txn *txn;
@@ -195,21 +216,33 @@ static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, ch
     if ((rc = mdb_txn_begin(sh->env, NULL, 0, &txn))) goto fail;
     for (int i = 0; i < DB_COUNT; i++)
         if ((rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &sh->dbi[i]))) goto abort;
-    MDB_val k = {7, "version"}, v;
-    rc = mdb_get(txn, sh->dbi[DB_META], &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        uint8_t ver[8];
-        put_be64(ver, SCHEMA_VERSION);
-        v.mv_size = 8;
-        v.mv_data = ver;
-        if ((rc = mdb_put(txn, sh->dbi[DB_META], &k, &v, 0))) goto abort;
-    } else if (rc) {
+    /* a new store is made in this format, with its key prefix; an older one is refused, unless
+     * l2_store_upgrade opens it to rebuild it */
+    uint64_t version = 0, prefix = 0;
+    if ((rc = meta_get_opt(txn, sh->dbi[DB_META], "version", &version)) ||
+        (rc = meta_get_opt(txn, sh->dbi[DB_META], "key_prefix", &prefix)))
         goto abort;
-    } else if (v.mv_size != 8 || get_be64(v.mv_data) != SCHEMA_VERSION) {
+    if (!version) {
+        version = SCHEMA_VERSION;
+        prefix = o->key_prefix ? o->key_prefix : KEY_PREFIX;
+        if ((rc = meta_put_u64(txn, sh->dbi[DB_META], "version", version)) ||
+            (rc = meta_put_u64(txn, sh->dbi[DB_META], "key_prefix", prefix)))
+            goto abort;
+    }
+    if (version != SCHEMA_VERSION && !(upgrading && version == 1)) {
         mdb_txn_abort(txn);
         mdb_env_close(sh->env);
-        return fail(err, "error: the store at '%s' has schema version %llu; this layer2 reads version %d", path,
-                    v.mv_size == 8 ? (unsigned long long)get_be64(v.mv_data) : 0ull, SCHEMA_VERSION);
+        if (version < SCHEMA_VERSION)
+            return fail(err, "error: the store at '%s' is in format %llu, which this layer2 (format %d) does not "
+                        "read: run `layer2 upgrade --path %s` once (stop what uses it first)", path,
+                        (unsigned long long)version, SCHEMA_VERSION, path);
+        return fail(err, "error: the store at '%s' is in format %llu, written by a newer layer2; this one reads "
+                    "format %d", path, (unsigned long long)version, SCHEMA_VERSION);
+    }
+    sh->key_prefix = version == 1 ? FULL : (size_t)prefix;
+    if (sh->key_prefix < 1 || sh->key_prefix > FULL) {
+        rc = MDB_CORRUPTED;
+        goto abort;
     }
     if ((rc = mdb_txn_commit(txn))) goto fail;
     return 0;
@@ -242,7 +275,7 @@ static int make_dirs(const char *path)
 int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char *err)
 {
     struct stat sb;
-    static const l2_store_opts defaults = {0, 0, 0, 0};
+    static const l2_store_opts defaults = {0};
     if (!o) o = &defaults;
     if (make_dirs(path) != 0)
         return fail(err, "error: cannot create the store directory '%s': %s", path, strerror(errno));
@@ -260,7 +293,7 @@ int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char
     while (sh && !(sh->dev == sb.st_dev && sh->ino == sb.st_ino && sh->pid == pid)) sh = sh->next;
     if (!sh) {
         sh = calloc(1, sizeof *sh);
-        if (!sh || env_open(sh, path, o, err)) {
+        if (!sh || env_open(sh, path, o, 0, err)) {
             pthread_mutex_unlock(&registry_lock);
             if (!sh) fail(err, "error: out of memory");
             free(sh);
@@ -415,19 +448,19 @@ static int del_key(wtx *w, int db, const uint8_t *key, size_t n)
  * insert, delete and check, so they can never disagree. */
 typedef int (*index_fn)(void *ud, int db, const uint8_t *key, size_t n);
 
-static int for_each_index(const l2_event *ev, uint64_t serial, index_fn fn, void *ud)
+static int for_each_index(size_t p, const l2_event *ev, uint64_t serial, index_fn fn, void *ud)
 {
     uint8_t k[1 + MAX_VALUE_KEY + 16], tail[16];
     int rc;
     int64_t exp;
     put_be64(tail, (uint64_t)ev->created_at);
     put_be64(tail + 8, serial);
-    memcpy(k, ev->pubkey, 32);
-    memcpy(k + 32, tail, 16);
-    if ((rc = fn(ud, DB_PUBKEY, k, 48))) return rc;
-    put_be16(k + 32, ev->kind);
-    memcpy(k + 34, tail, 16);
-    if ((rc = fn(ud, DB_PUBKIND, k, 50))) return rc;
+    memcpy(k, ev->pubkey, p);
+    memcpy(k + p, tail, 16);
+    if ((rc = fn(ud, DB_PUBKEY, k, p + 16))) return rc;
+    put_be16(k + p, ev->kind);
+    memcpy(k + p + 2, tail, 16);
+    if ((rc = fn(ud, DB_PUBKIND, k, p + 18))) return rc;
     put_be16(k, ev->kind);
     memcpy(k + 2, tail, 16);
     if ((rc = fn(ud, DB_KIND, k, 18))) return rc;
@@ -437,7 +470,7 @@ static int for_each_index(const l2_event *ev, uint64_t serial, index_fn fn, void
         if (l2_tag_len(ev, t) < 2 || name->n != 1) continue;
         const l2_str *v = l2_tag_elem(ev, t, 1);
         k[0] = (uint8_t)name->p[0];
-        size_t n = 1 + value_key(k + 1, v->p, v->n);
+        size_t n = 1 + value_key(k + 1, v->p, v->n, p);
         memcpy(k + n, tail, 16);
         if ((rc = fn(ud, DB_TAG, k, n + 16))) return rc;
     }
@@ -711,7 +744,7 @@ static int remove_event(wtx *w, uint64_t serial, int op)
     if (rc || (rc = load(st, w->txn, serial, ev, 1))) return rc;
     if (op && r.slot && (rc = keep_ghost(w, serial, &r))) return rc;
     if (r.slot && (rc = free_body(w, r.slot, r.body_len))) return rc;
-    if ((rc = for_each_index(ev, serial, index_del, w))) return rc;
+    if ((rc = for_each_index(st->sh->key_prefix, ev, serial, index_del, w))) return rc;
     if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
     if (op && (l2_kind_replaceable(ev->kind) || l2_kind_addressable(ev->kind))) {
         /* a cache eviction (op 0) keeps the head record: it still refuses older versions */
@@ -959,7 +992,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     }
     MDB_val ik = {32, (void *)ev->id}, iv = {8, sk};
     if ((rc = mdb_put(w->txn, st->dbi[DB_IDS], &ik, &iv, 0))) return rc;
-    if ((rc = for_each_index(ev, serial, index_put, w))) return rc;
+    if ((rc = for_each_index(st->sh->key_prefix, ev, serial, index_put, w))) return rc;
     if (an && (rc = put_head(w, ak, an, serial, ev))) return rc;
     if ((rc = add_change(w, L2_CHANGE_SAVED, ev->id, serial))) return rc;
     if (w->may_answer && !w->quiet && (rc = l2_answers_touch(w->txn, st->dbi[DB_ANSWERS], ev))) return rc;
@@ -1351,11 +1384,19 @@ static int consider(l2_store *st, const l2_filter *f, uint64_t serial, int64_t n
     return hits_push(out, &st->ev, serial);
 }
 
+static int by_prefix(const void *a, const void *b)
+{
+    const scan *x = a, *y = b;
+    if (x->plen != y->plen) return x->plen < y->plen ? -1 : 1;
+    return memcmp(x->prefix, y->prefix, x->plen);
+}
+
 /* Picks the index for a filter (ids, then the tag with fewest values, pubkey+kind, pubkey, kind,
- * created_at) and fills one scan per prefix. */
+ * created_at) and fills one scan per prefix. Two values may share a prefix (see P in the layout):
+ * their scans would walk the same keys twice, so each prefix is scanned once. */
 static int plan(l2_store *st, const l2_filter *f, scan **scans, size_t *nscans, int *db)
 {
-    size_t n = 0;
+    size_t n = 0, p = st->sh->key_prefix;
     scan *s = NULL;
     if (f->ntags) {
         const l2_tag_cond *best = &f->tags[0];
@@ -1366,23 +1407,23 @@ static int plan(l2_store *st, const l2_filter *f, scan **scans, size_t *nscans, 
         for (uint32_t i = 0; i < best->n; i++, n++) {
             const l2_str *v = &f->values[best->first + i];
             s[n].prefix[0] = (uint8_t)best->letter;
-            s[n].plen = 1 + value_key(s[n].prefix + 1, v->p, v->n);
+            s[n].plen = 1 + value_key(s[n].prefix + 1, v->p, v->n, p);
         }
     } else if ((f->have & L2_F_AUTHORS) && (f->have & L2_F_KINDS) && (uint64_t)f->nauthors * f->nkinds <= 4096) {
         *db = DB_PUBKIND;
         if (!(s = calloc((size_t)f->nauthors * f->nkinds, sizeof *s))) return ENOMEM;
         for (uint32_t a = 0; a < f->nauthors; a++)
             for (uint32_t k = 0; k < f->nkinds; k++, n++) {
-                memcpy(s[n].prefix, f->authors[a], 32);
-                put_be16(s[n].prefix + 32, f->kinds[k]);
-                s[n].plen = 34;
+                memcpy(s[n].prefix, f->authors[a], p);
+                put_be16(s[n].prefix + p, f->kinds[k]);
+                s[n].plen = p + 2;
             }
     } else if (f->have & L2_F_AUTHORS) {
         *db = DB_PUBKEY;
         if (!(s = calloc(f->nauthors, sizeof *s))) return ENOMEM;
         for (uint32_t a = 0; a < f->nauthors; a++, n++) {
-            memcpy(s[n].prefix, f->authors[a], 32);
-            s[n].plen = 32;
+            memcpy(s[n].prefix, f->authors[a], p);
+            s[n].plen = p;
         }
     } else if (f->have & L2_F_KINDS) {
         *db = DB_KIND;
@@ -1396,7 +1437,13 @@ static int plan(l2_store *st, const l2_filter *f, scan **scans, size_t *nscans, 
         if (!(s = calloc(1, sizeof *s))) return ENOMEM;
         n = 1;
     }
-    (void)st;
+    if (n > 1) {
+        qsort(s, n, sizeof *s, by_prefix);
+        size_t u = 1;
+        for (size_t i = 1; i < n; i++)
+            if (by_prefix(&s[u - 1], &s[i])) s[u++] = s[i];
+        n = u;
+    }
     *scans = s;
     *nscans = n;
     return 0;
@@ -2122,6 +2169,94 @@ int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *
     return 0;
 }
 
+/* ---- upgrade ---- */
+
+typedef struct {
+    MDB_txn *txn;
+    MDB_dbi *dbi;
+} reindex;
+
+/* The indexes whose keys format 2 changed (pubkey, pubkind, tag) get the key; the others stay. */
+static int reindex_put(void *ud, int db, const uint8_t *key, size_t n)
+{
+    reindex *r = ud;
+    if (db != DB_PUBKEY && db != DB_PUBKIND && db != DB_TAG) return 0;
+    MDB_val k = {n, (void *)key}, v = {0, ""};
+    return mdb_put(r->txn, r->dbi[db], &k, &v, 0);
+}
+
+int l2_store_upgrade(const char *path, void (*progress)(void *ud, uint64_t done, uint64_t total), void *ud,
+                     uint64_t *events, int *already, char *err)
+{
+    char file[4096];
+    struct stat sb;
+    *events = 0;
+    *already = 0;
+    snprintf(file, sizeof file, "%s/data.mdb", path);
+    if (stat(file, &sb) != 0) return fail(err, "error: no store at '%s'", path);
+    if (stat(path, &sb) != 0) return fail(err, "error: cannot read '%s': %s", path, strerror(errno));
+    pthread_mutex_lock(&registry_lock);
+    shared_env *open_here = registry;
+    while (open_here && !(open_here->dev == sb.st_dev && open_here->ino == sb.st_ino)) open_here = open_here->next;
+    pthread_mutex_unlock(&registry_lock);
+    if (open_here) return fail(err, "error: the store at '%s' is open in this process: close it first", path);
+    shared_env sh;
+    memset(&sh, 0, sizeof sh);
+    static const l2_store_opts defaults = {0};
+    if (env_open(&sh, path, &defaults, 1, err)) return -1;
+    if (sh.key_prefix != FULL) {
+        *already = 1;
+        mdb_env_close(sh.env);
+        return 0;
+    }
+    /* one write transaction: killed at any point, the store is the format-1 store it was */
+    MDB_txn *txn;
+    MDB_cursor *c = NULL;
+    MDB_val k, v;
+    l2_event ev;
+    l2_event_init(&ev);
+    uint64_t cache = 0, total = 0;
+    int rc = mdb_txn_begin(sh.env, NULL, 0, &txn);
+    if (rc) goto fail;
+    total = entries(txn, sh.dbi[DB_EVENTS]);
+    /* a cache's records start with slot and length (see the layout); only a cache counts slots */
+    if ((rc = meta_get_opt(txn, sh.dbi[DB_META], "next_slot", &cache)) || (rc = mdb_drop(txn, sh.dbi[DB_PUBKEY], 0)) ||
+        (rc = mdb_drop(txn, sh.dbi[DB_PUBKIND], 0)) || (rc = mdb_drop(txn, sh.dbi[DB_TAG], 0)) ||
+        (rc = mdb_cursor_open(txn, sh.dbi[DB_EVENTS], &c)))
+        goto abort;
+    reindex r = {txn, sh.dbi};
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        size_t skip = cache ? 8 : 0;
+        if (k.mv_size != 8 || v.mv_size < skip ||
+            l2_event_decode_bin(&ev, (const uint8_t *)v.mv_data + skip, v.mv_size - skip, NULL)) {
+            rc = MDB_CORRUPTED;
+            goto abort;
+        }
+        if ((rc = for_each_index(KEY_PREFIX, &ev, get_be64(k.mv_data), reindex_put, &r))) goto abort;
+        if (++*events % 4096 == 0 && progress) progress(ud, *events, total);
+    }
+    if (rc != MDB_NOTFOUND) goto abort;
+    mdb_cursor_close(c);
+    c = NULL;
+    if ((rc = meta_put_u64(txn, sh.dbi[DB_META], "version", SCHEMA_VERSION)) ||
+        (rc = meta_put_u64(txn, sh.dbi[DB_META], "key_prefix", KEY_PREFIX)))
+        goto abort;
+    rc = mdb_txn_commit(txn);
+    if (rc) goto fail;
+    if (progress) progress(ud, *events, total);
+    l2_event_free(&ev);
+    mdb_env_close(sh.env);
+    return 0;
+abort:
+    if (c) mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+fail:
+    l2_event_free(&ev);
+    mdb_env_close(sh.env);
+    *events = 0;
+    return lmdb_fail(err, "upgrading the store", rc);
+}
+
 /* ---- copy ---- */
 
 typedef struct {
@@ -2260,7 +2395,7 @@ int l2_store_check(l2_store *st, void (*problem)(void *ud, const char *msg), voi
         }
         if (lookup_id(t, st, st->ev.id, &s2) != 0 || s2 != serial)
             report(&c, "event at serial %llu is missing from the ids index", (unsigned long long)serial);
-        for_each_index(&st->ev, serial, index_present, &c);
+        for_each_index(st->sh->key_prefix, &st->ev, serial, index_present, &c);
         if (st->cache && r.slot) {
             /* a cache's body: there, whole, and the same event as its record */
             const void *body;
@@ -2285,7 +2420,7 @@ int l2_store_check(l2_store *st, void (*problem)(void *ud, const char *msg), voi
             if (load(st, t, serial, &st->ev, 0) != 0)
                 report(&c, "a %s index entry points at no event (serial %llu)", db_names[dbs[i]],
                        (unsigned long long)serial);
-            else if (for_each_index(&st->ev, serial, key_equal, &m), !m.found)
+            else if (for_each_index(st->sh->key_prefix, &st->ev, serial, key_equal, &m), !m.found)
                 report(&c, "a %s index entry does not describe the event it points at (serial %llu)",
                        db_names[dbs[i]], (unsigned long long)serial);
         }

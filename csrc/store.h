@@ -18,6 +18,8 @@ typedef struct {
     int fixed_map;   /* never grow: a size-limited store */
     int nosync;      /* commit without fsync; durable at l2_store_sync */
     int cache;       /* an L1: keeps access statistics, can hold stubs */
+    size_t key_prefix; /* bytes of a pubkey or hex value in index keys, 1 to 32, fixed when the store
+                        * is made; 0 means 8. Small values are for tests: they make collisions */
 } l2_store_opts;
 
 
@@ -166,6 +168,13 @@ int l2_store_fill(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_
 int l2_store_answer_drop(l2_store *st, const l2_answer_key *k, char *err);
 int l2_store_answers_clear(l2_store *st, char *err);
 
+/* Rebuilds the format-1 store at `path` (index keys with whole 32-byte values) into this format,
+ * in one write transaction: killed at any point, it is the format-1 store it was, and upgrading
+ * again starts over. progress(ud, done, total) every 4,096 events and at the end. 0 with *events
+ * re-indexed, or with *already set when it was in this format already; -1 with err. Nothing may
+ * have the store open meanwhile, this process included. */
+int l2_store_upgrade(const char *path, void (*progress)(void *ud, uint64_t done, uint64_t total), void *ud,
+                     uint64_t *events, int *already, char *err);
 /* Writes a copy of the store into dir (created; it must not hold a store), compacted when asked:
  * a consistent snapshot taken while others keep working. progress gets the bytes written so far. */
 int l2_store_copy(l2_store *st, const char *dir, int compact, void (*progress)(void *ud, uint64_t bytes), void *ud,

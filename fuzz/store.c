@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char err[L2_ERRLEN];
     if (!st) {
         char dir[] = "/tmp/layer2-fuzz-XXXXXX";
-        l2_store_opts o = {1 << 24, 0, 1, 1};
+        l2_store_opts o = {.map_size = 1 << 24, .nosync = 1, .cache = 1};
         if (!mkdtemp(dir) || l2_store_open(&st, dir, &o, err)) abort();
         l2_event_init(&ev);
         l2_filter_init(&f);

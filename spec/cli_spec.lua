@@ -121,7 +121,8 @@ describe("the layer2 command line tool", function()
       { "--path " .. dir .. " nuke", "add %-%-yes" },
       { "export --pubkey XYZ", "%-%-pubkey takes 64 lowercase hex" },
       { "stats --frob", "stats does not take %-%-frob" },
-      { "--l2 postgres://nowhere.invalid/x import " .. data, "error: PostgreSQL: cannot connect: could not translate" },
+      { "--path " .. dir .. "-pg --l2 postgres://nowhere.invalid/x import " .. data,
+        "error: PostgreSQL: cannot connect: could not translate" },
       { "--l2 mysql://x import " .. data, "%-%-l2 takes a postgres:// URL or a conninfo string" },
       { "--path", "%-%-path needs a value" },
     }

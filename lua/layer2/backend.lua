@@ -48,6 +48,8 @@ end
 
 -- Opens the two stores; returns l1, l2, own_l2 or nil, err.
 local function open_stores(path, opts, limit, max_limit)
+  -- a bad L2 object is the caller's mistake: said before anything is opened
+  local given = type(opts.l2) ~= "string" and opts.l2 ~= nil and opts.l2 ~= false and check_store(opts.l2)
   local l1, err = core.lmdb.open(path .. "/layer1", { cache = true, map_size = limit, fixed_map = limit ~= nil,
     nosync = opts.nosync, max_limit = max_limit })
   if not l1 then return nil, err end
@@ -58,7 +60,7 @@ local function open_stores(path, opts, limit, max_limit)
     -- a conninfo or postgres:// URI: the shared L2 of a cluster
     l2, err = core.postgres.open(opts.l2, { max_limit = max_limit })
   else
-    return l1, opts.l2 ~= false and check_store(opts.l2) or nil, false
+    return l1, given or nil, false
   end
   if not l2 then
     l1:close()

@@ -1,4 +1,5 @@
--- The `layer2` command line tool: import, export, scan, count, stats, gc, check, compact, nuke.
+-- The `layer2` command line tool: import, export, scan, count, stats, gc, check, compact, nuke,
+-- upgrade.
 local layer2 = require("layer2")
 local cjson = require("cjson")
 
@@ -20,6 +21,7 @@ commands:
   check                verify that every index entry and every event agree
   compact OUT          write a compacted copy of the store into the directory OUT
   nuke --yes           delete every event of the store
+  upgrade              rewrite a store made by an older layer2 into this one's format
 
 options:
   --path DIR           the store (default ./data): DIR/layer1 and DIR/layer2
@@ -41,6 +43,10 @@ local HELP = {
   check = "usage: layer2 [--path DIR] check\nExits 0 when the store is consistent; prints each problem otherwise.\n",
   compact = "usage: layer2 [--path DIR] compact OUT\nWrites a compacted copy of both levels into OUT.\n",
   nuke = "usage: layer2 [--path DIR] nuke --yes\nDeletes every event of both levels.\n",
+  upgrade = "usage: layer2 [--path DIR] upgrade\n"
+    .. "Rewrites the store at DIR (both levels, DIR/layer1 and DIR/layer2, or DIR itself when it is one\n"
+    .. "LMDB store) into this layer2's format, each in one transaction: stopped or killed, a store is\n"
+    .. "as it was, and upgrading again starts over. Stop whatever uses the store first.\n",
 }
 
 local Fail = {}
@@ -313,6 +319,28 @@ function commands.nuke(opts)
   db:close()
   if not ok then fail(err) end
   print("nuked " .. opts.path)
+  return 0
+end
+
+function commands.upgrade(opts)
+  local stores = {}
+  for _, level in ipairs({ "layer1", "layer2" }) do
+    local f = io.open(opts.path .. "/" .. level .. "/data.mdb")
+    if f then
+      f:close()
+      stores[#stores + 1] = opts.path .. "/" .. level
+    end
+  end
+  if #stores == 0 then stores[1] = opts.path end
+  for _, path in ipairs(stores) do
+    local bar = progress_bar("upgrade " .. path, nil, "events")
+    local n, already = layer2.lmdb.upgrade(path, { progress = function(done)
+      bar.update(done)
+    end })
+    if not n then fail(already) end
+    bar.finish(already and ("%s: already in this format"):format(path)
+      or ("%s: upgraded, %d events re-indexed in %.1f s"):format(path, n, bar.elapsed()))
+  end
   return 0
 end
 

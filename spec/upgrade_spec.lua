@@ -1,0 +1,202 @@
+-- Store format 2 (compact index keys) and the upgrade from format 1: spec/fixtures/v1/store is a
+-- relay's data directory written by the last format-1 layer2 (spec/fixtures/v1/make.lua says how),
+-- expected.json what each of its levels held.
+local layer2 = require("layer2")
+local helper = require("spec.helper")
+local ref = require("spec.ref")
+local cjson = require("cjson")
+
+local FIXTURE = "spec/fixtures/v1/store"
+local LUA = helper.LUA
+-- the command line tool as a user runs it: Lua 5.4, whichever interpreter runs the spec
+local ROOT = io.popen("pwd"):read("l")
+local CLI = ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/lua5.4/?.so;;' lua5.4 %s/bin/layer2")
+  :format(ROOT, ROOT, ROOT, ROOT)
+
+local function fixture_copy()
+  local dir = helper.tmpdir()
+  assert(os.execute(("cp -r %s %s"):format(FIXTURE, dir)))
+  return dir
+end
+
+local function expected()
+  local f = assert(io.open("spec/fixtures/v1/expected.json"))
+  local e = cjson.decode(f:read("a"))
+  f:close()
+  return e
+end
+
+local function sha256(path)
+  local p = io.popen("sha256sum " .. path)
+  local s = p:read("a"):match("^(%x+)")
+  p:close()
+  return s
+end
+
+-- What a level holds, in the terms of expected.json.
+local function holds(dir, level)
+  local st = assert(layer2.lmdb.open(dir .. "/" .. level, { cache = level == "layer1" }))
+  local file = os.tmpname()
+  local n = assert(st:export(file))
+  local s = st:stats()
+  local ok, problems = st:check()
+  assert(ok, level .. ": " .. table.concat(problems or {}, "\n"))
+  st:close()
+  local out = { exported = n, export_sha256 = sha256(file), events = s.events, stubs = s.stubs,
+    tombstones = s.tombstones, changes = s.changes, last_seq = s.last_seq, outbox = s.outbox,
+    index_entries = s.index_entries }
+  os.remove(file)
+  return out
+end
+
+-- The fixture's events as its generator made them (the same seed gives the same signed events).
+local function generated()
+  local g = require("layer2.gen").new({ seed = 2026, authors = 30 })
+  local out = {}
+  for i = 1, 610 do out[i] = g:next() end
+  return out
+end
+
+describe("store format 2", function()
+  it("refuses a format-1 store with a message naming the upgrade, and reads it after `layer2 upgrade`", function()
+    local dir = fixture_copy()
+    local db, err = layer2.open(dir)
+    assert.is_nil(db)
+    assert.equal(("error: the store at '%s/layer1' is in format 1, which this layer2 (format 2) does not read: "
+      .. "run `layer2 upgrade --path %s/layer1` once (stop what uses it first)"):format(dir, dir), err)
+    local st, err2 = layer2.lmdb.open(dir .. "/layer2")
+    assert.is_nil(st)
+    assert.matches("is in format 1, which this layer2", err2)
+    -- the command line tool upgrades both levels of the data directory
+    local p = io.popen(("%s --path %s upgrade 2>&1; echo rc=$?"):format(CLI, dir))
+    local out = p:read("a")
+    p:close()
+    assert.matches("layer1: upgraded, 103 events re%-indexed", out)
+    assert.matches("layer2: upgraded, 561 events re%-indexed", out)
+    assert.matches("rc=0\n$", out)
+    local want = expected()
+    assert.same(want.layer1, holds(dir, "layer1"))
+    assert.same(want.layer2, holds(dir, "layer2"))
+    -- again: nothing to do
+    p = io.popen(("%s --path %s upgrade 2>&1"):format(CLI, dir))
+    out = p:read("a")
+    p:close()
+    assert.matches("layer1: already in this format\n.*layer2: already in this format", out)
+    helper.rmdir(dir)
+  end)
+
+  it("keeps every event, tombstone, head and outbox record through the upgrade, and answers like the reference",
+    function()
+    local dir = fixture_copy()
+    assert(layer2.lmdb.upgrade(dir .. "/layer1"))
+    assert(layer2.lmdb.upgrade(dir .. "/layer2"))
+    local db = assert(layer2.open(dir, { log = function() end }))
+    -- the outbox: the ten events L2 had not taken yet (the generator's last ten) go now, each stored
+    -- or refused by L2's rules
+    assert.equal(10, db:stats().outbox)
+    db:gc()
+    assert.equal(0, db:stats().outbox)
+    local events = generated()
+    local taken = 0
+    for i = 601, 610 do
+      if db.l2:count_events({ ids = { events[i].id } }) == 1 then
+        taken = taken + 1
+      else
+        local ok, msg = db.l2:save_event(events[i])
+        assert.is_false(ok)
+        assert.matches("^duplicate: ", msg)
+      end
+    end
+    assert.is_true(taken >= 5)
+    local stored = {}
+    for _, ev in ipairs(assert(db.l2:query_events({}, { max_limit = 10000 }))) do stored[ev.id] = ev end
+    -- tombstones: each event a stored deletion names is refused again; heads: each replaced version
+    -- of a replaceable event is refused as older than the head
+    local deleted = {}
+    for _, ev in pairs(stored) do
+      if ev.kind == 5 then
+        for _, t in ipairs(ev.tags) do if t[1] == "e" then deleted[t[2]] = true end end
+      end
+    end
+    local blocked, older = 0, 0
+    for _, ev in ipairs(events) do
+      if not stored[ev.id] then
+        local ok, msg = db:save_event(ev)
+        assert.is_false(ok, ev.id)
+        if deleted[ev.id] then
+          assert.matches("^blocked: ", msg)
+          blocked = blocked + 1
+        elseif ev.kind == 0 or ev.kind == 3 or ev.kind == 10002 or ev.kind == 30023 then
+          assert.matches("^duplicate: a newer version", msg)
+          older = older + 1
+        end
+      end
+    end
+    assert.is_true(blocked >= 10 and older >= 10, ("%d blocked, %d older"):format(blocked, older))
+    -- queries: the upgraded L2 against the reference over what it holds
+    local model, list = ref.new(), {}
+    for _, ev in pairs(stored) do list[#list + 1] = ev end
+    table.sort(list, function(a, b) return a.created_at < b.created_at end)
+    for _, ev in ipairs(list) do model.byid[ev.id] = ev end
+    local rand = helper.rng(5)
+    for _ = 1, 200 do
+      local e = list[rand(#list)]
+      local f = ({ { authors = { e.pubkey } }, { kinds = { e.kind }, limit = 30 }, { authors = { e.pubkey },
+        kinds = { e.kind } }, { ["#p"] = { e.pubkey } } })[rand(4)]
+      for _, t in ipairs(e.tags) do
+        if (t[1] == "e" or t[1] == "t") and t[2] and rand(2) == 1 then f["#" .. t[1]] = { t[2] } end
+      end
+      assert.same(model:query({ f }, os.time(), 10000), helper.ids(db.l2:query_events(f, { max_limit = 10000 })),
+        cjson.encode(f))
+    end
+    db:close()
+    helper.rmdir(dir)
+  end)
+
+  it("a kill during the upgrade leaves the store as it was or upgraded, and upgrading again finishes", function()
+    local want = expected()
+    local rand = helper.rng(11)
+    for round = 1, 12 do
+      local dir = fixture_copy()
+      local script = dir .. ".lua"
+      local f = assert(io.open(script, "w"))
+      f:write(("assert(require('layer2').lmdb.upgrade(%q))"):format(dir .. "/layer2"))
+      f:close()
+      os.execute(("%s %s & pid=$!; sleep %.3f; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null"):format(LUA,
+        script, rand(60) / 1000))
+      local st, err = layer2.lmdb.open(dir .. "/layer2")
+      if st then
+        st:close() -- upgraded before the kill
+      else
+        assert.matches("is in format 1", err, "round " .. round)
+      end
+      assert(layer2.lmdb.upgrade(dir .. "/layer2"))
+      assert.same(want.layer2, holds(dir, "layer2"), "round " .. round)
+      os.remove(script)
+      helper.rmdir(dir)
+    end
+  end)
+
+  it("a pubkey or hex value that shares its key prefix with another never reaches the other's answers", function()
+    local dir = helper.tmpdir()
+    local st = assert(layer2.lmdb.open(dir))
+    local sec = ("0"):rep(63) .. "c"
+    -- two p values alike in their first 8 bytes (the key prefix), different after
+    local a, b = ("ab"):rep(8) .. ("01"):rep(24), ("ab"):rep(8) .. ("02"):rep(24)
+    local function note(t, p) return layer2.event.sign({ kind = 1, created_at = t, tags = { { "p", p } },
+      content = "for " .. p:sub(-2) }, sec) end
+    local ea, eb, ea2 = note(100, a), note(200, b), note(300, a)
+    for _, ev in ipairs({ ea, eb, ea2 }) do assert(st:save_event(ev)) end
+    assert.same({ ea2.id, ea.id }, helper.ids(st:query_events({ ["#p"] = { a } })))
+    assert.same({ eb.id }, helper.ids(st:query_events({ ["#p"] = { b } })))
+    assert.same({ ea2.id }, helper.ids(st:query_events({ ["#p"] = { a }, limit = 1 })))
+    -- both values at once: each event once
+    assert.same({ ea2.id, eb.id, ea.id }, helper.ids(st:query_events({ ["#p"] = { a, b } })))
+    assert.equal(2, st:count_events({ ["#p"] = { a } }))
+    st:close()
+    helper.rmdir(dir)
+    -- a bad key prefix is refused clearly
+    assert.has_error(function() layer2.lmdb.open(dir, { key_prefix = 33 }) end,
+      "layer2.lmdb.open: key_prefix is 1 to 32 bytes")
+  end)
+end)
