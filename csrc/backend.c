@@ -285,7 +285,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
                     if (!why) why = res[k].msg;
                     queued[nq++] = k;
                 } else {
-                    refuse(&out[at[k]], res[k].msg ? res[k].msg : l2_save_message(res[k].status));
+                    refuse(&out[at[k]], l2_save_result_message(&res[k]));
                 }
             }
             if (nq) logf_(b, "L2 save failed, queued in the outbox: %s", why ? why : "error: L2 failed");
@@ -331,7 +331,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
             v->ok = 1;
             b->hooks.accepted(b->hooks.ud, group[j], 0);
         } else {
-            refuse(v, l2_save_message(res[j].status));
+            refuse(v, l2_save_result_message(&res[j]));
         }
     }
 done:

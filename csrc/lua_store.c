@@ -351,7 +351,7 @@ int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits 
             default: counts[C_INVALID]++;
             }
             if (r->status != L2_SAVE_STORED && r->status != L2_SAVE_EPHEMERAL)
-                call_refused(L, on_refused, it->line, l2_save_message(r->status));
+                call_refused(L, on_refused, it->line, l2_save_result_message(r));
         }
         if (progress) {
             lua_pushvalue(L, progress);
@@ -453,7 +453,7 @@ static int store_saver(void *ud, l2_event *const *evs, size_t n, int64_t now, l2
     if (!res) return l2_oom(err);
     int rc = s->vt->save_batch(s->st, evs, n, now, s->save_flags, res, err);
     for (size_t i = 0; !rc && i < n; i++) {
-        const char *msg = l2_save_message(res[i].status);
+        const char *msg = l2_save_result_message(&res[i]);
         out[i].ok = !msg;
         if (msg) snprintf(out[i].msg, sizeof out[i].msg, "%s", msg);
     }
@@ -674,7 +674,7 @@ static int store_save(lua_State *L)
     if (verify && l2_event_verify(&s->ev, &s->out, s->err)) return l2lua_refuse(L, 1, s->err);
     if (s->vt->save_batch(s->st, &evp, 1, l2lua_opt_now(L, 3), save_flags(L, 3), &res, s->err))
         return l2lua_refuse(L, 1, s->err);
-    const char *msg = l2_save_message(res.status);
+    const char *msg = l2_save_result_message(&res);
     if (msg) return l2lua_refuse(L, 1, msg);
     lua_pushboolean(L, 1);
     return 1;

@@ -37,7 +37,10 @@ struct l2_pg {
     l2_buf sql, json, copy;
 };
 
-static const char SCHEMA_SQL[] =
+/* The schema, version 2 (version 1 had the same tables; its layer2_save stored a deletion request
+ * that names only other authors' events): tables, then the functions (what a migration from
+ * version 1 replaces), then the trigger that needs them. */
+static const char TABLES_SQL[] =
     "CREATE TABLE layer2_meta (key text PRIMARY KEY, value text NOT NULL);\n"
     "CREATE TABLE layer2_events (\n"
     "  seq bigserial PRIMARY KEY,\n"
@@ -60,17 +63,16 @@ static const char SCHEMA_SQL[] =
     "CREATE TABLE layer2_tombstones (id bytea, pubkey bytea, PRIMARY KEY (id, pubkey));\n"
     "CREATE TABLE layer2_addr_tombstones (pubkey bytea, kind integer, d bytea, until bigint NOT NULL,\n"
     "  PRIMARY KEY (pubkey, kind, d));\n"
-    "CREATE TABLE layer2_changes (seq bigserial PRIMARY KEY, op smallint NOT NULL, id bytea NOT NULL);\n"
-    "\n"
-    "CREATE FUNCTION layer2_notify() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "CREATE TABLE layer2_changes (seq bigserial PRIMARY KEY, op smallint NOT NULL, id bytea NOT NULL);\n";
+
+static const char FUNCTIONS_SQL[] =
+    "CREATE OR REPLACE FUNCTION layer2_notify() RETURNS trigger LANGUAGE plpgsql AS $$\n"
     "BEGIN PERFORM pg_notify('layer2_changes', ''); RETURN NULL; END $$;\n"
-    "CREATE TRIGGER layer2_changes_notify AFTER INSERT ON layer2_changes\n"
-    "  FOR EACH STATEMENT EXECUTE FUNCTION layer2_notify();\n"
     "\n"
-    "CREATE FUNCTION layer2_lock(p_pubkey bytea) RETURNS void LANGUAGE sql AS\n"
+    "CREATE OR REPLACE FUNCTION layer2_lock(p_pubkey bytea) RETURNS void LANGUAGE sql AS\n"
     "$$ SELECT pg_advisory_xact_lock(" LOCK_NS ", get_byte(p_pubkey, 0)) $$;\n"
     "\n"
-    "CREATE FUNCTION layer2_remove(p_id bytea, p_op smallint) RETURNS boolean LANGUAGE plpgsql AS $$\n"
+    "CREATE OR REPLACE FUNCTION layer2_remove(p_id bytea, p_op smallint) RETURNS boolean LANGUAGE plpgsql AS $$\n"
     "BEGIN\n"
     "  DELETE FROM layer2_events WHERE id = p_id;\n"
     "  IF NOT FOUND THEN RETURN false; END IF;\n"
@@ -79,8 +81,9 @@ static const char SCHEMA_SQL[] =
     "  RETURN true;\n"
     "END $$;\n"
     "\n"
-    /* status: 0 stored, 2 duplicate, 3 older, 4 deleted (blocked), 5 expired: enum l2_save_status */
-    "CREATE FUNCTION layer2_save(p_id bytea, p_pubkey bytea, p_kind integer, p_created bigint,\n"
+    /* status: 0 stored, 2 duplicate, 3 older, 4 deleted (blocked), 5 expired, 6 a deletion request
+     * whose e tags name only other authors' events (L2_DELETION_OF_OTHERS): enum l2_save_status */
+    "CREATE OR REPLACE FUNCTION layer2_save(p_id bytea, p_pubkey bytea, p_kind integer, p_created bigint,\n"
     "    p_expiration bigint, p_addr boolean, p_d bytea, p_tags bytea[], p_json text, p_del_ids bytea[],\n"
     "    p_del_kinds integer[], p_del_ds bytea[], p_now bigint,\n"
     "    OUT status integer, OUT replaced integer, OUT deleted integer) LANGUAGE plpgsql AS $$\n"
@@ -112,6 +115,11 @@ static const char SCHEMA_SQL[] =
     "    IF NOT FOUND THEN status := 3; RETURN; END IF;\n"
     "    IF h_id IS NOT NULL AND layer2_remove(h_id, 2::smallint) THEN replaced := 1; END IF;\n"
     "  END IF;\n"
+    "  IF p_kind = 5 AND coalesce(array_length(p_del_ids, 1), 0) > 0 AND NOT EXISTS (\n"
+    "      SELECT 1 FROM unnest(p_del_ids) AS t(target) WHERE NOT EXISTS (\n"
+    "        SELECT 1 FROM layer2_events e WHERE e.id = t.target AND e.pubkey <> p_pubkey)) THEN\n"
+    "    status := 6; RETURN;\n"
+    "  END IF;\n"
     "  INSERT INTO layer2_events (id, pubkey, kind, created_at, expiration, tags, json)\n"
     "    VALUES (p_id, p_pubkey, p_kind, p_created, p_expiration, p_tags, p_json);\n"
     "  INSERT INTO layer2_changes (op, id) VALUES (1, p_id);\n"
@@ -135,7 +143,7 @@ static const char SCHEMA_SQL[] =
     "END $$;\n"
     "\n"
     /* a batch staged by COPY, saved in order; the locks of all its authors are taken first */
-    "CREATE FUNCTION layer2_save_staged(p_now bigint)\n"
+    "CREATE OR REPLACE FUNCTION layer2_save_staged(p_now bigint)\n"
     "    RETURNS TABLE (status integer, replaced integer, deleted integer) LANGUAGE plpgsql AS $$\n"
     "DECLARE r record; k integer;\n"
     "BEGIN\n"
@@ -150,7 +158,7 @@ static const char SCHEMA_SQL[] =
     "  END LOOP;\n"
     "END $$;\n"
     "\n"
-    "CREATE FUNCTION layer2_delete(p_id bytea, p_tombstone boolean) RETURNS boolean LANGUAGE plpgsql AS $$\n"
+    "CREATE OR REPLACE FUNCTION layer2_delete(p_id bytea, p_tombstone boolean) RETURNS boolean LANGUAGE plpgsql AS $$\n"
     "DECLARE pk bytea;\n"
     "BEGIN\n"
     "  SELECT pubkey INTO pk FROM layer2_events WHERE id = p_id;\n"
@@ -161,7 +169,7 @@ static const char SCHEMA_SQL[] =
     "  RETURN true;\n"
     "END $$;\n"
     "\n"
-    "CREATE FUNCTION layer2_sweep(p_now bigint) RETURNS bigint LANGUAGE plpgsql AS $$\n"
+    "CREATE OR REPLACE FUNCTION layer2_sweep(p_now bigint) RETURNS bigint LANGUAGE plpgsql AS $$\n"
     "DECLARE k integer; x bytea; n bigint := 0; ids bytea[];\n"
     "BEGIN\n"
     "  SELECT coalesce(array_agg(id), '{}') INTO ids FROM layer2_events WHERE expiration <= p_now;\n"
@@ -173,6 +181,10 @@ static const char SCHEMA_SQL[] =
     "  END LOOP;\n"
     "  RETURN n;\n"
     "END $$;\n";
+
+static const char TRIGGER_SQL[] =
+    "CREATE TRIGGER layer2_changes_notify AFTER INSERT ON layer2_changes\n"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION layer2_notify();\n";
 
 static const char STAGED_SQL[] =
     "CREATE TEMP TABLE IF NOT EXISTS layer2_staged (ord bigserial, id bytea, pubkey bytea, kind integer,"
@@ -449,7 +461,11 @@ static int ready(l2_pg *pg, char *err)
 
 static int create_schema(l2_pg *pg, char *err)
 {
-    char v[32];
+    char v[32], set_version[128], insert_version[128];
+    snprintf(set_version, sizeof set_version, "UPDATE layer2_meta SET value = '%d' WHERE key = 'schema_version'",
+             L2_PG_SCHEMA_VERSION);
+    snprintf(insert_version, sizeof insert_version, "INSERT INTO layer2_meta VALUES ('schema_version', '%d')",
+             L2_PG_SCHEMA_VERSION);
     if (run_plain(pg, "BEGIN", err)) return -1;
     /* bucket locks are 0..255: -1 is the schema's */
     if (!run(pg, "SELECT pg_advisory_xact_lock(" LOCK_NS ", -1), to_regclass('layer2_meta') IS NOT NULL", NULL, err))
@@ -458,16 +474,19 @@ static int create_schema(l2_pg *pg, char *err)
         if (!run(pg, "SELECT value FROM layer2_meta WHERE key = 'schema_version'", NULL, err)) goto rollback;
         size_t n = PQntuples(pg->res) ? (size_t)PQgetlength(pg->res, 0, 0) : 0;
         snprintf(v, sizeof v, "%.*s", (int)(n < sizeof v ? n : sizeof v - 1), n ? PQgetvalue(pg->res, 0, 0) : "");
-        if (atoi(v) != L2_PG_SCHEMA_VERSION) {
+        int version = atoi(v);
+        if (version == 1) {
+            /* the same tables: its functions are replaced (under the schema's lock, in this transaction) */
+            if (run_plain(pg, FUNCTIONS_SQL, err) || run_plain(pg, set_version, err)) goto rollback;
+        } else if (version != L2_PG_SCHEMA_VERSION) {
             fail(err, "error: PostgreSQL: the database holds layer2 schema version '%s'; this layer2 knows version %d "
                       "and leaves it alone", v, L2_PG_SCHEMA_VERSION);
             goto rollback;
         }
     } else {
-        char set_version[128];
-        snprintf(set_version, sizeof set_version,
-                 "INSERT INTO layer2_meta VALUES ('schema_version', '%d')", L2_PG_SCHEMA_VERSION);
-        if (run_plain(pg, SCHEMA_SQL, err) || run_plain(pg, set_version, err)) goto rollback;
+        if (run_plain(pg, TABLES_SQL, err) || run_plain(pg, FUNCTIONS_SQL, err) || run_plain(pg, TRIGGER_SQL, err) ||
+            run_plain(pg, insert_version, err))
+            goto rollback;
     }
     return run_plain(pg, "COMMIT", err);
 rollback:
@@ -596,7 +615,8 @@ static void read_result(l2_pg *pg, size_t row, l2_save_result *r)
     r->status = (int)l2_pg_int(pg, row, 0);
     r->replaced = (unsigned)l2_pg_int(pg, row, 1);
     r->deleted = (unsigned)l2_pg_int(pg, row, 2);
-    r->msg = NULL;
+    /* the server refuses for one reason only (see layer2_save) */
+    r->msg = r->status == L2_SAVE_REFUSED ? L2_DELETION_OF_OTHERS : NULL;
 }
 
 static int oom(char *err)
@@ -691,25 +711,33 @@ rollback:
     return -1;
 }
 
+/* What is decided without the server: an ephemeral event, a deletion request naming another
+ * pubkey's address. 1 with *r set, or 0. */
+static int decided_here(const l2_event *ev, l2_save_result *r)
+{
+    const char *why = l2_deletion_refusal(ev);
+    if (!why && !l2_kind_ephemeral(ev->kind)) return 0;
+    *r = (l2_save_result){why ? L2_SAVE_REFUSED : L2_SAVE_EPHEMERAL, 0, 0, why};
+    return 1;
+}
+
 int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
 {
     if (ready(pg, err)) return -1;
     /* one event to store (every relay save) needs no staging arrays */
-    if (n == 1 && !l2_kind_ephemeral(evs[0]->kind)) return save_one(pg, evs[0], now, res, err);
-    /* ephemeral events are answered here; the rest go to the server */
+    if (n == 1 && !decided_here(evs[0], res)) return save_one(pg, evs[0], now, res, err);
+    /* what is decided here is answered here; the rest go to the server */
     l2_event **keep = malloc((n ? n : 1) * sizeof *keep);
     l2_save_result *kres = malloc((n ? n : 1) * sizeof *kres);
     size_t k = 0;
     int rc = 0;
     if (!keep || !kres) rc = oom(err);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        res[i] = (l2_save_result){L2_SAVE_EPHEMERAL, 0, 0, NULL};
-        if (!l2_kind_ephemeral(evs[i]->kind)) keep[k++] = evs[i];
-    }
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (!decided_here(evs[i], &res[i])) keep[k++] = evs[i];
     if (rc == 0 && k == 1) rc = save_one(pg, keep[0], now, kres, err);
     else if (rc == 0 && k > 1) rc = save_staged(pg, keep, k, now, kres, err);
     for (size_t i = 0, j = 0; rc == 0 && i < n; i++)
-        if (!l2_kind_ephemeral(evs[i]->kind)) res[i] = kres[j++];
+        if (!decided_here(evs[i], &res[i])) res[i] = kres[j++];
     free(keep);
     free(kres);
     return rc;

@@ -12,7 +12,7 @@
 #include "rules.h"
 #include "storeif.h"
 
-#define L2_PG_SCHEMA_VERSION 1
+#define L2_PG_SCHEMA_VERSION 2
 
 typedef struct l2_pg l2_pg;
 

@@ -60,5 +60,16 @@ int l2_expiration(const l2_event *ev, int64_t *out);
 int l2_deletion_address(const l2_event *del, uint32_t t, uint32_t *kind, l2_str *d);
 /* NIP-09: 1 when tag t of `del` is an `e` tag naming an event id (decoded into id). */
 int l2_deletion_id(const l2_event *del, uint32_t t, uint8_t id[32]);
+/* NIP-09, as strict as the strictest relays: the refusal of a deletion request with an `a` tag
+ * naming another pubkey's address, or NULL. A deletion whose `e` tags name only stored events of
+ * other authors is refused too (with L2_DELETION_OF_OTHERS): that needs the store, so each store
+ * checks it; `e` tags naming unknown events keep their tombstones, bound to the request's author. */
+const char *l2_deletion_refusal(const l2_event *del);
+#define L2_DELETION_OF_OTHERS                                                                                  \
+    "invalid: a deletion request may only delete its author's own events (its e tags name only other "         \
+    "authors' events)"
+
+/* The message of a save's refusal: its own (REFUSED, FAILED) or its status's; NULL when stored. */
+const char *l2_save_result_message(const l2_save_result *r);
 
 #endif

@@ -689,34 +689,50 @@ static int drop_access(wtx *w, uint64_t serial);
 
 /* A cache keeps, for a while, the body of an event a save replaced or a deletion removed: its
  * save may still be news to a tail of the change feed (live subscribers get every accepted event,
- * even one replaced a moment later), which reads bodies by serial. Bounded: only the events of the
- * last GHOST_WINDOW serials get one, and older ones go in the same transaction. */
-#define GHOST_WINDOW 16384
+ * even one replaced a moment later), which reads bodies by serial. Tails read within milliseconds,
+ * so a ghost lives GHOST_MS and there are at most GHOST_MAX (the oldest go first, in the
+ * transaction that adds one): a size-limited L1 cannot fill with what eviction does not see. A
+ * cache fill is not news, and an eviction not a removal: neither leaves a ghost. Value: removal
+ * time in ms (8) | body. */
+#define GHOST_MS 2000
+#define GHOST_MAX 512
+
+static uint64_t now_ms(void);
+
+/* Drops the ghosts past their time, and the oldest while there are more than `keep`. */
+static int prune_ghosts(wtx *w, uint64_t keep)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint64_t n = entries(w->txn, w->st->dbi[DB_GHOSTS]), now = now_ms();
+    int rc = mdb_cursor_open(w->txn, w->st->dbi[DB_GHOSTS], &c);
+    if (rc) return rc;
+    while (n && (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0 &&
+           (n > keep || v.mv_size < 8 || get_be64(v.mv_data) + GHOST_MS < now)) {
+        if ((rc = mdb_cursor_del(c, 0))) break;
+        n--;
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
 
 static int keep_ghost(wtx *w, uint64_t serial, const record *r)
 {
     l2_store *st = w->st;
-    MDB_cursor *c;
-    MDB_val k, v;
-    int rc = mdb_cursor_open(w->txn, st->dbi[DB_GHOSTS], &c);
-    if (rc) return rc;
-    while ((rc = mdb_cursor_get(c, &k, &v, MDB_FIRST)) == 0 && get_be64(k.mv_data) + GHOST_WINDOW < w->serial)
-        if ((rc = mdb_cursor_del(c, 0))) break;
-    mdb_cursor_close(c);
-    if (rc && rc != MDB_NOTFOUND) return rc;
-    if (serial + GHOST_WINDOW < w->serial) return 0;
     const void *data;
     size_t len;
-    if ((rc = get_body(w->txn, st, r, &data, &len))) return rc;
+    int rc = prune_ghosts(w, GHOST_MAX - 1);
+    if (rc || (rc = get_body(w->txn, st, r, &data, &len))) return rc;
     /* the body's page may move once the ghosts' tree is written */
-    void *copy = malloc(len);
-    if (!copy) return ENOMEM;
-    memcpy(copy, data, len);
+    uint8_t *ghost = malloc(8 + len);
+    if (!ghost) return ENOMEM;
+    put_be64(ghost, now_ms());
+    memcpy(ghost + 8, data, len);
     uint8_t sk[8];
     put_be64(sk, serial);
-    MDB_val gk = {8, sk}, gv = {len, copy};
+    MDB_val gk = {8, sk}, gv = {8 + len, ghost};
     rc = mdb_put(w->txn, st->dbi[DB_GHOSTS], &gk, &gv, 0);
-    free(copy);
+    free(ghost);
     return rc;
 }
 
@@ -727,8 +743,9 @@ static int get_ghost(MDB_txn *txn, l2_store *st, uint64_t serial, const void **d
     MDB_val k = {8, sk}, v;
     int rc = mdb_get(txn, st->dbi[DB_GHOSTS], &k, &v);
     if (rc) return rc;
-    *data = v.mv_data;
-    *len = v.mv_size;
+    if (v.mv_size < 8) return MDB_CORRUPTED;
+    *data = (const uint8_t *)v.mv_data + 8;
+    *len = v.mv_size - 8;
     return 0;
 }
 
@@ -742,7 +759,7 @@ static int remove_event(wtx *w, uint64_t serial, int op)
     record r;
     int rc = get_record(w->txn, st, serial, &r);
     if (rc || (rc = load(st, w->txn, serial, ev, 1))) return rc;
-    if (op && r.slot && (rc = keep_ghost(w, serial, &r))) return rc;
+    if (op && !w->quiet && r.slot && (rc = keep_ghost(w, serial, &r))) return rc;
     if (r.slot && (rc = free_body(w, r.slot, r.body_len))) return rc;
     if ((rc = for_each_index(st->sh->key_prefix, ev, serial, index_del, w))) return rc;
     if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
@@ -915,6 +932,28 @@ static int apply_deletion(wtx *w, const l2_event *del, l2_save_result *r)
     return 0;
 }
 
+/* *only: every `e` tag of the deletion request `del` names a stored event of another author, and
+ * it has at least one (see l2_deletion_refusal). */
+static int deletes_only_others(wtx *w, const l2_event *del, int *only)
+{
+    l2_store *st = w->st;
+    uint32_t named = 0;
+    *only = 0;
+    for (uint32_t t = 0; t < del->ntags; t++) {
+        uint8_t id[32];
+        uint64_t serial;
+        record r;
+        if (!l2_deletion_id(del, t, id)) continue;
+        named++;
+        int rc = lookup_id(w->txn, st, id, &serial);
+        if (rc == MDB_NOTFOUND) return 0; /* unknown: a tombstone of its own */
+        if (rc || (rc = load_head(st, w->txn, serial, &st->old, &r))) return rc;
+        if (memcmp(st->old.pubkey, del->pubkey, 32) == 0) return 0;
+    }
+    *only = named > 0;
+    return 0;
+}
+
 static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
 {
     l2_store *st = w->st;
@@ -925,6 +964,10 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     r->msg = NULL;
     if (l2_kind_ephemeral(ev->kind)) {
         r->status = L2_SAVE_EPHEMERAL;
+        return 0;
+    }
+    if ((r->msg = l2_deletion_refusal(ev))) {
+        r->status = L2_SAVE_REFUSED;
         return 0;
     }
     if (l2_expiration(ev, &exp) && exp <= now) {
@@ -974,6 +1017,15 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
             else if (rc != MDB_NOTFOUND) return rc; /* NOTFOUND: a cache had evicted it */
         } else if (rc != MDB_NOTFOUND) {
             return rc;
+        }
+    }
+    if (ev->kind == 5) {
+        int only;
+        if ((rc = deletes_only_others(w, ev, &only))) return rc;
+        if (only) {
+            r->status = L2_SAVE_REFUSED;
+            r->msg = L2_DELETION_OF_OTHERS;
+            return 0;
         }
     }
     serial = w->serial++;
@@ -2158,7 +2210,9 @@ static int prune_body(wtx *w, void *ud)
         a->pruned++;
     }
     mdb_cursor_close(c);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    /* the ghosts past their time go with the feed they served */
+    return w->st->cache ? prune_ghosts(w, GHOST_MAX) : 0;
 }
 
 int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *err)

@@ -52,30 +52,35 @@ describe("lmdb store", function()
   end)
 
   helper.with_real(pending, "the peer suite's 14 events", function(real)
-  it("the peer suite's 14 events: all accepted, and the queries after them", function()
+  it("the peer suite's 14 events: the rules' verdicts, and the queries after them", function()
     local lines = helper.lines(real.peer)
     local evs = {}
+    -- 8 and 12 are deletions by the wrong author: refused (NIP-09 strictly), the others stored
     for i, line in ipairs(lines) do
       evs[i] = event.parse(line)
-      saved(line)
+      if i == 8 or i == 12 then refused(line, "invalid: a deletion request may only") else saved(line) end
     end
-    -- 3 was replaced by 7; 4 deleted by 9 (`a`); 10 replaced by 11; 11 deleted by 13 (`e`);
-    -- 8 and 12 are deletions by the wrong author: stored, without effect
+    -- 3 was replaced by 7; 4 deleted by 9 (`a`); 10 replaced by 11; 11 deleted by 13 (`e`)
     local want = {}
-    for i, n in ipairs({ 14, 13, 12, 9, 8, 7, 6, 5, 2, 1 }) do want[i] = evs[n].id end
+    for i, n in ipairs({ 14, 13, 9, 7, 6, 5, 2, 1 }) do want[i] = evs[n].id end
     assert.same(want, ids(db:query_events({})))
     local PA2 = evs[1].pubkey
     assert.same({ evs[7].id }, ids(db:query_events({ kinds = { 32122 }, authors = { PA2 } })))
     assert.same({}, db:query_events({ kinds = { 0 } }))
     assert.same({ evs[14].id }, ids(db:query_events({ ["#p"] = { PA2 } })))
     assert.same({ evs[7].id, evs[6].id, evs[2].id }, ids(db:query_events({ ["#d"] = { "id-1" } })))
-    assert.equal(10, db:count_events({}))
+    assert.equal(8, db:count_events({}))
     refused(lines[3], "duplicate:") -- an older version of the slot 7 holds
     refused(lines[4], "blocked:")   -- deleted through its address
     refused(lines[11], "blocked:")  -- deleted by id
     refused(lines[1], "duplicate:")
     clean()
   end)
+  end)
+
+  it("NIP-09 strictly: refuses a deletion of only other authors' events, or of another pubkey's address", function()
+    require("spec.nip09")(function() return db end, assert)
+    clean()
   end)
 
   it("duplicates are refused", function()
@@ -170,10 +175,10 @@ describe("lmdb store", function()
     local v3 = sign(A, 30023, T + 11, { { "d", "x" } })
     saved(v3)
     assert.same({ v3.id }, ids(db:query_events({ kinds = { 30023 } })))
-    -- a replaceable kind through `a` (kind:pubkey:), and another author's `a` does nothing
+    -- a replaceable kind through `a` (kind:pubkey:), and another author's `a` is refused
     local p0 = sign(A, 0, T)
     saved(p0)
-    saved(sign(B, 5, T + 20, { { "a", "0:" .. PA .. ":" } }))
+    refused(sign(B, 5, T + 20, { { "a", "0:" .. PA .. ":" } }), "invalid: a deletion request may only name")
     assert.same({ p0.id }, ids(db:query_events({ kinds = { 0 } })))
     saved(sign(A, 5, T + 20, { { "a", "0:" .. PA .. ":" } }))
     assert.same({}, db:query_events({ kinds = { 0 } }))

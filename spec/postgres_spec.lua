@@ -104,9 +104,9 @@ describe("layer2.postgres store", function()
     local del2 = sign({ kind = 5, created_at = NOW - 10, tags = { { "a", "30023:" .. art1.pubkey .. ":x" } } })
     assert.is_true(db:save_event(del2))
     assert.same({ other.id }, ids(db:query_events({ kinds = { 30023 } })))
-    -- another author's deletion deletes nothing
+    -- another author's deletion is refused, and deletes nothing
     local foreign = sign({ kind = 5, created_at = NOW - 5, tags = { { "e", other.id } } }, SEC2)
-    assert.is_true(db:save_event(foreign))
+    assert.is_false(db:save_event(foreign))
     assert.same({ other.id }, ids(db:query_events({ kinds = { 30023 } })))
     assert.same({ true, {} }, { db:check() })
   end)
@@ -169,17 +169,43 @@ describe("layer2.postgres store", function()
     assert.equal("1", pg.psql("SELECT count(*) FROM not_ours", conninfo:match("dbname=(%S+)")):match("%d+"))
   end)
 
+  it("NIP-09 strictly: refuses a deletion of only other authors' events, or of another pubkey's address", function()
+    require("spec.nip09")(function() return db end, assert)
+  end)
+
   it("creates and versions its schema; refuses a newer one and leaves it alone", function()
     local name = conninfo:match("dbname=(%S+)")
-    assert.equal("1", pg.psql("SELECT value FROM layer2_meta WHERE key = 'schema_version'", name):match("%S+"))
+    local function version() return pg.psql("SELECT value FROM layer2_meta WHERE key = 'schema_version'", name):match("%S+") end
+    assert.equal("2", version())
     local again = assert(layer2.postgres.open(conninfo)) -- opening again changes nothing
     again:close()
-    pg.psql("UPDATE layer2_meta SET value = '2' WHERE key = 'schema_version'", name)
+    pg.psql("UPDATE layer2_meta SET value = '3' WHERE key = 'schema_version'", name)
     local s, err = layer2.postgres.open(conninfo)
     assert.is_nil(s)
-    assert.equal("error: PostgreSQL: the database holds layer2 schema version '2'; this layer2 knows version 1 " ..
+    assert.equal("error: PostgreSQL: the database holds layer2 schema version '3'; this layer2 knows version 2 " ..
       "and leaves it alone", err)
+    assert.equal("3", version())
+  end)
+
+  it("migrates a version-1 schema: its save function is replaced, its events stay", function()
+    local name = conninfo:match("dbname=(%S+)")
+    local a = sign({ content = "kept", created_at = NOW - 10 })
+    assert.is_true(db:save_event(a))
+    -- version 1's save stored a deletion of only another author's event: its function, as it was
+    pg.psql("UPDATE layer2_meta SET value = '1' WHERE key = 'schema_version'", name)
+    pg.psql("CREATE OR REPLACE FUNCTION layer2_save(p_id bytea, p_pubkey bytea, p_kind integer, p_created bigint, "
+      .. "p_expiration bigint, p_addr boolean, p_d bytea, p_tags bytea[], p_json text, p_del_ids bytea[], "
+      .. "p_del_kinds integer[], p_del_ds bytea[], p_now bigint, OUT status integer, OUT replaced integer, "
+      .. "OUT deleted integer) LANGUAGE plpgsql AS 'BEGIN status := 0; replaced := 0; deleted := 0; END'", name)
+    local again = assert(layer2.postgres.open(conninfo))
     assert.equal("2", pg.psql("SELECT value FROM layer2_meta WHERE key = 'schema_version'", name):match("%S+"))
+    assert.same({ a.id }, ids(again:query_events({ ids = { a.id } })))
+    local other = layer2.event.sign({ kind = 5, created_at = NOW, tags = { { "e", a.id } }, content = "" },
+      ("0"):rep(63) .. "e")
+    local ok, msg = again:save_event(other)
+    assert.is_false(ok)
+    assert.matches("^invalid: a deletion request may only delete its author's own events", msg)
+    again:close()
   end)
 
   it("says clearly what is wrong with a connection, and reconnects after losing one", function()

@@ -39,8 +39,35 @@ function ref:remove(ev)
 end
 
 -- returns true, or false and the NIP-01 prefix of the refusal
+-- an `a` tag's address: kind, pubkey, d of a replaceable or addressable kind, or nil
+local function address(t)
+  local k, pk, d = t[2]:match("^(%d+):(%x+):(.*)$")
+  k = tonumber(k)
+  if not (k and #t[2]:match("^(%d+)") <= 5 and #pk == 64 and pk:match("^[0-9a-f]+$")) then return nil end
+  if not (replaceable(k) or addressable(k)) then return nil end
+  return k, pk, d
+end
+
+-- NIP-09, strictly: a deletion naming another pubkey's address, or whose `e` tags name only
+-- stored events of other authors, is refused
+local function foreign_deletion(self, ev)
+  local named, others = 0, 0
+  for _, t in ipairs(ev.tags) do
+    if t[1] == "a" and t[2] then
+      local k, pk = address(t)
+      if k and pk ~= ev.pubkey then return "address" end
+    elseif t[1] == "e" and t[2] and #t[2] == 64 and t[2]:match("^[0-9a-f]+$") then
+      named = named + 1
+      local target = self.byid[t[2]]
+      if target and target.pubkey ~= ev.pubkey then others = others + 1 end
+    end
+  end
+  return named > 0 and others == named and "events" or nil
+end
+
 function ref:save(ev, now)
   if ephemeral(ev.kind) then return true end
+  if ev.kind == 5 and foreign_deletion(self, ev) == "address" then return false, "invalid" end
   local exp = ref.expiration(ev)
   if exp and exp <= now then return false, "invalid" end
   if self.byid[ev.id] then return false, "duplicate" end
@@ -57,6 +84,7 @@ function ref:save(ev, now)
       self:remove(head)
     end
   end
+  if ev.kind == 5 and foreign_deletion(self, ev) then return false, "invalid" end
   self.byid[ev.id] = ev
   if addr then self.heads[addr] = ev end
   if ev.kind == 5 then
@@ -66,10 +94,8 @@ function ref:save(ev, now)
         if target and target.pubkey == ev.pubkey and target.kind ~= 5 then self:remove(target) end
         self.tomb[t[2] .. ev.pubkey] = true
       elseif t[1] == "a" and t[2] then
-        local k, pk, d = t[2]:match("^(%d+):(%x+):(.*)$")
-        k = tonumber(k)
-        local fits = k and #t[2]:match("^(%d+)") <= 5 and pk == ev.pubkey and #pk == 64 and pk:match("^[0-9a-f]+$")
-        if fits and (replaceable(k) or addressable(k)) then
+        local k, pk, d = address(t)
+        if k and pk == ev.pubkey then
           local a = pk .. ":" .. k .. ":" .. (addressable(k) and d or "")
           if not self.atomb[a] or self.atomb[a] < ev.created_at then self.atomb[a] = ev.created_at end
           local head = self.heads[a]
