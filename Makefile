@@ -9,8 +9,8 @@ PQ_INC := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/p
 BASE_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden $(WARN) $(PQ_INC)
 LIBS := -llmdb -lpq -lsecp256k1 -lcrypto -lm -lpthread
 
-CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c csrc/batch.c csrc/rules.c csrc/store.c csrc/answers.c csrc/pgstore.c csrc/learned.c csrc/backend.c csrc/fanout.c
-BIND_SRC := csrc/lua_layer2.c csrc/lua_store.c csrc/lua_lmdb.c csrc/lua_pg.c csrc/lua_backend.c csrc/lua_fanout.c
+CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c csrc/batch.c csrc/rules.c csrc/store.c csrc/answers.c csrc/pgstore.c csrc/learned.c csrc/backend.c csrc/fanout.c csrc/negentropy.c
+BIND_SRC := csrc/lua_layer2.c csrc/lua_store.c csrc/lua_lmdb.c csrc/lua_pg.c csrc/lua_backend.c csrc/lua_fanout.c csrc/lua_negentropy.c
 HEADERS := $(wildcard csrc/*.h)
 
 LUA54_INC := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
@@ -72,7 +72,7 @@ test-asan: deps all build/asan/layer2/core.so
 # does not follow, or is the same code paths at a hundred times the length.
 VALGRIND_SPECS := spec/event_spec.lua spec/event_input_spec.lua spec/filter_spec.lua spec/lmdb_spec.lua \
 	spec/postgres_spec.lua spec/backend_spec.lua spec/hostile_spec.lua spec/gen_spec.lua spec/save_events_spec.lua \
-	spec/fanout_spec.lua
+	spec/fanout_spec.lua spec/negentropy_spec.lua
 build/valgrind/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) -O1 -g $(LUA54_INC) -shared -o $@ $(CORE_SRC) $(BIND_SRC) $(LIBS)
@@ -93,7 +93,7 @@ test-valgrind: deps all build/valgrind/layer2/core.so
 # libFuzzer targets (clang, with ASan + UBSan) seeded from the generated corpus, and the real one
 # when present ($LAYER2_DATA or ../shared/data); any crash, leak or sanitizer report fails. CI runs
 # a short pass.
-FUZZ_TARGETS := event_parse filter_parse binary_decode store
+FUZZ_TARGETS := event_parse filter_parse binary_decode store negentropy
 FUZZ_SECONDS ?= 60
 REAL_DATA := $(firstword $(wildcard $(LAYER2_DATA)/real.jsonl ../shared/data/real.jsonl))
 FUZZ_SEEDS := build/fuzz/seed/valid.jsonl build/fuzz/seed/invalid.jsonl \

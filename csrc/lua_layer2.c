@@ -678,6 +678,8 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     lua_setfield(L, -2, "backend_private");
     l2lua_open_fanout(L);
     lua_setfield(L, -2, "fanout");
+    l2lua_open_negentropy(L);
+    lua_setfield(L, -2, "negentropy");
     lua_pushliteral(L, L2_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushcfunction(L, core_monotonic);

@@ -112,5 +112,7 @@ void l2lua_open_pg(lua_State *L);
 void l2lua_open_backend(lua_State *L);
 /* Pushes layer2.fanout, the constructor of the live fan-out index (lua_fanout.c). */
 void l2lua_open_fanout(lua_State *L);
+/* Pushes layer2.negentropy, the constructor of a NIP-77 session (lua_negentropy.c). */
+void l2lua_open_negentropy(lua_State *L);
 
 #endif

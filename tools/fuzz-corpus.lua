@@ -9,7 +9,9 @@ local function write(dir, name, text)
   f:close()
 end
 
-for _, d in ipairs({ "event_parse", "filter_parse", "binary_decode", "store" }) do os.execute("mkdir -p " .. out .. "/" .. d) end
+for _, d in ipairs({ "event_parse", "filter_parse", "binary_decode", "store", "negentropy" }) do
+  os.execute("mkdir -p " .. out .. "/" .. d)
+end
 local n, lines = 0, {}
 for k = 2, #arg do
   for line in io.lines(arg[k]) do
@@ -29,4 +31,26 @@ for i = 1, 40 do
   for k = 1, 20 do chunk[k] = lines[(i * 37 + k * 101) % #lines + 1] end
   chunk[#chunk + 1] = filters[i % #filters + 1]
   write("store", "s" .. i, table.concat(chunk, "\n"))
+end
+-- NIP-77 messages: the first message of sessions over the corpus's events, and a reply to each
+local events, seen = {}, {}
+for i = 1, #lines, 3 do
+  local ev = layer2.event.parse(lines[i])
+  if ev and not seen[ev.id] then
+    seen[ev.id] = true
+    events[#events + 1] = ev
+  end
+end
+for i, size in ipairs({ 0, 1, 31, 200, #events }) do
+  local client, relay = layer2.negentropy(), layer2.negentropy(4096)
+  for k = 1, math.min(size, #events) do
+    assert(client:add(events[k].created_at, events[k].id))
+    if k % 3 ~= 0 then assert(relay:add(events[k].created_at, events[k].id)) end
+  end
+  assert(client:seal())
+  assert(relay:seal())
+  local msg = client:initiate()
+  local function bytes(hex) return (hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)) end
+  write("negentropy", "n" .. i, bytes(msg))
+  write("negentropy", "r" .. i, bytes(assert(relay:reconcile(msg))))
 end

@@ -12,6 +12,7 @@ local layer2 = {
   postgres = core.postgres, -- the shared L2 of a cluster: layer2.postgres.open(conninfo, opts)
   open = backend.open, -- the two-level backend: layer2.open(path, opts)
   fanout = core.fanout, -- a relay worker's live subscriptions, indexed: layer2.fanout()
+  negentropy = core.negentropy, -- NIP-77 set reconciliation: layer2.negentropy([frame_limit])
   monotonic = core.monotonic, -- seconds on a clock that never jumps
   sleep = core.sleep, -- blocks the process: for plain-Lua loops, never inside nginx
 }
