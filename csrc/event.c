@@ -534,6 +534,18 @@ static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
     return -1;
 }
 
+int l2_event_bin_key(const void *bin, size_t n, int64_t *created_at, uint8_t id[32])
+{
+    const uint8_t *p = bin, *end = p + n;
+    uint64_t v;
+    if (n < 129 + 4 || (p[0] != L2_BIN_VERSION && p[0] != L2_BIN_STUB)) return -1;
+    memcpy(id, p + 1, 32);
+    p += 129;
+    if (get_varint(&p, end, &v) || v > (uint64_t)L2_MAX_CREATED_AT) return -1;
+    *created_at = (int64_t)v;
+    return 0;
+}
+
 int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err)
 {
     const uint8_t *p = bin, *end = p + n;

@@ -108,6 +108,8 @@ int l2_event_encode_bin(const l2_event *ev, l2_buf *out);
  * yields the same index keys. */
 int l2_event_encode_stub(const l2_event *ev, l2_buf *out);
 int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err);
+/* Only the id and created_at of a binary event (a set reconciliation's item): 0, or -1. */
+int l2_event_bin_key(const void *bin, size_t n, int64_t *created_at, uint8_t id[32]);
 
 /* Whether an event belongs to one of n sorted pubkeys: its author's, or a `p` tag's value. */
 int l2_event_names_pubkey(const l2_event *ev, const uint8_t (*keys)[32], size_t n);

@@ -36,6 +36,22 @@ static int neg_add(lua_State *L)
     return 1;
 }
 
+/* session:add_items(items) -> true | nil, err: items as store:negentropy_items packs them */
+static int neg_add_items(lua_State *L)
+{
+    neg_ud *u = check_neg(L);
+    size_t n;
+    const uint8_t *p = (const uint8_t *)luaL_checklstring(L, 2, &n);
+    if (n % 40) return luaL_argerror(L, 2, "items of 40 bytes expected");
+    for (size_t i = 0; i < n; i += 40) {
+        uint64_t at = 0;
+        for (int b = 0; b < 8; b++) at = at << 8 | p[i + (size_t)b];
+        if (l2_neg_add(u->neg, at, p + i + 8, u->err)) return l2lua_refuse(L, 0, u->err);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* session:seal() -> items | nil, err */
 static int neg_seal(lua_State *L)
 {
@@ -126,7 +142,7 @@ static int neg_tostring(lua_State *L)
 }
 
 static const luaL_Reg neg_methods[] = {
-    {"add", neg_add}, {"seal", neg_seal}, {"initiate", neg_initiate}, {"reconcile", neg_reconcile},
+    {"add", neg_add}, {"add_items", neg_add_items}, {"seal", neg_seal}, {"initiate", neg_initiate}, {"reconcile", neg_reconcile},
     {"size", neg_size}, {"close", neg_close}, {NULL, NULL},
 };
 

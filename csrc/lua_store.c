@@ -780,6 +780,54 @@ static int store_query(lua_State *L)
     return 2;
 }
 
+typedef struct {
+    l2lua_store *s;
+    uint64_t n, max;
+} items_state;
+
+/* One item: created_at (8 bytes, big-endian) and id, from the binary form or the stored JSON. */
+static int item_row(void *ud, const l2_row *r)
+{
+    items_state *it = ud;
+    l2lua_store *s = it->s;
+    int64_t at;
+    uint8_t rec[40];
+    if (r->stub) return 0; /* a cache's: not for reconciliation */
+    if (r->bin) {
+        if (l2_event_bin_key(r->bin, r->bin_len, &at, rec + 8)) return 0; /* unreadable: check() says so */
+    } else {
+        if (l2_event_parse_json(&s->ev, r->json, r->json_len, L2_HAVE_ALL, &l2_default_limits, NULL)) return 0;
+        at = s->ev.created_at;
+        memcpy(rec + 8, s->ev.id, 32);
+    }
+    for (int i = 0; i < 8; i++) rec[i] = (uint8_t)((uint64_t)at >> (56 - 8 * i));
+    if (++it->n > it->max) return 1;
+    return l2_buf_put(&s->out, rec, 40) ? 1 : 0;
+}
+
+/* store:negentropy_items(filters [, {max = 1000000, now}]) -> items | nil, err: the events the
+ * filters match (each filter's limit holding, none else) as NIP-77 items for
+ * session:add_items, 40 bytes each (created_at big-endian, id); past `max` refused with
+ * "blocked: ...". A string, so that it crosses from nginx's thread pool. */
+static int store_negentropy_items(lua_State *L)
+{
+    l2lua_store *s = l2lua_check_store(L, 1);
+    items_state it = {s, 0, (uint64_t)l2lua_opt_int(L, 3, "max", 1000000)};
+    if (read_filters(L, s)) return l2lua_refuse(L, 0, s->err);
+    s->out.len = 0;
+    if (s->vt->query(s->st, s->filters.v, s->filters.n, (int64_t)it.max + 1, l2lua_opt_now(L, 3), 0, NULL, item_row,
+                     &it, s->err))
+        return l2lua_refuse(L, 0, s->err);
+    if (it.n > it.max) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "blocked: the filters match more than %d events; narrow them", (int)it.max);
+        return 2;
+    }
+    if (s->out.len != it.n * 40) return l2lua_refuse(L, 0, "error: out of memory");
+    lua_pushlstring(L, s->out.data ? s->out.data : "", s->out.len);
+    return 1;
+}
+
 /* store:count_events(filters [, {now}]) -> n | nil, err (NIP-45) */
 static int store_count(lua_State *L)
 {
@@ -924,6 +972,7 @@ static int store_sync(lua_State *L)
 static const luaL_Reg store_methods[] = {
     {"save_event", store_save}, {"save_events", store_save_events}, {"query_events", store_query},
     {"count_events", store_count}, {"delete_event", store_delete}, {"import", store_import},
+    {"negentropy_items", store_negentropy_items},
     {"export", store_export}, {"changes_since", store_changes}, {"stats", store_stats}, {"check", store_check},
     {"sweep", store_sweep}, {"nuke", store_nuke}, {"sync", store_sync}, {"path", store_path},
     {"close", store_close}, {"is_closed", store_is_closed}, {NULL, NULL},

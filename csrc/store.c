@@ -272,6 +272,18 @@ static int make_dirs(const char *path)
     return (mkdir(buf, 0775) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
+/* The environment's data file is the one in `path` now: a directory deleted while an environment
+ * on it stayed open, and another made with the same inode number, must not share it. */
+static int same_data_file(const shared_env *sh, const char *path)
+{
+    char file[4096];
+    struct stat now, open;
+    int fd;
+    snprintf(file, sizeof file, "%s/data.mdb", path);
+    if (stat(file, &now) != 0 || mdb_env_get_fd(sh->env, &fd) != 0 || fstat(fd, &open) != 0) return 0;
+    return now.st_dev == open.st_dev && now.st_ino == open.st_ino;
+}
+
 int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char *err)
 {
     struct stat sb;
@@ -290,7 +302,8 @@ int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char
     pthread_mutex_lock(&registry_lock);
     pid_t pid = getpid();
     shared_env *sh = registry;
-    while (sh && !(sh->dev == sb.st_dev && sh->ino == sb.st_ino && sh->pid == pid)) sh = sh->next;
+    while (sh && !(sh->dev == sb.st_dev && sh->ino == sb.st_ino && sh->pid == pid && same_data_file(sh, path)))
+        sh = sh->next;
     if (!sh) {
         sh = calloc(1, sizeof *sh);
         if (!sh || env_open(sh, path, o, 0, err)) {
@@ -1137,6 +1150,12 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
             return 0;
         }
         if (rc == MDB_MAP_FULL) {
+            /* the reads counted since the last write are statistics: a full cache drops them
+             * rather than fail the write (an eviction above all) that would make room */
+            if (st->fixed_map && st->ntouched) {
+                st->ntouched = 0;
+                continue;
+            }
             if (st->fixed_map && !aged++ && age_free_pages(st) == 0) continue;
             if (grow_map(st, err)) return -1;
             continue;

@@ -32,6 +32,11 @@ local function saved(ev, opts)
   assert(ok, msg)
 end
 
+local function saved_in(store, ev)
+  local ok, msg = store:save_event(ev)
+  assert(ok, msg)
+end
+
 local function refused(ev, prefix, opts)
   local ok, msg = db:save_event(ev, opts)
   assert.is_false(ok)
@@ -81,6 +86,21 @@ describe("lmdb store", function()
   it("NIP-09 strictly: refuses a deletion of only other authors' events, or of another pubkey's address", function()
     require("spec.nip09")(function() return db end, assert)
     clean()
+  end)
+
+  it("a store made again where one was deleted while still open is a new store, not the old one", function()
+    local path = tmpdir()
+    local old = assert(layer2.lmdb.open(path, { nosync = true }))
+    saved_in(old, sign(A, 1, T, {}, "in the old store"))
+    -- its files go (its directory stays: the same inode, as a deleted one's number is often reused)
+    os.remove(path .. "/data.mdb")
+    os.remove(path .. "/lock.mdb")
+    local new = assert(layer2.lmdb.open(path, { nosync = true }))
+    assert.equal(0, new:count_events({}))
+    assert.equal(1, old:count_events({}))
+    new:close()
+    old:close()
+    rmdir(path)
   end)
 
   it("duplicates are refused", function()

@@ -333,4 +333,72 @@ end
     stop()
     assert(ok, err)
   end)
+
+  it("reconciles with nostr-tools' NIP-77 client (NegentropySync): each side learns exactly what it lacks", function()
+    local g = require("layer2.gen").new({ seed = 61, authors = 50 })
+    local events = {}
+    for i = 1, 3000 do events[i] = g:next() end
+    local port, data, stop, prefix = harness.start_relay()
+    local ok, err = pcall(function()
+      -- the relay's store takes them (another process on the same data directory)
+      local db = assert(layer2.open(data))
+      assert(db:save_events(events))
+      local rand = helper.rng(8)
+      local function fabricated(n, like)
+        local out = {}
+        for i = 1, n do
+          local parts = {}
+          for k = 1, 8 do parts[k] = ("%08x"):format(rand(2147483646) * 2 % 4294967296) end
+          -- timestamps of stored events: ties with them
+          out[i] = { at = like[rand(#like)].created_at, id = table.concat(parts) }
+        end
+        return out
+      end
+      local runs, want = {}, {}
+      for r, filter in ipairs({ {}, { kinds = { 1 } }, { authors = { ("e"):rep(64) } } }) do
+        local held = assert(db.l2:query_events(filter, { max_limit = 100000 }))
+        local items, only_relay, only_client = {}, {}, {}
+        for _, ev in ipairs(held) do
+          if rand(5) == 1 then only_relay[#only_relay + 1] = ev.id else items[#items + 1] = ev end
+        end
+        for _, it in ipairs(fabricated(r == 3 and 40 or 150, events)) do
+          items[#items + 1] = { created_at = it.at, id = it.id }
+          only_client[#only_client + 1] = it.id
+        end
+        table.sort(only_relay)
+        table.sort(only_client)
+        local lines = {}
+        for i, ev in ipairs(items) do lines[i] = ("%d %s"):format(ev.created_at, ev.id) end
+        local file = os.tmpname()
+        local f = assert(io.open(file, "w"))
+        f:write(table.concat(lines, "\n"), "\n")
+        f:close()
+        runs[r] = { filter = filter, items = file }
+        want[r] = { need = only_relay, have = only_client, held = #held }
+      end
+      db:close()
+      assert.is_true(want[1].held > 2000 and want[2].held > 1000 and want[3].held == 0)
+      local res = harness.run_client("neg.mjs", { url = ("ws://127.0.0.1:%d/"):format(port), runs = runs,
+        bad = { '["NEG-MSG","nosuch","61"]', '["NEG-OPEN","bad",{"kinds":[1]},"zz"]', '["NEG-OPEN","v2",{},"62"]',
+          '["NEG-OPEN","x",5,"61"]', '["REQ","r",{"limit":1}]' }, bad_replies = 6 })
+      for r = 1, #runs do
+        os.remove(runs[r].items)
+        local got = res.runs[r]
+        table.sort(got.need)
+        table.sort(got.have)
+        assert.same(want[r].need, got.need, "run " .. r .. ": what the client lacks")
+        assert.same(want[r].have, got.have, "run " .. r .. ": what the relay lacks")
+      end
+      assert.same({
+        { "NEG-ERR", "nosuch", "closed: no negentropy session with this id" },
+        { "NEG-ERR", "bad", "invalid: a negentropy message is lowercase hex" },
+        { "NEG-MSG", "v2", "61" },
+        { "NEG-ERR", "x", "invalid: NEG-OPEN needs a filter and an initial message" },
+      }, { res.errors[1], res.errors[2], res.errors[3], res.errors[4] })
+      assert.same({ "EVENT", "EOSE" }, { res.errors[5][1], res.errors[6][1] })
+      assert.same({}, harness.log_problems(prefix))
+    end)
+    stop()
+    assert(ok, err)
+  end)
 end)

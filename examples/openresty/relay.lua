@@ -17,6 +17,12 @@ relay.limits = {
   max_filters = 10,
   max_limit = 500,
   max_subid_length = 64,
+  -- NIP-77: records a reconciliation may cover (40 bytes each in memory), sessions per
+  -- connection, seconds a session may stay idle, bytes per reply frame (hex doubles it)
+  max_negentropy_records = 500000,
+  max_negentropy_sessions = 4,
+  negentropy_idle = 60,
+  negentropy_frame = 60000,
 }
 
 local function info_document()
@@ -26,7 +32,7 @@ local function info_document()
     description = "a nostr relay on OpenResty with a two-level layer2 store",
     software = "layer2",
     version = layer2.version,
-    supported_nips = { 1, 9, 11, 40, 45 },
+    supported_nips = { 1, 9, 11, 40, 45, 77 },
     limitation = { max_message_length = l.max_message_length, max_subscriptions = l.max_subscriptions,
       max_filters = l.max_filters, max_limit = l.max_limit, max_subid_length = l.max_subid_length },
   })
@@ -184,6 +190,70 @@ function relay.handle()
     send({ "COUNT", subid, { count = n } })
   end
 
+  -- NIP-77: a reconciliation session per id, over what L2 (the authority) holds for the filter
+  local negs, nnegs = {}, 0
+  local function neg_close(subid, reason)
+    if not negs[subid] then return end
+    negs[subid].session:close()
+    negs[subid], nnegs = nil, nnegs - 1
+    if reason then send({ "NEG-ERR", subid, reason }) end
+  end
+  local function neg_idle()
+    local now = ngx.now()
+    for subid, n in pairs(negs) do
+      if now - n.last > relay.limits.negentropy_idle then
+        neg_close(subid, ("closed: idle for more than %d s"):format(relay.limits.negentropy_idle))
+      end
+    end
+  end
+  local function neg_reply(subid, n, message)
+    local reply, why = n.session:reconcile(message)
+    if not reply then return neg_close(subid, why) end
+    n.last = ngx.now()
+    send({ "NEG-MSG", subid, reply })
+  end
+
+  handlers["NEG-OPEN"] = function(msg)
+    local subid = subid_of(msg, "NEG-OPEN")
+    if not subid then return end
+    if type(msg[3]) ~= "table" or type(msg[4]) ~= "string" then
+      return send({ "NEG-ERR", subid, "invalid: NEG-OPEN needs a filter and an initial message" })
+    end
+    settle()
+    neg_close(subid)
+    neg_idle()
+    if nnegs >= relay.limits.max_negentropy_sessions then
+      return send({ "NEG-ERR", subid, ("blocked: more than %d negentropy sessions"):format(
+        relay.limits.max_negentropy_sessions) })
+    end
+    local store = db.l2 or db.l1
+    local items, why = store:negentropy_items(msg[3], { max = relay.limits.max_negentropy_records })
+    if not items then return send({ "NEG-ERR", subid, why }) end
+    local session = layer2.negentropy(relay.limits.negentropy_frame)
+    local ok, serr = session:add_items(items)
+    if ok then ok, serr = session:seal() end
+    if not ok then
+      session:close()
+      return send({ "NEG-ERR", subid, serr })
+    end
+    negs[subid], nnegs = { session = session, last = ngx.now() }, nnegs + 1
+    neg_reply(subid, negs[subid], msg[4])
+  end
+
+  handlers["NEG-MSG"] = function(msg)
+    local subid = subid_of(msg, "NEG-MSG")
+    if not subid then return end
+    local n = negs[subid]
+    if not n then return send({ "NEG-ERR", subid, "closed: no negentropy session with this id" }) end
+    if type(msg[3]) ~= "string" then return neg_close(subid, "invalid: NEG-MSG needs a message") end
+    neg_reply(subid, n, msg[3])
+  end
+
+  handlers["NEG-CLOSE"] = function(msg)
+    local subid = subid_of(msg, "NEG-CLOSE")
+    if subid then neg_close(subid) end
+  end
+
   function handlers.CLOSE(msg)
     local subid = subid_of(msg, "CLOSE")
     if subid and subs[subid] then
@@ -198,6 +268,7 @@ function relay.handle()
     if not data then
       if rerr and rerr:find("timeout", 1, true) then
         if closed then break end
+        if nnegs > 0 then neg_idle() end
       else
         break
       end
@@ -206,6 +277,7 @@ function relay.handle()
     elseif typ == "ping" then
       wb:send_pong(data)
     elseif typ == "text" then
+      if nnegs > 0 then neg_idle() end
       local msg = cjson.decode(data)
       if type(msg) ~= "table" or type(msg[1]) ~= "string" then
         send({ "NOTICE", "invalid: a message is a JSON array starting with a verb" })
@@ -222,6 +294,7 @@ function relay.handle()
   end
   closed = true
   for _, handle in pairs(subs) do resty.unwatch(handle) end
+  for subid in pairs(negs) do neg_close(subid) end
   sem:post(1)
   ngx.thread.wait(sender)
   wb:send_close()

@@ -60,7 +60,7 @@ end
 
 -- An L2 object with the store methods, each a call in the thread pool.
 local METHODS = { "save_event", "save_events", "query_events", "count_events", "delete_event", "changes_since", "stats", "check",
-  "sweep", "nuke", "wait" }
+  "sweep", "nuke", "wait", "negentropy_items" }
 
 -- The worker's way to a backend_call: fn(method, ...) runs it in the pool. opts: what
 -- layer2.open takes that can cross into a thread (no functions).
