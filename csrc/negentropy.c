@@ -320,7 +320,7 @@ int l2_neg_reconcile(l2_neg *n, const uint8_t *q, size_t qlen, l2_buf *out, l2_b
     r.p++;
     bound prev = {0, {0}, 0};
     size_t prev_index = 0;
-    int skip = 0, rc = 0;
+    int skip = 0, rc = 0, truncated = 0;
     const char *why = NULL; /* what is wrong with the message, when something is */
     l2_buf o;
     l2_buf_init(&o);
@@ -374,7 +374,8 @@ int l2_neg_reconcile(l2_neg *n, const uint8_t *q, size_t qlen, l2_buf *out, l2_b
                     end.ts = n->items[k].ts;
                     memcpy(end.id, n->items[k].id, 32);
                     end.len = 32;
-                    hi = k; /* the rest of the range is fingerprinted below */
+                    hi = k; /* the rest is fingerprinted below, whatever the frame's size then */
+                    truncated = 1;
                 }
                 if (rc == 0 && (put_bound(n, &o, &end) || put_varint(&o, MODE_IDLIST) || put_varint(&o, hi - lo)))
                     rc = -1;
@@ -388,7 +389,7 @@ int l2_neg_reconcile(l2_neg *n, const uint8_t *q, size_t qlen, l2_buf *out, l2_b
             break;
         }
         if (rc) break;
-        if (exceeded(n, out->len + o.len)) {
+        if (truncated || exceeded(n, out->len + o.len)) {
             /* the frame is full: one fingerprint for everything from here on */
             uint8_t fp[FINGERPRINT];
             bound all = {MAX_TS, {0}, 0};
