@@ -321,13 +321,18 @@ local fan_measures = {
     function(l2, sf) return ratio(sf.latency.p99, l2.latency.p99) end },
   { "delivery latency max ms", function(f) return ms(f.latency.max) end },
 }
-local fan_rows = {}
-for _, m in ipairs(fan_measures) do
-  local row = { m[1] }
-  for _, kind in ipairs(kinds) do row[#row + 1] = m[2](fan[kind.name]) end
-  if with_strfry then row[#row + 1] = m[3] and m[3](fan.layer2, fan.strfry) or "" end
-  fan_rows[#fan_rows + 1] = row
+-- One row per measure { name, value(result), ratio(layer2's, strfry's) or nil } over each relay's result.
+local function measure_rows(measures, by_kind)
+  local rows = {}
+  for _, m in ipairs(measures) do
+    local row = { m[1] }
+    for _, kind in ipairs(kinds) do row[#row + 1] = m[2](by_kind[kind.name]) end
+    if with_strfry then row[#row + 1] = m[3] and m[3](by_kind.layer2, by_kind.strfry) or "" end
+    rows[#rows + 1] = row
+  end
+  return rows
 end
+local fan_rows = measure_rows(fan_measures, fan)
 local fl2 = fan.layer2
 util.summary("relay fan-out, 10,000 subscriptions", ms_pair(fl2.latency) .. " ms p50/p99",
   ("%d of %d delivered, 1,000 events/s; %s"):format(fl2.delivered, fl2.expected, with_strfry
@@ -350,13 +355,7 @@ local flood_measures = {
   { "the flood's 20,000 OKs took (s)", function(f) return ("%.1f"):format(f.flood_seconds) end,
     function(l2, sf) return ratio(sf.flood_seconds, l2.flood_seconds) end },
 }
-local flood_rows = {}
-for _, m in ipairs(flood_measures) do
-  local row = { m[1] }
-  for _, kind in ipairs(kinds) do row[#row + 1] = m[2](flood[kind.name]) end
-  if with_strfry then row[#row + 1] = m[3] and m[3](flood.layer2, flood.strfry) or "" end
-  flood_rows[#flood_rows + 1] = row
-end
+local flood_rows = measure_rows(flood_measures, flood)
 util.summary("relay lone EVENT during a 20,000-EVENT flood", ms(flood.layer2.lone.p50) .. " / "
   .. ms(flood.layer2.lone.max) .. " ms p50/max", with_strfry and ("strfry %s / %s ms"):format(
   ms(flood.strfry.lone.p50), ms(flood.strfry.lone.max)) or "strfry skipped")
