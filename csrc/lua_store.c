@@ -785,24 +785,15 @@ typedef struct {
     uint64_t n, max;
 } items_state;
 
-/* One item: created_at (8 bytes, big-endian) and id, from the binary form or the stored JSON. */
-static int item_row(void *ud, const l2_row *r)
+/* One item: created_at (8 bytes, big-endian) and id. */
+static int item_put(void *ud, int64_t at, const uint8_t id[32])
 {
     items_state *it = ud;
-    l2lua_store *s = it->s;
-    int64_t at;
     uint8_t rec[40];
-    if (r->stub) return 0; /* a cache's: not for reconciliation */
-    if (r->bin) {
-        if (l2_event_bin_key(r->bin, r->bin_len, &at, rec + 8)) return 0; /* unreadable: check() says so */
-    } else {
-        if (l2_event_parse_json(&s->ev, r->json, r->json_len, L2_HAVE_ALL, &l2_default_limits, NULL)) return 0;
-        at = s->ev.created_at;
-        memcpy(rec + 8, s->ev.id, 32);
-    }
     for (int i = 0; i < 8; i++) rec[i] = (uint8_t)((uint64_t)at >> (56 - 8 * i));
+    memcpy(rec + 8, id, 32);
     if (++it->n > it->max) return 1;
-    return l2_buf_put(&s->out, rec, 40) ? 1 : 0;
+    return l2_buf_put(&it->s->out, rec, 40) ? 1 : 0;
 }
 
 /* store:negentropy_items(filters [, {max = 1000000, now}]) -> items | nil, err: the events the
@@ -813,10 +804,11 @@ static int store_negentropy_items(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
     items_state it = {s, 0, (uint64_t)l2lua_opt_int(L, 3, "max", 1000000)};
+    if (!s->vt->items) return l2lua_refuse(L, 0, "unsupported: this store lists no NIP-77 items");
     if (read_filters(L, s)) return l2lua_refuse(L, 0, s->err);
     s->out.len = 0;
-    if (s->vt->query(s->st, s->filters.v, s->filters.n, (int64_t)it.max + 1, l2lua_opt_now(L, 3), 0, NULL, item_row,
-                     &it, s->err))
+    if (s->vt->items(s->st, s->filters.v, s->filters.n, (int64_t)it.max + 1, l2lua_opt_now(L, 3), item_put, &it,
+                     s->err))
         return l2lua_refuse(L, 0, s->err);
     if (it.n > it.max) {
         lua_pushnil(L);

@@ -868,6 +868,15 @@ int l2_pg_query(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, in
     return 0;
 }
 
+int l2_pg_items(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, size_t *rows, char *err)
+{
+    size_t used;
+    *rows = 0;
+    if (run_union(pg, fs, nf, max_limit, now, "created_at, id", 1, "", "", &used, err)) return -1;
+    if (used) *rows = (size_t)PQntuples(pg->res);
+    return 0;
+}
+
 int l2_pg_count(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err)
 {
     size_t used;
@@ -1138,7 +1147,19 @@ static int if_after_import(void *pg, char *err)
     return l2_pg_analyze(pg, err);
 }
 
+static int if_items(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_item_fn item,
+                    void *ud, char *err)
+{
+    size_t rows, n;
+    if (l2_pg_items(pg, fs, nf, max_limit, now, &rows, err)) return -1;
+    for (size_t i = 0; i < rows; i++) {
+        const char *id = l2_pg_value(pg, i, 1, &n);
+        if (id && n == 32 && item(ud, l2_pg_int(pg, i, 0), (const uint8_t *)id)) break;
+    }
+    return 0;
+}
+
 const l2_store_if l2_pg_store_if = {
     "postgres", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats,
-    if_check, if_sweep, if_nuke, if_sync, if_after_import,
+    if_check, if_sweep, if_nuke, if_sync, if_after_import, if_items,
 };

@@ -38,6 +38,9 @@ int l2_pg_nuke(l2_pg *pg, char *err);
  * it has none or asks for more). Rows: the stored JSON, read with l2_pg_value(pg, row, 0). */
 int l2_pg_query(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, size_t *rows, char *err);
 int l2_pg_count(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err);
+/* The same union's (created_at, id) only, in no order: NIP-77 items, the JSON left on the server.
+ * Rows: created_at (int8) and id (32 bytes) in columns 0 and 1. */
+int l2_pg_items(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, size_t *rows, char *err);
 
 /* Streams every event (or those whose pubkey or `p` tag is one of keys, when filtered) in
  * insertion order through a cursor: begin, then next until it gives 0 rows, then end. */

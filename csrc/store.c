@@ -2657,7 +2657,29 @@ static int if_sync(void *st, char *err)
     return l2_store_sync(st, err);
 }
 
+typedef struct {
+    l2_item_fn item;
+    void *ud;
+} items_walk;
+
+/* An item from the binary form's head: created_at and id, the body left unread. */
+static int item_of_row(void *ud, const l2_row *r)
+{
+    items_walk *w = ud;
+    int64_t at;
+    uint8_t id[32];
+    if (r->stub || l2_event_bin_key(r->bin, r->bin_len, &at, id)) return 0; /* unreadable: check() says so */
+    return w->item(w->ud, at, id);
+}
+
+static int if_items(void *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_item_fn item,
+                    void *ud, char *err)
+{
+    items_walk w = {item, ud};
+    return if_query(st, fs, nf, max_limit, now, 0, NULL, item_of_row, &w, err);
+}
+
 const l2_store_if l2_lmdb_store_if = {
     "lmdb", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats, if_check,
-    if_sweep, if_nuke, if_sync, NULL,
+    if_sweep, if_nuke, if_sync, NULL, if_items,
 };

@@ -33,6 +33,9 @@ enum l2_change_op { L2_CHANGE_SAVED = 1, L2_CHANGE_REPLACED = 2, L2_CHANGE_DELET
  * names it); `row` is the event while it is still stored, else NULL. */
 typedef int (*l2_change_fn)(void *ud, uint64_t seq, int op, const uint8_t *id, const l2_row *row);
 
+/* One NIP-77 item of items(); non-zero stops the walk. */
+typedef int (*l2_item_fn)(void *ud, int64_t created_at, const uint8_t id[32]);
+
 /* One figure of stats(), by name. */
 typedef void (*l2_stat_fn)(void *ud, const char *name, uint64_t value);
 
@@ -75,6 +78,11 @@ typedef struct l2_store_if {
     int (*sync)(void *st, char *err);
     /* After a bulk import (fresh planner statistics); NULL when there is nothing to do. */
     int (*after_import)(void *st, char *err);
+    /* The (created_at, id) of each event a REQ's filters match, as query() limits them, in any
+     * order and without reading whole events: what a NIP-77 reconciliation needs. A cache's
+     * stubs are not items. NULL for a store only Lua calls (an L2 written in Lua). */
+    int (*items)(void *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_item_fn item, void *ud,
+                 char *err);
 } l2_store_if;
 
 extern const l2_store_if l2_lmdb_store_if;

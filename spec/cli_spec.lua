@@ -2,23 +2,12 @@
 local helper = require("spec.helper")
 local layer2 = require("layer2")
 
-local ROOT = io.popen("pwd"):read("l")
-local ENV = ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/lua5.4/?.so;;'"):format(ROOT, ROOT, ROOT)
+local run = helper.cli
 
 local function tmp()
   local p = os.tmpname()
   os.remove(p)
   return p
-end
-
--- runs `layer2 ARGS` (a shell string); returns exit code, stdout, stderr
-local function run(args, wrap)
-  local out, err, code = tmp(), tmp(), tmp()
-  local cmd = ("%s lua5.4 %s/bin/layer2 %s"):format(ENV, ROOT, args)
-  if wrap then cmd = wrap(cmd) end
-  os.execute(("(%s) >%s 2>%s; echo $? >%s"):format(cmd, out, err, code))
-  local c = tonumber(helper.slurp(code))
-  return c, helper.slurp(out), helper.slurp(err)
 end
 
 local function ids_of_file(path)
@@ -125,7 +114,22 @@ describe("the layer2 command line tool", function()
         "error: PostgreSQL: cannot connect: could not translate" },
       { "--l2 mysql://x import " .. data, "%-%-l2 takes a postgres:// URL or a conninfo string" },
       { "--path", "%-%-path needs a value" },
+      { "export --dir up", "export does not take %-%-dir" },
     }
+    -- sync's (under Lua 5.4 it runs itself again under LuaJIT: the messages come from there)
+    local fresh = dir .. "-sync"
+    for _, c in ipairs({
+      { "sync", "sync needs the relay's URL %(ws://... or wss://...%) first" },
+      { "sync http://x/ '{}'", "sync needs the relay's URL" },
+      { "sync ws://127.0.0.1:1/", "sync needs a FILTER_JSON after the URL" },
+      { "sync ws://127.0.0.1:1/ '[1]'", "the filter is not a JSON object: %[1%]" },
+      { "sync ws://127.0.0.1:1/ 'nope'", "the filter is not a JSON object: nope" },
+      { "sync ws://127.0.0.1:1/ '{}' --dir sideways", "%-%-dir is down, up or both, not sideways" },
+      { "sync ws://127.0.0.1:1/ '{}' --yes", "sync does not take %-%-yes" },
+      { "sync ws://127.0.0.1:1/ '{}'", "cannot connect to ws://127.0.0.1:1/" },
+    }) do
+      cases[#cases + 1] = { "--path " .. fresh .. " " .. c[1], c[2] }
+    end
     assert.equal(0, (run(("--path %s import %s"):format(dir, data))))
     table.insert(cases, { "--path " .. dir .. " scan 'not json'", "the filter is not JSON" })
     table.insert(cases, { "--path " .. dir .. " scan '{\"kinds\":[\"x\"]}'", "invalid: kinds%[0%] must be a number" })
@@ -136,6 +140,7 @@ describe("the layer2 command line tool", function()
       assert.matches("^layer2: .*" .. c[2], err, c[1])
       assert.equal(1, select(2, err:gsub("\n", "")), c[1] .. ": one line")
     end
+    assert.is_nil(io.open(fresh .. "/layer2/data.mdb"), "a sync refused made no store")
     local code, out = run("")
     assert.equal(2, code)
     assert.matches("^usage: layer2", out)

@@ -131,6 +131,20 @@ function helper.ids(list)
   return out
 end
 
+local CLI_ENV = ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/lua5.4/?.so;;'"):format(ROOT, ROOT,
+  ROOT)
+
+-- Runs `layer2 ARGS` (a shell string) as a user does (bin/layer2, Lua 5.4; `wrap` may change
+-- the command); returns its exit code, stdout and stderr.
+function helper.cli(args, wrap)
+  local out, err, code = helper.tmpdir(), helper.tmpdir(), helper.tmpdir()
+  local cmd = ("%s lua5.4 %s/bin/layer2 %s"):format(CLI_ENV, ROOT, args)
+  if wrap then cmd = wrap(cmd) end
+  os.execute(("(%s) >%s 2>%s; echo $? >%s"):format(cmd, out, err, code))
+  local c = tonumber(helper.slurp(code))
+  return c, helper.slurp(out), helper.slurp(err)
+end
+
 -- The interpreter running the specs, for child processes that load the same build.
 helper.LUA = jit and "luajit" or "lua5.4"
 

@@ -117,6 +117,52 @@ describe("NIP-77 negentropy", function()
     assert.is_true(rounds <= 8, rounds .. " rounds")
   end)
 
+  it("store:negentropy_items lists what a REQ's filters match, on LMDB and on PostgreSQL, as the reference", function()
+    local g = require("layer2.gen").new({ seed = 44, authors = 40 })
+    local model, now = require("spec.ref").new(), os.time()
+    local events = {}
+    for i = 1, 2000 do
+      events[i] = g:next()
+      model:save(events[i], now)
+    end
+    local someone = events[7].pubkey
+    local filter_cases = {
+      { {} },
+      { { kinds = { 1 } } },
+      { { kinds = { 1 }, limit = 50 } },
+      { { kinds = { 0 } }, { kinds = { 3 }, limit = 5 }, { authors = { someone } } },
+      { { authors = { someone }, since = events[500].created_at } },
+      { { ids = { events[1].id, events[2].id, ("0"):rep(64) } } },
+    }
+    local stores = { lmdb = assert(layer2.lmdb.open(helper.tmpdir())),
+      postgres = assert(layer2.postgres.open((require("spec.pg").fresh()))) }
+    for kind, store in pairs(stores) do
+      for i = 1, #events, 1000 do assert(store:save_events({ table.unpack(events, i, math.min(#events, i + 999)) })) end
+      for n, filters in ipairs(filter_cases) do
+        local items = assert(store:negentropy_items(filters, { max = 100000 }))
+        local got, want = {}, {}
+        for k = 1, #items, 40 do
+          local at = 0
+          for b = 0, 7 do at = at * 256 + items:byte(k + b) end
+          got[#got + 1] = ("%d %s"):format(at, (items:sub(k + 8, k + 39):gsub(".", function(c)
+            return ("%02x"):format(c:byte())
+          end)))
+        end
+        for _, id in ipairs(model:query(filters, now, 100001)) do
+          want[#want + 1] = ("%d %s"):format(model.byid[id].created_at, id)
+        end
+        table.sort(got)
+        table.sort(want)
+        assert.is_true(n == 6 or #want > 0)
+        assert.same(want, got, kind .. ", case " .. n)
+      end
+      assert.same({ nil, "blocked: the filters match more than 10 events; narrow them" },
+        { store:negentropy_items({ kinds = { 1 } }, { max = 10 }) })
+      assert.same({ nil, "invalid: kinds entries must be integers" }, { store:negentropy_items({ kinds = { "x" } }) })
+      store:close()
+    end
+  end)
+
   it("answers bad messages clearly and keeps the session usable", function()
     local relay = session(select(1, sets(7, 100, 0, 0)), 0)
     local bad = {

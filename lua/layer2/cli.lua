@@ -1,5 +1,5 @@
 -- The `layer2` command line tool: import, export, scan, count, stats, gc, check, compact, nuke,
--- upgrade.
+-- upgrade, sync.
 local layer2 = require("layer2")
 local cjson = require("cjson")
 
@@ -22,6 +22,9 @@ commands:
   compact OUT          write a compacted copy of the store into the directory OUT
   nuke --yes           delete every event of the store
   upgrade              rewrite a store made by an older layer2 into this one's format
+  sync URL FILTER_JSON reconcile with another relay (NIP-77), then fetch what only it has
+      --dir DIR        down (default): fetch; up: publish what only this store has; both
+      --json           the summary as JSON
 
 options:
   --path DIR           the store (default ./data): DIR/layer1 and DIR/layer2
@@ -47,6 +50,13 @@ local HELP = {
     .. "Rewrites the store at DIR (both levels, DIR/layer1 and DIR/layer2, or DIR itself when it is one\n"
     .. "LMDB store) into this layer2's format, each in one transaction: stopped or killed, a store is\n"
     .. "as it was, and upgrading again starts over. Stop whatever uses the store first.\n",
+  sync = "usage: layer2 [--path DIR] sync URL FILTER_JSON [--dir down|up|both] [--json]\n"
+    .. "Reconciles the events FILTER_JSON matches here with those it matches on the relay at URL (ws:// or\n"
+    .. "wss://) by NIP-77 negentropy, then fetches what only the relay has (REQ by ids, 500 a batch, each\n"
+    .. "batch saved in one transaction, signatures checked) and/or publishes what only this store has.\n"
+    .. "Progress on a terminal, a summary line otherwise. Ctrl-C stops after a whole batch; running it\n"
+    .. "again finishes the work (nothing is fetched or sent twice once it is on both sides).\n"
+    .. "Runs on LuaJIT (lua-http); started under Lua 5.4 it runs itself again under luajit.\n",
 }
 
 local Fail = {}
@@ -65,27 +75,29 @@ local function progress_bar(label, total, unit)
   local tty = isatty_stderr()
   local start, last = layer2.monotonic(), -1
   local bar = {}
-  function bar.update(done, shown)
+  -- a line of the caller's (a function, called only when it will be shown)
+  function bar.show(text)
     if not tty then return end
     local now = layer2.monotonic()
     if last >= 0 and now - last < 0.2 then return end
     last = now
-    local elapsed = now - start
-    local rate = (shown or done) / math.max(elapsed, 1e-3)
-    local text
-    if total and total > 0 then
-      local frac = math.min(1, done / total)
-      local width = 24
-      local fill = math.floor(frac * width)
-      local eta = frac > 0 and elapsed * (1 - frac) / frac or 0
-      text = ("%s [%s%s] %3d%%  %s  %.0f %s/s  ETA %d:%02d"):format(label, ("#"):rep(fill), ("."):rep(width - fill),
-        math.floor(frac * 100), unit == "bytes" and ("%.1f/%.1f MB"):format(done / 1e6, total / 1e6)
-        or ("%d/%d"):format(done, total), rate, unit == "bytes" and "events" or unit, math.floor(eta / 60),
-        math.floor(eta % 60))
-    else
-      text = ("%s  %d %s  %.0f/s"):format(label, done, unit, rate)
-    end
-    io.stderr:write("\r", text, "\27[K")
+    io.stderr:write("\r", label, text(now - start), "\27[K")
+  end
+  function bar.update(done, shown)
+    bar.show(function(elapsed)
+      local rate = (shown or done) / math.max(elapsed, 1e-3)
+      if total and total > 0 then
+        local frac = math.min(1, done / total)
+        local width = 24
+        local fill = math.floor(frac * width)
+        local eta = frac > 0 and elapsed * (1 - frac) / frac or 0
+        return (" [%s%s] %3d%%  %s  %.0f %s/s  ETA %d:%02d"):format(("#"):rep(fill), ("."):rep(width - fill),
+          math.floor(frac * 100), unit == "bytes" and ("%.1f/%.1f MB"):format(done / 1e6, total / 1e6)
+          or ("%d/%d"):format(done, total), rate, unit == "bytes" and "events" or unit, math.floor(eta / 60),
+          math.floor(eta % 60))
+      end
+      return ("  %d %s  %.0f/s"):format(done, unit, rate)
+    end)
   end
   function bar.note(msg)
     io.stderr:write(tty and "\r\27[K" or "", msg, "\n")
@@ -103,7 +115,7 @@ local function parse_args(argv)
   local i = 1
   while i <= #argv do
     local a = argv[i]
-    if a == "--path" or a == "--l2" or a == "--pubkey" or a == "--out" then
+    if a == "--path" or a == "--l2" or a == "--pubkey" or a == "--out" or a == "--dir" then
       local v = argv[i + 1]
       if not v then fail(a .. " needs a value") end
       if a == "--pubkey" then opts.pubkeys[#opts.pubkeys + 1] = v else opts[a:sub(3)] = v end
@@ -122,7 +134,8 @@ local function parse_args(argv)
   return opts
 end
 
-local KNOWN_FLAGS = { import = { ["no-verify"] = true }, stats = { json = true }, nuke = { yes = true } }
+local KNOWN_FLAGS = { import = { ["no-verify"] = true }, stats = { json = true }, nuke = { yes = true },
+  sync = { json = true } }
 
 local function open_store(opts, must_exist)
   if opts.l2 and not (opts.l2:match("^postgres") or opts.l2:find("=", 1, true)) then
@@ -344,6 +357,101 @@ function commands.upgrade(opts)
   return 0
 end
 
+-- lua-http, the websocket client, is packaged by Debian for LuaJIT and Lua 5.1 to 5.3, not for 5.4:
+-- under 5.4 the command runs again under luajit, with the LuaJIT build of the module beside this one.
+local function sync_under_luajit(argv)
+  local core = package.searchpath("layer2.core", package.cpath) or ""
+  local jit_core = core:gsub("/lua5%.4/layer2/core%.so$", "/luajit/layer2/core.so")
+  local f = jit_core ~= core and io.open(jit_core)
+  if not f then
+    fail("sync needs lua-http, which Debian packages for LuaJIT, not Lua 5.4: run it as "
+      .. "`luajit $(command -v layer2) sync ...` with layer2 built for LuaJIT (make builds both)")
+  end
+  f:close()
+  local lua_dir = package.searchpath("layer2.cli", package.path):gsub("/layer2/cli%.lua$", "")
+  -- this module's directories first, then LuaJIT's own defaults (";;")
+  local path = lua_dir .. "/?.lua;" .. lua_dir .. "/?/init.lua;;"
+  local cpath = jit_core:gsub("/layer2/core%.so$", "") .. "/?.so;;"
+  local function q(v) return "'" .. tostring(v):gsub("'", "'\\''") .. "'" end
+  local cmd = { "LUA_PATH=" .. q(path), "LUA_CPATH=" .. q(cpath), "luajit", q(arg and arg[0] or "layer2") }
+  for _, a in ipairs(argv) do cmd[#cmd + 1] = q(a) end
+  local ok, how, code = os.execute(table.concat(cmd, " "))
+  if how == "signal" then return 128 + code end
+  return ok and 0 or code
+end
+
+local function ws_connect(url, timeout)
+  local websocket = require("http.websocket")
+  local ok, ws = pcall(websocket.new_from_uri, url)
+  if not ok then fail(("%s is not a websocket URL (ws:// or wss://): %s"):format(url, tostring(ws))) end
+  local connected, err = ws:connect(timeout)
+  if not connected then fail(("cannot connect to %s: %s"):format(url, tostring(err))) end
+  return {
+    send = function(text) return ws:send(text) end,
+    receive = function(t)
+      while true do
+        local data, opcode_or_err = ws:receive(t)
+        if not data then return nil, opcode_or_err end
+        if opcode_or_err == "text" then return data end
+      end
+    end,
+    close = function() ws:close(nil, nil, 1) end,
+  }
+end
+
+function commands.sync(opts, argv)
+  local ok_http = pcall(require, "http.websocket")
+  if not ok_http and not jit then return sync_under_luajit(argv) end
+  if not ok_http then fail("sync needs lua-http (Debian: apt install lua-http)") end
+  local url, filter_json = opts.rest[2], opts.rest[3]
+  if not url or not url:match("^wss?://") then fail("sync needs the relay's URL (ws://... or wss://...) first") end
+  if not filter_json then fail("sync needs a FILTER_JSON after the URL, e.g. '{\"kinds\":[1]}' ('{}': everything)") end
+  local okf, filter = pcall(cjson.decode, filter_json)
+  if not okf or type(filter) ~= "table" or filter[1] ~= nil then
+    fail("the filter is not a JSON object: " .. filter_json)
+  end
+  local dir = opts.dir or "down"
+  if dir ~= "down" and dir ~= "up" and dir ~= "both" then fail("--dir is down, up or both, not " .. dir) end
+  local conn = ws_connect(url, 10)
+  local db = open_store(opts)
+  local bar = progress_bar("sync", nil, "events")
+  local st = require("layer2.sync").new_stats()
+  local function summary()
+    return ("%s %s: %d items here, %d only here, %d only there, %d round trips; fetched %d (%d saved, %d duplicate, "
+      .. "%d refused), published %d (%d refused, %d gone since); %d bytes sent, %d received, %.1f s"):format(
+      dir, url, st.items, st.have, st.need, st.rounds, st.fetched, st.saved, st.duplicate, st.refused, st.published,
+      st.publish_refused, st.gone, st.bytes_sent, st.bytes_received, bar.elapsed())
+  end
+  local ok, err = pcall(require("layer2.sync").run, db, conn, filter, {
+    dir = dir, stats = st,
+    notice = function(text) bar.note("NOTICE from the relay: " .. text) end,
+    progress = function()
+      bar.show(function()
+        return ("  round %d, %d only here, %d only there; fetched %d, published %d"):format(st.rounds, st.have, st.need,
+          st.fetched, st.published)
+      end)
+    end,
+  })
+  pcall(conn.close)
+  db:close()
+  st.seconds = bar.elapsed()
+  if not ok then
+    if tostring(err):match("interrupted") then
+      bar.finish("interrupted: every batch fetched before is stored; run the same command again to finish\n"
+        .. summary())
+      return 130
+    end
+    bar.finish(summary())
+    fail(tostring(err))
+  end
+  bar.finish(summary())
+  if opts.flags.json then
+    st.notices = nil
+    print(cjson.encode(st))
+  end
+  return 0
+end
+
 function cli.main(argv)
   local ok, code = pcall(function()
     local opts = parse_args(argv or {})
@@ -360,7 +468,8 @@ function cli.main(argv)
     for flag in pairs(opts.flags) do
       if not (KNOWN_FLAGS[name] or {})[flag] then fail(("%s does not take --%s"):format(name, flag)) end
     end
-    return commands[name](opts)
+    if opts.dir and name ~= "sync" then fail(name .. " does not take --dir") end
+    return commands[name](opts, argv)
   end)
   if ok then return code end
   if getmetatable(code) == Fail then
