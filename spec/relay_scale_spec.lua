@@ -378,9 +378,15 @@ end
       end
       db:close()
       assert.is_true(want[1].held > 2000 and want[2].held > 1000 and want[3].held == 0)
+      -- past the relay's 256 KiB: refused by verb, the connection kept (the REQ after them answered)
+      local long = ("00"):rep(140000)
+      local long_id = ("ab"):rep(32)
       local res = harness.run_client("neg.mjs", { url = ("ws://127.0.0.1:%d/"):format(port), runs = runs,
         bad = { '["NEG-MSG","nosuch","61"]', '["NEG-OPEN","bad",{"kinds":[1]},"zz"]', '["NEG-OPEN","v2",{},"62"]',
-          '["NEG-OPEN","x",5,"61"]', '["REQ","r",{"limit":1}]' }, bad_replies = 6 })
+          '["NEG-OPEN","x",5,"61"]', '["NEG-OPEN","long",{},"61' .. long .. '"]',
+          '["EVENT",{"id":"' .. long_id .. '","content":"' .. long .. '"}]',
+          '["REQ","longreq",{"ids":["' .. long .. '"]}]', '["REQ","r",{"limit":1}]' },
+        bad_replies = 9, huge_bytes = 1100000 })
       for r = 1, #runs do
         os.remove(runs[r].items)
         local got = res.runs[r]
@@ -394,8 +400,14 @@ end
         { "NEG-ERR", "bad", "invalid: a negentropy message is lowercase hex" },
         { "NEG-MSG", "v2", "61" },
         { "NEG-ERR", "x", "invalid: NEG-OPEN needs a filter and an initial message" },
-      }, { res.errors[1], res.errors[2], res.errors[3], res.errors[4] })
-      assert.same({ "EVENT", "EOSE" }, { res.errors[5][1], res.errors[6][1] })
+        { "NEG-ERR", "long", "blocked: a message of more than 262144 bytes" },
+        { "OK", long_id, false, "blocked: a message of more than 262144 bytes" },
+        { "CLOSED", "longreq", "blocked: a message of more than 262144 bytes" },
+      }, { table.unpack(res.errors, 1, 7) })
+      assert.same({ "EVENT", "EOSE" }, { res.errors[8][1], res.errors[9][1] })
+      -- past 1 MiB the relay reads no further and closes: with 1009 (message too big) when its
+      -- close frame reaches the client before the reset the unread bytes cause, else as 1006
+      assert.is_true(res.huge.code == 1009 or res.huge.code == 1006, tostring(res.huge.code))
       assert.same({}, harness.log_problems(prefix))
     end)
     stop()

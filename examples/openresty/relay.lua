@@ -13,6 +13,9 @@ local relay = {}
 
 relay.limits = {
   max_message_length = 256 * 1024,
+  -- a message past max_message_length but within this is read and refused with a reason, the
+  -- connection kept; a larger one closes it (status 1009), since its bytes are not worth reading
+  max_frame_length = 1024 * 1024,
   max_subscriptions = 20,
   max_filters = 10,
   max_limit = 500,
@@ -71,7 +74,7 @@ function relay.handle()
     end
     return
   end
-  local wb, err = server:new({ timeout = 60000, max_payload_len = relay.limits.max_message_length })
+  local wb, err = server:new({ timeout = 60000, max_payload_len = relay.limits.max_frame_length })
   if not wb then
     ngx.log(ngx.ERR, "websocket handshake: ", err)
     return ngx.exit(400)
@@ -263,6 +266,26 @@ function relay.handle()
     end
   end
 
+  -- a message too long to parse: the answer its verb calls for, found at its start, so a client
+  -- learns which of its requests failed
+  local function refuse_long(data)
+    local why = ("blocked: a message of more than %d bytes"):format(relay.limits.max_message_length)
+    local verb = data:match('^%s*%[%s*"([%u-]+)"')
+    local subid = data:match('^%s*%[%s*"[%u-]+"%s*,%s*"([^"\\]*)"')
+    local id = verb == "EVENT" and data:match('^%s*%[%s*"EVENT"%s*,%s*{%s*"id"%s*:%s*"(%x+)"')
+    if subid and (verb == "NEG-OPEN" or verb == "NEG-MSG") then
+      neg_close(subid)
+      send({ "NEG-ERR", subid, why })
+    elseif subid and (verb == "REQ" or verb == "COUNT") then
+      send({ "CLOSED", subid, why })
+    elseif id and #id == 64 then
+      send({ "OK", id, false, why })
+    else
+      send({ "NOTICE", why })
+    end
+  end
+
+  local close_code, close_reason
   while not closed do
     local data, typ, rerr = wb:recv_frame()
     if not data then
@@ -270,12 +293,17 @@ function relay.handle()
         if closed then break end
         if nnegs > 0 then neg_idle() end
       else
+        if rerr and rerr:find("exceeding max payload len", 1, true) then
+          close_code, close_reason = 1009, ("a message of more than %d bytes"):format(relay.limits.max_frame_length)
+        end
         break
       end
     elseif typ == "close" then
       break
     elseif typ == "ping" then
       wb:send_pong(data)
+    elseif typ == "text" and #data > relay.limits.max_message_length then
+      refuse_long(data)
     elseif typ == "text" then
       if nnegs > 0 then neg_idle() end
       local msg = cjson.decode(data)
@@ -297,7 +325,7 @@ function relay.handle()
   for subid in pairs(negs) do neg_close(subid) end
   sem:post(1)
   ngx.thread.wait(sender)
-  wb:send_close()
+  wb:send_close(close_code, close_reason)
 end
 
 -- GET /metrics: db:stats() in the Prometheus text format.

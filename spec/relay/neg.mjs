@@ -50,10 +50,22 @@ function raw(frames, count) {
   });
 }
 
+// A frame past what the relay reads at all: how the connection closes.
+function closing(frame) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(cfg.url);
+    ws.on("open", () => ws.send(frame));
+    ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() }));
+    ws.on("error", () => {});
+    setTimeout(() => resolve({ code: "timed out" }), 30000);
+  });
+}
+
 const relay = await Relay.connect(cfg.url);
 const out = { runs: [] };
 for (const run of cfg.runs) out.runs.push(await sync(relay, run));
 relay.close();
 out.errors = await raw(cfg.bad, cfg.bad_replies);
+out.huge = await closing('["NEG-MSG","huge","' + "00".repeat(cfg.huge_bytes / 2) + '"]');
 fs.writeFileSync(cfg.out, JSON.stringify(out));
 process.exit(0);
