@@ -883,11 +883,11 @@ static int bk_import(lua_State *L)
     int64_t newest;
     int n = l2lua_import(L, s->l2vt, s->l2st, &s->lim, 0, &newest, s->err);
     char err[L2_ERRLEN];
+    /* also when the import was stopped part way (n < 0, the error on the stack): what it saved
+     * is in L2 */
     if (l2_backend_forget_answers(s->b, err) || (newest >= 0 && l2_backend_raise_horizon(s->b, newest + 1, err)))
         return l2lua_refuse(L, 0, err);
-    if (lua_type(L, -1) == LUA_TTABLE && s->l2vt->after_import && s->l2vt->after_import(s->l2st, s->err))
-        return l2lua_refuse(L, 0, s->err);
-    return n;
+    return n < 0 ? lua_error(L) : n;
 }
 
 /* db:nuke() and db:sync() -> true | nil, err */

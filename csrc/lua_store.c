@@ -262,10 +262,26 @@ static int is_blank(const char *p, size_t n)
     return 1;
 }
 
-int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags, int64_t *newest,
-                 char *err)
+typedef struct {
+    const l2_store_if *vt;
+    void *st;
+    const l2_limits *lim;
+    int flags;
+    int64_t *newest;
+    char *err;
+} import_ctx;
+
+/* The batches of an import (l2lua_import's work), called protected: its arguments are the
+ * store's method's (1: the store, 2: the source, 3: opts), its context an upvalue. */
+static int import_batches(lua_State *L)
 {
-    *newest = -1;
+    import_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
+    const l2_store_if *vt = ctx->vt;
+    void *st = ctx->st;
+    const l2_limits *lim = ctx->lim;
+    int flags = ctx->flags;
+    int64_t *newest = ctx->newest;
+    char *err = ctx->err;
     int verify = l2lua_opt_bool(L, 3, "verify", 1);
     size_t batch = (size_t)l2lua_opt_int(L, 3, "batch", 4096);
     int threads = (int)l2lua_opt_int(L, 3, "threads", 2);
@@ -371,6 +387,27 @@ int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits 
         lua_setfield(L, -2, names[i]);
     }
     return 1;
+}
+
+int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags, int64_t *newest,
+                 char *err)
+{
+    import_ctx ctx = {vt, st, lim, flags | L2_SAVE_IMPORT, newest, err};
+    *newest = -1;
+    int base = lua_gettop(L);
+    lua_pushlightuserdata(L, &ctx);
+    lua_pushcclosure(L, import_batches, 1);
+    for (int i = 1; i <= 3; i++) lua_pushvalue(L, i);
+    /* a Lua error in a callback (Ctrl-C above all) still ends the import as the store needs:
+     * the batches saved before it get their indexes */
+    int raised = lua_pcall(L, 3, LUA_MULTRET, 0) != LUA_OK;
+    char after_err[L2_ERRLEN];
+    if (vt->after_import && vt->after_import(st, after_err) && !raised) {
+        lua_settop(L, base);
+        memcpy(err, after_err, L2_ERRLEN);
+        return l2lua_refuse(L, 0, err);
+    }
+    return raised ? -1 : lua_gettop(L) - base;
 }
 
 /* ---- a batch of events from Lua ---- */
@@ -688,16 +725,13 @@ static int store_save_events(lua_State *L)
     return l2lua_save_list(L, 2, 3, &s->lim, store_saver, s, s->err);
 }
 
-/* store:import(source [, opts]) -> counts | nil, err (see l2lua_import); then what the store does
- * after a bulk load (PostgreSQL: fresh planner statistics, without which it picks poor plans). */
+/* store:import(source [, opts]) -> counts | nil, err (see l2lua_import). */
 static int store_import(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
     int64_t newest;
     int n = l2lua_import(L, s->vt, s->st, &s->lim, save_flags(L, 3), &newest, s->err);
-    if (lua_type(L, -1) == LUA_TTABLE && s->vt->after_import && s->vt->after_import(s->st, s->err))
-        return l2lua_refuse(L, 0, s->err);
-    return n;
+    return n < 0 ? lua_error(L) : n;
 }
 
 /* store:delete_event(id [, no_tombstone [, {outbox}]]) -> true | false, msg */

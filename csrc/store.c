@@ -1,9 +1,11 @@
+#define _GNU_SOURCE /* qsort_r */
 #include "store.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +35,8 @@
  * tomb     id(32) author(32)                      -> ""          (NIP-09 `e` deletions)
  * atomb    pubkey(32) kind(2) d(V)                -> created_at(8) (NIP-09 `a` deletions)
  * changes  seq(8)                                 -> op(1) serial(8) [id(32) for replaced/deleted]
- * meta     name                                   -> value ("u:" + name for the caller's own)
+ * meta     name                                   -> value ("u:" + name for the caller's own;
+ *          "indexing": the pid of an import into an empty store whose indexes wait for its end)
  * A cache (the L1) stores its records differently, so that eviction frees space:
  * events   serial(8)      -> slot(4) body length(4) stub form   (slot 0: a stub, no body)
  * bodies   slot(4)        -> binary event    (slots are reused, lowest first, so new bodies fill the
@@ -193,6 +196,7 @@ static int meta_get_opt(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *o
 }
 
 static int meta_put_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t val);
+static int finish_indexing(l2_store *st, int dead_only, char *err);
 
 static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, int upgrading, char *err)
 {
@@ -331,6 +335,10 @@ int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char
     l2_event_init(&st->old);
     l2_buf_init(&st->body);
     l2_buf_init(&st->key);
+    if (!st->cache && finish_indexing(st, 1, err)) {
+        l2_store_close(st);
+        return -1;
+    }
     *out = st;
     return 0;
 }
@@ -421,6 +429,7 @@ typedef struct {
     int may_answer;          /* remembered answers exist: a save must look for those it touches */
     uint64_t next_slot, body_bytes; /* a cache's body slots and the bytes its bodies hold */
     int quiet; /* a cache fill: what it stores is not news, so the change feed does not hear of it */
+    int defer_index; /* an import into an empty store: the indexes are built at its end */
 } wtx;
 
 static int meta_get_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *out)
@@ -1057,7 +1066,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
     }
     MDB_val ik = {32, (void *)ev->id}, iv = {8, sk};
     if ((rc = mdb_put(w->txn, st->dbi[DB_IDS], &ik, &iv, 0))) return rc;
-    if ((rc = for_each_index(st->sh->key_prefix, ev, serial, index_put, w))) return rc;
+    if (!w->defer_index && (rc = for_each_index(st->sh->key_prefix, ev, serial, index_put, w))) return rc;
     if (an && (rc = put_head(w, ak, an, serial, ev))) return rc;
     if ((rc = add_change(w, L2_CHANGE_SAVED, ev->id, serial))) return rc;
     if (w->may_answer && !w->quiet && (rc = l2_answers_touch(w->txn, st->dbi[DB_ANSWERS], ev))) return rc;
@@ -1073,6 +1082,7 @@ static int write_begin(l2_store *st, wtx *w)
     l2_store_read_end(st);
     w->st = st;
     w->quiet = 0;
+    w->defer_index = 0;
     rc = mdb_txn_begin(st->env, NULL, 0, &w->txn);
     if (rc == MDB_MAP_RESIZED) {
         adopt_map(st);
@@ -1195,12 +1205,16 @@ typedef struct {
     l2_save_result *res;
 } save_args;
 
+static int deferring(wtx *w, int *defer);
+
 static int save_body(wtx *w, void *ud)
 {
     save_args *a = ud;
+    int rc;
     w->quiet = (a->flags & L2_SAVE_FILL) != 0;
+    if ((a->flags & L2_SAVE_IMPORT) && !w->st->cache && (rc = deferring(w, &w->defer_index))) return rc;
     for (size_t i = 0; i < a->n; i++) {
-        int rc = save_one(w, a->evs[i], a->now, &a->res[i]);
+        rc = save_one(w, a->evs[i], a->now, &a->res[i]);
         if (rc) return rc;
         if ((a->flags & L2_SAVE_OUTBOX) && a->res[i].status == L2_SAVE_STORED) {
             w->st->body.len = 0;
@@ -2242,6 +2256,154 @@ int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *
     return 0;
 }
 
+/* ---- indexes built at the end of an import ----
+ * An import into an empty store writes events, ids and heads batch by batch, and the indexes
+ * once at its end: each index's keys sorted, then appended (MDB_APPEND fills every page; keys
+ * put in random order leave B-tree pages about half full, and each batch would copy most of them
+ * again, pages the file keeps as free space). Memory: one index's keys at a time. The meta
+ * record "indexing" names the importing process: while it runs, other processes save with their
+ * indexes as usual (the build includes them); if it dies, the next process to open the store or
+ * to import builds them. */
+
+typedef struct {
+    int db;
+    l2_buf keys; /* length (1 byte) and key, one after another */
+    size_t *at, n, cap;
+} key_list;
+
+static int collect_key(void *ud, int db, const uint8_t *key, size_t n)
+{
+    key_list *l = ud;
+    if (db != l->db) return 0;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 4096;
+        size_t *at = realloc(l->at, cap * sizeof *at);
+        if (!at) return ENOMEM;
+        l->at = at;
+        l->cap = cap;
+    }
+    l->at[l->n++] = l->keys.len;
+    return l2_buf_putc(&l->keys, (char)n) || l2_buf_put(&l->keys, key, n) ? ENOMEM : 0;
+}
+
+/* LMDB's default order: bytes, then the shorter first */
+static int key_order(const void *a, const void *b, void *ud)
+{
+    const uint8_t *base = ud, *x = base + *(const size_t *)a, *y = base + *(const size_t *)b;
+    size_t nx = x[0], ny = y[0];
+    int c = memcmp(x + 1, y + 1, nx < ny ? nx : ny);
+    return c ? c : (nx > ny) - (nx < ny);
+}
+
+static int build_index(wtx *w, int db, key_list *l)
+{
+    l2_store *st = w->st;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(w->txn, st->dbi[DB_EVENTS], &c);
+    l->db = db;
+    l->n = l->keys.len = 0;
+    for (rc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8 || l2_event_decode_bin(&st->ev, v.mv_data, v.mv_size, NULL)) continue; /* check() says */
+        if ((rc = for_each_index(st->sh->key_prefix, &st->ev, get_be64(k.mv_data), collect_key, l))) break;
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND) return rc;
+    qsort_r(l->at, l->n, sizeof *l->at, key_order, l->keys.data);
+    if ((rc = mdb_drop(w->txn, st->dbi[db], 0)) || (rc = mdb_cursor_open(w->txn, st->dbi[db], &c))) return rc;
+    const uint8_t *prev = NULL;
+    for (size_t i = 0; rc == 0 && i < l->n; i++) {
+        const uint8_t *key = (const uint8_t *)l->keys.data + l->at[i];
+        if (prev && prev[0] == key[0] && memcmp(prev + 1, key + 1, key[0]) == 0) continue; /* a tag twice */
+        prev = key;
+        k.mv_size = key[0];
+        k.mv_data = (void *)(key + 1);
+        v.mv_size = 0;
+        v.mv_data = "";
+        rc = mdb_cursor_put(c, &k, &v, MDB_APPEND);
+    }
+    mdb_cursor_close(c);
+    return rc;
+}
+
+static int build_indexes(wtx *w)
+{
+    static const int dbs[] = {DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE};
+    key_list l;
+    memset(&l, 0, sizeof l);
+    l2_buf_init(&l.keys);
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof dbs / sizeof dbs[0]; i++) rc = build_index(w, dbs[i], &l);
+    l2_buf_free(&l.keys);
+    free(l.at);
+    if (rc) return rc;
+    MDB_val k = {8, "indexing"};
+    rc = mdb_del(w->txn, w->st->dbi[DB_META], &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int process_gone(uint64_t pid)
+{
+    return pid > 0 && pid < INT32_MAX && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Whether this batch of an import leaves the indexes to its end: this process's import into a
+ * store that was empty. An importer that died left them to be built: done here first. */
+static int deferring(wtx *w, int *defer)
+{
+    uint64_t pid;
+    int rc = meta_get_opt(w->txn, w->st->dbi[DB_META], "indexing", &pid);
+    *defer = 0;
+    if (rc) return rc;
+    if (pid == (uint64_t)getpid()) {
+        *defer = 1;
+        return 0;
+    }
+    if (process_gone(pid)) {
+        if ((rc = build_indexes(w))) return rc;
+        pid = 0;
+    }
+    if (pid || entries(w->txn, w->st->dbi[DB_EVENTS]) > 0) return 0;
+    *defer = 1;
+    return meta_put_u64(w->txn, w->st->dbi[DB_META], "indexing", (uint64_t)getpid());
+}
+
+typedef struct {
+    int dead_only; /* only for an importer that died: on open */
+} finish_args;
+
+static int finish_body(wtx *w, void *ud)
+{
+    finish_args *a = ud;
+    uint64_t pid;
+    int rc = meta_get_opt(w->txn, w->st->dbi[DB_META], "indexing", &pid);
+    if (rc || !pid) return rc;
+    if (a->dead_only ? !process_gone(pid) : pid != (uint64_t)getpid()) return 0;
+    return build_indexes(w);
+}
+
+/* The indexes an import left to its end, built: this process's (after_import), or, on open, a
+ * dead importer's. A read first, so an open has no write to do in the usual case. */
+static int finish_indexing(l2_store *st, int dead_only, char *err)
+{
+    MDB_txn *txn;
+    uint64_t pid = 0;
+    int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn);
+    if (rc == 0) {
+        rc = meta_get_opt(txn, st->dbi[DB_META], "indexing", &pid);
+        mdb_txn_abort(txn);
+    }
+    if (rc) return lmdb_fail(err, "reading the store", rc);
+    if (!pid) return 0;
+    finish_args a = {dead_only};
+    return write_txn(st, finish_body, &a, err);
+}
+
+int l2_store_after_import(l2_store *st, char *err)
+{
+    return finish_indexing(st, 0, err);
+}
+
 /* ---- upgrade ---- */
 
 typedef struct {
@@ -2657,6 +2819,11 @@ static int if_sync(void *st, char *err)
     return l2_store_sync(st, err);
 }
 
+static int if_after_import(void *st, char *err)
+{
+    return l2_store_after_import(st, err);
+}
+
 typedef struct {
     l2_item_fn item;
     void *ud;
@@ -2681,5 +2848,5 @@ static int if_items(void *st, const l2_filter *fs, size_t nf, int64_t max_limit,
 
 const l2_store_if l2_lmdb_store_if = {
     "lmdb", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats, if_check,
-    if_sweep, if_nuke, if_sync, NULL, if_items,
+    if_sweep, if_nuke, if_sync, if_after_import, if_items,
 };

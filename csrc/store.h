@@ -37,6 +37,10 @@ int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t no
 int l2_store_delete(l2_store *st, const uint8_t id[32], int tombstone, int outbox, int *found, char *err);
 /* Removes every event whose NIP-40 expiration is at or before now. */
 int l2_store_sweep(l2_store *st, int64_t now, uint64_t *removed, char *err);
+/* Ends a bulk import (batches saved with L2_SAVE_IMPORT): when it began on an empty store, its
+ * indexes are built now, in one write transaction (see "indexes built at the end of an import"
+ * in store.c). Also after an import stopped part way. */
+int l2_store_after_import(l2_store *st, char *err);
 int l2_store_nuke(l2_store *st, char *err);
 int l2_store_sync(l2_store *st, char *err);
 

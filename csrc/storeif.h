@@ -43,8 +43,9 @@ typedef void (*l2_stat_fn)(void *ud, const char *name, uint64_t value);
 typedef void (*l2_problem_fn)(void *ud, const char *msg);
 
 /* Flags of save and delete: queue in a cache's outbox in the same transaction (L2 was down); a
- * cache fill (events L2 already had: no change record, the change feed being news). */
-enum { L2_SAVE_OUTBOX = 1, L2_SAVE_FILL = 2 };
+ * cache fill (events L2 already had: no change record, the change feed being news); a batch of a
+ * bulk import (a store may build its indexes once at the end, in after_import). */
+enum { L2_SAVE_OUTBOX = 1, L2_SAVE_FILL = 2, L2_SAVE_IMPORT = 4 };
 
 typedef struct l2_store_if {
     const char *kind; /* "lmdb", "postgres": for messages and tostring */
@@ -76,7 +77,8 @@ typedef struct l2_store_if {
     int (*nuke)(void *st, char *err);
     /* Makes every commit durable (a store that syncs each commit has nothing to do). */
     int (*sync)(void *st, char *err);
-    /* After a bulk import (fresh planner statistics); NULL when there is nothing to do. */
+    /* After a bulk import, whole or stopped part way (indexes built, fresh planner statistics);
+     * NULL when there is nothing to do. */
     int (*after_import)(void *st, char *err);
     /* The (created_at, id) of each event a REQ's filters match, as query() limits them, in any
      * order and without reading whole events: what a NIP-77 reconciliation needs. A cache's

@@ -158,4 +158,89 @@ describe("crash consistency", function()
     helper.rmdir(dir)
     for _, p in ipairs({ script, logpath, import_file, dir .. "-pid", dir .. ".out" }) do os.remove(p) end
   end)
+
+  -- An import into an empty store leaves its indexes to its end (store.c): killed before, the
+  -- next process to open the store builds them.
+  describe("an import into an empty store", function()
+    local file = helper.tmpdir() .. ".jsonl"
+    local events = {}
+    setup(function()
+      local g = require("layer2.gen").new({ seed = 78, authors = 60 })
+      local f = assert(io.open(file, "w"))
+      for i = 1, 30000 do
+        events[i] = g:next()
+        f:write(layer2.event.encode(events[i]), "\n")
+      end
+      f:close()
+    end)
+    teardown(function() os.remove(file) end)
+
+    -- the store's answers against the reference built from what it holds
+    local function answers_match(db, why)
+      local ok, problems = db:check()
+      assert(ok, why .. ": " .. table.concat(problems or {}, "\n"))
+      local model, now = require("spec.ref").new(), os.time()
+      local export = helper.tmpdir()
+      assert(db:export(export))
+      local n = 0
+      for line in io.lines(export) do
+        model:save(layer2.event.parse(line), now)
+        n = n + 1
+      end
+      os.remove(export)
+      local pk = events[3].pubkey
+      for _, filters in ipairs({ { {} }, { { kinds = { 1 } } }, { { authors = { pk } } }, { { kinds = { 0, 3 } } },
+        { { ["#t"] = { "nostr" } } }, { { kinds = { 1 }, since = events[9000].created_at } } }) do
+        assert.same(model:query(filters, now, 100000),
+          helper.ids(assert(db:query_events(filters, { max_limit = 100000 }))), why .. " " .. require("cjson").encode(filters))
+      end
+      return n
+    end
+
+    it("killed part way: the next open builds the indexes, and every answer matches the reference", function()
+      local rand, partial = helper.rng(31), 0
+      for round = 1, 6 do
+        local dir = helper.tmpdir()
+        local delay = 0.02 * round + rand(50) / 1000
+        os.execute(("%s -e \"local s = require('layer2').lmdb.open('%s') s:import('%s', {verify = false, batch = 1000})\" "
+          .. "& pid=$!; sleep %.3f; kill -9 $pid 2>/dev/null; wait 2>/dev/null"):format(LUA, dir, file, delay))
+        local db = assert(layer2.lmdb.open(dir))
+        -- (the whole file leaves 26,994 events)
+        local n = answers_match(db, "round " .. round)
+        if n > 0 and n < 26000 then partial = partial + 1 end
+        db:close()
+        helper.rmdir(dir)
+      end
+      assert.is_true(partial >= 1, "no kill landed during an import")
+    end)
+
+    it("saves by another process meanwhile get their indexes, and the importer's are built at its end", function()
+      local dir = helper.tmpdir()
+      local db = assert(layer2.lmdb.open(dir))
+      local p = io.popen(("%s -e \"local s = require('layer2').lmdb.open('%s') "
+        .. "assert(s:import('%s', {verify = false, batch = 500})) print(s:stats().events)\""):format(LUA, dir, file))
+      -- once the import is under way, this process saves events of its own into the same store
+      while db:stats().events == 0 do os.execute("sleep 0.01") end
+      local g = require("layer2.gen").new({ seed = 79, authors = 5 })
+      local mine = {}
+      for i = 1, 200 do mine[i] = g:next() end
+      assert(db:save_events(mine))
+      local during = db:stats().events
+      local final = tonumber(p:read("a"))
+      p:close()
+      assert.is_true(during < final, "the saves came while the import ran")
+      -- (replaceable ones may have been replaced by the import's: the authors are the generator's)
+      local plain = 0
+      for _, ev in ipairs(mine) do
+        if ev.kind == 1 or ev.kind == 6 or ev.kind == 7 then
+          plain = plain + 1
+          assert.equal(1, db:count_events({ ids = { ev.id }, kinds = { ev.kind }, authors = { ev.pubkey } }))
+        end
+      end
+      assert.is_true(plain > 100)
+      answers_match(db, "after the import")
+      db:close()
+      helper.rmdir(dir)
+    end)
+  end)
 end)
