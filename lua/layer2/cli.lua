@@ -418,9 +418,10 @@ function commands.sync(opts, argv)
   local st = require("layer2.sync").new_stats()
   local function summary()
     return ("%s %s: %d items here, %d only here, %d only there, %d round trips; fetched %d (%d saved, %d duplicate, "
-      .. "%d refused), published %d (%d refused, %d gone since); %d bytes sent, %d received, %.1f s"):format(
-      dir, url, st.items, st.have, st.need, st.rounds, st.fetched, st.saved, st.duplicate, st.refused, st.published,
-      st.publish_refused, st.gone, st.bytes_sent, st.bytes_received, bar.elapsed())
+      .. "%d refused, %d gone there since), published %d (%d refused, %d gone here since); %d bytes sent, %d received, "
+      .. "%.1f s"):format(dir, url, st.items, st.have, st.need, st.rounds, st.fetched, st.saved, st.duplicate,
+      st.refused, st.missing, st.published, st.publish_refused, st.gone, st.bytes_sent, st.bytes_received,
+      bar.elapsed())
   end
   local ok, err = pcall(require("layer2.sync").run, db, conn, filter, {
     dir = dir, stats = st,

@@ -12,7 +12,7 @@ local cjson = require("cjson")
 local sync = {}
 
 local SUB = "layer2-sync"
-local FETCH_IDS = 500 -- ids a REQ asks for (500 is the answer cap of most relays, ours included)
+local FETCH_IDS = 500 -- ids a REQ asks for at first (the answer cap of most relays, ours included)
 local FETCH_IN_FLIGHT = 4 -- REQs outstanding at once
 local PUBLISH_HIGH, PUBLISH_LOW = 200, 100 -- EVENTs awaiting their OK: send up to HIGH, refill below LOW
 local FRAME_LIMIT = 60000 -- bytes of a negentropy message before hex: under 128 KiB on the wire
@@ -20,7 +20,7 @@ local FRAME_LIMIT = 60000 -- bytes of a negentropy message before hex: under 128
 -- Counters of a run, updated as it goes (an interrupted run still has them).
 local function new_stats()
   return { items = 0, have = 0, need = 0, rounds = 0, fetched = 0, saved = 0, duplicate = 0, refused = 0,
-    published = 0, publish_refused = 0, gone = 0, bytes_sent = 0, bytes_received = 0, notices = {} }
+    published = 0, publish_refused = 0, gone = 0, missing = 0, bytes_sent = 0, bytes_received = 0, notices = {} }
 end
 
 -- The raw event of an EVENT message (as sent: re-encoding numbers through cjson could round them).
@@ -65,7 +65,7 @@ function sync.run(db, conn, filter, opts)
 
   local need, have, seen = {}, {}, {}
   local need_next, have_next = 1, 1
-  local fetching, nfetching, next_req = {}, 0, 0
+  local fetching, nfetching, next_req, fetch_ids = {}, 0, 0, FETCH_IDS
   local awaiting, nawaiting = {}, 0
   local neg_done, neg_answered = false, false
 
@@ -84,7 +84,7 @@ function sync.run(db, conn, filter, opts)
 
   local function fetch_more()
     while nfetching < FETCH_IN_FLIGHT and need_next <= #need do
-      local ids = chunk(need, need_next, FETCH_IDS)
+      local ids = chunk(need, need_next, fetch_ids)
       need_next = need_next + #ids
       next_req = next_req + 1
       local subid = SUB .. "-" .. next_req
@@ -112,11 +112,22 @@ function sync.run(db, conn, filter, opts)
     end
   end
 
-  -- a REQ answered: its events saved in one batch
+  -- a REQ answered: its events saved in one batch. A relay whose answers stop short of what was
+  -- asked caps them: what is left is asked again in REQs of that size; ids a REQ gets nothing
+  -- for are gone from the relay since the reconciliation.
   local function fetched(subid)
     local f = fetching[subid]
     fetching[subid], nfetching = nil, nfetching - 1
     send({ "CLOSE", subid })
+    local left = {}
+    for id in pairs(f.asked) do left[#left + 1] = id end
+    if #f.events == 0 then
+      st.missing = st.missing + #left
+    elseif #left > 0 then
+      fetch_ids = math.min(fetch_ids, #f.events)
+      table.sort(left)
+      for _, id in ipairs(left) do need[#need + 1] = id end
+    end
     if #f.events == 0 then return end
     local verdicts, err = db:save_events(f.events)
     if not verdicts then error("this store: " .. tostring(err), 0) end
@@ -182,7 +193,7 @@ function sync.run(db, conn, filter, opts)
     publish_more()
     local text, err = conn.receive(timeout)
     if not text then
-      error(("no answer from the relay for %d s (%s)"):format(timeout, tostring(err)), 0)
+      error(("the relay stopped answering (%s; waited up to %d s)"):format(tostring(err), timeout), 0)
     end
     st.bytes_received = st.bytes_received + #text
     local ok, msg = pcall(cjson.decode, text)
