@@ -40,6 +40,18 @@ local t_verified = util.wall() - w0
 row("import, verified (2 threads)", util.fmt_rate(N / t_verified) .. " events/s",
   ("%d saved, %d replaced"):format(c.saved, c.replaced))
 row("import, trusted (`verify = false`)", util.fmt_rate(N / t_trusted) .. " events/s")
+-- the bound verification sets: parse + id + signature check of the same lines on one core, times
+-- the two threads import verifies on
+local lines = {}
+for line in io.lines(path) do
+  lines[#lines + 1] = line
+  if #lines == 20000 then break end
+end
+local w1 = util.wall()
+for _, line in ipairs(lines) do layer2.event.verify(line) end
+local verify_bound = 2 * #lines / (util.wall() - w1)
+row("verify bound (2 x one core's parse + id + verify)", util.fmt_rate(verify_bound) .. " events/s",
+  ("verified import is %.2f of it"):format(N / t_verified / verify_bound))
 os.execute("rm -rf " .. trusted_dir)
 -- the raw LMDB bound beside it (bench/probe.c): the same number of records, a body of 0.7 x the mean
 -- JSON size and 7 index keys of 17 bytes each, sorted within each batch of 4,096, one commit a batch
@@ -105,6 +117,8 @@ os.execute("rm -rf " .. dir)
 local data = ("%dk generated events"):format(math.floor(N / 1000))
 util.summary("import, verified", util.fmt_rate(N / t_verified) .. " events/s", data .. ", 2 threads")
 util.summary("import, trusted", util.fmt_rate(N / t_trusted) .. " events/s", data)
+util.summary("import, verified, vs the 2-thread verify bound", ("%.2f"):format(N / t_verified / verify_bound),
+  ("bound %s events/s"):format(util.fmt_rate(verify_bound)))
 util.summary("import, trusted, vs the raw LMDB probe", ("%.2f"):format(probe_s / t_trusted),
   ("probe %s records/s (bench/probe.c)"):format(util.fmt_rate(N / probe_s)))
 util.summary("export", util.fmt_rate(exported / t_export) .. " events/s", data)
