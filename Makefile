@@ -23,7 +23,7 @@ DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblu
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-backend bench-relay bench-postgres rock rock-build rock-install clean
+.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-backend bench-relay bench-sync bench-postgres rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -146,6 +146,11 @@ bench-backend: deps all
 # the example relay on nginx (STRFRY=/path/to/strfry: strfry beside it; BENCH_EVENTS: 20,000)
 bench-relay: deps all
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/relay.lua $(BENCH_EVENTS)'
+
+# NIP-77 sync, layer2 sync against the example relay (STRFRY=/path/to/strfry: with strfry's sync and
+# relay beside; BENCH_EVENTS: the events both sides hold, 99,000)
+bench-sync: deps all
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/sync.lua $(BENCH_EVENTS)'
 
 # PostgreSQL next to L1, and the cross-node delay, on a throwaway server (BENCH_EVENTS as above)
 bench-postgres: deps all

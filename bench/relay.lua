@@ -9,7 +9,6 @@
 local util = require("bench.util")
 local dataset = require("bench.dataset")
 local cjson = require("cjson")
-local socket = require("socket")
 
 local N = tonumber(arg and arg[1]) or 20000
 local CLIENTS = { 1, 16, 64 }
@@ -32,134 +31,16 @@ local DATA = ROOT .. "/" .. dataset.ensure(DATASET)
 local NODE_DIR = ROOT .. "/build/node"
 local STRFRY = os.getenv("STRFRY")
 
-local function sh(cmd)
-  assert(os.execute(cmd), "failed: " .. cmd)
-end
-
-local function output_of(cmd)
-  local p = assert(io.popen(cmd))
-  local s = p:read("a")
-  p:close()
-  return (s:gsub("%s+$", ""))
-end
-
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local sh, output_of, read_file, write_file = util.sh, util.output_of, util.read_file, util.write_file
 
 local function clients_text(n)
   return n == 1 and "1 client" or ("%d clients"):format(n)
 end
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
-
--- a relay is up when it answers its NIP-11 document (within 10 s)
-local function ready(port)
-  return os.execute(("for i in $(seq 100); do curl -sf --max-time 1 -o /dev/null -H 'Accept: application/nostr+json' "
-    .. "http://127.0.0.1:%d/ && exit 0; sleep 0.1; done; exit 1"):format(port))
-end
-
--- a private directory the relay's processes can read (nginx's workers run as www-data under root)
-local function temp_dir(name)
-  local dir = output_of(("mktemp -d /tmp/bench-relay-%s.XXXXXX"):format(name))
-  sh("chmod 755 " .. dir)
-  return dir
-end
-
--- waits for a stopped relay's process to be gone, so the next one has the machine to itself
-local function wait_gone(pid)
-  sh(("for i in $(seq 100); do kill -0 %d 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL %d"):format(pid, pid))
-end
-
--- the lines of a log that `is_problem` picks, at most 5 distinct (their text after any timestamp)
-local function log_problems(path, is_problem)
-  local seen, out, n = {}, {}, 0
-  for line in (read_file(path) or ""):gmatch("[^\n]+") do
-    if is_problem(line) then
-      n = n + 1
-      local text = line:gsub("^[%d/: .-]+", ""):gsub("%s+$", ""):sub(1, 200)
-      if not seen[text] and #out < 5 then
-        seen[text] = true
-        out[#out + 1] = text
-      end
-    end
-  end
-  return { count = n, lines = out }
-end
-
--- The two kinds of relay: start() launches one and gives { url, port, ... } (measure waits until it
--- answers), stop(instance) ends it, removes its files and returns the problems its log shows.
-local layer2 = { name = "layer2" }
-
-function layer2.start()
-  local port, dir = free_port(), temp_dir("layer2")
-  sh(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s/prefix --data %s/data --workers %d --daemon "
-    .. "--max-subscriptions %d"):format(ROOT, port, dir, dir, WORKERS, MAX_SUBS))
-  return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir }
-end
-
-function layer2.stop(r)
-  -- graceful: the master waits for its workers to close their connections
-  local pid = tonumber(read_file(r.dir .. "/prefix/logs/nginx.pid"))
-  if pid then
-    sh(("kill -QUIT %d"):format(pid))
-    wait_gone(pid)
-  end
-  -- nginx's levels above notice; the workers' graceful exit is logged at notice
-  local problems = log_problems(r.dir .. "/prefix/logs/error.log", function(line)
-    return line:find("%[warn%]") or line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]")
-      or line:find("%[emerg%]")
-  end)
-  sh("rm -rf " .. r.dir)
-  return problems
-end
-
-local strfry = { name = "strfry" }
-
-function strfry.version()
-  return output_of(STRFRY .. " --version 2>/dev/null")
-end
-
--- a copy of bench/strfry/strfry.conf with this run's port and a fresh, empty db directory
-function strfry.start()
-  local port, dir = free_port(), temp_dir("strfry")
-  local conf = assert(read_file(ROOT .. "/bench/strfry/strfry.conf"))
-  local n1, n2
-  conf, n1 = conf:gsub('\ndb = "[^"]*"', ('\ndb = "%s/db/"'):format(dir))
-  conf, n2 = conf:gsub("\n(%s*)port = %d+", ("\n%%1port = %d"):format(port))
-  assert(n1 == 1 and n2 == 1, "bench/strfry/strfry.conf: no `db = ` or `port = ` line to rewrite")
-  write_file(dir .. "/strfry.conf", conf)
-  sh(("mkdir -p %s/db"):format(dir))
-  local pid = tonumber(output_of(("%s --config=%s/strfry.conf relay >%s/strfry.log 2>&1 & echo $!")
-    :format(STRFRY, dir, dir)))
-  return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir, pid = pid }
-end
-
-function strfry.stop(r)
-  sh(("kill -TERM %d"):format(r.pid))
-  wait_gone(r.pid)
-  -- loguru's levels above INFO; the SIGTERM that stopped it is ours
-  local problems = log_problems(r.dir .. "/strfry.log", function(line)
-    return line:find("%]%s*WARN|") or line:find("%]%s*ERR|") or line:find("%]%s*FATL|")
-  end)
-  sh("rm -rf " .. r.dir)
-  return problems
-end
+-- The two kinds of relay (bench/util.lua): start() launches one, fresh and empty, and gives { url, port, ... }
+-- (measure waits until it answers), stop(instance) ends it, removes its files and returns the problems its log shows.
+local layer2 = util.layer2_relay({ root = ROOT, workers = WORKERS, max_subscriptions = MAX_SUBS, tag = "relay" })
+local strfry = util.strfry_relay({ root = ROOT, bin = STRFRY, tag = "relay" })
 
 -- one node process against a running relay: the sections of `config` it names
 local function client(url, config)
@@ -179,7 +60,7 @@ local function measure(kind, clients, last, problems)
   io.stderr:write(("bench/relay: %s, %s%s\n"):format(kind.name, clients_text(clients),
     last and ", REQ, fan-out, flood" or ""))
   local r = kind.start()
-  local ok, out = ready(r.port), ("%s did not answer on port %d"):format(kind.name, r.port)
+  local ok, out = util.ready(r.port), ("%s did not answer on port %d"):format(kind.name, r.port)
   if ok then
     ok, out = pcall(client, r.url, { publish = { from = 0, count = N, clients = clients, window = WINDOW },
       req = last and REQS or nil, fanout = last and FANOUT or nil, flood = last and FLOOD or nil })
@@ -423,11 +304,5 @@ if with_strfry then
     .. "are its defaults (ingester, reqWorker, reqMonitor 3 each, writer 1) against layer2's 2 nginx workers")
 end
 for _, s in ipairs(notes) do print(s) end
-if #problems == 0 then
-  print("- logs: no warning or error in the relays' logs")
-else
-  for _, p in ipairs(problems) do
-    print(("- log of %s: %d warnings or errors, e.g. %s"):format(p.where, p.log.count, table.concat(p.log.lines, " | ")))
-  end
-end
+util.print_log_problems(problems)
 print(("- run time: %.0f s"):format(util.wall() - t_start))

@@ -7,6 +7,7 @@ local events = os.getenv("BENCH_EVENTS") or "100000"
 local RUNS = {
   { "bench/event.lua", "" }, { "bench/store.lua", "10000", quiet = true }, { "bench/store.lua", events },
   { "bench/cache.lua", events }, { "bench/backend.lua", "20000" }, { "bench/relay.lua", "5000" },
+  { "bench/sync.lua", "5000" },
   -- a throwaway PostgreSQL server for this one, fsync on
   { "bench/postgres.lua", events, prefix = "tools/pg run -- " },
 }

@@ -1,4 +1,5 @@
--- Shared by the benchmarks: timing, the machine's name, markdown tables, peak memory.
+-- Shared by the benchmarks: timing, the machine's name, markdown tables, peak memory; shell and file
+-- helpers, and the relays bench/relay and bench/sync start (the example relay, strfry).
 local util = {}
 
 function util.now()
@@ -63,6 +64,163 @@ function util.corpus()
   local counts = require("spec.fixtures.corpus").write("build/fixtures/bench")
   return "build/fixtures/bench/valid.jsonl", ("the generated corpus (%d events, spec/fixtures/corpus.lua)")
     :format(counts.valid)
+end
+
+-- Shell and files ----------------------------------------------------------------------------------
+
+function util.sh(cmd)
+  assert(os.execute(cmd), "failed: " .. cmd)
+end
+
+-- a command's standard output, trailing white space removed
+function util.output_of(cmd)
+  local p = assert(io.popen(cmd))
+  local s = p:read("a")
+  p:close()
+  return (s:gsub("%s+$", ""))
+end
+
+function util.read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function util.write_file(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+-- a private directory /tmp/bench-NAME.XXXXXX a relay's processes can read (nginx's workers run as
+-- www-data under root)
+function util.temp_dir(name)
+  local dir = util.output_of(("mktemp -d /tmp/bench-%s.XXXXXX"):format(name))
+  util.sh("chmod 755 " .. dir)
+  return dir
+end
+
+function util.free_port()
+  local socket = require("socket")
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+-- waits for a stopped process to be gone (10 s, then KILL), so the next one has the machine to itself
+function util.wait_gone(pid)
+  util.sh(("for i in $(seq 100); do kill -0 %d 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL %d"):format(pid, pid))
+end
+
+-- the lines of a log that `is_problem` picks: { count, lines = at most 5 distinct (their text after any timestamp) }
+function util.log_problems(path, is_problem)
+  local seen, out, n = {}, {}, 0
+  for line in (util.read_file(path) or ""):gmatch("[^\n]+") do
+    if is_problem(line) then
+      n = n + 1
+      local text = line:gsub("^[%d/: .-]+", ""):gsub("%s+$", ""):sub(1, 200)
+      if not seen[text] and #out < 5 then
+        seen[text] = true
+        out[#out + 1] = text
+      end
+    end
+  end
+  return { count = n, lines = out }
+end
+
+-- Relays -------------------------------------------------------------------------------------------
+-- A kind of relay: kind.start(data) launches one, fresh, serving `data` (a directory the caller made
+-- and removes; nil: a fresh, empty one) and gives { url, port, dir, ... }; util.ready(port) waits
+-- until it answers; kind.stop(r) ends it, removes its own files and returns the problems its log shows.
+
+-- a relay is up when it answers its NIP-11 document (within 10 s)
+function util.ready(port)
+  return os.execute(("for i in $(seq 100); do curl -sf --max-time 1 -o /dev/null "
+    .. "-H 'Accept: application/nostr+json' http://127.0.0.1:%d/ && exit 0; sleep 0.1; done; exit 1"):format(port))
+end
+
+-- Stops a relay (its process `pid`, by `signal`) and waits for it; returns the problems its log
+-- shows (`is_problem(line)`), its directory removed.
+local function stop_relay(r, pid, signal, log, is_problem)
+  if pid then
+    util.sh(("kill -%s %d"):format(signal, pid))
+    util.wait_gone(pid)
+  end
+  local problems = util.log_problems(log, is_problem)
+  util.sh("rm -rf " .. r.dir)
+  return problems
+end
+
+-- The example relay (tools/relay, nginx) as a kind: opts.root (the checkout), opts.workers,
+-- opts.max_subscriptions, opts.tag (in its temporary directory's name).
+function util.layer2_relay(opts)
+  local kind = { name = "layer2" }
+  function kind.start(data)
+    local port, dir = util.free_port(), util.temp_dir(opts.tag .. "-layer2")
+    util.sh(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s/prefix --data %s --workers %d --daemon "
+      .. "--max-subscriptions %d"):format(opts.root, port, dir, data or (dir .. "/data"), opts.workers,
+      opts.max_subscriptions))
+    return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir }
+  end
+  function kind.stop(r)
+    -- graceful: the master waits for its workers to close their connections; nginx's levels above
+    -- notice (the workers' graceful exit is logged at notice)
+    return stop_relay(r, tonumber(util.read_file(r.dir .. "/prefix/logs/nginx.pid")), "QUIT",
+      r.dir .. "/prefix/logs/error.log", function(line)
+        return line:find("%[warn%]") or line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]")
+          or line:find("%[emerg%]")
+      end)
+  end
+  return kind
+end
+
+-- A copy of bench/strfry/strfry.conf at `path`, its db (a directory, made if missing) and port rewritten.
+function util.strfry_conf(root, path, db, port)
+  local conf = assert(util.read_file(root .. "/bench/strfry/strfry.conf"))
+  local n1, n2
+  conf, n1 = conf:gsub('\ndb = "[^"]*"', ('\ndb = "%s/"'):format(db))
+  conf, n2 = conf:gsub("\n(%s*)port = %d+", ("\n%%1port = %d"):format(port or 7778))
+  assert(n1 == 1 and n2 == 1, "bench/strfry/strfry.conf: no `db = ` or `port = ` line to rewrite")
+  util.write_file(path, conf)
+  util.sh("mkdir -p " .. db)
+  return path
+end
+
+-- strfry as a kind: opts.root, opts.bin (the strfry binary), opts.tag; each start with a copy of
+-- bench/strfry/strfry.conf (util.strfry_conf).
+function util.strfry_relay(opts)
+  local kind = { name = "strfry" }
+  function kind.version()
+    return util.output_of(opts.bin .. " --version 2>/dev/null")
+  end
+  function kind.start(db)
+    local port, dir = util.free_port(), util.temp_dir(opts.tag .. "-strfry")
+    util.strfry_conf(opts.root, dir .. "/strfry.conf", db or (dir .. "/db"), port)
+    local pid = tonumber(util.output_of(("%s --config=%s/strfry.conf relay >%s/strfry.log 2>&1 & echo $!")
+      :format(opts.bin, dir, dir)))
+    return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir, pid = pid }
+  end
+  function kind.stop(r)
+    -- loguru's levels above INFO; the SIGTERM that stopped it is ours
+    return stop_relay(r, r.pid, "TERM", r.dir .. "/strfry.log", function(line)
+      return line:find("%]%s*WARN|") or line:find("%]%s*ERR|") or line:find("%]%s*FATL|")
+    end)
+  end
+  return kind
+end
+
+-- The closing note on the relays' logs: problems are {where =, log = {count, lines}}.
+function util.print_log_problems(problems)
+  if #problems == 0 then
+    print("- logs: no warning or error in the relays' logs")
+    return
+  end
+  for _, p in ipairs(problems) do
+    print(("- log of %s: %d warnings or errors, e.g. %s"):format(p.where, p.log.count, table.concat(p.log.lines, " | ")))
+  end
 end
 
 -- One row of `make bench`'s summary table (bench/run.lua collects them through $BENCH_SUMMARY).

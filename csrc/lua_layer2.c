@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "json.h"
 #include "lua_layer2.h"
 #include "schnorr.h"
 
@@ -626,6 +627,49 @@ static int core_sleep(lua_State *L)
     return 0;
 }
 
+/* layer2.core.websocket.utf8(s) -> true | nil, position: a websocket text frame's check (RFC
+ * 6455 8.1: UTF-8, no surrogates), for the command line tool's websocket client (lua-http does it
+ * a code point at a time in Lua; see layer2/cli.lua) */
+static int ws_utf8(lua_State *L)
+{
+    size_t n;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n), *p = s, *end = s + n;
+    while (p < end) {
+        size_t k = *p < 0x80 ? 1 : l2_utf8_seq(p, end);
+        if (!k) {
+            lua_pushnil(L);
+            lua_pushinteger(L, (lua_Integer)(p - s) + 1);
+            return 2;
+        }
+        p += k;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* layer2.core.websocket.mask(data, key) -> data XORed with key, a list of 4 bytes (RFC 6455 5.3),
+ * for the same client */
+static int ws_mask(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    uint8_t key[4];
+    for (int i = 0; i < 4; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        lua_Integer b = lua_tointeger(L, -1);
+        if (!lua_isnumber(L, -1) || b < 0 || b > 255) return luaL_argerror(L, 2, "a list of 4 bytes expected");
+        key[i] = (uint8_t)b;
+        lua_pop(L, 1);
+    }
+    char *out = lua_newuserdatauv(L, n ? n : 1, 0); /* scratch the collector takes back */
+    for (size_t i = 0; i < n; i++) out[i] = (char)((uint8_t)s[i] ^ key[i & 3]);
+    lua_pushlstring(L, out, n);
+    return 1;
+}
+
+static const luaL_Reg websocket_funcs[] = {{"utf8", ws_utf8}, {"mask", ws_mask}, {NULL, NULL}};
+
 static const luaL_Reg event_funcs[] = {
     {"parse", event_parse}, {"verify", event_verify}, {"serialize", event_serialize},
     {"id", event_id}, {"encode", event_encode}, {"sign", event_sign},
@@ -669,6 +713,7 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     add_lib(L, "event", event_funcs);
     add_lib(L, "filter", filter_funcs);
     add_lib(L, "schnorr", schnorr_funcs);
+    add_lib(L, "websocket", websocket_funcs);
     l2lua_open_store_common(L);
     l2lua_open_lmdb(L);
     lua_setfield(L, -2, "lmdb");

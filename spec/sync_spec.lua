@@ -136,6 +136,28 @@ describe_relay("layer2 sync against the example relay", function()
     assert(ok, err)
   end)
 
+  it("over a network that delivers frames in pieces (lua-http's partial-frame bug, fixed as it loads)", function()
+    local all, a, b = sides(76, 1500, 1, 2)
+    local pb, data_b, stop_b = harness.start_relay()
+    local data_a = helper.tmpdir()
+    local ok, err = pcall(function()
+      fill(data_a, a)
+      fill(data_b, b)
+      local port = harness.free_port()
+      local proxy = assert(io.popen(("lua5.4 spec/relay/splitter.lua %d %d"):format(port, pb)))
+      assert.equal("ready", proxy:read("l"))
+      local st = sync(data_a, url(port), {}, "--dir both")
+      proxy:close()
+      assert.is_true(st.need > 100 and st.have > 100)
+      local want = kept(all)
+      assert.same(want, stored(data_a))
+      assert.same(want, stored(data_b))
+    end)
+    stop_b()
+    helper.rmdir(data_a)
+    assert(ok, err)
+  end)
+
   it("a relay that answers at most 100 events a REQ: the rest is asked again, in REQs of 100", function()
     local _, _, b = sides(75, 2000, 0, 7) -- everything on B
     local pb, data_b, stop_b = harness.start_relay("--max-limit 100")
@@ -217,5 +239,29 @@ describe_relay("layer2 sync against the example relay", function()
     stop_b()
     helper.rmdir(data_a)
     assert(ok, err)
+  end)
+end)
+
+describe("the websocket helpers in C that layer2 sync's lua-http uses", function()
+  local ws = require("layer2.core").websocket
+
+  it("mask: XOR with a 4-byte key, its own inverse", function()
+    assert.equal("\0\0\0\0\5", ws.mask("\1\2\3\4\4", { 1, 2, 3, 4 }))
+    local s = ("nostr \xe2\x9a\xa1 "):rep(1000)
+    assert.equal(s, ws.mask(ws.mask(s, { 200, 7, 0, 255 }), { 200, 7, 0, 255 }))
+    assert.equal("", ws.mask("", { 1, 2, 3, 4 }))
+    assert.has_error(function() ws.mask("x", { 1, 2, 3 }) end, "bad argument #2 to 'mask' (a list of 4 bytes expected)")
+    assert.has_error(function() ws.mask("x", { 1, 2, 3, 256 }) end,
+      "bad argument #2 to 'mask' (a list of 4 bytes expected)")
+  end)
+
+  it("utf8: true for UTF-8, else nil and the position of the first bad byte (surrogates are bad)", function()
+    assert.is_true(ws.utf8(""))
+    assert.is_true(ws.utf8("plain ascii"))
+    assert.is_true(ws.utf8("\xe2\x9a\xa1 \xf0\x9f\x92\x9c \xc3\xa9"))
+    assert.same({ nil, 3 }, { ws.utf8("ab\xff") })
+    assert.same({ nil, 1 }, { ws.utf8("\xed\xa0\x80") }) -- U+D800
+    assert.same({ nil, 2 }, { ws.utf8("a\xe2\x82") }) -- cut short
+    assert.same({ nil, 1 }, { ws.utf8("\xc0\xaf") }) -- overlong
   end)
 end)

@@ -25,7 +25,7 @@ relay.limits = {
   max_negentropy_records = 500000,
   max_negentropy_sessions = 4,
   negentropy_idle = 60,
-  negentropy_frame = 60000,
+  negentropy_frame = 500000, -- strfry's relay's: fewer rounds (a client's own frames stay small)
 }
 
 local function info_document()

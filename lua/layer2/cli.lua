@@ -380,8 +380,38 @@ local function sync_under_luajit(argv)
   return ok and 0 or code
 end
 
+-- lua-http 0.4, Debian 12's websocket client, loaded with three lines changed:
+-- - it reads a frame of 126 to 65,535 bytes only when all of it has arrived by the time its
+--   header is read (lua-http issue #140: the payload is not waited for and the read fails as
+--   "timed out"); over a network such frames often come in pieces. Fixed as its pull request
+--   #197 does.
+-- - it checks each text frame's UTF-8 and masks each frame it sends a byte at a time in Lua:
+--   most of the time of a sync. layer2's C does both (layer2.core.websocket).
+-- A lua-http whose lines differ is loaded as it is, without the change that no longer applies.
+local WEBSOCKET_PATCHES = {
+  { "(\n%s*fill_length = fill_length %- 2)(\n)", "%1 + frame.length%2" },
+  { "\nlocal function validate_utf8%(s%)\n",
+    "\nlocal validate_utf8 = require(\"layer2.core\").websocket.utf8\nlocal function validate_utf8_in_lua(s)\n" },
+  { "\nlocal function apply_mask%(str, key%)\n",
+    "\nlocal apply_mask = require(\"layer2.core\").websocket.mask\nlocal function apply_mask_in_lua(str, key)\n" },
+}
+
+local function websocket_module()
+  local path = package.searchpath("http.websocket", package.path)
+  local f = path and io.open(path)
+  if not f then return require("http.websocket") end
+  local source = f:read("a")
+  f:close()
+  for _, p in ipairs(WEBSOCKET_PATCHES) do
+    local patched, n = source:gsub(p[1], p[2])
+    if n == 1 then source = patched end
+  end
+  package.loaded["http.websocket"] = assert(load(source, "@" .. path))("http.websocket")
+  return package.loaded["http.websocket"]
+end
+
 local function ws_connect(url, timeout)
-  local websocket = require("http.websocket")
+  local websocket = websocket_module()
   local ok, ws = pcall(websocket.new_from_uri, url)
   if not ok then fail(("%s is not a websocket URL (ws:// or wss://): %s"):format(url, tostring(ws))) end
   local connected, err = ws:connect(timeout)

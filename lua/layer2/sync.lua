@@ -11,7 +11,8 @@ local cjson = require("cjson")
 
 local sync = {}
 
-local SUB = "layer2-sync"
+-- subscription ids: short, as every EVENT sent back carries its REQ's ("n" is the reconciliation)
+local SUB = "n"
 local FETCH_IDS = 500 -- ids a REQ asks for at first (the answer cap of most relays, ours included)
 local FETCH_IN_FLIGHT = 4 -- REQs outstanding at once
 local PUBLISH_HIGH, PUBLISH_LOW = 200, 100 -- EVENTs awaiting their OK: send up to HIGH, refill below LOW
@@ -87,7 +88,7 @@ function sync.run(db, conn, filter, opts)
       local ids = chunk(need, need_next, fetch_ids)
       need_next = need_next + #ids
       next_req = next_req + 1
-      local subid = SUB .. "-" .. next_req
+      local subid = "r" .. next_req
       local asked = {}
       for _, id in ipairs(ids) do asked[id] = true end
       fetching[subid], nfetching = { asked = asked, events = {} }, nfetching + 1

@@ -32,6 +32,7 @@ local function free_port()
   s:close()
   return port
 end
+harness.free_port = free_port
 
 local function wait_http(port)
   for _ = 1, 100 do
