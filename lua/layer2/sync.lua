@@ -11,8 +11,10 @@ local cjson = require("cjson")
 
 local sync = {}
 
--- subscription ids: short, as every EVENT sent back carries its REQ's ("n" is the reconciliation)
+-- subscription ids: one character, as every EVENT sent back carries its REQ's ("n" is the
+-- reconciliation; a REQ's id is free again once it is answered and closed)
 local SUB = "n"
+local REQ_IDS = "0123456789"
 local FETCH_IDS = 500 -- ids a REQ asks for at first (the answer cap of most relays, ours included)
 local FETCH_IN_FLIGHT = 4 -- REQs outstanding at once
 local PUBLISH_HIGH, PUBLISH_LOW = 200, 100 -- EVENTs awaiting their OK: send up to HIGH, refill below LOW
@@ -66,7 +68,7 @@ function sync.run(db, conn, filter, opts)
 
   local need, have, seen = {}, {}, {}
   local need_next, have_next = 1, 1
-  local fetching, nfetching, next_req, fetch_ids = {}, 0, 0, FETCH_IDS
+  local fetching, nfetching, fetch_ids = {}, 0, FETCH_IDS
   local awaiting, nawaiting = {}, 0
   local neg_done, neg_answered = false, false
 
@@ -87,8 +89,11 @@ function sync.run(db, conn, filter, opts)
     while nfetching < FETCH_IN_FLIGHT and need_next <= #need do
       local ids = chunk(need, need_next, fetch_ids)
       need_next = need_next + #ids
-      next_req = next_req + 1
-      local subid = "r" .. next_req
+      local subid
+      for i = 1, #REQ_IDS do
+        subid = REQ_IDS:sub(i, i)
+        if not fetching[subid] then break end
+      end
       local asked = {}
       for _, id in ipairs(ids) do asked[id] = true end
       fetching[subid], nfetching = { asked = asked, events = {} }, nfetching + 1
