@@ -19,7 +19,7 @@ static l2_store *check_lmdb(lua_State *L, l2lua_store **out)
 }
 
 /* layer2.lmdb.open(path [, opts]) -> store | nil, err. opts: map_size, fixed_map, nosync, cache,
- * max_limit, max_filters, key_prefix (store.h: for tests). */
+ * max_limit, max_filters, key_prefix (store.h: for tests), index_memory. */
 static int lmdb_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -32,6 +32,7 @@ static int lmdb_open(lua_State *L)
     int64_t prefix = l2lua_opt_int(L, 2, "key_prefix", 0);
     if (prefix < 0 || prefix > 32) return luaL_error(L, "layer2.lmdb.open: key_prefix is 1 to 32 bytes");
     o.key_prefix = (size_t)prefix;
+    o.index_memory = (size_t)l2lua_opt_int(L, 2, "index_memory", 0);
     l2lua_store *s = l2lua_store_new(L, STORE_MT, &l2_lmdb_store_if, 2);
     l2_store *st;
     if (l2_store_open(&st, path, &o, s->err)) return l2lua_refuse(L, 0, s->err);

@@ -56,6 +56,7 @@
 #define SCHEMA_VERSION 2
 #define KEY_PREFIX 8 /* P: see the layout */
 #define DEFAULT_MAP (1ull << 30)
+#define INDEX_MEMORY (512u << 20)
 #define MAX_VALUE_KEY 65
 #define MAX_ADDR_KEY (32 + 2 + MAX_VALUE_KEY)
 #define FULL 32 /* a whole 32-byte value in a key */
@@ -90,6 +91,7 @@ struct l2_store {
     MDB_dbi *dbi;
     char *path;
     int fixed_map;
+    size_t index_memory; /* l2_store_opts */
     MDB_txn *rtxn;     /* reused read transaction: reset between uses, renewed when needed */
     int rtxn_live;
     MDB_cursor *iter;
@@ -330,6 +332,7 @@ int l2_store_open(l2_store **out, const char *path, const l2_store_opts *o, char
     st->env = sh->env;
     st->dbi = sh->dbi;
     st->fixed_map = o->fixed_map;
+    st->index_memory = o->index_memory ? o->index_memory : INDEX_MEMORY;
     st->cache = o->cache;
     l2_event_init(&st->ev);
     l2_event_init(&st->old);
@@ -2260,7 +2263,9 @@ int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *
  * An import into an empty store writes events, ids and heads batch by batch, and the indexes
  * once at its end: each index's keys sorted, then appended (MDB_APPEND fills every page; keys
  * put in random order leave B-tree pages about half full, and each batch would copy most of them
- * again, pages the file keeps as free space). Memory: one index's keys at a time. The meta
+ * again, pages the file keeps as free space). One pass over the events decodes each once and
+ * collects the keys of all six indexes (about 250 bytes an event in memory); when they would not
+ * fit in the store's index_memory, one pass per index holds one index's keys at a time. The meta
  * record "indexing" names the importing process: while it runs, other processes save with their
  * indexes as usual (the build includes them); if it dies, the next process to open the store or
  * to import builds them. */
@@ -2271,10 +2276,22 @@ typedef struct {
     size_t *at, n, cap;
 } key_list;
 
+/* The indexes one pass over the events collects: all of them, or one at a time for a store so
+ * large that all its keys would not fit in memory together. */
+enum { NINDEX = 6 };
+typedef struct {
+    key_list l[NINDEX];
+    size_t n;
+} key_lists;
+#define KEYS_PER_EVENT 250 /* bytes of index keys an event, about */
+
 static int collect_key(void *ud, int db, const uint8_t *key, size_t n)
 {
-    key_list *l = ud;
-    if (db != l->db) return 0;
+    key_lists *ls = ud;
+    key_list *l = NULL;
+    for (size_t i = 0; i < ls->n && !l; i++)
+        if (ls->l[i].db == db) l = &ls->l[i];
+    if (!l) return 0;
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 4096;
         size_t *at = realloc(l->at, cap * sizeof *at);
@@ -2295,22 +2312,15 @@ static int key_order(const void *a, const void *b, void *ud)
     return c ? c : (nx > ny) - (nx < ny);
 }
 
-static int build_index(wtx *w, int db, key_list *l)
+/* Sorts the keys of one index and appends them to its emptied tree. */
+static int write_index(wtx *w, key_list *l)
 {
-    l2_store *st = w->st;
     MDB_cursor *c;
     MDB_val k, v;
-    int rc = mdb_cursor_open(w->txn, st->dbi[DB_EVENTS], &c);
-    l->db = db;
-    l->n = l->keys.len = 0;
-    for (rc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 8 || l2_event_decode_bin(&st->ev, v.mv_data, v.mv_size, NULL)) continue; /* check() says */
-        if ((rc = for_each_index(st->sh->key_prefix, &st->ev, get_be64(k.mv_data), collect_key, l))) break;
-    }
-    mdb_cursor_close(c);
-    if (rc != MDB_NOTFOUND) return rc;
+    int rc;
     qsort_r(l->at, l->n, sizeof *l->at, key_order, l->keys.data);
-    if ((rc = mdb_drop(w->txn, st->dbi[db], 0)) || (rc = mdb_cursor_open(w->txn, st->dbi[db], &c))) return rc;
+    if ((rc = mdb_drop(w->txn, w->st->dbi[l->db], 0)) || (rc = mdb_cursor_open(w->txn, w->st->dbi[l->db], &c)))
+        return rc;
     const uint8_t *prev = NULL;
     for (size_t i = 0; rc == 0 && i < l->n; i++) {
         const uint8_t *key = (const uint8_t *)l->keys.data + l->at[i];
@@ -2326,16 +2336,50 @@ static int build_index(wtx *w, int db, key_list *l)
     return rc;
 }
 
+/* Builds the indexes in ls: one decode of each event, then each index written. */
+static int build_some(wtx *w, key_lists *ls)
+{
+    l2_store *st = w->st;
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(w->txn, st->dbi[DB_EVENTS], &c);
+    for (size_t i = 0; i < ls->n; i++) ls->l[i].n = ls->l[i].keys.len = 0;
+    for (rc = rc ? rc : mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8 || l2_event_decode_bin(&st->ev, v.mv_data, v.mv_size, NULL)) continue; /* check() says */
+        if ((rc = for_each_index(st->sh->key_prefix, &st->ev, get_be64(k.mv_data), collect_key, ls))) break;
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND) return rc;
+    rc = 0;
+    for (size_t i = 0; rc == 0 && i < ls->n; i++) rc = write_index(w, &ls->l[i]);
+    return rc;
+}
+
 static int build_indexes(wtx *w)
 {
-    static const int dbs[] = {DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE};
-    key_list l;
-    memset(&l, 0, sizeof l);
-    l2_buf_init(&l.keys);
+    static const int dbs[NINDEX] = {DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE};
+    key_lists ls;
+    memset(&ls, 0, sizeof ls);
+    for (size_t i = 0; i < NINDEX; i++) {
+        ls.l[i].db = dbs[i];
+        l2_buf_init(&ls.l[i].keys);
+    }
     int rc = 0;
-    for (size_t i = 0; rc == 0 && i < sizeof dbs / sizeof dbs[0]; i++) rc = build_index(w, dbs[i], &l);
-    l2_buf_free(&l.keys);
-    free(l.at);
+    if (entries(w->txn, w->st->dbi[DB_EVENTS]) <= w->st->index_memory / KEYS_PER_EVENT) {
+        ls.n = NINDEX;
+        rc = build_some(w, &ls);
+    } else {
+        /* one index a pass, in the first list's memory */
+        ls.n = 1;
+        for (size_t i = 0; rc == 0 && i < NINDEX; i++) {
+            ls.l[0].db = dbs[i];
+            rc = build_some(w, &ls);
+        }
+    }
+    for (size_t i = 0; i < NINDEX; i++) {
+        l2_buf_free(&ls.l[i].keys);
+        free(ls.l[i].at);
+    }
     if (rc) return rc;
     MDB_val k = {8, "indexing"};
     rc = mdb_del(w->txn, w->st->dbi[DB_META], &k, NULL);

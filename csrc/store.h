@@ -20,6 +20,10 @@ typedef struct {
     int cache;       /* an L1: keeps access statistics, can hold stubs */
     size_t key_prefix; /* bytes of a pubkey or hex value in index keys, 1 to 32, fixed when the store
                         * is made; 0 means 8. Small values are for tests: they make collisions */
+    size_t index_memory; /* bytes the index build at the end of an import into an empty store may
+                          * hold; 0 means 512 MiB. Its keys take about 250 bytes an event: all
+                          * indexes are built in one pass over the events when they fit, else one
+                          * index a pass */
 } l2_store_opts;
 
 

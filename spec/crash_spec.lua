@@ -197,6 +197,23 @@ describe("crash consistency", function()
       return n
     end
 
+    it("builds all indexes in one pass, or one index a pass when index_memory is short: the same answers", function()
+      local totals = {}
+      for _, memory in ipairs({ 0, 1 }) do
+        local dir = helper.tmpdir()
+        local db = assert(layer2.lmdb.open(dir, { index_memory = memory }))
+        assert(db:import(file, { verify = false, batch = 5000 }))
+        local n = answers_match(db, "index_memory " .. memory)
+        assert.is_true(n > 26000, "the import saved " .. n)
+        totals[#totals + 1] = n .. " events, " .. db:stats().index_entries .. " index entries"
+        db:close()
+        helper.rmdir(dir)
+      end
+      assert.equal(totals[1], totals[2])
+      assert.has_error(function() layer2.lmdb.open(helper.tmpdir(), { index_memory = -1 }) end,
+        "layer2: option 'index_memory' must be a non-negative integer")
+    end)
+
     it("killed part way: the next open builds the indexes, and every answer matches the reference", function()
       local rand, partial = helper.rng(31), 0
       for round = 1, 6 do
