@@ -2318,7 +2318,7 @@ static int write_index(wtx *w, key_list *l)
     MDB_cursor *c;
     MDB_val k, v;
     int rc;
-    qsort_r(l->at, l->n, sizeof *l->at, key_order, l->keys.data);
+    if (l->n) qsort_r(l->at, l->n, sizeof *l->at, key_order, l->keys.data); /* an index without keys has no list */
     if ((rc = mdb_drop(w->txn, w->st->dbi[l->db], 0)) || (rc = mdb_cursor_open(w->txn, w->st->dbi[l->db], &c)))
         return rc;
     const uint8_t *prev = NULL;
