@@ -11,6 +11,8 @@
 #define PAGE 4096
 /* at most this many events in one L1 transaction of a save */
 #define L1_CHUNK_MAX 500
+/* A gc pass rewrites the L1 trees whose pages are less full than this (percent): l2_store_repack */
+#define REPACK_FILL 70
 
 struct l2_backend {
     l2_store *l1;
@@ -1119,6 +1121,19 @@ static void reset_l1(l2_backend *b)
     if (l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, h, err)) logf_(b, "emptying L1 failed: %s", err);
 }
 
+/* Rewrites L1's half-empty trees (l2_store_repack): first the room they hold, then what each
+ * eviction round left in them. 1 when every tree could be (used bytes then show what evictions
+ * freed), 0 when one was left as it is (too large, or no room for its copy). */
+static int repack(l2_backend *b, l2_gc_report *r)
+{
+    char err[L2_ERRLEN];
+    uint64_t freed = 0;
+    int whole = 0;
+    if (l2_store_repack(b->l1, REPACK_FILL, &freed, &whole, err)) logf_(b, "repacking: %s", err);
+    r->repacked += freed;
+    return whole;
+}
+
 int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
 {
     memset(r, 0, sizeof *r);
@@ -1135,14 +1150,16 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
     }
     int delete_mode = !b->l2 || b->o.evict_delete;
     /* L1's change feed serves live tailing, not history */
-    if (l2_store_prune_changes(b->l1, b->o.changes_kept, &r->pruned, err) || l2_store_stats_get(b->l1, &st, err))
-        return -1;
+    if (l2_store_prune_changes(b->l1, b->o.changes_kept, &r->pruned, err)) return -1;
+    int repacks = repack(b, r);
+    if (l2_store_stats_get(b->l1, &st, err)) return -1;
     double used = (double)st.used_bytes, target = (double)limit * low / 100;
     /* LMDB frees a B-tree page only when it falls under a quarter full: the room evicted entries
-     * leave inside pages is reused by the next writes but does not show in used bytes. Chasing
-     * low water in pages alone would throw out half of L1 at once, so a pass also ends when it
-     * has evicted the share (high - low) / high of L1's events and used bytes are under the
-     * middle of the two marks. */
+     * leave inside pages shows in used bytes once repacking has rewritten the trees, after each
+     * round. Where it cannot (a tree too large, or no room for its copy), chasing low water in
+     * pages alone would throw out half of L1 at once, so a pass also ends when it has evicted the
+     * share (high - low) / high of L1's events and used bytes are under the middle of the two
+     * marks. */
     double enough = (double)(st.events - st.stubs) * (double)(high - low) / (double)high;
     double middle = (double)limit * (double)(high + low) / 200;
     if (force == L2_GC_FULL && used <= middle) {
@@ -1151,18 +1168,21 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
         target = used * (double)low / (double)high;
         middle = used * (double)(high + low) / (double)(2 * high);
     }
-#define SETTLED() (used <= target || ((double)r->evicted >= enough && used <= middle))
+#define SETTLED() (used <= target || (!repacks && (double)r->evicted >= enough && used <= middle))
     l2_candidate *cands = malloc(4096 * sizeof *cands);
     if (!cands) return l2_oom(err);
     for (int round = 0; round < 64 && !SETTLED(); round++) {
         size_t n;
         if (l2_store_candidates(b->l1, b->o.by_created, 4096, cands, &n, err)) break;
         if (!n) break;
-        /* what this round asks of the policy: the events still short of `enough` (at their mean
-         * size), then what still stands above the middle mark */
+        /* what this round asks of the policy: half of what stands above low water (a round's
+         * evictions also leave stubs to drop, and the next round sees the repacked bytes); without
+         * repacking, the events still short of `enough` (at their mean size), then what still
+         * stands above the middle mark */
         double sizes = 0;
         for (size_t i = 0; i < n; i++) sizes += cands[i].size;
-        double need = (double)r->evicted < enough ? (enough - (double)r->evicted) * sizes / (double)n : used - middle;
+        double need = repacks ? (used - target) / 2
+                      : (double)r->evicted < enough ? (enough - (double)r->evicted) * sizes / (double)n : used - middle;
         if (need > used - target) need = used - target;
         if (need < 1) need = 1;
         uint8_t(*chosen)[32] = NULL;
@@ -1182,6 +1202,8 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
             r->dropped += drop_stubs(b, (uint64_t)excess);
             if (l2_store_stats_get(b->l1, &st, err)) break;
         }
+        repacks = repack(b, r);
+        if (l2_store_stats_get(b->l1, &st, err)) break;
         used = (double)st.used_bytes;
         if (!e.evicted) break;
     }
@@ -1190,6 +1212,7 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
         uint64_t dropped = drop_stubs(b, 256);
         if (!dropped) break;
         r->dropped += dropped;
+        if (repacks) repacks = repack(b, r);
         if (l2_store_stats_get(b->l1, &st, err)) return -1;
         used = (double)st.used_bytes;
     }

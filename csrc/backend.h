@@ -132,7 +132,7 @@ uint64_t l2_backend_hits(l2_backend *b, const char *level);
 int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err);
 
 typedef struct {
-    uint64_t evicted, dropped, freed, sent, pruned, used;
+    uint64_t evicted, dropped, freed, sent, pruned, repacked, used;
 } l2_gc_report;
 enum { L2_GC_TIMER, L2_GC_FORCE, L2_GC_FULL };
 /* One eviction step. L2_GC_TIMER: drains the outbox, then evicts when L1 is past its high water

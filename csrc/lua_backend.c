@@ -754,7 +754,7 @@ static int bk_query_events(lua_State *L)
     return 2;
 }
 
-/* db:gc([force]) -> {evicted, dropped, freed, pruned, used[, sent]}: one eviction step
+/* db:gc([force]) -> {evicted, dropped, freed, pruned, repacked, used[, sent]}: one eviction step
  * (l2_backend_gc); force true evicts whatever, "full" after a write found L1 full. */
 static int bk_gc(lua_State *L)
 {
@@ -764,10 +764,10 @@ static int bk_gc(lua_State *L)
                                                                                          : L2_GC_TIMER;
     l2_gc_report r;
     if (l2_backend_gc(s->b, force, &r, s->err)) return l2lua_refuse(L, 0, s->err);
-    static const char *names[] = {"evicted", "dropped", "freed", "sent", "pruned", "used"};
-    const uint64_t values[] = {r.evicted, r.dropped, r.freed, r.sent, r.pruned, r.used};
-    lua_createtable(L, 0, 6);
-    for (int i = 0; i < 6; i++) {
+    static const char *names[] = {"evicted", "dropped", "freed", "sent", "pruned", "repacked", "used"};
+    const uint64_t values[] = {r.evicted, r.dropped, r.freed, r.sent, r.pruned, r.repacked, r.used};
+    lua_createtable(L, 0, 7);
+    for (int i = 0; i < 7; i++) {
         if (i == 3 && force != L2_GC_TIMER) continue;
         lua_pushinteger(L, (lua_Integer)values[i]);
         lua_setfield(L, -2, names[i]);

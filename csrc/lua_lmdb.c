@@ -53,6 +53,22 @@ static int store_prune_changes(lua_State *L)
     return 1;
 }
 
+/* store:repack([min_fill]) -> bytes given back: rewrites the trees whose pages are less than
+ * min_fill percent (70) full (store.h: l2_store_repack; a cache's gc runs it) */
+static int store_repack(lua_State *L)
+{
+    l2lua_store *s;
+    l2_store *st = check_lmdb(L, &s);
+    int64_t min_fill = 70;
+    if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, &min_fill) || min_fill < 1 || min_fill > 100))
+        return luaL_argerror(L, 2, "a percent (1 to 100) expected");
+    uint64_t freed;
+    int whole;
+    if (l2_store_repack(st, (unsigned)min_fill, &freed, &whole, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)freed);
+    return 1;
+}
+
 static void copy_progress(void *ud, uint64_t bytes)
 {
     lua_State *L = ud;
@@ -334,7 +350,7 @@ static const luaL_Reg lmdb_methods[] = {
     {"candidates", store_candidates}, {"evict", store_evict}, {"drop_stubs", store_drop_stubs},
     {"revive", store_revive}, {"meta", store_meta}, {"meta_raise", store_meta_raise}, {"outbox", store_outbox},
     {"outbox_ack", store_outbox_ack},
-    {"prune_changes", store_prune_changes}, {"copy", store_copy}, {NULL, NULL},
+    {"prune_changes", store_prune_changes}, {"copy", store_copy}, {"repack", store_repack}, {NULL, NULL},
 };
 
 void l2lua_open_lmdb(lua_State *L)

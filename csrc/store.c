@@ -2259,6 +2259,110 @@ int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *
     return 0;
 }
 
+/* ---- repacking (a cache) ----
+ * A cache's trees churn: entries arrive in one order and leave in another, and LMDB merges a page
+ * only once it is under a quarter full, so they settle about half full: bytes the cache could hold
+ * events in. A tree whose leaves are less full than asked is rewritten: its entries copied out,
+ * the tree emptied, the entries appended in order (which fills every page). One write transaction
+ * per tree, the smaller trees first: the pages a rewrite frees come free when it commits, for the
+ * next. Memory: one tree's entries. */
+
+#define REPACK_TREE_MAX (64u << 20) /* bytes: a larger tree is left as it is */
+#define NO_CHANGE (-2)              /* a tree left as it is: its transaction is aborted */
+
+static const int repacked_trees[] = {DB_STUBS,   DB_FREESLOTS, DB_REPLACE, DB_TOMB,   DB_ATOMB,  DB_EXPIRE,
+                                     DB_ANSWERS, DB_CREATED,   DB_KIND,    DB_LRU,    DB_ACCESS, DB_PUBKEY,
+                                     DB_PUBKIND, DB_IDS,       DB_TAG,     DB_EVENTS, DB_BODIES};
+
+typedef struct {
+    int db;
+    unsigned min_fill;      /* percent */
+    uint64_t before, after; /* bytes in the leaf and overflow pages of the trees rewritten */
+    l2_buf copy;            /* entries: key length (2) | value length (4) | key | value */
+} repack_args;
+
+/* The bytes an entry takes in a leaf of LMDB: node header, key, value (a page number when the
+ * value overflows), even-aligned, and its slot in the page's index. */
+static uint64_t node_bytes(size_t psize, size_t k, size_t v)
+{
+    size_t n = 8 + k + v;
+    if (n > ((psize - 16) / 2 & ~(size_t)1) - 2) n = 8 + k + 8;
+    return (n + 1) / 2 * 2 + 2;
+}
+
+/* Rewrites the tree a->db when its leaves are less than a->min_fill full: NO_CHANGE when not. */
+static int repack_tree(wtx *w, repack_args *a)
+{
+    MDB_dbi dbi = w->st->dbi[a->db];
+    MDB_stat s, after;
+    MDB_cursor *c;
+    MDB_val k, v;
+    uint64_t held = 0;
+    int rc = mdb_stat(w->txn, dbi, &s);
+    if (rc) return rc;
+    uint64_t bytes = (uint64_t)(s.ms_leaf_pages + s.ms_overflow_pages) * s.ms_psize;
+    if (s.ms_leaf_pages < 8) return NO_CHANGE;
+    if (bytes > 2 * (uint64_t)REPACK_TREE_MAX) return E2BIG;
+    /* first how full the leaves are, then (when worth it) the copy */
+    if ((rc = mdb_cursor_open(w->txn, dbi, &c))) return rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+        held += node_bytes(s.ms_psize, k.mv_size, v.mv_size);
+    if (rc == MDB_NOTFOUND && held * 100 >= (uint64_t)s.ms_leaf_pages * (s.ms_psize - 16) * a->min_fill)
+        rc = NO_CHANGE;
+    a->copy.len = 0;
+    for (rc = rc == MDB_NOTFOUND ? mdb_cursor_get(c, &k, &v, MDB_FIRST) : rc; rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        uint8_t len[6];
+        put_be16(len, (uint32_t)k.mv_size);
+        put_be32(len + 2, (uint32_t)v.mv_size);
+        if (a->copy.len + 6 + k.mv_size + v.mv_size > REPACK_TREE_MAX) rc = E2BIG;
+        else if (l2_buf_put(&a->copy, len, 6) || l2_buf_put(&a->copy, k.mv_data, k.mv_size) ||
+                 l2_buf_put(&a->copy, v.mv_data, v.mv_size))
+            rc = ENOMEM;
+        if (rc) break;
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND) return rc;
+    if ((rc = mdb_drop(w->txn, dbi, 0)) || (rc = mdb_cursor_open(w->txn, dbi, &c))) return rc;
+    for (const uint8_t *p = (const uint8_t *)a->copy.data, *end = p + a->copy.len; rc == 0 && p < end;) {
+        k.mv_size = (size_t)p[0] << 8 | p[1];
+        v.mv_size = get_be32(p + 2);
+        k.mv_data = (void *)(p + 6);
+        v.mv_data = (void *)(p + 6 + k.mv_size);
+        p += 6 + k.mv_size + v.mv_size;
+        rc = mdb_cursor_put(c, &k, &v, MDB_APPEND);
+    }
+    mdb_cursor_close(c);
+    if (rc || (rc = mdb_stat(w->txn, dbi, &after))) return rc;
+    a->before += bytes;
+    a->after += (uint64_t)(after.ms_leaf_pages + after.ms_overflow_pages) * s.ms_psize;
+    return 0;
+}
+
+int l2_store_repack(l2_store *st, unsigned min_fill, uint64_t *freed, int *whole, char *err)
+{
+    repack_args a = {.min_fill = min_fill};
+    int rc = 0;
+    *whole = 1;
+    l2_buf_init(&a.copy);
+    for (size_t i = 0; rc == 0 && i < sizeof repacked_trees / sizeof repacked_trees[0]; i++) {
+        wtx w;
+        a.db = repacked_trees[i];
+        if ((rc = write_begin(st, &w))) break;
+        rc = repack_tree(&w, &a);
+        if (rc == 0) rc = write_commit(&w);
+        else mdb_txn_abort(w.txn);
+        /* a tree too large, or that finds no room for its copy, stays as it is (a later pass may
+         * find room) */
+        if (rc == E2BIG || rc == MDB_MAP_FULL) *whole = 0;
+        if (rc == NO_CHANGE || rc == E2BIG || rc == MDB_MAP_FULL) rc = 0;
+    }
+    l2_buf_free(&a.copy);
+    *freed = a.before > a.after ? a.before - a.after : 0;
+    if (rc == ENOMEM) return fail(err, "error: out of memory");
+    return rc ? lmdb_fail(err, "repacking", rc) : 0;
+}
+
 /* ---- indexes built at the end of an import ----
  * An import into an empty store writes events, ids and heads batch by batch, and the indexes
  * once at its end: each index's keys sorted, then appended (MDB_APPEND fills every page; keys

@@ -124,6 +124,11 @@ int l2_store_evict(l2_store *st, const uint8_t (*ids)[32], size_t n, int delete_
 /* Removes up to max stubs, oldest created_at first; *horizon gets the created_at past the last,
  * and the meta value "horizon" is raised to it in the same transaction. */
 int l2_store_drop_stubs(l2_store *st, size_t max, uint64_t *dropped, int64_t *horizon, char *err);
+/* Rewrites each tree whose pages are less than min_fill percent full (a cache's churn leaves its
+ * trees about half full) with full pages, in one write transaction per tree. A tree of more than
+ * 64 MiB, or one the map has no room to copy, is left as it is: *whole is 0 then. *freed gets
+ * the bytes given back. */
+int l2_store_repack(l2_store *st, unsigned min_fill, uint64_t *freed, int *whole, char *err);
 /* Puts full bodies back in place of stubs. */
 int l2_store_revive(l2_store *st, l2_event *const *evs, size_t n, uint64_t *revived, char *err);
 

@@ -478,6 +478,57 @@ describe("lmdb store", function()
     clean()
   end)
 
+  it("repack rewrites a cache's half-empty trees: the same events, stubs and answers in fewer bytes", function()
+    local cdir = tmpdir()
+    local cache = assert(layer2.lmdb.open(cdir, { cache = true, nosync = true }))
+    local g = require("layer2.gen").new({ seed = 41, authors = 50 })
+    local evs = {}
+    for i = 1, 6000 do evs[i] = g:next() end
+    assert(cache:save_events(evs, { verify = false }))
+    -- a cache's churn: a third of the events lose their body, another third go
+    local all, stub, gone = cache:query_events({}, { max_limit = 100000 }), {}, {}
+    for i = 1, #all, 3 do stub[#stub + 1] = all[i].id end
+    for i = 2, #all, 3 do gone[#gone + 1] = all[i].id end
+    assert(cache:evict(stub, "stub") == #stub and cache:evict(gone, "delete") == #gone)
+    local pk, some = evs[7].pubkey, { table.unpack(stub, 1, 900) }
+    local function answers()
+      local out = {}
+      for _, f in ipairs({ {}, { kinds = { 1 } }, { authors = { pk } }, { ["#t"] = { "nostr" } }, { ids = some } }) do
+        out[#out + 1] = assert(cache:query_events(f, { json = true, max_limit = 100000 }))
+      end
+      local st = cache:stats()
+      out[#out + 1] = { st.events, st.stubs, cache:count_events({}) }
+      return out, st.used_bytes
+    end
+    local before, used_before = answers()
+    local freed = cache:repack()
+    assert.is_true(freed > 0)
+    local after, used_after = answers()
+    assert.same(before, after)
+    assert.is_true(used_after < used_before, ("used bytes %d then %d"):format(used_before, used_after))
+    local ok, problems = cache:check()
+    assert(ok, table.concat(problems or {}, "\n"))
+    assert.equal(0, cache:repack()) -- full pages now: nothing to rewrite
+    -- and the cache goes on: saves, evictions and revivals after repacking
+    local byid, back, more = {}, {}, {}
+    for _, ev in ipairs(evs) do byid[ev.id] = ev end
+    for _, id in ipairs(stub) do back[#back + 1] = byid[id] end
+    assert.equal(#stub, cache:revive(back))
+    assert.equal(#some, #assert(cache:query_events({ ids = some }, { max_limit = 100000 })))
+    for i = 1, 500 do more[i] = g:next() end
+    assert(cache:save_events(more, { verify = false }))
+    ok, problems = cache:check()
+    assert(ok, table.concat(problems or {}, "\n"))
+    for _, bad in ipairs({ 0, 101, "x" }) do
+      local ok2, err = pcall(cache.repack, cache, bad)
+      assert.is_false(ok2)
+      assert.matches("a percent %(1 to 100%) expected", err)
+    end
+    cache:close()
+    assert.has_error(function() cache:repack() end, "layer2: attempt to use a closed store")
+    rmdir(cdir)
+  end)
+
   it("a tiny map grows by itself; a fixed one refuses cleanly and keeps what it had", function()
     db:close()
     rmdir(dir)
