@@ -459,10 +459,19 @@ int l2_event_encode_json(const l2_event *ev, l2_buf *out)
  *   per tag: varint nelems, per element: varint (len << 1 | packed), then 32 raw bytes when packed
  *   (a 64-char lowercase hex string: ids and pubkeys in e/p/a tags) or len bytes |
  * varint content length | content.
- * The fixed 129-byte head lets a store read id, pubkey and sig without decoding the rest. */
+ * The fixed 129-byte head lets a store read id, pubkey and sig without decoding the rest.
+ * A stub (u8 3) has no sig: a 65-byte head, and no content. Stubs written before (u8 2) kept the
+ * sig and are still read. */
 
 #define L2_BIN_VERSION 1
-#define L2_BIN_STUB 2
+#define L2_BIN_STUB_SIGNED 2
+#define L2_BIN_STUB 3
+
+/* The head's length of a binary form: 0 for a version this code does not know. */
+static size_t head_len(uint8_t version)
+{
+    return version == L2_BIN_VERSION || version == L2_BIN_STUB_SIGNED ? 129 : version == L2_BIN_STUB ? 65 : 0;
+}
 
 static int is_hex64(const l2_str *s)
 {
@@ -487,7 +496,7 @@ static int encode_bin(const l2_event *ev, l2_buf *out, int stub)
     uint32_t ntags = 0;
     for (uint32_t t = 0; t < ev->ntags; t++) ntags += !stub || indexed_tag(ev, t);
     if (l2_buf_reserve(out, 129 + 30) || l2_buf_putc(out, stub ? L2_BIN_STUB : L2_BIN_VERSION) ||
-        l2_buf_put(out, ev->id, 32) || l2_buf_put(out, ev->pubkey, 32) || l2_buf_put(out, ev->sig, 64) ||
+        l2_buf_put(out, ev->id, 32) || l2_buf_put(out, ev->pubkey, 32) || (!stub && l2_buf_put(out, ev->sig, 64)) ||
         l2_buf_put_varint(out, (uint64_t)ev->created_at) || l2_buf_put_varint(out, ev->kind) ||
         l2_buf_put_varint(out, ntags))
         return -1;
@@ -538,9 +547,10 @@ int l2_event_bin_key(const void *bin, size_t n, int64_t *created_at, uint8_t id[
 {
     const uint8_t *p = bin, *end = p + n;
     uint64_t v;
-    if (n < 129 + 4 || (p[0] != L2_BIN_VERSION && p[0] != L2_BIN_STUB)) return -1;
+    size_t head = n ? head_len(p[0]) : 0;
+    if (!head || n < head + 4) return -1;
     memcpy(id, p + 1, 32);
-    p += 129;
+    p += head;
     if (get_varint(&p, end, &v) || v > (uint64_t)L2_MAX_CREATED_AT) return -1;
     *created_at = (int64_t)v;
     return 0;
@@ -551,12 +561,14 @@ int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err)
     const uint8_t *p = bin, *end = p + n;
     uint64_t v, ntags, k, hdr;
     l2_event_reset(ev);
-    if (n < 129 + 4 || (p[0] != L2_BIN_VERSION && p[0] != L2_BIN_STUB)) goto corrupt;
-    ev->is_stub = p[0] == L2_BIN_STUB;
+    size_t head = n ? head_len(p[0]) : 0;
+    if (!head || n < head + 4) goto corrupt;
+    ev->is_stub = p[0] != L2_BIN_VERSION;
     memcpy(ev->id, p + 1, 32);
     memcpy(ev->pubkey, p + 33, 32);
-    memcpy(ev->sig, p + 65, 64);
-    p += 129;
+    if (head == 129) memcpy(ev->sig, p + 65, 64);
+    else memset(ev->sig, 0, 64); /* a stub's: a stub is never sent, its body comes from L2 */
+    p += head;
     if (get_varint(&p, end, &v) || v > (uint64_t)L2_MAX_CREATED_AT) goto corrupt;
     ev->created_at = (int64_t)v;
     if (get_varint(&p, end, &v) || v > L2_MAX_KIND) goto corrupt;

@@ -103,9 +103,9 @@ int l2_json_put_string(l2_buf *out, const char *s, size_t n);
 
 /* The stored binary form (see event.c); decode references `bin`, which must outlive ev. */
 int l2_event_encode_bin(const l2_event *ev, l2_buf *out);
-/* A stub: the same head, the tags a store indexes (single-letter names: their first value; and
- * `expiration`), no content. It decodes with is_stub set, matches filters as the event does, and
- * yields the same index keys. */
+/* A stub: the head without the sig, the tags a store indexes (single-letter names: their first
+ * value; and `expiration`), no content. It decodes with is_stub set (and a zero sig), matches
+ * filters as the event does, and yields the same index keys. */
 int l2_event_encode_stub(const l2_event *ev, l2_buf *out);
 int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err);
 /* Only the id and created_at of a binary event (a set reconciliation's item): 0, or -1. */

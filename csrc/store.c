@@ -561,7 +561,7 @@ static int get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r)
     r->head_len = v.mv_size;
     r->slot = r->body_len = 0;
     if (st->cache) {
-        if (v.mv_size < 8 + 129) return MDB_CORRUPTED;
+        if (v.mv_size < 8 + 65 + 4) return MDB_CORRUPTED; /* slot, length, a stub's head and more */
         r->slot = get_be32(v.mv_data);
         r->body_len = get_be32((uint8_t *)v.mv_data + 4);
         r->head += 8;
