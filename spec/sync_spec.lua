@@ -79,6 +79,17 @@ local function against_relay(extra, body)
   assert(ok, err)
 end
 
+-- against_relay with both sides filled: sides(seed, n, only_a, only_b), A's in the store, B's on
+-- the relay; body(all, relay port, relay data, store dir)
+local function against_filled(seed, n, only_a, only_b, body)
+  local all, a, b = sides(seed, n, only_a, only_b)
+  against_relay(nil, function(pb, data_b, data_a)
+    fill(data_a, a)
+    fill(data_b, b)
+    body(all, pb, data_b, data_a)
+  end)
+end
+
 local describe_relay = harness.runs and describe or pending
 
 describe_relay("layer2 sync against the example relay", function()
@@ -117,10 +128,7 @@ describe_relay("layer2 sync against the example relay", function()
     end)
 
   it("--dir down only fetches, --dir up only publishes, each within its filter", function()
-    local all, a, b = sides(72, 3000, 3, 4)
-    against_relay(nil, function(pb, data_b, data_a)
-      fill(data_a, a)
-      fill(data_b, b)
+    against_filled(72, 3000, 3, 4, function(all, pb, data_b, data_a)
       local before_a, before_b = stored(data_a), stored(data_b)
       -- down, kind 1 only: A gains B's kind-1 events; B is untouched
       local st, log = sync(data_a, url(pb), { kinds = { 1 } }, "--dir down")
@@ -143,10 +151,7 @@ describe_relay("layer2 sync against the example relay", function()
   end)
 
   it("over a network that delivers frames in pieces (lua-http's partial-frame bug, fixed as it loads)", function()
-    local all, a, b = sides(76, 1500, 1, 2)
-    against_relay(nil, function(pb, data_b, data_a)
-      fill(data_a, a)
-      fill(data_b, b)
+    against_filled(76, 1500, 1, 2, function(all, pb, data_b, data_a)
       local port = harness.free_port()
       local proxy = assert(io.popen(("lua5.4 spec/relay/splitter.lua %d %d"):format(port, pb)))
       assert.equal("ready", proxy:read("l"))
