@@ -53,6 +53,7 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
     }
     b->l1 = l1;
     l2_store_share_horizon(l1, l2_learned_horizon_floor(b->learned));
+    l2_store_set_backed(l1, l2 != NULL);
     b->l2vt = l2 ? l2vt : NULL;
     b->l2 = l2;
     b->o = *o;
@@ -78,6 +79,7 @@ void l2_backend_close(l2_backend *b)
 {
     if (!b) return;
     l2_store_share_horizon(b->l1, NULL);
+    l2_store_set_backed(b->l1, 0);
     l2_learned_close(b->learned);
     l2_buf_free(&b->scratch);
     l2_buf_free(&b->answer_key);
@@ -688,10 +690,16 @@ static void fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t n
         uint64_t revived;
         int kept;
         size_t room = n && make_room(b, bytes, n, err) ? 0 : n; /* without room the answer may still be kept */
-        if (revive) rc = room ? l2_store_revive(b->l1, ptrs, room, &revived, err) : 0;
-        else if (room || k)
-            rc = l2_store_fill(b->l1, ptrs, room, now, res, k, (const uint8_t(*)[32])ids, rows,
-                               (int64_t)time(NULL) + b->o.answers_ttl, b->o.answers_max_ids, seq, &kept, err);
+        for (int tries = 0; tries < 2; tries++) {
+            if (revive) rc = room ? l2_store_revive(b->l1, ptrs, room, &revived, err) : 0;
+            else if (room || k)
+                rc = l2_store_fill(b->l1, ptrs, room, now, res, k, (const uint8_t(*)[32])ids, rows,
+                                   (int64_t)time(NULL) + b->o.answers_ttl, b->o.answers_max_ids, seq, &kept, err);
+            /* the pages the transaction copies filled L1 below its high water mark (as in
+             * save_l1): evict, then try once more */
+            if (!rc || tries || !b->o.size_limit || !strstr(err, "full")) break;
+            if (b->hooks.gc(b->hooks.ud, 1, err)) logf_(b, "eviction failed: %s", err);
+        }
         if (rc) logf_(b, "L1 could not keep what L2 returned: %s", err);
     }
     for (size_t i = 0; evs && i < n; i++) l2_event_free(&evs[i]);
@@ -953,6 +961,15 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
 
 /* ---- the outbox and eviction ---- */
 
+/* Deletes an event L2 refused from L1 (horizon moved past it: no answer L1 proves can miss it). */
+static void forget(l2_backend *b, const uint8_t id[32])
+{
+    uint64_t evicted, freed;
+    char err[L2_ERRLEN];
+    if (l2_store_evict(b->l1, (const uint8_t(*)[32])id, 1, 1, &evicted, &freed, err))
+        logf_(b, "L1 could not let go of a version L2 refused: %s", err);
+}
+
 int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err)
 {
     *sent = 0;
@@ -994,6 +1011,9 @@ int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err)
                 failed = b->l2vt->save_batch(b->l2, &evp, 1, (int64_t)time(NULL), 0, &res, why) ||
                          res.status == L2_SAVE_FAILED;
                 if (res.status == L2_SAVE_FAILED && res.msg) snprintf(why, sizeof why, "%s", res.msg);
+                /* L1 took it alone, without the head a newer version left in L2 (or past a
+                 * deletion): L1's copy goes */
+                if (!failed && (res.status == L2_SAVE_OLDER || res.status == L2_SAVE_DELETED)) forget(b, ev.id);
             } else if (len == 34 && p[0] == 'D') {
                 int found;
                 failed = b->l2vt->delete_event(b->l2, p + 1, !p[33], 0, &found, why);

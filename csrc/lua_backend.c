@@ -251,8 +251,8 @@ static void read_verdict(backend_ud *s, int idx, l2_save_result *r)
     if (lua_toboolean(L, idx) && lua_type(L, idx) != LUA_TSTRING) {
         r->status = L2_SAVE_STORED;
     } else {
-        r->status = L2_SAVE_REFUSED;
         r->msg = lua_type(L, idx) == LUA_TSTRING ? keep_string(s, idx) : "error: L2 gave no verdict";
+        r->status = l2_save_status_of(r->msg);
     }
 }
 

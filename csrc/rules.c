@@ -92,6 +92,13 @@ const char *l2_save_result_message(const l2_save_result *r)
     return r->msg && (r->status == L2_SAVE_REFUSED || r->status == L2_SAVE_FAILED) ? r->msg : l2_save_message(r->status);
 }
 
+int l2_save_status_of(const char *msg)
+{
+    for (int status = L2_SAVE_DUPLICATE; status <= L2_SAVE_EXPIRED; status++)
+        if (strcmp(msg, l2_save_message(status)) == 0) return status;
+    return L2_SAVE_REFUSED;
+}
+
 const char *l2_save_message(int status)
 {
     switch (status) {

@@ -47,6 +47,9 @@ typedef struct {
 
 /* The NIP-01 OK message for a refusal ("duplicate: ...", "blocked: ..."), NULL when stored. */
 const char *l2_save_message(int status);
+/* The status whose message msg is (a store written in Lua answers with messages only);
+ * L2_SAVE_REFUSED for any other. */
+int l2_save_status_of(const char *msg);
 
 /* 1 when tag t has a value and is named `name`. */
 int l2_tag_is(const l2_event *ev, uint32_t t, const char *name, size_t n);

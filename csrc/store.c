@@ -100,6 +100,7 @@ struct l2_store {
     int cache;         /* keeps access statistics and stubs (an L1) */
     uint64_t query_ms; /* a cache's query under way: when its bodies are read (an access) */
     const int64_t *horizon_floor; /* l2_store_share_horizon */
+    int backed;                   /* l2_store_set_backed */
     /* reads counted in memory, written in the next write transaction: never a write per read */
     struct touch { uint64_t serial, last_ms; uint32_t hits; } *touched;
     size_t ntouched, touched_cap;
@@ -433,6 +434,7 @@ typedef struct {
     uint64_t next_slot, body_bytes; /* a cache's body slots and the bytes its bodies hold */
     int quiet; /* a cache fill: what it stores is not news, so the change feed does not hear of it */
     int defer_index; /* an import into an empty store: the indexes are built at its end */
+    int drop_heads;  /* an eviction takes the slot's head too (see l2_store_set_backed) */
 } wtx;
 
 static int meta_get_u64(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *out)
@@ -788,8 +790,8 @@ static int remove_event(wtx *w, uint64_t serial, int op)
     if (r.slot && (rc = free_body(w, r.slot, r.body_len))) return rc;
     if ((rc = for_each_index(st->sh->key_prefix, ev, serial, index_del, w))) return rc;
     if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
-    if (op && (l2_kind_replaceable(ev->kind) || l2_kind_addressable(ev->kind))) {
-        /* a cache eviction (op 0) keeps the head record: it still refuses older versions */
+    if ((op || w->drop_heads) && (l2_kind_replaceable(ev->kind) || l2_kind_addressable(ev->kind))) {
+        /* a cache eviction (op 0) keeps the head record where L1 alone refuses older versions */
         l2_str d = l2_d_value(ev);
         size_t n = addr_key(k, ev->pubkey, ev->kind, d.p, d.n);
         head_rec h;
@@ -1086,6 +1088,7 @@ static int write_begin(l2_store *st, wtx *w)
     w->st = st;
     w->quiet = 0;
     w->defer_index = 0;
+    w->drop_heads = 0;
     rc = mdb_txn_begin(st->env, NULL, 0, &w->txn);
     if (rc == MDB_MAP_RESIZED) {
         adopt_map(st);
@@ -1645,6 +1648,11 @@ void l2_store_share_horizon(l2_store *st, const int64_t *floor)
     st->horizon_floor = floor;
 }
 
+void l2_store_set_backed(l2_store *st, int backed)
+{
+    st->backed = backed;
+}
+
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err)
 {
     l2_hits hits = {NULL, 0, 0};
@@ -1754,6 +1762,7 @@ int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err)
                        entries(t, st->dbi[DB_PUBKIND]) + entries(t, st->dbi[DB_TAG]) +
                        entries(t, st->dbi[DB_CREATED]) + entries(t, st->dbi[DB_EXPIRE]) + entries(t, st->dbi[DB_IDS]);
     s->tombstones = entries(t, st->dbi[DB_TOMB]) + entries(t, st->dbi[DB_ATOMB]);
+    s->heads = entries(t, st->dbi[DB_REPLACE]);
     s->changes = entries(t, st->dbi[DB_CHANGES]);
     s->stubs = entries(t, st->dbi[DB_STUBS]);
     uint64_t holes = 0;
@@ -1855,12 +1864,20 @@ typedef struct {
  * events gone from a cache with its horizon not yet past them. */
 static int raise_horizon(wtx *w, int64_t h);
 
+/* Whether an eviction may take a slot's head: in a backed cache whose outbox is empty, the store
+ * behind refuses older versions; while writes wait in the outbox, L1 decides alone. */
+static int drops_heads(wtx *w)
+{
+    return w->st->backed && entries(w->txn, w->st->dbi[DB_OUTBOX]) == 0;
+}
+
 static int evict_body(wtx *w, void *ud)
 {
     evict_args *a = ud;
     l2_store *st = w->st;
     int rc;
     a->evicted = a->freed = 0;
+    w->drop_heads = drops_heads(w);
     for (size_t i = 0; i < a->n; i++) {
         uint64_t serial;
         record r;
@@ -1919,6 +1936,7 @@ static int drop_body(wtx *w, void *ud)
     MDB_val k, v;
     int rc = 0;
     a->dropped = 0;
+    w->drop_heads = drops_heads(w);
     while (a->dropped < a->max) {
         if ((rc = mdb_cursor_open(w->txn, w->st->dbi[DB_STUBS], &c))) return rc;
         rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
@@ -2943,6 +2961,7 @@ static int if_stats(void *st, l2_stat_fn field, void *ud, char *err)
     FIELD(free_bytes);
     FIELD(index_entries);
     FIELD(tombstones);
+    FIELD(heads);
     FIELD(changes);
     FIELD(last_seq);
     FIELD(used_bytes);

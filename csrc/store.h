@@ -78,6 +78,11 @@ int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_lim
 /* A horizon kept outside the store, in memory the caller shares (NULL: none): a query under
  * L2_HORIZON_IN_META takes the larger of it and the meta value. */
 void l2_store_share_horizon(l2_store *st, const int64_t *floor);
+/* A cache with an authoritative store behind it (an L1 with its L2): the heads of replaceable
+ * slots (the records that refuse older versions) go with the events evicted or dropped, since the
+ * store behind refuses those versions; unless writes wait in the outbox (L1 decides alone then).
+ * Not backed (the default), a cache keeps every head, which nothing evicts. */
+void l2_store_set_backed(l2_store *st, int backed);
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err);
 /* The stored binary form of serial, valid until l2_store_read_end; 0, or -1 when absent. */
 int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len);
@@ -101,6 +106,7 @@ int l2_store_changes(l2_store *st, uint64_t after, size_t max, l2_change *out, s
 
 typedef struct {
     uint64_t events, stubs, index_entries, tombstones, changes, last_seq, outbox;
+    uint64_t heads; /* replaceable slots' head records */
     uint64_t used_bytes, free_bytes, map_bytes, file_bytes, page_size;
 } l2_store_stats;
 
@@ -117,12 +123,13 @@ typedef struct {
 /* Up to max eviction candidates, coldest first: by last access, or by created_at. */
 int l2_store_candidates(l2_store *st, int by_created, size_t max, l2_candidate *out, size_t *n, char *err);
 /* Evicts these events: to stubs, or deleted (`delete_mode`): then the meta value "horizon" (see
- * l2_store_query) is raised past the newest of them in the same transaction. The heads of
- * replaceable slots always become stubs, so the rules they enforce stay. */
+ * l2_store_query) is raised past the newest of them in the same transaction. A deleted event's
+ * head record stays unless the cache is backed (l2_store_set_backed). */
 int l2_store_evict(l2_store *st, const uint8_t (*ids)[32], size_t n, int delete_mode, uint64_t *evicted,
                    uint64_t *freed, char *err);
-/* Removes up to max stubs, oldest created_at first; *horizon gets the created_at past the last,
- * and the meta value "horizon" is raised to it in the same transaction. */
+/* Removes up to max stubs, oldest created_at first (their heads as l2_store_evict says); *horizon
+ * gets the created_at past the last, and the meta value "horizon" is raised to it in the same
+ * transaction. */
 int l2_store_drop_stubs(l2_store *st, size_t max, uint64_t *dropped, int64_t *horizon, char *err);
 /* Rewrites each tree whose pages are less than min_fill percent full (a cache's churn leaves its
  * trees about half full) with full pages, in one write transaction per tree. A tree of more than

@@ -15,6 +15,19 @@ local ids = helper.ids
 
 local function quiet() end
 
+-- An L2 that fails while link.down, by raising or by refusing with error:
+local function flaky_l2(real, link)
+  return setmetatable({}, { __index = function(_, name)
+    return function(_, ...)
+      if link.down then
+        if name == "save_event" then error("connection refused") end
+        return nil, "error: L2 is unreachable"
+      end
+      return real[name](real, ...)
+    end
+  end })
+end
+
 -- random filters drawn from the events themselves (see the LMDB brute-force spec)
 local function random_filter(events, rand)
   local function pick() return events[rand(#events)] end
@@ -436,17 +449,8 @@ describe("layer2.open (two levels)", function()
   it("L2 failing for a while: every event saved meanwhile reaches it after", function()
     local dir = tmpdir()
     local real = assert(layer2.lmdb.open(dir .. "/shared-l2", { nosync = true }))
-    local down = false
-    -- an L2 that fails while `down`, by raising or by refusing with error:
-    local flaky = setmetatable({}, { __index = function(_, name)
-      return function(_, ...)
-        if down then
-          if name == "save_event" then error("connection refused") end
-          return nil, "error: L2 is unreachable"
-        end
-        return real[name](real, ...)
-      end
-    end })
+    local link = { down = false }
+    local flaky = flaky_l2(real, link)
     local logged = {}
     local db = assert(layer2.open(dir, { l2 = flaky, nosync = true, log = function(m) logged[#logged + 1] = m end }))
     local g = gen.new({ seed = 3, authors = 10, count = 300 })
@@ -455,7 +459,7 @@ describe("layer2.open (two levels)", function()
       before[i] = g:next()
       assert(db:save_event(before[i]))
     end
-    down = true
+    link.down = true
     local during = {}
     for i = 1, 100 do
       during[i] = g:next()
@@ -470,7 +474,7 @@ describe("layer2.open (two levels)", function()
     assert(db:delete_event(during[2].id)) -- a delete while down is queued too
     db:gc() -- L2 still down: nothing drains
     assert(db:stats().outbox > 0)
-    down = false
+    link.down = false
     local report = db:poll()
     assert(report.sent > 0)
     assert.equal(0, db:stats().outbox)
@@ -480,6 +484,81 @@ describe("layer2.open (two levels)", function()
     end
     assert.equal(0, real:count_events({ ids = { during[2].id } }))
     assert.equal(db.l1:count_events({}), real:count_events({}))
+    db:close()
+    real:close()
+    rmdir(dir)
+  end)
+
+  it("a slot's head leaves L1 with its event (L2 refuses older versions); a cache with nothing behind keeps it", function()
+    local dir = tmpdir()
+    local g = gen.new({ seed = 41, authors = 1500, count = 1 })
+    local function profile(i, t)
+      return assert(layer2.event.sign({ created_at = NOW + t, kind = 0, tags = {},
+        content = ('{"name":"u%d","about":"%s"}'):format(i, ("x"):rep(600)) }, g.keys[i]))
+    end
+    for _, mode in ipairs({ "delete", "stub" }) do
+      local db = assert(layer2.open(dir .. "/" .. mode, { l1 = { size_limit = MiB, evict = mode }, nosync = true,
+        log = quiet }))
+      for i = 1, 1500 do assert(db:save_event(profile(i, 10), { verify = false })) end
+      local st = db.l1:stats()
+      assert(st.events < 1500, "L1 evicted")
+      assert(st.heads <= st.events, ("%s: %d heads for %d events"):format(mode, st.heads, st.events))
+      -- an author L1 no longer holds: L2 still refuses the older version, takes a newer one
+      local gone
+      for i = 1, 1500 do
+        if db.l1:count_events({ authors = { g.pubkeys[i] } }) == 0 then gone = i break end
+      end
+      assert(gone, "an author left L1")
+      local ok, err = db:save_event(profile(gone, 5), { verify = false })
+      assert.same({ false, "duplicate: a newer version of this replaceable event is stored" }, { ok, err })
+      assert.equal(0, db.l1:count_events({ authors = { g.pubkeys[gone] } }))
+      local newer = profile(gone, 20)
+      assert(db:save_event(newer, { verify = false }))
+      assert.same({ newer.id }, ids((db:query_events({ authors = { g.pubkeys[gone] }, kinds = { 0 } }))))
+      assert.same({ newer.id }, ids((db.l2:query_events({ authors = { g.pubkeys[gone] }, kinds = { 0 } }))))
+      local okc, problems = db:check()
+      assert(okc, table.concat(problems, "\n"))
+      db:close()
+    end
+    -- a cache alone: evicting an event keeps its head, which goes on refusing older versions
+    local cache = assert(layer2.lmdb.open(dir .. "/cache", { cache = true, nosync = true }))
+    local saved = {}
+    for i = 1, 10 do
+      saved[i] = profile(i, 10)
+      assert(cache:save_event(saved[i], { verify = false }))
+    end
+    assert.equal(10, (cache:evict(ids(saved), "delete")))
+    local st = cache:stats()
+    assert.same({ 0, 10 }, { st.events, st.heads })
+    assert.same({ false, "duplicate: a newer version of this replaceable event is stored" },
+      { cache:save_event(profile(3, 5), { verify = false }) })
+    cache:close()
+    rmdir(dir)
+  end)
+
+  it("a version L1 took alone while L2 was down, older than what L2 holds, leaves L1 when the outbox drains", function()
+    local dir = tmpdir()
+    local real = assert(layer2.lmdb.open(dir .. "/l2", { nosync = true }))
+    local link = { down = false }
+    local db = assert(layer2.open(dir .. "/db", { l2 = flaky_l2(real, link), nosync = true, log = quiet }))
+    local g = gen.new({ seed = 43, authors = 1, count = 1 })
+    local function profile(t)
+      return assert(layer2.event.sign({ created_at = NOW + t, kind = 0, tags = {}, content = "v" .. t }, g.keys[1]))
+    end
+    local newer, older = profile(20), profile(10)
+    assert(db:save_event(newer))
+    db:poll() -- L1 has heard of every change of L2's: none brings the newer version back
+    assert.equal(1, (db.l1:evict({ newer.id }, "delete")))
+    assert.equal(0, db.l1:stats().heads) -- L2 holds the slot's head
+    link.down = true
+    assert(db:save_event(older)) -- L1 decides alone: it has no head for the slot
+    assert.equal(1, db:stats().outbox)
+    link.down = false
+    db:poll()
+    assert.equal(0, db:stats().outbox)
+    assert.equal(0, db.l1:count_events({ ids = { older.id } }))
+    assert.same({ newer.id }, ids((db:query_events({ authors = { newer.pubkey }, kinds = { 0 } }))))
+    assert.same({ newer.id }, ids((real:query_events({ authors = { newer.pubkey } }))))
     db:close()
     real:close()
     rmdir(dir)
