@@ -17,13 +17,15 @@
 #include "rules.h"
 
 /* ---- layout ----
- * Format 2. P, the key prefix: the first P bytes (8; fixed when the store is made) of a pubkey or
- * of a 64-hex tag value stand for it in an index key. Such keys may collide (two pubkeys sharing
- * P bytes); every candidate is checked against the whole filter before it is returned, so a
- * collision costs a read, never a wrong answer. Format 1 had whole 32-byte values: `layer2
- * upgrade` rebuilds those indexes (l2_store_upgrade).
+ * Format 3. P, the key prefix: the first P bytes (8; fixed when the store is made) of an id, a
+ * pubkey or a 64-hex tag value stand for it in an index key. Such keys may collide (two pubkeys
+ * sharing P bytes); every candidate is checked against the whole filter (an id lookup against the
+ * event's own id) before it is returned, so a collision costs a read, never a wrong answer.
+ * `layer2 upgrade` rebuilds the indexes of an older store (l2_store_upgrade): format 1 had whole
+ * 32-byte values everywhere, format 2 whole ids (and a cache's stub beside each body).
  * events   serial(8)                              -> binary event
- * ids      id(32)                                 -> serial(8)
+ * ids      id(P)                                  -> serial(8), sorted duplicates (an id prefix
+ *                                                    several events share holds each serial)
  * pubkey   pubkey(P) created_at(8) serial(8)      -> ""
  * kind     kind(2) created_at(8) serial(8)        -> ""
  * pubkind  pubkey(P) kind(2) created_at(8) serial(8) -> ""
@@ -38,7 +40,10 @@
  * meta     name                                   -> value ("u:" + name for the caller's own;
  *          "indexing": the pid of an import into an empty store whose indexes wait for its end)
  * A cache (the L1) stores its records differently, so that eviction frees space:
- * events   serial(8)      -> slot(4) body length(4) stub form   (slot 0: a stub, no body)
+ * events   serial(8)      -> slot(4) body length(4) [stub form]  (slot 0: a stub, no body; the
+ *                                              stub form only then, a body being its own head:
+ *                                              one copy of each event. Format 2 wrote it beside
+ *                                              the body too, which still reads)
  * bodies   slot(4)        -> binary event    (slots are reused, lowest first, so new bodies fill the
  *                                              room old ones left inside pages: B-tree pages only
  *                                              come free when nearly empty)
@@ -53,7 +58,8 @@
  * 0xFE + its first P bytes (32 in replace and atomb, which are looked up, not scanned), up to 64
  * bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of its sha256. */
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
+#define IDS_FLAGS (MDB_DUPSORT | MDB_DUPFIXED) /* format 3's ids: a key prefix may hold several ids */
 #define KEY_PREFIX 8 /* P: see the layout */
 #define DEFAULT_MAP (1ull << 30)
 #define INDEX_MEMORY (512u << 20)
@@ -79,6 +85,7 @@ typedef struct shared_env {
     MDB_dbi dbi[DB_COUNT];
     size_t map_size;
     size_t key_prefix; /* P */
+    int version;       /* the store's format (older only while l2_store_upgrade has it open) */
     struct shared_env *next;
 } shared_env;
 
@@ -221,12 +228,11 @@ static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, in
     mdb_env_info(sh->env, &info);
     if (info.me_mapsize > sh->map_size) sh->map_size = info.me_mapsize;
     if ((rc = mdb_txn_begin(sh->env, NULL, 0, &txn))) goto fail;
-    for (int i = 0; i < DB_COUNT; i++)
-        if ((rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &sh->dbi[i]))) goto abort;
     /* a new store is made in this format, with its key prefix; an older one is refused, unless
      * l2_store_upgrade opens it to rebuild it */
     uint64_t version = 0, prefix = 0;
-    if ((rc = meta_get_opt(txn, sh->dbi[DB_META], "version", &version)) ||
+    if ((rc = mdb_dbi_open(txn, db_names[DB_META], MDB_CREATE, &sh->dbi[DB_META])) ||
+        (rc = meta_get_opt(txn, sh->dbi[DB_META], "version", &version)) ||
         (rc = meta_get_opt(txn, sh->dbi[DB_META], "key_prefix", &prefix)))
         goto abort;
     if (!version) {
@@ -236,7 +242,7 @@ static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, in
             (rc = meta_put_u64(txn, sh->dbi[DB_META], "key_prefix", prefix)))
             goto abort;
     }
-    if (version != SCHEMA_VERSION && !(upgrading && version == 1)) {
+    if (version != SCHEMA_VERSION && !(upgrading && version < SCHEMA_VERSION)) {
         mdb_txn_abort(txn);
         mdb_env_close(sh->env);
         if (version < SCHEMA_VERSION)
@@ -246,6 +252,13 @@ static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, in
         return fail(err, "error: the store at '%s' is in format %llu, written by a newer layer2; this one reads "
                     "format %d", path, (unsigned long long)version, SCHEMA_VERSION);
     }
+    /* an older store's ids (whole ids, one each) stay as they are until the upgrade rebuilds them */
+    for (int i = 0; i < DB_COUNT; i++)
+        if (i != DB_META &&
+            (rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE | (i == DB_IDS && version == SCHEMA_VERSION ? IDS_FLAGS : 0),
+                               &sh->dbi[i])))
+            goto abort;
+    sh->version = (int)version;
     sh->key_prefix = version == 1 ? FULL : (size_t)prefix;
     if (sh->key_prefix < 1 || sh->key_prefix > FULL) {
         rc = MDB_CORRUPTED;
@@ -545,12 +558,26 @@ static inline void put_be32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
-/* An events record: for a plain store the body itself; for a cache slot | length | stub form. */
+/* An events record: for a plain store the body itself; for a cache slot | length, then the stub
+ * form when there is no body (format 2 kept it beside the body too: such records still read). */
 typedef struct {
     const uint8_t *head; /* what filters and indexes read: the body, or the stub form */
     size_t head_len;
     uint32_t slot, body_len; /* a cache's body: slot 0 when only the stub is left */
+    int head_is_body;        /* a cache's head read from its body (valid until the next write) */
 } record;
+
+static int get_cache_body(MDB_txn *txn, l2_store *st, uint32_t slot, const void **data, size_t *len)
+{
+    uint8_t k[4];
+    put_be32(k, slot);
+    MDB_val kv = {4, k}, v;
+    int rc = mdb_get(txn, st->dbi[DB_BODIES], &kv, &v);
+    if (rc) return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    *data = v.mv_data;
+    *len = v.mv_size;
+    return 0;
+}
 
 static int get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r)
 {
@@ -562,10 +589,20 @@ static int get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r)
     r->head = v.mv_data;
     r->head_len = v.mv_size;
     r->slot = r->body_len = 0;
+    r->head_is_body = 0;
     if (st->cache) {
-        if (v.mv_size < 8 + 65 + 4) return MDB_CORRUPTED; /* slot, length, a stub's head and more */
+        if (v.mv_size < 8) return MDB_CORRUPTED;
         r->slot = get_be32(v.mv_data);
         r->body_len = get_be32((uint8_t *)v.mv_data + 4);
+        if (v.mv_size == 8) {
+            /* one copy: the body is the head */
+            const void *body;
+            if (!r->slot || (rc = get_cache_body(txn, st, r->slot, &body, &r->head_len))) return MDB_CORRUPTED;
+            r->head = body;
+            r->head_is_body = 1;
+            return 0;
+        }
+        if (v.mv_size < 8 + 65 + 4) return MDB_CORRUPTED; /* slot, length, a stub's head and more */
         r->head += 8;
         r->head_len -= 8;
     }
@@ -575,23 +612,16 @@ static int get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r)
 /* The whole binary event of a record: MDB_NOTFOUND for a cache's stub. */
 static int get_body(MDB_txn *txn, l2_store *st, const record *r, const void **data, size_t *len)
 {
-    if (!st->cache) {
+    if (!st->cache || r->head_is_body) {
         *data = r->head;
         *len = r->head_len;
         return 0;
     }
     if (!r->slot) return MDB_NOTFOUND;
-    uint8_t k[4];
-    put_be32(k, r->slot);
-    MDB_val kv = {4, k}, v;
-    int rc = mdb_get(txn, st->dbi[DB_BODIES], &kv, &v);
-    if (rc) return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
-    *data = v.mv_data;
-    *len = v.mv_size;
-    return 0;
+    return get_cache_body(txn, st, r->slot, data, len);
 }
 
-/* Decodes what filters and indexes need of `serial` (a cache's stub form, which holds all of it);
+/* Decodes what filters and indexes need of `serial` (a cache's stub form holds all of it);
  * ev->is_stub tells whether the body is gone. */
 static int load_head(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, record *r)
 {
@@ -625,12 +655,31 @@ static int load(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, int c
     return 0;
 }
 
+/* Whether the event at `serial` has this id: 1, 0, or an LMDB error (negative is never one). */
+static int id_at(MDB_txn *txn, l2_store *st, const MDB_val *v, const uint8_t id[32], uint64_t *serial)
+{
+    record r;
+    if (v->mv_size != 8) return MDB_CORRUPTED;
+    *serial = get_be64(v->mv_data);
+    int rc = get_record(txn, st, *serial, &r);
+    if (rc == MDB_NOTFOUND) return 0; /* check() reports it */
+    if (rc) return rc;
+    return r.head_len >= 33 && memcmp(r.head + 1, id, 32) == 0 ? 1 : 0;
+}
+
+/* The serial of the event with this id: ids keys hold P bytes of it, each candidate's own id
+ * decides (the first candidate in one lookup; a cursor only when P bytes are shared). */
 static int lookup_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t *serial)
 {
-    MDB_val k = {32, (void *)id}, v;
+    MDB_val k = {st->sh->key_prefix, (void *)id}, v;
+    MDB_cursor *c;
     int rc = mdb_get(txn, st->dbi[DB_IDS], &k, &v);
-    if (rc == 0) *serial = v.mv_size == 8 ? get_be64(v.mv_data) : 0;
-    return rc;
+    if (rc || (rc = id_at(txn, st, &v, id, serial)) == 1) return rc == 1 ? 0 : rc;
+    if (rc || (rc = mdb_cursor_open(txn, st->dbi[DB_IDS], &c))) return rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_DUP))
+        if ((rc = id_at(txn, st, &v, id, serial)) != 0) break;
+    mdb_cursor_close(c);
+    return rc == 1 ? 0 : rc;
 }
 
 typedef struct {
@@ -696,7 +745,8 @@ static int free_body(wtx *w, uint32_t slot, uint32_t len)
     return put_empty(w, DB_FREESLOTS, key, 4);
 }
 
-/* Writes a cache's events record: slot | body length | stub form of ev. */
+/* Writes a cache's events record: slot | body length, and the stub form of ev when it has no body
+ * (slot 0): the body, when there is one, is the only copy of the head. */
 static int put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len)
 {
     l2_store *st = w->st;
@@ -706,7 +756,7 @@ static int put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_
     put_be32((uint8_t *)st->key.data, slot);
     put_be32((uint8_t *)st->key.data + 4, body_len);
     st->key.len = 8;
-    if (l2_event_encode_stub(ev, &st->key)) return ENOMEM;
+    if (!slot && l2_event_encode_stub(ev, &st->key)) return ENOMEM;
     put_be64(sk, serial);
     MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
     return mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0);
@@ -717,14 +767,15 @@ static int drop_access(wtx *w, uint64_t serial);
 /* A cache keeps, for a while, the body of an event a save replaced or a deletion removed: its
  * save may still be news to a tail of the change feed (live subscribers get every accepted event,
  * even one replaced a moment later), which reads bodies by serial. Tails read within milliseconds,
- * so a ghost lives GHOST_MS and there are at most GHOST_MAX (the oldest go first, in the
- * transaction that adds one): a size-limited L1 cannot fill with what eviction does not see. A
- * cache fill is not news, and an eviction not a removal: neither leaves a ghost. Value: removal
- * time in ms (8) | body. */
+ * so only an event saved (or read) within GHOST_MS leaves a ghost, a ghost lives GHOST_MS, and
+ * there are at most GHOST_MAX (the oldest go first, in the transaction that adds one): a
+ * size-limited L1 cannot fill with what eviction does not see. A cache fill is not news, and an
+ * eviction not a removal: neither leaves a ghost. Value: removal time in ms (8) | body. */
 #define GHOST_MS 2000
 #define GHOST_MAX 512
 
 static uint64_t now_ms(void);
+static int get_access(MDB_txn *txn, l2_store *st, uint64_t serial, uint64_t *last, uint32_t *hits);
 
 /* Drops the ghosts past their time, and the oldest while there are more than `keep`. */
 static int prune_ghosts(wtx *w, uint64_t keep)
@@ -748,8 +799,11 @@ static int keep_ghost(wtx *w, uint64_t serial, const record *r)
     l2_store *st = w->st;
     const void *data;
     size_t len;
-    int rc = prune_ghosts(w, GHOST_MAX - 1);
-    if (rc || (rc = get_body(w->txn, st, r, &data, &len))) return rc;
+    uint64_t last;
+    uint32_t hits;
+    int rc = get_access(w->txn, st, serial, &last, &hits);
+    if (rc == MDB_NOTFOUND || (rc == 0 && last + GHOST_MS < now_ms())) return 0; /* its save is old news */
+    if (rc || (rc = prune_ghosts(w, GHOST_MAX - 1)) || (rc = get_body(w->txn, st, r, &data, &len))) return rc;
     /* the body's page may move once the ghosts' tree is written */
     uint8_t *ghost = malloc(8 + len);
     if (!ghost) return ENOMEM;
@@ -789,7 +843,9 @@ static int remove_event(wtx *w, uint64_t serial, int op)
     if (op && !w->quiet && r.slot && (rc = keep_ghost(w, serial, &r))) return rc;
     if (r.slot && (rc = free_body(w, r.slot, r.body_len))) return rc;
     if ((rc = for_each_index(st->sh->key_prefix, ev, serial, index_del, w))) return rc;
-    if ((rc = del_key(w, DB_IDS, ev->id, 32))) return rc;
+    put_be64(sk, serial);
+    MDB_val ik = {st->sh->key_prefix, ev->id}, iv = {8, sk};
+    if ((rc = mdb_del(w->txn, st->dbi[DB_IDS], &ik, &iv)) && rc != MDB_NOTFOUND) return rc;
     if ((op || w->drop_heads) && (l2_kind_replaceable(ev->kind) || l2_kind_addressable(ev->kind))) {
         /* a cache eviction (op 0) keeps the head record where L1 alone refuses older versions */
         l2_str d = l2_d_value(ev);
@@ -798,7 +854,6 @@ static int remove_event(wtx *w, uint64_t serial, int op)
         if (get_head(w->txn, st, k, n, &h) == 0 && h.serial == serial && (rc = del_key(w, DB_REPLACE, k, n)))
             return rc;
     }
-    put_be64(sk, serial);
     if (st->cache) {
         uint8_t stk[16];
         put_be64(stk, (uint64_t)ev->created_at);
@@ -1069,7 +1124,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
         MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
         if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, MDB_APPEND))) return rc;
     }
-    MDB_val ik = {32, (void *)ev->id}, iv = {8, sk};
+    MDB_val ik = {st->sh->key_prefix, (void *)ev->id}, iv = {8, sk};
     if ((rc = mdb_put(w->txn, st->dbi[DB_IDS], &ik, &iv, 0))) return rc;
     if (!w->defer_index && (rc = for_each_index(st->sh->key_prefix, ev, serial, index_put, w))) return rc;
     if (an && (rc = put_head(w, ak, an, serial, ev))) return rc;
@@ -1886,26 +1941,19 @@ static int evict_body(wtx *w, void *ud)
         if (rc || (rc = get_record(w->txn, st, serial, &r))) return rc;
         if (!r.slot) continue; /* a stub already */
         uint32_t size = r.body_len;
+        if (l2_event_decode_bin(&st->old, r.head, r.head_len, NULL)) return MDB_CORRUPTED;
         if (a->delete_mode) {
-            if (l2_event_decode_bin(&st->old, r.head, r.head_len, NULL)) return MDB_CORRUPTED;
             if (st->old.created_at + 1 > a->horizon) a->horizon = st->old.created_at + 1;
             if ((rc = remove_event(w, serial, 0))) return rc;
         } else {
-            /* the body goes; the record keeps the stub form with slot 0 */
-            uint8_t sk[8], stk[16];
-            st->key.len = 0;
-            if (l2_buf_put(&st->key, r.head - 8, r.head_len + 8)) return ENOMEM;
-            memset(st->key.data, 0, 4);
-            uint32_t slot = r.slot;
-            put_be64(sk, serial);
-            MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
-            if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0)) || (rc = free_body(w, slot, size)) ||
-                (rc = drop_access(w, serial)))
-                return rc;
-            if (l2_event_decode_bin(&st->old, (uint8_t *)st->key.data + 8, st->key.len - 8, NULL)) return MDB_CORRUPTED;
+            /* the body goes; the record takes the stub form (encoded before the body's page is
+             * written, since st->old points into it) with slot 0 */
+            uint8_t stk[16];
             put_be64(stk, (uint64_t)st->old.created_at);
             put_be64(stk + 8, serial);
-            if ((rc = put_empty(w, DB_STUBS, stk, 16))) return rc;
+            if ((rc = put_cache_record(w, serial, &st->old, 0, size)) || (rc = free_body(w, r.slot, size)) ||
+                (rc = drop_access(w, serial)) || (rc = put_empty(w, DB_STUBS, stk, 16)))
+                return rc;
         }
         a->freed += size;
         a->evicted++;
@@ -2342,13 +2390,17 @@ static int repack_tree(wtx *w, repack_args *a)
     mdb_cursor_close(c);
     if (rc != MDB_NOTFOUND) return rc;
     if ((rc = mdb_drop(w->txn, dbi, 0)) || (rc = mdb_cursor_open(w->txn, dbi, &c))) return rc;
+    MDB_val prev = {0, NULL};
     for (const uint8_t *p = (const uint8_t *)a->copy.data, *end = p + a->copy.len; rc == 0 && p < end;) {
         k.mv_size = (size_t)p[0] << 8 | p[1];
         v.mv_size = get_be32(p + 2);
         k.mv_data = (void *)(p + 6);
         v.mv_data = (void *)(p + 6 + k.mv_size);
         p += 6 + k.mv_size + v.mv_size;
-        rc = mdb_cursor_put(c, &k, &v, MDB_APPEND);
+        /* a key's further values (ids sharing a prefix) follow it as sorted duplicates */
+        int again = prev.mv_data && prev.mv_size == k.mv_size && memcmp(prev.mv_data, k.mv_data, k.mv_size) == 0;
+        rc = mdb_cursor_put(c, &k, &v, again ? MDB_APPENDDUP : MDB_APPEND);
+        prev = k;
     }
     mdb_cursor_close(c);
     if (rc || (rc = mdb_stat(w->txn, dbi, &after))) return rc;
@@ -2586,6 +2638,12 @@ static int reindex_put(void *ud, int db, const uint8_t *key, size_t n)
     return mdb_put(r->txn, r->dbi[db], &k, &v, 0);
 }
 
+/* Orders items of *(size_t *)n bytes. */
+static int same_size_order(const void *a, const void *b, void *n)
+{
+    return memcmp(a, b, *(const size_t *)n);
+}
+
 int l2_store_upgrade(const char *path, void (*progress)(void *ud, uint64_t done, uint64_t total), void *ud,
                      uint64_t *events, int *already, char *err)
 {
@@ -2605,47 +2663,70 @@ int l2_store_upgrade(const char *path, void (*progress)(void *ud, uint64_t done,
     memset(&sh, 0, sizeof sh);
     static const l2_store_opts defaults = {0};
     if (env_open(&sh, path, &defaults, 1, err)) return -1;
-    if (sh.key_prefix != FULL) {
+    if (sh.version == SCHEMA_VERSION) {
         *already = 1;
         mdb_env_close(sh.env);
         return 0;
     }
-    /* one write transaction: killed at any point, the store is the format-1 store it was */
+    /* one write transaction: killed at any point, the store is the store it was */
     MDB_txn *txn;
     MDB_cursor *c = NULL;
     MDB_val k, v;
     l2_event ev;
     l2_event_init(&ev);
+    l2_buf ids;
+    l2_buf_init(&ids);
     uint64_t cache = 0, total = 0;
+    size_t prefix = sh.version == 1 ? KEY_PREFIX : sh.key_prefix, item = prefix + 8;
     int rc = mdb_txn_begin(sh.env, NULL, 0, &txn);
     if (rc) goto fail;
     total = entries(txn, sh.dbi[DB_EVENTS]);
-    /* a cache's records start with slot and length (see the layout); only a cache counts slots */
-    if ((rc = meta_get_opt(txn, sh.dbi[DB_META], "next_slot", &cache)) || (rc = mdb_drop(txn, sh.dbi[DB_PUBKEY], 0)) ||
-        (rc = mdb_drop(txn, sh.dbi[DB_PUBKIND], 0)) || (rc = mdb_drop(txn, sh.dbi[DB_TAG], 0)) ||
+    /* a cache's records start with slot and length (see the layout); only a cache counts slots.
+     * Format 1's value keys (pubkey, pubkind, tag) are rebuilt; the ids of formats 1 and 2 too. */
+    if ((rc = meta_get_opt(txn, sh.dbi[DB_META], "next_slot", &cache)) ||
+        (sh.version == 1 && ((rc = mdb_drop(txn, sh.dbi[DB_PUBKEY], 0)) || (rc = mdb_drop(txn, sh.dbi[DB_PUBKIND], 0)) ||
+                             (rc = mdb_drop(txn, sh.dbi[DB_TAG], 0)))) ||
+        (rc = mdb_drop(txn, sh.dbi[DB_IDS], 1)) ||
+        (rc = mdb_dbi_open(txn, db_names[DB_IDS], MDB_CREATE | IDS_FLAGS, &sh.dbi[DB_IDS])) ||
         (rc = mdb_cursor_open(txn, sh.dbi[DB_EVENTS], &c)))
         goto abort;
     reindex r = {txn, sh.dbi};
     for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         size_t skip = cache ? 8 : 0;
-        if (k.mv_size != 8 || v.mv_size < skip ||
-            l2_event_decode_bin(&ev, (const uint8_t *)v.mv_data + skip, v.mv_size - skip, NULL)) {
+        if (k.mv_size != 8 || v.mv_size < skip + 33 ||
+            (sh.version == 1 &&
+             l2_event_decode_bin(&ev, (const uint8_t *)v.mv_data + skip, v.mv_size - skip, NULL))) {
             rc = MDB_CORRUPTED;
             goto abort;
         }
-        if ((rc = for_each_index(KEY_PREFIX, &ev, get_be64(k.mv_data), reindex_put, &r))) goto abort;
+        if (sh.version == 1 && (rc = for_each_index(KEY_PREFIX, &ev, get_be64(k.mv_data), reindex_put, &r))) goto abort;
+        if (l2_buf_put(&ids, (const uint8_t *)v.mv_data + skip + 1, prefix) || l2_buf_put(&ids, k.mv_data, 8)) {
+            rc = ENOMEM;
+            goto abort;
+        }
         if (++*events % 4096 == 0 && progress) progress(ud, *events, total);
     }
     if (rc != MDB_NOTFOUND) goto abort;
     mdb_cursor_close(c);
     c = NULL;
+    /* the ids, sorted and appended: full pages */
+    if (ids.len) qsort_r(ids.data, ids.len / item, item, same_size_order, &item);
+    if ((rc = mdb_cursor_open(txn, sh.dbi[DB_IDS], &c))) goto abort;
+    for (size_t i = 0; i < ids.len; i += item) {
+        MDB_val ik = {prefix, ids.data + i}, iv = {8, ids.data + i + prefix};
+        int again = i && memcmp(ids.data + i - item, ids.data + i, prefix) == 0;
+        if ((rc = mdb_cursor_put(c, &ik, &iv, again ? MDB_APPENDDUP : MDB_APPEND))) goto abort;
+    }
+    mdb_cursor_close(c);
+    c = NULL;
     if ((rc = meta_put_u64(txn, sh.dbi[DB_META], "version", SCHEMA_VERSION)) ||
-        (rc = meta_put_u64(txn, sh.dbi[DB_META], "key_prefix", KEY_PREFIX)))
+        (rc = meta_put_u64(txn, sh.dbi[DB_META], "key_prefix", prefix)))
         goto abort;
     rc = mdb_txn_commit(txn);
     if (rc) goto fail;
     if (progress) progress(ud, *events, total);
     l2_event_free(&ev);
+    l2_buf_free(&ids);
     mdb_env_close(sh.env);
     return 0;
 abort:
@@ -2653,8 +2734,10 @@ abort:
     mdb_txn_abort(txn);
 fail:
     l2_event_free(&ev);
+    l2_buf_free(&ids);
     mdb_env_close(sh.env);
     *events = 0;
+    if (rc == ENOMEM) return fail(err, "error: out of memory");
     return lmdb_fail(err, "upgrading the store", rc);
 }
 
