@@ -25,9 +25,6 @@ for line in io.lines(path) do
   bytes = bytes + #line + 1
 end
 local LIMIT = math.floor(bytes / 10 / 4096) * 4096
-local HIGH_WATER = 66 -- percent, layer2.open's default
--- what a cache of L1's size could hold at best: the limit's high-water bytes of event JSON
-local JSON_BYTES = LIMIT * HIGH_WATER / 100
 
 local g = gen.new({ seed = 99, authors = 1, count = 1 })
 -- a Zipf(0.9) trace of `reads` draws over 1..n, popularity by a random permutation
@@ -44,9 +41,21 @@ local function zipf_trace(n, reads)
   return trace
 end
 
--- L2 once, shared by the id runs (read-only during them)
 local base = "bench/data/cache"
 os.execute("rm -rf " .. base .. " && mkdir -p " .. base)
+-- layer2.open's marks (percents of the limit), as an L1 of this size reports them
+local HIGH_WATER, LOW_WATER
+do
+  local dir = base .. "/marks"
+  local db = assert(layer2.open(dir, { l1 = { size_limit = LIMIT }, nosync = true }))
+  local st = db:stats()
+  HIGH_WATER, LOW_WATER = st.high_water, st.low_water
+  db:close()
+  os.execute("rm -rf " .. dir)
+end
+-- what a cache of L1's size could hold at best: the limit's high-water bytes of event JSON
+local JSON_BYTES = LIMIT * HIGH_WATER / 100
+-- L2 once, shared by the id runs (read-only during them)
 local l2 = assert(layer2.lmdb.open(base .. "/l2", { nosync = true }))
 assert(l2:import(path, { verify = false }))
 -- the data set holds replaced versions and deleted events L2 does not keep: reads of those can
@@ -297,8 +306,8 @@ end
 print(("## bench/cache (%s)\n"):format(_VERSION .. (jit and (" / " .. jit.version) or "")))
 print("machine: " .. util.machine())
 print(("data: %s, %d events (%d held by L2: the rest are replaced versions and deleted events), %.1f MB JSONL;"
-  .. " L1 limit %.1f MiB (1/10 of the data), high/low water 66/50 %%"):format(path, N, nheld, bytes / 1e6,
-  LIMIT / 1048576))
+  .. " L1 limit %.1f MiB (1/10 of the data), high/low water %d/%d %%"):format(path, N, nheld, bytes / 1e6,
+  LIMIT / 1048576, HIGH_WATER, LOW_WATER))
 print(("\n### By id: %d reads, Zipf(0.9) over all %d events; L1 starts empty (the data imported into L2)\n"):format(
   READS, N))
 print(("%d reads (%.1f %%) ask for events L2 does not hold; hit ratios are over the other %d. Belady and the best"

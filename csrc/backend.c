@@ -1154,6 +1154,9 @@ static int repack(l2_backend *b, l2_gc_report *r)
     return whole;
 }
 
+#define MIN_CANDIDATES 512
+#define MAX_CANDIDATES 4096
+
 int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
 {
     memset(r, 0, sizeof *r);
@@ -1189,11 +1192,15 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
         middle = used * (double)(high + low) / (double)(2 * high);
     }
 #define SETTLED() (used <= target || (!repacks && (double)r->evicted >= enough && used <= middle))
-    l2_candidate *cands = malloc(4096 * sizeof *cands);
+    l2_candidate *cands = malloc(MAX_CANDIDATES * sizeof *cands);
     if (!cands) return l2_oom(err);
     for (int round = 0; round < 64 && !SETTLED(); round++) {
-        size_t n;
-        if (l2_store_candidates(b->l1, b->o.by_created, 4096, cands, &n, err)) break;
+        /* twice the events still short of `enough`: what the policy chooses from, not more (each
+         * candidate is read, decoded and handed to Lua) */
+        double short_of = (double)r->evicted < enough ? enough - (double)r->evicted : 0;
+        size_t n, want = short_of * 2 > MAX_CANDIDATES ? MAX_CANDIDATES : (size_t)(short_of * 2);
+        if (l2_store_candidates(b->l1, b->o.by_created, want < MIN_CANDIDATES ? MIN_CANDIDATES : want, cands, &n, err))
+            break;
         if (!n) break;
         /* what this round asks of the policy: half of what stands above low water (a round's
          * evictions also leave stubs to drop, and the next round sees the repacked bytes); without

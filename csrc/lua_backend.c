@@ -1134,7 +1134,7 @@ static int pv_new(lua_State *L)
     l2_backend_opts o = {
         .size_limit = (uint64_t)l2lua_opt_int(L, 4, "size_limit", 0),
         .high_water = (unsigned)l2lua_opt_int(L, 4, "high_water", 66),
-        .low_water = (unsigned)l2lua_opt_int(L, 4, "low_water", 50),
+        .low_water = (unsigned)l2lua_opt_int(L, 4, "low_water", 58),
         .evict_delete = l2lua_opt_bool(L, 4, "evict_delete", 0),
         .stub_share = 0.25,
         .changes_kept = (uint64_t)l2lua_opt_int(L, 4, "changes_kept", 1000),

@@ -767,9 +767,9 @@ static int drop_access(wtx *w, uint64_t serial);
 /* A cache keeps, for a while, the body of an event a save replaced or a deletion removed: its
  * save may still be news to a tail of the change feed (live subscribers get every accepted event,
  * even one replaced a moment later), which reads bodies by serial. Tails read within milliseconds,
- * so only an event saved (or read) within GHOST_MS leaves a ghost, a ghost lives GHOST_MS, and
- * there are at most GHOST_MAX (the oldest go first, in the transaction that adds one): a
- * size-limited L1 cannot fill with what eviction does not see. A cache fill is not news, and an
+ * so only an event saved (or read) within GHOST_MS leaves a ghost, a ghost lives GHOST_MS (it
+ * goes with the next write after that), and there are at most GHOST_MAX (the oldest go first):
+ * a size-limited L1 cannot fill with what eviction does not see. A cache fill is not news, and an
  * eviction not a removal: neither leaves a ghost. Value: removal time in ms (8) | body. */
 #define GHOST_MS 2000
 #define GHOST_MAX 512
@@ -1213,6 +1213,8 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
         int rc = write_begin(st, &w);
         if (rc) return lmdb_fail(err, "write transaction", rc);
         rc = st->ntouched ? flush_access(&w) : 0;
+        /* a cache's ghosts past their time go with any write (a fill, a save, an eviction) */
+        if (rc == 0 && st->cache) rc = prune_ghosts(&w, GHOST_MAX);
         if (rc == 0) rc = body(&w, ud);
         if (rc == 0) rc = write_commit(&w);
         else mdb_txn_abort(w.txn);
@@ -2312,9 +2314,7 @@ static int prune_body(wtx *w, void *ud)
         a->pruned++;
     }
     mdb_cursor_close(c);
-    if (rc && rc != MDB_NOTFOUND) return rc;
-    /* the ghosts past their time go with the feed they served */
-    return w->st->cache ? prune_ghosts(w, GHOST_MAX) : 0;
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 int l2_store_prune_changes(l2_store *st, uint64_t keep, uint64_t *pruned, char *err)
@@ -2340,11 +2340,22 @@ static const int repacked_trees[] = {DB_STUBS,   DB_FREESLOTS, DB_REPLACE, DB_TO
                                      DB_ANSWERS, DB_CREATED,   DB_KIND,    DB_LRU,    DB_ACCESS, DB_PUBKEY,
                                      DB_PUBKIND, DB_IDS,       DB_TAG,     DB_EVENTS, DB_BODIES};
 
+/* Keys arrive anywhere in these trees (by pubkey, kind, tag value...): packed full, each page
+ * would split at its next insert and the tree be half empty again by the next pass. They are
+ * rewritten with SLACK percent of each page left free, which a pass's inserts fill. */
+#define SLACK 20
+static int has_slack(int db)
+{
+    return db == DB_PUBKEY || db == DB_KIND || db == DB_PUBKIND || db == DB_TAG || db == DB_CREATED ||
+           db == DB_REPLACE || db == DB_STUBS || db == DB_EXPIRE;
+}
+
 typedef struct {
     int db;
     unsigned min_fill;      /* percent */
     uint64_t before, after; /* bytes in the leaf and overflow pages of the trees rewritten */
     l2_buf copy;            /* entries: key length (2) | value length (4) | key | value */
+    l2_buf fillers;         /* the keys that held the slack while the tree was written */
 } repack_args;
 
 /* The bytes an entry takes in a leaf of LMDB: node header, key, value (a page number when the
@@ -2390,19 +2401,48 @@ static int repack_tree(wtx *w, repack_args *a)
     mdb_cursor_close(c);
     if (rc != MDB_NOTFOUND) return rc;
     if ((rc = mdb_drop(w->txn, dbi, 0)) || (rc = mdb_cursor_open(w->txn, dbi, &c))) return rc;
+    /* appended in order, LMDB fills a page until the next entry does not fit, then starts the
+     * next: `used` follows that, and where a page of a tree with slack has taken its share, a
+     * filler entry (the previous key and a 0 byte: between it and the next) takes the rest */
+    size_t room = s.ms_psize - 16, share = has_slack(a->db) ? room * (100 - SLACK) / 100 : room, used = 0;
     MDB_val prev = {0, NULL};
+    a->fillers.len = 0;
     for (const uint8_t *p = (const uint8_t *)a->copy.data, *end = p + a->copy.len; rc == 0 && p < end;) {
         k.mv_size = (size_t)p[0] << 8 | p[1];
         v.mv_size = get_be32(p + 2);
         k.mv_data = (void *)(p + 6);
         v.mv_data = (void *)(p + 6 + k.mv_size);
         p += 6 + k.mv_size + v.mv_size;
+        size_t node = node_bytes(s.ms_psize, k.mv_size, v.mv_size);
+        if (used && used + node > share && share < room) {
+            /* a node of 8 + key + value bytes, even, and 2 for its slot: the page's last bytes */
+            size_t fk = prev.mv_size + 1, fv = room - used >= 8 + fk + 2 + 1 ? (room - used - 2 - 8 - fk) & ~(size_t)1 : 0;
+            uint8_t key[MAX_ADDR_KEY + 1 + 16];
+            if (fv && fk <= sizeof key && 8 + fk + fv <= room / 2 - 2) {
+                memcpy(key, prev.mv_data, prev.mv_size);
+                key[prev.mv_size] = 0;
+                MDB_val fkey = {fk, key}, fval = {fv - (fk & 1), NULL};
+                if ((rc = mdb_cursor_put(c, &fkey, &fval, MDB_APPEND | MDB_RESERVE))) break;
+                memset(fval.mv_data, 0, fval.mv_size);
+                uint8_t len = (uint8_t)fk;
+                if (l2_buf_put(&a->fillers, &len, 1) || l2_buf_put(&a->fillers, key, fk)) {
+                    rc = ENOMEM;
+                    break;
+                }
+                used = 0;
+            }
+        }
+        used = used + node > room ? node : used + node;
         /* a key's further values (ids sharing a prefix) follow it as sorted duplicates */
         int again = prev.mv_data && prev.mv_size == k.mv_size && memcmp(prev.mv_data, k.mv_data, k.mv_size) == 0;
         rc = mdb_cursor_put(c, &k, &v, again ? MDB_APPENDDUP : MDB_APPEND);
         prev = k;
     }
     mdb_cursor_close(c);
+    for (const uint8_t *p = (const uint8_t *)a->fillers.data, *end = p + a->fillers.len; rc == 0 && p < end; p += 1 + p[0]) {
+        MDB_val fkey = {p[0], (void *)(p + 1)};
+        rc = mdb_del(w->txn, dbi, &fkey, NULL);
+    }
     if (rc || (rc = mdb_stat(w->txn, dbi, &after))) return rc;
     a->before += bytes;
     a->after += (uint64_t)(after.ms_leaf_pages + after.ms_overflow_pages) * s.ms_psize;
@@ -2415,6 +2455,7 @@ int l2_store_repack(l2_store *st, unsigned min_fill, uint64_t *freed, int *whole
     int rc = 0;
     *whole = 1;
     l2_buf_init(&a.copy);
+    l2_buf_init(&a.fillers);
     for (size_t i = 0; rc == 0 && i < sizeof repacked_trees / sizeof repacked_trees[0]; i++) {
         wtx w;
         a.db = repacked_trees[i];
@@ -2428,6 +2469,7 @@ int l2_store_repack(l2_store *st, unsigned min_fill, uint64_t *freed, int *whole
         if (rc == NO_CHANGE || rc == E2BIG || rc == MDB_MAP_FULL) rc = 0;
     }
     l2_buf_free(&a.copy);
+    l2_buf_free(&a.fillers);
     *freed = a.before > a.after ? a.before - a.after : 0;
     if (rc == ENOMEM) return fail(err, "error: out of memory");
     return rc ? lmdb_fail(err, "repacking", rc) : 0;

@@ -173,8 +173,8 @@ describe("layer2.open (two levels)", function()
       if i % 1000 == 0 then l2:sync() end
     end
     local logged = {}
-    local db = assert(layer2.open(dir .. "/db", { l1 = { size_limit = MiB, evict = "delete", admit = "always" },
-      l2 = l2, nosync = true, log = function(msg) logged[#logged + 1] = msg end }))
+    local db = assert(layer2.open(dir .. "/db", { l1 = { size_limit = MiB, evict = "delete", admit = "always",
+      high_water = 66, low_water = 50 }, l2 = l2, nosync = true, log = function(msg) logged[#logged + 1] = msg end }))
     local passes, repacked = 0, 0
     local gc = db.gc
     db.gc = function(self, force)

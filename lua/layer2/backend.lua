@@ -75,7 +75,7 @@ function backend.open(path, opts)
   if type(opts) ~= "table" then error("layer2.open: opts must be a table", 2) end
   local l1opts = opts.l1 or {}
   local limit = l1opts.size_limit
-  local high, low = l1opts.high_water or 66, l1opts.low_water or 50
+  local high, low = l1opts.high_water or 66, l1opts.low_water or 58
   if limit ~= nil and (type(limit) ~= "number" or limit < 256 * 1024) then
     error("layer2.open: l1.size_limit must be a number of bytes, at least 256 KiB", 2)
   end
