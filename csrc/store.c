@@ -2342,12 +2342,15 @@ static const int repacked_trees[] = {DB_STUBS,   DB_FREESLOTS, DB_REPLACE, DB_TO
 
 /* Keys arrive anywhere in these trees (by pubkey, kind, tag value...): packed full, each page
  * would split at its next insert and the tree be half empty again by the next pass. They are
- * rewritten with SLACK percent of each page left free, which a pass's inserts fill. */
+ * rewritten with SLACK percent of each page left free, which a pass's inserts fill; except in a
+ * map of less than SLACK_MIN_MAP, whose write transactions need every page it can free. */
 #define SLACK 20
-static int has_slack(int db)
+#define SLACK_MIN_MAP (4u << 20)
+static int has_slack(const l2_store *st, int db)
 {
-    return db == DB_PUBKEY || db == DB_KIND || db == DB_PUBKIND || db == DB_TAG || db == DB_CREATED ||
-           db == DB_REPLACE || db == DB_STUBS || db == DB_EXPIRE;
+    return st->sh->map_size >= SLACK_MIN_MAP &&
+           (db == DB_PUBKEY || db == DB_KIND || db == DB_PUBKIND || db == DB_TAG || db == DB_CREATED ||
+            db == DB_REPLACE || db == DB_STUBS || db == DB_EXPIRE);
 }
 
 typedef struct {
@@ -2404,7 +2407,7 @@ static int repack_tree(wtx *w, repack_args *a)
     /* appended in order, LMDB fills a page until the next entry does not fit, then starts the
      * next: `used` follows that, and where a page of a tree with slack has taken its share, a
      * filler entry (the previous key and a 0 byte: between it and the next) takes the rest */
-    size_t room = s.ms_psize - 16, share = has_slack(a->db) ? room * (100 - SLACK) / 100 : room, used = 0;
+    size_t room = s.ms_psize - 16, share = has_slack(w->st, a->db) ? room * (100 - SLACK) / 100 : room, used = 0;
     MDB_val prev = {0, NULL};
     a->fillers.len = 0;
     for (const uint8_t *p = (const uint8_t *)a->copy.data, *end = p + a->copy.len; rc == 0 && p < end;) {
