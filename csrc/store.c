@@ -623,13 +623,17 @@ static int get_body(MDB_txn *txn, l2_store *st, const record *r, const void **da
 
 /* Decodes what filters and indexes need of `serial` (a cache's stub form holds all of it);
  * ev->is_stub tells whether the body is gone. */
-static int load_head(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, record *r)
+static int decode_head(l2_store *st, const record *r, l2_event *ev)
 {
-    int rc = get_record(txn, st, serial, r);
-    if (rc) return rc;
     if (l2_event_decode_bin(ev, r->head, r->head_len, NULL)) return MDB_CORRUPTED;
     if (st->cache) ev->is_stub = r->slot == 0;
     return 0;
+}
+
+static int load_head(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, record *r)
+{
+    int rc = get_record(txn, st, serial, r);
+    return rc ? rc : decode_head(st, r, ev);
 }
 
 /* Decodes the stored event `serial` into ev, whole when its body is there (a private copy when
@@ -655,31 +659,38 @@ static int load(l2_store *st, MDB_txn *txn, uint64_t serial, l2_event *ev, int c
     return 0;
 }
 
-/* Whether the event at `serial` has this id: 1, 0, or an LMDB error (negative is never one). */
-static int id_at(MDB_txn *txn, l2_store *st, const MDB_val *v, const uint8_t id[32], uint64_t *serial)
+/* Whether the event at `serial` has this id (its record in *r): 1, 0, or an LMDB error (negative
+ * is never one). */
+static int id_at(MDB_txn *txn, l2_store *st, const MDB_val *v, const uint8_t id[32], uint64_t *serial, record *r)
 {
-    record r;
     if (v->mv_size != 8) return MDB_CORRUPTED;
     *serial = get_be64(v->mv_data);
-    int rc = get_record(txn, st, *serial, &r);
+    int rc = get_record(txn, st, *serial, r);
     if (rc == MDB_NOTFOUND) return 0; /* check() reports it */
     if (rc) return rc;
-    return r.head_len >= 33 && memcmp(r.head + 1, id, 32) == 0 ? 1 : 0;
+    return r->head_len >= 33 && memcmp(r->head + 1, id, 32) == 0 ? 1 : 0;
 }
 
-/* The serial of the event with this id: ids keys hold P bytes of it, each candidate's own id
- * decides (the first candidate in one lookup; a cursor only when P bytes are shared). */
-static int lookup_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t *serial)
+/* The serial of the event with this id, and its record (valid until the next write): ids keys
+ * hold P bytes of it, each candidate's own id decides (the first candidate in one lookup; a
+ * cursor only when P bytes are shared). */
+static int find_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t *serial, record *r)
 {
     MDB_val k = {st->sh->key_prefix, (void *)id}, v;
     MDB_cursor *c;
     int rc = mdb_get(txn, st->dbi[DB_IDS], &k, &v);
-    if (rc || (rc = id_at(txn, st, &v, id, serial)) == 1) return rc == 1 ? 0 : rc;
+    if (rc || (rc = id_at(txn, st, &v, id, serial, r)) == 1) return rc == 1 ? 0 : rc;
     if (rc || (rc = mdb_cursor_open(txn, st->dbi[DB_IDS], &c))) return rc;
     for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_DUP))
-        if ((rc = id_at(txn, st, &v, id, serial)) != 0) break;
+        if ((rc = id_at(txn, st, &v, id, serial, r)) != 0) break;
     mdb_cursor_close(c);
     return rc == 1 ? 0 : rc;
+}
+
+static int lookup_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t *serial)
+{
+    record r;
+    return find_id(txn, st, id, serial, &r);
 }
 
 typedef struct {
@@ -1517,19 +1528,27 @@ static int set_add(serial_set *s, uint64_t x) /* 1 added, 0 present, -1 no memor
     return 1;
 }
 
-/* Loads serial and appends it to out when it matches f and has not expired. */
-static int consider(l2_store *st, const l2_filter *f, uint64_t serial, int64_t now, l2_hits *out, int *matched)
+/* Appends serial (its record in r) to out when it matches f and has not expired. */
+static int consider_record(l2_store *st, const l2_filter *f, uint64_t serial, const record *r, int64_t now,
+                           l2_hits *out, int *matched)
 {
     int64_t exp;
-    record r;
-    int rc = load_head(st, st->rtxn, serial, &st->ev, &r);
+    int rc = decode_head(st, r, &st->ev);
     *matched = 0;
-    if (rc == MDB_NOTFOUND) return 0; /* a dangling index entry: never returned */
-    if (rc) return rc;
-    if (!l2_filter_match(f, &st->ev)) return 0;
+    if (rc || !l2_filter_match(f, &st->ev)) return rc;
     if (l2_expiration(&st->ev, &exp) && exp <= now) return 0;
     *matched = 1;
     return hits_push(out, &st->ev, serial);
+}
+
+/* Loads serial and appends it to out when it matches f and has not expired. */
+static int consider(l2_store *st, const l2_filter *f, uint64_t serial, int64_t now, l2_hits *out, int *matched)
+{
+    record r;
+    int rc = get_record(st->rtxn, st, serial, &r);
+    *matched = 0;
+    if (rc == MDB_NOTFOUND) return 0; /* a dangling index entry: never returned */
+    return rc ? rc : consider_record(st, f, serial, &r, now, out, matched);
 }
 
 static int by_prefix(const void *a, const void *b)
@@ -1608,9 +1627,10 @@ static int run_filter(l2_store *st, const l2_filter *f, int64_t limit, int64_t n
     if (f->have & L2_F_IDS) {
         for (uint32_t i = 0; i < f->nids && rc == 0; i++) {
             uint64_t serial;
-            rc = lookup_id(st->rtxn, st, f->ids[i], &serial);
+            record r;
+            rc = find_id(st->rtxn, st, f->ids[i], &serial, &r);
             if (rc == MDB_NOTFOUND) rc = 0;
-            else if (rc == 0) rc = consider(st, f, serial, now, out, &matched);
+            else if (rc == 0) rc = consider_record(st, f, serial, &r, now, out, &matched);
         }
     } else {
         scan *scans;
