@@ -1,6 +1,6 @@
 -- Store format 3 (8-byte prefixes of ids, pubkeys and hex values in index keys; one copy of a
 -- cached event) and the upgrade from formats 1 and 2: spec/fixtures/vN/store is a relay's data
--- directory written by the last layer2 of format N (spec/fixtures/vN/make.lua says how),
+-- directory written by the last layer2 of format N (spec/fixtures/make_store.lua says how),
 -- expected.json what each of its levels held.
 local layer2 = require("layer2")
 local helper = require("spec.helper")
