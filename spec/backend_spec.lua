@@ -3,6 +3,7 @@
 local layer2 = require("layer2")
 local helper = require("spec.helper")
 local gen = require("layer2.gen")
+local socket = require("socket")
 
 local NOW = 1800000000
 local MiB = 1024 * 1024
@@ -365,13 +366,20 @@ describe("layer2.open (two levels)", function()
     end
     local v1, v2, note = ev(0, NOW, {}, '{"name":"one"}'), ev(0, NOW + 1, {}, '{"name":"two"}'), ev(1, NOW, {}, "hi")
     local deletion = ev(5, NOW + 2, { { "e", note.id } })
+    local began = socket.gettime()
     for _, e in ipairs({ v1, v2, note, deletion }) do assert(db:save_event(e)) end
     local changes = assert(db.l1:changes_since(0, 100, { json = true }))
     local saved = {}
     for _, ch in ipairs(changes) do
       if ch.op == "saved" then saved[#saved + 1] = { ch.id, ch.event and layer2.event.parse(ch.event).id } end
     end
-    assert.same({ { v1.id, v1.id }, { v2.id, v2.id }, { note.id, note.id }, { deletion.id, deletion.id } }, saved)
+    local expected = { { v1.id, v1.id }, { v2.id, v2.id }, { note.id, note.id }, { deletion.id, deletion.id } }
+    if socket.gettime() - began > 1.5 then
+      -- a replaced body waits 2 s for the tails: a machine too slow to save four events and read
+      -- the feed well within that can check the ids only
+      for i = 1, #saved do saved[i][2], expected[i][2] = nil, nil end
+    end
+    assert.same(expected, saved)
     -- the store itself has let them go
     assert.same({ deletion.id, v2.id }, ids(db:query_events({ authors = { v1.pubkey } })))
     assert.is_true(db:check())
@@ -828,7 +836,8 @@ describe("layer2.open (two levels)", function()
     local function note(content) return layer2.event.sign({ kind = 1, created_at = NOW, tags = {}, content = content }, sec) end
     -- L2 has history this L1 never saw (else L1, complete from the start, answers every id itself)
     assert(shared:save_event(note("old")))
-    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, l1 = { missing_ttl = 1 } }))
+    -- an hour: nothing in the first part may outlive it, however slow the machine (valgrind)
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, l1 = { missing_ttl = 3600 } }))
     local a, b, c, d = note("a"), note("b"), note("c"), note("d")
     -- nobody has a: L2 is asked once, then the answer stands
     asked = 0
@@ -858,15 +867,22 @@ describe("layer2.open (two levels)", function()
     assert(shared:save_event(c))
     db:poll()
     assert.same({ c.id }, ids((db:query_events({ ids = { c.id } }))))
-    -- another writer without a poll: the answer stands for missing_ttl seconds, no more
+    assert.equal(3, db:stats().hits.missing) -- a, a next to b, c
+    db:close()
+    -- another writer without a poll: the answer stands for missing_ttl seconds, no more. The
+    -- clock counts whole seconds (time(NULL)), so "stands" is certain only when the two queries
+    -- fall less than ttl - 1 seconds apart; a machine slower than that cannot tell.
+    local ttl = 3
+    db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, l1 = { missing_ttl = ttl } }))
+    local asked_at = os.time()
     db:query_events({ ids = { d.id } })
     assert(shared:save_event(d))
-    assert.same({}, (db:query_events({ ids = { d.id } })))
-    layer2.sleep(2.1)
+    got = db:query_events({ ids = { d.id } })
+    if os.time() - asked_at < ttl - 1 then assert.same({}, got) end
+    layer2.sleep(ttl + 0.1)
     got, levels = db:query_events({ ids = { d.id } })
     assert.same({ d.id }, ids(got))
     assert.equal(1, levels.l2)
-    assert.equal(4, db:stats().hits.missing) -- a, a next to b, c, d
     db:close()
     -- missing_ttl = 0 keeps nothing
     db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, l1 = { missing_ttl = 0 } }))
