@@ -41,15 +41,19 @@ row("import, verified (2 threads)", util.fmt_rate(N / t_verified) .. " events/s"
   ("%d saved, %d replaced"):format(c.saved, c.replaced))
 row("import, trusted (`verify = false`)", util.fmt_rate(N / t_trusted) .. " events/s")
 -- the bound verification sets: parse + id + signature check of the same lines on one core, times
--- the two threads import verifies on
+-- the two threads import verifies on; the best of three passes (a shared machine's one pass
+-- varies by a fifth), so the ratio errs low
 local lines = {}
 for line in io.lines(path) do
   lines[#lines + 1] = line
   if #lines == 20000 then break end
 end
-local w1 = util.wall()
-for _, line in ipairs(lines) do layer2.event.verify(line) end
-local verify_bound = 2 * #lines / (util.wall() - w1)
+local verify_bound = 0
+for _ = 1, 3 do
+  local w1 = util.wall()
+  for _, line in ipairs(lines) do layer2.event.verify(line) end
+  verify_bound = math.max(verify_bound, 2 * #lines / (util.wall() - w1))
+end
 row("verify bound (2 x one core's parse + id + verify)", util.fmt_rate(verify_bound) .. " events/s",
   ("verified import is %.2f of it"):format(N / t_verified / verify_bound))
 os.execute("rm -rf " .. trusted_dir)

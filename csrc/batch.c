@@ -1,48 +1,66 @@
 #include "batch.h"
 
-#include <pthread.h>
+#include <stdatomic.h>
 
-typedef struct {
-    l2_batch_item *items;
-    size_t from, to;
-    int verify;
-    const l2_limits *lim;
-} slice;
+/* items taken at a time: few enough to end together, enough to keep the counter cold */
+#define CHUNK 32
 
-static void *check_slice(void *arg)
+static void *check_items(void *arg)
 {
-    slice *s = arg;
+    l2_batch_job *job = arg;
     l2_buf scratch;
     l2_buf_init(&scratch);
-    for (size_t i = s->from; i < s->to; i++) {
-        l2_batch_item *it = &s->items[i];
-        unsigned required = L2_HAVE_ALL | (s->verify ? L2_LENIENT_IDSIG : 0);
-        int parsed = it->from == L2_BATCH_PARSED ||
-                     (it->from == L2_BATCH_JSON &&
-                      l2_event_parse_json(&it->ev, it->json, it->len, required, s->lim, it->err) == 0);
-        it->ok = parsed && (!s->verify || l2_event_verify(&it->ev, &scratch, it->err) == 0);
+    unsigned required = L2_HAVE_ALL | (job->verify ? L2_LENIENT_IDSIG : 0);
+    size_t from;
+    while ((from = atomic_fetch_add(&job->next, CHUNK)) < job->n) {
+        size_t to = from + CHUNK < job->n ? from + CHUNK : job->n;
+        for (size_t i = from; i < to; i++) {
+            l2_batch_item *it = &job->items[i];
+            int parsed = it->from == L2_BATCH_PARSED ||
+                         (it->from == L2_BATCH_JSON &&
+                          l2_event_parse_json(&it->ev, it->json, it->len, required, job->lim, it->err) == 0);
+            it->ok = parsed && (!job->verify || l2_event_verify(&it->ev, &scratch, it->err) == 0);
+        }
     }
     l2_buf_free(&scratch);
     return NULL;
 }
 
+/* Starts `threads` threads on the items (fewer for a short batch; none that cannot start). */
+static void launch(l2_batch_job *job, l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim)
+{
+    size_t useful = (n + CHUNK - 1) / CHUNK;
+    if (threads < 0) threads = 0;
+    if (threads > L2_BATCH_MAX_THREADS) threads = L2_BATCH_MAX_THREADS;
+    if ((size_t)threads > useful) threads = (int)useful;
+    job->items = items;
+    job->n = n;
+    atomic_store(&job->next, 0);
+    job->verify = verify;
+    job->lim = lim;
+    job->threads = threads;
+    job->running = 1;
+    for (int t = 0; t < threads; t++) job->started[t] = pthread_create(&job->tid[t], NULL, check_items, job) == 0;
+}
+
+void l2_batch_start(l2_batch_job *job, l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim)
+{
+    launch(job, items, n, threads < 1 ? 1 : threads, verify, lim);
+}
+
+void l2_batch_wait(l2_batch_job *job)
+{
+    if (!job->running) return;
+    check_items(job);
+    for (int t = 0; t < job->threads; t++)
+        if (job->started[t]) pthread_join(job->tid[t], NULL);
+    job->running = 0;
+}
+
 void l2_batch_check(l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim)
 {
-    enum { MAX_THREADS = 16 };
-    pthread_t tid[MAX_THREADS];
-    slice parts[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if ((size_t)threads > n) threads = n ? (int)n : 1;
-    for (int t = 0; t < threads; t++) {
-        parts[t] = (slice){items, n * (size_t)t / (size_t)threads, n * (size_t)(t + 1) / (size_t)threads, verify, lim};
-        /* the calling thread takes the first slice; a thread that cannot start is done inline */
-        if (t > 0) started[t] = pthread_create(&tid[t], NULL, check_slice, &parts[t]) == 0;
-    }
-    check_slice(&parts[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(tid[t], NULL);
-        else check_slice(&parts[t]);
-    }
+    /* the calling thread is one of the `threads` */
+    l2_batch_job job;
+    launch(&job, items, n, threads - 1, verify, lim);
+    l2_batch_wait(&job);
 }

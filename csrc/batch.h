@@ -4,6 +4,8 @@
 
 #include "event.h"
 
+#include <pthread.h>
+
 /* Where an item stands before the check: its JSON to parse, an event already parsed (only verified),
  * or refused already (err says why). */
 enum { L2_BATCH_JSON, L2_BATCH_PARSED, L2_BATCH_REFUSED };
@@ -20,5 +22,23 @@ typedef struct {
 
 /* Parses (and verifies when `verify`) items[0..n) on up to `threads` threads; sets ok and err. */
 void l2_batch_check(l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim);
+
+/* The same check in the background, so that a writer can store one batch while the next is
+ * checked (import). l2_batch_start returns at once; l2_batch_wait checks items beside the threads
+ * until none is left, then returns when every item is checked. It must be called before the items
+ * are read, moved or freed. Items are taken a few at a time, so a thread that the writer slowed
+ * leaves no tail to wait for. */
+enum { L2_BATCH_MAX_THREADS = 16 };
+typedef struct {
+    l2_batch_item *items;
+    size_t n;
+    _Atomic size_t next; /* the first item no thread has taken */
+    int verify, threads, running;
+    const l2_limits *lim;
+    pthread_t tid[L2_BATCH_MAX_THREADS];
+    int started[L2_BATCH_MAX_THREADS];
+} l2_batch_job;
+void l2_batch_start(l2_batch_job *job, l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim);
+void l2_batch_wait(l2_batch_job *job);
 
 #endif

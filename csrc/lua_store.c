@@ -183,6 +183,11 @@ typedef struct {
     l2_save_result *res;
     l2_verdict *verdicts;
     l2_buf lines;
+    /* import checks the next batch (its items and lines) while it saves this one */
+    l2_batch_item *next_items;
+    l2_buf next_lines;
+    l2_batch_job job;
+    int err_idx, source_failed; /* where a failed source's error waits, and whether it did */
     char *line;
     size_t line_cap;
     FILE *owned;
@@ -191,8 +196,14 @@ typedef struct {
 static int import_gc(lua_State *L)
 {
     import_state *im = luaL_checkudata(L, 1, IMPORT_MT);
-    for (size_t i = 0; i < im->cap; i++) l2_event_free(&im->items[i].ev);
+    l2_batch_wait(&im->job); /* its threads write into the items */
+    for (size_t i = 0; i < im->cap; i++) {
+        l2_event_free(&im->items[i].ev);
+        if (im->next_items) l2_event_free(&im->next_items[i].ev);
+    }
     free(im->items);
+    free(im->next_items);
+    im->next_items = NULL;
     free(im->evs);
     free(im->res);
     free(im->verdicts);
@@ -202,6 +213,7 @@ static int import_gc(lua_State *L)
     im->res = NULL;
     im->cap = 0;
     l2_buf_free(&im->lines);
+    l2_buf_free(&im->next_lines);
     free(im->line);
     im->line = NULL;
     if (im->owned) fclose(im->owned);
@@ -217,7 +229,17 @@ static FILE *check_file(lua_State *L, int idx)
     return *fp;
 }
 
-/* Next line of the source into im->lines (offset in *off, length in *len); 0 at the end. */
+/* A source function that raised or returned a wrong value ends the reading; its error (on top)
+ * waits at im->err_idx until what was read before is saved. */
+static int source_failed(lua_State *L, import_state *im)
+{
+    lua_replace(L, im->err_idx);
+    im->source_failed = 1;
+    return 0;
+}
+
+/* Next line of the source into im->lines (offset in *off, length in *len); 0 at the end (or when
+ * the source failed). */
 static int next_line(lua_State *L, import_state *im, FILE *f, int fn_idx, size_t *off, size_t *len)
 {
     const char *p;
@@ -229,13 +251,16 @@ static int next_line(lua_State *L, import_state *im, FILE *f, int fn_idx, size_t
         n = (size_t)r;
     } else {
         lua_pushvalue(L, fn_idx);
-        lua_call(L, 0, 1);
+        if (lua_pcall(L, 0, 1, 0) != LUA_OK) return source_failed(L, im);
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);
             return 0;
         }
-        if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "layer2: the import source returned a %s, not a line",
-                                                             luaL_typename(L, -1));
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            lua_pushfstring(L, "layer2: the import source returned a %s, not a line", luaL_typename(L, -1));
+            lua_remove(L, -2);
+            return source_failed(L, im);
+        }
         p = lua_tolstring(L, -1, &n);
     }
     while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) n--;
@@ -271,6 +296,42 @@ typedef struct {
     char *err;
 } import_ctx;
 
+/* Reads up to `batch` lines (blank ones skipped) into im->items and im->lines; sets *done at the
+ * end of the source. Returns the number of items. */
+static size_t read_batch(lua_State *L, import_state *im, FILE *f, int fn_idx, size_t batch, uint64_t *lineno,
+                         uint64_t *bytes, int *done)
+{
+    size_t n = 0;
+    im->lines.len = 0;
+    while (n < batch) {
+        size_t off = 0, len = 0;
+        if (!next_line(L, im, f, fn_idx, &off, &len)) {
+            *done = 1;
+            break;
+        }
+        ++*lineno;
+        *bytes += len + 1;
+        if (is_blank(im->lines.data + off, len)) continue;
+        im->items[n].json = (const char *)(uintptr_t)off; /* an offset until the buffer stops moving */
+        im->items[n].len = len;
+        im->items[n].line = *lineno;
+        n++;
+    }
+    for (size_t i = 0; i < n; i++) im->items[i].json = im->lines.data + (uintptr_t)im->items[i].json;
+    return n;
+}
+
+/* Makes the next batch the current one. */
+static void swap_batches(import_state *im)
+{
+    l2_batch_item *items = im->items;
+    l2_buf lines = im->lines;
+    im->items = im->next_items;
+    im->lines = im->next_lines;
+    im->next_items = items;
+    im->next_lines = lines;
+}
+
 /* The batches of an import (l2lua_import's work), called protected: its arguments are the
  * store's method's (1: the store, 2: the source, 3: opts), its context an upvalue. */
 static int import_batches(lua_State *L)
@@ -292,8 +353,11 @@ static int import_batches(lua_State *L)
     import_state *im = lua_newuserdatauv(L, sizeof *im, 0);
     memset(im, 0, sizeof *im);
     l2_buf_init(&im->lines);
+    l2_buf_init(&im->next_lines);
     luaL_setmetatable(L, IMPORT_MT);
     int im_idx = lua_gettop(L);
+    lua_pushnil(L);
+    im->err_idx = lua_gettop(L);
     FILE *f = NULL;
     int fn_idx = 0;
     if (lua_type(L, 2) == LUA_TSTRING) {
@@ -309,42 +373,40 @@ static int import_batches(lua_State *L)
     }
     /* everything lives in the state userdata: a Lua error in a callback (Ctrl-C) frees it all */
     im->items = calloc(batch, sizeof *im->items);
+    im->next_items = calloc(batch, sizeof *im->next_items);
     im->evs = malloc(batch * sizeof *im->evs);
     im->res = malloc(batch * sizeof *im->res);
-    if (!im->items || !im->evs || !im->res) return luaL_error(L, "layer2: out of memory");
+    if (!im->items || !im->next_items || !im->evs || !im->res) return luaL_error(L, "layer2: out of memory");
     im->cap = batch;
-    for (size_t i = 0; i < batch; i++) l2_event_init(&im->items[i].ev);
+    for (size_t i = 0; i < batch; i++) {
+        l2_event_init(&im->items[i].ev);
+        l2_event_init(&im->next_items[i].ev);
+    }
     l2_event **evs = im->evs;
     l2_save_result *res = im->res;
     uint64_t lineno = 0, bytes = 0, counts[8] = {0};
     enum { C_SAVED, C_DUP, C_REPLACED, C_INVALID, C_DELETED, C_BLOCKED, C_EPHEMERAL, C_LINES };
     int done = 0, failed = 0;
-    while (!done && !failed) {
-        size_t n = 0;
-        im->lines.len = 0;
-        while (n < batch) {
-            size_t off = 0, len = 0;
-            if (!next_line(L, im, f, fn_idx, &off, &len)) {
-                done = 1;
-                break;
-            }
-            lineno++;
-            bytes += len + 1;
-            if (is_blank(im->lines.data + off, len)) continue;
-            im->items[n].json = (const char *)(uintptr_t)off; /* an offset until the buffer stops moving */
-            im->items[n].len = len;
-            im->items[n].line = lineno;
-            n++;
+    size_t n = read_batch(L, im, f, fn_idx, batch, &lineno, &bytes, &done);
+    l2_batch_check(im->items, n, threads, verify, lim);
+    while (n) {
+        /* what this batch reports: the lines and bytes read up to its end */
+        uint64_t batch_lines = lineno, batch_bytes = bytes;
+        /* the next batch is read here (a Lua source is called: nothing runs beside it), then checked
+         * on the threads while this one is saved; no Lua runs until they are done */
+        size_t next = 0;
+        if (!done) {
+            swap_batches(im);
+            next = read_batch(L, im, f, fn_idx, batch, &lineno, &bytes, &done);
+            swap_batches(im);
+            l2_batch_start(&im->job, im->next_items, next, threads, verify, lim);
         }
-        for (size_t i = 0; i < n; i++) im->items[i].json = im->lines.data + (uintptr_t)im->items[i].json;
-        l2_batch_check(im->items, n, threads, verify, lim);
         size_t nok = 0;
         for (size_t i = 0; i < n; i++)
             if (im->items[i].ok) evs[nok++] = &im->items[i].ev;
-        if (nok && vt->save_batch(st, evs, nok, now, flags, res, err)) {
-            failed = 1;
-            break;
-        }
+        failed = nok && vt->save_batch(st, evs, nok, now, flags, res, err);
+        l2_batch_wait(&im->job);
+        if (failed) break;
         counts[C_LINES] += n;
         size_t k = 0;
         for (size_t i = 0; i < n; i++) {
@@ -371,15 +433,21 @@ static int import_batches(lua_State *L)
         }
         if (progress) {
             lua_pushvalue(L, progress);
-            lua_pushinteger(L, (lua_Integer)lineno);
-            lua_pushinteger(L, (lua_Integer)bytes);
+            lua_pushinteger(L, (lua_Integer)batch_lines);
+            lua_pushinteger(L, (lua_Integer)batch_bytes);
             lua_call(L, 2, 0);
         }
+        swap_batches(im);
+        n = next;
     }
     lua_pushcfunction(L, import_gc);
     lua_pushvalue(L, im_idx);
     lua_call(L, 1, 0);
     if (failed) return l2lua_refuse(L, 0, err);
+    if (im->source_failed) {
+        lua_pushvalue(L, im->err_idx);
+        return lua_error(L);
+    }
     static const char *names[] = {"saved", "duplicate", "replaced", "invalid", "deleted", "blocked", "ephemeral", "lines"};
     lua_createtable(L, 0, 8);
     for (int i = 0; i < 8; i++) {

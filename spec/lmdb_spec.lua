@@ -428,6 +428,49 @@ describe("lmdb store", function()
   end)
   end)
 
+  it("import checks the next batch while it saves one: every batch reported in order; a source that fails ends it "
+    .. "after every line it gave is saved", function()
+    -- 50 lines, batches of 7: every fifth line is refused (its id is wrong)
+    local lines, valid = {}, 0
+    for i = 1, 50 do
+      local line = event.encode(sign(A, 1, T + i, {}, "n" .. i))
+      if i % 5 == 0 then line = line:gsub('"id":"%x', '"id":"z') else valid = valid + 1 end
+      lines[i] = line
+    end
+    local function source(upto, fail)
+      local k = 0
+      return function()
+        k = k + 1
+        if k == upto then return fail() end
+        return lines[k]
+      end
+    end
+    local reported, refusals = {}, {}
+    local c = assert(db:import(source(51, function() return nil end), {
+      batch = 7,
+      progress = function(n) reported[#reported + 1] = n end,
+      on_refused = function(line) refusals[#refusals + 1] = line end,
+    }))
+    assert.same({ 7, 14, 21, 28, 35, 42, 49, 50 }, reported)
+    assert.same({ 5, 10, 15, 20, 25, 30, 35, 40, 45, 50 }, refusals)
+    assert.equal(valid, c.saved)
+    assert.equal(valid, db:count_events({}))
+    -- a source that raises at line 30: lines 1 to 29 are saved (four batches and a part), then
+    -- its error is raised
+    fresh()
+    local ok, err = pcall(db.import, db, source(30, function() error("the source broke") end), { batch = 7 })
+    assert.is_false(ok)
+    assert.matches("the source broke", err)
+    assert.equal(29 - 5, db:count_events({}))
+    -- one that returns something other than a line at line 12: lines 1 to 11
+    fresh()
+    ok, err = pcall(db.import, db, source(12, function() return {} end), { batch = 7 })
+    assert.is_false(ok)
+    assert.matches("the import source returned a table, not a line", err, 1, true)
+    assert.equal(11 - 2, db:count_events({}))
+    assert.is_true(db:check())
+  end)
+
   it("import without verification takes trusted dumps as they are", function()
     local ev = sign(A, 1, T)
     local forged = event.encode(ev):gsub('"sig":"%x+"', '"sig":"' .. ("0"):rep(128) .. '"')
