@@ -779,11 +779,19 @@ static int drop_access(wtx *w, uint64_t serial);
  * save may still be news to a tail of the change feed (live subscribers get every accepted event,
  * even one replaced a moment later), which reads bodies by serial. Tails read within milliseconds,
  * so only an event saved (or read) within GHOST_MS leaves a ghost, a ghost lives GHOST_MS (it
- * goes with the next write after that), and there are at most GHOST_MAX (the oldest go first):
+ * goes with the next write after that), and there are at most ghost_max (the oldest go first):
  * a size-limited L1 cannot fill with what eviction does not see. A cache fill is not news, and an
  * eviction not a removal: neither leaves a ghost. Value: removal time in ms (8) | body. */
 #define GHOST_MS 2000
 #define GHOST_MAX 512
+
+/* At most GHOST_MAX ghosts, and about a sixty-fourth of the map at 1 KiB each: a ghost takes a
+ * body's bytes, and at a busy relay's pace the cap, not GHOST_MS, bounds how many there are. */
+static uint64_t ghost_max(const l2_store *st)
+{
+    uint64_t n = st->sh->map_size / 64 / 1024;
+    return n < 64 ? 64 : n > GHOST_MAX ? GHOST_MAX : n;
+}
 
 static uint64_t now_ms(void);
 static int get_access(MDB_txn *txn, l2_store *st, uint64_t serial, uint64_t *last, uint32_t *hits);
@@ -814,7 +822,7 @@ static int keep_ghost(wtx *w, uint64_t serial, const record *r)
     uint32_t hits;
     int rc = get_access(w->txn, st, serial, &last, &hits);
     if (rc == MDB_NOTFOUND || (rc == 0 && last + GHOST_MS < now_ms())) return 0; /* its save is old news */
-    if (rc || (rc = prune_ghosts(w, GHOST_MAX - 1)) || (rc = get_body(w->txn, st, r, &data, &len))) return rc;
+    if (rc || (rc = prune_ghosts(w, ghost_max(st) - 1)) || (rc = get_body(w->txn, st, r, &data, &len))) return rc;
     /* the body's page may move once the ghosts' tree is written */
     uint8_t *ghost = malloc(8 + len);
     if (!ghost) return ENOMEM;
@@ -1225,7 +1233,7 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
         if (rc) return lmdb_fail(err, "write transaction", rc);
         rc = st->ntouched ? flush_access(&w) : 0;
         /* a cache's ghosts past their time go with any write (a fill, a save, an eviction) */
-        if (rc == 0 && st->cache) rc = prune_ghosts(&w, GHOST_MAX);
+        if (rc == 0 && st->cache) rc = prune_ghosts(&w, ghost_max(st));
         if (rc == 0) rc = body(&w, ud);
         if (rc == 0) rc = write_commit(&w);
         else mdb_txn_abort(w.txn);
