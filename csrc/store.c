@@ -2529,6 +2529,10 @@ enum { NINDEX = 6 };
 typedef struct {
     key_list l[NINDEX];
     size_t n;
+    /* lists 1..n-1 are sorted on a thread while the writer appends the ones before */
+    pthread_mutex_t lock;
+    pthread_cond_t sorted_one;
+    size_t sorted; /* lists sorted so far */
 } key_lists;
 #define KEYS_PER_EVENT 250 /* bytes of index keys an event, about */
 
@@ -2559,13 +2563,31 @@ static int key_order(const void *a, const void *b, void *ud)
     return c ? c : (nx > ny) - (nx < ny);
 }
 
-/* Sorts the keys of one index and appends them to its emptied tree. */
+static void sort_list(key_list *l)
+{
+    if (l->n) qsort_r(l->at, l->n, sizeof *l->at, key_order, l->keys.data); /* an index without keys has no list */
+}
+
+/* Sorts the lists after the first, in order, saying when each is done. */
+static void *sort_lists(void *arg)
+{
+    key_lists *ls = arg;
+    for (size_t i = 1; i < ls->n; i++) {
+        sort_list(&ls->l[i]);
+        pthread_mutex_lock(&ls->lock);
+        ls->sorted = i + 1;
+        pthread_cond_signal(&ls->sorted_one);
+        pthread_mutex_unlock(&ls->lock);
+    }
+    return NULL;
+}
+
+/* Appends the sorted keys of one index to its emptied tree. */
 static int write_index(wtx *w, key_list *l)
 {
     MDB_cursor *c;
     MDB_val k, v;
     int rc;
-    if (l->n) qsort_r(l->at, l->n, sizeof *l->at, key_order, l->keys.data); /* an index without keys has no list */
     if ((rc = mdb_drop(w->txn, w->st->dbi[l->db], 0)) || (rc = mdb_cursor_open(w->txn, w->st->dbi[l->db], &c)))
         return rc;
     const uint8_t *prev = NULL;
@@ -2597,8 +2619,21 @@ static int build_some(wtx *w, key_lists *ls)
     }
     mdb_cursor_close(c);
     if (rc != MDB_NOTFOUND) return rc;
+    /* the writer sorts the first list and appends each in turn; a thread sorts the others
+     * meanwhile (all of them itself when the thread cannot start) */
+    pthread_t tid;
+    ls->sorted = 1;
+    int threaded = ls->n > 1 && pthread_create(&tid, NULL, sort_lists, ls) == 0;
+    if (!threaded) sort_lists(ls);
+    sort_list(&ls->l[0]);
     rc = 0;
-    for (size_t i = 0; rc == 0 && i < ls->n; i++) rc = write_index(w, &ls->l[i]);
+    for (size_t i = 0; rc == 0 && i < ls->n; i++) {
+        pthread_mutex_lock(&ls->lock);
+        while (ls->sorted <= i) pthread_cond_wait(&ls->sorted_one, &ls->lock);
+        pthread_mutex_unlock(&ls->lock);
+        rc = write_index(w, &ls->l[i]);
+    }
+    if (threaded) pthread_join(tid, NULL);
     return rc;
 }
 
@@ -2607,6 +2642,8 @@ static int build_indexes(wtx *w)
     static const int dbs[NINDEX] = {DB_PUBKEY, DB_KIND, DB_PUBKIND, DB_TAG, DB_CREATED, DB_EXPIRE};
     key_lists ls;
     memset(&ls, 0, sizeof ls);
+    pthread_mutex_init(&ls.lock, NULL);
+    pthread_cond_init(&ls.sorted_one, NULL);
     for (size_t i = 0; i < NINDEX; i++) {
         ls.l[i].db = dbs[i];
         l2_buf_init(&ls.l[i].keys);
@@ -2627,6 +2664,8 @@ static int build_indexes(wtx *w)
         l2_buf_free(&ls.l[i].keys);
         free(ls.l[i].at);
     }
+    pthread_mutex_destroy(&ls.lock);
+    pthread_cond_destroy(&ls.sorted_one);
     if (rc) return rc;
     MDB_val k = {8, "indexing"};
     rc = mdb_del(w->txn, w->st->dbi[DB_META], &k, NULL);
