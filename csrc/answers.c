@@ -125,6 +125,18 @@ static int for_each_index(MDB_txn *txn, MDB_dbi dbi, const l2_filter *f, uint64_
     return rc;
 }
 
+/* What an answer takes in L1, in 32-byte units (the size of an id): its record (filter and ids)
+ * and its index entries, each with LMDB's node header and page slot. Counted so, not by its ids,
+ * the bound holds in bytes: an author's feed of 5 ids takes twice as much again for the rest. */
+static uint64_t answer_units(const l2_filter *f, size_t filter_len, size_t nids)
+{
+    uint64_t bytes = 9 + HEAD + filter_len + 32 * (uint64_t)nids + 10;
+    if (f->have & L2_F_AUTHORS) bytes += (uint64_t)f->nauthors * (41 + 10);
+    else if (f->have & L2_F_KINDS) bytes += (uint64_t)f->nkinds * (11 + 10);
+    else bytes += 9 + 10;
+    return (bytes + 31) / 32;
+}
+
 static int count_get(MDB_txn *txn, MDB_dbi dbi, uint64_t *n)
 {
     MDB_val k = {1, "N"}, v;
@@ -147,7 +159,7 @@ static int drop_hash(MDB_txn *txn, MDB_dbi dbi, uint64_t hash)
     MDB_val v;
     int rc = get_record(txn, dbi, hash, &v);
     if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    uint64_t nids = get_be32((uint8_t *)v.mv_data + 24), total;
+    uint64_t nids = get_be32((uint8_t *)v.mv_data + 24), total, units;
     l2_answer_key kept = record_key(&v);
     l2_filter f;
     l2_filter_init(&f);
@@ -157,8 +169,9 @@ static int drop_hash(MDB_txn *txn, MDB_dbi dbi, uint64_t hash)
         uint8_t kb[9] = {'A'};
         put_be64(kb + 1, hash);
         MDB_val kv = {9, kb};
+        units = answer_units(&f, kept.len, nids);
         if ((rc = mdb_del(txn, dbi, &kv, NULL)) == 0 && (rc = count_get(txn, dbi, &total)) == 0)
-            rc = count_put(txn, dbi, total > nids ? total - nids : 0);
+            rc = count_put(txn, dbi, total > units ? total - units : 0);
     }
     l2_filter_free(&f);
     return rc;
@@ -172,16 +185,17 @@ int l2_answers_drop(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k)
 int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n,
                    int64_t expires, uint64_t max_ids)
 {
-    uint64_t hash = key_hash(k), total;
+    uint64_t hash = key_hash(k), total, units = 0;
     l2_filter f;
     l2_filter_init(&f);
     int rc = drop_hash(txn, dbi, hash);
+    if (rc == 0 && l2_answer_filter(k, &f)) rc = MDB_INCOMPATIBLE; /* not a key this file made */
+    if (rc == 0) units = answer_units(&f, k->len, n);
     if (rc == 0) rc = count_get(txn, dbi, &total);
-    if (rc == 0 && total + n > max_ids) {
+    if (rc == 0 && total + units > max_ids) {
         rc = mdb_drop(txn, dbi, 0);
         total = 0;
     }
-    if (rc == 0 && l2_answer_filter(k, &f)) rc = MDB_INCOMPATIBLE; /* not a key this file made */
     if (rc == 0) {
         uint8_t kb[9] = {'A'};
         put_be64(kb + 1, hash);
@@ -198,7 +212,7 @@ int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint
             rc = for_each_index(txn, dbi, &f, hash, index_put);
         }
     }
-    if (rc == 0) rc = count_put(txn, dbi, total + n);
+    if (rc == 0) rc = count_put(txn, dbi, total + units);
     l2_filter_free(&f);
     return rc;
 }

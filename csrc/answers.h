@@ -10,7 +10,7 @@
  *   'a' pubkey(32) hash(8)  -> ""    answers of filters naming authors
  *   'k' kind(2) hash(8)     -> ""    of filters naming kinds but no authors
  *   'u' hash(8)             -> ""    of the others
- *   'N'                     -> the ids kept over all answers (8)
+ *   'N'                     -> what all answers take, in 32-byte units (8): record and index entries
  * `hash` is a 64-bit hash of the key; the record keeps the whole key, so two keys with one hash
  * never answer for each other (the later one takes the slot). */
 #ifndef L2_ANSWERS_H
@@ -24,8 +24,9 @@
  * one is there and has not expired at t. 0, MDB_NOTFOUND, or an LMDB error. */
 int l2_answers_get(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, int64_t t, MDB_val *ids);
 
-/* Keeps ids (n, newest first) under k until `expires`. When the ids over all answers would pass
- * max_ids, every other answer goes first. 0 or an LMDB error. */
+/* Keeps ids (n, newest first) under k until `expires`. When what all answers take would pass
+ * max_ids units of 32 bytes (an answer counts its record, filter and ids, and its index entries),
+ * every other answer goes first. 0 or an LMDB error. */
 int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n,
                    int64_t expires, uint64_t max_ids);
 

@@ -516,6 +516,39 @@ describe("layer2.open (two levels)", function()
     rmdir(dir .. "-l2")
   end)
 
+  it("remembered answers count what they take in bytes (filter, ids, index entries), not their ids alone", function()
+    local dir = tmpdir()
+    local shared = assert(layer2.lmdb.open(dir .. "-l2"))
+    -- twelve authors with five notes each, history L1 never saw; the newest event in L2 (another
+    -- author's) puts L1's horizon past them, so their feeds are L2's answers, then remembered ones
+    local feeds = {}
+    for a = 1, 12 do
+      local sec = ("%064x"):format(1000 + a)
+      for i = 1, 5 do
+        assert(shared:save_event(layer2.event.sign({ kind = 1, created_at = NOW + i, tags = {}, content = "n" .. i }, sec)))
+      end
+      feeds[a] = { authors = { layer2.schnorr.pubkey(sec) }, kinds = { 1 }, limit = 20 }
+    end
+    assert(shared:save_event(layer2.event.sign({ kind = 1, created_at = NOW + 1000, tags = {}, content = "x" },
+      ("0"):rep(63) .. "6")))
+    -- 100 units of 32 bytes: twenty answers of five ids, but about eight of what such an answer
+    -- really takes (its filter's JSON, 5 ids and an index entry: some 360 bytes)
+    local db = assert(layer2.open(dir, { l2 = shared, nosync = true, log = quiet, l1 = { answers_max_ids = 100 } }))
+    local function ask(a)
+      assert.same(ids(shared:query_events(feeds[a])), ids((db:query_events(feeds[a]))))
+      return db:stats().hits.answers
+    end
+    for a = 1, 12 do assert.equal(0, ask(a)) end
+    -- the ninth answer passed the bound and the others went: the first is L2's answer again
+    assert.equal(0, ask(1))
+    -- the newest were kept: one answers
+    assert.equal(1, ask(12))
+    db:close()
+    shared:close()
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
   it("L2 failing for a while: every event saved meanwhile reaches it after", function()
     local dir = tmpdir()
     local real = assert(layer2.lmdb.open(dir .. "/shared-l2", { nosync = true }))
