@@ -18,7 +18,7 @@ LUAJIT_INC := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/incl
 
 # Debian 12 packages the project needs (see README); `make deps` installs those missing.
 DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
-	liblmdb-dev libpq-dev postgresql libsecp256k1-dev libssl-dev lua-cjson lua-busted lua-check luarocks lua-socket lua-http curl \
+	liblmdb-dev lmdb-utils libpq-dev postgresql libsecp256k1-dev libssl-dev lua-cjson lua-busted lua-check luarocks lua-socket lua-http curl \
 	nginx-core libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-nginx-websocket
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)

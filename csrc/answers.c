@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEAD 32 /* expires(8) now(8) epoch(8) nids(4) filter_len(4) */
+#define HEAD 36 /* expires(8) now(8) epoch(8) nids(4) filter_len(4) nwhole(4) */
+#define RECORD 'R'           /* 'A' had whole ids only (cleared by l2_answers_upgrade) */
+#define WHOLE (1ull << 63) /* an entry that is an index into the whole ids, not a serial */
 
 static void put_be64(uint8_t *p, uint64_t v)
 {
@@ -48,14 +50,20 @@ int l2_answer_filter(const l2_answer_key *k, l2_filter *f)
     return l2_filter_parse_json(f, k->filter, k->len, &unlimited, NULL) ? -1 : 0;
 }
 
+static size_t record_size(size_t filter_len, size_t n, size_t nwhole)
+{
+    return HEAD + filter_len + 8 * n + 32 * nwhole;
+}
+
 static int get_record(MDB_txn *txn, MDB_dbi dbi, uint64_t hash, MDB_val *v)
 {
-    uint8_t kb[9] = {'A'};
+    uint8_t kb[9] = {RECORD};
     put_be64(kb + 1, hash);
     MDB_val kv = {9, kb};
     int rc = mdb_get(txn, dbi, &kv, v);
-    if (rc == 0 && (v->mv_size < HEAD || v->mv_size != HEAD + get_be32((uint8_t *)v->mv_data + 28) +
-                                                           32 * (size_t)get_be32((uint8_t *)v->mv_data + 24)))
+    const uint8_t *p = v->mv_data;
+    if (rc == 0 &&
+        (v->mv_size < HEAD || v->mv_size != record_size(get_be32(p + 28), get_be32(p + 24), get_be32(p + 32))))
         return MDB_CORRUPTED;
     return rc;
 }
@@ -68,7 +76,7 @@ static l2_answer_key record_key(const MDB_val *v)
     return k;
 }
 
-int l2_answers_get(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, int64_t t, MDB_val *ids)
+int l2_answers_get(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, int64_t t, l2_answer_view *a)
 {
     MDB_val v;
     int rc = get_record(txn, dbi, key_hash(k), &v);
@@ -78,8 +86,22 @@ int l2_answers_get(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, int64_t t,
     if (kept.len != k->len || kept.now != k->now || kept.epoch != k->epoch ||
         memcmp(kept.filter, k->filter, k->len) != 0 || (int64_t)get_be64(p) < t)
         return MDB_NOTFOUND;
-    ids->mv_size = 32 * (size_t)get_be32(p + 24);
-    ids->mv_data = (uint8_t *)p + HEAD + kept.len;
+    a->n = get_be32(p + 24);
+    a->nwhole = get_be32(p + 32);
+    a->entries = p + HEAD + kept.len;
+    a->whole = a->entries + 8 * a->n;
+    return 0;
+}
+
+int l2_answer_entry(const l2_answer_view *a, size_t i, uint64_t *serial, const uint8_t **id)
+{
+    uint64_t e = get_be64(a->entries + 8 * i);
+    if (!(e & WHOLE)) {
+        *serial = e;
+        return 1;
+    }
+    if ((e & ~WHOLE) >= a->nwhole) return -1;
+    *id = a->whole + 32 * (e & ~WHOLE);
     return 0;
 }
 
@@ -125,12 +147,12 @@ static int for_each_index(MDB_txn *txn, MDB_dbi dbi, const l2_filter *f, uint64_
     return rc;
 }
 
-/* What an answer takes in L1, in 32-byte units (the size of an id): its record (filter and ids)
- * and its index entries, each with LMDB's node header and page slot. Counted so, not by its ids,
- * the bound holds in bytes: an author's feed of 5 ids takes twice as much again for the rest. */
-static uint64_t answer_units(const l2_filter *f, size_t filter_len, size_t nids)
+/* What an answer takes in L1, in 32-byte units (the size of an id): its record (filter, entries
+ * and whole ids) and its index entries, each with LMDB's node header and page slot. Counted so,
+ * not by its ids, the bound holds in bytes. */
+static uint64_t answer_units(const l2_filter *f, size_t filter_len, size_t n, size_t nwhole)
 {
-    uint64_t bytes = 9 + HEAD + filter_len + 32 * (uint64_t)nids + 10;
+    uint64_t bytes = 9 + (uint64_t)record_size(filter_len, n, nwhole) + 10;
     if (f->have & L2_F_AUTHORS) bytes += (uint64_t)f->nauthors * (41 + 10);
     else if (f->have & L2_F_KINDS) bytes += (uint64_t)f->nkinds * (11 + 10);
     else bytes += 9 + 10;
@@ -159,17 +181,17 @@ static int drop_hash(MDB_txn *txn, MDB_dbi dbi, uint64_t hash)
     MDB_val v;
     int rc = get_record(txn, dbi, hash, &v);
     if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
-    uint64_t nids = get_be32((uint8_t *)v.mv_data + 24), total, units;
+    uint64_t n = get_be32((uint8_t *)v.mv_data + 24), nwhole = get_be32((uint8_t *)v.mv_data + 32), total, units;
     l2_answer_key kept = record_key(&v);
     l2_filter f;
     l2_filter_init(&f);
     /* a record whose filter no longer parses cannot be unindexed entry by entry: all go */
     if (l2_answer_filter(&kept, &f)) rc = mdb_drop(txn, dbi, 0);
     else if ((rc = for_each_index(txn, dbi, &f, hash, index_del)) == 0) {
-        uint8_t kb[9] = {'A'};
+        uint8_t kb[9] = {RECORD};
         put_be64(kb + 1, hash);
         MDB_val kv = {9, kb};
-        units = answer_units(&f, kept.len, nids);
+        units = answer_units(&f, kept.len, n, nwhole);
         if ((rc = mdb_del(txn, dbi, &kv, NULL)) == 0 && (rc = count_get(txn, dbi, &total)) == 0)
             rc = count_put(txn, dbi, total > units ? total - units : 0);
     }
@@ -182,24 +204,26 @@ int l2_answers_drop(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k)
     return drop_hash(txn, dbi, key_hash(k));
 }
 
-int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n,
-                   int64_t expires, uint64_t max_ids)
+int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint64_t *serials,
+                   const uint8_t (*ids)[32], size_t n, int64_t expires, uint64_t max_ids)
 {
     uint64_t hash = key_hash(k), total, units = 0;
+    size_t nwhole = 0;
+    for (size_t i = 0; i < n; i++) nwhole += !serials[i];
     l2_filter f;
     l2_filter_init(&f);
     int rc = drop_hash(txn, dbi, hash);
     if (rc == 0 && l2_answer_filter(k, &f)) rc = MDB_INCOMPATIBLE; /* not a key this file made */
-    if (rc == 0) units = answer_units(&f, k->len, n);
+    if (rc == 0) units = answer_units(&f, k->len, n, nwhole);
     if (rc == 0) rc = count_get(txn, dbi, &total);
     if (rc == 0 && total + units > max_ids) {
         rc = mdb_drop(txn, dbi, 0);
         total = 0;
     }
     if (rc == 0) {
-        uint8_t kb[9] = {'A'};
+        uint8_t kb[9] = {RECORD};
         put_be64(kb + 1, hash);
-        MDB_val kv = {9, kb}, v = {HEAD + k->len + 32 * n, NULL};
+        MDB_val kv = {9, kb}, v = {record_size(k->len, n, nwhole), NULL};
         if ((rc = mdb_put(txn, dbi, &kv, &v, MDB_RESERVE)) == 0) {
             uint8_t *p = v.mv_data;
             put_be64(p, (uint64_t)expires);
@@ -207,8 +231,17 @@ int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint
             put_be64(p + 16, k->epoch);
             put_be32(p + 24, (uint32_t)n);
             put_be32(p + 28, (uint32_t)k->len);
+            put_be32(p + 32, (uint32_t)nwhole);
             memcpy(p + HEAD, k->filter, k->len);
-            if (n) memcpy(p + HEAD + k->len, ids, 32 * n);
+            uint8_t *entry = p + HEAD + k->len, *whole = entry + 8 * n;
+            for (size_t i = 0, j = 0; i < n; i++, entry += 8) {
+                if (serials[i]) {
+                    put_be64(entry, serials[i]);
+                    continue;
+                }
+                put_be64(entry, WHOLE | j);
+                memcpy(whole + 32 * j++, ids[i], 32);
+            }
             rc = for_each_index(txn, dbi, &f, hash, index_put);
         }
     }
@@ -273,4 +306,17 @@ int l2_answers_touch(MDB_txn *txn, MDB_dbi dbi, const l2_event *ev)
     for (size_t i = 0; rc == 0 && i < ndrop; i++) rc = drop_hash(txn, dbi, drop[i]);
     if (drop != small) free(drop);
     return rc;
+}
+
+int l2_answers_upgrade(MDB_txn *txn, MDB_dbi dbi)
+{
+    MDB_cursor *c;
+    MDB_val k = {1, "A"}, v;
+    int rc = mdb_cursor_open(txn, dbi, &c);
+    if (rc) return rc;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    int old = rc == 0 && ((const uint8_t *)k.mv_data)[0] == 'A';
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+    return old ? mdb_drop(txn, dbi, 0) : 0;
 }

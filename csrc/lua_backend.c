@@ -1136,7 +1136,7 @@ static int pv_new(lua_State *L)
         .high_water = (unsigned)l2lua_opt_int(L, 4, "high_water", 66),
         .low_water = (unsigned)l2lua_opt_int(L, 4, "low_water", 58),
         .evict_delete = l2lua_opt_bool(L, 4, "evict_delete", 0),
-        .stub_share = 0.25,
+        .stub_share = 0.05,
         .changes_kept = (uint64_t)l2lua_opt_int(L, 4, "changes_kept", 1000),
         .by_created = l2lua_opt_bool(L, 4, "by_created", 0),
         .history = (uint64_t)l2lua_opt_int(L, 4, "history", 100000),

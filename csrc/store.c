@@ -258,6 +258,8 @@ static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, in
             (rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE | (i == DB_IDS && version == SCHEMA_VERSION ? IDS_FLAGS : 0),
                                &sh->dbi[i])))
             goto abort;
+    /* remembered answers of an older layer2 go (a cache's cache: they are asked again) */
+    if ((rc = l2_answers_upgrade(txn, sh->dbi[DB_ANSWERS]))) goto abort;
     sh->version = (int)version;
     sh->key_prefix = version == 1 ? FULL : (size_t)prefix;
     if (sh->key_prefix < 1 || sh->key_prefix > FULL) {
@@ -2182,18 +2184,40 @@ int l2_store_meta_raise(l2_store *st, const char *key, int64_t value, int64_t *n
 
 /* ---- remembered answers ---- */
 
+/* An answer's events by id: an event kept by serial gives its record's id; one no longer in L1
+ * (dropped, deleted) leaves no id to give, and the answer does not stand (MDB_NOTFOUND). */
+static int answer_ids(l2_store *st, const l2_answer_view *a, l2_buf *ids)
+{
+    size_t start = ids->len;
+    for (size_t i = 0; i < a->n; i++) {
+        uint64_t serial;
+        const uint8_t *id;
+        record r;
+        int whole = l2_answer_entry(a, i, &serial, &id), rc;
+        if (whole < 0) return MDB_CORRUPTED;
+        if (whole == 1) {
+            if ((rc = get_record(st->rtxn, st, serial, &r))) {
+                ids->len = start;
+                return rc;
+            }
+            if (r.head_len < 33) return MDB_CORRUPTED;
+            id = r.head + 1;
+        }
+        if (l2_buf_put(ids, id, 32)) return ENOMEM;
+    }
+    return 0;
+}
+
 int l2_store_answer_get(l2_store *st, const l2_answer_key *k, int64_t t, l2_buf *ids, int *found, uint64_t *seq,
                         char *err)
 {
-    MDB_val v;
+    l2_answer_view a;
     *found = 0;
     if (read_begin(st, err)) return -1;
     int rc = meta_get_u64(st->rtxn, st->dbi[DB_META], "seq", seq);
-    if (rc == 0) rc = l2_answers_get(st->rtxn, st->dbi[DB_ANSWERS], k, t, &v);
-    if (rc == 0) {
-        *found = 1;
-        if (l2_buf_put(ids, v.mv_data, v.mv_size)) rc = ENOMEM;
-    }
+    if (rc == 0) rc = l2_answers_get(st->rtxn, st->dbi[DB_ANSWERS], k, t, &a);
+    if (rc == 0) rc = answer_ids(st, &a, ids);
+    *found = rc == 0;
     l2_store_read_end(st);
     if (rc == ENOMEM) return fail(err, "error: out of memory");
     if (rc && rc != MDB_NOTFOUND) return lmdb_fail(err, "reading a remembered answer", rc);
@@ -2255,7 +2279,16 @@ static int fill_body(wtx *w, void *ud)
     l2_filter_free(&f);
     a->kept = rc == 0 && !touched;
     if (!a->kept) return rc;
-    return l2_answers_put(w->txn, w->st->dbi[DB_ANSWERS], a->k, a->ids, a->n, a->expires, a->max_ids);
+    /* the events L1 holds (this fill's among them) are kept by serial */
+    uint64_t small[64], *serials = a->n <= 64 ? small : malloc(a->n * sizeof *serials);
+    if (!serials) return ENOMEM;
+    for (size_t i = 0; rc == 0 && i < a->n; i++) {
+        rc = lookup_id(w->txn, w->st, a->ids[i], &serials[i]);
+        if (rc == MDB_NOTFOUND) serials[i] = 0, rc = 0;
+    }
+    if (rc == 0) rc = l2_answers_put(w->txn, w->st->dbi[DB_ANSWERS], a->k, serials, a->ids, a->n, a->expires, a->max_ids);
+    if (serials != small) free(serials);
+    return rc;
 }
 
 int l2_store_fill(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res,

@@ -516,23 +516,36 @@ describe("layer2.open (two levels)", function()
     rmdir(dir .. "-l2")
   end)
 
+  -- An L2 whose newest event (another author's) puts a new L1's horizon past the notes the tests
+  -- below write: their authors' feeds are L2's answers, then remembered ones
+  local function l2_ahead(dir)
+    local shared = assert(layer2.lmdb.open(dir .. "-l2"))
+    assert(shared:save_event(layer2.event.sign({ kind = 1, created_at = NOW + 1000, tags = {}, content = "x" },
+      ("0"):rep(63) .. "6")))
+    return shared, function(db)
+      db:close()
+      shared:close()
+      rmdir(dir)
+      rmdir(dir .. "-l2")
+    end
+  end
+  local function note_by(sec, i)
+    return layer2.event.sign({ kind = 1, created_at = NOW + i, tags = {}, content = "n" .. i }, sec)
+  end
+  local function feed_of(sec) return { authors = { layer2.schnorr.pubkey(sec) }, kinds = { 1 }, limit = 20 } end
+
   it("remembered answers count what they take in bytes (filter, ids, index entries), not their ids alone", function()
     local dir = tmpdir()
-    local shared = assert(layer2.lmdb.open(dir .. "-l2"))
-    -- twelve authors with five notes each, history L1 never saw; the newest event in L2 (another
-    -- author's) puts L1's horizon past them, so their feeds are L2's answers, then remembered ones
+    local shared, finish = l2_ahead(dir)
+    -- twelve authors with five notes each, history L1 never saw
     local feeds = {}
     for a = 1, 12 do
       local sec = ("%064x"):format(1000 + a)
-      for i = 1, 5 do
-        assert(shared:save_event(layer2.event.sign({ kind = 1, created_at = NOW + i, tags = {}, content = "n" .. i }, sec)))
-      end
-      feeds[a] = { authors = { layer2.schnorr.pubkey(sec) }, kinds = { 1 }, limit = 20 }
+      for i = 1, 5 do assert(shared:save_event(note_by(sec, i))) end
+      feeds[a] = feed_of(sec)
     end
-    assert(shared:save_event(layer2.event.sign({ kind = 1, created_at = NOW + 1000, tags = {}, content = "x" },
-      ("0"):rep(63) .. "6")))
     -- 100 units of 32 bytes: twenty answers of five ids, but about eight of what such an answer
-    -- really takes (its filter's JSON, 5 ids and an index entry: some 360 bytes)
+    -- really takes (its filter's JSON, 5 ids and an index entry: some 370 bytes)
     local db = assert(layer2.open(dir, { l2 = shared, nosync = true, log = quiet, l1 = { answers_max_ids = 100 } }))
     local function ask(a)
       assert.same(ids(shared:query_events(feeds[a])), ids((db:query_events(feeds[a]))))
@@ -543,10 +556,74 @@ describe("layer2.open (two levels)", function()
     assert.equal(0, ask(1))
     -- the newest were kept: one answers
     assert.equal(1, ask(12))
+    finish(db)
+  end)
+
+  it("an answer of events L1 holds keeps their serials, not their ids; one of them leaving L1 ends it", function()
+    local dir = tmpdir()
+    local shared, finish = l2_ahead(dir)
+    local db = assert(layer2.open(dir, { l2 = shared, nosync = true, log = quiet, l1 = { answers_max_ids = 100 } }))
+    -- saved through the backend: L1 holds them, but they lie behind its horizon
+    local feeds, newest = {}, nil
+    for a = 1, 12 do
+      local sec = ("%064x"):format(2000 + a)
+      for i = 1, 5 do
+        local ev = note_by(sec, i)
+        assert(db:save_event(ev))
+        if a == 1 then newest = ev end
+      end
+      feeds[a] = feed_of(sec)
+    end
+    local function ask(a)
+      local res, levels = db:query_events(feeds[a])
+      assert.same(ids(shared:query_events(feeds[a])), ids(res))
+      return db:stats().hits.answers, levels
+    end
+    for a = 1, 12 do assert.equal(0, (ask(a))) end
+    -- an answer of 5 serials takes about 8 units of the 100: all twelve stay (kept as whole ids,
+    -- 12 units each, the ninth cleared the others: the test above), each served from L1's bodies
+    for a = 1, 12 do
+      local answered, levels = ask(a)
+      assert.equal(a, answered)
+      assert.same({ 5, 0, 0 }, { levels.l1, levels.stubs, levels.l2 })
+    end
+    -- feed 1's newest leaves L1: its serial names nothing now, so the answer does not stand
+    assert.equal(1, (db.l1:evict({ newest.id }, "delete")))
+    assert.equal(12, (ask(1)))
+    -- the answer L2 gave again is kept and stands (the event, read often, came back into L1 with it)
+    local answered, levels = ask(1)
+    assert.equal(13, answered)
+    assert.same({ 5, 0 }, { levels.l1 + levels.stubs, levels.l2 })
+    finish(db)
+  end)
+
+  it("answers an older layer2 kept (whole ids only) are cleared when L1 opens, not misread", function()
+    local dir = tmpdir()
+    local shared, finish = l2_ahead(dir)
+    local sec = ("%064x"):format(3001)
+    for i = 1, 3 do assert(shared:save_event(note_by(sec, i))) end
+    local feed = feed_of(sec)
+    local function open() return assert(layer2.open(dir, { l2 = shared, nosync = true, log = quiet })) end
+    local db = open()
+    db:query_events(feed)
+    db:query_events(feed)
+    assert.equal(1, db:stats().hits.answers)
     db:close()
-    shared:close()
-    rmdir(dir)
-    rmdir(dir .. "-l2")
+    -- the answer record under the key letter the older layer2 used ('A'), beside today's ('R')
+    local l1 = dir .. "/layer1"
+    local dump = assert(io.popen("mdb_dump -s answers " .. l1)):read("a")
+    local forged = dump:gsub("\n 52(%x+)\n", "\n 41%1\n"):gsub("db_pagesize=%d+\n", "")
+    assert.not_equal(dump, forged)
+    local load = assert(io.popen("mdb_load -s answers " .. l1, "w"))
+    load:write(forged)
+    assert(load:close())
+    db = open()
+    db:query_events(feed)
+    assert.equal(0, db:stats().hits.answers) -- cleared: L2 answered, and that answer is kept
+    local res = db:query_events(feed)
+    assert.equal(1, db:stats().hits.answers)
+    assert.same(ids(shared:query_events(feed)), ids(res))
+    finish(db)
   end)
 
   it("L2 failing for a while: every event saved meanwhile reaches it after", function()
@@ -1167,6 +1244,11 @@ describe("layer2.open (two levels)", function()
     assert.has_error(function() layer2.open("/tmp/x", { l1 = { size_limit = 10 } }) end,
       "layer2.open: l1.size_limit must be a number of bytes, at least 256 KiB")
     assert.has_error(function() layer2.open("/tmp/x", { l1 = { high_water = 40, low_water = 50 } }) end)
+    for _, share in ipairs({ -0.1, 1.5, "0.1" }) do
+      assert.has_error(function() layer2.open("/tmp/x", { l1 = { stub_share = share } }) end,
+        "layer2.open: l1.stub_share is a share of L1's events, from 0 to 1")
+    end
+    assert.is_nil(io.open("/tmp/x"), "nothing was made for bad options")
     local dir = tmpdir()
     assert.has_error(function() layer2.open(dir, { l2 = {} }) end, "layer2: opts.l2 has no save_event method")
     assert.is_nil(io.open(dir), "nothing was made for a bad L2")

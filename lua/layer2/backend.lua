@@ -82,6 +82,10 @@ function backend.open(path, opts)
   if not (type(high) == "number" and type(low) == "number" and low > 0 and low < high and high <= 100) then
     error("layer2.open: l1.low_water and l1.high_water are percents with 0 < low < high <= 100", 2)
   end
+  local share = l1opts.stub_share
+  if share ~= nil and not (type(share) == "number" and share >= 0 and share <= 1) then
+    error("layer2.open: l1.stub_share is a share of L1's events, from 0 to 1", 2)
+  end
   limit = limit and math.floor(limit / PAGE) * PAGE
   local st = {
     policy = load_policy(opts.policy),
