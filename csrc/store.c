@@ -17,20 +17,25 @@
 #include "rules.h"
 
 /* ---- layout ----
- * Format 3. P, the key prefix: the first P bytes (8; fixed when the store is made) of an id, a
+ * Format 4. P, the key prefix: the first P bytes (8; fixed when the store is made) of an id, a
  * pubkey or a 64-hex tag value stand for it in an index key. Such keys may collide (two pubkeys
  * sharing P bytes); every candidate is checked against the whole filter (an id lookup against the
  * event's own id) before it is returned, so a collision costs a read, never a wrong answer.
+ * T, the tail of the scanned indexes' keys: created(4) serial(6), 10 bytes (format 3 had 8 + 8).
+ * created is created_at, or 2^32 - 1 for every later one (from the year 2106): the events past
+ * it share that key value, and a scan takes them all as ties of one another, ordered by their own
+ * created_at (run_filter), so the key only costs them reads. Serials stay under 2^48.
  * `layer2 upgrade` rebuilds the indexes of an older store (l2_store_upgrade): format 1 had whole
- * 32-byte values everywhere, format 2 whole ids (and a cache's stub beside each body).
+ * 32-byte values everywhere, format 2 whole ids (and a cache's stub beside each body), format 3
+ * 16-byte tails.
  * events   serial(8)                              -> binary event
  * ids      id(P)                                  -> serial(8), sorted duplicates (an id prefix
  *                                                    several events share holds each serial)
- * pubkey   pubkey(P) created_at(8) serial(8)      -> ""
- * kind     kind(2) created_at(8) serial(8)        -> ""
- * pubkind  pubkey(P) kind(2) created_at(8) serial(8) -> ""
- * tag      letter(1) value(V) created_at(8) serial(8) -> ""   (single-letter tags with a value)
- * created  created_at(8) serial(8)                -> ""
+ * pubkey   pubkey(P) T                            -> ""
+ * kind     kind(2) T                              -> ""
+ * pubkind  pubkey(P) kind(2) T                    -> ""
+ * tag      letter(1) value(V) T                   -> ""   (single-letter tags with a value)
+ * created  T                                      -> ""
  * expire   l2_expiration(8) serial(8)                -> ""
  * replace  pubkey(32) kind(2) d(V)                -> serial(8) created_at(8) id(32)  (a slot's head: the
  *          record that refuses older versions; it outlives the event itself when a cache evicts it)
@@ -50,7 +55,7 @@
  * freeslots slot(4)       -> ""
  * A cache also keeps:
  * access   serial(8)                              -> last access ms(8) hits(4)
- * lru      last access ms(8) serial(8)            -> ""          (coldest first)
+ * lru      last access ms(6) serial(6)            -> ""          (coldest first; 8 + 8 in format 3)
  * stubs    created_at(8) serial(8)                -> ""          (stubs that may go, oldest first)
  * outbox   seq(8)                                 -> 'S' binary event | 'D' id(32) tombstone(1)
  * answers  remembered answers: see answers.h
@@ -58,8 +63,12 @@
  * 0xFE + its first P bytes (32 in replace and atomb, which are looked up, not scanned), up to 64
  * bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of its sha256. */
 
-#define SCHEMA_VERSION 3
-#define IDS_FLAGS (MDB_DUPSORT | MDB_DUPFIXED) /* format 3's ids: a key prefix may hold several ids */
+#define SCHEMA_VERSION 4
+#define IDS_FLAGS (MDB_DUPSORT | MDB_DUPFIXED) /* ids since format 3: a key prefix may hold several ids */
+#define TAIL 10                                 /* T: see the layout */
+#define LATER 0xFFFFFFFFu                      /* T's created for created_at 2^32 - 1 and later */
+#define MAX_BE48 ((1ull << 48) - 1)
+#define MAX_SERIAL MAX_BE48
 #define KEY_PREFIX 8 /* P: see the layout */
 #define DEFAULT_MAP (1ull << 30)
 #define INDEX_MEMORY (512u << 20)
@@ -165,6 +174,58 @@ static inline void put_be16(uint8_t *p, uint32_t v)
     p[1] = (uint8_t)v;
 }
 
+static inline uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static void put_be48(uint8_t *p, uint64_t v)
+{
+    for (int i = 5; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static uint64_t get_be48(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 6; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* T of the layout */
+static void put_tail(uint8_t *p, int64_t created_at, uint64_t serial)
+{
+    put_be32(p, created_at < 0 ? 0 : created_at >= LATER ? LATER : (uint32_t)created_at);
+    put_be48(p + 4, serial);
+}
+
+/* T's created as a scan orders by it: the shared value of the latest is later than any other */
+static int64_t tail_created(const uint8_t *p)
+{
+    uint32_t c = get_be32(p);
+    return c == LATER ? INT64_MAX : c;
+}
+
+static uint64_t tail_serial(const uint8_t *p)
+{
+    return get_be48(p + 4);
+}
+
+/* A cache's lru key (the layout); milliseconds fit 48 bits until the year 10889 */
+#define LRU_KEY 12
+static void lru_key(uint8_t *k, uint64_t ms, uint64_t serial)
+{
+    put_be48(k, ms > MAX_BE48 ? MAX_BE48 : ms);
+    put_be48(k + 6, serial);
+}
+
 /* The key of a tag value (V in the layout); a 64-hex value keeps its first `hex` bytes. */
 static size_t value_key(uint8_t *out, const char *s, size_t n, size_t hex)
 {
@@ -252,10 +313,10 @@ static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, in
         return fail(err, "error: the store at '%s' is in format %llu, written by a newer layer2; this one reads "
                     "format %d", path, (unsigned long long)version, SCHEMA_VERSION);
     }
-    /* an older store's ids (whole ids, one each) stay as they are until the upgrade rebuilds them */
+    /* formats 1 and 2 had whole ids, one each: they stay so until the upgrade rebuilds them */
     for (int i = 0; i < DB_COUNT; i++)
         if (i != DB_META &&
-            (rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE | (i == DB_IDS && version == SCHEMA_VERSION ? IDS_FLAGS : 0),
+            (rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE | (i == DB_IDS && version >= 3 ? IDS_FLAGS : 0),
                                &sh->dbi[i])))
             goto abort;
     /* remembered answers of an older layer2 go (a cache's cache: they are asked again) */
@@ -492,29 +553,28 @@ typedef int (*index_fn)(void *ud, int db, const uint8_t *key, size_t n);
 
 static int for_each_index(size_t p, const l2_event *ev, uint64_t serial, index_fn fn, void *ud)
 {
-    uint8_t k[1 + MAX_VALUE_KEY + 16], tail[16];
+    uint8_t k[1 + MAX_VALUE_KEY + TAIL], tail[TAIL];
     int rc;
     int64_t exp;
-    put_be64(tail, (uint64_t)ev->created_at);
-    put_be64(tail + 8, serial);
+    put_tail(tail, ev->created_at, serial);
     memcpy(k, ev->pubkey, p);
-    memcpy(k + p, tail, 16);
-    if ((rc = fn(ud, DB_PUBKEY, k, p + 16))) return rc;
+    memcpy(k + p, tail, TAIL);
+    if ((rc = fn(ud, DB_PUBKEY, k, p + TAIL))) return rc;
     put_be16(k + p, ev->kind);
-    memcpy(k + p + 2, tail, 16);
-    if ((rc = fn(ud, DB_PUBKIND, k, p + 18))) return rc;
+    memcpy(k + p + 2, tail, TAIL);
+    if ((rc = fn(ud, DB_PUBKIND, k, p + 2 + TAIL))) return rc;
     put_be16(k, ev->kind);
-    memcpy(k + 2, tail, 16);
-    if ((rc = fn(ud, DB_KIND, k, 18))) return rc;
-    if ((rc = fn(ud, DB_CREATED, tail, 16))) return rc;
+    memcpy(k + 2, tail, TAIL);
+    if ((rc = fn(ud, DB_KIND, k, 2 + TAIL))) return rc;
+    if ((rc = fn(ud, DB_CREATED, tail, TAIL))) return rc;
     for (uint32_t t = 0; t < ev->ntags; t++) {
         const l2_str *name = l2_tag_elem(ev, t, 0);
         if (l2_tag_len(ev, t) < 2 || name->n != 1) continue;
         const l2_str *v = l2_tag_elem(ev, t, 1);
         k[0] = (uint8_t)name->p[0];
         size_t n = 1 + value_key(k + 1, v->p, v->n, p);
-        memcpy(k + n, tail, 16);
-        if ((rc = fn(ud, DB_TAG, k, n + 16))) return rc;
+        memcpy(k + n, tail, TAIL);
+        if ((rc = fn(ud, DB_TAG, k, n + TAIL))) return rc;
     }
     if (l2_expiration(ev, &exp)) {
         put_be64(k, (uint64_t)exp);
@@ -547,18 +607,6 @@ static int add_change(wtx *w, int op, const uint8_t id[32], uint64_t serial)
     return mdb_put(w->txn, w->st->dbi[DB_CHANGES], &kv, &vv, MDB_APPEND);
 }
 
-static inline uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
 
 /* An events record: for a plain store the body itself; for a cache slot | length, then the stub
  * form when there is no body (format 2 kept it beside the body too: such records still read). */
@@ -911,31 +959,31 @@ static int drop_access(wtx *w, uint64_t serial)
 {
     uint64_t last;
     uint32_t hits;
-    uint8_t k[16];
+    uint8_t k[LRU_KEY], ak[8];
     int rc = get_access(w->txn, w->st, serial, &last, &hits);
     if (rc == MDB_NOTFOUND) return 0;
     if (rc) return rc;
-    put_be64(k, last);
-    put_be64(k + 8, serial);
-    if ((rc = del_key(w, DB_LRU, k, 16))) return rc;
-    return del_key(w, DB_ACCESS, k + 8, 8);
+    lru_key(k, last, serial);
+    put_be64(ak, serial);
+    if ((rc = del_key(w, DB_LRU, k, LRU_KEY))) return rc;
+    return del_key(w, DB_ACCESS, ak, 8);
 }
 
 static int set_access(wtx *w, uint64_t serial, uint64_t last, uint32_t hits)
 {
-    uint8_t k[16], v[12];
+    uint8_t k[LRU_KEY], ak[8], v[12];
     int rc = drop_access(w, serial);
     if (rc) return rc;
-    put_be64(k, last);
-    put_be64(k + 8, serial);
+    lru_key(k, last, serial);
+    put_be64(ak, serial);
     put_be64(v, last);
     v[8] = (uint8_t)(hits >> 24);
     v[9] = (uint8_t)(hits >> 16);
     v[10] = (uint8_t)(hits >> 8);
     v[11] = (uint8_t)hits;
-    MDB_val kv = {8, k + 8}, vv = {12, v};
+    MDB_val kv = {8, ak}, vv = {12, v};
     if ((rc = mdb_put(w->txn, w->st->dbi[DB_ACCESS], &kv, &vv, 0))) return rc;
-    return put_empty(w, DB_LRU, k, 16);
+    return put_empty(w, DB_LRU, k, LRU_KEY);
 }
 
 /* Writes the reads counted in memory (events removed since are skipped). */
@@ -1131,6 +1179,7 @@ static int save_one(wtx *w, const l2_event *ev, int64_t now, l2_save_result *r)
             return 0;
         }
     }
+    if (w->serial > MAX_SERIAL) return EOVERFLOW; /* 2^48 saves: index keys hold 6 bytes of a serial */
     serial = w->serial++;
     uint8_t sk[8];
     put_be64(sk, serial);
@@ -1461,26 +1510,25 @@ typedef struct {
     MDB_cursor *cur;
     size_t plen;
     uint8_t prefix[1 + MAX_VALUE_KEY + 34];
-    int64_t created_at;
+    int64_t created_at; /* as the key says it (tail_created) */
     uint64_t serial;
 } scan;
 
 static int scan_load(scan *s, const MDB_val *k, int64_t since)
 {
     const uint8_t *p = k->mv_data;
-    if (k->mv_size != s->plen + 16 || (s->plen && memcmp(p, s->prefix, s->plen) != 0)) return 0;
-    s->created_at = (int64_t)get_be64(p + s->plen);
-    s->serial = get_be64(p + s->plen + 8);
+    if (k->mv_size != s->plen + TAIL || (s->plen && memcmp(p, s->prefix, s->plen) != 0)) return 0;
+    s->created_at = tail_created(p + s->plen);
+    s->serial = tail_serial(p + s->plen);
     return s->created_at >= since;
 }
 
 static int scan_start(scan *s, int64_t since, int64_t until)
 {
-    uint8_t key[sizeof s->prefix + 16];
-    MDB_val k = {s->plen + 16, key}, v;
+    uint8_t key[sizeof s->prefix + TAIL];
+    MDB_val k = {s->plen + TAIL, key}, v;
     memcpy(key, s->prefix, s->plen);
-    put_be64(key + s->plen, (uint64_t)until);
-    put_be64(key + s->plen + 8, UINT64_MAX);
+    put_tail(key + s->plen, until, MAX_SERIAL);
     int rc = mdb_cursor_get(s->cur, &k, &v, MDB_SET_RANGE);
     rc = mdb_cursor_get(s->cur, &k, &v, rc == MDB_NOTFOUND ? MDB_LAST : MDB_PREV);
     return rc == 0 && scan_load(s, &k, since);
@@ -1923,8 +1971,8 @@ int l2_store_candidates(l2_store *st, int by_created, size_t max, l2_candidate *
     if (read_begin(st, err)) return -1;
     if ((rc = mdb_cursor_open(st->rtxn, st->dbi[by_created ? DB_CREATED : DB_LRU], &c))) goto fail;
     while (*n < max && mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
-        if (k.mv_size != 16) continue;
-        uint64_t serial = get_be64((uint8_t *)k.mv_data + 8), last = 0;
+        if (k.mv_size != (by_created ? TAIL : LRU_KEY)) continue;
+        uint64_t serial = by_created ? tail_serial(k.mv_data) : get_be48((uint8_t *)k.mv_data + 6), last = 0;
         uint32_t hits = 0;
         record r;
         if (load_head(st, st->rtxn, serial, &st->ev, &r) != 0 || st->ev.is_stub) continue;
@@ -2774,11 +2822,11 @@ typedef struct {
     MDB_dbi *dbi;
 } reindex;
 
-/* The indexes whose keys format 2 changed (pubkey, pubkind, tag) get the key; the others stay. */
+/* The indexes every older format keyed otherwise (all but expire) get the key. */
 static int reindex_put(void *ud, int db, const uint8_t *key, size_t n)
 {
     reindex *r = ud;
-    if (db != DB_PUBKEY && db != DB_PUBKIND && db != DB_TAG) return 0;
+    if (db == DB_EXPIRE) return 0;
     MDB_val k = {n, (void *)key}, v = {0, ""};
     return mdb_put(r->txn, r->dbi[db], &k, &v, 0);
 }
@@ -2827,25 +2875,27 @@ int l2_store_upgrade(const char *path, void (*progress)(void *ud, uint64_t done,
     if (rc) goto fail;
     total = entries(txn, sh.dbi[DB_EVENTS]);
     /* a cache's records start with slot and length (see the layout); only a cache counts slots.
-     * Format 1's value keys (pubkey, pubkind, tag) are rebuilt; the ids of formats 1 and 2 too. */
+     * The scanned indexes (their tails) and the ids are rebuilt. */
     if ((rc = meta_get_opt(txn, sh.dbi[DB_META], "next_slot", &cache)) ||
-        (sh.version == 1 && ((rc = mdb_drop(txn, sh.dbi[DB_PUBKEY], 0)) || (rc = mdb_drop(txn, sh.dbi[DB_PUBKIND], 0)) ||
-                             (rc = mdb_drop(txn, sh.dbi[DB_TAG], 0)))) ||
-        (rc = mdb_drop(txn, sh.dbi[DB_IDS], 1)) ||
+        (rc = mdb_drop(txn, sh.dbi[DB_PUBKEY], 0)) || (rc = mdb_drop(txn, sh.dbi[DB_PUBKIND], 0)) ||
+        (rc = mdb_drop(txn, sh.dbi[DB_KIND], 0)) || (rc = mdb_drop(txn, sh.dbi[DB_CREATED], 0)) ||
+        (rc = mdb_drop(txn, sh.dbi[DB_TAG], 0)) || (rc = mdb_drop(txn, sh.dbi[DB_IDS], 1)) ||
         (rc = mdb_dbi_open(txn, db_names[DB_IDS], MDB_CREATE | IDS_FLAGS, &sh.dbi[DB_IDS])) ||
         (rc = mdb_cursor_open(txn, sh.dbi[DB_EVENTS], &c)))
         goto abort;
     reindex r = {txn, sh.dbi};
     for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        size_t skip = cache ? 8 : 0;
-        if (k.mv_size != 8 || v.mv_size < skip + 33 ||
-            (sh.version == 1 &&
-             l2_event_decode_bin(&ev, (const uint8_t *)v.mv_data + skip, v.mv_size - skip, NULL))) {
-            rc = MDB_CORRUPTED;
-            goto abort;
+        /* the head: after a cache's slot and length, or (format 3) its body when that is all */
+        MDB_val head = {v.mv_size - (cache ? 8 : 0), (uint8_t *)v.mv_data + (cache ? 8 : 0)};
+        if (cache && v.mv_size == 8) {
+            MDB_val slot = {4, v.mv_data};
+            if ((rc = mdb_get(txn, sh.dbi[DB_BODIES], &slot, &head))) rc = MDB_CORRUPTED;
         }
-        if (sh.version == 1 && (rc = for_each_index(KEY_PREFIX, &ev, get_be64(k.mv_data), reindex_put, &r))) goto abort;
-        if (l2_buf_put(&ids, (const uint8_t *)v.mv_data + skip + 1, prefix) || l2_buf_put(&ids, k.mv_data, 8)) {
+        if (rc == 0 && (k.mv_size != 8 || v.mv_size < 8 || head.mv_size < 33 ||
+                        l2_event_decode_bin(&ev, head.mv_data, head.mv_size, NULL)))
+            rc = MDB_CORRUPTED;
+        if (rc || (rc = for_each_index(prefix, &ev, get_be64(k.mv_data), reindex_put, &r))) goto abort;
+        if (l2_buf_put(&ids, (const uint8_t *)head.mv_data + 1, prefix) || l2_buf_put(&ids, k.mv_data, 8)) {
             rc = ENOMEM;
             goto abort;
         }
@@ -2853,6 +2903,23 @@ int l2_store_upgrade(const char *path, void (*progress)(void *ud, uint64_t done,
     }
     if (rc != MDB_NOTFOUND) goto abort;
     mdb_cursor_close(c);
+    c = NULL;
+    /* a cache's lru keys, from its access records */
+    if (cache && ((rc = mdb_drop(txn, sh.dbi[DB_LRU], 0)) || (rc = mdb_cursor_open(txn, sh.dbi[DB_ACCESS], &c))))
+        goto abort;
+    for (rc = cache ? mdb_cursor_get(c, &k, &v, MDB_FIRST) : MDB_NOTFOUND; rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        uint8_t lk[LRU_KEY];
+        if (k.mv_size != 8 || v.mv_size != 12) {
+            rc = MDB_CORRUPTED;
+            goto abort;
+        }
+        lru_key(lk, get_be64(v.mv_data), get_be64(k.mv_data));
+        MDB_val lkv = {LRU_KEY, lk}, empty = {0, ""};
+        if ((rc = mdb_put(txn, sh.dbi[DB_LRU], &lkv, &empty, 0))) goto abort;
+    }
+    if (rc != MDB_NOTFOUND) goto abort;
+    if (c) mdb_cursor_close(c);
     c = NULL;
     /* the ids, sorted and appended: full pages */
     if (ids.len) qsort_r(ids.data, ids.len / item, item, same_size_order, &item);
@@ -3050,7 +3117,8 @@ int l2_store_check(l2_store *st, void (*problem)(void *ud, const char *msg), voi
     for (size_t i = 0; i < sizeof dbs / sizeof *dbs; i++) {
         if ((rc = mdb_cursor_open(t, st->dbi[dbs[i]], &cur))) goto fail;
         while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0) {
-            uint64_t serial = k.mv_size >= 16 ? get_be64((uint8_t *)k.mv_data + k.mv_size - 8) : 0;
+            uint64_t serial = dbs[i] == DB_EXPIRE ? (k.mv_size == 16 ? get_be64((uint8_t *)k.mv_data + 8) : 0)
+                              : k.mv_size >= TAIL ? tail_serial((uint8_t *)k.mv_data + k.mv_size - TAIL) : 0;
             key_match m = {dbs[i], k.mv_data, k.mv_size, 0};
             if (load(st, t, serial, &st->ev, 0) != 0)
                 report(&c, "a %s index entry points at no event (serial %llu)", db_names[dbs[i]],

@@ -1,5 +1,5 @@
--- Store format 3 (8-byte prefixes of ids, pubkeys and hex values in index keys; one copy of a
--- cached event) and the upgrade from formats 1 and 2: spec/fixtures/vN/store is a relay's data
+-- Store format 4 (8-byte prefixes of ids, pubkeys and hex values in index keys, 10-byte key tails;
+-- one copy of a cached event) and the upgrade from formats 1, 2 and 3: spec/fixtures/vN/store is a relay's data
 -- directory written by the last layer2 of format N (spec/fixtures/make_store.lua says how),
 -- expected.json what each of its levels held.
 local layer2 = require("layer2")
@@ -57,14 +57,14 @@ local function generated()
   return out
 end
 
-describe("store format 3", function()
-  for _, v in ipairs({ 1, 2 }) do
+describe("store format 4", function()
+  for _, v in ipairs({ 1, 2, 3 }) do
     it(("refuses a format-%d store with a message naming the upgrade, and reads it after `layer2 upgrade`")
       :format(v), function()
       local dir = fixture_copy(v)
       local db, err = layer2.open(dir)
       assert.is_nil(db)
-      assert.equal(("error: the store at '%s/layer1' is in format %d, which this layer2 (format 3) does not read: "
+      assert.equal(("error: the store at '%s/layer1' is in format %d, which this layer2 (format 4) does not read: "
         .. "run `layer2 upgrade --path %s/layer1` once (stop what uses it first)"):format(dir, v, dir), err)
       local st, err2 = layer2.lmdb.open(dir .. "/layer2")
       assert.is_nil(st)
@@ -164,6 +164,8 @@ describe("store format 3", function()
       end
       local cached, stubs = whole_in_l1(), db.l1:stats().stubs
       assert.is_true(#cached >= 50, #cached)
+      -- each is an eviction candidate (its lru key rebuilt in this format)
+      assert.equal(#cached, #db.l1:candidates(100000))
       assert.equal(#cached, (db.l1:evict(cached, "stub")))
       assert.same({}, whole_in_l1())
       assert.equal(stubs + #cached, db.l1:stats().stubs)
@@ -251,6 +253,50 @@ describe("store format 3", function()
         if ev.id ~= gone.id and ev.id:sub(1, 2) == gone.id:sub(1, 2) then mates = mates + 1 end
       end
       assert.is_true(mates >= 2)
+      local ok, problems = st:check()
+      assert(ok, table.concat(problems or {}, "\n"))
+      st:close()
+      helper.rmdir(dir)
+    end
+  end)
+
+  it("events from 2^32 - 1 on share their key's created_at: every query orders, limits and bounds them as the "
+    .. "reference does", function()
+    local LATER = 4294967295
+    local int = math.tointeger or function(x) return x end -- 2^33 is a float in Lua 5.4; LuaJIT has numbers only
+    local times = { 5, LATER - 2, LATER - 1, LATER, LATER, LATER + 1, 2 ^ 33, 2 ^ 33, 2 ^ 40, 2 ^ 53 - 1, 1700000000 }
+    for _, cache in ipairs({ false, true }) do
+      local dir = helper.tmpdir()
+      local st = assert(layer2.lmdb.open(dir, { cache = cache }))
+      local model, evs = ref.new(), {}
+      local secs = { ("0"):rep(63) .. "d", ("0"):rep(63) .. "e" }
+      -- saved latest first, so serials run against created_at; two authors, two kinds, a p tag
+      local rand = helper.rng(7)
+      for i = #times, 1, -1 do
+        local ev = layer2.event.sign({ kind = 1 + i % 2, created_at = int(times[i]),
+          tags = { { "p", ("ab"):rep(32) } }, content = "at " .. i }, secs[1 + rand(2) % 2])
+        assert(st:save_event(ev))
+        model:save(ev, 0)
+        evs[#evs + 1] = ev
+      end
+      local bounds = { 0, 5, LATER - 1, LATER, LATER + 1, 2 ^ 33, 2 ^ 40, 2 ^ 53 - 1 }
+      local n = 0
+      for _, base in ipairs({ {}, { kinds = { 1 } }, { authors = { evs[1].pubkey } }, { ["#p"] = { ("ab"):rep(32) } },
+        { authors = { evs[1].pubkey }, kinds = { 2 } } }) do
+        for limit = 1, #times do
+          for _, since in ipairs({ false, table.unpack(bounds) }) do
+            for _, untl in ipairs({ false, table.unpack(bounds) }) do
+              local f = { limit = limit }
+              for k, v in pairs(base) do f[k] = v end
+              if since then f.since = int(since) end
+              if untl then f["until"] = int(untl) end
+              assert.same(model:query({ f }, 0, 500), helper.ids(st:query_events(f)), cjson.encode(f))
+              n = n + 1
+            end
+          end
+        end
+      end
+      assert.is_true(n > 4000)
       local ok, problems = st:check()
       assert(ok, table.concat(problems or {}, "\n"))
       st:close()
