@@ -607,7 +607,6 @@ static int add_change(wtx *w, int op, const uint8_t id[32], uint64_t serial)
     return mdb_put(w->txn, w->st->dbi[DB_CHANGES], &kv, &vv, MDB_APPEND);
 }
 
-
 /* An events record: for a plain store the body itself; for a cache slot | length, then the stub
  * form when there is no body (format 2 kept it beside the body too: such records still read). */
 typedef struct {
