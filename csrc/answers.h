@@ -8,9 +8,8 @@
  * Records (integers big-endian):
  *   'R' hash(8)             -> expires(8) now(8) epoch(8) nids(4) filter_len(4) nwhole(4) filter
  *                              entries(8 * nids) ids(32 * nwhole)
- *       an entry is the serial of an event L1 held when the answer was kept (8 bytes, not its
- *       32-byte id: most of an answer, a fourth of the room), or WHOLE | j for the j-th id kept
- *       whole (an event L1 did not hold)
+ *       an entry is the serial of an event L1 held when the answer was kept (8 bytes where its
+ *       id takes 32), or WHOLE | j for the j-th id kept whole (an event L1 did not hold)
  *   'a' pubkey(32) hash(8)  -> ""    answers of filters naming authors
  *   'k' kind(2) hash(8)     -> ""    of filters naming kinds but no authors
  *   'u' hash(8)             -> ""    of the others

@@ -45,20 +45,20 @@
  * meta     name                                   -> value ("u:" + name for the caller's own;
  *          "indexing": the pid of an import into an empty store whose indexes wait for its end)
  * A cache (the L1) stores its records differently, so that eviction frees space:
- * events   serial(8)      -> slot(4) body length(4) [stub form]  (slot 0: a stub, no body; the
- *                                              stub form only then, a body being its own head:
- *                                              one copy of each event. Format 2 wrote it beside
- *                                              the body too, which still reads)
+ * events   serial(8)      -> slot(4) body length(4) then, with a body, last access ms(8) hits(4)
+ *                           (CACHE_RECORD bytes; the body is its own head: one copy of each
+ *                           event), else the stub form (slot 0: a stub). Format 2 wrote the stub
+ *                           form beside the body too, format 3 the access statistics apart
  * bodies   slot(4)        -> binary event    (slots are reused, lowest first, so new bodies fill the
  *                                              room old ones left inside pages: B-tree pages only
  *                                              come free when nearly empty)
  * freeslots slot(4)       -> ""
  * A cache also keeps:
- * access   serial(8)                              -> last access ms(8) hits(4)
  * lru      last access ms(6) serial(6)            -> ""          (coldest first; 8 + 8 in format 3)
  * stubs    created_at(8) serial(8)                -> ""          (stubs that may go, oldest first)
  * outbox   seq(8)                                 -> 'S' binary event | 'D' id(32) tombstone(1)
  * answers  remembered answers: see answers.h
+ * access   format 3's access statistics (serial -> ms(8) hits(4)): the upgrade empties it
  * Integers are big-endian so cursors walk in order. V, a value key: 64-char lowercase hex as
  * 0xFE + its first P bytes (32 in replace and atomb, which are looked up, not scanned), up to 64
  * bytes as length + bytes, longer as 0xFF + 47 bytes + 16 bytes of its sha256. */
@@ -69,6 +69,7 @@
 #define LATER 0xFFFFFFFFu                      /* T's created for created_at 2^32 - 1 and later */
 #define MAX_BE48 ((1ull << 48) - 1)
 #define MAX_SERIAL MAX_BE48
+#define CACHE_RECORD 20 /* a cache's events record of an event with its body */
 #define KEY_PREFIX 8 /* P: see the layout */
 #define DEFAULT_MAP (1ull << 30)
 #define INDEX_MEMORY (512u << 20)
@@ -643,10 +644,11 @@ static int get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r)
         if (v.mv_size < 8) return MDB_CORRUPTED;
         r->slot = get_be32(v.mv_data);
         r->body_len = get_be32((uint8_t *)v.mv_data + 4);
-        if (v.mv_size == 8) {
+        if (r->slot) {
             /* one copy: the body is the head */
             const void *body;
-            if (!r->slot || (rc = get_cache_body(txn, st, r->slot, &body, &r->head_len))) return MDB_CORRUPTED;
+            if (v.mv_size != CACHE_RECORD || (rc = get_cache_body(txn, st, r->slot, &body, &r->head_len)))
+                return MDB_CORRUPTED;
             r->head = body;
             r->head_is_body = 1;
             return 0;
@@ -805,17 +807,18 @@ static int free_body(wtx *w, uint32_t slot, uint32_t len)
     return put_empty(w, DB_FREESLOTS, key, 4);
 }
 
-/* Writes a cache's events record: slot | body length, and the stub form of ev when it has no body
- * (slot 0): the body, when there is one, is the only copy of the head. */
+/* Writes a cache's events record: slot | body length, then no access yet (set_access writes it)
+ * when there is a body, the only copy of the head, else the stub form of ev (slot 0). */
 static int put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len)
 {
     l2_store *st = w->st;
     uint8_t sk[8];
     st->key.len = 0;
-    if (l2_buf_reserve(&st->key, 8)) return ENOMEM;
+    if (l2_buf_reserve(&st->key, CACHE_RECORD)) return ENOMEM;
+    memset(st->key.data, 0, CACHE_RECORD);
     put_be32((uint8_t *)st->key.data, slot);
     put_be32((uint8_t *)st->key.data + 4, body_len);
-    st->key.len = 8;
+    st->key.len = slot ? CACHE_RECORD : 8;
     if (!slot && l2_event_encode_stub(ev, &st->key)) return ENOMEM;
     put_be64(sk, serial);
     MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
@@ -939,49 +942,60 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Reads the access record of serial: MDB_NOTFOUND when it has none (a stub, or not a cache). */
-static int get_access(MDB_txn *txn, l2_store *st, uint64_t serial, uint64_t *last, uint32_t *hits)
+/* The events record of a cached event with its body (its access statistics in it); MDB_NOTFOUND
+ * for a stub, an absent event, or a store that is not a cache. */
+static int get_cached(MDB_txn *txn, l2_store *st, uint64_t serial, MDB_val *v)
 {
     uint8_t k[8];
     put_be64(k, serial);
-    MDB_val kv = {8, k}, v;
-    int rc = mdb_get(txn, st->dbi[DB_ACCESS], &kv, &v);
+    MDB_val kv = {8, k};
+    int rc = st->cache ? mdb_get(txn, st->dbi[DB_EVENTS], &kv, v) : MDB_NOTFOUND;
     if (rc) return rc;
-    if (v.mv_size != 12) return MDB_CORRUPTED;
-    const uint8_t *p = v.mv_data;
-    *last = get_be64(p);
-    *hits = (uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 | (uint32_t)p[10] << 8 | p[11];
+    if (v->mv_size < 8) return MDB_CORRUPTED;
+    if (!get_be32(v->mv_data)) return MDB_NOTFOUND;
+    return v->mv_size == CACHE_RECORD ? 0 : MDB_CORRUPTED;
+}
+
+/* Reads serial's access statistics: MDB_NOTFOUND when it has none (a stub, or not a cache). */
+static int get_access(MDB_txn *txn, l2_store *st, uint64_t serial, uint64_t *last, uint32_t *hits)
+{
+    MDB_val v;
+    int rc = get_cached(txn, st, serial, &v);
+    if (rc) return rc;
+    *last = get_be64((const uint8_t *)v.mv_data + 8);
+    *hits = get_be32((const uint8_t *)v.mv_data + 16);
     return 0;
 }
 
+/* Takes serial off the lru order (before its record loses its body or goes). */
 static int drop_access(wtx *w, uint64_t serial)
 {
     uint64_t last;
     uint32_t hits;
-    uint8_t k[LRU_KEY], ak[8];
+    uint8_t k[LRU_KEY];
     int rc = get_access(w->txn, w->st, serial, &last, &hits);
     if (rc == MDB_NOTFOUND) return 0;
     if (rc) return rc;
     lru_key(k, last, serial);
-    put_be64(ak, serial);
-    if ((rc = del_key(w, DB_LRU, k, LRU_KEY))) return rc;
-    return del_key(w, DB_ACCESS, ak, 8);
+    return del_key(w, DB_LRU, k, LRU_KEY);
 }
 
+/* Writes serial's access statistics into its record (same size: in place) and the lru order. */
 static int set_access(wtx *w, uint64_t serial, uint64_t last, uint32_t hits)
 {
-    uint8_t k[LRU_KEY], ak[8], v[12];
-    int rc = drop_access(w, serial);
+    uint8_t k[LRU_KEY], sk[8], rec[CACHE_RECORD];
+    MDB_val v;
+    int rc = get_cached(w->txn, w->st, serial, &v);
     if (rc) return rc;
+    memcpy(rec, v.mv_data, CACHE_RECORD);
+    lru_key(k, get_be64(rec + 8), serial);
+    if ((rc = del_key(w, DB_LRU, k, LRU_KEY))) return rc;
+    put_be64(rec + 8, last);
+    put_be32(rec + 16, hits);
+    put_be64(sk, serial);
+    MDB_val kv = {8, sk}, vv = {CACHE_RECORD, rec};
+    if ((rc = mdb_put(w->txn, w->st->dbi[DB_EVENTS], &kv, &vv, 0))) return rc;
     lru_key(k, last, serial);
-    put_be64(ak, serial);
-    put_be64(v, last);
-    v[8] = (uint8_t)(hits >> 24);
-    v[9] = (uint8_t)(hits >> 16);
-    v[10] = (uint8_t)(hits >> 8);
-    v[11] = (uint8_t)hits;
-    MDB_val kv = {8, ak}, vv = {12, v};
-    if ((rc = mdb_put(w->txn, w->st->dbi[DB_ACCESS], &kv, &vv, 0))) return rc;
     return put_empty(w, DB_LRU, k, LRU_KEY);
 }
 
@@ -2030,8 +2044,8 @@ static int evict_body(wtx *w, void *ud)
             uint8_t stk[16];
             put_be64(stk, (uint64_t)st->old.created_at);
             put_be64(stk + 8, serial);
-            if ((rc = put_cache_record(w, serial, &st->old, 0, size)) || (rc = free_body(w, r.slot, size)) ||
-                (rc = drop_access(w, serial)) || (rc = put_empty(w, DB_STUBS, stk, 16)))
+            if ((rc = drop_access(w, serial)) || (rc = put_cache_record(w, serial, &st->old, 0, size)) ||
+                (rc = free_body(w, r.slot, size)) || (rc = put_empty(w, DB_STUBS, stk, 16)))
                 return rc;
         }
         a->freed += size;
@@ -2898,6 +2912,16 @@ int l2_store_upgrade(const char *path, void (*progress)(void *ud, uint64_t done,
             rc = ENOMEM;
             goto abort;
         }
+        /* a cached body's record takes in its access statistics, which format 3 kept apart */
+        if (cache && get_be32(v.mv_data)) {
+            uint8_t sk[8], rec[CACHE_RECORD] = {0};
+            memcpy(sk, k.mv_data, 8);
+            memcpy(rec, v.mv_data, 8);
+            MDB_val key = {8, sk}, acc, rv = {CACHE_RECORD, rec};
+            if ((rc = mdb_get(txn, sh.dbi[DB_ACCESS], &key, &acc)) == 0 && acc.mv_size == 12)
+                memcpy(rec + 8, acc.mv_data, 12);
+            if ((rc && rc != MDB_NOTFOUND) || (rc = mdb_cursor_put(c, &key, &rv, MDB_CURRENT))) goto abort;
+        }
         if (++*events % 4096 == 0 && progress) progress(ud, *events, total);
     }
     if (rc != MDB_NOTFOUND) goto abort;
@@ -2917,7 +2941,7 @@ int l2_store_upgrade(const char *path, void (*progress)(void *ud, uint64_t done,
         MDB_val lkv = {LRU_KEY, lk}, empty = {0, ""};
         if ((rc = mdb_put(txn, sh.dbi[DB_LRU], &lkv, &empty, 0))) goto abort;
     }
-    if (rc != MDB_NOTFOUND) goto abort;
+    if (rc != MDB_NOTFOUND || (cache && (rc = mdb_drop(txn, sh.dbi[DB_ACCESS], 0)))) goto abort;
     if (c) mdb_cursor_close(c);
     c = NULL;
     /* the ids, sorted and appended: full pages */

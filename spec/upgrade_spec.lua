@@ -172,8 +172,10 @@ describe("store format 4", function()
       end
       local cached, stubs = whole_in_l1(), db.l1:stats().stubs
       assert.is_true(#cached >= 50, #cached)
-      -- each is an eviction candidate (its lru key rebuilt in this format)
-      assert.equal(#cached, #db.l1:candidates(100000))
+      -- each is an eviction candidate (its lru key rebuilt in this format), with its last access kept
+      local candidates = db.l1:candidates(100000)
+      assert.equal(#cached, #candidates)
+      for _, c in ipairs(candidates) do assert.is_true(c.last_access > 1.7e12, c.id) end
       assert.equal(#cached, (db.l1:evict(cached, "stub")))
       assert.same({}, whole_in_l1())
       assert.equal(stubs + #cached, db.l1:stats().stubs)
