@@ -1,4 +1,5 @@
 #include "answers.h"
+#include "be.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -7,28 +8,6 @@
 #define HEAD 36 /* expires(8) now(8) epoch(8) nids(4) filter_len(4) nwhole(4) */
 #define RECORD 'R'           /* 'A' had whole ids only (cleared by l2_answers_upgrade) */
 #define WHOLE (1ull << 63) /* an entry that is an index into the whole ids, not a serial */
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
-    return v;
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    for (int i = 3; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 /* FNV-1a over the filter, then the now, finished by a 64-bit mix */
 static uint64_t key_hash(const l2_answer_key *k)
@@ -61,11 +40,11 @@ static int get_record(MDB_txn *txn, MDB_dbi dbi, uint64_t hash, MDB_val *v)
     put_be64(kb + 1, hash);
     MDB_val kv = {9, kb};
     int rc = mdb_get(txn, dbi, &kv, v);
+    if (rc) return rc;
     const uint8_t *p = v->mv_data;
-    if (rc == 0 &&
-        (v->mv_size < HEAD || v->mv_size != record_size(get_be32(p + 28), get_be32(p + 24), get_be32(p + 32))))
+    if (v->mv_size < HEAD || v->mv_size != record_size(get_be32(p + 28), get_be32(p + 24), get_be32(p + 32)))
         return MDB_CORRUPTED;
-    return rc;
+    return 0;
 }
 
 /* The key a record holds. */

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "answers.h"
+#include "be.h"
 #include "rules.h"
 
 /* ---- layout ----
@@ -152,52 +153,6 @@ static int parse_int(const void *p, size_t n, int64_t *out)
 static int lmdb_fail(char *err, const char *what, int rc)
 {
     return fail(err, "error: %s: %s", what, mdb_strerror(rc));
-}
-
-static inline void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
-static inline uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = v << 8 | p[i];
-    return v;
-}
-
-static inline void put_be16(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static void put_be48(uint8_t *p, uint64_t v)
-{
-    for (int i = 5; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-
-static uint64_t get_be48(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 6; i++) v = v << 8 | p[i];
-    return v;
 }
 
 /* T of the layout */
