@@ -258,6 +258,11 @@ static int event_verify(lua_State *L)
     return 1;
 }
 
+static int event_check_lines(lua_State *L)
+{
+    return l2lua_check_lines(L, &get_scratch(L)->lim);
+}
+
 static int event_serialize(lua_State *L)
 {
     scratch *s = get_scratch(L);
@@ -674,7 +679,7 @@ static const luaL_Reg event_funcs[] = {
     {"parse", event_parse}, {"verify", event_verify}, {"serialize", event_serialize},
     {"id", event_id}, {"encode", event_encode}, {"sign", event_sign},
     {"pack", event_pack}, {"unpack", event_unpack}, {"limits", event_limits},
-    {NULL, NULL},
+    {"check_lines", event_check_lines}, {NULL, NULL},
 };
 
 static const luaL_Reg filter_funcs[] = {

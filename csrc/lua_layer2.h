@@ -88,6 +88,11 @@ int l2lua_save_list(lua_State *L, int list_idx, int opts_idx, const l2_limits *l
  * to raise once it has done its part. *newest gets the newest created_at stored (-1 for none). */
 int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags, int64_t *newest,
                  char *err);
+/* layer2.event.check_lines(source [, opts]): import's reading and checking of the lines (on the
+ * threads, batch by batch, the same options but `now`) with no store: a dry run. Pushes the counts
+ * {lines, valid, invalid}, or nil and the message when the file cannot be opened; raises what a
+ * source function or a callback raised. */
+int l2lua_check_lines(lua_State *L, const l2_limits *lim);
 /* Makes the class `mt`: the store methods and `extra` (what only this kind of store has). */
 void l2lua_store_class(lua_State *L, const char *mt, const luaL_Reg *extra);
 /* Pushes a new store userdata of class mt, not open yet (st NULL): the caller opens the store

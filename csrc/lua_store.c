@@ -332,11 +332,11 @@ static void swap_batches(import_state *im)
     im->next_lines = lines;
 }
 
-/* The batches of an import (l2lua_import's work), called protected: its arguments are the
- * store's method's (1: the store, 2: the source, 3: opts), its context an upvalue. */
-static int import_batches(lua_State *L)
+/* The batches of an import (l2lua_import's work): its arguments are the store's method's (1: the
+ * store, 2: the source, 3: opts). Without a store (ctx->vt NULL: a dry run) the lines are read and
+ * checked the same way, and the valid ones counted. */
+static int run_batches(lua_State *L, const import_ctx *ctx)
 {
-    import_ctx *ctx = lua_touserdata(L, lua_upvalueindex(1));
     const l2_store_if *vt = ctx->vt;
     void *st = ctx->st;
     const l2_limits *lim = ctx->lim;
@@ -404,7 +404,7 @@ static int import_batches(lua_State *L)
         size_t nok = 0;
         for (size_t i = 0; i < n; i++)
             if (im->items[i].ok) evs[nok++] = &im->items[i].ev;
-        failed = nok && vt->save_batch(st, evs, nok, now, flags, res, err);
+        failed = nok && vt && vt->save_batch(st, evs, nok, now, flags, res, err);
         l2_batch_wait(&im->job);
         if (failed) break;
         counts[C_LINES] += n;
@@ -414,6 +414,10 @@ static int import_batches(lua_State *L)
             if (!it->ok) {
                 counts[C_INVALID]++;
                 call_refused(L, on_refused, it->line, it->err);
+                continue;
+            }
+            if (!vt) {
+                counts[C_SAVED]++; /* valid */
                 continue;
             }
             l2_save_result *r = &res[k++];
@@ -451,10 +455,27 @@ static int import_batches(lua_State *L)
     static const char *names[] = {"saved", "duplicate", "replaced", "invalid", "deleted", "blocked", "ephemeral", "lines"};
     lua_createtable(L, 0, 8);
     for (int i = 0; i < 8; i++) {
+        if (!vt && i != C_INVALID && i != C_LINES && i != C_SAVED) continue;
         lua_pushinteger(L, (lua_Integer)counts[i]);
-        lua_setfield(L, -2, names[i]);
+        lua_setfield(L, -2, vt || i != C_SAVED ? names[i] : "valid");
     }
     return 1;
+}
+
+static int import_batches(lua_State *L)
+{
+    return run_batches(L, lua_touserdata(L, lua_upvalueindex(1)));
+}
+
+int l2lua_check_lines(lua_State *L, const l2_limits *lim)
+{
+    char err[L2_ERRLEN];
+    int64_t newest;
+    import_ctx ctx = {NULL, NULL, lim, 0, &newest, err};
+    lua_settop(L, 2);
+    lua_pushnil(L); /* where an import has its store */
+    lua_insert(L, 1);
+    return run_batches(L, &ctx);
 }
 
 int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags, int64_t *newest,

@@ -54,6 +54,22 @@ describe("the layer2 command line tool", function()
     os.execute("rm -rf '" .. dir .. "-b'")
   end)
 
+  it("import --dry-run checks every line as an import would and stores nothing; a bad line makes it exit 1",
+    function()
+    local code, _, err = run(("--path %s import %s --dry-run"):format(dir, data))
+    assert.equal(0, code, err)
+    assert.matches(("checked %d lines .*: %d valid, 0 invalid; nothing stored"):format(nlines, nlines), err)
+    assert.is_nil(io.open(dir), "no store is made")
+    local bad = corpus.invalid
+    local nbad = corpus.counts.invalid
+    local first = helper.lines(bad)[1]
+    code, _, err = run(("--path %s import %s --dry-run"):format(dir, bad))
+    assert.equal(1, code, err)
+    assert.matches(("checked %d lines .*: 0 valid, %d invalid; nothing stored"):format(nbad, nbad), err)
+    assert.matches("line 1: " .. select(2, layer2.event.verify(first)):gsub("%p", "%%%0"), err)
+    assert.is_nil(io.open(dir), "no store is made")
+  end)
+
   it("scan and count agree with the library; stats, gc, check and compact work", function()
     assert.equal(0, (run(("--path %s import %s"):format(dir, data))))
     local db = assert(layer2.open(dir))

@@ -196,4 +196,89 @@ describe("layer2.event", function()
       assert.has_error(function() event.sign(unsigned, "zz") end)
     end)
   end)
+
+  describe("check_lines (an import's dry run)", function()
+    local function tmpfile(lines)
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w"))
+      f:write(table.concat(lines, "\n"), "\n")
+      f:close()
+      return path
+    end
+
+    helper.each_corpus(pending, "check_lines", function(c)
+    it("refuses exactly the lines event.verify refuses, with its message, whatever the batch and threads ("
+      .. c.name .. " events)", function()
+      -- valid and invalid lines interleaved, with blank lines the import skips
+      local valid, invalid = helper.lines(c.valid), helper.lines(c.invalid)
+      local lines, expected, shape_only = {}, {}, {}
+      for i = 1, math.max(#valid, #invalid) do
+        for _, line in ipairs({ valid[i], invalid[i] }) do
+          lines[#lines + 1] = line
+          local ok, msg = event.verify(line)
+          if not ok then expected[#lines] = msg end
+          if not event.parse(line) then shape_only[#lines] = select(2, event.parse(line)) end
+        end
+        if i % 97 == 0 then lines[#lines + 1] = "  " end
+      end
+      local blank = math.floor(math.max(#valid, #invalid) / 97)
+      local path = tmpfile(lines)
+      local nexpected = 0
+      for _ in pairs(expected) do nexpected = nexpected + 1 end
+      for _, o in ipairs({ {}, { batch = 7, threads = 1 }, { batch = 100, threads = 3 }, { verify = false } }) do
+        local got, reported = {}, 0
+        o.on_refused = function(line, msg) got[line] = msg end
+        o.progress = function(n) reported = n end
+        local counts = assert(event.check_lines(path, o))
+        local want = o.verify == false and shape_only or expected
+        assert.same(want, got)
+        local nwant = 0
+        for _ in pairs(want) do nwant = nwant + 1 end
+        -- lines counts those checked; progress, the lines read (blank ones too)
+        assert.same({ lines = #lines - blank, valid = #lines - blank - nwant, invalid = nwant }, counts)
+        assert.equal(#lines, reported)
+      end
+      assert(nexpected >= #invalid and nexpected > 0)
+      os.remove(path)
+    end)
+    end)
+
+    it("reads a handle and a function as import does; a failing source raises; a missing file is refused", function()
+      local lines = {}
+      for i = 1, 20 do
+        local ev = event.sign({ kind = 1, created_at = 1700000000 + i, tags = {}, content = "n" .. i }, ("0"):rep(63) .. "3")
+        lines[i] = event.encode(ev)
+      end
+      -- a signature with its first digit changed
+      lines[5] = lines[5]:gsub('"sig":"(%x)', function(d) return '"sig":"' .. (d == "0" and "1" or "0") end)
+      local path = tmpfile(lines)
+      local fh = assert(io.open(path))
+      local refused = {}
+      local counts = assert(event.check_lines(fh, { on_refused = function(line, msg) refused[line] = msg end }))
+      fh:close()
+      local ok, msg = event.verify(lines[5])
+      assert.is_false(ok)
+      assert.same({ [5] = msg }, refused)
+      assert.same({ lines = 20, valid = 19, invalid = 1 }, counts)
+      local k = 0
+      local raised, err = pcall(event.check_lines, function()
+        k = k + 1
+        if k == 12 then error("the source broke") end
+        return lines[k]
+      end, { batch = 4 })
+      assert.is_false(raised)
+      assert.matches("the source broke", err)
+      k = 0
+      raised, err = pcall(event.check_lines, function()
+        k = k + 1
+        return k < 3 and lines[k] or 42
+      end)
+      assert.is_false(raised)
+      assert.matches("the import source returned a number, not a line", err, 1, true)
+      local none, why = event.check_lines(path .. ".missing")
+      assert.is_nil(none)
+      assert.equal("error: cannot open '" .. path .. ".missing': No such file or directory", why)
+      os.remove(path)
+    end)
+  end)
 end)

@@ -11,6 +11,7 @@ usage: layer2 [--path DIR] [--l2 URL] COMMAND [ARGS]
 commands:
   import FILE|-        import JSON lines into the store (into L2; L1 fills on demand)
       --no-verify      trust the dump: skip id and signature checks
+      --dry-run        check every line (and signature) as an import would; store nothing
   export               write every event as JSON lines to stdout
       --pubkey HEX     only events by, or tagging, this pubkey (repeatable)
       --out FILE       write to FILE instead of stdout
@@ -34,9 +35,11 @@ options:
 ]]
 
 local HELP = {
-  import = "usage: layer2 [--path DIR] import FILE|- [--no-verify]\n"
+  import = "usage: layer2 [--path DIR] import FILE|- [--no-verify] [--dry-run]\n"
     .. "Imports JSON lines (one event each) into L2, verifying ids and signatures on two threads\n"
-    .. "unless --no-verify. Shows progress on a terminal. Ctrl-C stops after a whole batch.\n",
+    .. "unless --no-verify. Shows progress on a terminal. Ctrl-C stops after a whole batch.\n"
+    .. "--dry-run reads and checks every line the same way, opens no store and stores nothing;\n"
+    .. "it exits 1 when a line is invalid.\n",
   export = "usage: layer2 [--path DIR] export [--pubkey HEX]... [--out FILE]\n"
     .. "Writes every event of L2 as JSON lines, or only those by, or tagging, the given pubkeys.\n",
   scan = "usage: layer2 [--path DIR] scan FILTER_JSON\nPrints the matching events as JSON lines, newest first.\n",
@@ -134,7 +137,7 @@ local function parse_args(argv)
   return opts
 end
 
-local KNOWN_FLAGS = { import = { ["no-verify"] = true }, stats = { json = true }, nuke = { yes = true },
+local KNOWN_FLAGS = { import = { ["no-verify"] = true, ["dry-run"] = true }, stats = { json = true }, nuke = { yes = true },
   sync = { json = true } }
 
 local function open_store(opts, must_exist)
@@ -174,10 +177,11 @@ function commands.import(opts)
     f:close()
     source = src
   end
-  local db = open_store(opts)
-  local bar = progress_bar("import", total, "bytes")
+  local dry = opts.flags["dry-run"]
+  local db = not dry and open_store(opts)
+  local bar = progress_bar(dry and "check" or "import", total, "bytes")
   local lines_done, refused = 0, 0
-  local ok, counts, err = pcall(db.import, db, source, {
+  local import_opts = {
     verify = not opts.flags["no-verify"],
     progress = function(lines, bytes)
       lines_done = lines
@@ -187,25 +191,31 @@ function commands.import(opts)
       refused = refused + 1
       if refused <= 5 then bar.note(("line %d: %s"):format(line, msg)) end
     end,
-  })
-  if not ok then
+  }
+  local ok, counts, err
+  if dry then
+    ok, counts, err = pcall(layer2.event.check_lines, source, import_opts)
+  else
+    ok, counts, err = pcall(db.import, db, source, import_opts)
     db:close()
+  end
+  if not ok then
     if tostring(counts):match("interrupted") then
-      bar.finish(("interrupted: every batch before line %d is stored, the store is consistent"):format(
-        lines_done + 1))
+      bar.finish(dry and ("interrupted after line %d"):format(lines_done) or
+        ("interrupted: every batch before line %d is stored, the store is consistent"):format(lines_done + 1))
       return 130
     end
     error(counts, 0)
   end
-  if not counts then
-    db:close()
-    fail(err)
+  if not counts then fail(err) end
+  local head = ("%s %d lines in %.1f s (%.0f lines/s): "):format(dry and "checked" or "imported", counts.lines,
+    bar.elapsed(), counts.lines / math.max(bar.elapsed(), 1e-3))
+  if dry then
+    bar.finish(head .. ("%d valid, %d invalid; nothing stored"):format(counts.valid, counts.invalid))
+    return counts.invalid > 0 and 1 or 0
   end
-  db:close()
-  bar.finish(("imported %d lines in %.1f s (%.0f lines/s): %d saved, %d duplicate, %d replaced, %d deleted, %d "
-    .. "blocked, %d ephemeral, %d invalid"):format(counts.lines, bar.elapsed(), counts.lines / math.max(bar.elapsed(),
-    1e-3), counts.saved, counts.duplicate, counts.replaced, counts.deleted, counts.blocked, counts.ephemeral,
-    counts.invalid))
+  bar.finish(head .. ("%d saved, %d duplicate, %d replaced, %d deleted, %d blocked, %d ephemeral, %d invalid"):format(
+    counts.saved, counts.duplicate, counts.replaced, counts.deleted, counts.blocked, counts.ephemeral, counts.invalid))
   return 0
 end
 
