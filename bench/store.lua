@@ -133,7 +133,8 @@ local data = ("%dk generated events"):format(math.floor(N / 1000))
 util.summary("import, verified", util.fmt_rate(verified_rate) .. " events/s", data .. ", 2 threads")
 util.summary("import, trusted", util.fmt_rate(N / t_trusted) .. " events/s", data)
 util.summary("import, verified, vs the 2-thread verify bound", ("%.2f"):format(verified_ratio),
-  ("bound %s events/s"):format(util.fmt_rate(verify_bound)))
+  ("bound %s events/s (`event.check_lines` of the same file, alternated; median of %d)"):format(
+    util.fmt_rate(verify_bound), ROUNDS))
 util.summary("import, trusted, vs the raw LMDB probe", ("%.2f"):format(probe_s / t_trusted),
   ("probe %s records/s (bench/probe.c)"):format(util.fmt_rate(N / probe_s)))
 util.summary("export", util.fmt_rate(exported / t_export) .. " events/s", data)
