@@ -23,7 +23,7 @@ DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblu
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-backend bench-relay bench-sync bench-postgres rock rock-build rock-install clean
+.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-compare bench-backend bench-relay bench-sync bench-postgres rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -135,6 +135,10 @@ bench-event:
 # BENCH_EVENTS=1000000 for the large run
 bench-store:
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/store.lua $(BENCH_EVENTS)'
+
+# this tree's query classes against REV's, side by side: make bench-compare REV=52d94ce [BENCH_EVENTS=...]
+bench-compare: deps all
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/compare.lua "$(REV)" $(BENCH_EVENTS)'
 
 bench-cache:
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/cache.lua'
