@@ -43,6 +43,7 @@ end
 
 local util = require("bench.util")
 local dataset = require("bench.dataset")
+local percentile = require("bench.queries").percentile
 local rev = arg[1]
 if not rev or rev:match("^%-") then
   io.stderr:write("usage: lua5.4 bench/compare.lua REV [events]   (a commit of this repository)\n")
@@ -118,17 +119,10 @@ for round = 1, ROUNDS do
   io.stderr:write(("round %d of %d done\n"):format(round, ROUNDS))
 end
 
-local function median(t)
-  local v = {}
-  for i, x in ipairs(t) do v[i] = x end
-  table.sort(v)
-  return v[math.max(1, math.ceil(#v / 2))]
-end
-
 local rows, worst, differ = {}, 0, 0
 for _, cell in ipairs(cells) do
   local class, limit, json = cell:match("^(.-)\t(%d+)\t(%a+)$")
-  local a, b = median(builds[1].times[cell]), median(builds[2].times[cell])
+  local a, b = percentile(builds[1].times[cell], 0.5), percentile(builds[2].times[cell], 0.5)
   for i, n in ipairs(builds[1].counts[cell]) do
     if builds[2].counts[cell][i] ~= n then differ = differ + 1 end
   end
