@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "killpoint.h"
 #include "rules.h"
 
 #define PAGE 4096
@@ -40,6 +41,10 @@ static const char *level_names[5] = {"l1", "stubs", "l2", "missing", "answers"};
 static int first_open(l2_backend *b, char *err);
 static int learn_horizon(l2_backend *b, char *err);
 static void recover_writes(l2_backend *b);
+static int exact_feed(const l2_backend *b);
+static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r);
+static void logf_(l2_backend *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int l2_last_seq(l2_backend *b, uint64_t *last, char *err);
 
 int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
                     const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err)
@@ -72,6 +77,12 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
         return -1;
     }
     if (l2) recover_writes(b);
+    if (exact_feed(b)) {
+        /* a process that died between the two commits, an L1 write that failed, a power loss
+         * that took L1's last commits: L1 replays what L2's feed has past its position */
+        l2_poll_report r = {0};
+        if (catch_up(b, (int64_t)time(NULL), 0, &r)) logf_(b, "L1 cannot catch up with L2: %s", r.error);
+    }
     return 0;
 }
 
@@ -93,7 +104,6 @@ l2_learned *l2_backend_learned(l2_backend *b)
     return b->learned;
 }
 
-static void logf_(l2_backend *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(l2_backend *b, const char *fmt, ...)
 {
     char msg[2 * L2_ERRLEN];
@@ -176,15 +186,23 @@ static uint64_t size_of(const l2_event *ev)
     return 300 + l2_event_canonical_len(ev);
 }
 
+/* L2's changes an L1 write mirrors (first > last: none; mirror 0: not placed in L2's feed). */
+typedef struct {
+    int mirror;
+    uint64_t first, last;
+} l2_range;
+
 /* Saves evs into L1 in as few transactions as L1's size limit allows: res[i] for each, and
- * failed[i] set with the message in msgs[i] when L1 could not take it. A transaction copies every
- * page it touches, and in a small L1 that can fill the map however few bytes the events have: a
- * chunk that finds L1 full is split after an eviction. */
-static void save_l1(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
-                    l2_verdict *fail)
+ * fail[i] not ok with the message when L1 could not take it. A transaction copies every page it
+ * touches, and in a small L1 that can fill the map however few bytes the events have: a chunk
+ * that finds L1 full is split after an eviction. With a range to mirror, the last transaction
+ * records it in L1's feed position when every one before it committed; the mirror result
+ * (l2_store_mirror_result) is returned, L2_MIRROR_NONE when it was not recorded. */
+static int save_l1(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
+                   l2_verdict *fail, const l2_range *range)
 {
     size_t from = 0;
-    int retried = 0;
+    int retried = 0, all_ok = 1, placed = L2_MIRROR_NONE;
     while (from < n) {
         size_t k = 0;
         uint64_t bytes = 0;
@@ -197,7 +215,10 @@ static void save_l1(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, 
         char err[L2_ERRLEN];
         int room = make_room(b, bytes, k, err);
         if (room == 1) snprintf(err, sizeof err, "error: the event is too large for L1");
+        int last_chunk = from + k == n;
+        if (!room && range && range->mirror && last_chunk && all_ok) l2_store_mirror_next(b->l1, range->first, range->last);
         int rc = room ? -1 : l2_store_save_batch(b->l1, evs + from, k, now, flags, res + from, err);
+        if (!room && range && range->mirror && last_chunk && all_ok) placed = l2_store_mirror_result(b->l1);
         if (rc && b->o.size_limit && strstr(err, "full") && (k > 1 || !retried)) {
             /* the pages a transaction copies filled L1 below its high water mark: evict, then
              * try again, in smaller transactions, a single event once more */
@@ -208,12 +229,15 @@ static void save_l1(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, 
         }
         retried = 0;
         if (!rc && b->l1_chunk < L1_CHUNK_MAX) b->l1_chunk++;
+        if (rc) all_ok = 0;
         for (size_t i = from; i < from + k; i++) {
             fail[i].ok = !rc;
             if (rc) snprintf(fail[i].msg, sizeof fail[i].msg, "%s", err);
         }
         from += k;
+        if (from < n && !rc) l2_killpoint("save:l1-chunk");
     }
+    return placed;
 }
 
 static void refuse(l2_verdict *v, const char *msg)
@@ -229,6 +253,12 @@ static void recover_writes(l2_backend *b)
     int64_t newest = l2_learned_abandoned_writes(b->learned);
     if (newest == INT64_MIN) return;
     char err[L2_ERRLEN];
+    if (exact_feed(b)) {
+        l2_poll_report r = {0};
+        logf_(b, "a process died while writing: L1 replays L2's feed");
+        if (catch_up(b, (int64_t)time(NULL), 0, &r) == 0 && !r.failed) return;
+        logf_(b, "L1 cannot catch up with L2: %s", r.error);
+    }
     logf_(b, "a process died while saving: L1 proves no answer up to created_at %lld", (long long)newest);
     if (l2_backend_raise_horizon(b, newest + 1, err)) logf_(b, "cannot raise the horizon: %s", err);
     if (l2_backend_forget_answers(b, err)) logf_(b, "cannot forget the remembered answers: %s", err);
@@ -251,6 +281,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
 {
     size_t cap = n ? n : 1, np = 0, na = 0, nq = 0;
     int slot = -1;
+    l2_range range = {0, 1, 0};
     l2_event **pending = malloc(cap * sizeof *pending), **group = malloc(cap * sizeof *group);
     size_t *at = malloc(cap * sizeof *at), *accepted = malloc(cap * sizeof *accepted),
            *queued = malloc(cap * sizeof *queued);
@@ -281,6 +312,11 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
             logf_(b, "L2 save failed, queued in the outbox: %s", err);
             for (size_t k = 0; k < np; k++) queued[nq++] = k;
         } else {
+            if (exact_feed(b)) {
+                range.mirror = 1;
+                b->l2vt->last_changes(b->l2, &range.first, &range.last);
+            }
+            l2_killpoint("save:l2-committed");
             const char *why = NULL;
             for (size_t k = 0; k < np; k++) {
                 if (res[k].status == L2_SAVE_STORED) {
@@ -300,7 +336,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
     /* L1 trusts what L2 accepted (L2 has it whatever L1 says) */
     for (size_t j = 0; j < na; j++) group[j] = pending[accepted[j]];
     memset(res, 0, cap * sizeof *res);
-    save_l1(b, group, na, now, 0, res, l1v);
+    int placed = save_l1(b, group, na, now, 0, res, l1v, &range);
     size_t lost = 0;
     int64_t newest_lost = -1;
     const char *lost_msg = NULL;
@@ -315,6 +351,13 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
             b->hooks.accepted(b->hooks.ud, pending[k], 0);
         }
     }
+    if (range.mirror && range.first <= range.last && (placed == L2_MIRROR_NONE || placed == L2_MIRROR_REPLAY)) {
+        /* L1 missed L2's changes (it could not take them), or took later ones first: it replays
+         * L2's feed, which holds what it cannot take past the horizon */
+        l2_poll_report r = {0};
+        if (catch_up(b, now, 0, &r) || r.failed) logf_(b, "L1 cannot catch up with L2: %s", r.error);
+        lost = 0;
+    }
     if (lost) {
         /* L2 has them, L1 cannot hold them: L1 stops claiming completeness up to them */
         char err[L2_ERRLEN];
@@ -326,7 +369,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
     /* ...and decides, with the outbox, what L2 could not take */
     for (size_t j = 0; j < nq; j++) group[j] = pending[queued[j]];
     memset(res, 0, cap * sizeof *res);
-    save_l1(b, group, nq, now, b->l2 ? L2_SAVE_OUTBOX : 0, res, l1v);
+    save_l1(b, group, nq, now, b->l2 ? L2_SAVE_OUTBOX : 0, res, l1v, NULL);
     for (size_t j = 0; j < nq; j++) {
         l2_verdict *v = &out[at[queued[j]]];
         if (!l1v[j].ok) {
@@ -352,13 +395,30 @@ done:
 int l2_backend_delete(l2_backend *b, const uint8_t id[32], int tombstone, int *found, char *err)
 {
     if (b->l2) {
+        int exact = exact_feed(b), slot = -1;
+        if (exact) {
+            recover_writes(b);
+            slot = l2_learned_begin_write(b->learned, 0);
+        }
         if (b->l2vt->delete_event(b->l2, id, tombstone, 0, found, err) == 0) {
-            int l1_found;
+            int l1_found, placed = L2_MIRROR_AT;
+            uint64_t first = 1, last = 0;
             char l1_err[L2_ERRLEN];
+            if (exact) b->l2vt->last_changes(b->l2, &first, &last);
+            l2_killpoint("delete:l2-committed");
+            if (first <= last) l2_store_mirror_next(b->l1, first, last);
             if (l2_store_delete(b->l1, id, tombstone, 0, &l1_found, l1_err))
                 logf_(b, "L1 could not delete an event L2 deleted: %s", l1_err);
+            if (first <= last) placed = l2_store_mirror_result(b->l1);
+            if (placed == L2_MIRROR_NONE || placed == L2_MIRROR_REPLAY) {
+                l2_poll_report r = {0};
+                if (catch_up(b, (int64_t)time(NULL), 0, &r) || r.failed)
+                    logf_(b, "L1 cannot catch up with L2: %s", r.error);
+            }
+            l2_learned_end_write(b->learned, slot);
             return 0;
         }
+        l2_learned_end_write(b->learned, slot);
         logf_(b, "L2 delete failed, queued in the outbox: %s", err);
         return l2_store_delete(b->l1, id, tombstone, 1, found, err);
     }
@@ -1020,6 +1080,7 @@ int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err)
             } else {
                 logf_(b, "dropping an unreadable outbox record %llu", (unsigned long long)items[i].seq);
             }
+            if (!failed) l2_killpoint("drain:l2-took");
             if (failed) {
                 logf_(b, "the outbox waits for L2: %s", why);
                 stop = 1;
@@ -1034,6 +1095,11 @@ int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err)
     }
     l2_buf_free(&copy);
     l2_event_free(&ev);
+    if (*sent && exact_feed(b)) {
+        /* L1 took these alone; L2's feed now has them, and what L2 made of them */
+        l2_poll_report r = {0};
+        if (catch_up(b, (int64_t)time(NULL), 0, &r) || r.failed) logf_(b, "L1 cannot catch up with L2: %s", r.error);
+    }
     return rc;
 }
 
@@ -1072,6 +1138,7 @@ static int64_t evict_step(l2_backend *b, size_t size, void *ud, char *err)
     size_t k = e->n - e->at < size ? e->n - e->at : size;
     uint64_t evicted, freed;
     if (l2_store_evict(b->l1, e->ids + e->at, k, e->delete_mode, &evicted, &freed, err)) return -1;
+    l2_killpoint("gc:evicted");
     e->evicted += evicted, e->freed += freed, e->at += k;
     return (int64_t)k;
 }
@@ -1137,8 +1204,16 @@ static void reset_l1(l2_backend *b)
         logf_(b, "L1 keeps its outbox: it cannot be emptied now");
         return;
     }
+    uint64_t last = 0;
+    int exact = exact_feed(b);
+    if (exact && l2_last_seq(b, &last, err)) {
+        logf_(b, "L1 is not emptied: %s", err);
+        return;
+    }
     int64_t h = past_newest(b, L2_MAX_CREATED_AT);
-    if (l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, h, err)) logf_(b, "emptying L1 failed: %s", err);
+    if (l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, h, err) ||
+        (exact && l2_store_feed_reset(b->l1, last, err)))
+        logf_(b, "emptying L1 failed: %s", err);
 }
 
 /* Rewrites L1's half-empty trees (l2_store_repack): first the room they hold, then what each
@@ -1161,7 +1236,14 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
 {
     memset(r, 0, sizeof *r);
     if (b->l2) recover_writes(b);
-    if (learn_horizon(b, err)) return -1;
+    if (exact_feed(b)) {
+        /* also what brings back an L1 emptied behind the backend */
+        l2_poll_report caught = {0};
+        if (force == L2_GC_TIMER && catch_up(b, (int64_t)time(NULL), 0, &caught))
+            logf_(b, "L1 cannot catch up with L2: %s", caught.error);
+    } else if (learn_horizon(b, err)) {
+        return -1;
+    }
     if (force == L2_GC_TIMER && l2_backend_drain(b, &r->sent, err)) logf_(b, "draining the outbox failed: %s", err);
     if (!b->o.size_limit) return 0;
     uint64_t limit = b->o.size_limit, high = b->o.high_water, low = b->o.low_water;
@@ -1317,10 +1399,31 @@ static int seen_add(l2_backend *b, uint64_t seq)
     return 0;
 }
 
-/* Saves the events of rows [from, to) into L1 in as few transactions as it takes; each one L1
- * stored is news: the accepted hook, origin L2. */
-static void apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int64_t now, l2_poll_report *r)
+/* Events L2 holds that L1 could not take (or, skimming, did not): L1 stops proving answers up to
+ * the newest, and no remembered answer can hear of them. */
+static void past_untaken(l2_backend *b, size_t n, int64_t newest, const char *why)
 {
+    char err[L2_ERRLEN];
+    if (why) logf_(b, "L1 could not take %zu event(s) of L2's feed: %s", n, why);
+    if (l2_backend_raise_horizon(b, newest + 1, err)) logf_(b, "cannot raise the horizon: %s", err);
+    if (l2_backend_forget_answers(b, err)) logf_(b, "cannot forget the remembered answers: %s", err);
+}
+
+/* Saves the events of rows [from, to) into L1 in as few transactions as it takes; each one L1
+ * stored is news: the accepted hook, origin L2. Skimming (a long replay), none is saved: the
+ * horizon goes past them. */
+static void apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int skim, int64_t now,
+                        l2_poll_report *r)
+{
+    if (skim && to > from) {
+        int64_t newest = INT64_MIN;
+        for (size_t i = from; i < to; i++) {
+            l2_learned_missing_forget(b->learned, rows->v[i].id);
+            if (rows->v[i].created_at > newest) newest = rows->v[i].created_at;
+        }
+        past_untaken(b, to - from, newest, NULL);
+        return;
+    }
     size_t n = to - from;
     if (!n) return;
     l2_event *evs = calloc(n, sizeof *evs);
@@ -1341,25 +1444,35 @@ static void apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int
         ptrs[k] = &evs[k];
         k++;
     }
-    if (k) save_l1(b, ptrs, k, now, 0, res, fail);
+    if (k) save_l1(b, ptrs, k, now, 0, res, fail, NULL);
+    size_t untaken = 0;
+    int64_t newest = INT64_MIN;
+    const char *why = NULL;
     for (size_t i = 0; i < k; i++) {
         l2_learned_missing_forget(b->learned, ptrs[i]->id);
         if (fail[i].ok && res[i].status == L2_SAVE_STORED) {
             r->received++;
             b->hooks.accepted(b->hooks.ud, ptrs[i], 1);
+        } else if (!fail[i].ok) {
+            untaken++;
+            why = fail[i].msg;
+            if (ptrs[i]->created_at > newest) newest = ptrs[i]->created_at;
         }
-        l2_event_free(&evs[i]);
     }
+    if (untaken) past_untaken(b, untaken, newest, why);
+    for (size_t i = 0; i < k; i++) l2_event_free(&evs[i]);
     free(evs);
     free(ptrs);
     free(res);
     free(fail);
 }
 
-/* Applies a page of changes to L1, in order: saves go together until a removal comes. */
-static void apply_changes(l2_backend *b, change_list *c, int skip_seen, int64_t now, l2_poll_report *r)
+/* Applies a page of changes to L1, in order: saves go together until a removal comes (skimmed:
+ * apply_saves). 0, or -1 when a removal could not be applied (r->error says why). */
+static int apply_changes(l2_backend *b, change_list *c, int skip_seen, int skim, int64_t now, l2_poll_report *r)
 {
     size_t row = 0, saves_from = 0;
+    int rc = 0;
     char err[L2_ERRLEN];
     for (size_t i = 0; i < c->n; i++) {
         kept_change *ch = &c->v[i];
@@ -1368,24 +1481,28 @@ static void apply_changes(l2_backend *b, change_list *c, int skip_seen, int64_t 
         if (ch->have_row) {
             /* a save already applied is left out of the batch: rows [saves_from, row) are all new */
             if (!fresh) {
-                apply_saves(b, &c->rows, saves_from, row, now, r);
+                apply_saves(b, &c->rows, saves_from, row, skim, now, r);
                 saves_from = row + 1;
             }
             row++;
             continue;
         }
         if (!fresh || !ch->have_id || ch->op == L2_CHANGE_SAVED) continue;
-        apply_saves(b, &c->rows, saves_from, row, now, r);
+        apply_saves(b, &c->rows, saves_from, row, skim, now, r);
         saves_from = row;
         int found;
         /* a deletion keeps its tombstone (L1 decides alone while L2 is down); a replaced version
          * just goes */
-        if (l2_store_delete(b->l1, ch->id, ch->op == L2_CHANGE_DELETED, 0, &found, err))
-            logf_(b, "polling: L1 could not apply a removal: %s", err);
-        else if (found && ch->op == L2_CHANGE_DELETED)
+        if (l2_store_delete(b->l1, ch->id, ch->op == L2_CHANGE_DELETED, 0, &found, err)) {
+            logf_(b, "L1 could not apply a removal of L2's feed: %s", err);
+            snprintf(r->error, sizeof r->error, "%s", err);
+            rc = -1;
+        } else if (found && ch->op == L2_CHANGE_DELETED) {
             r->deleted++;
+        }
     }
-    apply_saves(b, &c->rows, saves_from, row, now, r);
+    apply_saves(b, &c->rows, saves_from, row, skim, now, r);
+    return rc;
 }
 
 static void change_list_reset(change_list *c)
@@ -1419,7 +1536,7 @@ static int poll_by_cursor(l2_backend *b, int64_t now, l2_poll_report *r)
             r->failed = 1;
             break;
         }
-        apply_changes(b, &c, 1, now, r);
+        apply_changes(b, &c, 1, 0, now, r);
         for (size_t i = 0; i < c.n; i++) {
             if (c.v[i].seq > high) high = c.v[i].seq;
             cursor = c.v[i].seq;
@@ -1460,10 +1577,120 @@ static void poll_by_time(l2_backend *b, int64_t now, l2_poll_report *r)
         if (a.failed) snprintf(r->error, sizeof r->error, "%s", a.err);
         r->failed = 1;
     } else {
-        apply_saves(b, &a, 0, a.n, now, r);
+        apply_saves(b, &a, 0, a.n, 0, now, r);
     }
     l2_filter_free(&f);
     answer_free(&a);
+}
+
+/* ---- L1's place in L2's feed ---- */
+
+/* A replay longer than this skims: saves are not copied into L1, the horizon goes past them. */
+#define CATCH_UP_COPY_MAX 10000
+#define CATCH_UP_PAGE 1000
+
+static int exact_feed(const l2_backend *b)
+{
+    return b->l2 && b->l2vt->changes && b->l2vt->last_changes && b->l2vt->stats;
+}
+
+static void last_seq_field(void *ud, const char *name, uint64_t value);
+
+static int l2_last_seq(l2_backend *b, uint64_t *last, char *err)
+{
+    *last = 0;
+    return b->l2vt->stats(b->l2, last_seq_field, last, err);
+}
+
+/* An L1 without a place in L2's feed (new, emptied, or from before positions were kept) starts
+ * at L2's present: L2's last change is read before its newest event, so whatever lands between
+ * is past the position (replayed) whatever its created_at. An L1 that holds events it cannot
+ * place is emptied first (unless its outbox waits); else it proves nothing up to L2's newest. */
+static int start_at_present(l2_backend *b, uint64_t *pos, char *err)
+{
+    l2_store_stats st;
+    uint64_t last;
+    if (l2_last_seq(b, &last, err) || l2_store_stats_get(b->l1, &st, err)) return -1;
+    int64_t h = past_newest(b, -1);
+    if (h < 0) {
+        snprintf(err, L2_ERRLEN, "error: L2 cannot say what it holds: L1 proves no answer alone until it can");
+        return -1;
+    }
+    if (st.events + st.stubs > 0 && st.outbox == 0) {
+        logf_(b, "L1 holds events with no place in L2's feed: emptied");
+        if (l2_store_nuke(b->l1, err)) return -1;
+    }
+    if (l2_backend_raise_horizon(b, h, err) || l2_store_feed_reset(b->l1, last, err)) return -1;
+    *pos = last;
+    return 0;
+}
+
+/* Brings L1 to L2's present by L2's feed: from L1's position, each change applied in order (a
+ * save L1 cannot take moves the horizon past it; skimming, as after an import or in a long
+ * replay, every save does: history is not news, and L1 fills on demand), then the
+ * position moved past them. Concurrent writers' changes land in any order; a change applied past
+ * the position out of order makes the replay go on (l2_store_mirror_result). */
+static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r)
+{
+    if (!exact_feed(b)) return 0;
+    uint64_t pos, last;
+    int known;
+    size_t ahead;
+    if (l2_store_feed_pos(b->l1, &pos, &known, &ahead, r->error) ||
+        (!known && start_at_present(b, &pos, r->error)) || l2_last_seq(b, &last, r->error)) {
+        r->failed = 1;
+        return -1;
+    }
+    if (last > pos && last - pos > CATCH_UP_COPY_MAX) skim = 1;
+    change_list c = {0};
+    answer_init(&c.rows);
+    for (unsigned rounds = 0;; rounds++) {
+        change_list_reset(&c);
+        if (b->l2vt->changes(b->l2, pos, CATCH_UP_PAGE, keep_change, &c, r->error) || c.rows.failed) {
+            if (c.rows.failed) snprintf(r->error, sizeof r->error, "%s", c.rows.err);
+            r->failed = 1;
+            break;
+        }
+        if (!c.n) break;
+        if (apply_changes(b, &c, 0, skim, now, r)) {
+            r->failed = 1;
+            break;
+        }
+        l2_killpoint("catch-up:applied");
+        uint64_t to = c.v[c.n - 1].seq;
+        int result;
+        if (l2_store_feed_advance(b->l1, pos + 1, to, &result, r->error)) {
+            r->failed = 1;
+            break;
+        }
+        pos = to;
+        /* writers that keep coming make changes ahead of it: past where L2 was, it stops */
+        if ((c.n < CATCH_UP_PAGE && result != L2_MIRROR_REPLAY) || (pos >= last && rounds >= 16)) break;
+    }
+    free(c.v);
+    answer_free(&c.rows);
+    return r->failed ? -1 : 0;
+}
+
+int l2_backend_catch_up(l2_backend *b, int64_t now, l2_poll_report *r, char *err)
+{
+    memset(r, 0, sizeof *r);
+    recover_writes(b);
+    if (catch_up(b, now, 0, r) == 0) return 0;
+    snprintf(err, L2_ERRLEN, "%s", r->error);
+    return -1;
+}
+
+int l2_backend_imported(l2_backend *b, int64_t newest, char *err)
+{
+    if (l2_backend_forget_answers(b, err)) return -1;
+    if (exact_feed(b)) {
+        l2_poll_report r = {0};
+        if (catch_up(b, (int64_t)time(NULL), 1, &r) == 0) return 0;
+        snprintf(err, L2_ERRLEN, "%s", r.error);
+        return -1;
+    }
+    return newest >= 0 ? l2_backend_raise_horizon(b, newest + 1, err) : 0;
 }
 
 int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err)
@@ -1471,7 +1698,12 @@ int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err)
     memset(r, 0, sizeof *r);
     if (l2_backend_drain(b, &r->sent, err)) logf_(b, "draining the outbox failed: %s", err);
     if (!b->l2) return 0;
-    if (b->l2vt->changes) {
+    if (exact_feed(b)) {
+        uint64_t sent = r->sent;
+        recover_writes(b);
+        catch_up(b, now, 0, r);
+        r->sent = sent;
+    } else if (b->l2vt->changes) {
         if (poll_by_cursor(b, now, r)) return -1;
     } else {
         poll_by_time(b, now, r);
@@ -1507,11 +1739,13 @@ static int learn_horizon(l2_backend *b, char *err)
     return l2_store_meta_raise(b->l1, "horizon", h, &now_value, err);
 }
 
-/* The horizon, and polling from what L2 holds now (L1 does not replay L2's history). */
+/* The horizon, and polling from what L2 holds now (L1 does not replay L2's history). With an
+ * exact feed the catch-up at open does both, in the order start_at_present says. */
 static int first_open(l2_backend *b, char *err)
 {
     int found;
     int64_t cursor;
+    if (exact_feed(b)) return 0;
     if (learn_horizon(b, err)) return -1;
     if (!b->l2 || !b->l2vt->changes || !b->l2vt->stats) return 0;
     if (l2_store_meta_get_int(b->l1, "poll_cursor", &cursor, &found, err)) return -1;
@@ -1538,8 +1772,10 @@ int l2_backend_count(l2_backend *b, const l2_filter *fs, size_t nf, int64_t now,
 
 int l2_backend_nuke(l2_backend *b, char *err)
 {
+    uint64_t last = 0;
     if ((b->l2 && b->l2vt->nuke(b->l2, err)) || l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, 0, err))
         return -1;
+    if (exact_feed(b) && (l2_last_seq(b, &last, err) || l2_store_feed_reset(b->l1, last, err))) return -1;
     l2_learned_clear(b->learned); /* read counts and known-missing ids were about events that are gone */
     return 0;
 }

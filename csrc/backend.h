@@ -115,6 +115,11 @@ int l2_backend_check(l2_backend *b, l2_problem_fn problem, void *ud, uint64_t *n
 /* Forgets every remembered answer (L2 took events L1's feed never saw: an import). */
 int l2_backend_forget_answers(l2_backend *b, char *err);
 
+/* After an import into L2 (whole or stopped part way), whose newest event was created at `newest`
+ * (negative: none): no remembered answer stands, and L1 catches up by L2's feed (a long import
+ * skims: the horizon goes past it) or, without an exact feed, proves no answer up to `newest`. */
+int l2_backend_imported(l2_backend *b, int64_t newest, char *err);
+
 /* Counts a read of id (l2_learned_count_read with the backend's history): its recent reads. */
 uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32]);
 
@@ -152,6 +157,12 @@ typedef struct {
  * last `poll_overlap` polls' window since sequence order is not commit order; an L2 without a
  * feed is asked for what was created in the last poll_frequency * poll_overlap seconds. */
 int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err);
+
+/* Brings L1 to L2's present by L2's feed, from L1's position in it (docs/DESIGN.md §3): what a
+ * poll does with an L2 whose feed is in commit order, and what follows anything that may have
+ * left L1 behind (an open, a writer that died, an L1 write that failed, an emptied L1, an
+ * import). A no-op for other L2s. r counts what was received and deleted. 0, or -1 with err. */
+int l2_backend_catch_up(l2_backend *b, int64_t now, l2_poll_report *r, char *err);
 
 /* The horizon (see docs/DESIGN.md §3), kept in L1 (queries read it in their own snapshot):
  * raised (never lowered by a raise), and set after L1 was emptied. */

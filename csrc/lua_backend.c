@@ -872,9 +872,8 @@ static int bk_count_events(lua_State *L)
     return 1;
 }
 
-/* db:import(source [, opts]) -> counts | nil, err (store:import's): into L2, the authority; L1
- * fills on demand, so its horizon moves past the newest event imported, and since L1's change
- * feed never saw them, no remembered answer stands. */
+/* db:import(source [, opts]) -> counts | nil, err (store:import's): into L2, the authority;
+ * then L1 learns of it (l2_backend_imported). */
 static int bk_import(lua_State *L)
 {
     backend_ud *s = check_backend(L);
@@ -885,8 +884,7 @@ static int bk_import(lua_State *L)
     char err[L2_ERRLEN];
     /* also when the import was stopped part way (n < 0, the error on the stack): what it saved
      * is in L2 */
-    if (l2_backend_forget_answers(s->b, err) || (newest >= 0 && l2_backend_raise_horizon(s->b, newest + 1, err)))
-        return l2lua_refuse(L, 0, err);
+    if (l2_backend_imported(s->b, newest, err)) return l2lua_refuse(L, 0, err);
     return n < 0 ? lua_error(L) : n;
 }
 

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "json.h"
+#include "killpoint.h"
 #include "lua_layer2.h"
 #include "schnorr.h"
 
@@ -698,6 +699,19 @@ static void add_lib(lua_State *L, const char *name, const luaL_Reg *funcs)
     lua_setfield(L, -2, name);
 }
 
+/* testing.kill_at(step [, nth]): the process kills itself at the nth pass of a named step of the
+ * write paths (killpoint.h), for the crash specs; kill_at() disarms. */
+static int testing_kill_at(lua_State *L)
+{
+    const char *step = luaL_optstring(L, 1, NULL);
+    lua_Integer nth = luaL_optinteger(L, 2, 1);
+    luaL_argcheck(L, nth >= 1, 2, "a count from 1");
+    l2_killpoint_arm(step, (long)nth);
+    return 0;
+}
+
+static const luaL_Reg testing_funcs[] = {{"kill_at", testing_kill_at}, {NULL, NULL}};
+
 __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
 {
     lua_newtable(L);
@@ -736,6 +750,7 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     lua_setfield(L, -2, "monotonic");
     lua_pushcfunction(L, core_sleep);
     lua_setfield(L, -2, "sleep");
+    add_lib(L, "testing", testing_funcs);
     lua_remove(L, -2);
     return 1;
 }

@@ -10,6 +10,7 @@
 
 #include "batch.h"
 #include "json.h"
+#include "killpoint.h"
 #include "lua_layer2.h"
 
 #define IMPORT_MT "layer2.import"
@@ -407,6 +408,7 @@ static int run_batches(lua_State *L, const import_ctx *ctx)
         failed = nok && vt && vt->save_batch(st, evs, nok, now, flags, res, err);
         l2_batch_wait(&im->job);
         if (failed) break;
+        if (nok && vt) l2_killpoint("import:batch");
         counts[C_LINES] += n;
         size_t k = 0;
         for (size_t i = 0; i < n; i++) {

@@ -1162,4 +1162,5 @@ static int if_items(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit,
 const l2_store_if l2_pg_store_if = {
     "postgres", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats,
     if_check, if_sweep, if_nuke, if_sync, if_after_import, if_items,
+    NULL, /* last_changes: a sequence number is taken before commit, so commit order is not its order */
 };

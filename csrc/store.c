@@ -123,6 +123,11 @@ struct l2_store {
     struct touch { uint64_t serial, last_ms; uint32_t hits; } *touched;
     size_t ntouched, touched_cap;
     l2_hits hits; /* a query's answer, for the store interface */
+    /* a cache's next write mirrors L2's changes [mirror_first, mirror_last] (l2_store_mirror_next),
+     * and what recording them did to its feed position */
+    uint64_t mirror_first, mirror_last;
+    int mirror_set, mirror_result;
+    uint64_t last_first, last_last; /* the changes the last write recorded (l2_store_last_changes) */
 };
 
 static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1240,6 +1245,8 @@ static int age_free_pages(l2_store *st)
     return rc ? rc : write_commit(&w);
 }
 
+static int mirror_apply(wtx *w, int *result);
+
 /* Runs body(w, ud) in one write transaction, growing the map and retrying when it fills; a
  * fixed map first gets the pages the last transaction freed (a full cache evicts in steps, each
  * freeing what the next needs). */
@@ -1249,15 +1256,25 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
     for (;;) {
         wtx w;
         int rc = write_begin(st, &w);
-        if (rc) return lmdb_fail(err, "write transaction", rc);
+        if (rc) {
+            st->mirror_set = 0;
+            return lmdb_fail(err, "write transaction", rc);
+        }
+        uint64_t seq0 = w.seq;
         rc = st->ntouched ? flush_access(&w) : 0;
         /* a cache's ghosts past their time go with any write (a fill, a save, an eviction) */
         if (rc == 0 && st->cache) rc = prune_ghosts(&w, ghost_max(st));
         if (rc == 0) rc = body(&w, ud);
+        int result = L2_MIRROR_NONE;
+        if (rc == 0 && st->mirror_set) rc = mirror_apply(&w, &result);
         if (rc == 0) rc = write_commit(&w);
         else mdb_txn_abort(w.txn);
         if (rc == 0) {
             st->ntouched = 0;
+            st->mirror_set = 0;
+            st->mirror_result = result;
+            st->last_first = seq0;
+            st->last_last = w.seq - 1;
             return 0;
         }
         if (rc == MDB_MAP_FULL) {
@@ -1268,9 +1285,13 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
                 continue;
             }
             if (st->fixed_map && !aged++ && age_free_pages(st) == 0) continue;
-            if (grow_map(st, err)) return -1;
+            if (grow_map(st, err)) {
+                st->mirror_set = 0;
+                return -1;
+            }
             continue;
         }
+        st->mirror_set = 0;
         if (rc == ENOMEM) return fail(err, "error: out of memory");
         return lmdb_fail(err, "writing", rc);
     }
@@ -1397,6 +1418,24 @@ int l2_store_sweep(l2_store *st, int64_t now, uint64_t *removed, char *err)
     return 0;
 }
 
+#define FEED_KEY "l2_feed"
+
+/* Deletes the caller's meta values (meta_key's "u:" ones) and the feed position. */
+static int forget_callers_meta(wtx *w)
+{
+    MDB_cursor *c;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(w->txn, w->st->dbi[DB_META], &c);
+    if (rc) return rc;
+    while ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) == 0) {
+        int callers = k.mv_size >= 2 && memcmp(k.mv_data, "u:", 2) == 0;
+        int feed = k.mv_size == strlen(FEED_KEY) && memcmp(k.mv_data, FEED_KEY, k.mv_size) == 0;
+        if ((callers || feed) && (rc = mdb_cursor_del(c, 0))) break;
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 static int nuke_body(wtx *w, void *ud)
 {
     (void)ud;
@@ -1405,8 +1444,10 @@ static int nuke_body(wtx *w, void *ud)
         if (i == DB_META) continue;
         if ((rc = mdb_drop(w->txn, w->st->dbi[i], 0))) return rc;
     }
-    /* serial and seq keep counting up, so change cursors held by readers stay meaningful */
-    return 0;
+    /* serial and seq keep counting up, so change cursors held by readers stay meaningful; a
+     * cache's horizon and place in L2's feed described what it held: an emptied L1 proves nothing
+     * until its backend sets them again */
+    return w->st->cache ? forget_callers_meta(w) : 0;
 }
 
 int l2_store_nuke(l2_store *st, char *err)
@@ -2196,6 +2237,148 @@ int l2_store_meta_raise(l2_store *st, const char *key, int64_t value, int64_t *n
     if (write_txn(st, meta_raise_body, &a, err)) return -1;
     *now_value = a.value;
     return 0;
+}
+
+/* ---- a cache's place in its L2's change feed ---- */
+
+/* The record under FEED_KEY: pos(8), then up to AHEAD_MAX ranges first(8) last(8) past pos that
+ * were applied out of order, ascending. */
+#define AHEAD_MAX 64
+
+typedef struct {
+    uint64_t pos;
+    size_t n;
+    uint64_t ahead[AHEAD_MAX][2];
+} feed_pos;
+
+static int feed_get(MDB_txn *txn, l2_store *st, feed_pos *f, int *known)
+{
+    MDB_val k = {strlen(FEED_KEY), (void *)FEED_KEY}, v;
+    int rc = mdb_get(txn, st->dbi[DB_META], &k, &v);
+    memset(f, 0, sizeof *f);
+    *known = rc == 0;
+    if (rc) return rc == MDB_NOTFOUND ? 0 : rc;
+    const uint8_t *p = v.mv_data;
+    if (v.mv_size < 8 || (v.mv_size - 8) % 16 || (v.mv_size - 8) / 16 > AHEAD_MAX) return MDB_CORRUPTED;
+    f->pos = get_be64(p);
+    f->n = (v.mv_size - 8) / 16;
+    for (size_t i = 0; i < f->n; i++) {
+        f->ahead[i][0] = get_be64(p + 8 + 16 * i);
+        f->ahead[i][1] = get_be64(p + 16 + 16 * i);
+    }
+    return 0;
+}
+
+static int feed_put(wtx *w, const feed_pos *f)
+{
+    uint8_t b[8 + 16 * AHEAD_MAX];
+    put_be64(b, f->pos);
+    for (size_t i = 0; i < f->n; i++) {
+        put_be64(b + 8 + 16 * i, f->ahead[i][0]);
+        put_be64(b + 16 + 16 * i, f->ahead[i][1]);
+    }
+    MDB_val k = {strlen(FEED_KEY), (void *)FEED_KEY}, v = {8 + 16 * f->n, b};
+    return mdb_put(w->txn, w->st->dbi[DB_META], &k, &v, 0);
+}
+
+/* Records, in the write under way, that it mirrors L2's changes [first, last]: the position
+ * moves past them when they follow it (then ranges kept ahead of it were applied before changes
+ * that come first: L1 must replay them in order), else they are kept ahead of a gap (a writer
+ * between its two commits, or one that died there). */
+static int mirror_apply(wtx *w, int *result)
+{
+    l2_store *st = w->st;
+    uint64_t first = st->mirror_first, last = st->mirror_last;
+    feed_pos f;
+    int known, rc = feed_get(w->txn, st, &f, &known);
+    if (rc) return rc;
+    if (!known) {
+        *result = L2_MIRROR_REPLAY; /* no position yet: the backend's catch-up sets one */
+        return 0;
+    }
+    if (first > last || last <= f.pos) {
+        *result = L2_MIRROR_AT;
+        return 0;
+    }
+    if (first <= f.pos + 1) {
+        f.pos = last;
+        size_t kept = 0;
+        for (size_t i = 0; i < f.n; i++)
+            if (f.ahead[i][1] > f.pos) memcpy(f.ahead[kept++], f.ahead[i], sizeof f.ahead[i]);
+        f.n = kept;
+        *result = f.n ? L2_MIRROR_REPLAY : L2_MIRROR_AT;
+    } else if (f.n == AHEAD_MAX) {
+        *result = L2_MIRROR_REPLAY; /* no room to keep it: a replay from the position covers it */
+        return 0;
+    } else {
+        size_t at = f.n;
+        while (at > 0 && f.ahead[at - 1][0] > first) at--;
+        memmove(f.ahead[at + 1], f.ahead[at], (f.n - at) * sizeof f.ahead[0]);
+        f.ahead[at][0] = first;
+        f.ahead[at][1] = last;
+        f.n++;
+        *result = L2_MIRROR_AHEAD;
+    }
+    return feed_put(w, &f);
+}
+
+void l2_store_mirror_next(l2_store *st, uint64_t first, uint64_t last)
+{
+    st->mirror_first = first;
+    st->mirror_last = last;
+    st->mirror_set = 1;
+    st->mirror_result = L2_MIRROR_NONE;
+}
+
+int l2_store_mirror_result(l2_store *st)
+{
+    int r = st->mirror_result;
+    st->mirror_result = L2_MIRROR_NONE;
+    return r;
+}
+
+int l2_store_feed_pos(l2_store *st, uint64_t *pos, int *known, size_t *ahead, char *err)
+{
+    feed_pos f;
+    if (read_begin(st, err)) return -1;
+    int rc = feed_get(st->rtxn, st, &f, known);
+    l2_store_read_end(st);
+    if (rc) return lmdb_fail(err, "feed position", rc);
+    *pos = f.pos;
+    *ahead = f.n;
+    return 0;
+}
+
+static int feed_reset_body(wtx *w, void *ud)
+{
+    feed_pos f = {*(const uint64_t *)ud, 0, {{0}}};
+    return feed_put(w, &f);
+}
+
+int l2_store_feed_reset(l2_store *st, uint64_t pos, char *err)
+{
+    return write_txn(st, feed_reset_body, &pos, err);
+}
+
+static int nothing_body(wtx *w, void *ud)
+{
+    (void)w;
+    (void)ud;
+    return 0;
+}
+
+int l2_store_feed_advance(l2_store *st, uint64_t first, uint64_t last, int *result, char *err)
+{
+    l2_store_mirror_next(st, first, last);
+    if (write_txn(st, nothing_body, NULL, err)) return -1;
+    *result = l2_store_mirror_result(st);
+    return 0;
+}
+
+void l2_store_last_changes(const l2_store *st, uint64_t *first, uint64_t *last)
+{
+    *first = st->last_first;
+    *last = st->last_last;
 }
 
 /* ---- remembered answers ---- */
@@ -3293,7 +3476,12 @@ static int if_items(void *st, const l2_filter *fs, size_t nf, int64_t max_limit,
     return if_query(st, fs, nf, max_limit, now, 0, NULL, item_of_row, &w, err);
 }
 
+static void if_last_changes(void *st, uint64_t *first, uint64_t *last)
+{
+    l2_store_last_changes(st, first, last);
+}
+
 const l2_store_if l2_lmdb_store_if = {
     "lmdb", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats, if_check,
-    if_sweep, if_nuke, if_sync, if_after_import, if_items,
+    if_sweep, if_nuke, if_sync, if_after_import, if_items, if_last_changes,
 };

@@ -160,6 +160,30 @@ int l2_store_outbox_ack(l2_store *st, uint64_t seq, char *err);
 
 int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err);
 
+/* ---- a cache's place in its L2's change feed (docs/DESIGN.md §3) ----
+ * L1 at position P holds every change of L2's feed up to P. Changes past P that L1 applied before
+ * those that come first (two writers, each between its L2 commit and its L1 commit) are kept as
+ * ranges ahead of it, at most 64. An emptied cache has no position (l2_store_nuke). */
+enum { L2_MIRROR_NONE, L2_MIRROR_AT, L2_MIRROR_AHEAD, L2_MIRROR_REPLAY };
+/* The next write transaction of st (a save, a deletion, l2_store_feed_advance) mirrors L2's
+ * changes [first, last] and moves the position in the same transaction: past them when they
+ * follow it, else they are kept ahead of the gap. */
+void l2_store_mirror_next(l2_store *st, uint64_t first, uint64_t last);
+/* What that write did: L2_MIRROR_NONE when it did not commit, L2_MIRROR_AT (the position is past
+ * them and nothing is ahead), L2_MIRROR_AHEAD (kept ahead of a gap), L2_MIRROR_REPLAY (L1 has no
+ * position, or applied later changes before these: the caller replays L2's feed from the
+ * position). Read once. */
+int l2_store_mirror_result(l2_store *st);
+/* Where L1 stands (*known 0 while it has no position) and how many ranges are ahead of it. */
+int l2_store_feed_pos(l2_store *st, uint64_t *pos, int *known, size_t *ahead, char *err);
+/* Sets the position (a new or emptied L1: L2's last change), nothing ahead. */
+int l2_store_feed_reset(l2_store *st, uint64_t pos, char *err);
+/* A write transaction that only records [first, last] as l2_store_mirror_next says (what a
+ * replay applied); *result as l2_store_mirror_result. */
+int l2_store_feed_advance(l2_store *st, uint64_t first, uint64_t last, int *result, char *err);
+/* The changes [*first, *last] of its own feed that st's last committed write recorded. */
+void l2_store_last_changes(const l2_store *st, uint64_t *first, uint64_t *last);
+
 /* ---- remembered answers (a cache's: answers.h says how they are kept and dropped) ---- */
 
 #define L2_ANSWER_ANY_NOW INT64_MIN

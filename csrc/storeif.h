@@ -85,6 +85,11 @@ typedef struct l2_store_if {
      * stubs are not items. NULL for a store only Lua calls (an L2 written in Lua). */
     int (*items)(void *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_item_fn item, void *ud,
                  char *err);
+    /* The changes [*first, *last] of its feed that this handle's last committed write recorded
+     * (*first > *last: none). Only for a feed in commit order, where a cache in front can place
+     * itself exactly (docs/DESIGN.md §3); NULL otherwise (PostgreSQL: a transaction can take a
+     * sequence number and commit after a later one) and without a feed. */
+    void (*last_changes)(void *st, uint64_t *first, uint64_t *last);
 } l2_store_if;
 
 extern const l2_store_if l2_lmdb_store_if;

@@ -1,0 +1,332 @@
+-- L1 never answers differently from L2 (docs/DESIGN.md §3, "L1's place in L2's feed"): a writer
+-- is killed at named steps of each write path (csrc/killpoint.h), between L2's commit and L1's or
+-- inside a batch, an import, an eviction or a poll. Then a fresh process answers every id lookup
+-- (asked first, so that no filter's answer mends L1 on the way) and every filter exactly as its
+-- L2 does and as spec/ref.lua does over what L2 committed.
+local helper = require("spec.helper")
+local layer2 = require("layer2")
+local ref = require("spec.ref")
+
+local KEYS = { ("0"):rep(63) .. "1", ("0"):rep(63) .. "2", ("0"):rep(63) .. "3" }
+local NOW = os.time()
+
+local function sign(key, t)
+  t.tags = t.tags or {}
+  t.content = t.content or ""
+  return layer2.event.sign(t, key)
+end
+
+-- The child: opens the two-level store, runs the ops in order, arming the named step before the
+-- op that carries it; it prints "done" only when no step killed it.
+local CHILD = [=[
+local layer2 = require("layer2")
+local core = require("layer2.core")
+local dir, opts, ops = %q, load("return " .. %q)(), load("return " .. %q)()
+opts.log = function() end
+local db = assert(layer2.open(dir, opts))
+local function parse(list)
+  local out = {}
+  for i, s in ipairs(list) do out[i] = layer2.event.parse(s) end
+  return out
+end
+for _, op in ipairs(ops) do
+  if op.arm then core.testing.kill_at(op.arm, op.nth) end
+  if op[1] == "save" then
+    assert(db:save_events(parse(op.evs)))
+  elseif op[1] == "delete" then
+    assert(db:delete_event(op.id))
+  elseif op[1] == "import" then
+    assert(db:import(op.file, { batch = op.batch }))
+  elseif op[1] == "gc" then
+    assert(db:gc(true))
+  elseif op[1] == "poll" then
+    assert(db:poll())
+  elseif op[1] == "other" then
+    -- another writer of the same L2, whose changes reach this L1 only by its feed
+    local other = assert(layer2.lmdb.open(dir .. "/layer2"))
+    assert(other:save_events(parse(op.evs)))
+    for _, id in ipairs(op.delete or {}) do assert(other:delete_event(id)) end
+    other:close()
+  end
+end
+db:close()
+print("done")
+]=]
+
+local function serialize(v)
+  if type(v) == "table" then
+    local parts = {}
+    for k, x in pairs(v) do
+      local key = type(k) == "number" and ("[%d]"):format(k) or ("[%q]"):format(k)
+      parts[#parts + 1] = key .. "=" .. serialize(x)
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  return type(v) == "string" and ("%q"):format(v) or tostring(v)
+end
+
+local function run_child(dir, opts, ops)
+  local p = helper.spawn(CHILD:format(dir, serialize(opts), serialize(ops)))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+-- The events a workload makes, by name, and the ops that save them.
+local function workload()
+  local ev = {}
+  local notes = {}
+  for i = 1, 24 do
+    notes[i] = sign(KEYS[i % 3 + 1], { kind = 1, created_at = NOW - 500 + i * 10, content = "note " .. i,
+      tags = { { "t", i % 2 == 0 and "even" or "odd" } } })
+  end
+  ev.notes = notes
+  ev.target = sign(KEYS[1], { kind = 1, created_at = NOW - 100, content = "to be deleted" })
+  ev.profile1 = sign(KEYS[1], { kind = 0, created_at = NOW - 90, content = "{\"name\":\"one\"}" })
+  ev.profile2 = sign(KEYS[1], { kind = 0, created_at = NOW - 50, content = "{\"name\":\"two\"}" })
+  ev.list1 = sign(KEYS[2], { kind = 30000, created_at = NOW - 80, tags = { { "d", "x" } }, content = "v1" })
+  ev.list2 = sign(KEYS[2], { kind = 30000, created_at = NOW - 40, tags = { { "d", "x" } }, content = "v2" })
+  ev.del_e = sign(KEYS[1], { kind = 5, created_at = NOW - 30, tags = { { "e", ev.target.id } } })
+  ev.del_a = sign(KEYS[2], { kind = 5, created_at = NOW - 20,
+    tags = { { "a", "30000:" .. ev.list1.pubkey .. ":x" } } })
+  ev.fresh = sign(KEYS[3], { kind = 1, created_at = NOW - 10, content = "fresh" })
+  ev.imported = {}
+  for i = 1, 40 do
+    ev.imported[i] = sign(KEYS[i % 3 + 1], { kind = 1, created_at = NOW - 200 + i, content = "imported " .. i })
+  end
+  ev.bulk = {}
+  for i = 1, 200 do
+    ev.bulk[i] = sign(KEYS[i % 3 + 1], { kind = 1, created_at = NOW - 1000 + i, content = ("b"):rep(1000) .. i })
+  end
+  ev.others = {}
+  for i = 1, 30 do
+    ev.others[i] = sign(KEYS[i % 3 + 1], { kind = 1, created_at = NOW - 5 + i % 4, content = "other " .. i })
+  end
+  return ev
+end
+
+local function encode_all(list)
+  local out = {}
+  for i, e in ipairs(list) do out[i] = layer2.event.encode(e) end
+  return out
+end
+
+-- Every id lookup first, then the filters: the fresh backend against its own L2 and the reference.
+local function compare(dir, opts, model, universe, label)
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.log = function() end
+  local db = assert(layer2.open(dir, o))
+  for _, e in ipairs(universe) do
+    local got = helper.ids(db:query_events({ ids = { e.id } }))
+    local want = helper.ids(db.l2:query_events({ ids = { e.id } }))
+    assert.same(want, got, ("%s: the id lookup of %s"):format(label, e.content))
+    assert.same(model.byid[e.id] and { e.id } or {}, got, ("%s: the reference's lookup of %s"):format(label,
+      e.content))
+  end
+  local a = universe[1].pubkey
+  local filters = {
+    { kinds = { 1 }, limit = 10 }, { kinds = { 1 }, limit = 50 }, { kinds = { 0 } }, { kinds = { 30000 } },
+    { kinds = { 5 } }, { authors = { a } }, { limit = 100 }, { since = NOW - 120 }, { ["#t"] = { "even" } },
+    { kinds = { 1 }, since = NOW - 3000, limit = 500 },
+  }
+  for _, f in ipairs(filters) do
+    local got = helper.ids(db:query_events(f))
+    assert.same(helper.ids(db.l2:query_events(f)), got, ("%s: %s"):format(label, serialize(f)))
+    assert.same(model:query({ f }, os.time()), got, ("%s: the reference's %s"):format(label,
+      serialize(f)))
+  end
+  local ok, problems = db:check()
+  assert(ok, label .. ": " .. table.concat(problems or {}, "\n"))
+  db:close()
+end
+
+-- The scenarios: what is saved before, then the op killed at a named step, and what of it L2 has
+-- committed at that step (the reference's view of it).
+local function scenarios(ev)
+  local base = { { "save", evs = encode_all(ev.notes) }, { "save", evs = encode_all({ ev.target, ev.profile1,
+    ev.list1 }) } }
+  return {
+    { name = "save_event, L2 committed, L1 not", step = "save:l2-committed",
+      op = { "save", evs = encode_all({ ev.fresh }) }, applied = { ev.fresh } },
+    { name = "save_events: NIP-09 by e and a replacement, L2 committed", step = "save:l2-committed",
+      op = { "save", evs = encode_all({ ev.del_e, ev.profile2 }) }, applied = { ev.del_e, ev.profile2 } },
+    { name = "NIP-09 by a, L2 committed", step = "save:l2-committed",
+      op = { "save", evs = encode_all({ ev.del_a }) }, applied = { ev.del_a } },
+    { name = "addressable replacement, L2 committed", step = "save:l2-committed",
+      op = { "save", evs = encode_all({ ev.list2 }) }, applied = { ev.list2 } },
+    { name = "delete_event, L2 committed, L1 not", step = "delete:l2-committed",
+      op = { "delete", id = ev.notes[3].id }, deleted = { ev.notes[3] } },
+    { name = "a batch in a small L1, killed between its L1 transactions", step = "save:l1-chunk", small = true,
+      op = { "save", evs = encode_all(ev.others) }, applied = ev.others },
+    { name = "import killed after its third batch", step = "import:batch", nth = 3, import = true,
+      applied = { table.unpack(ev.imported, 1, 12) } },
+    { name = "eviction (a save's, in a small L1) killed between its steps", step = "gc:evicted", small = true,
+      op = { "save", evs = encode_all(ev.bulk) }, applied = ev.bulk },
+    { name = "poll killed after applying L2's feed, before its position moved", step = "catch-up:applied",
+      pre = { { "other", evs = encode_all(ev.others), delete = { ev.notes[5].id } } }, before = ev.others,
+      op = { "poll" }, deleted = { ev.notes[5] } },
+  }, base
+end
+
+describe("L1 agrees with L2 after a writer is killed at a named step", function()
+  local ev = workload()
+  local list, base = scenarios(ev)
+  local universe = {}
+  for _, group in ipairs({ ev.notes, ev.imported, ev.others, ev.bulk }) do
+    for _, e in ipairs(group) do universe[#universe + 1] = e end
+  end
+  for _, k in ipairs({ "target", "profile1", "profile2", "list1", "list2", "del_e", "del_a", "fresh" }) do
+    universe[#universe + 1] = ev[k]
+  end
+
+  for _, sc in ipairs(list) do
+    it(sc.name .. " (" .. sc.step .. ")", function()
+      local dir = helper.tmpdir()
+      local opts = { nosync = true }
+      if sc.small then opts.l1 = { size_limit = 256 * 1024 } end
+      local ops = {}
+      for _, op in ipairs(base) do ops[#ops + 1] = op end
+      for _, op in ipairs(sc.pre or {}) do ops[#ops + 1] = op end
+      local op = sc.op
+      local file
+      if sc.import then
+        file = dir .. "-import.jsonl"
+        local f = assert(io.open(file, "w"))
+        for _, line in ipairs(encode_all(ev.imported)) do f:write(line, "\n") end
+        f:close()
+        op = { "import", file = file, batch = 4 }
+      end
+      op.arm, op.nth = sc.step, sc.nth
+      ops[#ops + 1] = op
+      local out = run_child(dir, opts, ops)
+      -- killed at the step: nothing printed but the shell's word for it
+      assert.equal("", (out:gsub("Killed%s*", "")), "the child was not killed at " .. sc.step)
+      -- the reference: what L2 committed before the step and at it
+      local model = ref.new()
+      for _, group in ipairs({ ev.notes, { ev.target, ev.profile1, ev.list1 }, sc.before or {}, sc.applied or {} }) do
+        for _, e in ipairs(group) do model:save(e, os.time()) end
+      end
+      for _, e in ipairs(sc.deleted or {}) do model:remove(model.byid[e.id]) end
+      compare(dir, opts, model, universe, sc.name)
+      helper.rmdir(dir)
+      if file then os.remove(file) end
+    end)
+  end
+end)
+
+-- Every id of `universe` and a set of filters: db answers as db.l2 does (ids first).
+local function agrees(db, universe, label)
+  for _, e in ipairs(universe) do
+    assert.same(helper.ids(db.l2:query_events({ ids = { e.id } })), helper.ids(db:query_events({ ids = { e.id } })),
+      ("%s: the id lookup of %s"):format(label, e.id))
+  end
+  for _, f in ipairs({ { kinds = { 1 }, limit = 10 }, { kinds = { 1 }, limit = 300 }, { kinds = { 0 } },
+    { kinds = { 5 } }, { limit = 100 }, { since = NOW - 120 }, { kinds = { 1 }, since = NOW - 20 } }) do
+    assert.same(helper.ids(db.l2:query_events(f)), helper.ids(db:query_events(f)), ("%s: %s"):format(label,
+      serialize(f)))
+  end
+end
+
+describe("L1 agrees with L2 when it falls behind", function()
+  local ev = workload()
+  local universe = {}
+  for _, group in ipairs({ ev.notes, ev.others, { ev.target, ev.fresh, ev.profile1 } }) do
+    for _, e in ipairs(group) do universe[#universe + 1] = e end
+  end
+
+  it("a process open all along catches up at its next gc timer step after a writer died between the commits",
+    function()
+      local dir = helper.tmpdir()
+      local logs = {}
+      local db = assert(layer2.open(dir, { nosync = true, log = function(m) logs[#logs + 1] = m end }))
+      assert(db:save_events(ev.notes))
+      assert(db:save_event(ev.target))
+      local _, from = db:query_events({ kinds = { 1 }, limit = 10 })
+      assert.equal(0, from.l2, "L1 proves it alone")
+      local out = run_child(dir, { nosync = true }, {
+        { "delete", id = ev.target.id, arm = "delete:l2-committed" } })
+      assert.equal("", (out:gsub("Killed%s*", "")))
+      assert.equal(0, db.l2:count_events({ ids = { ev.target.id } }), "L2 deleted it")
+      assert(db:gc())
+      assert.truthy(table.concat(logs, "\n"):find("a process died while writing", 1, true))
+      agrees(db, universe, "after gc")
+      db:close()
+      helper.rmdir(dir)
+    end)
+
+  it("an L1 emptied behind the backend answers as L2, and proves answers again after a gc timer step", function()
+    local dir = helper.tmpdir()
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    assert(db:save_events(ev.notes))
+    assert(db.l1:nuke())
+    agrees(db, universe, "emptied")
+    assert(db:gc())
+    assert(db:save_events(ev.others))
+    agrees(db, universe, "after gc")
+    local _, from = db:query_events({ kinds = { 1 }, since = NOW - 20 })
+    assert.same({ #ev.others, 0 }, { from.l1, from.l2 }, "L1 proves what was saved since")
+    db:close()
+    helper.rmdir(dir)
+  end)
+
+  it("an L1 too small for what a poll brings moves its horizon past it, says so, and answers as L2", function()
+    local dir = helper.tmpdir()
+    local logs = {}
+    local db = assert(layer2.open(dir, { nosync = true, l1 = { size_limit = 256 * 1024 },
+      log = function(m) logs[#logs + 1] = m end }))
+    assert(db:save_events(ev.notes))
+    local big = sign(KEYS[2], { kind = 1, created_at = NOW - 15, content = ("x"):rep(40000) })
+    local other = assert(layer2.lmdb.open(dir .. "/layer2"))
+    assert(other:save_event(big))
+    local r = assert(db:poll())
+    assert.equal(0, r.received)
+    assert.truthy(table.concat(logs, "\n"):find("L1 could not take 1 event(s) of L2's feed", 1, true))
+    local got, from = db:query_events({ kinds = { 1 }, since = NOW - 20 })
+    assert.same({ { big.id }, 1 }, { helper.ids(got), from.l2 })
+    agrees(db, universe, "after the poll")
+    other:close()
+    db:close()
+    helper.rmdir(dir)
+  end)
+
+  it("random kills of a writer doing saves, batches, deletions and replacements: every round answers as L2",
+    function()
+      local dir = helper.tmpdir()
+      local script = dir .. "-writer.lua"
+      local f = assert(io.open(script, "w"))
+      f:write(([=[
+local layer2 = require("layer2")
+local dir, seed = %q, tonumber(arg[1])
+local db = assert(layer2.open(dir, { nosync = true, l1 = { size_limit = 1024 * 1024 }, log = function() end }))
+local g = require("layer2.gen").new({ seed = seed, authors = 8, count = 100000 })
+local mine = {}
+print("ready")
+io.stdout:flush()
+for i = 1, 1e9 do
+  local batch = {}
+  for j = 1, i %% 7 + 1 do batch[j] = g:next() end
+  db:save_events(batch)
+  for _, e in ipairs(batch) do if e.kind == 1 then mine[#mine + 1] = e.id end end
+  if i %% 5 == 0 and #mine > 0 then db:delete_event(mine[#mine]) end
+  if i %% 50 == 0 then db:gc() end
+end
+]=]):format(dir))
+      f:close()
+      local rand = helper.rng(2812)
+      for round = 1, 8 do
+        os.execute(("%s %s %d > /dev/null 2>&1 & p=$!; sleep %.3f; kill -9 $p; wait $p 2>/dev/null"):format(
+          helper.LUA, script, round, 0.2 + rand(300) / 1000))
+        local db = assert(layer2.open(dir, { nosync = true, l1 = { size_limit = 1024 * 1024 },
+          log = function() end }))
+        local ids = {}
+        db.l2:export(function(line) ids[#ids + 1] = layer2.event.parse(line) end)
+        db.l1:export(function(line) ids[#ids + 1] = layer2.event.parse(line) end)
+        assert(#ids > 0, "the writer saved nothing before it was killed")
+        agrees(db, ids, "round " .. round)
+        db:close()
+      end
+      os.remove(script)
+      helper.rmdir(dir)
+    end)
+end)
