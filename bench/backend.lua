@@ -66,6 +66,40 @@ l2:close()
 row("save_events, batches of 100", rate(#lines, t_backend), rate(#lines, t_raw), "events/s",
   "raw: L2's import of the same file (verified, 2 threads)")
 
+-- L1's own fsync (l1.sync): L1 keeps its place in L2's feed and is rebuilt from it after any loss,
+-- so it needs integrity, not durability. "full" is LMDB's two fsyncs a commit, "data" one (the
+-- default with an L2 that has a feed), "none" leaves it to the kernel. Rates measured in turns,
+-- best of three each.
+local function save_rate(sync, batch)
+  local d = assert(layer2.open(fresh("sync-" .. sync), { l1 = { sync = sync } }))
+  local n = batch == 1 and ONE_BY_ONE or #lines
+  local t0 = util.wall()
+  for from = 1, n, batch do
+    if batch == 1 then
+      d:save_event(lines[from])
+    else
+      local list = {}
+      for i = from, math.min(n, from + batch - 1) do list[#list + 1] = lines[i] end
+      assert(d:save_events(list))
+    end
+  end
+  local t = util.wall() - t0
+  d:close()
+  return n / t
+end
+for _, batch in ipairs({ 1, 100 }) do
+  local best = { full = 0, data = 0, none = 0 }
+  for _ = 1, 3 do
+    for _, sync in ipairs({ "full", "data", "none" }) do best[sync] = math.max(best[sync], save_rate(sync, batch)) end
+  end
+  local what = batch == 1 and "save_event, one by one" or "save_events, batches of 100"
+  for _, sync in ipairs({ "data", "none" }) do
+    row(("%s: l1.sync %s vs full"):format(what, sync), ("%.0f"):format(best[sync]), ("%.0f"):format(best.full),
+      "events/s", ("raw column: l1.sync = full; L2 fsyncs each commit in all three (%d events)"):format(
+        batch == 1 and ONE_BY_ONE or #lines))
+  end
+end
+
 -- reads: an imported data set (it goes to L2; L1 fills on demand)
 dir = fresh("read")
 db = assert(layer2.open(dir))

@@ -40,6 +40,10 @@ end
 -- The two kinds of relay (bench/util.lua): start() launches one, fresh and empty, and gives { url, port, ... }
 -- (measure waits until it answers), stop(instance) ends it, removes its files and returns the problems its log shows.
 local layer2 = util.layer2_relay({ root = ROOT, workers = WORKERS, max_subscriptions = MAX_SUBS, tag = "relay" })
+-- the same relay with L1 fsyncing each commit as LMDB does by default (l1.sync = "full"), beside
+-- the default (one fsync: L1 is rebuilt from L2's feed after a loss)
+local layer2_full = util.layer2_relay({ root = ROOT, workers = WORKERS, max_subscriptions = MAX_SUBS, tag = "relay",
+  l1_sync = "full", name = "layer2-l1full" })
 local strfry = util.strfry_relay({ root = ROOT, bin = STRFRY, tag = "relay" })
 
 -- one node process against a running relay: the sections of `config` it names
@@ -103,13 +107,13 @@ end
 -- main ---------------------------------------------------------------------------------------------
 
 setup_node()
-local kinds = { layer2 }
-if STRFRY then kinds[2] = strfry end
+local kinds = { layer2, layer2_full }
+if STRFRY then kinds[#kinds + 1] = strfry end
 local with_strfry = STRFRY ~= nil
 local t_start = util.wall()
 
 -- results[kind name][clients]; the relays alternate per row, so both see the same machine state
-local results, problems = { layer2 = {}, strfry = {} }, {}
+local results, problems = { layer2 = {}, strfry = {}, [layer2_full.name] = {} }, {}
 for i, clients in ipairs(CLIENTS) do
   for _, kind in ipairs(kinds) do results[kind.name][clients] = measure(kind, clients, i == #CLIENTS, problems) end
 end

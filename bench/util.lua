@@ -155,14 +155,15 @@ local function stop_relay(r, pid, signal, log, is_problem)
 end
 
 -- The example relay (tools/relay, nginx) as a kind: opts.root (the checkout), opts.workers,
--- opts.max_subscriptions, opts.tag (in its temporary directory's name).
+-- opts.max_subscriptions, opts.tag (in its temporary directory's name), opts.l1_sync (tools/relay's
+-- --l1-sync; the kind is then named for it), opts.name.
 function util.layer2_relay(opts)
-  local kind = { name = "layer2" }
+  local kind = { name = opts.name or "layer2" }
   function kind.start(data)
-    local port, dir = util.free_port(), util.temp_dir(opts.tag .. "-layer2")
+    local port, dir = util.free_port(), util.temp_dir(opts.tag .. "-" .. kind.name)
     util.sh(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s/prefix --data %s --workers %d --daemon "
-      .. "--max-subscriptions %d"):format(opts.root, port, dir, data or (dir .. "/data"), opts.workers,
-      opts.max_subscriptions))
+      .. "--max-subscriptions %d%s"):format(opts.root, port, dir, data or (dir .. "/data"), opts.workers,
+      opts.max_subscriptions, opts.l1_sync and (" --l1-sync " .. opts.l1_sync) or ""))
     return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir }
   end
   function kind.stop(r)

@@ -42,9 +42,14 @@ static int first_open(l2_backend *b, char *err);
 static int learn_horizon(l2_backend *b, char *err);
 static void recover_writes(l2_backend *b);
 static int exact_feed(const l2_backend *b);
+static int has_feed(const l2_backend *b);
 static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r);
 static void logf_(l2_backend *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int l2_last_seq(l2_backend *b, uint64_t *last, char *err);
+typedef struct answer answer;
+enum { APPLY_COPY, APPLY_SKIM, APPLY_FILL };
+static int64_t apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int mode, int64_t now,
+                           l2_poll_report *r);
 
 int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
                     const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err)
@@ -77,7 +82,7 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
         return -1;
     }
     if (l2) recover_writes(b);
-    if (exact_feed(b)) {
+    if (has_feed(b)) {
         /* a process that died between the two commits, an L1 write that failed, a power loss
          * that took L1's last commits: L1 replays what L2's feed has past its position */
         l2_poll_report r = {0};
@@ -253,7 +258,7 @@ static void recover_writes(l2_backend *b)
     int64_t newest = l2_learned_abandoned_writes(b->learned);
     if (newest == INT64_MIN) return;
     char err[L2_ERRLEN];
-    if (exact_feed(b)) {
+    if (has_feed(b)) {
         l2_poll_report r = {0};
         logf_(b, "a process died while writing: L1 replays L2's feed");
         if (catch_up(b, (int64_t)time(NULL), 0, &r) == 0 && !r.failed) return;
@@ -294,6 +299,11 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
     for (size_t i = 0; i < n; i++) {
         out[i].ok = 0;
         out[i].msg[0] = 0;
+        if (b->o.future_limit > 0 && evs[i]->created_at > now + b->o.future_limit) {
+            snprintf(out[i].msg, sizeof out[i].msg, "invalid: created_at is more than %lld seconds ahead of the clock",
+                     (long long)b->o.future_limit);
+            continue;
+        }
         l2_learned_missing_forget(b->learned, evs[i]->id); /* it exists now */
         if (l2_kind_ephemeral(evs[i]->kind)) {
             out[i].ok = 1;
@@ -529,14 +539,14 @@ typedef struct {
     size_t off, len;
 } kept_row;
 
-typedef struct {
+struct answer {
     kept_row *v;
     size_t n, cap;
     l2_buf arena;
     l2_event ev; /* scratch for decoding */
     char err[L2_ERRLEN];
     int failed;
-} answer;
+};
 
 static void answer_init(answer *a)
 {
@@ -1095,7 +1105,7 @@ int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err)
     }
     l2_buf_free(&copy);
     l2_event_free(&ev);
-    if (*sent && exact_feed(b)) {
+    if (*sent && has_feed(b)) {
         /* L1 took these alone; L2's feed now has them, and what L2 made of them */
         l2_poll_report r = {0};
         if (catch_up(b, (int64_t)time(NULL), 0, &r) || r.failed) logf_(b, "L1 cannot catch up with L2: %s", r.error);
@@ -1173,22 +1183,63 @@ static int number_filter(l2_filter *f, unsigned field, int64_t v, char *err)
     return l2_filter_begin(f, field, 0, err) || l2_filter_set_number(f, field, v, err) || l2_filter_finish(f, err);
 }
 
-/* The created_at past the newest event L2 holds (0 when it holds none), or `unknown` when L2
- * cannot say. */
+/* The latest created_at that is not far in the future: now + future_limit (no limit: any). */
+static int64_t future_edge(const l2_backend *b)
+{
+    return b->o.future_limit > 0 ? (int64_t)time(NULL) + b->o.future_limit : L2_MAX_CREATED_AT;
+}
+
+/* L2's events created in [since, until] newest first, at most `limit`, into *a. 0, or -1. */
+static int l2_window(l2_backend *b, int64_t since, int64_t until, int64_t limit, answer *a)
+{
+    l2_filter f;
+    l2_filter_init(&f);
+    char err[L2_ERRLEN];
+    int rc = l2_filter_begin(&f, L2_F_SINCE, 0, err) || l2_filter_set_number(&f, L2_F_SINCE, since, err) ||
+             l2_filter_begin(&f, L2_F_UNTIL, 0, err) || l2_filter_set_number(&f, L2_F_UNTIL, until, err) ||
+             l2_filter_begin(&f, L2_F_LIMIT, 0, err) || l2_filter_set_number(&f, L2_F_LIMIT, limit, err) ||
+             l2_filter_finish(&f, err) ||
+             b->l2vt->query(b->l2, &f, 1, limit, (int64_t)time(NULL), 0, NULL, keep_row, a, err) || a->failed;
+    l2_filter_free(&f);
+    return rc ? -1 : 0;
+}
+
+/* The created_at past the newest event L2 holds that is not far in the future (0 when there is
+ * none), or `unknown` when L2 cannot say. */
 static int64_t past_newest(l2_backend *b, int64_t unknown)
 {
     answer newest;
     answer_init(&newest);
-    l2_filter f;
-    l2_filter_init(&f);
-    char err[L2_ERRLEN];
     int64_t h = unknown;
-    if (number_filter(&f, L2_F_LIMIT, 1, err) == 0 &&
-        b->l2vt->query(b->l2, &f, 1, 1, (int64_t)time(NULL), 0, NULL, keep_row, &newest, err) == 0 && !newest.failed)
-        h = newest.n ? newest.v[0].created_at + 1 : 0;
-    l2_filter_free(&f);
+    if (l2_window(b, 0, future_edge(b), 1, &newest) == 0) h = newest.n ? newest.v[0].created_at + 1 : 0;
     answer_free(&newest);
     return h;
+}
+
+/* At most this many events dated past the future limit are held in L1 so that the horizon can
+ * stay at the present. */
+#define FAR_FUTURE_MAX 256
+
+/* A horizon at *h (past_newest's) promises every event from there on: those L2 holds dated far
+ * ahead (imported, or stored before the limit) are copied into L1 (a cache fill), so that one
+ * such event cannot put the horizon where L1 proves nothing; when they are too many or L1 cannot
+ * take them, *h goes past them. */
+static void hold_far_future(l2_backend *b, int64_t *h)
+{
+    if (b->o.future_limit <= 0) return;
+    answer far;
+    answer_init(&far);
+    int64_t edge = future_edge(b);
+    if (l2_window(b, edge + 1, L2_MAX_CREATED_AT, FAR_FUTURE_MAX + 1, &far)) {
+        *h = L2_MAX_CREATED_AT + 1;
+    } else if (far.n > FAR_FUTURE_MAX) {
+        *h = far.v[0].created_at + 1;
+    } else if (far.n) {
+        l2_poll_report r = {0};
+        int64_t untaken = apply_saves(b, &far, 0, far.n, APPLY_FILL, (int64_t)time(NULL), &r);
+        if (untaken != INT64_MIN && untaken >= *h) *h = untaken + 1;
+    }
+    answer_free(&far);
 }
 
 /* L1 could not be brought under its high water mark: L1 is a cache and L2 has everything, so it
@@ -1205,13 +1256,13 @@ static void reset_l1(l2_backend *b)
         return;
     }
     uint64_t last = 0;
-    int exact = exact_feed(b);
+    int exact = has_feed(b);
     if (exact && l2_last_seq(b, &last, err)) {
         logf_(b, "L1 is not emptied: %s", err);
         return;
     }
     int64_t h = past_newest(b, L2_MAX_CREATED_AT);
-    if (l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, h, err) ||
+    if (l2_store_nuke(b->l1, err) || (hold_far_future(b, &h), l2_backend_set_horizon(b, h, err)) ||
         (exact && l2_store_feed_reset(b->l1, last, err)))
         logf_(b, "emptying L1 failed: %s", err);
 }
@@ -1236,7 +1287,7 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
 {
     memset(r, 0, sizeof *r);
     if (b->l2) recover_writes(b);
-    if (exact_feed(b)) {
+    if (has_feed(b)) {
         /* also what brings back an L1 emptied behind the backend */
         l2_poll_report caught = {0};
         if (force == L2_GC_TIMER && catch_up(b, (int64_t)time(NULL), 0, &caught))
@@ -1409,23 +1460,24 @@ static void past_untaken(l2_backend *b, size_t n, int64_t newest, const char *wh
     if (l2_backend_forget_answers(b, err)) logf_(b, "cannot forget the remembered answers: %s", err);
 }
 
-/* Saves the events of rows [from, to) into L1 in as few transactions as it takes; each one L1
- * stored is news: the accepted hook, origin L2. Skimming (a long replay), none is saved: the
- * horizon goes past them. */
-static void apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int skim, int64_t now,
-                        l2_poll_report *r)
+/* Saves the events of rows [from, to) into L1 in as few transactions as it takes (APPLY_COPY);
+ * each one L1 stored is news: the accepted hook, origin L2. APPLY_FILL saves them as a cache fill
+ * (not news); APPLY_SKIM (a long replay) saves none: the horizon goes past them. Returns the
+ * newest created_at of those L1 did not take (INT64_MIN: none). */
+static int64_t apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int mode, int64_t now,
+                           l2_poll_report *r)
 {
-    if (skim && to > from) {
+    if (mode == APPLY_SKIM && to > from) {
         int64_t newest = INT64_MIN;
         for (size_t i = from; i < to; i++) {
             l2_learned_missing_forget(b->learned, rows->v[i].id);
             if (rows->v[i].created_at > newest) newest = rows->v[i].created_at;
         }
         past_untaken(b, to - from, newest, NULL);
-        return;
+        return newest;
     }
     size_t n = to - from;
-    if (!n) return;
+    if (!n) return INT64_MIN;
     l2_event *evs = calloc(n, sizeof *evs);
     l2_event **ptrs = calloc(n, sizeof *ptrs);
     l2_save_result *res = calloc(n, sizeof *res);
@@ -1439,12 +1491,13 @@ static void apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int
         if (kr->json ? l2_event_parse_json(&evs[k], p, kr->len, L2_HAVE_ALL, &l2_default_limits, err)
                      : l2_event_decode_bin(&evs[k], p, kr->len, err)) {
             l2_event_free(&evs[k]);
+            logf_(b, "an event of L2's cannot be read: %s", err);
             continue;
         }
         ptrs[k] = &evs[k];
         k++;
     }
-    if (k) save_l1(b, ptrs, k, now, 0, res, fail, NULL);
+    if (k) save_l1(b, ptrs, k, now, mode == APPLY_FILL ? L2_SAVE_FILL : 0, res, fail, NULL);
     size_t untaken = 0;
     int64_t newest = INT64_MIN;
     const char *why = NULL;
@@ -1452,7 +1505,7 @@ static void apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int
         l2_learned_missing_forget(b->learned, ptrs[i]->id);
         if (fail[i].ok && res[i].status == L2_SAVE_STORED) {
             r->received++;
-            b->hooks.accepted(b->hooks.ud, ptrs[i], 1);
+            if (mode == APPLY_COPY) b->hooks.accepted(b->hooks.ud, ptrs[i], 1);
         } else if (!fail[i].ok) {
             untaken++;
             why = fail[i].msg;
@@ -1465,6 +1518,7 @@ static void apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int
     free(ptrs);
     free(res);
     free(fail);
+    return untaken ? newest : INT64_MIN;
 }
 
 /* Applies a page of changes to L1, in order: saves go together until a removal comes (skimmed:
@@ -1481,14 +1535,14 @@ static int apply_changes(l2_backend *b, change_list *c, int skip_seen, int skim,
         if (ch->have_row) {
             /* a save already applied is left out of the batch: rows [saves_from, row) are all new */
             if (!fresh) {
-                apply_saves(b, &c->rows, saves_from, row, skim, now, r);
+                apply_saves(b, &c->rows, saves_from, row, skim ? APPLY_SKIM : APPLY_COPY, now, r);
                 saves_from = row + 1;
             }
             row++;
             continue;
         }
         if (!fresh || !ch->have_id || ch->op == L2_CHANGE_SAVED) continue;
-        apply_saves(b, &c->rows, saves_from, row, skim, now, r);
+        apply_saves(b, &c->rows, saves_from, row, skim ? APPLY_SKIM : APPLY_COPY, now, r);
         saves_from = row;
         int found;
         /* a deletion keeps its tombstone (L1 decides alone while L2 is down); a replaced version
@@ -1501,7 +1555,7 @@ static int apply_changes(l2_backend *b, change_list *c, int skip_seen, int skim,
             r->deleted++;
         }
     }
-    apply_saves(b, &c->rows, saves_from, row, skim, now, r);
+    apply_saves(b, &c->rows, saves_from, row, skim ? APPLY_SKIM : APPLY_COPY, now, r);
     return rc;
 }
 
@@ -1577,7 +1631,7 @@ static void poll_by_time(l2_backend *b, int64_t now, l2_poll_report *r)
         if (a.failed) snprintf(r->error, sizeof r->error, "%s", a.err);
         r->failed = 1;
     } else {
-        apply_saves(b, &a, 0, a.n, 0, now, r);
+        apply_saves(b, &a, 0, a.n, APPLY_COPY, now, r);
     }
     l2_filter_free(&f);
     answer_free(&a);
@@ -1589,17 +1643,23 @@ static void poll_by_time(l2_backend *b, int64_t now, l2_poll_report *r)
 #define CATCH_UP_COPY_MAX 10000
 #define CATCH_UP_PAGE 1000
 
-static int exact_feed(const l2_backend *b)
+/* An L2 with a feed a cache can replay (storeif.h's feed): L1 keeps its place in it. */
+static int has_feed(const l2_backend *b)
 {
-    return b->l2 && b->l2vt->changes && b->l2vt->last_changes && b->l2vt->stats;
+    return b->l2 && b->l2vt->feed;
 }
 
-static void last_seq_field(void *ud, const char *name, uint64_t value);
+/* ...and whose writes say which changes they made: L1's own writes move its place too. */
+static int exact_feed(const l2_backend *b)
+{
+    return has_feed(b) && b->l2vt->last_changes;
+}
 
+/* L2's present position in its feed. */
 static int l2_last_seq(l2_backend *b, uint64_t *last, char *err)
 {
     *last = 0;
-    return b->l2vt->stats(b->l2, last_seq_field, last, err);
+    return b->l2vt->feed(b->l2, 0, 0, NULL, NULL, last, err);
 }
 
 /* An L1 without a place in L2's feed (new, emptied, or from before positions were kept) starts
@@ -1620,6 +1680,7 @@ static int start_at_present(l2_backend *b, uint64_t *pos, char *err)
         logf_(b, "L1 holds events with no place in L2's feed: emptied");
         if (l2_store_nuke(b->l1, err)) return -1;
     }
+    hold_far_future(b, &h);
     if (l2_backend_raise_horizon(b, h, err) || l2_store_feed_reset(b->l1, last, err)) return -1;
     *pos = last;
     return 0;
@@ -1632,7 +1693,7 @@ static int start_at_present(l2_backend *b, uint64_t *pos, char *err)
  * the position out of order makes the replay go on (l2_store_mirror_result). */
 static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r)
 {
-    if (!exact_feed(b)) return 0;
+    if (!has_feed(b)) return 0;
     uint64_t pos, last;
     int known;
     size_t ahead;
@@ -1644,26 +1705,32 @@ static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r)
     if (last > pos && last - pos > CATCH_UP_COPY_MAX) skim = 1;
     change_list c = {0};
     answer_init(&c.rows);
+    uint64_t replayed = 0;
     for (unsigned rounds = 0;; rounds++) {
         change_list_reset(&c);
-        if (b->l2vt->changes(b->l2, pos, CATCH_UP_PAGE, keep_change, &c, r->error) || c.rows.failed) {
+        uint64_t next;
+        if (b->l2vt->feed(b->l2, pos, CATCH_UP_PAGE, keep_change, &c, &next, r->error) || c.rows.failed) {
             if (c.rows.failed) snprintf(r->error, sizeof r->error, "%s", c.rows.err);
             r->failed = 1;
             break;
         }
-        if (!c.n) break;
+        if (!c.n && next <= pos) break;
         if (apply_changes(b, &c, 0, skim, now, r)) {
             r->failed = 1;
             break;
         }
         l2_killpoint("catch-up:applied");
-        uint64_t to = c.v[c.n - 1].seq;
+        /* changes past a transaction still running come, and are applied, while the position
+         * cannot pass it (PostgreSQL) */
+        if (next <= pos) break;
         int result;
-        if (l2_store_feed_advance(b->l1, pos + 1, to, &result, r->error)) {
+        if (l2_store_feed_advance(b->l1, pos + 1, next, &result, r->error)) {
             r->failed = 1;
             break;
         }
-        pos = to;
+        pos = next;
+        replayed += c.n;
+        if (replayed > CATCH_UP_COPY_MAX) skim = 1;
         /* writers that keep coming make changes ahead of it: past where L2 was, it stops */
         if ((c.n < CATCH_UP_PAGE && result != L2_MIRROR_REPLAY) || (pos >= last && rounds >= 16)) break;
     }
@@ -1684,7 +1751,7 @@ int l2_backend_catch_up(l2_backend *b, int64_t now, l2_poll_report *r, char *err
 int l2_backend_imported(l2_backend *b, int64_t newest, char *err)
 {
     if (l2_backend_forget_answers(b, err)) return -1;
-    if (exact_feed(b)) {
+    if (has_feed(b)) {
         l2_poll_report r = {0};
         if (catch_up(b, (int64_t)time(NULL), 1, &r) == 0) return 0;
         snprintf(err, L2_ERRLEN, "%s", r.error);
@@ -1698,7 +1765,7 @@ int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err)
     memset(r, 0, sizeof *r);
     if (l2_backend_drain(b, &r->sent, err)) logf_(b, "draining the outbox failed: %s", err);
     if (!b->l2) return 0;
-    if (exact_feed(b)) {
+    if (has_feed(b)) {
         uint64_t sent = r->sent;
         recover_writes(b);
         catch_up(b, now, 0, r);
@@ -1736,6 +1803,7 @@ static int learn_horizon(l2_backend *b, char *err)
         logf_(b, "L2 cannot say yet what it holds: L1 proves no answer alone until it can");
         return 0;
     }
+    if (b->l2) hold_far_future(b, &h);
     return l2_store_meta_raise(b->l1, "horizon", h, &now_value, err);
 }
 
@@ -1745,7 +1813,7 @@ static int first_open(l2_backend *b, char *err)
 {
     int found;
     int64_t cursor;
-    if (exact_feed(b)) return 0;
+    if (has_feed(b)) return 0;
     if (learn_horizon(b, err)) return -1;
     if (!b->l2 || !b->l2vt->changes || !b->l2vt->stats) return 0;
     if (l2_store_meta_get_int(b->l1, "poll_cursor", &cursor, &found, err)) return -1;
@@ -1775,7 +1843,7 @@ int l2_backend_nuke(l2_backend *b, char *err)
     uint64_t last = 0;
     if ((b->l2 && b->l2vt->nuke(b->l2, err)) || l2_store_nuke(b->l1, err) || l2_backend_set_horizon(b, 0, err))
         return -1;
-    if (exact_feed(b) && (l2_last_seq(b, &last, err) || l2_store_feed_reset(b->l1, last, err))) return -1;
+    if (has_feed(b) && (l2_last_seq(b, &last, err) || l2_store_feed_reset(b->l1, last, err))) return -1;
     l2_learned_clear(b->learned); /* read counts and known-missing ids were about events that are gone */
     return 0;
 }

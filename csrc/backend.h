@@ -49,6 +49,7 @@ typedef struct {
     int64_t missing_ttl;        /* seconds an L2 "no such id" stands; 0: not kept */
     int64_t answers_ttl;        /* seconds a remembered answer stands; 0: none are kept */
     uint64_t answers_max_ids;   /* 32-byte units all remembered answers take (at most 1/16 of L1's size) */
+    int64_t future_limit;       /* seconds ahead of the clock a saved event may be dated; 0: any */
 } l2_backend_opts;
 
 /* A two-level store over an open L1 (a cache store) and L2 (NULL for none); both stay the

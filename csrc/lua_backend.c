@@ -1144,6 +1144,7 @@ static int pv_new(lua_State *L)
         .missing_ttl = l2lua_opt_int(L, 4, "missing_ttl", 10),
         .answers_ttl = l2lua_opt_int(L, 4, "answers_ttl", 60),
         .answers_max_ids = (uint64_t)l2lua_opt_int(L, 4, "answers_max_ids", 100000),
+        .future_limit = l2lua_opt_int(L, 4, "future_limit", 900),
     };
     lua_getfield(L, 4, "stub_share");
     if (lua_isnumber(L, -1)) o.stub_share = lua_tonumber(L, -1);

@@ -18,7 +18,7 @@ static l2_store *check_lmdb(lua_State *L, l2lua_store **out)
     return s->st;
 }
 
-/* layer2.lmdb.open(path [, opts]) -> store | nil, err. opts: map_size, fixed_map, nosync, cache,
+/* layer2.lmdb.open(path [, opts]) -> store | nil, err. opts: map_size, fixed_map, nosync, nometasync, cache,
  * max_limit, max_filters, key_prefix (store.h: for tests), index_memory. */
 static int lmdb_open(lua_State *L)
 {
@@ -28,6 +28,7 @@ static int lmdb_open(lua_State *L)
     o.map_size = (size_t)l2lua_opt_int(L, 2, "map_size", 0);
     o.fixed_map = l2lua_opt_bool(L, 2, "fixed_map", 0);
     o.nosync = l2lua_opt_bool(L, 2, "nosync", 0);
+    o.nometasync = l2lua_opt_bool(L, 2, "nometasync", 0);
     o.cache = l2lua_opt_bool(L, 2, "cache", 0);
     int64_t prefix = l2lua_opt_int(L, 2, "key_prefix", 0);
     if (prefix < 0 || prefix > 32) return luaL_error(L, "layer2.lmdb.open: key_prefix is 1 to 32 bytes");

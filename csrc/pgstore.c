@@ -37,9 +37,19 @@ struct l2_pg {
     l2_buf sql, json, copy;
 };
 
-/* The schema, version 2 (version 1 had the same tables; its layer2_save stored a deletion request
- * that names only other authors' events): tables, then the functions (what a migration from
- * version 1 replaces), then the trigger that needs them. */
+/* The schema, version 3 (version 2 had no transaction id in layer2_changes; version 1 had the same
+ * tables as 2, and its layer2_save stored a deletion request that names only other authors'
+ * events): tables, then the functions (what a migration from version 1 replaces), then the
+ * trigger that needs them. */
+
+/* Each change keeps the id of the transaction that made it: a cache reads the feed by those, only
+ * from transactions that have ended (l2_pg_feed), so a late commit is never passed over. Rows
+ * from before version 3 take 1: older than any position a cache keeps. */
+#define XID_SQL                                                                                                      \
+    "ALTER TABLE layer2_changes ADD COLUMN xid xid8 NOT NULL DEFAULT '1';\n"                                       \
+    "ALTER TABLE layer2_changes ALTER COLUMN xid SET DEFAULT pg_current_xact_id();\n"                              \
+    "CREATE INDEX layer2_changes_xid ON layer2_changes (xid);\n"
+
 static const char TABLES_SQL[] =
     "CREATE TABLE layer2_meta (key text PRIMARY KEY, value text NOT NULL);\n"
     "CREATE TABLE layer2_events (\n"
@@ -63,7 +73,8 @@ static const char TABLES_SQL[] =
     "CREATE TABLE layer2_tombstones (id bytea, pubkey bytea, PRIMARY KEY (id, pubkey));\n"
     "CREATE TABLE layer2_addr_tombstones (pubkey bytea, kind integer, d bytea, until bigint NOT NULL,\n"
     "  PRIMARY KEY (pubkey, kind, d));\n"
-    "CREATE TABLE layer2_changes (seq bigserial PRIMARY KEY, op smallint NOT NULL, id bytea NOT NULL);\n";
+    "CREATE TABLE layer2_changes (seq bigserial PRIMARY KEY, op smallint NOT NULL, id bytea NOT NULL);\n"
+    XID_SQL;
 
 static const char FUNCTIONS_SQL[] =
     "CREATE OR REPLACE FUNCTION layer2_notify() RETURNS trigger LANGUAGE plpgsql AS $$\n"
@@ -475,9 +486,12 @@ static int create_schema(l2_pg *pg, char *err)
         size_t n = PQntuples(pg->res) ? (size_t)PQgetlength(pg->res, 0, 0) : 0;
         snprintf(v, sizeof v, "%.*s", (int)(n < sizeof v ? n : sizeof v - 1), n ? PQgetvalue(pg->res, 0, 0) : "");
         int version = atoi(v);
-        if (version == 1) {
-            /* the same tables: its functions are replaced (under the schema's lock, in this transaction) */
-            if (run_plain(pg, FUNCTIONS_SQL, err) || run_plain(pg, set_version, err)) goto rollback;
+        if (version == 1 || version == 2) {
+            /* under the schema's lock, in this transaction: version 1's functions are replaced, and
+             * the changes get their transaction ids */
+            if ((version == 1 && run_plain(pg, FUNCTIONS_SQL, err)) || run_plain(pg, XID_SQL, err) ||
+                run_plain(pg, set_version, err))
+                goto rollback;
         } else if (version != L2_PG_SCHEMA_VERSION) {
             fail(err, "error: PostgreSQL: the database holds layer2 schema version '%s'; this layer2 knows version %d "
                       "and leaves it alone", v, L2_PG_SCHEMA_VERSION);
@@ -946,6 +960,40 @@ int l2_pg_changes(l2_pg *pg, uint64_t after, size_t max, size_t *rows, char *err
     return 0;
 }
 
+/* The window of finished transactions from `pos`: up to the oldest transaction still running
+ * (the snapshot's xmin), or past the transaction of the max-th change when that comes first. A
+ * transaction that took its sequence numbers early and commits late is still running while the
+ * window stops before it, so no position can pass it. When the window reaches xmin, the changes
+ * of transactions past it that have committed come too (up to max more): they are read again
+ * until the position passes them, and applying a change twice changes nothing. */
+int l2_pg_feed(l2_pg *pg, uint64_t pos, size_t max, size_t *rows, uint64_t *next, char *err)
+{
+    *rows = 0;
+    *next = pos;
+    if (ready(pg, err)) return -1;
+    par_reset(&pg->par);
+    if (par_i64(&pg->par, (int64_t)pos) < 0 || par_i64(&pg->par, (int64_t)(max ? max - 1 : 0)) < 0 ||
+        par_bool(&pg->par, max > 0) < 0)
+        return oom(err);
+    if (!run(pg,
+             "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),"
+             " w AS (SELECT least(s.xmin, coalesce(CASE WHEN $3 THEN (SELECT (c.xid::text::bigint + 1)::text::xid8"
+             "   FROM layer2_changes c WHERE c.xid >= $1::text::xid8 ORDER BY c.xid OFFSET $2 LIMIT 1) END,"
+             "   s.xmin)) AS upto, s.xmin FROM s),"
+             " c AS (SELECT c.* FROM layer2_changes c, w WHERE $3 AND c.xid >= $1::text::xid8 AND c.xid < w.upto"
+             "   UNION ALL (SELECT c.* FROM layer2_changes c, w WHERE $3 AND w.upto = w.xmin AND c.xid >= w.upto"
+             "   ORDER BY c.seq LIMIT $2 + 1))"
+             " SELECT greatest(w.upto::text::bigint, $1), c.seq, c.op, c.id, e.json FROM w"
+             " LEFT JOIN c ON true LEFT JOIN layer2_events e ON c.op = 1 AND e.id = c.id ORDER BY c.seq",
+             &pg->par, err))
+        return -1;
+    size_t n = (size_t)PQntuples(pg->res);
+    if (n) *next = (uint64_t)l2_pg_int(pg, 0, 0);
+    /* a window without changes is one row of NULLs past the position */
+    *rows = n == 1 && !l2_pg_value(pg, 0, 1, &(size_t){0}) ? 0 : n;
+    return 0;
+}
+
 /* ---- maintenance ---- */
 
 int l2_pg_stats_get(l2_pg *pg, l2_pg_stats *s, char *err)
@@ -1088,21 +1136,34 @@ static int if_export(void *pg, const uint8_t (*keys)[32], size_t nkeys, int filt
     return rc;
 }
 
-static int if_changes(void *pg, uint64_t after, size_t max, l2_change_fn fn, void *ud, char *err)
+/* Hands rows of a changes result (seq, op, id, json from column `col`) to fn. */
+static int rows_changes(void *pg, size_t rows, int col, l2_change_fn fn, void *ud)
 {
-    size_t rows;
-    if (l2_pg_changes(pg, after, max, &rows, err)) return -1;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < rows; i++) {
         size_t n;
         l2_row r = {0};
-        const char *id = l2_pg_value(pg, i, 2, &n);
-        r.json = l2_pg_value(pg, i, 3, &r.json_len);
+        const char *id = l2_pg_value(pg, i, col + 2, &n);
+        r.json = l2_pg_value(pg, i, col + 3, &r.json_len);
         if (id && n == 32) memcpy(r.id, id, 32);
-        rc = fn(ud, (uint64_t)l2_pg_int(pg, i, 0), (int)l2_pg_int(pg, i, 1), id && n == 32 ? (const uint8_t *)id : NULL,
-                r.json ? &r : NULL);
+        rc = fn(ud, (uint64_t)l2_pg_int(pg, i, col), (int)l2_pg_int(pg, i, col + 1),
+                id && n == 32 ? (const uint8_t *)id : NULL, r.json ? &r : NULL);
     }
     return 0;
+}
+
+static int if_changes(void *pg, uint64_t after, size_t max, l2_change_fn fn, void *ud, char *err)
+{
+    size_t rows;
+    if (l2_pg_changes(pg, after, max, &rows, err)) return -1;
+    return rows_changes(pg, rows, 0, fn, ud);
+}
+
+static int if_feed(void *pg, uint64_t pos, size_t max, l2_change_fn fn, void *ud, uint64_t *next, char *err)
+{
+    size_t rows;
+    if (l2_pg_feed(pg, pos, max, &rows, next, err)) return -1;
+    return rows_changes(pg, rows, 1, fn, ud);
 }
 
 static int if_stats(void *pg, l2_stat_fn field, void *ud, char *err)
@@ -1163,4 +1224,5 @@ const l2_store_if l2_pg_store_if = {
     "postgres", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats,
     if_check, if_sweep, if_nuke, if_sync, if_after_import, if_items,
     NULL, /* last_changes: a sequence number is taken before commit, so commit order is not its order */
+    if_feed,
 };

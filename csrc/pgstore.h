@@ -12,7 +12,7 @@
 #include "rules.h"
 #include "storeif.h"
 
-#define L2_PG_SCHEMA_VERSION 2
+#define L2_PG_SCHEMA_VERSION 3
 
 typedef struct l2_pg l2_pg;
 
@@ -51,6 +51,10 @@ void l2_pg_export_end(l2_pg *pg);
 /* Up to max changes after seq `after`; rows: seq (int), op (int: 1 saved, 2 replaced, 3
  * deleted), id (32 bytes), the event's JSON for a save still stored (else NULL). */
 int l2_pg_changes(l2_pg *pg, uint64_t after, size_t max, size_t *rows, char *err);
+/* The feed a cache replays (storeif.h's feed): the changes of transactions that have ended, from
+ * transaction id `pos` on, about max (a transaction's are never split; 0: none, just the present
+ * position); *next gets the position past them. Rows: *next, then the columns of l2_pg_changes. */
+int l2_pg_feed(l2_pg *pg, uint64_t pos, size_t max, size_t *rows, uint64_t *next, char *err);
 
 /* A value of the last result: its bytes (NULL for SQL NULL), or a big-endian integer column. */
 const char *l2_pg_value(l2_pg *pg, size_t row, int col, size_t *len);

@@ -239,7 +239,7 @@ static int env_open(shared_env *sh, const char *path, const l2_store_opts *o, in
     mdb_env_set_maxdbs(sh->env, DB_COUNT + 2);
     mdb_env_set_maxreaders(sh->env, 1022);
     mdb_env_set_mapsize(sh->env, sh->map_size);
-    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (o->nosync ? MDB_NOSYNC : 0);
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (o->nosync ? MDB_NOSYNC : o->nometasync ? MDB_NOMETASYNC : 0);
     if ((rc = mdb_env_open(sh->env, path, flags, 0664))) {
         mdb_env_close(sh->env);
         return fail(err, "error: cannot open the store at '%s': %s", path, mdb_strerror(rc));
@@ -3481,7 +3481,36 @@ static void if_last_changes(void *st, uint64_t *first, uint64_t *last)
     l2_store_last_changes(st, first, last);
 }
 
+typedef struct {
+    l2_change_fn fn;
+    void *ud;
+    uint64_t last;
+} feed_walk;
+
+static int feed_change(void *ud, uint64_t seq, int op, const uint8_t *id, const l2_row *row)
+{
+    feed_walk *w = ud;
+    w->last = seq;
+    return w->fn(w->ud, seq, op, id, row);
+}
+
+/* Sequence numbers are taken inside the one write transaction at a time: their order is commit
+ * order, and the feed is the change records as they are. */
+static int if_feed(void *st, uint64_t pos, size_t max, l2_change_fn fn, void *ud, uint64_t *next, char *err)
+{
+    if (!max) {
+        l2_store_stats s;
+        if (l2_store_stats_get(st, &s, err)) return -1;
+        *next = s.last_seq;
+        return 0;
+    }
+    feed_walk w = {fn, ud, pos};
+    if (if_changes(st, pos, max, feed_change, &w, err)) return -1;
+    *next = w.last;
+    return 0;
+}
+
 const l2_store_if l2_lmdb_store_if = {
     "lmdb", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats, if_check,
-    if_sweep, if_nuke, if_sync, if_after_import, if_items, if_last_changes,
+    if_sweep, if_nuke, if_sync, if_after_import, if_items, if_last_changes, if_feed,
 };

@@ -17,6 +17,8 @@ typedef struct {
     size_t map_size; /* initial map size in bytes; 0 means 1 GiB. The map grows when full */
     int fixed_map;   /* never grow: a size-limited store */
     int nosync;      /* commit without fsync; durable at l2_store_sync */
+    int nometasync;  /* one fsync a commit, not two: a system crash may undo the last commit, never
+                      * corrupt the store (LMDB's MDB_NOMETASYNC) */
     int cache;       /* an L1: keeps access statistics, can hold stubs */
     size_t key_prefix; /* bytes of a pubkey or hex value in index keys, 1 to 32, fixed when the store
                         * is made; 0 means 8. Small values are for tests: they make collisions */

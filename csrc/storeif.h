@@ -90,6 +90,12 @@ typedef struct l2_store_if {
      * itself exactly (docs/DESIGN.md §3); NULL otherwise (PostgreSQL: a transaction can take a
      * sequence number and commit after a later one) and without a feed. */
     void (*last_changes)(void *st, uint64_t *first, uint64_t *last);
+    /* The change feed as a cache replays it: the changes past position `pos`, oldest first (about
+     * max; PostgreSQL never splits a transaction's), and in *next the position past them; no change
+     * can appear at or before *next later. max 0 reads none: *next is the present position.
+     * LMDB: positions are sequence numbers. PostgreSQL: transaction ids, and only the changes of
+     * transactions that have ended are read. NULL without such a feed (an L2 written in Lua). */
+    int (*feed)(void *st, uint64_t pos, size_t max, l2_change_fn fn, void *ud, uint64_t *next, char *err);
 } l2_store_if;
 
 extern const l2_store_if l2_lmdb_store_if;

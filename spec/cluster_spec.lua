@@ -210,6 +210,52 @@ describe("a cluster of three nodes on one PostgreSQL L2", function()
     assert.equal(before, b.from_l2_count)
   end)
 
+  it("gets a change whose transaction took its sequence number first and commits after 20 polls of another node",
+    function()
+      local name = conninfo:match("dbname=(%S+)")
+      local late = sign(KEYS.C, { created_at = NOW - 30, content = "late" })
+      local hex = function(s) return ("decode('%s', 'hex')"):format(s) end
+      assert.equal("", pg.psql("CREATE TABLE late_go (x integer)", name))
+      -- another writer's transaction: layer2_save takes its change's sequence number, then it
+      -- waits (for late_go) with the transaction open
+      local sql = ("BEGIN; SELECT layer2_save(%s, %s, 1, %d, NULL, false, ''::bytea, '{}'::bytea[], '%s', "
+        .. "'{}'::bytea[], '{}'::integer[], '{}'::bytea[], %d); DO 'BEGIN WHILE NOT EXISTS (SELECT 1 FROM late_go) "
+        .. "LOOP PERFORM pg_sleep(0.02); END LOOP; END'; COMMIT;"):format(hex(late.id), hex(late.pubkey),
+        late.created_at, layer2.event.encode(late), NOW)
+      local done = sync .. "/late_done"
+      os.execute(("(%s; touch '%s') > /dev/null 2>&1 &"):format(pg.psql_command(sql, name), done))
+      local waiting = function()
+        return pg.psql(("SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND wait_event = 'PgSleep'")
+          :format(name), name):match("%d+") == "1"
+      end
+      for _ = 1, 600 do
+        if waiting() then break end
+        os.execute("sleep 0.05")
+      end
+      assert(waiting(), "the late transaction is open")
+      local after = {}
+      for i = 1, 25 do
+        after[i] = sign(KEYS.B, { created_at = NOW - 20 + i % 5, content = "meanwhile " .. i })
+        assert.is_true(b.db:save_event(after[i]))
+        assert.is_nil(a.db:poll().error)
+      end
+      for _, ev in ipairs(after) do assert(l1_has(a.db, ev.id)) end
+      assert.is_false(l1_has(a.db, late.id))
+      assert.equal("", pg.psql("INSERT INTO late_go VALUES (1)", name))
+      wait_for(done, "the late transaction to commit")
+      -- it took its sequence number before every event B saved meanwhile
+      local seq = function(id)
+        return tonumber(pg.psql(("SELECT seq FROM layer2_changes WHERE id = %s"):format(hex(id)), name):match("%d+"))
+      end
+      assert(seq(late.id) < seq(after[1].id), "the late change's sequence number comes first")
+      assert.is_nil(a.db:poll().error)
+      assert(l1_has(a.db, late.id), "the late commit reached the other node's L1")
+      assert.equal(1, a.from_l2[late.id])
+      for _, f in ipairs({ { kinds = { 1 }, limit = 10 }, { authors = { late.pubkey } }, { since = NOW - 40 } }) do
+        assert.same(helper.ids(a.db.l2:query_events(f)), helper.ids(a.db:query_events(f)))
+      end
+    end)
+
   it("loses nothing while PostgreSQL is down: 1,000 saves queue, then reach it exactly once", function()
     local events = {}
     for i = 1, 1000 do events[i] = sign(KEYS.B, { created_at = NOW - 2000 + i, content = "outage " .. i }) end

@@ -6,6 +6,7 @@
 local helper = require("spec.helper")
 local layer2 = require("layer2")
 local ref = require("spec.ref")
+local pg = require("spec.pg")
 
 local KEYS = { ("0"):rep(63) .. "1", ("0"):rep(63) .. "2", ("0"):rep(63) .. "3" }
 local NOW = os.time()
@@ -43,7 +44,7 @@ for _, op in ipairs(ops) do
     assert(db:poll())
   elseif op[1] == "other" then
     -- another writer of the same L2, whose changes reach this L1 only by its feed
-    local other = assert(layer2.lmdb.open(dir .. "/layer2"))
+    local other = assert(opts.l2 and layer2.postgres.open(opts.l2) or layer2.lmdb.open(dir .. "/layer2"))
     assert(other:save_events(parse(op.evs)))
     for _, id in ipairs(op.delete or {}) do assert(other:delete_event(id)) end
     other:close()
@@ -169,51 +170,53 @@ local function scenarios(ev)
   }, base
 end
 
-describe("L1 agrees with L2 after a writer is killed at a named step", function()
-  local ev = workload()
-  local list, base = scenarios(ev)
-  local universe = {}
-  for _, group in ipairs({ ev.notes, ev.imported, ev.others, ev.bulk }) do
-    for _, e in ipairs(group) do universe[#universe + 1] = e end
-  end
-  for _, k in ipairs({ "target", "profile1", "profile2", "list1", "list2", "del_e", "del_a", "fresh" }) do
-    universe[#universe + 1] = ev[k]
-  end
+for _, l2_kind in ipairs({ "lmdb", "postgres" }) do
+  describe("L1 agrees with its " .. l2_kind .. " L2 after a writer is killed at a named step", function()
+    local ev = workload()
+    local list, base = scenarios(ev)
+    local universe = {}
+    for _, group in ipairs({ ev.notes, ev.imported, ev.others, ev.bulk }) do
+      for _, e in ipairs(group) do universe[#universe + 1] = e end
+    end
+    for _, k in ipairs({ "target", "profile1", "profile2", "list1", "list2", "del_e", "del_a", "fresh" }) do
+      universe[#universe + 1] = ev[k]
+    end
 
-  for _, sc in ipairs(list) do
-    it(sc.name .. " (" .. sc.step .. ")", function()
-      local dir = helper.tmpdir()
-      local opts = { nosync = true }
-      if sc.small then opts.l1 = { size_limit = 256 * 1024 } end
-      local ops = {}
-      for _, op in ipairs(base) do ops[#ops + 1] = op end
-      for _, op in ipairs(sc.pre or {}) do ops[#ops + 1] = op end
-      local op = sc.op
-      local file
-      if sc.import then
-        file = dir .. "-import.jsonl"
-        local f = assert(io.open(file, "w"))
-        for _, line in ipairs(encode_all(ev.imported)) do f:write(line, "\n") end
-        f:close()
-        op = { "import", file = file, batch = 4 }
-      end
-      op.arm, op.nth = sc.step, sc.nth
-      ops[#ops + 1] = op
-      local out = run_child(dir, opts, ops)
-      -- killed at the step: nothing printed but the shell's word for it
-      assert.equal("", (out:gsub("Killed%s*", "")), "the child was not killed at " .. sc.step)
-      -- the reference: what L2 committed before the step and at it
-      local model = ref.new()
-      for _, group in ipairs({ ev.notes, { ev.target, ev.profile1, ev.list1 }, sc.before or {}, sc.applied or {} }) do
-        for _, e in ipairs(group) do model:save(e, os.time()) end
-      end
-      for _, e in ipairs(sc.deleted or {}) do model:remove(model.byid[e.id]) end
-      compare(dir, opts, model, universe, sc.name)
-      helper.rmdir(dir)
-      if file then os.remove(file) end
-    end)
-  end
-end)
+    for _, sc in ipairs(list) do
+      it(sc.name .. " (" .. sc.step .. ")", function()
+        local dir = helper.tmpdir()
+        local opts = { nosync = true, l2 = l2_kind == "postgres" and pg.fresh() or nil }
+        if sc.small then opts.l1 = { size_limit = 256 * 1024 } end
+        local ops = {}
+        for _, op in ipairs(base) do ops[#ops + 1] = op end
+        for _, op in ipairs(sc.pre or {}) do ops[#ops + 1] = op end
+        local op = sc.op
+        local file
+        if sc.import then
+          file = dir .. "-import.jsonl"
+          local f = assert(io.open(file, "w"))
+          for _, line in ipairs(encode_all(ev.imported)) do f:write(line, "\n") end
+          f:close()
+          op = { "import", file = file, batch = 4 }
+        end
+        op.arm, op.nth = sc.step, sc.nth
+        ops[#ops + 1] = op
+        local out = run_child(dir, opts, ops)
+        -- killed at the step: nothing printed but the shell's word for it
+        assert.equal("", (out:gsub("Killed%s*", "")), "the child was not killed at " .. sc.step)
+        -- the reference: what L2 committed before the step and at it
+        local model = ref.new()
+        for _, group in ipairs({ ev.notes, { ev.target, ev.profile1, ev.list1 }, sc.before or {}, sc.applied or {} }) do
+          for _, e in ipairs(group) do model:save(e, os.time()) end
+        end
+        for _, e in ipairs(sc.deleted or {}) do model:remove(model.byid[e.id]) end
+        compare(dir, opts, model, universe, sc.name)
+        helper.rmdir(dir)
+        if file then os.remove(file) end
+      end)
+    end
+  end)
+end
 
 -- Every id of `universe` and a set of filters: db answers as db.l2 does (ids first).
 local function agrees(db, universe, label)
@@ -329,4 +332,52 @@ end
       os.remove(script)
       helper.rmdir(dir)
     end)
+end)
+
+describe("events dated far ahead of the clock", function()
+  it("are refused by default (900 s ahead; future_limit sets it, false lifts it) and nothing is stored", function()
+    local dir = helper.tmpdir()
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    local ahead = sign(KEYS[1], { kind = 1, created_at = os.time() + 1000, content = "from the future" })
+    local near = sign(KEYS[1], { kind = 1, created_at = os.time() + 600, content = "a clock a little fast" })
+    assert.same({ false, "invalid: created_at is more than 900 seconds ahead of the clock" },
+      { db:save_event(ahead) })
+    assert.same({ "invalid: created_at is more than 900 seconds ahead of the clock", true },
+      db:save_events({ ahead, near }))
+    assert.same({ 0, 0 }, { db.l1:count_events({ ids = { ahead.id } }), db.l2:count_events({ ids = { ahead.id } }) })
+    assert.equal(1, db.l2:count_events({ ids = { near.id } }))
+    db:close()
+    db = assert(layer2.open(dir, { nosync = true, future_limit = 60, log = function() end }))
+    assert.same({ false, "invalid: created_at is more than 60 seconds ahead of the clock" },
+      { db:save_event(sign(KEYS[2], { kind = 1, created_at = os.time() + 120 })) })
+    db:close()
+    db = assert(layer2.open(dir, { nosync = true, future_limit = false, log = function() end }))
+    assert.is_true(db:save_event(ahead))
+    db:close()
+    for _, bad in ipairs({ -1, 1.5, "900", true }) do
+      assert.has_error(function() layer2.open(dir, { future_limit = bad }) end,
+        "layer2.open: future_limit must be a whole number of seconds, or false for no limit")
+    end
+    helper.rmdir(dir)
+  end)
+
+  it("already in L2 (2^53 - 1 among them) do not put a new L1's horizon where it proves nothing", function()
+    local dir = helper.tmpdir()
+    os.execute("mkdir -p '" .. dir .. "'")
+    local l2 = assert(layer2.lmdb.open(dir .. "/layer2", { nosync = true }))
+    local far = sign(KEYS[3], { kind = 1, created_at = 2 ^ 53 - 1, content = "the end of time" })
+    local notes = {}
+    for i = 1, 5 do notes[i] = sign(KEYS[i % 3 + 1], { kind = 1, created_at = NOW - 100 + i, content = "n" .. i }) end
+    assert(l2:save_events({ far, table.unpack(notes) }))
+    l2:close()
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    assert(db:stats().horizon <= os.time() + 1, "the horizon is at the present")
+    assert(db:save_event(sign(KEYS[1], { kind = 1, created_at = NOW - 1, content = "new" })))
+    local got, from = db:query_events({ kinds = { 1 }, limit = 2 })
+    assert.same(helper.ids(db.l2:query_events({ kinds = { 1 }, limit = 2 })), helper.ids(got))
+    assert.same({ far.id, 2, 0 }, { got[1].id, from.l1, from.l2 }, "L1 holds the far event and proves the answer")
+    agrees(db, notes, "far future")
+    db:close()
+    helper.rmdir(dir)
+  end)
 end)

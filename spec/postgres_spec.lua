@@ -176,15 +176,15 @@ describe("layer2.postgres store", function()
   it("creates and versions its schema; refuses a newer one and leaves it alone", function()
     local name = conninfo:match("dbname=(%S+)")
     local function version() return pg.psql("SELECT value FROM layer2_meta WHERE key = 'schema_version'", name):match("%S+") end
-    assert.equal("2", version())
+    assert.equal("3", version())
     local again = assert(layer2.postgres.open(conninfo)) -- opening again changes nothing
     again:close()
-    pg.psql("UPDATE layer2_meta SET value = '3' WHERE key = 'schema_version'", name)
+    pg.psql("UPDATE layer2_meta SET value = '4' WHERE key = 'schema_version'", name)
     local s, err = layer2.postgres.open(conninfo)
     assert.is_nil(s)
-    assert.equal("error: PostgreSQL: the database holds layer2 schema version '3'; this layer2 knows version 2 " ..
+    assert.equal("error: PostgreSQL: the database holds layer2 schema version '4'; this layer2 knows version 3 " ..
       "and leaves it alone", err)
-    assert.equal("3", version())
+    assert.equal("4", version())
   end)
 
   it("migrates a version-1 schema: its save function is replaced, its events stay", function()
@@ -193,12 +193,15 @@ describe("layer2.postgres store", function()
     assert.is_true(db:save_event(a))
     -- version 1's save stored a deletion of only another author's event: its function, as it was
     pg.psql("UPDATE layer2_meta SET value = '1' WHERE key = 'schema_version'", name)
+    pg.psql("ALTER TABLE layer2_changes DROP COLUMN xid", name) -- versions 1 and 2 had none
     pg.psql("CREATE OR REPLACE FUNCTION layer2_save(p_id bytea, p_pubkey bytea, p_kind integer, p_created bigint, "
       .. "p_expiration bigint, p_addr boolean, p_d bytea, p_tags bytea[], p_json text, p_del_ids bytea[], "
       .. "p_del_kinds integer[], p_del_ds bytea[], p_now bigint, OUT status integer, OUT replaced integer, "
       .. "OUT deleted integer) LANGUAGE plpgsql AS 'BEGIN status := 0; replaced := 0; deleted := 0; END'", name)
     local again = assert(layer2.postgres.open(conninfo))
-    assert.equal("2", pg.psql("SELECT value FROM layer2_meta WHERE key = 'schema_version'", name):match("%S+"))
+    assert.equal("3", pg.psql("SELECT value FROM layer2_meta WHERE key = 'schema_version'", name):match("%S+"))
+    -- the changes made before keep transaction id 1, older than any position; new ones get theirs
+    assert.equal("1", pg.psql("SELECT DISTINCT xid FROM layer2_changes", name):match("%S+"))
     assert.same({ a.id }, ids(again:query_events({ ids = { a.id } })))
     local other = layer2.event.sign({ kind = 5, created_at = NOW, tags = { { "e", a.id } }, content = "" },
       ("0"):rep(63) .. "e")

@@ -65,7 +65,9 @@ local function foreign_deletion(self, ev)
   return named > 0 and others == named and "events" or nil
 end
 
-function ref:save(ev, now)
+-- (future_limit: seconds ahead of now an event may be dated, as the two-level store refuses; nil: any)
+function ref:save(ev, now, future_limit)
+  if future_limit and ev.created_at > now + future_limit then return false, "invalid" end
   if ephemeral(ev.kind) then return true end
   if ev.kind == 5 and foreign_deletion(self, ev) == "address" then return false, "invalid" end
   local exp = ref.expiration(ev)

@@ -50,8 +50,14 @@ end
 local function open_stores(path, opts, limit, max_limit)
   -- a bad L2 object is the caller's mistake: said before anything is opened
   local given = type(opts.l2) ~= "string" and opts.l2 ~= nil and opts.l2 ~= false and check_store(opts.l2)
+  -- L1 at its place in a feed L2 keeps is rebuilt from that feed after any loss (docs/DESIGN.md
+  -- §3): it needs no durability of its own then, only integrity (l1.sync)
+  local sync = (opts.l1 or {}).sync or ((opts.l2 == nil or type(opts.l2) == "string") and "data" or "full")
+  if sync ~= "full" and sync ~= "data" and sync ~= "none" then
+    error('layer2.open: l1.sync is "full", "data" or "none"', 3)
+  end
   local l1, err = core.lmdb.open(path .. "/layer1", { cache = true, map_size = limit, fixed_map = limit ~= nil,
-    nosync = opts.nosync, max_limit = max_limit })
+    nosync = opts.nosync or sync == "none", nometasync = sync == "data", max_limit = max_limit })
   if not l1 then return nil, err end
   local l2
   if opts.l2 == nil then
@@ -86,6 +92,11 @@ function backend.open(path, opts)
   if share ~= nil and not (type(share) == "number" and share >= 0 and share <= 1) then
     error("layer2.open: l1.stub_share is a share of L1's events, from 0 to 1", 2)
   end
+  local future = opts.future_limit
+  if future == nil then future = 900 elseif future == false then future = 0 end
+  if not (type(future) == "number" and future >= 0 and future == math.floor(future)) then
+    error("layer2.open: future_limit must be a whole number of seconds, or false for no limit", 2)
+  end
   limit = limit and math.floor(limit / PAGE) * PAGE
   local st = {
     policy = load_policy(opts.policy),
@@ -101,7 +112,7 @@ function backend.open(path, opts)
     missing_ttl = l1opts.missing_ttl, answers_ttl = l1opts.answers == false and 0 or l1opts.answers_ttl,
     answers_max_ids = l1opts.answers_max_ids, evict_delete = l1opts.evict == "delete", stub_share = l1opts.stub_share,
     changes_kept = l1opts.changes_kept, by_created = st.policy.order == "created_at",
-    poll_frequency = opts.poll_frequency, poll_overlap = opts.poll_overlap }, st.hooks, st)
+    poll_frequency = opts.poll_frequency, poll_overlap = opts.poll_overlap, future_limit = future }, st.hooks, st)
   if not self then
     l1:close()
     if own_l2 then l2:close() end
