@@ -34,6 +34,9 @@ struct l2_backend {
     size_t nmarks;
     uint64_t *seen;
     size_t nseen, seen_cap;
+    /* a replay of L2's feed under way, or a save: an eviction they cause (make_room's gc) does not
+     * start another replay inside them */
+    int replaying, saving;
 };
 
 static const char *level_names[5] = {"l1", "stubs", "l2", "missing", "answers"};
@@ -220,10 +223,11 @@ static int save_l1(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, i
         char err[L2_ERRLEN];
         int room = make_room(b, bytes, k, err);
         if (room == 1) snprintf(err, sizeof err, "error: the event is too large for L1");
-        int last_chunk = from + k == n;
-        if (!room && range && range->mirror && last_chunk && all_ok) l2_store_mirror_next(b->l1, range->first, range->last);
+        /* a save's changes commute (l2_store_mirror_next) */
+        int mirror_here = !room && range && range->mirror && from + k == n && all_ok;
+        if (mirror_here) l2_store_mirror_next(b->l1, range->first, range->last, 1);
         int rc = room ? -1 : l2_store_save_batch(b->l1, evs + from, k, now, flags, res + from, err);
-        if (!room && range && range->mirror && last_chunk && all_ok) placed = l2_store_mirror_result(b->l1);
+        if (mirror_here) placed = l2_store_mirror_result(b->l1);
         if (rc && b->o.size_limit && strstr(err, "full") && (k > 1 || !retried)) {
             /* the pages a transaction copies filled L1 below its high water mark: evict, then
              * try again, in smaller transactions, a single event once more */
@@ -313,6 +317,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
         at[np] = i;
         pending[np++] = evs[i];
     }
+    b->saving = 1;
     /* L2 first: its verdicts stand; what it could not take L1 decides, with the outbox */
     if (b->l2 && np) {
         char err[L2_ERRLEN];
@@ -392,6 +397,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
         }
     }
 done:
+    b->saving = 0;
     l2_learned_end_write(b->learned, slot);
     free(pending);
     free(group);
@@ -416,7 +422,7 @@ int l2_backend_delete(l2_backend *b, const uint8_t id[32], int tombstone, int *f
             char l1_err[L2_ERRLEN];
             if (exact) b->l2vt->last_changes(b->l2, &first, &last);
             l2_killpoint("delete:l2-committed");
-            if (first <= last) l2_store_mirror_next(b->l1, first, last);
+            if (first <= last) l2_store_mirror_next(b->l1, first, last, tombstone);
             if (l2_store_delete(b->l1, id, tombstone, 0, &l1_found, l1_err))
                 logf_(b, "L1 could not delete an event L2 deleted: %s", l1_err);
             if (first <= last) placed = l2_store_mirror_result(b->l1);
@@ -1290,7 +1296,7 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
     if (has_feed(b)) {
         /* also what brings back an L1 emptied behind the backend */
         l2_poll_report caught = {0};
-        if (force == L2_GC_TIMER && catch_up(b, (int64_t)time(NULL), 0, &caught))
+        if (force == L2_GC_TIMER && !b->saving && catch_up(b, (int64_t)time(NULL), 0, &caught))
             logf_(b, "L1 cannot catch up with L2: %s", caught.error);
     } else if (learn_horizon(b, err)) {
         return -1;
@@ -1693,13 +1699,15 @@ static int start_at_present(l2_backend *b, uint64_t *pos, char *err)
  * the position out of order makes the replay go on (l2_store_mirror_result). */
 static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r)
 {
-    if (!has_feed(b)) return 0;
+    if (!has_feed(b) || b->replaying) return 0;
+    b->replaying = 1;
     uint64_t pos, last;
     int known;
     size_t ahead;
     if (l2_store_feed_pos(b->l1, &pos, &known, &ahead, r->error) ||
         (!known && start_at_present(b, &pos, r->error)) || l2_last_seq(b, &last, r->error)) {
         r->failed = 1;
+        b->replaying = 0;
         return -1;
     }
     if (last > pos && last - pos > CATCH_UP_COPY_MAX) skim = 1;
@@ -1736,6 +1744,7 @@ static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r)
     }
     free(c.v);
     answer_free(&c.rows);
+    b->replaying = 0;
     return r->failed ? -1 : 0;
 }
 

@@ -944,7 +944,7 @@ static void push_hits(lua_State *L, backend_ud *s)
 }
 
 /* db:stats() -> {l1, l2, horizon, size_limit, high_water, low_water, hits, outbox, policy,
- * poll_lag}: L1's and L2's own figures (L2's left out when it cannot give them) and the
+ * poll_lag, feed_position, feed_ahead}: L1's and L2's own figures (L2's left out when it cannot give them) and the
  * backend's */
 static int bk_stats(lua_State *L)
 {
@@ -968,6 +968,16 @@ static int bk_stats(lua_State *L)
         if (i == 1 && !o->size_limit) continue;
         lua_pushinteger(L, (lua_Integer)values[i]);
         lua_setfield(L, -2, names[i]);
+    }
+    /* L1's place in L2's feed, and the ranges applied ahead of it */
+    uint64_t pos;
+    int known;
+    size_t ahead;
+    if (s->l2vt && s->l2vt->feed && l2_store_feed_pos(s->l1->st, &pos, &known, &ahead, s->err) == 0 && known) {
+        lua_pushinteger(L, (lua_Integer)pos);
+        lua_setfield(L, -2, "feed_position");
+        lua_pushinteger(L, (lua_Integer)ahead);
+        lua_setfield(L, -2, "feed_ahead");
     }
     /* seconds since the last poll that reached L2 */
     int64_t polled = meta_number(s, "poll_at", -1);

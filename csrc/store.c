@@ -126,7 +126,7 @@ struct l2_store {
     /* a cache's next write mirrors L2's changes [mirror_first, mirror_last] (l2_store_mirror_next),
      * and what recording them did to its feed position */
     uint64_t mirror_first, mirror_last;
-    int mirror_set, mirror_result;
+    int mirror_set, mirror_result, mirror_commutes;
     uint64_t last_first, last_last; /* the changes the last write recorded (l2_store_last_changes) */
 };
 
@@ -2242,8 +2242,10 @@ int l2_store_meta_raise(l2_store *st, const char *key, int64_t value, int64_t *n
 /* ---- a cache's place in its L2's change feed ---- */
 
 /* The record under FEED_KEY: pos(8), then up to AHEAD_MAX ranges first(8) last(8) past pos that
- * were applied out of order, ascending. */
+ * were applied out of order, ascending; a range's last has NONCOMMUTING set when its changes may
+ * not commute with others (see l2_store_mirror_next). */
 #define AHEAD_MAX 64
+#define NONCOMMUTING (UINT64_C(1) << 63)
 
 typedef struct {
     uint64_t pos;
@@ -2282,8 +2284,9 @@ static int feed_put(wtx *w, const feed_pos *f)
 }
 
 /* Records, in the write under way, that it mirrors L2's changes [first, last]: the position
- * moves past them when they follow it (then ranges kept ahead of it were applied before changes
- * that come first: L1 must replay them in order), else they are kept ahead of a gap (a writer
+ * moves past them when they follow it, and past the ranges ahead that then follow, when all of
+ * them commute (then the order they were applied in does not matter); otherwise L1 must replay
+ * them in order. Changes that do not follow the position are kept ahead of the gap (a writer
  * between its two commits, or one that died there). */
 static int mirror_apply(wtx *w, int *result)
 {
@@ -2301,12 +2304,22 @@ static int mirror_apply(wtx *w, int *result)
         return 0;
     }
     if (first <= f.pos + 1) {
+        int commute = st->mirror_commutes;
         f.pos = last;
         size_t kept = 0;
-        for (size_t i = 0; i < f.n; i++)
-            if (f.ahead[i][1] > f.pos) memcpy(f.ahead[kept++], f.ahead[i], sizeof f.ahead[i]);
+        for (size_t i = 0; i < f.n; i++) {
+            uint64_t a_first = f.ahead[i][0], a_last = f.ahead[i][1] & ~NONCOMMUTING;
+            int a_commutes = !(f.ahead[i][1] & NONCOMMUTING);
+            if (a_last <= f.pos) continue;
+            if (commute && a_commutes && a_first <= f.pos + 1) {
+                f.pos = a_last; /* ascending: the next may follow this one */
+                continue;
+            }
+            if (!a_commutes) commute = 0;
+            memcpy(f.ahead[kept++], f.ahead[i], sizeof f.ahead[i]);
+        }
         f.n = kept;
-        *result = f.n ? L2_MIRROR_REPLAY : L2_MIRROR_AT;
+        *result = f.n && !commute ? L2_MIRROR_REPLAY : f.n ? L2_MIRROR_AHEAD : L2_MIRROR_AT;
     } else if (f.n == AHEAD_MAX) {
         *result = L2_MIRROR_REPLAY; /* no room to keep it: a replay from the position covers it */
         return 0;
@@ -2315,17 +2328,18 @@ static int mirror_apply(wtx *w, int *result)
         while (at > 0 && f.ahead[at - 1][0] > first) at--;
         memmove(f.ahead[at + 1], f.ahead[at], (f.n - at) * sizeof f.ahead[0]);
         f.ahead[at][0] = first;
-        f.ahead[at][1] = last;
+        f.ahead[at][1] = last | (st->mirror_commutes ? 0 : NONCOMMUTING);
         f.n++;
         *result = L2_MIRROR_AHEAD;
     }
     return feed_put(w, &f);
 }
 
-void l2_store_mirror_next(l2_store *st, uint64_t first, uint64_t last)
+void l2_store_mirror_next(l2_store *st, uint64_t first, uint64_t last, int commutes)
 {
     st->mirror_first = first;
     st->mirror_last = last;
+    st->mirror_commutes = commutes;
     st->mirror_set = 1;
     st->mirror_result = L2_MIRROR_NONE;
 }
@@ -2369,7 +2383,7 @@ static int nothing_body(wtx *w, void *ud)
 
 int l2_store_feed_advance(l2_store *st, uint64_t first, uint64_t last, int *result, char *err)
 {
-    l2_store_mirror_next(st, first, last);
+    l2_store_mirror_next(st, first, last, 0); /* a replay's changes: anything */
     if (write_txn(st, nothing_body, NULL, err)) return -1;
     *result = l2_store_mirror_result(st);
     return 0;

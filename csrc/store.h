@@ -169,12 +169,16 @@ int l2_store_stats_get(l2_store *st, l2_store_stats *s, char *err);
 enum { L2_MIRROR_NONE, L2_MIRROR_AT, L2_MIRROR_AHEAD, L2_MIRROR_REPLAY };
 /* The next write transaction of st (a save, a deletion, l2_store_feed_advance) mirrors L2's
  * changes [first, last] and moves the position in the same transaction: past them when they
- * follow it, else they are kept ahead of the gap. */
-void l2_store_mirror_next(l2_store *st, uint64_t first, uint64_t last);
+ * follow it, else they are kept ahead of the gap. `commutes`: the changes give the same L1
+ * whatever order they and other commuting ones are applied in, as the nostr rules make saves,
+ * replacements and deletions that leave a tombstone; a deletion without one (then a save of the
+ * same event) does not. Ranges ahead of the position are taken into it when every one commutes,
+ * else replayed in order. */
+void l2_store_mirror_next(l2_store *st, uint64_t first, uint64_t last, int commutes);
 /* What that write did: L2_MIRROR_NONE when it did not commit, L2_MIRROR_AT (the position is past
- * them and nothing is ahead), L2_MIRROR_AHEAD (kept ahead of a gap), L2_MIRROR_REPLAY (L1 has no
- * position, or applied later changes before these: the caller replays L2's feed from the
- * position). Read once. */
+ * them and nothing is ahead), L2_MIRROR_AHEAD (kept ahead of a gap, or ranges ahead remain past a
+ * gap), L2_MIRROR_REPLAY (L1 has no position, or applied changes that may not commute out of
+ * order: the caller replays L2's feed from the position). Read once. */
 int l2_store_mirror_result(l2_store *st);
 /* Where L1 stands (*known 0 while it has no position) and how many ranges are ahead of it. */
 int l2_store_feed_pos(l2_store *st, uint64_t *pos, int *known, size_t *ahead, char *err);
