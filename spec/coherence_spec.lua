@@ -371,13 +371,12 @@ print(("done %%d %%d"):format(st.feed_position, st.feed_ahead))
       local f = assert(io.open(script, "w"))
       f:write(([=[
 local layer2 = require("layer2")
-local dir, seed = %q, tonumber(arg[1])
+local dir, seed, working = %q, tonumber(arg[1]), arg[2]
 local db = assert(layer2.open(dir, { nosync = true, l1 = { size_limit = 1024 * 1024 }, log = function() end }))
 local g = require("layer2.gen").new({ seed = seed, authors = 8, count = 100000 })
 local mine = {}
-print("ready")
-io.stdout:flush()
 for i = 1, 1e9 do
+  if i == 2 then assert(io.open(working, "w")):close() end -- a batch is saved: the kill may come
   local batch = {}
   for j = 1, i %% 7 + 1 do batch[j] = g:next() end
   db:save_events(batch)
@@ -388,9 +387,13 @@ end
 ]=]):format(dir))
       f:close()
       local rand = helper.rng(2812)
+      local working = dir .. "-working"
       for round = 1, 8 do
-        os.execute(("%s %s %d > /dev/null 2>&1 & p=$!; sleep %.3f; kill -9 $p; wait $p 2>/dev/null"):format(
-          helper.LUA, script, round, 0.2 + rand(300) / 1000))
+        -- the kill comes a random while after the writer's first batch (however slow its start)
+        os.remove(working)
+        os.execute(("%s %s %d %s > /dev/null 2>&1 & p=$!; for _ in $(seq 600); do [ -e %s ] && break; sleep 0.05; done; "
+          .. "sleep %.3f; kill -9 $p; wait $p 2>/dev/null"):format(helper.LUA, script, round, working, working,
+          0.05 + rand(300) / 1000))
         local db = assert(layer2.open(dir, { nosync = true, l1 = { size_limit = 1024 * 1024 },
           log = function() end }))
         local ids = {}
@@ -401,6 +404,7 @@ end
         db:close()
       end
       os.remove(script)
+      os.remove(working)
       helper.rmdir(dir)
     end)
 end)
