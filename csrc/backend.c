@@ -370,8 +370,9 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
         /* L1 missed L2's changes (it could not take them), or took later ones first: it replays
          * L2's feed, which holds what it cannot take past the horizon */
         l2_poll_report r = {0};
+        int ran = !b->replaying;
         if (catch_up(b, now, 0, &r) || r.failed) logf_(b, "L1 cannot catch up with L2: %s", r.error);
-        lost = 0;
+        else if (ran) lost = 0; /* else the horizon goes past them below */
     }
     if (lost) {
         /* L2 has them, L1 cannot hold them: L1 stops claiming completeness up to them */
@@ -1092,7 +1093,7 @@ int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err)
                 if (!failed && (res.status == L2_SAVE_OLDER || res.status == L2_SAVE_DELETED)) forget(b, ev.id);
             } else if (len == 34 && p[0] == 'D') {
                 int found;
-                failed = b->l2vt->delete_event(b->l2, p + 1, !p[33], 0, &found, why);
+                failed = b->l2vt->delete_event(b->l2, p + 1, p[33], 0, &found, why);
             } else {
                 logf_(b, "dropping an unreadable outbox record %llu", (unsigned long long)items[i].seq);
             }
@@ -1551,9 +1552,11 @@ static int apply_changes(l2_backend *b, change_list *c, int skip_seen, int skim,
         apply_saves(b, &c->rows, saves_from, row, skim ? APPLY_SKIM : APPLY_COPY, now, r);
         saves_from = row;
         int found;
-        /* a deletion keeps its tombstone (L1 decides alone while L2 is down); a replaced version
-         * just goes */
-        if (l2_store_delete(b->l1, ch->id, ch->op == L2_CHANGE_DELETED, 0, &found, err)) {
+        /* the event goes, and no tombstone with it: the feed does not say whether L2 keeps one
+         * (a deletion without one lets the event come back), and L2, which writes go to first,
+         * refuses what its tombstones refuse (what L1 takes alone while L2 is down and L2 then
+         * refuses leaves L1 when the outbox drains) */
+        if (l2_store_delete(b->l1, ch->id, 0, 0, &found, err)) {
             logf_(b, "L1 could not apply a removal of L2's feed: %s", err);
             snprintf(r->error, sizeof r->error, "%s", err);
             rc = -1;
@@ -1709,6 +1712,17 @@ static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r)
         r->failed = 1;
         b->replaying = 0;
         return -1;
+    }
+    if (pos > last) {
+        /* L2 lost changes L1 has seen (restored, replaced, or its last commits lost): L1 cannot
+         * tell what it holds that L2 no longer has */
+        logf_(b, "L1 stands at %llu in L2's feed, past L2's last change %llu: L1 starts again",
+              (unsigned long long)pos, (unsigned long long)last);
+        if (start_at_present(b, &pos, r->error)) {
+            r->failed = 1;
+            b->replaying = 0;
+            return -1;
+        }
     }
     if (last > pos && last - pos > CATCH_UP_COPY_MAX) skim = 1;
     change_list c = {0};

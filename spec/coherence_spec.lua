@@ -35,7 +35,7 @@ for _, op in ipairs(ops) do
   if op[1] == "save" then
     assert(db:save_events(parse(op.evs)))
   elseif op[1] == "delete" then
-    assert(db:delete_event(op.id))
+    assert(db:delete_event(op.id, op.no_tombstone))
   elseif op[1] == "import" then
     assert(db:import(op.file, { batch = op.batch }))
   elseif op[1] == "gc" then
@@ -308,6 +308,48 @@ describe("L1 agrees with L2 when it falls behind", function()
       helper.rmdir(dir)
     end)
   end
+
+  it("a deletion without a tombstone, replayed after its writer died, lets the event come back into L1", function()
+    local dir = helper.tmpdir()
+    local opts = { nosync = true }
+    local out = run_child(dir, opts, { { "save", evs = encode_all(ev.notes) },
+      { "delete", id = ev.notes[20].id, no_tombstone = true, arm = "delete:l2-committed" } })
+    assert.equal("", (out:gsub("Killed%s*", "")))
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    agrees(db, universe, "replayed")
+    assert.is_true(db:save_event(ev.notes[20]), "L2 keeps no tombstone: it takes the event again")
+    assert.same({ ev.notes[20].id }, helper.ids(db.l1:query_events({ ids = { ev.notes[20].id } })),
+      "and so does L1")
+    agrees(db, universe, "saved again")
+    db:close()
+    helper.rmdir(dir)
+  end)
+
+  it("a deletion queued while L2 was down reaches L2 with its tombstone, or without one, as it was asked", function()
+    local dir = helper.tmpdir()
+    os.execute("mkdir -p '" .. dir .. "'")
+    local raw = assert(layer2.lmdb.open(dir .. "/l2", { nosync = true }))
+    local down = false
+    local l2 = setmetatable({}, { __index = function(_, name)
+      return function(_, ...)
+        if down then return nil, "error: L2 is down" end
+        return raw[name](raw, ...)
+      end
+    end })
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = function() end }))
+    assert(db:save_events(ev.notes))
+    down = true
+    assert(db:delete_event(ev.notes[1].id))
+    assert(db:delete_event(ev.notes[2].id, true))
+    down = false
+    assert.equal(2, db:poll().sent)
+    assert.same({ false, "blocked: this event was deleted by its author" },
+      { raw:save_event(ev.notes[1]) }, "the tombstone reached L2")
+    assert.is_true(raw:save_event(ev.notes[2]), "no tombstone was asked for")
+    db:close()
+    raw:close()
+    helper.rmdir(dir)
+  end)
 
   it("two processes writing at once (batches, deletions without a tombstone, saves again): L1 ends at L2's "
     .. "last change, nothing ahead, and answers as L2", function()
