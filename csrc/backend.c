@@ -34,9 +34,9 @@ struct l2_backend {
     size_t nmarks;
     uint64_t *seen;
     size_t nseen, seen_cap;
-    /* a replay of L2's feed under way, or a save: an eviction they cause (make_room's gc) does not
-     * start another replay inside them */
-    int replaying, saving;
+    /* a replay of L2's feed under way (none starts inside it), and an eviction a write asked for
+     * (make_room's gc: no replay inside a save, a fill or a replay) */
+    int replaying, making_room;
 };
 
 static const char *level_names[5] = {"l1", "stubs", "l2", "missing", "answers"};
@@ -180,7 +180,9 @@ static int make_room(l2_backend *b, uint64_t bytes, size_t n, char *err)
     if (b->used + need > high) {
         if (used_bytes(b, &b->used, err)) return -1;
         if (b->used + need > high) {
+            b->making_room = 1;
             if (b->hooks.gc(b->hooks.ud, 0, err)) logf_(b, "eviction failed: %s", err);
+            b->making_room = 0;
             if (used_bytes(b, &b->used, err)) return -1;
         }
     }
@@ -317,7 +319,6 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
         at[np] = i;
         pending[np++] = evs[i];
     }
-    b->saving = 1;
     /* L2 first: its verdicts stand; what it could not take L1 decides, with the outbox */
     if (b->l2 && np) {
         char err[L2_ERRLEN];
@@ -398,7 +399,6 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
         }
     }
 done:
-    b->saving = 0;
     l2_learned_end_write(b->learned, slot);
     free(pending);
     free(group);
@@ -1297,7 +1297,7 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
     if (has_feed(b)) {
         /* also what brings back an L1 emptied behind the backend */
         l2_poll_report caught = {0};
-        if (force == L2_GC_TIMER && !b->saving && catch_up(b, (int64_t)time(NULL), 0, &caught))
+        if (force == L2_GC_TIMER && !b->making_room && catch_up(b, (int64_t)time(NULL), 0, &caught))
             logf_(b, "L1 cannot catch up with L2: %s", caught.error);
     } else if (learn_horizon(b, err)) {
         return -1;
@@ -1760,15 +1760,6 @@ static int catch_up(l2_backend *b, int64_t now, int skim, l2_poll_report *r)
     answer_free(&c.rows);
     b->replaying = 0;
     return r->failed ? -1 : 0;
-}
-
-int l2_backend_catch_up(l2_backend *b, int64_t now, l2_poll_report *r, char *err)
-{
-    memset(r, 0, sizeof *r);
-    recover_writes(b);
-    if (catch_up(b, now, 0, r) == 0) return 0;
-    snprintf(err, L2_ERRLEN, "%s", r->error);
-    return -1;
 }
 
 int l2_backend_imported(l2_backend *b, int64_t newest, char *err)

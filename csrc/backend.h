@@ -154,16 +154,13 @@ typedef struct {
     char error[L2_ERRLEN];
 } l2_poll_report;
 /* One poll step: drains the outbox, then takes what other writers added to L2 into L1 (each new
- * event through the accepted hook, from L2). By L2's change feed from a cursor, re-reading the
- * last `poll_overlap` polls' window since sequence order is not commit order; an L2 without a
- * feed is asked for what was created in the last poll_frequency * poll_overlap seconds. */
+ * event through the accepted hook, from L2). With an L2 that has a feed (storeif.h's feed) it is
+ * the replay from L1's place in that feed (docs/DESIGN.md §3), which also follows anything that
+ * may have left L1 behind (an open, a dead writer, a failed L1 write, an import, the gc timer).
+ * An L2 in Lua with changes_since is read from a cursor, re-reading the last `poll_overlap`
+ * polls' window since its order need not be commit order; one without a feed is asked for what
+ * was created in the last poll_frequency * poll_overlap seconds. */
 int l2_backend_poll(l2_backend *b, int64_t now, l2_poll_report *r, char *err);
-
-/* Brings L1 to L2's present by L2's feed, from L1's position in it (docs/DESIGN.md §3): what a
- * poll does with an L2 whose feed is in commit order, and what follows anything that may have
- * left L1 behind (an open, a writer that died, an L1 write that failed, an emptied L1, an
- * import). A no-op for other L2s. r counts what was received and deleted. 0, or -1 with err. */
-int l2_backend_catch_up(l2_backend *b, int64_t now, l2_poll_report *r, char *err);
 
 /* The horizon (see docs/DESIGN.md §3), kept in L1 (queries read it in their own snapshot):
  * raised (never lowered by a raise), and set after L1 was emptied. */
