@@ -6,7 +6,7 @@ local resty = require("layer2.resty")
 local server = require("nginx.websocket.server")
 -- frames built here are written by the connection's socket together (see the sender)
 local build_frame = require("nginx.websocket.protocol").build_frame
-local TEXT = 0x1
+local TEXT, PONG = 0x1, 0xA
 local semaphore = require("ngx.semaphore")
 
 local relay = {}
@@ -26,7 +26,29 @@ relay.limits = {
   max_negentropy_sessions = 4,
   negentropy_idle = 60,
   negentropy_frame = 500000, -- strfry's relay's: fewer rounds (a client's own frames stay small)
+  -- Backpressure. Bytes of frames a connection has queued or being written: past
+  -- max_queued_bytes the relay reads none of its requests (a REQ's stored events wait too) until
+  -- the socket drains below it; live events still queue, and past max_unsent_bytes the
+  -- connection is closed (a NOTICE says why). A write that makes no progress for send_timeout
+  -- seconds closes it too. What a client can pin is so at most max_unsent_bytes of frames (held
+  -- twice while written: the Lua strings and nginx's send buffer), the answer of the one REQ
+  -- being sent, and the socket's kernel buffers.
+  max_queued_bytes = 512 * 1024,
+  max_unsent_bytes = 4 * 1024 * 1024,
+  send_timeout = 30,
 }
+
+-- Sets limits by name (nginx.conf's init_worker: tools/relay --limit NAME=VALUE); an unknown
+-- name or a value that is not a positive number is an error, not a limit silently ignored.
+function relay.set_limits(t)
+  for name, value in pairs(t) do
+    if relay.limits[name] == nil then error("relay: no limit is called " .. tostring(name), 2) end
+    if type(value) ~= "number" or value <= 0 then
+      error(("relay: limit %s takes a positive number, not %s"):format(name, tostring(value)), 2)
+    end
+    relay.limits[name] = value
+  end
+end
 
 local function info_document()
   local l = relay.limits
@@ -80,34 +102,92 @@ function relay.handle()
     return ngx.exit(400)
   end
   local db = resty.db()
+  local limits = relay.limits
+  wb.sock:settimeouts(60000, limits.send_timeout * 1000, 60000)
   local subs, nsubs = {}, 0
-  local queue, sem, closed = {}, semaphore.new(), false
   -- this connection's saves: batches take from every connection's queue in turn
   local saves = resty.queue()
 
-  local function send(msg)
-    queue[#queue + 1] = cjson.encode(msg)
-    sem:post(1)
+  -- ---- the connection's one writer ----
+  -- Frames wait in `queue` (`queued` bytes) and go out together, one send for all of them (a
+  -- REQ's 500 events are 500 frames, one system call); `writing` bytes are in that send. Only
+  -- the sender thread writes the socket, pongs included (two writers collide: "socket busy").
+  local queue, queued, writing = {}, 0, 0
+  local wake, sender_idle = semaphore.new(), false
+  local room, room_wanted = semaphore.new(), false
+  local closed, overflow = false, false
+
+  local function enqueue(opcode, payload)
+    if overflow then return end
+    local frame = build_frame(true, opcode, #payload, payload, false)
+    queue[#queue + 1] = frame
+    queued = queued + #frame
+    if sender_idle then
+      sender_idle = false
+      wake:post(1)
+    end
   end
+  local function send(msg) enqueue(TEXT, cjson.encode(msg)) end
   -- stored events arrive as JSON strings; sending them as they are avoids re-encoding
-  local function send_event(subid, json)
-    queue[#queue + 1] = '["EVENT",' .. cjson.encode(subid) .. "," .. json .. "]"
-    sem:post(1)
+  local function send_event(subid, json) enqueue(TEXT, '["EVENT",' .. cjson.encode(subid) .. "," .. json .. "]") end
+  -- past max_unsent_bytes the client is not reading: what is queued is dropped, and only a
+  -- NOTICE saying so is left for the sender, which then closes the connection
+  local function give_up()
+    queue, queued = {}, 0
+    send({ "NOTICE", ("closed: more than %d bytes unsent, the connection reads too slowly"):format(
+      limits.max_unsent_bytes) })
+    overflow = true
+  end
+  local function send_live(subid, json)
+    send_event(subid, json)
+    if not overflow and queued + writing > limits.max_unsent_bytes then give_up() end
+  end
+  -- the reader's wait while the socket is behind (until it drains below max_queued_bytes)
+  local function wait_room()
+    while not closed and queued + writing >= limits.max_queued_bytes do
+      room_wanted = true
+      room:wait(1)
+    end
   end
 
-  -- what is queued goes out in one write: a REQ's answer of 500 events is 500 frames, one
-  -- send (a frame a send was 500 system calls)
+  -- what the connection holds in the worker's shared state (its subscriptions in the fan-out
+  -- index, its negentropy sessions) is let go once, by whichever thread ends the connection
+  local negs, nnegs = {}, 0
+  local finished = false
+  local function finish()
+    if finished then return end
+    finished, closed = true, true
+    for _, handle in pairs(subs) do resty.unwatch(handle) end
+    subs = {}
+    for _, n in pairs(negs) do n.session:close() end
+    negs = {}
+  end
+
   local sender = ngx.thread.spawn(function()
-    while not closed do
-      local ok = sem:wait(5)
-      if ok or #queue > 0 then
+    while true do
+      if #queue == 0 then
+        if closed then return end
+        sender_idle = true
+        wake:wait(5)
+        sender_idle = false
+      else
         local frames = queue
-        queue = {}
-        for i, text in ipairs(frames) do frames[i] = build_frame(true, TEXT, #text, text, false) end
+        queue, writing, queued = {}, queued, 0
         local _, e = wb.sock:send(frames)
-        if e then
-          closed = true
-          return
+        writing = 0
+        if room_wanted then
+          room_wanted = false
+          room:post(1)
+        end
+        -- the client went away, read nothing for send_timeout, or let live events pile up (and
+        -- has had the NOTICE saying so): the whole request ends here, the reader's pending
+        -- read with it
+        if e or (overflow and #queue == 0) then
+          if e and e:find("timeout", 1, true) then
+            ngx.log(ngx.INFO, "relay: closing a connection that read nothing for ", limits.send_timeout, " s")
+          end
+          finish()
+          return ngx.exit(ngx.HTTP_CLOSE)
         end
       end
     end
@@ -147,13 +227,27 @@ function relay.handle()
     return subid
   end
 
+  -- ends the subscription `subid` if there is one (a CLOSE, or a REQ reusing its id)
+  local function end_sub(subid)
+    if not subs[subid] then return end
+    resty.unwatch(subs[subid])
+    subs[subid] = nil
+    nsubs = nsubs - 1
+  end
+  -- a REQ refused: CLOSED, and a live subscription of that id ends with it (the client was told
+  -- its id is closed)
+  local function refuse_sub(subid, why)
+    end_sub(subid)
+    send({ "CLOSED", subid, why })
+  end
+
   -- ["REQ"|"COUNT", subid, filter...]: the id and the filters, or nil once the refusal is sent
   local function query_args(msg)
     local subid = subid_of(msg, msg[1])
     if not subid then return nil end
     local filters, ferr = filters_of(msg, 3)
     if not filters then
-      send({ "CLOSED", subid, ferr })
+      if msg[1] == "REQ" then refuse_sub(subid, ferr) else send({ "CLOSED", subid, ferr }) end
       return nil
     end
     return subid, filters
@@ -163,25 +257,40 @@ function relay.handle()
     local subid, filters = query_args(msg)
     if not subid then return end
     settle()
-    if not subs[subid] and nsubs >= relay.limits.max_subscriptions then
-      return send({ "CLOSED", subid, ("blocked: more than %d subscriptions"):format(relay.limits.max_subscriptions) })
+    if not subs[subid] and nsubs >= limits.max_subscriptions then
+      return send({ "CLOSED", subid, ("blocked: more than %d subscriptions"):format(limits.max_subscriptions) })
     end
-    local events, qerr = db:query_events(filters, { json = true, max_limit = relay.limits.max_limit })
-    if not events then return send({ "CLOSED", subid, qerr }) end
-    for _, json in ipairs(events) do send_event(subid, json) end
+    -- the worker's tail delivers what was saved up to now first: the subscription below sees only
+    -- what comes after (what the query answers is not sent again as live)
+    resty.tail()
+    local events, qerr = db:query_events(filters, { json = true, max_limit = limits.max_limit })
+    if not events then return refuse_sub(subid, qerr) end
+    end_sub(subid)
+    -- the worker's index hands this subscription the new events its filters match from now on;
+    -- those that come while the stored ones are still being sent wait for the EOSE
+    local held, held_bytes = {}, 0
+    local handle, werr = resty.watch(filters, function(json)
+      if not held then return send_live(subid, json) end
+      held[#held + 1], held_bytes = json, held_bytes + #json
+      if not overflow and held_bytes + queued + writing > limits.max_unsent_bytes then
+        held, held_bytes = {}, 0
+        give_up()
+      end
+    end)
+    if not handle then return send({ "CLOSED", subid, werr }) end
+    subs[subid], nsubs = handle, nsubs + 1
+    -- the stored events go out as the socket drains, not all into the queue at once
+    for _, json in ipairs(events) do
+      if queued + writing >= limits.max_queued_bytes then
+        wait_room()
+        if closed or subs[subid] ~= handle then return end
+      end
+      send_event(subid, json)
+    end
     send({ "EOSE", subid })
-    if subs[subid] then
-      resty.unwatch(subs[subid])
-    else
-      nsubs = nsubs + 1
-    end
-    -- the worker's index hands this subscription the new events its filters match
-    local handle, werr = resty.watch(filters, function(json) send_event(subid, json) end)
-    subs[subid] = handle
-    if not handle then
-      nsubs = nsubs - 1
-      send({ "CLOSED", subid, werr })
-    end
+    local live = held
+    held = nil
+    for _, json in ipairs(live) do send_live(subid, json) end
   end
 
   function handlers.COUNT(msg)
@@ -194,7 +303,6 @@ function relay.handle()
   end
 
   -- NIP-77: a reconciliation session per id, over what L2 (the authority) holds for the filter
-  local negs, nnegs = {}, 0
   local function neg_close(subid, reason)
     if not negs[subid] then return end
     negs[subid].session:close()
@@ -259,17 +367,13 @@ function relay.handle()
 
   function handlers.CLOSE(msg)
     local subid = subid_of(msg, "CLOSE")
-    if subid and subs[subid] then
-      resty.unwatch(subs[subid])
-      subs[subid] = nil
-      nsubs = nsubs - 1
-    end
+    if subid then end_sub(subid) end
   end
 
   -- a message too long to parse: the answer its verb calls for, found at its start, so a client
   -- learns which of its requests failed
   local function refuse_long(data)
-    local why = ("blocked: a message of more than %d bytes"):format(relay.limits.max_message_length)
+    local why = ("blocked: a message of more than %d bytes"):format(limits.max_message_length)
     local verb = data:match('^%s*%[%s*"([%u-]+)"')
     local subid = data:match('^%s*%[%s*"[%u-]+"%s*,%s*"([^"\\]*)"')
     local id = verb == "EVENT" and data:match('^%s*%[%s*"EVENT"%s*,%s*{%s*"id"%s*:%s*"(%x+)"')
@@ -285,45 +389,69 @@ function relay.handle()
     end
   end
 
-  local close_code, close_reason
-  while not closed do
-    local data, typ, rerr = wb:recv_frame()
-    if not data then
-      if rerr and rerr:find("timeout", 1, true) then
-        if closed then break end
-        if nnegs > 0 then neg_idle() end
-      else
-        if rerr and rerr:find("exceeding max payload len", 1, true) then
-          close_code, close_reason = 1009, ("a message of more than %d bytes"):format(relay.limits.max_frame_length)
-        end
-        break
-      end
-    elseif typ == "close" then
-      break
-    elseif typ == "ping" then
-      wb:send_pong(data)
-    elseif typ == "text" and #data > relay.limits.max_message_length then
-      refuse_long(data)
-    elseif typ == "text" then
-      if nnegs > 0 then neg_idle() end
-      local msg = cjson.decode(data)
-      if type(msg) ~= "table" or type(msg[1]) ~= "string" then
-        send({ "NOTICE", "invalid: a message is a JSON array starting with a verb" })
-      elseif not handlers[msg[1]] then
-        send({ "NOTICE", "invalid: unknown message type " .. msg[1]:sub(1, 20) })
-      else
-        local ok, herr = pcall(handlers[msg[1]], msg)
-        if not ok then
-          ngx.log(ngx.ERR, "relay: ", herr)
-          send({ "NOTICE", "error: the relay failed on this message" })
-        end
+  local function handle_text(data)
+    if #data > limits.max_message_length then return refuse_long(data) end
+    if nnegs > 0 then neg_idle() end
+    local msg = cjson.decode(data)
+    if type(msg) ~= "table" or type(msg[1]) ~= "string" then
+      send({ "NOTICE", "invalid: a message is a JSON array starting with a verb" })
+    elseif not handlers[msg[1]] then
+      send({ "NOTICE", "invalid: unknown message type " .. msg[1]:sub(1, 20) })
+    else
+      local ok, herr = pcall(handlers[msg[1]], msg)
+      if not ok then
+        ngx.log(ngx.ERR, "relay: ", herr)
+        send({ "NOTICE", "error: the relay failed on this message" })
       end
     end
   end
-  closed = true
-  for _, handle in pairs(subs) do resty.unwatch(handle) end
-  for subid in pairs(negs) do neg_close(subid) end
-  sem:post(1)
+
+  local too_long = ("a message of more than %d bytes"):format(limits.max_frame_length)
+  local close_code, close_reason
+  -- a fragmented message: its parts so far, their bytes, and the first fragment's type
+  local parts, parts_bytes, parts_type
+  while not closed do
+    -- nothing more is read while the socket is behind
+    wait_room()
+    if closed then break end
+    local data, typ, rerr = wb:recv_frame()
+    if not data then
+      if not (rerr and rerr:find("timeout", 1, true)) then
+        if rerr and rerr:find("exceeding max payload len", 1, true) then close_code, close_reason = 1009, too_long end
+        break
+      end
+      if nnegs > 0 then neg_idle() end
+    elseif typ == "close" then
+      break
+    elseif typ == "ping" then
+      enqueue(PONG, data)
+    elseif typ == "continuation" then
+      -- a fragment after the first: kept up to max_frame_length in all, then the whole message
+      if not parts then
+        close_code, close_reason = 1002, "a continuation frame with no message begun"
+        break
+      end
+      parts[#parts + 1], parts_bytes = data, parts_bytes + #data
+      if parts_bytes > limits.max_frame_length then
+        close_code, close_reason = 1009, too_long
+        break
+      end
+      if rerr ~= "again" then
+        local whole = table.concat(parts)
+        if parts_type == "text" then handle_text(whole) end
+        parts = nil
+      end
+    elseif parts then
+      close_code, close_reason = 1002, "a new message began before the last one's final fragment"
+      break
+    elseif rerr == "again" then
+      parts, parts_bytes, parts_type = { data }, #data, typ -- the first fragment of a message
+    elseif typ == "text" then
+      handle_text(data)
+    end
+  end
+  finish()
+  if sender_idle then wake:post(1) end
   ngx.thread.wait(sender)
   wb:send_close(close_code, close_reason)
 end
