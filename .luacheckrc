@@ -5,5 +5,5 @@ files["spec"] = { std = "+busted" }
 max_line_length = 130
 files["lua/layer2/resty.lua"] = { std = "max+ngx_lua" }
 -- ngx.run_worker_thread (lua-nginx-module 0.10.20+) is newer than luacheck's ngx_lua definitions
-files["lua/layer2/resty_pg.lua"] = { std = "max+ngx_lua", read_globals = { ngx = { fields = { "run_worker_thread" } } } }
+files["lua/layer2/resty_pool.lua"] = { std = "max+ngx_lua", read_globals = { ngx = { fields = { "run_worker_thread" } } } }
 files["examples/openresty"] = { std = "max+ngx_lua" }

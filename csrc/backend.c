@@ -60,7 +60,7 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
     *out = NULL;
     l2_backend *b = calloc(1, sizeof *b);
     if (!b) return l2_oom(err);
-    if (l2_learned_open(&b->learned, l1_dir, err)) {
+    if (l2_learned_open(&b->learned, l1_dir, o->size_limit, err)) {
         free(b);
         return -1;
     }
@@ -1294,6 +1294,8 @@ int l2_backend_gc(l2_backend *b, int force, l2_gc_report *r, char *err)
 {
     memset(r, 0, sizeof *r);
     if (b->l2) recover_writes(b);
+    int dead = l2_store_reader_check(b->l1);
+    if (dead) logf_(b, "freed %d reader slot(s) of L1 that killed processes held", dead);
     if (has_feed(b)) {
         /* also what brings back an L1 emptied behind the backend */
         l2_poll_report caught = {0};

@@ -3,26 +3,35 @@
  * workers (and any process that opens the same L1) learn from each other's reads. No locks are
  * held across calls and nothing here can block. No Lua here.
  *
- * - Read counts (for admission and the eviction policy): a count-min sketch, 4 rows of 65,536
- *   16-bit counters, each row indexed by its own hash of the id. Every `period` counted reads
+ * - Read counts (for admission and the eviction policy): a count-min sketch, 4 rows of up to
+ *   65,536 16-bit counters (fewer for a small L1: see l2_learned_open), each row indexed by its own hash of the id. Every `period` counted reads
  *   all counters halve (TinyLFU's reset), so the counts follow what is hot now. A count is never
  *   below the true recent count and rarely above it.
  * - The admission bar: what an event fetched from L2 must have been read to enter L1.
  * - A floor under the horizon and the generation of remembered answers (see below).
  * - Writes in flight to both levels (see l2_learned_begin_write).
- * - Known-missing ids: ids L2 said it does not have, each until a time; 16,384 slots, 8 probes,
+ * - Known-missing ids: ids L2 said it does not have, each until a time; up to 16,384 slots, 8 probes,
  *   the entry that expires first making room. Each slot is guarded by a sequence word (odd while
  *   written), so a reader never takes a torn id for a known-missing one. */
 #ifndef L2_LEARNED_H
 #define L2_LEARNED_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct l2_learned l2_learned;
 
-/* Maps (creating or resetting when it is not ours) `dir`/learned. 0, or -1 with err. */
-int l2_learned_open(l2_learned **out, const char *dir, char *err);
+/* Maps `dir`/learned, making it when there is none, or when it is not of this format (a new
+ * file is put in its place by rename: a process still mapping the old one keeps it intact). A
+ * new file is sized from L1's `size_limit` (at most a thirty-second of it, down to 19 KB; 1.2 MB
+ * without a limit) and its blocks reserved, so a full disk is an error here; an existing file of
+ * this format is taken with the size it has. The path is opened without following a symbolic
+ * link, and an existing file must be a regular file with one link, owned by this process's user
+ * or the directory's, not writable by others: otherwise an error says which. 0, or -1 with err. */
+int l2_learned_open(l2_learned **out, const char *dir, uint64_t size_limit, char *err);
 void l2_learned_close(l2_learned *l);
+/* The file's size. */
+size_t l2_learned_bytes(const l2_learned *l);
 
 /* Counts one read of id and returns its recent count (this one included); every `period` reads
  * (over all processes) the counts halve. */

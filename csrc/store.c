@@ -1236,6 +1236,12 @@ static int grow_map(l2_store *st, char *err)
     return 0;
 }
 
+int l2_store_reader_check(l2_store *st)
+{
+    int dead = 0;
+    return mdb_reader_check(st->env, &dead) == 0 ? dead : 0;
+}
+
 /* LMDB reuses the pages a transaction freed only once a later one has committed: one small
  * transaction (the meta counters rewritten) makes the last one's free pages usable. */
 static int age_free_pages(l2_store *st)
@@ -1252,7 +1258,7 @@ static int mirror_apply(wtx *w, int *result);
  * freeing what the next needs). */
 static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char *err)
 {
-    int aged = 0;
+    int aged = 0, cleared = 0;
     for (;;) {
         wtx w;
         int rc = write_begin(st, &w);
@@ -1284,6 +1290,8 @@ static int write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char
                 st->ntouched = 0;
                 continue;
             }
+            /* a reader a killed process left pins the pages freed since its snapshot */
+            if (st->fixed_map && !cleared++ && l2_store_reader_check(st) > 0) continue;
             if (st->fixed_map && !aged++ && age_free_pages(st) == 0) continue;
             if (grow_map(st, err)) {
                 st->mirror_set = 0;

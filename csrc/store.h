@@ -138,6 +138,11 @@ int l2_store_drop_stubs(l2_store *st, size_t max, uint64_t *dropped, int64_t *ho
  * 64 MiB, or one the map has no room to copy, is left as it is: *whole is 0 then. *freed gets
  * the bytes given back. */
 int l2_store_repack(l2_store *st, unsigned min_fill, uint64_t *freed, int *whole, char *err);
+/* Frees the reader slots of processes that died inside a read transaction (SIGKILL): until then
+ * each pins the pages freed since its snapshot, and a fixed-size L1 fills. The number freed.
+ * A write that finds a fixed map full does it once by itself; a long-lived process should also
+ * call it now and then (the backend's gc does, every step). */
+int l2_store_reader_check(l2_store *st);
 /* Puts full bodies back in place of stubs. */
 int l2_store_revive(l2_store *st, l2_event *const *evs, size_t n, uint64_t *revived, char *err);
 

@@ -267,3 +267,71 @@ describe("crash consistency", function()
     end)
   end)
 end)
+
+-- A process killed inside a read transaction leaves its reader slot in L1's lock file, pinning
+-- every page freed since its snapshot: a size-limited L1 cannot reuse them and fills.
+local PIN_AND_DIE = [=[
+local ffi = require("ffi")
+ffi.cdef([[
+typedef struct MDB_env MDB_env;
+typedef struct MDB_txn MDB_txn;
+int mdb_env_create(MDB_env **env);
+int mdb_env_set_maxdbs(MDB_env *env, unsigned dbs);
+int mdb_env_open(MDB_env *env, const char *path, unsigned flags, int mode);
+int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned flags, MDB_txn **txn);
+int kill(int pid, int sig);
+int getpid(void);
+]])
+local lmdb = ffi.load("lmdb")
+local RDONLY = 0x20000
+local env, txn = ffi.new("MDB_env *[1]"), ffi.new("MDB_txn *[1]")
+assert(lmdb.mdb_env_create(env) == 0)
+lmdb.mdb_env_set_maxdbs(env[0], 64)
+assert(lmdb.mdb_env_open(env[0], arg[1], RDONLY, 0) == 0)
+assert(lmdb.mdb_txn_begin(env[0], nil, RDONLY, txn) == 0)
+ffi.C.kill(ffi.C.getpid(), 9)
+]=]
+
+describe("a reader killed inside a read transaction", function()
+  it("is freed without a restart: a size-limited L1 keeps evicting and stays under its limit", function()
+    local dir = helper.tmpdir()
+    local logged = {}
+    local limit = 1024 * 1024
+    local db = assert(layer2.open(dir, { l1 = { size_limit = limit }, log = function(m) logged[#logged + 1] = m end }))
+    local g = require("layer2.gen").new({ seed = 71, authors = 50 })
+    local function save(n)
+      local batch = {}
+      for i = 1, n do
+        local ev = g:next()
+        ev.content = ("c"):rep(1500)
+        batch[i] = assert(layer2.event.sign({ kind = 1, created_at = ev.created_at, tags = {}, content = ev.content },
+          g.keys[(i % #g.keys) + 1]))
+      end
+      local verdicts = assert(db:save_events(batch))
+      for _, v in ipairs(verdicts) do assert.is_true(v) end
+    end
+    save(200)
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(PIN_AND_DIE)
+    f:close()
+    os.execute(("luajit '%s' '%s/layer1' 2>/dev/null"):format(script, dir))
+    os.remove(script)
+    -- 6 MB more through a 1 MiB L1, a gc step every batch as a relay's timer does
+    for _ = 1, 40 do
+      save(100)
+      db:gc()
+    end
+    local st = db:stats()
+    assert.is_true(st.l1.used_bytes <= limit, ("L1 uses %d bytes, over its limit of %d"):format(st.l1.used_bytes, limit))
+    for _, m in ipairs(logged) do assert.is_nil(m:match("full") or m:match("could not take"), m) end
+    local freed = 0
+    for _, m in ipairs(logged) do if m:match("^freed 1 reader slot") then freed = freed + 1 end end
+    assert.equal(1, freed, table.concat(logged, "\n"))
+    -- and L1 answers as L2
+    local want = helper.ids(assert(db.l2:query_events({ kinds = { 1 }, limit = 300 })))
+    assert.same(want, helper.ids(assert(db:query_events({ kinds = { 1 }, limit = 300 }))))
+    db:close()
+    helper.rmdir(dir)
+  end)
+end)

@@ -14,7 +14,7 @@
 local layer2 = require("layer2")
 
 local resty = {}
--- in_pool(method, ...): runs a backend method where it may reach L2 from C (see init_worker)
+-- in_pool(method, ...): runs a backend method off the event loop where it can (see init_worker)
 local state = { listeners = {}, next_id = 0 }
 state.in_pool = function(method, ...) return state.db[method](state.db, ...) end
 
@@ -30,20 +30,28 @@ local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 -- Each connection has its own queue, and a batch takes from them in turn: a connection that
 -- floods waits for room in its own queue (MAX_QUEUED) while another's event goes in the next
 -- batch, not behind the flood.
-local MAX_BATCH, MAX_QUEUED = 500, 1000
+-- While several connections wait, a batch takes at most SHARE events of each, so that one
+-- connection's lone EVENT goes in a short batch rather than with hundreds of a flood's. (A batch
+-- sized by time instead cost the flood more than half its rate: each batch pays its fsyncs.)
+local MAX_BATCH, MAX_QUEUED, SHARE = 500, 1000, 32
 -- writer.ring: the queues with events waiting, in turn order (see resty.queue)
 local writer = { ring = {}, shared = nil, wake = nil, idle = false }
 
 local function queued(q) return q.tail - q.head + 1 end
 
--- The next batch: one event from each waiting queue in turn, until MAX_BATCH or none is left; the
--- next batch goes on from the queue after the last one served, so turns carry across batches.
+local function batch_limit()
+  return #writer.ring > 1 and math.min(MAX_BATCH, SHARE * #writer.ring) or MAX_BATCH
+end
+
+-- The next batch: one event from each waiting queue in turn, until the batch's limit or none is
+-- left; the next batch goes on from the queue after the last one served, so turns carry across
+-- batches.
 local function take_batch()
-  local events, done, ring = {}, {}, writer.ring
-  while #ring > 0 and #events < MAX_BATCH do
+  local events, done, ring, limit = {}, {}, writer.ring, batch_limit()
+  while #ring > 0 and #events < limit do
     local kept, rest = {}, {}
     for _, q in ipairs(ring) do
-      if #events < MAX_BATCH then
+      if #events < limit then
         local item = q.items[q.head]
         q.items[q.head], q.head = nil, q.head + 1
         events[#events + 1], done[#done + 1] = item[1], item[2]
@@ -194,23 +202,47 @@ end
 
 -- opts: everything layer2.open takes, plus signal_interval (s, 0.005) and tail_interval (s, 0.05)
 -- (see tail_loop), gc_interval (s, 5),
--- poll_interval (s, opts.poll_frequency or 0: off), thread_pool ("layer2"). A string opts.l2 is
--- a PostgreSQL conninfo: its calls run in nginx's thread pool (layer2.resty_pg), and the
--- backend opens in a timer, since init_worker cannot yield; resty.db() waits for it.
+-- poll_interval (s, opts.poll_frequency or 0: off), thread_pool ("layer2": the name of nginx's
+-- thread_pool; false runs everything in the event loop). Batches of saves, gc and polls run in
+-- that pool (layer2.resty_pool), on a backend of the pool thread's own: the worker's event loop
+-- goes on reading and answering meanwhile (a batch's signature checks and commits took tens of
+-- ms, in which a lone EVENT waited). Options that are functions (a policy, an on_event handler)
+-- cannot cross into a thread: with one, an LMDB backend does all of it in the event loop. A
+-- string opts.l2 is a PostgreSQL conninfo: its calls run in the pool too, and the backend opens in
+-- a timer, since init_worker cannot yield; resty.db() waits for it.
 function resty.init_worker(path, opts)
   opts = opts or {}
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
   o.log = o.log or log
-  if type(o.l2) ~= "string" then return open(path, o, opts) end
+  if type(o.l2) ~= "string" then
+    local pool = require("layer2.resty_pool")
+    local _, dropped = pool.crossable(opts)
+    if opts.thread_pool ~= false and not dropped then
+      local pooled, direct = pool.backend(path, opts, opts.thread_pool), state.in_pool
+      state.in_pool = function(method, ...)
+        if pooled then
+          local ok, a, b, c = pcall(pooled, method, ...)
+          if ok then return a, b, c end
+          -- an nginx.conf without the pool: everything in the event loop, as before
+          if not tostring(a):find("thread pool .* not found") then error(a, 0) end
+          pooled = nil
+          ngx.log(ngx.NOTICE, "layer2: no thread_pool ", opts.thread_pool or "layer2",
+            " in nginx.conf: saves and maintenance run in the event loop")
+        end
+        return direct(method, ...)
+      end
+    end
+    return open(path, o, opts)
+  end
   -- The C core reaches L2 from C, and a call into the thread pool yields, which LuaJIT cannot do
   -- across C: what L1 proves alone is answered here; a read that needs L2, every batch of saves,
   -- eviction (which drains the outbox) and polling run whole in the pool, on a backend of the
   -- thread's own (same L1, same learned state).
-  local in_pool = require("layer2.resty_pg").backend(path, opts, opts.thread_pool)
+  local in_pool = require("layer2.resty_pool").backend(path, opts, opts.thread_pool)
   state.in_pool = in_pool
   local query_l1 = require("layer2.core").backend_private.query_l1
-  o.l2 = require("layer2.resty_pg").l2(o.l2, opts.thread_pool)
+  o.l2 = require("layer2.resty_pool").l2(o.l2, opts.thread_pool)
   ngx.timer.at(0, function(premature)
     if premature then return end
     -- the pool's backend opens first: a new L1 learns L2's newest event there (from C, which

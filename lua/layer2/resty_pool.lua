@@ -1,19 +1,23 @@
--- A PostgreSQL L2 for layer2 inside nginx. libpq calls block, and a blocking call in a worker's
--- event loop stalls every connection that worker serves. So each call runs in nginx's thread
--- pool (ngx.run_worker_thread): the request's coroutine yields meanwhile and the worker goes on
--- serving others. The C store is the same one plain Lua uses; each thread's Lua VM keeps its own
--- connection. (The other way, a cosocket driver written in Lua, would mean a second
--- implementation of the rules and the wire protocol; this keeps one, in C and PL/pgSQL.)
+-- layer2's work that must not run in a worker's event loop, run in nginx's thread pool
+-- (ngx.run_worker_thread): the calling coroutine yields meanwhile and the worker goes on serving
+-- others. Two kinds of work go there:
+-- - a PostgreSQL L2's calls: libpq blocks, and a blocking call in the event loop stalls every
+--   connection of the worker. The C store is the same one plain Lua uses; each thread's Lua VM
+--   keeps its own connection. (The other way, a cosocket driver written in Lua, would mean a
+--   second implementation of the rules and the wire protocol; this keeps one, in C and PL/pgSQL.)
+-- - a backend's batches of saves and its maintenance (gc, poll), on a backend of the thread's own
+--   over the same L1 and L2 (one LMDB environment per process): signature checks and commits of
+--   a batch of 500 events took tens of ms, in which nothing else of the worker ran.
 --
 --   thread_pool layer2 threads=8;          # nginx.conf, main context
 --   layer2.resty.init_worker(path, { l2 = "host=/run/postgresql dbname=relay", poll_frequency = 1 })
-local resty_pg = {}
+local resty_pool = {}
 local inside_c = require("layer2.core").backend_private.inside_c
 
 -- ---- the thread side: runs in a worker thread's Lua VM; its connections stay open there ----
 local stores, listening = {}, {}
 
-function resty_pg.call(conninfo, method, ...)
+function resty_pool.call(conninfo, method, ...)
   local s = stores[conninfo]
   if not s or s:is_closed() then
     local err
@@ -31,11 +35,12 @@ function resty_pg.call(conninfo, method, ...)
 end
 
 -- A whole two-level store in the thread's VM, on the worker's L1 (the same LMDB environment: one
--- per process) and a connection of its own: the worker's writes run here, since the C core's
--- save calls L2 from C, and a call into the thread pool yields, which LuaJIT cannot do across C.
+-- per process) and its L2 (LMDB: the same environment; PostgreSQL: a connection of its own): the
+-- worker's writes run here, off its event loop (and, with PostgreSQL, since the C core's save
+-- calls L2 from C, and a call into the thread pool yields, which LuaJIT cannot do across C).
 local backends = {}
 
-function resty_pg.backend_call(path, opts, method, ...)
+function resty_pool.backend_call(path, opts, method, ...)
   local db = backends[path]
   if not db or db:is_closed() then
     local err
@@ -48,13 +53,13 @@ end
 
 -- ---- the worker side ----
 
--- Runs resty_pg[fn](...) in a pool thread; the request's coroutine yields meanwhile. From inside a
+-- Runs resty_pool[fn](...) in a pool thread; the request's coroutine yields meanwhile. From inside a
 -- C call (a hook of the C core) it cannot yield: that fails as an L2 failure would, rather than
 -- let nginx resume a coroutine that never yielded.
 local function in_thread(pool, fn, ...)
   if inside_c() then error("PostgreSQL cannot be reached from inside a C call", 0) end
-  local ok, a, b, c = ngx.run_worker_thread(pool, "layer2.resty_pg", fn, ...)
-  if not ok then error("the PostgreSQL thread failed: " .. tostring(a), 0) end
+  local ok, a, b, c = ngx.run_worker_thread(pool, "layer2.resty_pool", fn, ...)
+  if not ok then error("the thread pool call failed: " .. tostring(a), 0) end
   return a, b, c
 end
 
@@ -62,15 +67,34 @@ end
 local METHODS = { "save_event", "save_events", "query_events", "count_events", "delete_event", "changes_since", "stats", "check",
   "sweep", "nuke", "wait", "negentropy_items" }
 
--- The worker's way to a backend_call: fn(method, ...) runs it in the pool. opts: what
--- layer2.open takes that can cross into a thread (no functions).
-function resty_pg.backend(path, opts, pool)
-  local o = { l2 = opts.l2, l1 = opts.l1, nosync = opts.nosync, max_limit = opts.max_limit,
-    policy = type(opts.policy) == "string" and opts.policy or nil }
+-- opts without its functions (which cannot cross into a thread), and whether any was dropped
+-- other than `log` (a backend in a thread logs to nginx's error log by itself).
+function resty_pool.crossable(opts)
+  local dropped = false
+  local function copy(t, top)
+    local out = {}
+    for k, v in pairs(t) do
+      if type(v) == "table" then
+        out[k] = copy(v)
+      elseif type(v) ~= "function" and type(v) ~= "userdata" then
+        out[k] = v
+      elseif not (top and k == "log") then
+        dropped = true
+      end
+    end
+    return out
+  end
+  return copy(opts, true), dropped
+end
+
+-- The worker's way to a backend_call: fn(method, ...) runs it in the pool, on a backend opened
+-- with what of opts can cross into a thread (resty_pool.crossable).
+function resty_pool.backend(path, opts, pool)
+  local o = resty_pool.crossable(opts)
   return function(method, ...) return in_thread(pool or "layer2", "backend_call", path, o, method, ...) end
 end
 
-function resty_pg.l2(conninfo, pool)
+function resty_pool.l2(conninfo, pool)
   pool = pool or "layer2"
   local l2 = {}
   for _, m in ipairs(METHODS) do
@@ -89,4 +113,4 @@ function resty_pg.l2(conninfo, pool)
   return l2
 end
 
-return resty_pg
+return resty_pool
