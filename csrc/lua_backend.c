@@ -850,6 +850,13 @@ static int bk_export(lua_State *L)
     return delegate(L, to_backend(L)->l2vt ? 2 : 1, "export");
 }
 
+/* db:negentropy_items(filters [, {max, now}]): NIP-77 items of L2, the authority (L1's without
+ * an L2), as store:negentropy_items gives them */
+static int bk_negentropy_items(lua_State *L)
+{
+    return delegate(L, to_backend(L)->l2vt ? 2 : 1, "negentropy_items");
+}
+
 /* db:changes_since(cursor [, max [, opts]]): L1's change feed, every save this L1 heard of */
 static int bk_changes_since(lua_State *L)
 {
@@ -1194,7 +1201,7 @@ static int pv_new(lua_State *L)
 static const luaL_Reg backend_methods[] = {
     {"save_event", bk_save_event}, {"save_events", bk_save_events}, {"delete_event", bk_delete_event},
     {"query_events", bk_query_events}, {"count_events", bk_count_events}, {"import", bk_import},
-    {"export", bk_export}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
+    {"export", bk_export}, {"negentropy_items", bk_negentropy_items}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
     {"changes_since", bk_changes_since}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll},
     {"poll_wait", bk_poll_wait}, {"on_event", bk_on_event}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},

@@ -942,6 +942,8 @@ static int store_negentropy_items(lua_State *L)
     }
     if (s->out.len != it.n * 40) return l2lua_refuse(L, 0, "error: out of memory");
     lua_pushlstring(L, s->out.data ? s->out.data : "", s->out.len);
+    /* the items live on in the string (and then in a session): a large buffer is not kept too */
+    if (s->out.cap > ((size_t)1 << 20)) l2_buf_free(&s->out);
     return 1;
 }
 

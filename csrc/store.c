@@ -1480,6 +1480,12 @@ void l2_hits_free(l2_hits *h)
 
 static int hits_push(l2_hits *h, const l2_event *ev, uint64_t serial)
 {
+    if (h->counting) {
+        for (size_t i = 0; i < h->nearlier; i++)
+            if (l2_filter_match(&h->earlier[i], ev)) return 0;
+        h->n++;
+        return 0;
+    }
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 64;
         l2_hit *v = realloc(h->v, cap * sizeof *v);
@@ -1501,12 +1507,6 @@ static int hit_order(const void *a, const void *b)
     if (x->created_at != y->created_at) return x->created_at > y->created_at ? -1 : 1;
     int c = memcmp(x->id, y->id, 32);
     if (c) return c;
-    return (x->serial > y->serial) - (x->serial < y->serial);
-}
-
-static int serial_order(const void *a, const void *b)
-{
-    const l2_hit *x = a, *y = b;
     return (x->serial > y->serial) - (x->serial < y->serial);
 }
 
@@ -1728,7 +1728,8 @@ static int run_filter(l2_store *st, const l2_filter *f, int64_t limit, int64_t n
             /* `limit` found: keep only the ties of the last one (they are ordered by id below) */
             if (count >= limit && s->created_at < stop_at) break;
             if (count < limit && s->created_at < horizon) break;
-            int fresh = f->ntags ? set_add(&seen, s->serial) : 1;
+            /* an event is under one key of a scan: only several scans of a tag's values meet */
+            int fresh = f->ntags && nscans > 1 ? set_add(&seen, s->serial) : 1;
             if (fresh < 0) rc = ENOMEM;
             else if (fresh && (rc = consider(st, f, s->serial, now, out, &matched)) == 0 && matched &&
                      ++count == limit)
@@ -1743,7 +1744,7 @@ static int run_filter(l2_store *st, const l2_filter *f, int64_t limit, int64_t n
         free(scans);
     }
     if (rc) return rc;
-    sort_unique_hits(out, base, hit_order);
+    if (!out->counting) sort_unique_hits(out, base, hit_order);
     if ((int64_t)(out->n - base) > limit) out->n = base + (size_t)limit;
     return 0;
 }
@@ -1807,14 +1808,17 @@ void l2_store_set_backed(l2_store *st, int backed)
 
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err)
 {
-    l2_hits hits = {NULL, 0, 0};
+    /* counted as they are found, each filter's matches less those an earlier filter matched:
+     * no memory per event, whatever the count */
+    l2_hits hits = {.counting = 1, .earlier = fs};
     int rc = 0;
     if (read_begin(st, err)) return -1;
-    for (size_t i = 0; i < nf && rc == 0; i++) rc = run_filter(st, &fs[i], INT64_MAX, now, INT64_MIN, &hits);
+    for (size_t i = 0; i < nf && rc == 0; i++) {
+        hits.nearlier = i;
+        rc = run_filter(st, &fs[i], INT64_MAX, now, INT64_MIN, &hits);
+    }
     l2_store_read_end(st);
-    if (rc == 0 && nf > 1) sort_unique_hits(&hits, 0, serial_order);
     *count = hits.n;
-    l2_hits_free(&hits);
     if (rc) return rc == ENOMEM ? fail(err, "error: out of memory") : lmdb_fail(err, "count", rc);
     return 0;
 }

@@ -60,6 +60,12 @@ typedef struct {
 typedef struct {
     l2_hit *v;
     size_t n, cap;
+    /* counting (a COUNT): n counts the matches, none is kept, and a match that one of the
+     * `nearlier` filters before the one run also matches is not counted (it was, under that one):
+     * the union of several filters counted with no memory per event */
+    int counting;
+    const l2_filter *earlier;
+    size_t nearlier;
 } l2_hits;
 
 void l2_hits_free(l2_hits *h);

@@ -197,4 +197,53 @@ end
     for _, msg in ipairs(rest) do assert.are_not.equal("a", msg[2]) end
     c:close()
   end)
+
+  it("holds a worker's negentropy sessions to one budget: refused before any scan once it is spent", function()
+    local port1, _, stop1 = harness.start_relay("--workers 1 --limit max_negentropy_records=300 "
+      .. "--limit max_negentropy_worker_records=500")
+    finally(stop1)
+    local events = {}
+    for i = 1, 350 do events[i] = note(i, 10, 30) end
+    publish(port1, events)
+    local function initial()
+      local s = layer2.negentropy()
+      assert(s:seal())
+      return assert(s:initiate())
+    end
+    -- 200 events; all 350 are more than a session may cover
+    local some = { kinds = { 30 }, since = NOW - 1000 + 151 }
+    local function neg_open(c, subid, filter)
+      assert(c:send_json({ "NEG-OPEN", subid, filter, initial() }))
+      local got = assert(c:read_until(function(msg) return msg[2] == subid end))
+      return got[#got]
+    end
+    local a, b, c = assert(rawws.connect(port1)), assert(rawws.connect(port1)), assert(rawws.connect(port1))
+    assert.equal("NEG-MSG", neg_open(a, "na", some)[1])
+    assert.equal("NEG-MSG", neg_open(b, "nb", some)[1])
+    -- 400 of 500 held: 100 left, fewer than the filter's 200
+    local busy = "blocked: this relay is reconciling as much as it can now; try again later"
+    assert.same({ "NEG-ERR", "nc", busy }, neg_open(c, "nc", some))
+    assert.same({ "NEG-ERR", "nd", busy }, neg_open(c, "nd", { kinds = { 30 } }))
+    -- a session ended gives its records back
+    assert(a:send_json({ "NEG-CLOSE", "na" }))
+    assert.equal("NEG-MSG", neg_open(c, "nc", some)[1])
+    -- a connection that goes away gives them back too
+    b:close()
+    assert.is_true(eventually(30, function()
+      local d = assert(rawws.connect(port1))
+      local reply = neg_open(d, "ne", some)
+      d:close()
+      return reply[1] == "NEG-MSG"
+    end))
+    -- past a session's own limit, the filter is too wide whatever the budget
+    local e = assert(rawws.connect(port1))
+    assert(c:send_json({ "NEG-CLOSE", "nc" }))
+    assert.same({ "NEG-ERR", "nf", "blocked: the filters match more than 300 events; narrow them" },
+      neg_open(e, "nf", { kinds = { 30 } }))
+    -- COUNT over overlapping filters counts each event once
+    assert(e:send_json({ "COUNT", "k", { kinds = { 30 } }, some, { kinds = { 30 }, ["until"] = NOW - 1000 + 10 } }))
+    local got = assert(e:read_until(function(msg) return msg[1] == "COUNT" or msg[1] == "CLOSED" end))
+    assert.same({ "COUNT", "k", { count = 350 } }, got[#got])
+    for _, x in ipairs({ a, c, e }) do x:close() end
+  end)
 end)

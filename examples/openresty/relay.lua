@@ -24,6 +24,9 @@ relay.limits = {
   -- connection, seconds a session may stay idle, bytes per reply frame (hex doubles it)
   max_negentropy_records = 500000,
   max_negentropy_sessions = 4,
+  -- records all of a worker's sessions may hold at once (40 bytes each: 80 MB); past it a
+  -- NEG-OPEN is refused before any scan, and one that would pass it is refused at what remains
+  max_negentropy_worker_records = 2000000,
   negentropy_idle = 60,
   negentropy_frame = 500000, -- strfry's relay's: fewer rounds (a client's own frames stay small)
   -- Backpressure. Bytes of frames a connection has queued or being written: past
@@ -49,6 +52,9 @@ function relay.set_limits(t)
     relay.limits[name] = value
   end
 end
+
+-- records held by this worker's negentropy sessions (relay.limits.max_negentropy_worker_records)
+local negentropy_held = 0
 
 local function info_document()
   local l = relay.limits
@@ -159,7 +165,10 @@ function relay.handle()
     finished, closed = true, true
     for _, handle in pairs(subs) do resty.unwatch(handle) end
     subs = {}
-    for _, n in pairs(negs) do n.session:close() end
+    for _, n in pairs(negs) do
+      n.session:close()
+      negentropy_held = negentropy_held - n.records
+    end
     negs = {}
   end
 
@@ -306,6 +315,7 @@ function relay.handle()
   local function neg_close(subid, reason)
     if not negs[subid] then return end
     negs[subid].session:close()
+    negentropy_held = negentropy_held - negs[subid].records
     negs[subid], nnegs = nil, nnegs - 1
     if reason then send({ "NEG-ERR", subid, reason }) end
   end
@@ -337,17 +347,33 @@ function relay.handle()
       return send({ "NEG-ERR", subid, ("blocked: more than %d negentropy sessions"):format(
         relay.limits.max_negentropy_sessions) })
     end
-    local store = db.l2 or db.l1
-    local items, why = store:negentropy_items(msg[3], { max = relay.limits.max_negentropy_records })
-    if not items then return send({ "NEG-ERR", subid, why }) end
-    local session = layer2.negentropy(relay.limits.negentropy_frame)
+    -- what the worker's other sessions leave of its budget bounds this one's scan
+    local busy = "blocked: this relay is reconciling as much as it can now; try again later"
+    local left = limits.max_negentropy_worker_records - negentropy_held
+    if left <= 0 then return send({ "NEG-ERR", subid, busy }) end
+    local max = math.min(limits.max_negentropy_records, left)
+    -- the records are counted against the budget while they are read (the read yields)
+    negentropy_held = negentropy_held + max
+    local items, why = resty.negentropy_items(msg[3], { max = max })
+    negentropy_held = negentropy_held - max
+    if not items then
+      if max < limits.max_negentropy_records and why and why:find("^blocked: the filters match more than") then
+        why = busy
+      end
+      return send({ "NEG-ERR", subid, why })
+    end
+    if closed then return end
+    local session = layer2.negentropy(limits.negentropy_frame)
     local ok, serr = session:add_items(items)
+    items = nil -- luacheck: ignore (the session holds the records now: the string can go)
     if ok then ok, serr = session:seal() end
     if not ok then
       session:close()
       return send({ "NEG-ERR", subid, serr })
     end
-    negs[subid], nnegs = { session = session, last = ngx.now() }, nnegs + 1
+    local records = session:size()
+    negentropy_held = negentropy_held + records
+    negs[subid], nnegs = { session = session, last = ngx.now(), records = records }, nnegs + 1
     neg_reply(subid, negs[subid], msg[4])
   end
 

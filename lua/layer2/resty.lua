@@ -269,6 +269,12 @@ function resty.init_worker(path, opts)
   return true
 end
 
+-- NIP-77 items of L2 (db:negentropy_items), read where saves run (the thread pool, when there
+-- is one): a scan of up to a session's limit does not stall the worker's event loop.
+function resty.negentropy_items(filters, opts)
+  return state.in_pool("negentropy_items", filters, opts)
+end
+
 -- The worker's backend; while it is still opening (a PostgreSQL L2), waits up to 10 s for it.
 function resty.db()
   for _ = 1, 1000 do
