@@ -3,7 +3,8 @@
 --   1. publish rate by 1, 16 and 64 pipelining websocket clients, with the OK latency;
 --   2. REQ round trips at limit 50 and 500 on the store the last publish run filled;
 --   3. live fan-out: 10,000 subscriptions on 100 connections, 1,000 new events/s for 10 s;
---   4. fairness: one connection floods 20,000 EVENTs, another's single EVENTs wait how long.
+--   4. fairness: one connection floods 20,000 EVENTs, another's single EVENTs wait how long;
+--   5. memory: 10 clients ask for 400 stored notes 100 times each and read nothing.
 --   lua5.4 bench/relay.lua [events]          STRFRY=/path/to/strfry lua5.4 bench/relay.lua [events]
 -- The client is bench/relay.mjs (node + ws), one process per relay instance, so one clock.
 local util = require("bench.util")
@@ -245,6 +246,97 @@ util.summary("relay lone EVENT during a 20,000-EVENT flood", ms(flood.layer2.lon
   .. ms(flood.layer2.lone.max) .. " ms p50/max", with_strfry and ("strfry %s / %s ms"):format(
   ms(flood.strfry.lone.p50), ms(flood.strfry.lone.max)) or "strfry skipped")
 
+-- 5. memory under readers that read nothing (raw websocket clients: spec/relay/rawws.lua)
+local SLOW = { clients = 10, reqs = 100, notes = 400, note_bytes = 2000, watch = 8 }
+local rawws = require("spec.relay.rawws")
+
+local function rss_kb(pids)
+  local total = 0
+  for _, pid in ipairs(pids) do
+    local status = read_file("/proc/" .. pid .. "/status")
+    total = total + (status and tonumber(status:match("VmRSS:%s*(%d+)")) or 0)
+  end
+  return total
+end
+
+-- the relay's processes: strfry's one, or the nginx workers under the master
+local function relay_pids(r)
+  if r.pid then return { r.pid } end
+  local master = read_file(r.dir .. "/prefix/logs/nginx.pid"):match("%d+")
+  local pids, p = {}, io.popen("pgrep -P " .. master)
+  for pid in p:lines() do pids[#pids + 1] = pid end
+  p:close()
+  return pids
+end
+
+local function slow_readers(kind)
+  io.stderr:write(("bench/relay: %s, %d readers that read nothing\n"):format(kind.name, SLOW.clients))
+  local layer2_lib = require("layer2")
+  local r = kind.start()
+  assert(util.ready(r.port), kind.name .. " does not answer")
+  local key = ("6"):rep(63) .. "1"
+  local pub = assert(rawws.connect(r.port))
+  for i = 1, SLOW.notes do
+    local ev = assert(layer2_lib.event.sign({ created_at = os.time() - 5000 + i, kind = 1, tags = {},
+      content = ("n%d "):format(i) .. ("x"):rep(SLOW.note_bytes) }, key))
+    assert(pub:send_text('["EVENT",' .. layer2_lib.event.encode(ev) .. "]"))
+  end
+  local oks = 0
+  assert(pub:read_until(function(msg) if msg[1] == "OK" then oks = oks + 1 end return oks == SLOW.notes end))
+  local function answer(c, subid)
+    local t0 = util.wall()
+    assert(c:send_json({ "REQ", subid, { kinds = { 1 }, limit = 500 } }))
+    local got = assert(c:read_until(function(msg) return msg[1] == "EOSE" end))
+    assert(c:send_json({ "CLOSE", subid }))
+    return #got - 1, (util.wall() - t0) * 1000
+  end
+  for i = 1, 4 do answer(pub, "warm" .. i) end
+  local pids = relay_pids(r)
+  local before = rss_kb(pids)
+  local peak, slow = before, {}
+  for i = 1, SLOW.clients do
+    local c = assert(rawws.connect(r.port))
+    local frames = {}
+    for q = 1, SLOW.reqs do frames[q] = rawws.frame(rawws.TEXT, ('["REQ","s%d",{"kinds":[1],"limit":500}]'):format(q % 15)) end
+    assert(c:send_raw(table.concat(frames)))
+    slow[i] = c
+  end
+  local answered, worst = 0, 0
+  local deadline = util.wall() + SLOW.watch
+  while util.wall() < deadline do
+    local n, took = answer(pub, "meanwhile")
+    if n == SLOW.notes then answered = answered + 1 end
+    worst = math.max(worst, took)
+    peak = math.max(peak, rss_kb(pids))
+    os.execute("sleep 0.25")
+  end
+  for _, c in ipairs(slow) do c:close() end
+  pub:close()
+  local seen = kind.stop(r)
+  if seen.count > 0 then problems[#problems + 1] = { where = kind.name .. ", slow readers", log = seen } end
+  return { before = before, growth = peak - before, answered = answered, worst = worst }
+end
+
+local mem = {}
+for _, kind in ipairs(STRFRY and { layer2, strfry } or { layer2 }) do mem[kind.name] = slow_readers(kind) end
+local mem_headers = { "while 10 clients read nothing", "layer2" }
+if with_strfry then mem_headers[3], mem_headers[4] = "strfry", "strfry / layer2 (>1: layer2 better)" end
+local function mem_row(name, f, ratio_of)
+  local row = { name, f(mem.layer2) }
+  if with_strfry then row[3], row[4] = f(mem.strfry), ratio_of and ratio_of(mem.strfry, mem.layer2) or "" end
+  return row
+end
+local mem_rows = {
+  mem_row("relay RSS before (MB)", function(m) return ("%.1f"):format(m.before / 1024) end),
+  mem_row("RSS growth at its peak (MB)", function(m) return ("%.1f"):format(m.growth / 1024) end,
+    function(sf, l2) return ratio(sf.growth, l2.growth) end),
+  mem_row(("another client's full answers in %d s"):format(SLOW.watch), function(m) return tostring(m.answered) end),
+  mem_row("its slowest answer (ms)", function(m) return ms(m.worst) end,
+    function(sf, l2) return ratio(sf.worst, l2.worst) end),
+}
+util.summary("relay memory, 10 readers reading nothing", ("%.1f MB growth"):format(mem.layer2.growth / 1024),
+  with_strfry and ("strfry %.1f MB"):format(mem.strfry.growth / 1024) or "strfry skipped")
+
 -- print --------------------------------------------------------------------------------------------
 
 print("## bench/relay: the example relay" .. (with_strfry and " and strfry, side by side\n" or "\n"))
@@ -270,6 +362,9 @@ print(util.table(fan_headers, fan_rows))
 print(("\n### fairness: one connection sends %d EVENTs at once; another sends one every %d ms, %d times\n")
   :format(FLOOD.count, FLOOD.interval, FLOOD.probes))
 print(util.table(flood_headers, flood_rows))
+print(("\n### memory: %d clients each send %d REQs for %d stored notes of %d bytes (limit 500) and read nothing; "
+  .. "another client asks for the same notes meanwhile\n"):format(SLOW.clients, SLOW.reqs, SLOW.notes, SLOW.note_bytes))
+print(util.table(mem_headers, mem_rows))
 
 print("\nnotes:")
 print(("- client: bench/relay.mjs, node %s + ws, one process per relay instance on the same %s-core machine as the "
