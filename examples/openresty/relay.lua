@@ -211,13 +211,16 @@ function relay.handle()
     while unsettled > 0 do settled:wait(5) end
   end
 
-  function handlers.EVENT(msg)
+  function handlers.EVENT(msg, data)
     local ev = msg[2]
     if type(ev) ~= "table" then return send({ "NOTICE", "invalid: EVENT needs an event object" }) end
     local id = type(ev.id) == "string" and ev.id or ""
     unsettled = unsettled + 1
+    -- the event as the client wrote it (["EVENT", {...}] less its frame): the core parses JSON
+    -- faster than it reads a table, and a string crosses into the thread pool as one copy
+    local json = #msg == 2 and data:match('^%s*%[%s*"EVENT"%s*,(.*)%]%s*$') or ev
     -- saved with what other connections sent meanwhile (group commit); the OK follows
-    resty.save(ev, function(ok, m)
+    resty.save(json, function(ok, m)
       if ok and type(ev.kind) == "number" and ev.kind >= 20000 and ev.kind < 30000 then
         resty.broadcast(layer2.event.encode(ev))
       end
@@ -424,7 +427,7 @@ function relay.handle()
     elseif not handlers[msg[1]] then
       send({ "NOTICE", "invalid: unknown message type " .. msg[1]:sub(1, 20) })
     else
-      local ok, herr = pcall(handlers[msg[1]], msg)
+      local ok, herr = pcall(handlers[msg[1]], msg, data)
       if not ok then
         ngx.log(ngx.ERR, "relay: ", herr)
         send({ "NOTICE", "error: the relay failed on this message" })

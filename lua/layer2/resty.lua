@@ -30,9 +30,10 @@ local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 -- Each connection has its own queue, and a batch takes from them in turn: a connection that
 -- floods waits for room in its own queue (MAX_QUEUED) while another's event goes in the next
 -- batch, not behind the flood.
--- While several connections wait, a batch takes at most SHARE events of each, so that one
--- connection's lone EVENT goes in a short batch rather than with hundreds of a flood's. (A batch
--- sized by time instead cost the flood more than half its rate: each batch pays its fsyncs.)
+-- While a connection with a few events waits beside others, a batch takes at most SHARE events
+-- of each, so that its lone EVENT goes in a short batch rather than with hundreds of a flood's.
+-- (A batch sized by time instead cost the flood more than half its rate: each batch pays its
+-- fsyncs; so did this cap while only connections with much to save waited.)
 local MAX_BATCH, MAX_QUEUED, SHARE = 500, 1000, 32
 -- writer.ring: the queues with events waiting, in turn order (see resty.queue)
 local writer = { ring = {}, shared = nil, wake = nil, idle = false }
@@ -40,7 +41,11 @@ local writer = { ring = {}, shared = nil, wake = nil, idle = false }
 local function queued(q) return q.tail - q.head + 1 end
 
 local function batch_limit()
-  return #writer.ring > 1 and math.min(MAX_BATCH, SHARE * #writer.ring) or MAX_BATCH
+  if #writer.ring < 2 then return MAX_BATCH end
+  for _, q in ipairs(writer.ring) do
+    if queued(q) <= SHARE then return math.min(MAX_BATCH, SHARE * #writer.ring) end
+  end
+  return MAX_BATCH -- every connection waiting has much to save: the largest batches save fastest
 end
 
 -- The next batch: one event from each waiting queue in turn, until the batch's limit or none is
@@ -101,7 +106,9 @@ local function write_loop(premature)
       write_batch()
       -- a turn of the event loop: connections read what came meanwhile (the next batch) and
       -- the OKs go out (sleep(0) would do without its 1 ms, but nginx builds without OpenResty's
-      -- delayed-events patch, Debian's among them, warn at every call)
+      -- delayed-events patch, Debian's among them, warn at every call); and another worker's
+      -- writer a moment to take LMDB's write lock (a batch in the thread pool gave the loop its
+      -- turns already)
       ngx.sleep(0.001)
     end
   end
