@@ -246,4 +246,44 @@ end
     assert.same({ "COUNT", "k", { count = 350 } }, got[#got])
     for _, x in ipairs({ a, c, e }) do x:close() end
   end)
+
+  it("saves a lone connection's EVENTs beside a flood's batches (express batches): each OK true, each stored once",
+    function()
+      -- one worker: both connections on it, so the lone one's EVENTs arrive while its writer is busy
+      local port1, _, stop1 = harness.start_relay("--workers 1")
+      finally(stop1)
+      local flood, lone = assert(rawws.connect(port1)), assert(rawws.connect(port1))
+      local frames, ids = {}, {}
+      for i = 1, 3000 do
+        local ev = note(i - 4000, 100, 40)
+        frames[i] = rawws.frame(rawws.TEXT, '["EVENT",' .. layer2.event.encode(ev) .. "]")
+      end
+      assert(flood:send_raw(table.concat(frames)))
+      -- one at a time, each OK awaited, while the flood is being written
+      for i = 1, 10 do
+        local ev = note(i - 5000, 10, 41)
+        ids[i] = ev.id
+        assert(lone:send_text('["EVENT",' .. layer2.event.encode(ev) .. "]"))
+        local got = assert(lone:read_until(function(msg) return msg[1] == "OK" end))
+        assert.same({ "OK", ev.id, true, "" }, got[#got])
+      end
+      local oks = 0
+      assert(flood:read_until(function(msg)
+        if msg[1] == "OK" then
+          assert.is_true(msg[3], tostring(msg[4]))
+          oks = oks + 1
+        end
+        return oks == 3000
+      end))
+      assert(lone:send_json({ "COUNT", "f", { kinds = { 40 } } }))
+      assert(lone:send_json({ "COUNT", "l", { kinds = { 41 } } }))
+      local counts = {}
+      assert(lone:read_until(function(msg)
+        if msg[1] == "COUNT" then counts[msg[2]] = msg[3].count end
+        return counts.f and counts.l
+      end))
+      assert.same({ f = 3000, l = 10 }, counts)
+      flood:close()
+      lone:close()
+    end)
 end)

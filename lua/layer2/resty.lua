@@ -35,8 +35,9 @@ local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 -- (A batch sized by time instead cost the flood more than half its rate: each batch pays its
 -- fsyncs; so did this cap while only connections with much to save waited.)
 local MAX_BATCH, MAX_QUEUED, SHARE = 500, 1000, 32
--- writer.ring: the queues with events waiting, in turn order (see resty.queue)
-local writer = { ring = {}, shared = nil, wake = nil, idle = false }
+-- writer.ring: the queues with events waiting, in turn order (see resty.queue); busy while a
+-- batch is written, express while an express batch is (see express)
+local writer = { ring = {}, shared = nil, wake = nil, idle = false, busy = false, express = false }
 
 local function queued(q) return q.tail - q.head + 1 end
 
@@ -78,8 +79,7 @@ local function signal()
   if dict then dict:incr("signal", 1, 0) end
 end
 
-local function write_batch()
-  local events, done = take_batch()
+local function write_batch(events, done)
   local ok, verdicts, err = pcall(state.in_pool, "save_events", events)
   if ok and not verdicts then ok, verdicts = false, err end
   if not ok then log("a batch of saves failed: " .. tostring(verdicts)) end
@@ -94,6 +94,42 @@ local function write_batch()
   if not tok then log("delivering a batch failed: " .. tostring(e)) end
 end
 
+-- Express batches. A batch is written in the thread pool, and what arrives meanwhile waits for it
+-- to end: behind up to 500 of a flood's events, tens of ms. A connection with few events waiting
+-- (SHARE at most) need not wait: while a batch is being written, an express batch takes the events
+-- of every such connection and writes them in another pool thread beside it (they take turns with
+-- the batch only for LMDB's write lock, a few ms). One express batch at a time; a connection's
+-- events may so commit in another order than it sent them, which the nostr rules allow (a
+-- replacement is by created_at, a deletion leaves its tombstone).
+local function take_light()
+  local events, done, rest = {}, {}, {}
+  for _, q in ipairs(writer.ring) do
+    if queued(q) <= SHARE then
+      while q.head <= q.tail do
+        local item = q.items[q.head]
+        q.items[q.head], q.head = nil, q.head + 1
+        events[#events + 1], done[#done + 1] = item[1], item[2]
+      end
+      q.waiting = false
+    else
+      rest[#rest + 1] = q
+    end
+  end
+  writer.ring = rest
+  return events, done
+end
+
+local function express(premature)
+  if not premature then
+    while writer.busy do
+      local events, done = take_light()
+      if #events == 0 then break end
+      write_batch(events, done)
+    end
+  end
+  writer.express = false
+end
+
 local function write_loop(premature)
   if premature then return end
   while true do
@@ -103,7 +139,9 @@ local function write_loop(premature)
       writer.wake:wait(1)
       writer.idle = false
     else
-      write_batch()
+      writer.busy = true
+      write_batch(take_batch())
+      writer.busy = false
       -- a turn of the event loop: connections read what came meanwhile (the next batch) and
       -- the OKs go out (sleep(0) would do without its 1 ms, but nginx builds without OpenResty's
       -- delayed-events patch, Debian's among them, warn at every call); and another worker's
@@ -138,6 +176,10 @@ function resty.save(ev, done, queue)
   if not q.waiting then
     q.waiting = true
     writer.ring[#writer.ring + 1] = q
+  end
+  if writer.busy and not writer.express and queued(q) <= SHARE then
+    writer.express = true
+    ngx.timer.at(0, express)
   end
   if writer.idle then
     writer.idle = false
