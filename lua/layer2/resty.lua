@@ -51,9 +51,14 @@ end
 
 -- The next batch: one event from each waiting queue in turn, until the batch's limit or none is
 -- left; the next batch goes on from the queue after the last one served, so turns carry across
--- batches.
+-- batches. A queue whose events are in an express batch being written waits for it (first in
+-- the next batch): a connection's events commit in the order it sent them. Also returns the
+-- queues served (marked in_batch until the batch is written).
 local function take_batch()
-  local events, done, ring, limit = {}, {}, writer.ring, batch_limit()
+  local events, done, limit, served, ring, later = {}, {}, batch_limit(), {}, {}, {}
+  for _, q in ipairs(writer.ring) do
+    if q.in_express then later[#later + 1] = q else ring[#ring + 1] = q end
+  end
   while #ring > 0 and #events < limit do
     local kept, rest = {}, {}
     for _, q in ipairs(ring) do
@@ -61,6 +66,10 @@ local function take_batch()
         local item = q.items[q.head]
         q.items[q.head], q.head = nil, q.head + 1
         events[#events + 1], done[#done + 1] = item[1], item[2]
+        if not q.in_batch then
+          q.in_batch = true
+          served[#served + 1] = q
+        end
         if q.blocked > 0 and queued(q) < MAX_QUEUED then q.room:post(q.blocked) end
         if queued(q) > 0 then kept[#kept + 1] = q else q.waiting = false end
       else
@@ -70,8 +79,9 @@ local function take_batch()
     for _, q in ipairs(kept) do rest[#rest + 1] = q end
     ring = rest
   end
-  writer.ring = ring
-  return events, done
+  for _, q in ipairs(ring) do later[#later + 1] = q end
+  writer.ring = later
+  return events, done, served
 end
 
 local function signal()
@@ -101,30 +111,34 @@ end
 -- the batch only for LMDB's write lock, a few ms). One express batch at a time; a connection's
 -- events may so commit in another order than it sent them, which the nostr rules allow (a
 -- replacement is by created_at, a deletion leaves its tombstone).
+-- (A connection with events in the batch being written is left to the next one: its events
+-- commit in the order it sent them, as a client that sends a replaceable event twice expects.)
 local function take_light()
-  local events, done, rest = {}, {}, {}
+  local events, done, rest, served = {}, {}, {}, {}
   for _, q in ipairs(writer.ring) do
-    if queued(q) <= SHARE then
+    if queued(q) <= SHARE and not q.in_batch then
       while q.head <= q.tail do
         local item = q.items[q.head]
         q.items[q.head], q.head = nil, q.head + 1
         events[#events + 1], done[#done + 1] = item[1], item[2]
       end
-      q.waiting = false
+      q.waiting, q.in_express = false, true
+      served[#served + 1] = q
     else
       rest[#rest + 1] = q
     end
   end
   writer.ring = rest
-  return events, done
+  return events, done, served
 end
 
 local function express(premature)
   if not premature then
     while writer.busy do
-      local events, done = take_light()
+      local events, done, served = take_light()
       if #events == 0 then break end
       write_batch(events, done)
+      for _, q in ipairs(served) do q.in_express = false end
     end
   end
   writer.express = false
@@ -139,9 +153,13 @@ local function write_loop(premature)
       writer.wake:wait(1)
       writer.idle = false
     else
-      writer.busy = true
-      write_batch(take_batch())
-      writer.busy = false
+      local events, done, served = take_batch()
+      if #events > 0 then
+        writer.busy = true
+        write_batch(events, done)
+        writer.busy = false
+      end
+      for _, q in ipairs(served) do q.in_batch = false end
       -- a turn of the event loop: connections read what came meanwhile (the next batch) and
       -- the OKs go out (sleep(0) would do without its 1 ms, but nginx builds without OpenResty's
       -- delayed-events patch, Debian's among them, warn at every call); and another worker's
@@ -177,7 +195,7 @@ function resty.save(ev, done, queue)
     q.waiting = true
     writer.ring[#writer.ring + 1] = q
   end
-  if writer.busy and not writer.express and queued(q) <= SHARE then
+  if writer.busy and not writer.express and queued(q) <= SHARE and not q.in_batch then
     writer.express = true
     ngx.timer.at(0, express)
   end
