@@ -158,11 +158,18 @@ function relay.handle()
 
   -- what the connection holds in the worker's shared state (its subscriptions in the fan-out
   -- index, its negentropy sessions) is let go once, by whichever thread ends the connection
-  local negs, nnegs = {}, 0
+  -- neg_reserved: records of this worker's budget a NEG-OPEN holds while it reads them
+  local negs, nnegs, neg_reserved = {}, 0, 0
+  local function neg_release()
+    negentropy_held = negentropy_held - neg_reserved
+    neg_reserved = 0
+  end
   local finished = false
   local function finish()
     if finished then return end
     finished, closed = true, true
+    -- a connection ended while its NEG-OPEN was reading (the writer ends the whole request)
+    neg_release()
     for _, handle in pairs(subs) do resty.unwatch(handle) end
     subs = {}
     for _, n in pairs(negs) do
@@ -356,9 +363,9 @@ function relay.handle()
     if left <= 0 then return send({ "NEG-ERR", subid, busy }) end
     local max = math.min(limits.max_negentropy_records, left)
     -- the records are counted against the budget while they are read (the read yields)
-    negentropy_held = negentropy_held + max
+    neg_reserved, negentropy_held = max, negentropy_held + max
     local items, why = resty.negentropy_items(msg[3], { max = max })
-    negentropy_held = negentropy_held - max
+    neg_release()
     if not items then
       if max < limits.max_negentropy_records and why and why:find("^blocked: the filters match more than") then
         why = busy

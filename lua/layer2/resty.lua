@@ -108,11 +108,10 @@ end
 -- to end: behind up to 500 of a flood's events, tens of ms. A connection with few events waiting
 -- (SHARE at most) need not wait: while a batch is being written, an express batch takes the events
 -- of every such connection and writes them in another pool thread beside it (they take turns with
--- the batch only for LMDB's write lock, a few ms). One express batch at a time; a connection's
--- events may so commit in another order than it sent them, which the nostr rules allow (a
--- replacement is by created_at, a deletion leaves its tombstone).
--- (A connection with events in the batch being written is left to the next one: its events
--- commit in the order it sent them, as a client that sends a replaceable event twice expects.)
+-- the batch only for LMDB's write lock, a few ms). One express batch at a time. A connection with
+-- events in the batch being written is left to the next one, so that a connection's events
+-- commit in the order it sent them (a client that sends a replaceable event twice expects both
+-- accepted, the second replacing the first).
 local function take_light()
   local events, done, rest, served = {}, {}, {}, {}
   for _, q in ipairs(writer.ring) do
