@@ -25,18 +25,23 @@ local function note(i, content_bytes, kind)
     content = ("n%d "):format(i) .. ("x"):rep(content_bytes) }, SEC))
 end
 
--- Publishes events over one connection; returns their ids once every OK is true.
-local function publish(port, events)
-  local c = assert(rawws.connect(port))
-  for _, ev in ipairs(events) do assert(c:send_text('["EVENT",' .. layer2.event.encode(ev) .. "]")) end
+-- Reads connection c until n OKs have come, each true.
+local function await_oks(c, n)
   local oks = 0
   assert(c:read_until(function(msg)
     if msg[1] == "OK" then
       assert.is_true(msg[3], tostring(msg[4]))
       oks = oks + 1
     end
-    return oks == #events
+    return oks == n
   end))
+end
+
+-- Publishes events over one connection and returns once every OK has come, each true.
+local function publish(port, events)
+  local c = assert(rawws.connect(port))
+  for _, ev in ipairs(events) do assert(c:send_text('["EVENT",' .. layer2.event.encode(ev) .. "]")) end
+  await_oks(c, #events)
   c:close()
 end
 
@@ -266,14 +271,7 @@ end
         local got = assert(lone:read_until(function(msg) return msg[1] == "OK" end))
         assert.same({ "OK", ev.id, true, "" }, got[#got])
       end
-      local oks = 0
-      assert(flood:read_until(function(msg)
-        if msg[1] == "OK" then
-          assert.is_true(msg[3], tostring(msg[4]))
-          oks = oks + 1
-        end
-        return oks == 3000
-      end))
+      await_oks(flood, 3000)
       assert(lone:send_json({ "COUNT", "f", { kinds = { 40 } } }))
       assert(lone:send_json({ "COUNT", "l", { kinds = { 41 } } }))
       local counts = {}
