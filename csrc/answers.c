@@ -20,13 +20,11 @@ static uint64_t key_hash(const l2_answer_key *k)
     return h ^ (h >> 33);
 }
 
-/* The stored filters are the canonical JSON of filters that passed the caller's checks. */
-static const l2_filter_limits unlimited = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, SIZE_MAX, SIZE_MAX,
-                                           SIZE_MAX};
 
 int l2_answer_filter(const l2_answer_key *k, l2_filter *f)
 {
-    return l2_filter_parse_json(f, k->filter, k->len, &unlimited, NULL) ? -1 : 0;
+    /* the stored filters are the canonical JSON of filters that passed the caller's checks */
+    return l2_filter_parse_json(f, k->filter, k->len, &l2_unlimited_filter_limits, NULL) ? -1 : 0;
 }
 
 static size_t record_size(size_t filter_len, size_t n, size_t nwhole)
@@ -86,13 +84,13 @@ int l2_answer_entry(const l2_answer_view *a, size_t i, uint64_t *serial, const u
 
 typedef int (*index_fn)(MDB_txn *txn, MDB_dbi dbi, const uint8_t *key, size_t n);
 
-static int index_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *key, size_t n)
+static int answers_index_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *key, size_t n)
 {
     MDB_val k = {n, (void *)key}, v = {0, ""};
     return mdb_put(txn, dbi, &k, &v, 0);
 }
 
-static int index_del(MDB_txn *txn, MDB_dbi dbi, const uint8_t *key, size_t n)
+static int answers_index_del(MDB_txn *txn, MDB_dbi dbi, const uint8_t *key, size_t n)
 {
     MDB_val k = {n, (void *)key};
     int rc = mdb_del(txn, dbi, &k, NULL);
@@ -166,7 +164,7 @@ static int drop_hash(MDB_txn *txn, MDB_dbi dbi, uint64_t hash)
     l2_filter_init(&f);
     /* a record whose filter no longer parses cannot be unindexed entry by entry: all go */
     if (l2_answer_filter(&kept, &f)) rc = mdb_drop(txn, dbi, 0);
-    else if ((rc = for_each_index(txn, dbi, &f, hash, index_del)) == 0) {
+    else if ((rc = for_each_index(txn, dbi, &f, hash, answers_index_del)) == 0) {
         uint8_t kb[9] = {RECORD};
         put_be64(kb + 1, hash);
         MDB_val kv = {9, kb};
@@ -221,7 +219,7 @@ int l2_answers_put(MDB_txn *txn, MDB_dbi dbi, const l2_answer_key *k, const uint
                 put_be64(entry, WHOLE | j);
                 memcpy(whole + 32 * j++, ids[i], 32);
             }
-            rc = for_each_index(txn, dbi, &f, hash, index_put);
+            rc = for_each_index(txn, dbi, &f, hash, answers_index_put);
         }
     }
     if (rc == 0) rc = count_put(txn, dbi, total + units);

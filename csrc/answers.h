@@ -2,8 +2,8 @@
  * L1 could not prove, as its ids (newest first), so the next ask of the same filter is served by
  * id instead of a filter query on L2. They live in the cache's `answers` sub-database, so every
  * process and thread on L1 shares them, and a save of an event a filter may match drops that
- * filter's answer inside the save's own write transaction (l2_answers_touch, called by store.c).
- * Only store.c includes this file; the rest of the core sees store.h's l2_store_answer_*.
+ * filter's answer inside the save's own write transaction (l2_answers_touch, called by store_write.c).
+ * Only the LMDB store (store_*.c) includes this file; the rest of the core sees store.h's l2_store_answer_*.
  *
  * Records (integers big-endian):
  *   'R' hash(8)             -> expires(8) now(8) epoch(8) nids(4) filter_len(4) nwhole(4) filter

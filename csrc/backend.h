@@ -19,10 +19,17 @@
 
 typedef struct l2_backend l2_backend;
 
+/* What an eviction step did (l2_backend_gc). */
 typedef struct {
-    /* Evicts from L1: asked before a write that would pass the high water mark, or after one
-     * found L1 full below it (`full`); the caller's l2_backend_gc, or what it wraps. 0, or -1. */
-    int (*gc)(void *ud, int full, char *err);
+    uint64_t evicted, dropped, freed, sent, pruned, repacked, used;
+    double seconds; /* the step took */
+} l2_gc_report;
+
+typedef struct {
+    /* An eviction pass the backend started itself (a write would pass the high water mark:
+     * L2_GC_FORCE; one found L1 full below it: L2_GC_FULL) has ended: an observer, for tests and
+     * benchmarks; may be NULL. */
+    void (*evicted)(void *ud, int force, const l2_gc_report *r);
     /* The eviction policy: of the n candidates (coldest first), the ids to let go of to free about
      * `need` bytes, in *ids (malloc'd, the backend frees it). 0, or -1 with err. */
     int (*choose)(void *ud, const l2_candidate *c, size_t n, uint64_t need, uint8_t (**ids)[32], size_t *nids,
@@ -106,6 +113,9 @@ const l2_backend_opts *l2_backend_options(const l2_backend *b);
 
 /* Counts on L2 (the authority); on L1 when L2 fails (logged). 0, or -1 with err. */
 int l2_backend_count(l2_backend *b, const l2_filter *fs, size_t nf, int64_t now, uint64_t *n, char *err);
+/* Removes the events whose NIP-40 expiration is at or before now from both levels (L2 first);
+ * *removed counts L2's (L1's, without an L2). */
+int l2_backend_sweep(l2_backend *b, int64_t now, uint64_t *removed, char *err);
 /* Empties both levels; the horizon goes to 0 and what the backend learnt is forgotten. */
 int l2_backend_nuke(l2_backend *b, char *err);
 /* Drains the outbox, then makes both levels durable. */
@@ -129,17 +139,19 @@ uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32]);
  * one-off reads do not push out what is read again and again. Counts this read. */
 int l2_backend_admit(l2_backend *b, const uint8_t id[32]);
 
-/* Answers by level since open: "l1", "stubs", "l2", "missing", "answers". */
-void l2_backend_hit(l2_backend *b, const char *level, uint64_t n);
-uint64_t l2_backend_hits(l2_backend *b, const char *level);
+/* What answered queries, by level: L1 alone, stubs filled from L2, L2, ids known to be missing,
+ * remembered answers; l2_backend_level_names names each ("l1", "stubs", "l2", "missing",
+ * "answers"). */
+enum { L2_LEVEL_L1, L2_LEVEL_STUBS, L2_LEVEL_L2, L2_LEVEL_MISSING, L2_LEVEL_ANSWERS, L2_LEVELS };
+extern const char *const l2_backend_level_names[L2_LEVELS];
+/* Counts n answers of `level` (an L2_LEVEL_*); the count since open. */
+void l2_backend_hit(l2_backend *b, int level, uint64_t n);
+uint64_t l2_backend_hits(const l2_backend *b, int level);
 
 /* Sends what the outbox holds to L2, in order, each record acknowledged once L2 has it (a
  * refusal counts: L2 has it or never will); stops at the first L2 failure. */
 int l2_backend_drain(l2_backend *b, uint64_t *sent, char *err);
 
-typedef struct {
-    uint64_t evicted, dropped, freed, sent, pruned, repacked, used;
-} l2_gc_report;
 enum { L2_GC_TIMER, L2_GC_FORCE, L2_GC_FULL };
 /* One eviction step. L2_GC_TIMER: drains the outbox, then evicts when L1 is past its high water
  * mark; L2_GC_FORCE evicts whatever; L2_GC_FULL after a write found L1 full below its marks.

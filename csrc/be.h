@@ -1,5 +1,5 @@
 /* Big-endian integers in keys and records: stored so, LMDB's byte order is numeric order and
- * cursors walk in it. Shared by the store (store.c) and its remembered answers (answers.c). */
+ * cursors walk in it. Shared by the store (store_*.c) and its remembered answers (answers.c). */
 #ifndef L2_BE_H
 #define L2_BE_H
 

@@ -74,7 +74,7 @@ void l2_fanout_free(l2_fanout *fo)
     free(fo);
 }
 
-static int grow(void **p, size_t *cap, size_t need, size_t size)
+static int fanout_grow(void **p, size_t *cap, size_t need, size_t size)
 {
     if (need <= *cap) return 0;
     size_t n = *cap ? *cap * 2 : 16;
@@ -115,10 +115,10 @@ static size_t make_key(uint8_t *k, char type, char letter, const void *bytes, si
 }
 
 /* Indexes filter f of subscription si under the key type|letter|bytes. */
-static int index_put(l2_fanout *fo, uint32_t si, uint32_t f, char type, char letter, const void *bytes, size_t n)
+static int fanout_index_put(l2_fanout *fo, uint32_t si, uint32_t f, char type, char letter, const void *bytes, size_t n)
 {
     sub *s = &fo->subs[si];
-    if (grow((void **)&s->entries, &s->entries_cap, s->nentries + 1, sizeof *s->entries)) return -1;
+    if (fanout_grow((void **)&s->entries, &s->entries_cap, s->nentries + 1, sizeof *s->entries)) return -1;
     if (fo->nentries >= fo->nbuckets && rehash(fo)) return -1;
     entry *e = malloc(sizeof *e + n + 2);
     if (!e) return -1;
@@ -160,10 +160,8 @@ static int copy_filter(l2_filter *dst, const l2_filter *src)
     char err[L2_ERRLEN];
     l2_buf json;
     l2_buf_init(&json);
-    static const l2_filter_limits unlimited = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, SIZE_MAX, SIZE_MAX,
-                                               SIZE_MAX};
     int rc = l2_filter_encode_json(src, src->limit, &json) ||
-             l2_filter_parse_json(dst, json.data, json.len, &unlimited, err);
+             l2_filter_parse_json(dst, json.data, json.len, &l2_unlimited_filter_limits, err);
     dst->have = src->have & ~(unsigned)L2_F_LIMIT;
     l2_buf_free(&json);
     return rc ? -1 : 0;
@@ -176,35 +174,35 @@ static int index_filter(l2_fanout *fo, uint32_t si, uint32_t fi)
     if (l2_filter_is_empty(f)) return 0; /* matches nothing: not indexed at all */
     if (f->have & L2_F_IDS) {
         for (uint32_t i = 0; i < f->nids; i++)
-            if (index_put(fo, si, fi, K_ID, 0, f->ids[i], 32)) return -1;
+            if (fanout_index_put(fo, si, fi, K_ID, 0, f->ids[i], 32)) return -1;
         return 0;
     }
     if (f->have & L2_F_AUTHORS) {
         for (uint32_t i = 0; i < f->nauthors; i++)
-            if (index_put(fo, si, fi, K_AUTHOR, 0, f->authors[i], 32)) return -1;
+            if (fanout_index_put(fo, si, fi, K_AUTHOR, 0, f->authors[i], 32)) return -1;
         return 0;
     }
     if (f->ntags) {
         const l2_tag_cond *c = &f->tags[0];
         for (uint32_t i = 0; i < c->n; i++) {
             const l2_str *v = &f->values[c->first + i];
-            if (index_put(fo, si, fi, K_TAG, c->letter, v->p, v->n)) return -1;
+            if (fanout_index_put(fo, si, fi, K_TAG, c->letter, v->p, v->n)) return -1;
         }
         return 0;
     }
     if (f->have & L2_F_KINDS) {
         for (uint32_t i = 0; i < f->nkinds; i++) {
             uint8_t k[2] = {(uint8_t)(f->kinds[i] >> 8), (uint8_t)f->kinds[i]};
-            if (index_put(fo, si, fi, K_KIND, 0, k, 2)) return -1;
+            if (fanout_index_put(fo, si, fi, K_KIND, 0, k, 2)) return -1;
         }
         return 0;
     }
-    if (grow((void **)&fo->everything, &fo->everything_cap, fo->neverything + 1, sizeof *fo->everything)) return -1;
+    if (fanout_grow((void **)&fo->everything, &fo->everything_cap, fo->neverything + 1, sizeof *fo->everything)) return -1;
     fo->everything[fo->neverything++] = si << 8 | fi;
     return 0;
 }
 
-static sub *find(l2_fanout *fo, int64_t key, uint32_t *si)
+static sub *fanout_find(l2_fanout *fo, int64_t key, uint32_t *si)
 {
     for (size_t i = 0; i < fo->nsubs; i++) {
         if (fo->subs[i].live && fo->subs[i].key == key) {
@@ -226,13 +224,13 @@ static void drop_everything(l2_fanout *fo, uint32_t si)
 void l2_fanout_remove(l2_fanout *fo, int64_t key)
 {
     uint32_t si;
-    sub *s = find(fo, key, &si);
+    sub *s = fanout_find(fo, key, &si);
     if (!s) return;
     sub_clear(fo, s);
     drop_everything(fo, si);
     s->live = 0;
     fo->live--;
-    if (grow((void **)&fo->free_slots, &fo->free_cap, fo->nfree + 1, sizeof *fo->free_slots) == 0)
+    if (fanout_grow((void **)&fo->free_slots, &fo->free_cap, fo->nfree + 1, sizeof *fo->free_slots) == 0)
         fo->free_slots[fo->nfree++] = si;
 }
 
@@ -244,7 +242,7 @@ int l2_fanout_add(l2_fanout *fo, int64_t key, const l2_filter *fs, size_t nf)
     if (fo->nfree) {
         si = fo->free_slots[--fo->nfree];
     } else {
-        if (grow((void **)&fo->subs, &fo->cap, fo->nsubs + 1, sizeof *fo->subs)) return -1;
+        if (fanout_grow((void **)&fo->subs, &fo->cap, fo->nsubs + 1, sizeof *fo->subs)) return -1;
         si = (uint32_t)fo->nsubs++;
     }
     sub *s = &fo->subs[si];
@@ -270,11 +268,11 @@ size_t l2_fanout_count(const l2_fanout *fo)
 }
 
 /* Takes subscription si when its filter f matches ev and it was not taken by this call yet. */
-static void consider(l2_fanout *fo, uint32_t si, uint32_t f, const l2_event *ev)
+static void fanout_consider(l2_fanout *fo, uint32_t si, uint32_t f, const l2_event *ev)
 {
     sub *s = &fo->subs[si];
     if (!s->live || s->seen == fo->generation || !l2_filter_match(&s->filters[f], ev)) return;
-    if (grow((void **)&fo->out, &fo->out_cap, fo->nout + 1, sizeof *fo->out)) return;
+    if (fanout_grow((void **)&fo->out, &fo->out_cap, fo->nout + 1, sizeof *fo->out)) return;
     s->seen = fo->generation;
     fo->out[fo->nout++] = s->key;
 }
@@ -286,7 +284,7 @@ static void lookup(l2_fanout *fo, char type, char letter, const void *bytes, siz
     size_t len = make_key(k, type, letter, bytes, n);
     uint64_t h = hash_bytes(k, len);
     for (entry *e = fo->buckets[h & (fo->nbuckets - 1)]; e; e = e->next)
-        if (e->hash == h && e->len == len && memcmp(e->key, k, len) == 0) consider(fo, e->sub, e->filter, ev);
+        if (e->hash == h && e->len == len && memcmp(e->key, k, len) == 0) fanout_consider(fo, e->sub, e->filter, ev);
     if (k != small) free(k);
 }
 
@@ -298,7 +296,7 @@ const int64_t *l2_fanout_match(l2_fanout *fo, const l2_event *ev, size_t *n)
         for (size_t i = 0; i < fo->nsubs; i++) fo->subs[i].seen = 0;
         fo->generation = 1;
     }
-    for (size_t i = 0; i < fo->neverything; i++) consider(fo, fo->everything[i] >> 8, fo->everything[i] & 0xff, ev);
+    for (size_t i = 0; i < fo->neverything; i++) fanout_consider(fo, fo->everything[i] >> 8, fo->everything[i] & 0xff, ev);
     if (fo->nentries) {
         uint8_t kind[2] = {(uint8_t)(ev->kind >> 8), (uint8_t)ev->kind};
         lookup(fo, K_ID, 0, ev->id, 32, ev);

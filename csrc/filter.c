@@ -15,6 +15,9 @@ const l2_filter_limits l2_default_filter_limits = {
     .max_filter_bytes = 256 * 1024,
 };
 
+const l2_filter_limits l2_unlimited_filter_limits = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX,
+                                                     SIZE_MAX,   SIZE_MAX,   SIZE_MAX};
+
 
 
 void l2_filter_init(l2_filter *f)
@@ -183,7 +186,7 @@ int l2_filter_set_search(l2_filter *f, const char *s, size_t n, int check_utf8,
     return 0;
 }
 
-static int cmp32(const void *a, const void *b)
+static int filter_cmp32(const void *a, const void *b)
 {
     return memcmp(a, b, 32);
 }
@@ -220,8 +223,8 @@ static uint32_t sort_unique(void *base, uint32_t n, size_t size, int (*cmp)(cons
 int l2_filter_finish(l2_filter *f, char *err)
 {
     (void)err;
-    f->nids = sort_unique(f->ids, f->nids, 32, cmp32);
-    f->nauthors = sort_unique(f->authors, f->nauthors, 32, cmp32);
+    f->nids = sort_unique(f->ids, f->nids, 32, filter_cmp32);
+    f->nauthors = sort_unique(f->authors, f->nauthors, 32, filter_cmp32);
     f->nkinds = sort_unique(f->kinds, f->nkinds, sizeof *f->kinds, cmp_kind);
     for (uint32_t i = 0; i < f->ntags; i++) {
         l2_tag_cond *c = &f->tags[i];
@@ -368,12 +371,12 @@ int l2_filter_encode_json(const l2_filter *f, int64_t limit, l2_buf *out)
 
 int l2_filter_has_id(const l2_filter *f, const uint8_t id[32])
 {
-    return bsearch(id, f->ids, f->nids, 32, cmp32) != NULL;
+    return bsearch(id, f->ids, f->nids, 32, filter_cmp32) != NULL;
 }
 
 int l2_filter_has_author(const l2_filter *f, const uint8_t pk[32])
 {
-    return bsearch(pk, f->authors, f->nauthors, 32, cmp32) != NULL;
+    return bsearch(pk, f->authors, f->nauthors, 32, filter_cmp32) != NULL;
 }
 
 int l2_filter_has_kind(const l2_filter *f, uint32_t kind)

@@ -14,6 +14,9 @@ typedef struct {
 } l2_filter_limits;
 
 extern const l2_filter_limits l2_default_filter_limits;
+/* No limit: for filters already checked once (remembered answers, live subscriptions) and those
+ * the core builds itself. */
+extern const l2_filter_limits l2_unlimited_filter_limits;
 
 enum {
     L2_F_IDS = 1, L2_F_AUTHORS = 2, L2_F_KINDS = 4, L2_F_SINCE = 8, L2_F_UNTIL = 16,

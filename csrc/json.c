@@ -125,6 +125,77 @@ static int hex4(const unsigned char *p, unsigned *out)
         n += (k);                                                 \
     } while (0)
 
+/* j fails at p with a syntax error. */
+static int fail_at(l2_json *j, const unsigned char *p, const char *what)
+{
+    j->p = (const char *)p;
+    return syntax_error(j, what);
+}
+
+/* The character a one-letter escape (not \u) stands for, or -1. */
+static int simple_escape(unsigned char c)
+{
+    switch (c) {
+    case '"': return '"';
+    case '\\': return '\\';
+    case '/': return '/';
+    case 'b': return '\b';
+    case 'f': return '\f';
+    case 'n': return '\n';
+    case 'r': return '\r';
+    case 't': return '\t';
+    default: return -1;
+    }
+}
+
+/* The \uXXXX escape at *pp (a surrogate pair joined) into *cp, *pp past it; 0, or j fails. */
+static int unicode_escape(l2_json *j, const unsigned char **pp, const unsigned char *end, unsigned *cp)
+{
+    const unsigned char *p = *pp;
+    unsigned lo;
+    if (end - p < 6 || hex4(p + 2, cp)) return fail_at(j, p, "bad \\u escape");
+    p += 6;
+    if (*cp >= 0xDC00 && *cp <= 0xDFFF) {
+        j->p = (const char *)p;
+        return l2_json_fail(j, "invalid UTF-8: lone low surrogate \\u%04x", *cp);
+    }
+    if (*cp >= 0xD800 && *cp <= 0xDBFF) {
+        if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF) {
+            j->p = (const char *)p;
+            return l2_json_fail(j, "invalid UTF-8: unpaired high surrogate \\u%04x", *cp);
+        }
+        p += 6;
+        *cp = 0x10000 + ((*cp - 0xD800) << 10) + (lo - 0xDC00);
+    }
+    *pp = p;
+    return 0;
+}
+
+/* cp as UTF-8 into u; its length. */
+static size_t utf8_encode(unsigned cp, unsigned char *u)
+{
+    if (cp < 0x80) {
+        u[0] = (unsigned char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        u[0] = (unsigned char)(0xC0 | cp >> 6);
+        u[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        u[0] = (unsigned char)(0xE0 | cp >> 12);
+        u[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    u[0] = (unsigned char)(0xF0 | cp >> 18);
+    u[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+    u[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+    u[3] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
 int l2_json_string(l2_json *j, char *out, size_t cap, size_t *len)
 {
     if (l2_json_peek(j) != '"') return syntax_error(j, "expected a string");
@@ -141,19 +212,13 @@ int l2_json_string(l2_json *j, char *out, size_t cap, size_t *len)
         }
         while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\') p++;
         EMIT(run, (size_t)(p - run));
-        if (p >= end) {
-            j->p = (const char *)p;
-            return syntax_error(j, "unterminated string");
-        }
+        if (p >= end) return fail_at(j, p, "unterminated string");
         unsigned c = *p;
         if (c == '"') {
             p++;
             break;
         }
-        if (c < 0x20) {
-            j->p = (const char *)p;
-            return syntax_error(j, "raw control character in string");
-        }
+        if (c < 0x20) return fail_at(j, p, "raw control character in string");
         if (c >= 0x80) {
             size_t k = l2_utf8_seq(p, end);
             if (!k) {
@@ -165,69 +230,19 @@ int l2_json_string(l2_json *j, char *out, size_t cap, size_t *len)
             continue;
         }
         /* backslash escape */
-        if (end - p < 2) {
-            j->p = (const char *)p;
-            return syntax_error(j, "unterminated escape");
-        }
-        char e;
-        switch (p[1]) {
-        case '"': e = '"'; break;
-        case '\\': e = '\\'; break;
-        case '/': e = '/'; break;
-        case 'b': e = '\b'; break;
-        case 'f': e = '\f'; break;
-        case 'n': e = '\n'; break;
-        case 'r': e = '\r'; break;
-        case 't': e = '\t'; break;
-        case 'u': e = 0; break;
-        default:
-            j->p = (const char *)p;
-            return syntax_error(j, "bad escape in string");
-        }
+        if (end - p < 2) return fail_at(j, p, "unterminated escape");
         if (p[1] != 'u') {
-            EMIT(&e, 1);
+            int e = simple_escape(p[1]);
+            if (e < 0) return fail_at(j, p, "bad escape in string");
+            char ch = (char)e;
+            EMIT(&ch, 1);
             p += 2;
             continue;
         }
-        unsigned cp, lo;
-        if (end - p < 6 || hex4(p + 2, &cp)) {
-            j->p = (const char *)p;
-            return syntax_error(j, "bad \\u escape");
-        }
-        p += 6;
-        if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            j->p = (const char *)p;
-            return l2_json_fail(j, "invalid UTF-8: lone low surrogate \\u%04x", cp);
-        }
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF) {
-                j->p = (const char *)p;
-                return l2_json_fail(j, "invalid UTF-8: unpaired high surrogate \\u%04x", cp);
-            }
-            p += 6;
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        }
+        unsigned cp;
+        if (unicode_escape(j, &p, end, &cp)) return -1;
         unsigned char u[4];
-        size_t k;
-        if (cp < 0x80) {
-            u[0] = (unsigned char)cp;
-            k = 1;
-        } else if (cp < 0x800) {
-            u[0] = (unsigned char)(0xC0 | cp >> 6);
-            u[1] = (unsigned char)(0x80 | (cp & 0x3F));
-            k = 2;
-        } else if (cp < 0x10000) {
-            u[0] = (unsigned char)(0xE0 | cp >> 12);
-            u[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-            u[2] = (unsigned char)(0x80 | (cp & 0x3F));
-            k = 3;
-        } else {
-            u[0] = (unsigned char)(0xF0 | cp >> 18);
-            u[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
-            u[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-            u[3] = (unsigned char)(0x80 | (cp & 0x3F));
-            k = 4;
-        }
+        size_t k = utf8_encode(cp, u);
         EMIT(u, k);
     }
     j->p = (const char *)p;

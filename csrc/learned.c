@@ -78,7 +78,7 @@ static void layout_for(uint64_t size_limit, uint32_t *width_bits, uint32_t *miss
     *missing_slots = m;
 }
 
-static int fail(char *err, const char *what, const char *path, int e)
+static int learned_fail(char *err, const char *what, const char *path, int e)
 {
     snprintf(err, L2_ERRLEN, "error: %s '%.120s': %s", what, path, strerror(e));
     return -1;
@@ -87,10 +87,10 @@ static int fail(char *err, const char *what, const char *path, int e)
 /* Whether an existing file may be used, or why not: layer2 runs as root beside unprivileged
  * workers (the CLI), so what it maps and writes must be what it made or the directory's owner
  * did, not a link to something else. */
-static int check_file(int fd, int dfd, const char *path, char *err)
+static int learned_check_file(int fd, int dfd, const char *path, char *err)
 {
     struct stat sb, db;
-    if (fstat(fd, &sb) || fstat(dfd, &db)) return fail(err, "cannot stat", path, errno);
+    if (fstat(fd, &sb) || fstat(dfd, &db)) return learned_fail(err, "cannot stat", path, errno);
     if (!S_ISREG(sb.st_mode)) {
         snprintf(err, L2_ERRLEN, "error: '%.120s' is not a regular file: remove it", path);
         return -1;
@@ -140,7 +140,7 @@ static int create(int dfd, const char *dir, const char *path, uint64_t size_limi
     snprintf(tmp_path, sizeof tmp_path, "%s/%s", dir, tmp);
     unlinkat(dfd, tmp, 0);
     int fd = openat(dfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0) return fail(err, "cannot create", tmp_path, errno);
+    if (fd < 0) return learned_fail(err, "cannot create", tmp_path, errno);
     uint32_t w, m;
     layout_for(size_limit, &w, &m);
     size_t n = layout_bytes(w, m);
@@ -152,7 +152,7 @@ static int create(int dfd, const char *dir, const char *path, uint64_t size_limi
     /* root making it for unprivileged workers: it is the directory's owner's, as the rest is */
     struct stat db;
     if (geteuid() == 0 && fstat(dfd, &db) == 0 && fchown(fd, db.st_uid, db.st_gid)) {
-        rc = fail(err, "cannot hand over", tmp_path, errno);
+        rc = learned_fail(err, "cannot hand over", tmp_path, errno);
         goto out;
     }
     header h;
@@ -162,12 +162,12 @@ static int create(int dfd, const char *dir, const char *path, uint64_t size_limi
     h.missing_slots = m;
     h.admit_bar = 2;
     if (pwrite(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
-        rc = fail(err, "cannot write", tmp_path, errno);
+        rc = learned_fail(err, "cannot write", tmp_path, errno);
         goto out;
     }
     h.magic = MAGIC;
     if (pwrite(fd, &h.magic, sizeof h.magic, 0) != (ssize_t)sizeof h.magic || renameat(dfd, tmp, dfd, "learned")) {
-        rc = fail(err, "cannot put in place", path, errno);
+        rc = learned_fail(err, "cannot put in place", path, errno);
         goto out;
     }
 out:
@@ -182,14 +182,14 @@ int l2_learned_open(l2_learned **out, const char *dir, uint64_t size_limit, char
     *out = NULL;
     snprintf(path, sizeof path, "%s/learned", dir);
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) return fail(err, "cannot open", dir, errno);
+    if (dfd < 0) return learned_fail(err, "cannot open", dir, errno);
     /* one process at a time checks, makes or replaces the file: the directory is the lock,
      * since the file itself may be replaced */
     int fd = -1, rc = -1;
     uint32_t w = 0, m = 0;
     size_t n = 0;
     if (flock(dfd, LOCK_EX)) {
-        fail(err, "cannot lock", dir, errno);
+        learned_fail(err, "cannot lock", dir, errno);
         goto out;
     }
     for (int tries = 0; tries < 2 && fd < 0; tries++) {
@@ -199,10 +199,10 @@ int l2_learned_open(l2_learned **out, const char *dir, uint64_t size_limit, char
             goto out;
         }
         if (fd < 0 && errno != ENOENT) {
-            fail(err, "cannot open", path, errno);
+            learned_fail(err, "cannot open", path, errno);
             goto out;
         }
-        if (fd >= 0 && check_file(fd, dfd, path, err)) goto out;
+        if (fd >= 0 && learned_check_file(fd, dfd, path, err)) goto out;
         if (fd >= 0 && usable(fd, &w, &m, &n)) break;
         if (fd >= 0) close(fd), fd = -1;
         if (tries == 0 && create(dfd, dir, path, size_limit, err)) goto out;
@@ -213,7 +213,7 @@ int l2_learned_open(l2_learned **out, const char *dir, uint64_t size_limit, char
     }
     void *map = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) {
-        fail(err, "cannot map", path, errno);
+        learned_fail(err, "cannot map", path, errno);
         goto out;
     }
     l2_learned *l = malloc(sizeof *l);
@@ -388,7 +388,7 @@ void l2_learned_missing_add(l2_learned *l, const uint8_t id[32], int64_t until)
     if (victim) slot_write(victim, id, (uint32_t)until);
 }
 
-static missing_slot *find(l2_learned *l, const uint8_t id[32], uint32_t *until)
+static missing_slot *learned_find(l2_learned *l, const uint8_t id[32], uint32_t *until)
 {
     uint32_t start = slot_of(l, id);
     for (uint32_t p = 0; p < PROBES; p++) {
@@ -401,13 +401,13 @@ static missing_slot *find(l2_learned *l, const uint8_t id[32], uint32_t *until)
 int l2_learned_missing(l2_learned *l, const uint8_t id[32], int64_t now)
 {
     uint32_t until;
-    return find(l, id, &until) && (int64_t)until > now;
+    return learned_find(l, id, &until) && (int64_t)until > now;
 }
 
 void l2_learned_missing_forget(l2_learned *l, const uint8_t id[32])
 {
     uint32_t until;
-    missing_slot *s = find(l, id, &until);
+    missing_slot *s = learned_find(l, id, &until);
     if (s && until) slot_write(s, id, 0);
 }
 

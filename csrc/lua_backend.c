@@ -2,59 +2,9 @@
  * (backend_methods). lua/layer2/backend.lua completes the class with what the design keeps in
  * Lua: the options, the eviction policy's call and the on_event handlers, which the C core calls
  * through the hooks table; the Lua side's fields live in a state table the handle's own
- * metatable reads through. Also the store interface over a Lua object with the store methods
- * (an L2 written in Lua). */
-#include <errno.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-#include "backend.h"
-#include "lua_layer2.h"
-
-#define BACKEND_MT "layer2.backend" /* the class: what each handle's own metatable copies */
-#define BACKEND_MARK "__layer2_backend"
-
-typedef struct {
-    l2_backend *b;  /* NULL once closed */
-    lua_State *L;   /* the state of the call under way (hooks and a Lua L2 run in it) */
-    int ref;        /* registry: {l1, l2, state = {}, hooks = {}, handlers = {}, strings = {}} */
-    int own_l2;     /* close L2 with this handle */
-    int nhandlers;  /* on_event handlers, in the registry table's `handlers` */
-    l2_store_if luavt; /* the interface over an L2 written in Lua: what this one has */
-    const l2_store_if *l2vt; /* L2 through its interface (NULL for none) */
-    void *l2st;
-    l2lua_store *l1;
-    l2_event ev;
-    l2lua_filters filters;
-    int filters_busy; /* `filters` holds a call's filters (a Lua L2 may query this handle meanwhile) */
-    l2_limits lim;
-    int64_t max_limit;
-    char dir[1024];
-    char err[L2_ERRLEN];
-} backend_ud;
-
-/* How deep this thread is in calls from C into Lua (hooks, a Lua L2): code that would yield (a call
- * into nginx's thread pool) asks, since nothing can yield across a C call under LuaJIT. */
-static _Thread_local int inside_c;
-
-/* lua_pcall, counted in inside_c. */
-static int pcall_from_c(lua_State *L, int nargs, int nresults)
-{
-    inside_c++;
-    int rc = lua_pcall(L, nargs, nresults, 0);
-    inside_c--;
-    return rc;
-}
-
-/* Pushes field `name` of the registry table (1: L1, 2: L2, or a named one). */
-static void push_part(lua_State *L, backend_ud *s, int i, const char *name)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
-    if (name) lua_getfield(L, -1, name);
-    else lua_rawgeti(L, -1, i);
-    lua_remove(L, -2);
-}
+ * metatable reads through. The store interface over a Lua object (an L2 written in Lua) is
+ * lua_luastore.c; what the two share, lua_backend.h. */
+#include "lua_backend.h"
 
 /* The backend at 1, open or closed: a userdata whose metatable (its own: see pv_new) is marked. */
 static backend_ud *to_backend(lua_State *L)
@@ -85,7 +35,7 @@ static backend_ud *check_backend(lua_State *L)
 static int call_hook(backend_ud *s, const char *name, int nargs, char *err)
 {
     lua_State *L = s->L;
-    push_part(L, s, 0, "hooks");
+    luabk_push_part(L, s, 0, "hooks");
     lua_getfield(L, -1, name);
     lua_remove(L, -2);
     if (!lua_isfunction(L, -1)) {
@@ -95,19 +45,12 @@ static int call_hook(backend_ud *s, const char *name, int nargs, char *err)
     lua_insert(L, -1 - nargs);
     lua_pushvalue(L, 1);
     lua_insert(L, -1 - nargs);
-    if (pcall_from_c(L, nargs + 1, 0)) {
+    if (luabk_pcall_from_c(L, nargs + 1, 0)) {
         snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
         lua_pop(L, 1);
         return -1;
     }
     return 0;
-}
-
-static int hook_gc(void *ud, int full, char *err)
-{
-    backend_ud *s = ud;
-    lua_pushboolean(s->L, full);
-    return call_hook(s, "gc", 1, err);
 }
 
 static uint32_t reads_of(void *ud, const uint8_t *id)
@@ -116,20 +59,19 @@ static uint32_t reads_of(void *ud, const uint8_t *id)
     return l2_learned_reads(l2_backend_learned(s->b), id);
 }
 
-/* The policy, through hooks.choose(db, candidates, need) -> ids. */
 static int hook_choose(void *ud, const l2_candidate *c, size_t n, uint64_t need, uint8_t (**ids)[32], size_t *nids,
                        char *err)
 {
     backend_ud *s = ud;
     lua_State *L = s->L;
     luaL_checkstack(L, 8, "layer2");
-    push_part(L, s, 0, "hooks");
+    luabk_push_part(L, s, 0, "hooks");
     lua_getfield(L, -1, "choose");
     lua_remove(L, -2);
     lua_pushvalue(L, 1);
     l2lua_push_candidates(L, c, n, reads_of, s);
     lua_pushinteger(L, (lua_Integer)need);
-    if (pcall_from_c(L, 3, 1)) {
+    if (luabk_pcall_from_c(L, 3, 1)) {
         snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
         lua_pop(L, 1);
         return -1;
@@ -160,6 +102,48 @@ static void hook_log(void *ud, const char *msg)
     call_hook(s, "log", 1, err);
 }
 
+/* Pushes a gc report: {evicted, dropped, freed, pruned, repacked, used, seconds[, sent]} (sent
+ * by a timer's step, which drains the outbox). */
+static void push_gc_report(lua_State *L, int force, const l2_gc_report *r)
+{
+    static const char *names[] = {"evicted", "dropped", "freed", "sent", "pruned", "repacked", "used"};
+    const uint64_t values[] = {r->evicted, r->dropped, r->freed, r->sent, r->pruned, r->repacked, r->used};
+    lua_createtable(L, 0, 8);
+    for (int i = 0; i < 7; i++) {
+        if (i == 3 && force != L2_GC_TIMER) continue;
+        lua_pushinteger(L, (lua_Integer)values[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    lua_pushnumber(L, r->seconds);
+    lua_setfield(L, -2, "seconds");
+}
+
+/* A pass the core started itself ended: the state's observe_gc(report, full) hears of it, when a
+ * test or a benchmark set one (errors are logged). */
+static void hook_evicted(void *ud, int force, const l2_gc_report *r)
+{
+    backend_ud *s = ud;
+    lua_State *L = s->L;
+    luabk_push_part(L, s, 0, "state");
+    lua_getfield(L, -1, "observe_gc");
+    lua_remove(L, -2);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    push_gc_report(L, force, r);
+    lua_pushboolean(L, force == L2_GC_FULL);
+    if (luabk_pcall_from_c(L, 2, 0)) {
+        char err[L2_ERRLEN];
+        snprintf(err, sizeof err, "observe_gc failed: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
+        lua_pop(L, 1);
+        hook_log(s, err);
+    }
+}
+
+
+/* The policy, through hooks.choose(db, candidates, need) -> ids. */
+
 /* Calls the on_event handlers with an event accepted here; a failing one is reported. */
 static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
 {
@@ -167,13 +151,13 @@ static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
     lua_State *L = s->L;
     if (!s->nhandlers) return; /* no handler: no event table to make */
     luaL_checkstack(L, 6, "layer2");
-    push_part(L, s, 0, "handlers");
+    luabk_push_part(L, s, 0, "handlers");
     l2lua_push_event(L, ev);
     for (int i = 1; i <= s->nhandlers; i++) {
         lua_rawgeti(L, -2, i);
         lua_pushvalue(L, -2);
         lua_pushstring(L, from_l2 ? "l2" : "local");
-        if (pcall_from_c(L, 2, 0)) {
+        if (luabk_pcall_from_c(L, 2, 0)) {
             char msg[L2_ERRLEN];
             snprintf(msg, sizeof msg, "an on_event handler failed: %s",
                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
@@ -183,396 +167,6 @@ static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
     }
     lua_pop(L, 2);
 }
-
-/* A 64-hex id at idx into id: 1, or 0 when there is none. */
-static int id_arg(lua_State *L, int idx, uint8_t id[32])
-{
-    size_t n;
-    const char *p = lua_tolstring(L, idx, &n);
-    return p && n == 64 && l2_hex_decode(id, p, 32) == 0;
-}
-
-/* ---- an L2 written in Lua, through the store interface (writes: the C core's part) ---- */
-
-/* Keeps a refusal's message referenced until the next call and returns it. */
-static const char *keep_string(backend_ud *s, int idx)
-{
-    lua_State *L = s->L;
-    idx = lua_absindex(L, idx);
-    push_part(L, s, 0, "strings");
-    lua_pushvalue(L, idx);
-    lua_rawseti(L, -2, (int)lua_rawlen(L, -2) + 1);
-    lua_pop(L, 1);
-    return lua_tostring(L, idx);
-}
-
-/* The call's results (a, b) at -2, -1 say the L2 failed (raised: the error at -2, or nil/false and
- * an "error:" message or none): 1 with the message in err. */
-static int l2_failed(lua_State *L, int rc, char *err)
-{
-    if (rc) {
-        snprintf(err, L2_ERRLEN, "error: L2 failed: %s", lua_isstring(L, -2) ? lua_tostring(L, -2) : "an error object");
-        return 1;
-    }
-    if (lua_toboolean(L, -2)) return 0;
-    if (lua_isnil(L, -1)) snprintf(err, L2_ERRLEN, "error: L2 failed");
-    else if (lua_type(L, -1) == LUA_TSTRING && strncmp(lua_tostring(L, -1), "error:", 6) == 0)
-        snprintf(err, L2_ERRLEN, "%s", lua_tostring(L, -1));
-    else return 0;
-    return 1;
-}
-
-/* Pushes l2[method] and l2, or returns 0 (nothing pushed) when it has none. */
-static int push_method(backend_ud *s, const char *method)
-{
-    lua_State *L = s->L;
-    push_part(L, s, 2, NULL);
-    lua_getfield(L, -1, method);
-    if (!lua_isfunction(L, -1)) {
-        lua_pop(L, 2);
-        return 0;
-    }
-    lua_insert(L, -2);
-    return 1;
-}
-
-static void push_trusted(lua_State *L, int64_t now)
-{
-    lua_createtable(L, 0, 2);
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "verify");
-    lua_pushinteger(L, (lua_Integer)now);
-    lua_setfield(L, -2, "now");
-}
-
-static void read_verdict(backend_ud *s, int idx, l2_save_result *r)
-{
-    lua_State *L = s->L;
-    if (lua_toboolean(L, idx) && lua_type(L, idx) != LUA_TSTRING) {
-        r->status = L2_SAVE_STORED;
-    } else {
-        r->msg = lua_type(L, idx) == LUA_TSTRING ? keep_string(s, idx) : "error: L2 gave no verdict";
-        r->status = l2_save_status_of(r->msg);
-    }
-}
-
-static int luastore_save(void *st, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
-                         char *err)
-{
-    backend_ud *s = st;
-    lua_State *L = s->L;
-    (void)flags;
-    luaL_checkstack(L, 8, "layer2");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
-    lua_newtable(L);
-    lua_setfield(L, -2, "strings"); /* the last call's messages are not needed any more */
-    lua_pop(L, 1);
-    if (push_method(s, "save_events")) {
-        lua_createtable(L, (int)n, 0);
-        for (size_t i = 0; i < n; i++) {
-            l2lua_push_event(L, evs[i]);
-            lua_rawseti(L, -2, (int)i + 1);
-        }
-        push_trusted(L, now);
-        int rc = pcall_from_c(L, 3, 2);
-        if (rc) lua_pushnil(L);
-        if (l2_failed(L, rc, err)) {
-            lua_pop(L, 2);
-            return -1;
-        }
-        for (size_t i = 0; i < n; i++) {
-            lua_rawgeti(L, -2, (int)i + 1);
-            read_verdict(s, -1, &res[i]);
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 2);
-        return 0;
-    }
-    /* one by one: once L2 fails, the rest are not tried (they go to the outbox, in order) */
-    int down = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (down || !push_method(s, "save_event")) {
-            res[i].status = L2_SAVE_FAILED;
-            continue;
-        }
-        l2lua_push_event(L, evs[i]);
-        push_trusted(L, now);
-        int rc = pcall_from_c(L, 3, 2);
-        if (rc) lua_pushnil(L);
-        if (l2_failed(L, rc, err)) {
-            down = 1;
-            res[i].status = L2_SAVE_FAILED;
-            lua_pushstring(L, err);
-            res[i].msg = keep_string(s, -1);
-            lua_pop(L, 1);
-        } else if (lua_toboolean(L, -2)) {
-            res[i].status = L2_SAVE_STORED;
-        } else {
-            read_verdict(s, -1, &res[i]);
-        }
-        lua_pop(L, 2);
-    }
-    return 0;
-}
-
-static int luastore_delete(void *st, const uint8_t id[32], int tombstone, int flags, int *found, char *err)
-{
-    backend_ud *s = st;
-    lua_State *L = s->L;
-    (void)flags;
-    if (!push_method(s, "delete_event")) {
-        snprintf(err, L2_ERRLEN, "error: L2 has no delete_event");
-        return -1;
-    }
-    l2lua_push_hex(L, id, 32);
-    lua_pushboolean(L, !tombstone);
-    int rc = pcall_from_c(L, 3, 2);
-    if (rc) lua_pushnil(L);
-    int failed = l2_failed(L, rc, err);
-    *found = lua_toboolean(L, -2);
-    lua_pop(L, 2);
-    return failed ? -1 : 0;
-}
-
-static void push_filters(lua_State *L, const l2_filter *fs, size_t nf)
-{
-    lua_createtable(L, (int)nf, 0);
-    for (size_t i = 0; i < nf; i++) {
-        l2lua_push_filter(L, &fs[i]);
-        lua_rawseti(L, -2, (int)i + 1);
-    }
-}
-
-/* Calls the L2 method pushed by push_method with its nargs arguments: 0 with its two results on
- * the stack, or -1 with err (nothing left) when it failed (see l2_failed). */
-static int call_l2(backend_ud *s, int nargs, char *err)
-{
-    lua_State *L = s->L;
-    int rc = pcall_from_c(L, nargs + 1, 2);
-    if (rc) lua_pushnil(L);
-    if (l2_failed(L, rc, err)) {
-        lua_pop(L, 2);
-        return -1;
-    }
-    return 0;
-}
-
-static int luastore_query(void *st, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
-                          uint8_t *incomplete, l2_row_fn row, void *ud, char *err)
-{
-    backend_ud *s = st;
-    lua_State *L = s->L;
-    (void)horizon;
-    if (incomplete) memset(incomplete, 0, nf);
-    luaL_checkstack(L, 8, "layer2");
-    if (!push_method(s, "query_events")) {
-        snprintf(err, L2_ERRLEN, "error: L2 has no query_events");
-        return -1;
-    }
-    push_filters(L, fs, nf);
-    lua_createtable(L, 0, 2);
-    lua_pushinteger(L, (lua_Integer)max_limit);
-    lua_setfield(L, -2, "max_limit");
-    lua_pushinteger(L, (lua_Integer)now);
-    lua_setfield(L, -2, "now");
-    if (call_l2(s, 2, err)) return -1;
-    if (lua_type(L, -2) != LUA_TTABLE) {
-        /* nil and a refusal: the answer */
-        snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "invalid: refused");
-        lua_pop(L, 2);
-        return -1;
-    }
-    size_t n = lua_rawlen(L, -2);
-    l2_buf bin;
-    l2_buf_init(&bin);
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, -2, (int)i);
-        l2_row r = {0};
-        int bad = 0;
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            r.json = lua_tolstring(L, -1, &r.json_len);
-        } else {
-            bin.len = 0;
-            bad = l2lua_event_arg(L, lua_gettop(L), &s->ev, L2_HAVE_ALL, &s->lim, err) || l2_event_encode_bin(&s->ev, &bin);
-            r.bin = bin.data;
-            r.bin_len = bin.len;
-        }
-        int stop = bad ? 0 : row(ud, &r);
-        lua_pop(L, 1);
-        if (stop) break;
-    }
-    l2_buf_free(&bin);
-    lua_pop(L, 2);
-    return 0;
-}
-
-static int luastore_changes(void *st, uint64_t after, size_t max, l2_change_fn fn, void *ud, char *err)
-{
-    backend_ud *s = st;
-    lua_State *L = s->L;
-    luaL_checkstack(L, 8, "layer2");
-    if (!push_method(s, "changes_since")) {
-        snprintf(err, L2_ERRLEN, "error: L2 has no changes_since");
-        return -1;
-    }
-    lua_pushinteger(L, (lua_Integer)after);
-    lua_pushinteger(L, (lua_Integer)max);
-    lua_createtable(L, 0, 1);
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, "json");
-    if (call_l2(s, 3, err)) return -1;
-    if (lua_type(L, -2) != LUA_TTABLE) {
-        snprintf(err, L2_ERRLEN, "error: L2 gave no list of changes");
-        lua_pop(L, 2);
-        return -1;
-    }
-    static const char *ops[] = {"saved", "replaced", "deleted"};
-    l2_buf bin;
-    l2_buf_init(&bin);
-    size_t n = lua_rawlen(L, -2);
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, -2, (int)i);
-        int ch = lua_gettop(L);
-        lua_getfield(L, ch, "seq");
-        lua_getfield(L, ch, "op");
-        lua_getfield(L, ch, "id");
-        lua_getfield(L, ch, "event");
-        int64_t seq = 0;
-        int op = 0;
-        for (int k = 0; k < 3; k++)
-            if (lua_type(L, ch + 2) == LUA_TSTRING && strcmp(lua_tostring(L, ch + 2), ops[k]) == 0) op = k + 1;
-        uint8_t id[32];
-        int have_id = id_arg(L, ch + 3, id);
-        l2_row r = {0}, *row = NULL;
-        if (lua_type(L, ch + 4) == LUA_TSTRING) {
-            r.json = lua_tolstring(L, ch + 4, &r.json_len);
-            row = &r;
-        } else if (lua_type(L, ch + 4) == LUA_TTABLE) {
-            bin.len = 0;
-            if (l2lua_event_arg(L, ch + 4, &s->ev, L2_HAVE_ALL, &s->lim, err) == 0 &&
-                l2_event_encode_bin(&s->ev, &bin) == 0)
-                r.bin = bin.data, r.bin_len = bin.len, row = &r;
-        }
-        int stop = l2lua_int64(L, ch + 1, &seq) || !op ? 0 : fn(ud, (uint64_t)seq, op, have_id ? id : NULL, row);
-        lua_settop(L, ch - 1);
-        if (stop) break;
-    }
-    l2_buf_free(&bin);
-    lua_pop(L, 2);
-    return 0;
-}
-
-static int luastore_count(void *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *n, char *err)
-{
-    backend_ud *s = st;
-    lua_State *L = s->L;
-    luaL_checkstack(L, 8, "layer2");
-    if (!push_method(s, "count_events")) {
-        snprintf(err, L2_ERRLEN, "error: L2 has no count_events");
-        return -1;
-    }
-    push_filters(L, fs, nf);
-    lua_createtable(L, 0, 1);
-    lua_pushinteger(L, (lua_Integer)now);
-    lua_setfield(L, -2, "now");
-    if (call_l2(s, 2, err)) return -1;
-    int64_t v;
-    int bad = l2lua_int64(L, -2, &v) || v < 0;
-    if (bad) snprintf(err, L2_ERRLEN, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "error: L2 gave no count");
-    *n = bad ? 0 : (uint64_t)v;
-    lua_pop(L, 2);
-    return bad ? -1 : 0;
-}
-
-/* nuke and sync: an L2 without the method has nothing to do */
-static int luastore_done(backend_ud *s, const char *method, char *err)
-{
-    if (!push_method(s, method)) return 0;
-    if (call_l2(s, 0, err)) return -1;
-    lua_pop(s->L, 2);
-    return 0;
-}
-
-static int luastore_nuke(void *st, char *err)
-{
-    return luastore_done(st, "nuke", err);
-}
-
-static int luastore_sync(void *st, char *err)
-{
-    return luastore_done(st, "sync", err);
-}
-
-static int luastore_stats(void *st, l2_stat_fn field, void *ud, char *err)
-{
-    backend_ud *s = st;
-    lua_State *L = s->L;
-    luaL_checkstack(L, 8, "layer2");
-    if (!push_method(s, "stats")) return 0;
-    if (call_l2(s, 0, err)) return -1;
-    /* the figures are gathered first: `field` may use this Lua stack */
-    l2_buf figures;
-    l2_buf_init(&figures);
-    int rc = 0;
-    if (lua_type(L, -2) == LUA_TTABLE) {
-        for (lua_pushnil(L); rc == 0 && lua_next(L, -3); lua_pop(L, 1)) {
-            int64_t v;
-            size_t n;
-            if (lua_type(L, -2) != LUA_TSTRING || l2lua_int64(L, -1, &v) || v < 0) continue;
-            const char *name = lua_tolstring(L, -2, &n);
-            rc = l2_buf_put(&figures, &v, sizeof v) || l2_buf_put(&figures, name, n + 1);
-        }
-    }
-    lua_settop(L, lua_gettop(L) - (rc ? 3 : 2)); /* the key lua_next left, when stopped */
-    for (size_t at = 0; rc == 0 && at < figures.len;) {
-        int64_t v;
-        memcpy(&v, figures.data + at, sizeof v);
-        const char *name = figures.data + at + sizeof v;
-        field(ud, name, (uint64_t)v);
-        at += sizeof v + strlen(name) + 1;
-    }
-    l2_buf_free(&figures);
-    if (rc) snprintf(err, L2_ERRLEN, "error: out of memory");
-    return rc ? -1 : 0;
-}
-
-static int luastore_check(void *st, l2_problem_fn problem, void *ud, uint64_t *nproblems, char *err)
-{
-    backend_ud *s = st;
-    lua_State *L = s->L;
-    luaL_checkstack(L, 8, "layer2");
-    *nproblems = 0;
-    if (!push_method(s, "check")) return 0;
-    if (pcall_from_c(L, 1, 2)) {
-        snprintf(err, L2_ERRLEN, "error: L2 failed: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
-        lua_pop(L, 1);
-        return -1;
-    }
-    size_t n = lua_type(L, -1) == LUA_TTABLE ? lua_rawlen(L, -1) : 0;
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, (int)i);
-        problem(ud, lua_isstring(L, -1) ? lua_tostring(L, -1) : "a problem with no message");
-        lua_pop(L, 1);
-    }
-    *nproblems = n ? n : !lua_toboolean(L, -2);
-    if (!n && *nproblems) problem(ud, "check failed");
-    lua_pop(L, 2);
-    return 0;
-}
-
-/* What the C core asks of an L2 written in Lua. */
-static const l2_store_if luastore_if = {
-    .kind = "lua",
-    .save_batch = luastore_save,
-    .delete_event = luastore_delete,
-    .query = luastore_query,
-    .count = luastore_count,
-    .changes = luastore_changes,
-    .stats = luastore_stats,
-    .check = luastore_check,
-    .nuke = luastore_nuke,
-    .sync = luastore_sync,
-};
 
 /* ---- the methods ---- */
 
@@ -675,6 +269,25 @@ static void put_filters(backend_ud *s, l2lua_filters *fs)
     else l2lua_filters_free(fs);
 }
 
+static void push_levels(lua_State *L, const l2_levels *lv)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, (lua_Integer)lv->l1);
+    lua_setfield(L, -2, "l1");
+    lua_pushinteger(L, (lua_Integer)lv->stubs);
+    lua_setfield(L, -2, "stubs");
+    lua_pushinteger(L, (lua_Integer)lv->l2);
+    lua_setfield(L, -2, "l2");
+    if (lv->missing) {
+        lua_pushinteger(L, (lua_Integer)lv->missing);
+        lua_setfield(L, -2, "missing");
+    }
+    if (lv->l2_failed) {
+        lua_pushstring(L, lv->l2_error);
+        lua_setfield(L, -2, "l2_error");
+    }
+}
+
 /* query_l1(db, filters [, {json, max_limit, now}]) -> events, levels when L1 proves the answer
  * (under the horizon, every body held); false when it cannot (nothing else is done: under nginx
  * with PostgreSQL the caller runs the rest in the thread pool); nil, err for bad filters. */
@@ -697,35 +310,12 @@ static int pv_query_l1(lua_State *L)
         lua_pushboolean(L, 0);
         return 1;
     }
-    l2_backend_hit(s->b, "l1", rows);
-    lua_createtable(L, 0, 3);
-    lua_pushinteger(L, (lua_Integer)rows);
-    lua_setfield(L, -2, "l1");
-    lua_pushinteger(L, 0);
-    lua_setfield(L, -2, "stubs");
-    lua_pushinteger(L, 0);
-    lua_setfield(L, -2, "l2");
+    l2_backend_hit(s->b, L2_LEVEL_L1, rows);
+    l2_levels lv = {.l1 = rows};
+    push_levels(L, &lv);
     return 2;
 }
 
-static void push_levels(lua_State *L, const l2_levels *lv)
-{
-    lua_createtable(L, 0, 4);
-    lua_pushinteger(L, (lua_Integer)lv->l1);
-    lua_setfield(L, -2, "l1");
-    lua_pushinteger(L, (lua_Integer)lv->stubs);
-    lua_setfield(L, -2, "stubs");
-    lua_pushinteger(L, (lua_Integer)lv->l2);
-    lua_setfield(L, -2, "l2");
-    if (lv->missing) {
-        lua_pushinteger(L, (lua_Integer)lv->missing);
-        lua_setfield(L, -2, "missing");
-    }
-    if (lv->l2_failed) {
-        lua_pushstring(L, lv->l2_error);
-        lua_setfield(L, -2, "l2_error");
-    }
-}
 
 /* db:query_events(filters [, {json, max_limit, now, l1_only}]) -> events, levels | nil, err:
  * the read on both levels (l2_backend_query). */
@@ -754,7 +344,7 @@ static int bk_query_events(lua_State *L)
     return 2;
 }
 
-/* db:gc([force]) -> {evicted, dropped, freed, pruned, repacked, used[, sent]}: one eviction step
+/* db:gc([force]) -> {evicted, dropped, freed, pruned, repacked, used, seconds[, sent]}: one eviction step
  * (l2_backend_gc); force true evicts whatever, "full" after a write found L1 full. */
 static int bk_gc(lua_State *L)
 {
@@ -764,14 +354,7 @@ static int bk_gc(lua_State *L)
                                                                                          : L2_GC_TIMER;
     l2_gc_report r;
     if (l2_backend_gc(s->b, force, &r, s->err)) return l2lua_refuse(L, 0, s->err);
-    static const char *names[] = {"evicted", "dropped", "freed", "sent", "pruned", "repacked", "used"};
-    const uint64_t values[] = {r.evicted, r.dropped, r.freed, r.sent, r.pruned, r.repacked, r.used};
-    lua_createtable(L, 0, 7);
-    for (int i = 0; i < 7; i++) {
-        if (i == 3 && force != L2_GC_TIMER) continue;
-        lua_pushinteger(L, (lua_Integer)values[i]);
-        lua_setfield(L, -2, names[i]);
-    }
+    push_gc_report(L, force, &r);
     return 1;
 }
 
@@ -801,7 +384,7 @@ static int bk_on_event(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     if (!lua_isfunction(L, 2)) return luaL_error(L, "layer2: on_event takes a function");
-    push_part(L, s, 0, "handlers");
+    luabk_push_part(L, s, 0, "handlers");
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, ++s->nhandlers);
     return 0;
@@ -815,12 +398,12 @@ static int bk_poll_wait(lua_State *L)
     backend_ud *s = check_backend(L);
     int64_t every = l2_backend_options(s->b)->poll_frequency;
     double seconds = luaL_optnumber(L, 2, every > 0 ? (double)every : 1);
-    push_part(L, s, 0, "state");
+    luabk_push_part(L, s, 0, "state");
     lua_getfield(L, -1, "notify");
     int waited = 0;
-    if (lua_toboolean(L, -1) && push_method(s, "wait")) {
+    if (lua_toboolean(L, -1) && luabk_push_method(s, "wait")) {
         lua_pushnumber(L, seconds);
-        waited = pcall_from_c(L, 2, 1) == 0; /* signalled or timed out */
+        waited = luabk_pcall_from_c(L, 2, 1) == 0; /* signalled or timed out */
     }
     lua_settop(L, 1);
     if (!waited) {
@@ -836,7 +419,7 @@ static int delegate(lua_State *L, int level, const char *method)
 {
     backend_ud *s = check_backend(L);
     int n = lua_gettop(L);
-    push_part(L, s, level, NULL);
+    luabk_push_part(L, s, level, NULL);
     lua_getfield(L, -1, method);
     lua_replace(L, 1);
     lua_insert(L, 2);
@@ -904,6 +487,16 @@ static int done(lua_State *L, int (*op)(l2_backend *, char *))
     return 1;
 }
 
+/* db:sweep([now]) -> the number of expired events removed (from L2, the authority; L1's copies go too) */
+static int bk_sweep(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint64_t removed;
+    if (l2_backend_sweep(s->b, l2lua_time_arg(L, 2), &removed, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushinteger(L, (lua_Integer)removed);
+    return 1;
+}
+
 static int bk_nuke(lua_State *L)
 {
     return done(L, l2_backend_nuke);
@@ -924,7 +517,7 @@ static int bk_check(lua_State *L)
     return l2lua_check_result(L, n);
 }
 
-static void stat_field(void *ud, const char *name, uint64_t value)
+static void backend_stat_field(void *ud, const char *name, uint64_t value)
 {
     lua_State *L = ud;
     lua_pushinteger(L, (lua_Integer)value);
@@ -942,11 +535,10 @@ static int64_t meta_number(backend_ud *s, const char *key, int64_t def)
 /* {l1, stubs, l2, missing, answers}: what answered this handle's queries, by level */
 static void push_hits(lua_State *L, backend_ud *s)
 {
-    static const char *names[] = {"l1", "stubs", "l2", "missing", "answers"};
-    lua_createtable(L, 0, 5);
-    for (int i = 0; i < 5; i++) {
-        lua_pushinteger(L, (lua_Integer)l2_backend_hits(s->b, names[i]));
-        lua_setfield(L, -2, names[i]);
+    lua_createtable(L, 0, L2_LEVELS);
+    for (int i = 0; i < L2_LEVELS; i++) {
+        lua_pushinteger(L, (lua_Integer)l2_backend_hits(s->b, i));
+        lua_setfield(L, -2, l2_backend_level_names[i]);
     }
 }
 
@@ -959,14 +551,14 @@ static int bk_stats(lua_State *L)
     const l2_backend_opts *o = l2_backend_options(s->b);
     lua_createtable(L, 0, 10);
     lua_createtable(L, 0, 12);
-    if (s->l1->vt->stats(s->l1->st, stat_field, L, s->err)) return l2lua_refuse(L, 0, s->err);
+    if (s->l1->vt->stats(s->l1->st, backend_stat_field, L, s->err)) return l2lua_refuse(L, 0, s->err);
     lua_getfield(L, -1, "outbox");
     lua_setfield(L, -3, "outbox");
     lua_setfield(L, -2, "l1");
     if (s->l2vt && s->l2vt->stats) {
         lua_createtable(L, 0, 12);
         char err[L2_ERRLEN];
-        if (s->l2vt->stats(s->l2st, stat_field, L, err) == 0) lua_setfield(L, -2, "l2");
+        if (s->l2vt->stats(s->l2st, backend_stat_field, L, err) == 0) lua_setfield(L, -2, "l2");
         else lua_pop(L, 1);
     }
     static const char *names[] = {"horizon", "size_limit", "high_water", "low_water"};
@@ -994,7 +586,7 @@ static int bk_stats(lua_State *L)
     }
     push_hits(L, s);
     lua_setfield(L, -2, "hits");
-    push_part(L, s, 0, "state");
+    luabk_push_part(L, s, 0, "state");
     lua_getfield(L, -1, "policy");
     lua_getfield(L, -1, "name");
     lua_setfield(L, -4, "policy");
@@ -1009,7 +601,7 @@ static int bk_close(lua_State *L)
     l2_backend_close(s->b);
     s->b = NULL;
     for (int i = 1; i <= (s->own_l2 ? 2 : 1); i++) {
-        push_part(L, s, i, NULL);
+        luabk_push_part(L, s, i, NULL);
         lua_getfield(L, -1, "close");
         lua_insert(L, -2);
         lua_pcall(L, 1, 0, 0) && (lua_pop(L, 1), 0);
@@ -1049,7 +641,7 @@ static int pv_count_read(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     uint8_t id[32];
-    lua_pushinteger(L, id_arg(L, 2, id) ? l2_backend_count_read(s->b, id) : 0);
+    lua_pushinteger(L, luabk_id_arg(L, 2, id) ? l2_backend_count_read(s->b, id) : 0);
     return 1;
 }
 
@@ -1057,7 +649,7 @@ static int pv_reads(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     uint8_t id[32];
-    lua_pushinteger(L, id_arg(L, 2, id) ? l2_learned_reads(l2_backend_learned(s->b), id) : 0);
+    lua_pushinteger(L, luabk_id_arg(L, 2, id) ? l2_learned_reads(l2_backend_learned(s->b), id) : 0);
     return 1;
 }
 
@@ -1076,14 +668,14 @@ static int pv_admit(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     uint8_t id[32];
-    lua_pushboolean(L, id_arg(L, 2, id) && l2_backend_admit(s->b, id));
+    lua_pushboolean(L, luabk_id_arg(L, 2, id) && l2_backend_admit(s->b, id));
     return 1;
 }
 
 /* inside_c() -> true while Lua runs called from the C core (a hook, a Lua L2's method) */
 static int pv_inside_c(lua_State *L)
 {
-    lua_pushboolean(L, inside_c > 0);
+    lua_pushboolean(L, luabk_inside_c());
     return 1;
 }
 
@@ -1093,23 +685,11 @@ static int pv_inside_c(lua_State *L)
  * history, admit_always, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap,
  * max_limit, own_l2; hooks: {gc, choose, log}, each called with the handle first; state: the Lua
  * side's table. */
-static int pv_new(lua_State *L)
+/* The handle at `self` gets its own metatable: fields and methods are found by the VM's table
+ * lookups (db.x: the Lua side's state at 6, whose fields include db.l1 and db.l2 and any method a
+ * caller replaced, then the class's methods), with no function call in between. */
+static void set_own_metatable(lua_State *L, int self)
 {
-    const char *dir = luaL_checkstring(L, 1);
-    l2lua_store *l1 = l2lua_check_store(L, 2);
-    luaL_argcheck(L, l1->vt == &l2_lmdb_store_if, 2, "an LMDB cache expected");
-    luaL_checktype(L, 4, LUA_TTABLE);
-    luaL_checktype(L, 5, LUA_TTABLE);
-    luaL_checktype(L, 6, LUA_TTABLE);
-    const l2_store_if *vt = NULL;
-    void *l2 = NULL;
-    backend_ud *s = lua_newuserdatauv(L, sizeof *s, 0);
-    memset(s, 0, sizeof *s);
-    s->ref = LUA_NOREF;
-    int self = lua_gettop(L);
-    /* its own metatable: fields and methods are found by the VM's table lookups (db.x: the Lua
-     * side's state, whose fields include db.l1 and db.l2 and any method a caller replaced, then
-     * the class's methods), with no function call in between */
     lua_pushvalue(L, 2);
     lua_setfield(L, 6, "l1");
     lua_pushvalue(L, 3);
@@ -1131,21 +711,29 @@ static int pv_new(lua_State *L)
     lua_setfield(L, -2, "__newindex");
     lua_setmetatable(L, self);
     lua_pop(L, 1);
+}
+
+/* L2 at 3: a store userdata (its own interface), a Lua object with the store methods (the
+ * interface over it: polled by its feed when it has one, else by created_at), or nil. */
+static void set_l2(lua_State *L, backend_ud *s)
+{
     if (lua_type(L, 3) == LUA_TUSERDATA) {
         l2lua_store *st = l2lua_check_store(L, 3);
-        vt = st->vt;
-        l2 = st->st;
+        s->l2vt = st->vt;
+        s->l2st = st->st;
     } else if (!lua_isnil(L, 3)) {
-        /* polled by its feed when it has one, else by created_at */
-        s->luavt = luastore_if;
+        s->luavt = luabk_luastore_if;
         lua_getfield(L, 3, "changes_since");
         if (!lua_isfunction(L, -1)) s->luavt.changes = NULL;
         lua_pop(L, 1);
-        vt = &s->luavt;
-        l2 = s;
+        s->l2vt = &s->luavt;
+        s->l2st = s;
     }
-    s->l2vt = vt;
-    s->l2st = l2;
+}
+
+/* The backend's options, from the table at 4 (backend.lua has checked them). */
+static l2_backend_opts read_options(lua_State *L)
+{
     l2_backend_opts o = {
         .size_limit = (uint64_t)l2lua_opt_int(L, 4, "size_limit", 0),
         .high_water = (unsigned)l2lua_opt_int(L, 4, "high_water", 66),
@@ -1166,14 +754,12 @@ static int pv_new(lua_State *L)
     lua_getfield(L, 4, "stub_share");
     if (lua_isnumber(L, -1)) o.stub_share = lua_tonumber(L, -1);
     lua_pop(L, 1);
-    s->own_l2 = l2lua_opt_bool(L, 4, "own_l2", 0);
-    s->max_limit = l2lua_opt_int(L, 4, "max_limit", 500);
-    s->l1 = l1;
-    s->L = L;
-    s->lim = l2_default_limits;
-    l2_event_init(&s->ev);
-    l2lua_filters_init(&s->filters, 500);
-    snprintf(s->dir, sizeof s->dir, "%s", dir);
+    return o;
+}
+
+/* What the handle keeps referenced: {l1, l2, hooks = (5), state = (6), strings = {}, handlers = {}}. */
+static int keep_parts(lua_State *L)
+{
     lua_createtable(L, 2, 4);
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, 1);
@@ -1187,9 +773,35 @@ static int pv_new(lua_State *L)
     lua_setfield(L, -2, "strings");
     lua_newtable(L);
     lua_setfield(L, -2, "handlers");
-    s->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    l2_backend_hooks hooks = {hook_gc, hook_choose, hook_accepted, hook_log, s};
-    if (l2_backend_open(&s->b, l1->st, vt, l2, l2_store_path(l1->st), &o, &hooks, s->err)) {
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static int pv_new(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    l2lua_store *l1 = l2lua_check_store(L, 2);
+    luaL_argcheck(L, l1->vt == &l2_lmdb_store_if, 2, "an LMDB cache expected");
+    luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TTABLE);
+    luaL_checktype(L, 6, LUA_TTABLE);
+    backend_ud *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s);
+    s->ref = LUA_NOREF;
+    int self = lua_gettop(L);
+    set_own_metatable(L, self);
+    set_l2(L, s);
+    l2_backend_opts o = read_options(L);
+    s->own_l2 = l2lua_opt_bool(L, 4, "own_l2", 0);
+    s->max_limit = l2lua_opt_int(L, 4, "max_limit", 500);
+    s->l1 = l1;
+    s->L = L;
+    s->lim = l2_default_limits;
+    l2_event_init(&s->ev);
+    l2lua_filters_init(&s->filters, 500);
+    snprintf(s->dir, sizeof s->dir, "%s", dir);
+    s->ref = keep_parts(L);
+    l2_backend_hooks hooks = {hook_evicted, hook_choose, hook_accepted, hook_log, s};
+    if (l2_backend_open(&s->b, l1->st, s->l2vt, s->l2st, l2_store_path(l1->st), &o, &hooks, s->err)) {
         luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
         s->ref = LUA_NOREF;
         return l2lua_refuse(L, 0, s->err);
@@ -1201,7 +813,8 @@ static int pv_new(lua_State *L)
 static const luaL_Reg backend_methods[] = {
     {"save_event", bk_save_event}, {"save_events", bk_save_events}, {"delete_event", bk_delete_event},
     {"query_events", bk_query_events}, {"count_events", bk_count_events}, {"import", bk_import},
-    {"export", bk_export}, {"negentropy_items", bk_negentropy_items}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
+    {"export", bk_export}, {"negentropy_items", bk_negentropy_items},
+    {"sweep", bk_sweep}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
     {"changes_since", bk_changes_since}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll},
     {"poll_wait", bk_poll_wait}, {"on_event", bk_on_event}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},

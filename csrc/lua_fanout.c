@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "fanout.h"
+#include "lua_args.h"
 #include "lua_layer2.h"
 
 #define FANOUT_MT "layer2.fanout"

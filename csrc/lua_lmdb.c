@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "lua_layer2.h"
+#include "lua_store.h"
 #include "store.h"
 
 #define STORE_MT "layer2.lmdb.store"
@@ -103,50 +104,6 @@ static int store_copy(lua_State *L)
 }
 
 /* ---- the cache (L1) side, used by the two-level backend ---- */
-
-void l2lua_push_candidates(lua_State *L, const l2_candidate *c, size_t n, uint32_t (*reads)(void *, const uint8_t *),
-                           void *ud)
-{
-    lua_createtable(L, (int)n, 0);
-    for (size_t i = 0; i < n; i++) {
-        lua_createtable(L, 0, 8);
-        l2lua_push_hex(L, c[i].id, 32);
-        lua_setfield(L, -2, "id");
-        l2lua_push_hex(L, c[i].pubkey, 32);
-        lua_setfield(L, -2, "pubkey");
-        lua_pushinteger(L, (lua_Integer)c[i].kind);
-        lua_setfield(L, -2, "kind");
-        lua_pushinteger(L, (lua_Integer)c[i].created_at);
-        lua_setfield(L, -2, "created_at");
-        lua_pushinteger(L, (lua_Integer)c[i].size);
-        lua_setfield(L, -2, "size");
-        lua_pushinteger(L, (lua_Integer)c[i].last_ms);
-        lua_setfield(L, -2, "last_access");
-        lua_pushinteger(L, (lua_Integer)c[i].hits);
-        lua_setfield(L, -2, "hits");
-        if (reads) {
-            lua_pushinteger(L, (lua_Integer)reads(ud, c[i].id));
-            lua_setfield(L, -2, "reads");
-        }
-        lua_rawseti(L, -2, (int)i + 1);
-    }
-}
-
-uint8_t (*l2lua_id_list(lua_State *L, int idx, size_t *n))[32]
-{
-    size_t len_list = lua_rawlen(L, idx), k = 0;
-    idx = lua_absindex(L, idx);
-    uint8_t (*ids)[32] = lua_newuserdatauv(L, len_list * 32 + 1, 0);
-    for (size_t i = 1; i <= len_list; i++) {
-        lua_rawgeti(L, idx, (int)i);
-        size_t len;
-        const char *p = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-        if (p && len == 64 && l2_hex_decode(ids[k], p, 32) == 0) k++;
-        lua_pop(L, 1);
-    }
-    *n = k;
-    return ids;
-}
 
 /* store:candidates(max [, "access" | "created_at"]) -> {{id, pubkey, kind, created_at, size,
  * last_access (ms), hits}, ...}, coldest first */

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua_args.h"
 #include "lua_layer2.h"
 #include "negentropy.h"
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "lua_layer2.h"
+#include "lua_store.h"
 #include "pgstore.h"
 
 #define PG_MT "layer2.postgres.store"

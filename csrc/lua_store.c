@@ -12,168 +12,10 @@
 #include "json.h"
 #include "killpoint.h"
 #include "lua_layer2.h"
+#include "lua_store.h"
 
 #define IMPORT_MT "layer2.import"
 #define SINK_MT "layer2.sink"
-
-int64_t l2lua_opt_int(lua_State *L, int opts, const char *name, int64_t def)
-{
-    int64_t v = def;
-    if (lua_type(L, opts) != LUA_TTABLE) return def;
-    lua_getfield(L, opts, name);
-    if (!lua_isnil(L, -1) && (l2lua_int64(L, -1, &v) || v < 0))
-        luaL_error(L, "layer2: option '%s' must be a non-negative integer", name);
-    lua_pop(L, 1);
-    return v;
-}
-
-int l2lua_opt_bool(lua_State *L, int opts, const char *name, int def)
-{
-    if (lua_type(L, opts) != LUA_TTABLE) return def;
-    lua_getfield(L, opts, name);
-    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-int64_t l2lua_opt_now(lua_State *L, int opts)
-{
-    return l2lua_opt_int(L, opts, "now", (int64_t)time(NULL));
-}
-
-int l2lua_opt_function(lua_State *L, int opts, const char *name)
-{
-    if (lua_type(L, opts) != LUA_TTABLE) return 0;
-    lua_getfield(L, opts, name);
-    if (lua_isfunction(L, -1)) return lua_gettop(L);
-    lua_pop(L, 1);
-    return 0;
-}
-
-int64_t l2lua_time_arg(lua_State *L, int idx)
-{
-    int64_t t = (int64_t)time(NULL);
-    if (!lua_isnoneornil(L, idx) && (l2lua_int64(L, idx, &t) || t < 0)) luaL_argerror(L, idx, "a time (seconds) expected");
-    return t;
-}
-
-void l2lua_changes_args(lua_State *L, int64_t *after, int64_t *max, int *json)
-{
-    *after = 0;
-    *max = 1000;
-    if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, after) || *after < 0))
-        luaL_argerror(L, 2, "a non-negative integer cursor expected");
-    if (!lua_isnoneornil(L, 3) && (l2lua_int64(L, 3, max) || *max < 1)) luaL_argerror(L, 3, "a positive integer expected");
-    if (*max > 100000) *max = 100000;
-    *json = l2lua_opt_bool(L, 4, "json", 0);
-}
-
-void l2lua_problem(void *ud, const char *msg)
-{
-    lua_State *L = ud;
-    size_t n = lua_rawlen(L, -1);
-    if (n >= 1000) return; /* enough to act on */
-    lua_pushstring(L, msg);
-    lua_rawseti(L, -2, (int)n + 1);
-}
-
-int l2lua_check_result(lua_State *L, uint64_t nproblems)
-{
-    lua_pushboolean(L, nproblems == 0);
-    lua_insert(L, -2);
-    return 2;
-}
-
-/* ---- filters: one (table or JSON object) or a REQ's list (array, or JSON array) ---- */
-
-void l2lua_filters_init(l2lua_filters *fs, size_t max)
-{
-    memset(fs, 0, sizeof *fs);
-    fs->max = max;
-    fs->lim = l2_default_filter_limits;
-}
-
-void l2lua_filters_free(l2lua_filters *fs)
-{
-    for (size_t i = 0; i < fs->cap; i++) l2_filter_free(&fs->v[i]);
-    free(fs->v);
-    fs->v = NULL;
-    fs->cap = fs->n = 0;
-}
-
-static l2_filter *next_filter(lua_State *L, l2lua_filters *fs)
-{
-    if (fs->n == fs->cap) {
-        size_t cap = fs->cap ? fs->cap * 2 : 4;
-        l2_filter *f = realloc(fs->v, cap * sizeof *f);
-        if (!f) luaL_error(L, "layer2: out of memory");
-        for (size_t i = fs->cap; i < cap; i++) l2_filter_init(&f[i]);
-        fs->v = f;
-        fs->cap = cap;
-    }
-    return &fs->v[fs->n++];
-}
-
-static int too_many_filters(l2lua_filters *fs, char *err)
-{
-    snprintf(err, L2_ERRLEN, "invalid: more than %zu filters", fs->max);
-    return -1;
-}
-
-int l2lua_read_filters(lua_State *L, int idx, l2lua_filters *fs, char *err)
-{
-    fs->n = 0;
-    l2lua_check_table_or_string(L, idx);
-    if (lua_type(L, idx) == LUA_TSTRING) {
-        size_t n;
-        const char *p = lua_tolstring(L, idx, &n);
-        l2_json j;
-        l2_json_init(&j, p, n, 8, err, L2_ERRLEN);
-        if (l2_json_peek(&j) != '[') return l2_filter_parse_json(next_filter(L, fs), p, n, &fs->lim, err);
-        size_t i = 0;
-        if (l2_json_open(&j, '[')) return -1;
-        for (int r; (r = l2_json_more(&j, ']', &i));) {
-            if (r < 0) return -1;
-            l2_json_peek(&j);
-            const char *start = j.p;
-            if (l2_json_skip(&j)) return -1;
-            if (fs->n >= fs->max) return too_many_filters(fs, err);
-            if (l2_filter_parse_json(next_filter(L, fs), start, (size_t)(j.p - start), &fs->lim, err)) return -1;
-        }
-        return l2_json_finish(&j);
-    }
-    lua_rawgeti(L, idx, 1);
-    int list = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (!list) return l2lua_filter_arg(L, idx, next_filter(L, fs), &fs->lim, err);
-    size_t n = lua_rawlen(L, idx);
-    if (n > fs->max) return too_many_filters(fs, err);
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, idx, (int)i);
-        int t = lua_type(L, -1);
-        if (t != LUA_TTABLE && t != LUA_TSTRING) {
-            lua_pop(L, 1);
-            snprintf(err, L2_ERRLEN, "invalid: filter %zu must be a table or a JSON object", i);
-            return -1;
-        }
-        /* the filter's strings stay referenced by the argument table */
-        int rc = l2lua_filter_arg(L, lua_gettop(L), next_filter(L, fs), &fs->lim, err);
-        lua_pop(L, 1);
-        if (rc) return -1;
-    }
-    return 0;
-}
-
-int l2lua_filters_unsupported(const l2lua_filters *fs, char *err)
-{
-    for (size_t i = 0; i < fs->n; i++) {
-        if (fs->v[i].have & L2_F_SEARCH) {
-            snprintf(err, L2_ERRLEN, "unsupported: search (NIP-50) is not supported by this store");
-            return 1;
-        }
-    }
-    return 0;
-}
 
 /* ---- import ---- */
 
@@ -336,14 +178,96 @@ static void swap_batches(import_state *im)
 /* The batches of an import (l2lua_import's work): its arguments are the store's method's (1: the
  * store, 2: the source, 3: opts). Without a store (ctx->vt NULL: a dry run) the lines are read and
  * checked the same way, and the valid ones counted. */
+enum { C_SAVED, C_DUP, C_REPLACED, C_INVALID, C_DELETED, C_BLOCKED, C_EPHEMERAL, C_LINES, C_COUNT };
+
+/* The import's state userdata (pushed), with the source at 2 opened: *f a file, or *fn_idx a
+ * function's index. -1 with err when the path cannot be opened. */
+static import_state *import_begin(lua_State *L, size_t batch, FILE **f, int *fn_idx, char *err)
+{
+    import_state *im = lua_newuserdatauv(L, sizeof *im, 0);
+    memset(im, 0, sizeof *im);
+    l2_buf_init(&im->lines);
+    l2_buf_init(&im->next_lines);
+    luaL_setmetatable(L, IMPORT_MT);
+    lua_pushnil(L);
+    im->err_idx = lua_gettop(L);
+    *f = NULL;
+    *fn_idx = 0;
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        const char *path = lua_tostring(L, 2);
+        if (!(*f = im->owned = fopen(path, "r"))) {
+            snprintf(err, L2_ERRLEN, "error: cannot open '%s': %s", path, strerror(errno));
+            return NULL;
+        }
+    } else if (lua_type(L, 2) == LUA_TFUNCTION) {
+        *fn_idx = 2;
+    } else {
+        *f = check_file(L, 2);
+    }
+    /* everything lives in the state userdata: a Lua error in a callback (Ctrl-C) frees it all */
+    im->items = calloc(batch, sizeof *im->items);
+    im->next_items = calloc(batch, sizeof *im->next_items);
+    im->evs = malloc(batch * sizeof *im->evs);
+    im->res = malloc(batch * sizeof *im->res);
+    if (!im->items || !im->next_items || !im->evs || !im->res) luaL_error(L, "layer2: out of memory");
+    im->cap = batch;
+    for (size_t i = 0; i < batch; i++) {
+        l2_event_init(&im->items[i].ev);
+        l2_event_init(&im->next_items[i].ev);
+    }
+    return im;
+}
+
+/* Counts the verdicts of a saved (or, without a store, checked) batch of n lines, calling
+ * on_refused for each refused line; *newest gets the newest created_at stored. */
+static void tally_batch(lua_State *L, import_state *im, size_t n, const import_ctx *ctx, int on_refused,
+                        uint64_t *counts)
+{
+    size_t k = 0;
+    counts[C_LINES] += n;
+    for (size_t i = 0; i < n; i++) {
+        l2_batch_item *it = &im->items[i];
+        if (!it->ok) {
+            counts[C_INVALID]++;
+            call_refused(L, on_refused, it->line, it->err);
+            continue;
+        }
+        if (!ctx->vt) {
+            counts[C_SAVED]++; /* valid */
+            continue;
+        }
+        l2_save_result *r = &im->res[k++];
+        counts[C_REPLACED] += r->replaced;
+        counts[C_DELETED] += r->deleted;
+        if (r->status == L2_SAVE_STORED && it->ev.created_at > *ctx->newest) *ctx->newest = it->ev.created_at;
+        switch (r->status) {
+        case L2_SAVE_STORED: counts[C_SAVED]++; break;
+        case L2_SAVE_EPHEMERAL: counts[C_EPHEMERAL]++; break;
+        case L2_SAVE_DUPLICATE:
+        case L2_SAVE_OLDER: counts[C_DUP]++; break;
+        case L2_SAVE_DELETED: counts[C_BLOCKED]++; break;
+        default: counts[C_INVALID]++;
+        }
+        if (r->status != L2_SAVE_STORED && r->status != L2_SAVE_EPHEMERAL)
+            call_refused(L, on_refused, it->line, l2_save_result_message(r));
+    }
+}
+
+/* Pushes the counts: {saved, duplicate, replaced, invalid, deleted, blocked, ephemeral, lines}, or
+ * without a store {valid, invalid, lines}. */
+static void push_counts(lua_State *L, const uint64_t *counts, int with_store)
+{
+    static const char *names[] = {"saved", "duplicate", "replaced", "invalid", "deleted", "blocked", "ephemeral", "lines"};
+    lua_createtable(L, 0, C_COUNT);
+    for (int i = 0; i < C_COUNT; i++) {
+        if (!with_store && i != C_INVALID && i != C_LINES && i != C_SAVED) continue;
+        lua_pushinteger(L, (lua_Integer)counts[i]);
+        lua_setfield(L, -2, with_store || i != C_SAVED ? names[i] : "valid");
+    }
+}
+
 static int run_batches(lua_State *L, const import_ctx *ctx)
 {
-    const l2_store_if *vt = ctx->vt;
-    void *st = ctx->st;
-    const l2_limits *lim = ctx->lim;
-    int flags = ctx->flags;
-    int64_t *newest = ctx->newest;
-    char *err = ctx->err;
     int verify = l2lua_opt_bool(L, 3, "verify", 1);
     size_t batch = (size_t)l2lua_opt_int(L, 3, "batch", 4096);
     int threads = (int)l2lua_opt_int(L, 3, "threads", 2);
@@ -351,45 +275,15 @@ static int run_batches(lua_State *L, const import_ctx *ctx)
     if (batch < 1) batch = 1;
     int on_refused = l2lua_opt_function(L, 3, "on_refused");
     int progress = l2lua_opt_function(L, 3, "progress");
-    import_state *im = lua_newuserdatauv(L, sizeof *im, 0);
-    memset(im, 0, sizeof *im);
-    l2_buf_init(&im->lines);
-    l2_buf_init(&im->next_lines);
-    luaL_setmetatable(L, IMPORT_MT);
-    int im_idx = lua_gettop(L);
-    lua_pushnil(L);
-    im->err_idx = lua_gettop(L);
-    FILE *f = NULL;
-    int fn_idx = 0;
-    if (lua_type(L, 2) == LUA_TSTRING) {
-        const char *path = lua_tostring(L, 2);
-        if (!(f = im->owned = fopen(path, "r"))) {
-            snprintf(err, L2_ERRLEN, "error: cannot open '%s': %s", path, strerror(errno));
-            return l2lua_refuse(L, 0, err);
-        }
-    } else if (lua_type(L, 2) == LUA_TFUNCTION) {
-        fn_idx = 2;
-    } else {
-        f = check_file(L, 2);
-    }
-    /* everything lives in the state userdata: a Lua error in a callback (Ctrl-C) frees it all */
-    im->items = calloc(batch, sizeof *im->items);
-    im->next_items = calloc(batch, sizeof *im->next_items);
-    im->evs = malloc(batch * sizeof *im->evs);
-    im->res = malloc(batch * sizeof *im->res);
-    if (!im->items || !im->next_items || !im->evs || !im->res) return luaL_error(L, "layer2: out of memory");
-    im->cap = batch;
-    for (size_t i = 0; i < batch; i++) {
-        l2_event_init(&im->items[i].ev);
-        l2_event_init(&im->next_items[i].ev);
-    }
-    l2_event **evs = im->evs;
-    l2_save_result *res = im->res;
-    uint64_t lineno = 0, bytes = 0, counts[8] = {0};
-    enum { C_SAVED, C_DUP, C_REPLACED, C_INVALID, C_DELETED, C_BLOCKED, C_EPHEMERAL, C_LINES };
+    FILE *f;
+    int fn_idx;
+    import_state *im = import_begin(L, batch, &f, &fn_idx, ctx->err);
+    if (!im) return l2lua_refuse(L, 0, ctx->err);
+    int im_idx = im->err_idx - 1;
+    uint64_t lineno = 0, bytes = 0, counts[C_COUNT] = {0};
     int done = 0, failed = 0;
     size_t n = read_batch(L, im, f, fn_idx, batch, &lineno, &bytes, &done);
-    l2_batch_check(im->items, n, threads, verify, lim);
+    l2_batch_check(im->items, n, threads, verify, ctx->lim);
     while (n) {
         /* what this batch reports: the lines and bytes read up to its end */
         uint64_t batch_lines = lineno, batch_bytes = bytes;
@@ -400,43 +294,16 @@ static int run_batches(lua_State *L, const import_ctx *ctx)
             swap_batches(im);
             next = read_batch(L, im, f, fn_idx, batch, &lineno, &bytes, &done);
             swap_batches(im);
-            l2_batch_start(&im->job, im->next_items, next, threads, verify, lim);
+            l2_batch_start(&im->job, im->next_items, next, threads, verify, ctx->lim);
         }
         size_t nok = 0;
         for (size_t i = 0; i < n; i++)
-            if (im->items[i].ok) evs[nok++] = &im->items[i].ev;
-        failed = nok && vt && vt->save_batch(st, evs, nok, now, flags, res, err);
+            if (im->items[i].ok) im->evs[nok++] = &im->items[i].ev;
+        failed = nok && ctx->vt && ctx->vt->save_batch(ctx->st, im->evs, nok, now, ctx->flags, im->res, ctx->err);
         l2_batch_wait(&im->job);
         if (failed) break;
-        if (nok && vt) l2_killpoint("import:batch");
-        counts[C_LINES] += n;
-        size_t k = 0;
-        for (size_t i = 0; i < n; i++) {
-            l2_batch_item *it = &im->items[i];
-            if (!it->ok) {
-                counts[C_INVALID]++;
-                call_refused(L, on_refused, it->line, it->err);
-                continue;
-            }
-            if (!vt) {
-                counts[C_SAVED]++; /* valid */
-                continue;
-            }
-            l2_save_result *r = &res[k++];
-            counts[C_REPLACED] += r->replaced;
-            counts[C_DELETED] += r->deleted;
-            if (r->status == L2_SAVE_STORED && it->ev.created_at > *newest) *newest = it->ev.created_at;
-            switch (r->status) {
-            case L2_SAVE_STORED: counts[C_SAVED]++; break;
-            case L2_SAVE_EPHEMERAL: counts[C_EPHEMERAL]++; break;
-            case L2_SAVE_DUPLICATE:
-            case L2_SAVE_OLDER: counts[C_DUP]++; break;
-            case L2_SAVE_DELETED: counts[C_BLOCKED]++; break;
-            default: counts[C_INVALID]++;
-            }
-            if (r->status != L2_SAVE_STORED && r->status != L2_SAVE_EPHEMERAL)
-                call_refused(L, on_refused, it->line, l2_save_result_message(r));
-        }
+        if (nok && ctx->vt) l2_killpoint("import:batch");
+        tally_batch(L, im, n, ctx, on_refused, counts);
         if (progress) {
             lua_pushvalue(L, progress);
             lua_pushinteger(L, (lua_Integer)batch_lines);
@@ -449,18 +316,12 @@ static int run_batches(lua_State *L, const import_ctx *ctx)
     lua_pushcfunction(L, import_gc);
     lua_pushvalue(L, im_idx);
     lua_call(L, 1, 0);
-    if (failed) return l2lua_refuse(L, 0, err);
+    if (failed) return l2lua_refuse(L, 0, ctx->err);
     if (im->source_failed) {
         lua_pushvalue(L, im->err_idx);
         return lua_error(L);
     }
-    static const char *names[] = {"saved", "duplicate", "replaced", "invalid", "deleted", "blocked", "ephemeral", "lines"};
-    lua_createtable(L, 0, 8);
-    for (int i = 0; i < 8; i++) {
-        if (!vt && i != C_INVALID && i != C_LINES && i != C_SAVED) continue;
-        lua_pushinteger(L, (lua_Integer)counts[i]);
-        lua_setfield(L, -2, vt || i != C_SAVED ? names[i] : "valid");
-    }
+    push_counts(L, counts, ctx->vt != NULL);
     return 1;
 }
 

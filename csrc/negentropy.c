@@ -30,7 +30,7 @@ struct l2_neg {
     uint64_t last_in, last_out; /* timestamps are deltas within a message */
 };
 
-static int fail(char *err, const char *msg)
+static int neg_fail(char *err, const char *msg)
 {
     snprintf(err, L2_ERRLEN, "%s", msg);
     return -1;
@@ -39,9 +39,9 @@ static int fail(char *err, const char *msg)
 int l2_neg_new(l2_neg **out, size_t frame_limit, char *err)
 {
     *out = NULL;
-    if (frame_limit && frame_limit < 4096) return fail(err, "error: a negentropy frame limit is at least 4096 bytes");
+    if (frame_limit && frame_limit < 4096) return neg_fail(err, "error: a negentropy frame limit is at least 4096 bytes");
     l2_neg *n = calloc(1, sizeof *n);
-    if (!n) return fail(err, "error: out of memory");
+    if (!n) return neg_fail(err, "error: out of memory");
     n->frame_limit = frame_limit;
     *out = n;
     return 0;
@@ -56,11 +56,11 @@ void l2_neg_free(l2_neg *n)
 
 int l2_neg_add(l2_neg *n, uint64_t created_at, const uint8_t id[32], char *err)
 {
-    if (n->sealed) return fail(err, "error: the negentropy session is sealed: no item can be added");
+    if (n->sealed) return neg_fail(err, "error: the negentropy session is sealed: no item can be added");
     if (n->n == n->cap) {
         size_t cap = n->cap ? n->cap * 2 : 1024;
         item *v = realloc(n->items, cap * sizeof *v);
-        if (!v) return fail(err, "error: out of memory");
+        if (!v) return neg_fail(err, "error: out of memory");
         n->items = v;
         n->cap = cap;
     }
@@ -79,10 +79,10 @@ static int item_cmp(const void *a, const void *b)
 
 int l2_neg_seal(l2_neg *n, char *err)
 {
-    if (n->sealed) return fail(err, "error: the negentropy session is sealed already");
+    if (n->sealed) return neg_fail(err, "error: the negentropy session is sealed already");
     if (n->n > 1) qsort(n->items, n->n, sizeof *n->items, item_cmp);
     for (size_t i = 1; i < n->n; i++)
-        if (item_cmp(&n->items[i - 1], &n->items[i]) == 0) return fail(err, "error: an item was added twice");
+        if (item_cmp(&n->items[i - 1], &n->items[i]) == 0) return neg_fail(err, "error: an item was added twice");
     n->sealed = 1;
     return 0;
 }
@@ -99,7 +99,7 @@ typedef struct {
     int bad;
 } reader;
 
-static uint64_t get_varint(reader *r)
+static uint64_t neg_get_varint(reader *r)
 {
     uint64_t v = 0;
     for (int i = 0; i < 10; i++) {
@@ -151,13 +151,13 @@ static int put_bound(l2_neg *n, l2_buf *o, const bound *b)
 static bound get_bound(l2_neg *n, reader *r)
 {
     bound b = {0, {0}, 0};
-    uint64_t t = get_varint(r);
+    uint64_t t = neg_get_varint(r);
     t = t == 0 ? MAX_TS : t - 1;
     uint64_t ts = t + n->last_in;
     if (ts < n->last_in) ts = MAX_TS; /* saturates */
     n->last_in = ts;
     b.ts = ts;
-    uint64_t len = get_varint(r);
+    uint64_t len = neg_get_varint(r);
     if (len > 32) {
         r->bad = 1;
         return b;
@@ -256,13 +256,13 @@ static int exceeded(const l2_neg *n, size_t bytes)
 
 int l2_neg_initiate(l2_neg *n, l2_buf *out, char *err)
 {
-    if (!n->sealed) return fail(err, "error: seal the negentropy session first");
+    if (!n->sealed) return neg_fail(err, "error: seal the negentropy session first");
     n->initiator = 1;
     n->last_out = 0;
     out->len = 0;
     bound all = {MAX_TS, {0}, 0};
     uint8_t version = L2_NEG_VERSION;
-    if (l2_buf_put(out, &version, 1) || split_range(n, 0, n->n, &all, out)) return fail(err, "error: out of memory");
+    if (l2_buf_put(out, &version, 1) || split_range(n, 0, n->n, &all, out)) return neg_fail(err, "error: out of memory");
     return 0;
 }
 
@@ -303,107 +303,144 @@ static int compare_ids(const l2_neg *n, size_t lo, size_t hi, const uint8_t *p, 
     return rc ? -1 : 0;
 }
 
+/* A message being answered: the reader of its ranges, the previous range's end, a skip not yet
+ * written, the range's output (o) and the whole answer (out). */
+typedef struct {
+    l2_neg *n;
+    reader r;
+    bound prev;
+    int skip, truncated;
+    l2_buf o, *out, *have, *need;
+} reconcile;
+
+#define UNPARSED "invalid: a negentropy message that does not parse"
+
+/* A pending skip goes out before anything a range writes. */
+static int flush_skip(reconcile *c)
+{
+    int rc = c->skip && (put_bound(c->n, &c->o, &c->prev) || put_varint(&c->o, MODE_SKIP)) ? -1 : 0;
+    c->skip = 0;
+    return rc;
+}
+
+/* Their fingerprint of [lo, hi): the same as ours, skipped; else the range is split. */
+static int on_fingerprint(reconcile *c, size_t lo, size_t hi, const bound *cur, const char **why)
+{
+    const uint8_t *theirs = get_bytes(&c->r, FINGERPRINT);
+    uint8_t ours[FINGERPRINT];
+    if (!theirs) {
+        *why = UNPARSED;
+        return 0;
+    }
+    if (fingerprint(c->n, lo, hi, ours)) return -1;
+    if (memcmp(theirs, ours, FINGERPRINT) == 0) {
+        c->skip = 1;
+        return 0;
+    }
+    if (flush_skip(c)) return -1;
+    return split_range(c->n, lo, hi, cur, &c->o);
+}
+
+/* Their ids of [lo, *hi): the initiator learns what each side has; the other side answers with its
+ * own ids, as many as the frame holds (*hi moves back to the last one sent, and the rest is
+ * fingerprinted by the caller). */
+static int on_idlist(reconcile *c, size_t lo, size_t *hi, const bound *cur, const char **why)
+{
+    l2_neg *n = c->n;
+    uint64_t count = neg_get_varint(&c->r);
+    const uint8_t *ids =
+        c->r.bad || count > (uint64_t)(c->r.end - c->r.p) / 32 ? NULL : get_bytes(&c->r, count * 32);
+    if (!ids) {
+        *why = UNPARSED;
+        return 0;
+    }
+    if (n->initiator) {
+        c->skip = 1;
+        return compare_ids(n, lo, *hi, ids, count, c->have, c->need);
+    }
+    if (flush_skip(c)) return -1;
+    bound end = *cur;
+    size_t k = lo;
+    while (k < *hi && !exceeded(n, c->out->len + c->o.len + 32 * (k - lo) + 40)) k++;
+    if (k < *hi) {
+        end.ts = n->items[k].ts;
+        memcpy(end.id, n->items[k].id, 32);
+        end.len = 32;
+        *hi = k;
+        c->truncated = 1;
+    }
+    if (put_bound(n, &c->o, &end) || put_varint(&c->o, MODE_IDLIST) || put_varint(&c->o, *hi - lo)) return -1;
+    for (size_t i = lo; i < *hi; i++)
+        if (l2_buf_put(&c->o, n->items[i].id, 32)) return -1;
+    if (l2_buf_put(c->out, c->o.data, c->o.len)) return -1;
+    c->o.len = 0;
+    return 0;
+}
+
+/* The frame is full: one fingerprint for everything from `from` on. */
+static int fingerprint_rest(reconcile *c, size_t from)
+{
+    uint8_t fp[FINGERPRINT];
+    bound all = {MAX_TS, {0}, 0};
+    return fingerprint(c->n, from, c->n->n, fp) || put_bound(c->n, c->out, &all) ||
+                   put_varint(c->out, MODE_FINGERPRINT) || l2_buf_put(c->out, fp, FINGERPRINT)
+               ? -1
+               : 0;
+}
+
+/* Answers each range of the message; -1 (out of memory) or *why (a bad message) stop it. */
+static int reconcile_ranges(reconcile *c, const char **why)
+{
+    size_t prev_index = 0;
+    while (c->r.p < c->r.end) {
+        c->o.len = 0;
+        bound cur = get_bound(c->n, &c->r);
+        uint64_t mode = neg_get_varint(&c->r);
+        if (c->r.bad) {
+            *why = UNPARSED;
+            return 0;
+        }
+        size_t lo = prev_index, hi = lower_bound(c->n, prev_index, c->n->n, &cur);
+        int rc;
+        if (mode == MODE_SKIP) {
+            c->skip = 1;
+            rc = 0;
+        } else if (mode == MODE_FINGERPRINT) {
+            rc = on_fingerprint(c, lo, hi, &cur, why);
+        } else if (mode == MODE_IDLIST) {
+            rc = on_idlist(c, lo, &hi, &cur, why);
+        } else {
+            *why = "invalid: a negentropy message with an unknown mode";
+            return 0;
+        }
+        if (rc || *why) return rc;
+        if (c->truncated || exceeded(c->n, c->out->len + c->o.len)) return fingerprint_rest(c, hi);
+        if (l2_buf_put(c->out, c->o.data, c->o.len)) return -1;
+        prev_index = hi;
+        c->prev = cur;
+    }
+    return 0;
+}
+
 int l2_neg_reconcile(l2_neg *n, const uint8_t *q, size_t qlen, l2_buf *out, l2_buf *have, l2_buf *need, char *err)
 {
-    if (!n->sealed) return fail(err, "error: seal the negentropy session first");
-    reader r = {q, q + qlen, 0};
+    if (!n->sealed) return neg_fail(err, "error: seal the negentropy session first");
     n->last_in = n->last_out = 0;
     out->len = 0;
     uint8_t version = L2_NEG_VERSION;
-    if (l2_buf_put(out, &version, 1)) return fail(err, "error: out of memory");
-    if (qlen == 0) return fail(err, "invalid: an empty negentropy message");
-    if (q[0] < 0x60 || q[0] > 0x6F) return fail(err, "invalid: not a negentropy message (its version byte)");
+    if (l2_buf_put(out, &version, 1)) return neg_fail(err, "error: out of memory");
+    if (qlen == 0) return neg_fail(err, "invalid: an empty negentropy message");
+    if (q[0] < 0x60 || q[0] > 0x6F) return neg_fail(err, "invalid: not a negentropy message (its version byte)");
     if (q[0] != L2_NEG_VERSION) {
-        if (n->initiator) return fail(err, "invalid: the peer speaks another negentropy protocol version");
+        if (n->initiator) return neg_fail(err, "invalid: the peer speaks another negentropy protocol version");
         return 0; /* our version alone: the peer learns which one we speak */
     }
-    r.p++;
-    bound prev = {0, {0}, 0};
-    size_t prev_index = 0;
-    int skip = 0, rc = 0, truncated = 0;
-    const char *why = NULL; /* what is wrong with the message, when something is */
-    l2_buf o;
-    l2_buf_init(&o);
-    while (r.p < r.end && rc == 0 && !why) {
-        o.len = 0;
-        bound cur = get_bound(n, &r);
-        uint64_t mode = get_varint(&r);
-        if (r.bad) {
-            why = "invalid: a negentropy message that does not parse";
-            break;
-        }
-        size_t lo = prev_index, hi = lower_bound(n, prev_index, n->n, &cur);
-        /* a pending skip goes out before anything this range writes */
-        int flush = 0;
-        if (mode == MODE_SKIP) {
-            skip = 1;
-        } else if (mode == MODE_FINGERPRINT) {
-            const uint8_t *theirs = get_bytes(&r, FINGERPRINT);
-            uint8_t ours[FINGERPRINT];
-            if (!theirs) {
-                why = "invalid: a negentropy message that does not parse";
-                break;
-            }
-            if (fingerprint(n, lo, hi, ours)) rc = -1;
-            else if (memcmp(theirs, ours, FINGERPRINT) != 0) flush = 1;
-            else skip = 1;
-            if (flush) {
-                if (skip && (put_bound(n, &o, &prev) || put_varint(&o, MODE_SKIP))) rc = -1;
-                skip = 0;
-                if (rc == 0 && split_range(n, lo, hi, &cur, &o)) rc = -1;
-            }
-        } else if (mode == MODE_IDLIST) {
-            uint64_t count = get_varint(&r);
-            const uint8_t *ids = r.bad || count > (uint64_t)(r.end - r.p) / 32 ? NULL : get_bytes(&r, count * 32);
-            if (!ids) {
-                why = "invalid: a negentropy message that does not parse";
-                break;
-            }
-            if (n->initiator) {
-                skip = 1;
-                if (compare_ids(n, lo, hi, ids, count, have, need)) rc = -1;
-            } else {
-                /* our ids in the range, as many as the frame holds */
-                if (skip && (put_bound(n, &o, &prev) || put_varint(&o, MODE_SKIP))) rc = -1;
-                skip = 0;
-                bound end = cur;
-                size_t k = lo;
-                for (; k < hi && !exceeded(n, out->len + o.len + 32 * (k - lo) + 40); k++) {
-                }
-                if (k < hi) {
-                    end.ts = n->items[k].ts;
-                    memcpy(end.id, n->items[k].id, 32);
-                    end.len = 32;
-                    hi = k; /* the rest is fingerprinted below, whatever the frame's size then */
-                    truncated = 1;
-                }
-                if (rc == 0 && (put_bound(n, &o, &end) || put_varint(&o, MODE_IDLIST) || put_varint(&o, hi - lo)))
-                    rc = -1;
-                for (size_t i = lo; rc == 0 && i < hi; i++)
-                    if (l2_buf_put(&o, n->items[i].id, 32)) rc = -1;
-                if (rc == 0 && l2_buf_put(out, o.data, o.len)) rc = -1;
-                o.len = 0;
-            }
-        } else {
-            why = "invalid: a negentropy message with an unknown mode";
-            break;
-        }
-        if (rc) break;
-        if (truncated || exceeded(n, out->len + o.len)) {
-            /* the frame is full: one fingerprint for everything from here on */
-            uint8_t fp[FINGERPRINT];
-            bound all = {MAX_TS, {0}, 0};
-            if (fingerprint(n, hi, n->n, fp) || put_bound(n, out, &all) || put_varint(out, MODE_FINGERPRINT) ||
-                l2_buf_put(out, fp, FINGERPRINT))
-                rc = -1;
-            break;
-        }
-        if (l2_buf_put(out, o.data, o.len)) rc = -1;
-        prev_index = hi;
-        prev = cur;
-    }
-    l2_buf_free(&o);
-    if (why || rc) return fail(err, why ? why : "error: out of memory");
+    reconcile c = {.n = n, .r = {q + 1, q + qlen, 0}, .out = out, .have = have, .need = need};
+    l2_buf_init(&c.o);
+    const char *why = NULL;
+    int rc = reconcile_ranges(&c, &why);
+    l2_buf_free(&c.o);
+    if (why || rc) return neg_fail(err, why ? why : "error: out of memory");
     if (n->initiator && out->len == 1) out->len = 0; /* nothing left to ask: done */
     return 0;
 }

@@ -1,41 +1,7 @@
-#include "pgstore.h"
-
-#include <libpq-fe.h>
-#include <poll.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "buf.h"
-
-/* Parameters and results travel in PostgreSQL's binary format: nothing from an event or a filter
- * is ever spliced into SQL text, and nothing needs escaping or parsing. */
-enum { OID_BOOL = 16, OID_BYTEA = 17, OID_INT8 = 20, OID_INT4 = 23, OID_TEXT = 25, OID_BYTEA_ARR = 1001,
-       OID_INT4_ARR = 1007 };
-
-/* pg_advisory_xact_lock(LOCK_NS, bucket): writes of one author take turns (every nostr rule
- * relates events of a single author), in ascending bucket order so that batches cannot deadlock. */
-#define LOCK_NS "1278364210"
-
-typedef struct {
-    l2_buf data;
-    size_t *off;
-    int *len, *fmt;
-    Oid *type;
-    const char **val;
-    int n, cap;
-} pg_params;
-
-struct l2_pg {
-    PGconn *conn;
-    char name[256];
-    PGresult *res;
-    int listening, notified, staged_ready, exporting;
-    uint64_t reconnects;
-    pg_params par;
-    l2_buf sql, json, copy;
-};
+/* pgstore.c: the PostgreSQL store: its schema, the connection, saving, queries, export and the
+ * change feed, maintenance and the store interface. Shared with the other parts through
+ * pgstore_int.h. */
+#include "pgstore_int.h"
 
 /* The schema, version 3 (version 2 had no transaction id in layer2_changes; version 1 had the same
  * tables as 2, and its layer2_save stored a deletion request that names only other authors'
@@ -202,178 +168,6 @@ static const char STAGED_SQL[] =
     " created_at bigint, expiration bigint, addr boolean, d bytea, tags bytea[], json text, del_ids bytea[],"
     " del_kinds integer[], del_ds bytea[]) ON COMMIT DELETE ROWS";
 
-/* ---- errors ---- */
-
-static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char *err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, L2_ERRLEN, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-/* The first line of libpq's message for r (or the connection), without its severity prefix. */
-static const char *reason(l2_pg *pg, const PGresult *r, int *len)
-{
-    const char *m = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    if (!m || !*m) m = pg->conn ? PQerrorMessage(pg->conn) : "out of memory";
-    if (!m || !*m) m = "unknown failure";
-    static const char *const severities[] = {"FATAL:  ", "ERROR:  ", "PANIC:  "};
-    for (size_t i = 0; i < 3; i++)
-        if (strncmp(m, severities[i], 8) == 0) m += 8;
-    size_t n = strcspn(m, "\n");
-    *len = (int)(n > 160 ? 160 : n);
-    return m;
-}
-
-static int pg_fail(l2_pg *pg, const PGresult *r, char *err)
-{
-    int n;
-    const char *m = reason(pg, r, &n);
-    return fail(err, "error: PostgreSQL: %.*s", n, m);
-}
-
-/* ---- binary parameters ---- */
-
-static void par_reset(pg_params *p)
-{
-    p->n = 0;
-    p->data.len = 0;
-}
-
-static void par_free(pg_params *p)
-{
-    l2_buf_free(&p->data);
-    free(p->off);
-    free(p->len);
-    free(p->fmt);
-    free(p->type);
-    free(p->val);
-    memset(p, 0, sizeof *p);
-}
-
-static int par_slot(pg_params *p, Oid type)
-{
-    if (p->n == p->cap) {
-        int cap = p->cap ? p->cap * 2 : 32;
-        size_t *off = realloc(p->off, (size_t)cap * sizeof *off);
-        if (off) p->off = off;
-        int *len = realloc(p->len, (size_t)cap * sizeof *len);
-        if (len) p->len = len;
-        int *fmt = realloc(p->fmt, (size_t)cap * sizeof *fmt);
-        if (fmt) p->fmt = fmt;
-        Oid *t = realloc(p->type, (size_t)cap * sizeof *t);
-        if (t) p->type = t;
-        const char **val = realloc(p->val, (size_t)cap * sizeof *val);
-        if (val) p->val = val;
-        if (!off || !len || !fmt || !t || !val) return -1;
-        p->cap = cap;
-    }
-    p->off[p->n] = p->data.len;
-    p->len[p->n] = 0;
-    p->fmt[p->n] = 1;
-    p->type[p->n] = type;
-    return p->n++;
-}
-
-static int put_be32(l2_buf *b, uint32_t v)
-{
-    uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
-    return l2_buf_put(b, x, 4);
-}
-
-static int put_be64(l2_buf *b, uint64_t v)
-{
-    return put_be32(b, (uint32_t)(v >> 32)) || put_be32(b, (uint32_t)v);
-}
-
-static void set_be32(char *p, uint32_t v)
-{
-    p[0] = (char)(v >> 24);
-    p[1] = (char)(v >> 16);
-    p[2] = (char)(v >> 8);
-    p[3] = (char)v;
-}
-
-/* Each adder returns the parameter's number ($n), or -1 when out of memory. */
-static int par_bytes(pg_params *p, Oid type, const void *data, size_t n)
-{
-    int i = par_slot(p, type);
-    if (i < 0 || l2_buf_put(&p->data, data, n)) return -1;
-    p->len[i] = (int)n;
-    return i + 1;
-}
-
-static int par_null(pg_params *p, Oid type)
-{
-    int i = par_slot(p, type);
-    if (i < 0) return -1;
-    p->len[i] = -1;
-    return i + 1;
-}
-
-static int par_i32(pg_params *p, int32_t v)
-{
-    int i = par_slot(p, OID_INT4);
-    if (i < 0 || put_be32(&p->data, (uint32_t)v)) return -1;
-    p->len[i] = 4;
-    return i + 1;
-}
-
-static int par_i64(pg_params *p, int64_t v)
-{
-    int i = par_slot(p, OID_INT8);
-    if (i < 0 || put_be64(&p->data, (uint64_t)v)) return -1;
-    p->len[i] = 8;
-    return i + 1;
-}
-
-static int par_bool(pg_params *p, int v)
-{
-    uint8_t b = v ? 1 : 0;
-    return par_bytes(p, OID_BOOL, &b, 1);
-}
-
-/* A one-dimensional array: begin, add elements, end (which fills in the header). */
-static int arr_begin(pg_params *p, Oid array_type, Oid elem_type)
-{
-    int i = par_slot(p, array_type);
-    if (i < 0 || put_be32(&p->data, 1) || put_be32(&p->data, 0) || put_be32(&p->data, elem_type) ||
-        put_be32(&p->data, 0) || put_be32(&p->data, 1))
-        return -1;
-    return i + 1;
-}
-
-static int arr_add(pg_params *p, const void *a, size_t an, const void *b, size_t bn)
-{
-    return put_be32(&p->data, (uint32_t)(an + bn)) || l2_buf_put(&p->data, a, an) || l2_buf_put(&p->data, b, bn);
-}
-
-static int arr_add_i32(pg_params *p, int32_t v)
-{
-    return put_be32(&p->data, 4) || put_be32(&p->data, (uint32_t)v);
-}
-
-static int arr_end(pg_params *p, int num, uint32_t count)
-{
-    char *h = p->data.data + p->off[num - 1];
-    if (count == 0) {
-        set_be32(h, 0); /* no dimensions: the empty array */
-        p->data.len = p->off[num - 1] + 12;
-    } else {
-        set_be32(h + 12, count);
-    }
-    p->len[num - 1] = (int)(p->data.len - p->off[num - 1]);
-    return num;
-}
-
-static void par_finish(pg_params *p)
-{
-    for (int i = 0; i < p->n; i++) p->val[i] = p->len[i] < 0 ? NULL : p->data.data + p->off[i];
-}
-
 /* ---- the connection ---- */
 
 static void collect_notifies(l2_pg *pg)
@@ -395,13 +189,13 @@ static void clear_result(l2_pg *pg)
 static PGresult *run(l2_pg *pg, const char *sql, pg_params *p, char *err)
 {
     clear_result(pg);
-    if (p) par_finish(p);
+    if (p) pgstore_par_finish(p);
     PGresult *r = PQexecParams(pg->conn, sql, p ? p->n : 0, p ? p->type : NULL, p ? p->val : NULL,
                                p ? p->len : NULL, p ? p->fmt : NULL, 1);
     collect_notifies(pg);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        pg_fail(pg, r, err);
+        pgstore_pg_fail(pg, r, err);
         if (r) PQclear(r);
         return NULL;
     }
@@ -414,7 +208,7 @@ static int run_plain(l2_pg *pg, const char *sql, char *err)
     clear_result(pg);
     PGresult *r = PQexec(pg->conn, sql);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    int rc = (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) ? 0 : pg_fail(pg, r, err);
+    int rc = (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) ? 0 : pgstore_pg_fail(pg, r, err);
     if (r) PQclear(r);
     return rc;
 }
@@ -428,7 +222,7 @@ static void quiet(void *arg, const char *message)
 static int session_setup(l2_pg *pg, char *err)
 {
     PQsetNoticeProcessor(pg->conn, quiet, NULL);
-    if (PQsetClientEncoding(pg->conn, "UTF8")) return pg_fail(pg, NULL, err);
+    if (PQsetClientEncoding(pg->conn, "UTF8")) return pgstore_pg_fail(pg, NULL, err);
     pg->staged_ready = 0;
     if (pg->listening && run_plain(pg, "LISTEN layer2_changes", err)) return -1;
     return 0;
@@ -458,8 +252,8 @@ static int ready(l2_pg *pg, char *err)
         PQreset(pg->conn);
         if (PQstatus(pg->conn) != CONNECTION_OK) {
             int n;
-            const char *m = reason(pg, NULL, &n);
-            return fail(err, "error: PostgreSQL: connection lost, reconnecting failed: %.*s", n, m);
+            const char *m = pgstore_reason(pg, NULL, &n);
+            return pgstore_fail_with(err, "error: PostgreSQL: connection lost, reconnecting failed: %.*s", n, m);
         }
         pg->reconnects++;
         pg->exporting = 0;
@@ -493,7 +287,7 @@ static int create_schema(l2_pg *pg, char *err)
                 run_plain(pg, set_version, err))
                 goto rollback;
         } else if (version != L2_PG_SCHEMA_VERSION) {
-            fail(err, "error: PostgreSQL: the database holds layer2 schema version '%s'; this layer2 knows version %d "
+            pgstore_fail_with(err, "error: PostgreSQL: the database holds layer2 schema version '%s'; this layer2 knows version %d "
                       "and leaves it alone", v, L2_PG_SCHEMA_VERSION);
             goto rollback;
         }
@@ -512,15 +306,15 @@ int l2_pg_open(l2_pg **out, const char *conninfo, char *err)
 {
     l2_pg *pg = calloc(1, sizeof *pg);
     *out = NULL;
-    if (!pg) return fail(err, "error: out of memory");
+    if (!pg) return pgstore_fail_with(err, "error: out of memory");
     l2_buf_init(&pg->sql);
     l2_buf_init(&pg->json);
     l2_buf_init(&pg->copy);
     pg->conn = PQconnectdb(conninfo);
     if (!pg->conn || PQstatus(pg->conn) != CONNECTION_OK) {
         int n;
-        const char *m = reason(pg, NULL, &n);
-        fail(err, "error: PostgreSQL: cannot connect: %.*s", n, m);
+        const char *m = pgstore_reason(pg, NULL, &n);
+        pgstore_fail_with(err, "error: PostgreSQL: cannot connect: %.*s", n, m);
         l2_pg_close(pg);
         return -1;
     }
@@ -540,7 +334,7 @@ void l2_pg_close(l2_pg *pg)
     if (!pg) return;
     clear_result(pg);
     if (pg->conn) PQfinish(pg->conn);
-    par_free(&pg->par);
+    pgstore_par_free(&pg->par);
     l2_buf_free(&pg->sql);
     l2_buf_free(&pg->json);
     l2_buf_free(&pg->copy);
@@ -584,42 +378,42 @@ static int event_params(l2_pg *pg, const l2_event *ev)
     l2_str d = l2_d_value(ev);
     pg->json.len = 0;
     if (l2_event_encode_json(ev, &pg->json)) return -1;
-    if (par_bytes(p, OID_BYTEA, ev->id, 32) < 0 || par_bytes(p, OID_BYTEA, ev->pubkey, 32) < 0 ||
-        par_i32(p, (int32_t)ev->kind) < 0 || par_i64(p, ev->created_at) < 0 ||
-        (l2_expiration(ev, &exp) ? par_i64(p, exp) : par_null(p, OID_INT8)) < 0 || par_bool(p, addr) < 0 ||
-        par_bytes(p, OID_BYTEA, d.p, d.n) < 0)
+    if (pgstore_par_bytes(p, OID_BYTEA, ev->id, 32) < 0 || pgstore_par_bytes(p, OID_BYTEA, ev->pubkey, 32) < 0 ||
+        pgstore_par_i32(p, (int32_t)ev->kind) < 0 || pgstore_par_i64(p, ev->created_at) < 0 ||
+        (l2_expiration(ev, &exp) ? pgstore_par_i64(p, exp) : pgstore_par_null(p, OID_INT8)) < 0 || pgstore_par_bool(p, addr) < 0 ||
+        pgstore_par_bytes(p, OID_BYTEA, d.p, d.n) < 0)
         return -1;
-    int tags = arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+    int tags = pgstore_arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
     uint32_t count = 0;
     for (uint32_t t = 0; tags > 0 && t < ev->ntags; t++) {
         const l2_str *name = l2_tag_elem(ev, t, 0);
         if (l2_tag_len(ev, t) < 2 || name->n != 1) continue;
         const l2_str *v = l2_tag_elem(ev, t, 1);
-        if (arr_add(p, name->p, 1, v->p, v->n)) return -1;
+        if (pgstore_arr_add(p, name->p, 1, v->p, v->n)) return -1;
         count++;
     }
-    if (tags < 0 || arr_end(p, tags, count) < 0 || par_bytes(p, OID_TEXT, pg->json.data, pg->json.len) < 0) return -1;
+    if (tags < 0 || pgstore_arr_end(p, tags, count) < 0 || pgstore_par_bytes(p, OID_TEXT, pg->json.data, pg->json.len) < 0) return -1;
     /* NIP-09 targets: ids, then addresses as parallel arrays of kinds and d values */
-    int ids = arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+    int ids = pgstore_arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
     count = 0;
     for (uint32_t t = 0; ids > 0 && ev->kind == 5 && t < ev->ntags; t++) {
         uint8_t id[32];
         if (!l2_deletion_id(ev, t, id)) continue;
-        if (arr_add(p, id, 32, NULL, 0)) return -1;
+        if (pgstore_arr_add(p, id, 32, NULL, 0)) return -1;
         count++;
     }
-    if (ids < 0 || arr_end(p, ids, count) < 0) return -1;
+    if (ids < 0 || pgstore_arr_end(p, ids, count) < 0) return -1;
     for (int pass = 0; pass < 2; pass++) {
-        int arr = pass == 0 ? arr_begin(p, OID_INT4_ARR, OID_INT4) : arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+        int arr = pass == 0 ? pgstore_arr_begin(p, OID_INT4_ARR, OID_INT4) : pgstore_arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
         count = 0;
         for (uint32_t t = 0; arr > 0 && ev->kind == 5 && t < ev->ntags; t++) {
             uint32_t kind;
             l2_str ad;
             if (!l2_deletion_address(ev, t, &kind, &ad)) continue;
-            if (pass == 0 ? arr_add_i32(p, (int32_t)kind) : arr_add(p, ad.p, ad.n, NULL, 0)) return -1;
+            if (pass == 0 ? pgstore_arr_add_i32(p, (int32_t)kind) : pgstore_arr_add(p, ad.p, ad.n, NULL, 0)) return -1;
             count++;
         }
-        if (arr < 0 || arr_end(p, arr, count) < 0) return -1;
+        if (arr < 0 || pgstore_arr_end(p, arr, count) < 0) return -1;
     }
     return 0;
 }
@@ -635,13 +429,13 @@ static void read_result(l2_pg *pg, size_t row, l2_save_result *r)
 
 static int oom(char *err)
 {
-    return fail(err, "error: out of memory");
+    return pgstore_fail_with(err, "error: out of memory");
 }
 
-static int save_one(l2_pg *pg, const l2_event *ev, int64_t now, l2_save_result *res, char *err)
+static int pg_save_one(l2_pg *pg, const l2_event *ev, int64_t now, l2_save_result *res, char *err)
 {
-    par_reset(&pg->par);
-    if (event_params(pg, ev) || par_i64(&pg->par, now) < 0) return oom(err);
+    pgstore_par_reset(&pg->par);
+    if (event_params(pg, ev) || pgstore_par_i64(&pg->par, now) < 0) return oom(err);
     if (!run(pg,
              "SELECT status, replaced, deleted FROM layer2_save($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
              &pg->par, err))
@@ -654,12 +448,12 @@ static int save_one(l2_pg *pg, const l2_event *ev, int64_t now, l2_save_result *
 static int copy_row(l2_pg *pg, const l2_event *ev)
 {
     pg_params *p = &pg->par;
-    par_reset(p);
+    pgstore_par_reset(p);
     if (event_params(pg, ev)) return -1;
     uint8_t nfields[2] = {0, (uint8_t)p->n};
     if (l2_buf_put(&pg->copy, nfields, 2)) return -1;
     for (int i = 0; i < p->n; i++)
-        if (put_be32(&pg->copy, (uint32_t)p->len[i]) ||
+        if (pgstore_put_be32(&pg->copy, (uint32_t)p->len[i]) ||
             (p->len[i] > 0 && l2_buf_put(&pg->copy, p->data.data + p->off[i], (size_t)p->len[i])))
             return -1;
     return 0;
@@ -672,7 +466,7 @@ static int copy_batch(l2_pg *pg, l2_event *const *evs, size_t n, char *err)
     PGresult *start = PQexec(pg->conn, "COPY layer2_staged (id, pubkey, kind, created_at, expiration, addr, d, tags,"
                                        " json, del_ids, del_kinds, del_ds) FROM STDIN (FORMAT binary)");
     int copying = start && PQresultStatus(start) == PGRES_COPY_IN;
-    if (!copying) pg_fail(pg, start, err);
+    if (!copying) pgstore_pg_fail(pg, start, err);
     if (start) PQclear(start);
     if (!copying) return -1;
     pg->copy.len = 0;
@@ -682,14 +476,14 @@ static int copy_batch(l2_pg *pg, l2_event *const *evs, size_t n, char *err)
         if (copy_row(pg, evs[i])) rc = oom(err);
         if (rc == 0 && (pg->copy.len > (1u << 20) || i + 1 == n)) {
             if (i + 1 == n && l2_buf_put(&pg->copy, "\377\377", 2)) rc = oom(err);
-            else if (PQputCopyData(pg->conn, pg->copy.data, (int)pg->copy.len) != 1) rc = pg_fail(pg, NULL, err);
+            else if (PQputCopyData(pg->conn, pg->copy.data, (int)pg->copy.len) != 1) rc = pgstore_pg_fail(pg, NULL, err);
             pg->copy.len = 0;
         }
     }
-    if (PQputCopyEnd(pg->conn, rc ? "layer2: batch abandoned" : NULL) != 1 && rc == 0) rc = pg_fail(pg, NULL, err);
+    if (PQputCopyEnd(pg->conn, rc ? "layer2: batch abandoned" : NULL) != 1 && rc == 0) rc = pgstore_pg_fail(pg, NULL, err);
     PGresult *r;
     while ((r = PQgetResult(pg->conn))) {
-        if (rc == 0 && PQresultStatus(r) != PGRES_COMMAND_OK) rc = pg_fail(pg, r, err);
+        if (rc == 0 && PQresultStatus(r) != PGRES_COMMAND_OK) rc = pgstore_pg_fail(pg, r, err);
         PQclear(r);
     }
     return rc;
@@ -702,16 +496,16 @@ static int save_staged(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l
         pg->staged_ready = 1;
     }
     if (run_plain(pg, "BEGIN", err)) return -1;
-    par_reset(&pg->par);
+    pgstore_par_reset(&pg->par);
     if (copy_batch(pg, evs, n, err)) goto rollback;
-    par_reset(&pg->par);
-    if (par_i64(&pg->par, now) < 0) {
+    pgstore_par_reset(&pg->par);
+    if (pgstore_par_i64(&pg->par, now) < 0) {
         oom(err);
         goto rollback;
     }
     if (!run(pg, "SELECT status, replaced, deleted FROM layer2_save_staged($1)", &pg->par, err)) goto rollback;
     if ((size_t)PQntuples(pg->res) != n) {
-        fail(err, "error: PostgreSQL: the batch came back with %d results for %zu events", PQntuples(pg->res), n);
+        pgstore_fail_with(err, "error: PostgreSQL: the batch came back with %d results for %zu events", PQntuples(pg->res), n);
         goto rollback;
     }
     for (size_t i = 0; i < n; i++) read_result(pg, i, &res[i]);
@@ -739,7 +533,7 @@ int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_
 {
     if (ready(pg, err)) return -1;
     /* one event to store (every relay save) needs no staging arrays */
-    if (n == 1 && !decided_here(evs[0], res)) return save_one(pg, evs[0], now, res, err);
+    if (n == 1 && !decided_here(evs[0], res)) return pg_save_one(pg, evs[0], now, res, err);
     /* what is decided here is answered here; the rest go to the server */
     l2_event **keep = malloc((n ? n : 1) * sizeof *keep);
     l2_save_result *kres = malloc((n ? n : 1) * sizeof *kres);
@@ -748,7 +542,7 @@ int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_
     if (!keep || !kres) rc = oom(err);
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (!decided_here(evs[i], &res[i])) keep[k++] = evs[i];
-    if (rc == 0 && k == 1) rc = save_one(pg, keep[0], now, kres, err);
+    if (rc == 0 && k == 1) rc = pg_save_one(pg, keep[0], now, kres, err);
     else if (rc == 0 && k > 1) rc = save_staged(pg, keep, k, now, kres, err);
     for (size_t i = 0, j = 0; rc == 0 && i < n; i++)
         if (!decided_here(evs[i], &res[i])) res[i] = kres[j++];
@@ -760,8 +554,8 @@ int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_
 int l2_pg_delete(l2_pg *pg, const uint8_t id[32], int tombstone, int *found, char *err)
 {
     if (ready(pg, err)) return -1;
-    par_reset(&pg->par);
-    if (par_bytes(&pg->par, OID_BYTEA, id, 32) < 0 || par_bool(&pg->par, tombstone) < 0) return oom(err);
+    pgstore_par_reset(&pg->par);
+    if (pgstore_par_bytes(&pg->par, OID_BYTEA, id, 32) < 0 || pgstore_par_bool(&pg->par, tombstone) < 0) return oom(err);
     if (!run(pg, "SELECT layer2_delete($1, $2)", &pg->par, err)) return -1;
     size_t n;
     const char *v = l2_pg_value(pg, 0, 0, &n);
@@ -772,8 +566,8 @@ int l2_pg_delete(l2_pg *pg, const uint8_t id[32], int tombstone, int *found, cha
 int l2_pg_sweep(l2_pg *pg, int64_t now, uint64_t *removed, char *err)
 {
     if (ready(pg, err)) return -1;
-    par_reset(&pg->par);
-    if (par_i64(&pg->par, now) < 0) return oom(err);
+    pgstore_par_reset(&pg->par);
+    if (pgstore_par_i64(&pg->par, now) < 0) return oom(err);
     if (!run(pg, "SELECT layer2_sweep($1)", &pg->par, err)) return -1;
     *removed = (uint64_t)l2_pg_int(pg, 0, 0);
     return 0;
@@ -808,10 +602,10 @@ static int sql_param(l2_buf *b, const char *before, int num)
 
 static int hex_array(pg_params *p, const uint8_t (*v)[32], uint32_t n)
 {
-    int a = arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+    int a = pgstore_arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
     for (uint32_t i = 0; a > 0 && i < n; i++)
-        if (arr_add(p, v[i], 32, NULL, 0)) return -1;
-    return a < 0 ? -1 : arr_end(p, a, n);
+        if (pgstore_arr_add(p, v[i], 32, NULL, 0)) return -1;
+    return a < 0 ? -1 : pgstore_arr_end(p, a, n);
 }
 
 /* One filter's SELECT: `cols`, every condition a parameter, then the order and limit when
@@ -826,22 +620,22 @@ static int filter_sql(l2_pg *pg, const l2_filter *f, const char *cols, int64_t l
     if (f->have & L2_F_AUTHORS)
         rc = rc || sql_param(s, " AND pubkey = ANY(", hex_array(p, f->authors, f->nauthors)) || sql_add(s, ")");
     if (f->have & L2_F_KINDS) {
-        int a = arr_begin(p, OID_INT4_ARR, OID_INT4);
-        for (uint32_t i = 0; a > 0 && i < f->nkinds; i++) rc = rc || arr_add_i32(p, f->kinds[i]);
-        rc = rc || a < 0 || sql_param(s, " AND kind = ANY(", arr_end(p, a, f->nkinds)) || sql_add(s, ")");
+        int a = pgstore_arr_begin(p, OID_INT4_ARR, OID_INT4);
+        for (uint32_t i = 0; a > 0 && i < f->nkinds; i++) rc = rc || pgstore_arr_add_i32(p, f->kinds[i]);
+        rc = rc || a < 0 || sql_param(s, " AND kind = ANY(", pgstore_arr_end(p, a, f->nkinds)) || sql_add(s, ")");
     }
     for (uint32_t t = 0; t < f->ntags; t++) {
         const l2_tag_cond *c = &f->tags[t];
-        int a = arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
+        int a = pgstore_arr_begin(p, OID_BYTEA_ARR, OID_BYTEA);
         for (uint32_t i = 0; a > 0 && i < c->n; i++) {
             const l2_str *v = &f->values[c->first + i];
-            rc = rc || arr_add(p, &c->letter, 1, v->p, v->n);
+            rc = rc || pgstore_arr_add(p, &c->letter, 1, v->p, v->n);
         }
-        rc = rc || a < 0 || sql_param(s, " AND tags && ", arr_end(p, a, c->n));
+        rc = rc || a < 0 || sql_param(s, " AND tags && ", pgstore_arr_end(p, a, c->n));
     }
-    if (f->have & L2_F_SINCE) rc = rc || sql_param(s, " AND created_at >= ", par_i64(p, f->since));
-    if (f->have & L2_F_UNTIL) rc = rc || sql_param(s, " AND created_at <= ", par_i64(p, f->until));
-    if (limit >= 0) rc = rc || sql_param(s, " ORDER BY created_at DESC, id LIMIT ", par_i64(p, limit));
+    if (f->have & L2_F_SINCE) rc = rc || sql_param(s, " AND created_at >= ", pgstore_par_i64(p, f->since));
+    if (f->have & L2_F_UNTIL) rc = rc || sql_param(s, " AND created_at <= ", pgstore_par_i64(p, f->until));
+    if (limit >= 0) rc = rc || sql_param(s, " ORDER BY created_at DESC, id LIMIT ", pgstore_par_i64(p, limit));
     return rc ? -1 : 0;
 }
 
@@ -858,8 +652,8 @@ static int run_union(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t max_limi
     *used = 0;
     if (ready(pg, err)) return -1;
     pg->sql.len = 0;
-    par_reset(&pg->par);
-    if (par_i64(&pg->par, now) < 0 || sql_add(&pg->sql, head)) return oom(err);
+    pgstore_par_reset(&pg->par);
+    if (pgstore_par_i64(&pg->par, now) < 0 || sql_add(&pg->sql, head)) return oom(err);
     for (size_t i = 0; i < nf; i++) {
         int64_t limit = limited ? filter_limit(&fs[i], max_limit) : -1;
         if (l2_filter_is_empty(&fs[i]) || (limited && limit <= 0)) continue;
@@ -905,16 +699,16 @@ int l2_pg_count(l2_pg *pg, const l2_filter *fs, size_t nf, int64_t now, uint64_t
 int l2_pg_export_begin(l2_pg *pg, const uint8_t (*keys)[32], size_t nkeys, int filtered, char *err)
 {
     if (ready(pg, err)) return -1;
-    par_reset(&pg->par);
+    pgstore_par_reset(&pg->par);
     const char *sql = "DECLARE layer2_export NO SCROLL CURSOR FOR SELECT json FROM layer2_events ORDER BY seq";
     if (filtered) {
-        int a = arr_begin(&pg->par, OID_BYTEA_ARR, OID_BYTEA);
+        int a = pgstore_arr_begin(&pg->par, OID_BYTEA_ARR, OID_BYTEA);
         for (size_t i = 0; a > 0 && i < nkeys; i++) {
             char hex[65];
             l2_hex_encode(hex, keys[i], 32);
-            if (arr_add(&pg->par, "p", 1, hex, 64)) return oom(err);
+            if (pgstore_arr_add(&pg->par, "p", 1, hex, 64)) return oom(err);
         }
-        if (a < 0 || arr_end(&pg->par, a, (uint32_t)nkeys) < 0 || hex_array(&pg->par, keys, (uint32_t)nkeys) < 0)
+        if (a < 0 || pgstore_arr_end(&pg->par, a, (uint32_t)nkeys) < 0 || hex_array(&pg->par, keys, (uint32_t)nkeys) < 0)
             return oom(err);
         sql = "DECLARE layer2_export NO SCROLL CURSOR FOR SELECT json FROM layer2_events"
               " WHERE tags && $1 OR pubkey = ANY($2) ORDER BY seq";
@@ -949,8 +743,8 @@ int l2_pg_changes(l2_pg *pg, uint64_t after, size_t max, size_t *rows, char *err
 {
     *rows = 0;
     if (ready(pg, err)) return -1;
-    par_reset(&pg->par);
-    if (par_i64(&pg->par, (int64_t)after) < 0 || par_i64(&pg->par, (int64_t)max) < 0) return oom(err);
+    pgstore_par_reset(&pg->par);
+    if (pgstore_par_i64(&pg->par, (int64_t)after) < 0 || pgstore_par_i64(&pg->par, (int64_t)max) < 0) return oom(err);
     if (!run(pg,
              "SELECT c.seq, c.op, c.id, e.json FROM layer2_changes c"
              " LEFT JOIN layer2_events e ON c.op = 1 AND e.id = c.id WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
@@ -971,9 +765,9 @@ int l2_pg_feed(l2_pg *pg, uint64_t pos, size_t max, size_t *rows, uint64_t *next
     *rows = 0;
     *next = pos;
     if (ready(pg, err)) return -1;
-    par_reset(&pg->par);
-    if (par_i64(&pg->par, (int64_t)pos) < 0 || par_i64(&pg->par, (int64_t)(max ? max - 1 : 0)) < 0 ||
-        par_bool(&pg->par, max > 0) < 0)
+    pgstore_par_reset(&pg->par);
+    if (pgstore_par_i64(&pg->par, (int64_t)pos) < 0 || pgstore_par_i64(&pg->par, (int64_t)(max ? max - 1 : 0)) < 0 ||
+        pgstore_par_bool(&pg->par, max > 0) < 0)
         return oom(err);
     if (!run(pg,
              "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),"
@@ -1064,7 +858,7 @@ int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, char *err)
     if (!pg->notified && timeout_ms > 0) {
         struct pollfd pfd = {PQsocket(pg->conn), POLLIN, 0};
         if (pfd.fd >= 0 && poll(&pfd, 1, timeout_ms) > 0) {
-            if (!PQconsumeInput(pg->conn)) return pg_fail(pg, NULL, err);
+            if (!PQconsumeInput(pg->conn)) return pgstore_pg_fail(pg, NULL, err);
             collect_notifies(pg);
         }
     }
@@ -1075,23 +869,23 @@ int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, char *err)
 
 /* ---- the store interface (storeif.h) ---- */
 
-static const char *if_path(void *pg)
+static const char *pg_path(void *pg)
 {
     return l2_pg_name(pg);
 }
 
-static void if_close(void *pg)
+static void pg_close(void *pg)
 {
     l2_pg_close(pg);
 }
 
-static int if_save(void *pg, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res, char *err)
+static int pg_save(void *pg, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res, char *err)
 {
     (void)flags; /* an authority has no outbox, and nothing to fill */
     return l2_pg_save_batch(pg, evs, n, now, res, err);
 }
 
-static int if_delete(void *pg, const uint8_t id[32], int tombstone, int flags, int *found, char *err)
+static int pg_delete(void *pg, const uint8_t id[32], int tombstone, int flags, int *found, char *err)
 {
     (void)flags;
     return l2_pg_delete(pg, id, tombstone, found, err);
@@ -1109,7 +903,7 @@ static int rows_json(l2_pg *pg, size_t rows, int col, l2_row_fn row, void *ud)
     return rc;
 }
 
-static int if_query(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
+static int pg_query(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, int64_t horizon,
                     uint8_t *incomplete, l2_row_fn row, void *ud, char *err)
 {
     size_t rows;
@@ -1120,12 +914,12 @@ static int if_query(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit,
     return 0;
 }
 
-static int if_count(void *pg, const l2_filter *fs, size_t nf, int64_t now, uint64_t *n, char *err)
+static int pg_count(void *pg, const l2_filter *fs, size_t nf, int64_t now, uint64_t *n, char *err)
 {
     return l2_pg_count(pg, fs, nf, now, n, err);
 }
 
-static int if_export(void *pg, const uint8_t (*keys)[32], size_t nkeys, int filtered, l2_row_fn row, void *ud,
+static int pg_export(void *pg, const uint8_t (*keys)[32], size_t nkeys, int filtered, l2_row_fn row, void *ud,
                      char *err)
 {
     size_t rows;
@@ -1152,21 +946,21 @@ static int rows_changes(void *pg, size_t rows, int col, l2_change_fn fn, void *u
     return 0;
 }
 
-static int if_changes(void *pg, uint64_t after, size_t max, l2_change_fn fn, void *ud, char *err)
+static int pg_changes(void *pg, uint64_t after, size_t max, l2_change_fn fn, void *ud, char *err)
 {
     size_t rows;
     if (l2_pg_changes(pg, after, max, &rows, err)) return -1;
     return rows_changes(pg, rows, 0, fn, ud);
 }
 
-static int if_feed(void *pg, uint64_t pos, size_t max, l2_change_fn fn, void *ud, uint64_t *next, char *err)
+static int pg_feed(void *pg, uint64_t pos, size_t max, l2_change_fn fn, void *ud, uint64_t *next, char *err)
 {
     size_t rows;
     if (l2_pg_feed(pg, pos, max, &rows, next, err)) return -1;
     return rows_changes(pg, rows, 1, fn, ud);
 }
 
-static int if_stats(void *pg, l2_stat_fn field, void *ud, char *err)
+static int pg_stats(void *pg, l2_stat_fn field, void *ud, char *err)
 {
     l2_pg_stats s;
     if (l2_pg_stats_get(pg, &s, err)) return -1;
@@ -1180,35 +974,35 @@ static int if_stats(void *pg, l2_stat_fn field, void *ud, char *err)
     return 0;
 }
 
-static int if_check(void *pg, l2_problem_fn problem, void *ud, uint64_t *n, char *err)
+static int pg_check(void *pg, l2_problem_fn problem, void *ud, uint64_t *n, char *err)
 {
     return l2_pg_check(pg, problem, ud, n, err);
 }
 
-static int if_sweep(void *pg, int64_t now, uint64_t *removed, char *err)
+static int pg_sweep(void *pg, int64_t now, uint64_t *removed, char *err)
 {
     return l2_pg_sweep(pg, now, removed, err);
 }
 
-static int if_nuke(void *pg, char *err)
+static int pg_nuke(void *pg, char *err)
 {
     return l2_pg_nuke(pg, err);
 }
 
 /* Every save is its own committed transaction: there is nothing left to flush. */
-static int if_sync(void *pg, char *err)
+static int pg_sync(void *pg, char *err)
 {
     (void)pg;
     (void)err;
     return 0;
 }
 
-static int if_after_import(void *pg, char *err)
+static int pg_after_import(void *pg, char *err)
 {
     return l2_pg_analyze(pg, err);
 }
 
-static int if_items(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_item_fn item,
+static int pg_items(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, l2_item_fn item,
                     void *ud, char *err)
 {
     size_t rows, n;
@@ -1221,8 +1015,8 @@ static int if_items(void *pg, const l2_filter *fs, size_t nf, int64_t max_limit,
 }
 
 const l2_store_if l2_pg_store_if = {
-    "postgres", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats,
-    if_check, if_sweep, if_nuke, if_sync, if_after_import, if_items,
+    "postgres", pg_path, pg_close, pg_save, pg_delete, pg_query, pg_count, pg_export, pg_changes, pg_stats,
+    pg_check, pg_sweep, pg_nuke, pg_sync, pg_after_import, pg_items,
     NULL, /* last_changes: a sequence number is taken before commit, so commit order is not its order */
-    if_feed,
+    pg_feed,
 };

@@ -9,6 +9,7 @@
 #include "event.h"
 #include "filter.h"
 #include "rules.h"
+#include "status.h"
 #include "storeif.h"
 
 typedef struct l2_store l2_store;
@@ -45,7 +46,7 @@ int l2_store_delete(l2_store *st, const uint8_t id[32], int tombstone, int outbo
 int l2_store_sweep(l2_store *st, int64_t now, uint64_t *removed, char *err);
 /* Ends a bulk import (batches saved with L2_SAVE_IMPORT): when it began on an empty store, its
  * indexes are built now, in one write transaction (see "indexes built at the end of an import"
- * in store.c). Also after an import stopped part way. */
+ * in store_maint.c). Also after an import stopped part way. */
 int l2_store_after_import(l2_store *st, char *err);
 int l2_store_nuke(l2_store *st, char *err);
 int l2_store_sync(l2_store *st, char *err);

@@ -1,7 +1,8 @@
 /* The store interface: what every event store does, as a table of functions over an opaque
- * handle. The LMDB store (store.c) and the PostgreSQL store (pgstore.c) implement it; the Lua
+ * handle. The LMDB store (store_if.c) and the PostgreSQL store (pgstore.c) implement it; the Lua
  * binding (lua_store.c) serves every store through it, and the two-level store is written
- * against it. No Lua here. Every function returns 0, or -1 with a message in err (L2_ERRLEN). */
+ * against it. No Lua here. Every function returns 0, or a status (status.h: L2_FAILED, L2_REFUSED, L2_FULL)
+ * with a message in err (L2_ERRLEN). */
 #ifndef L2_STOREIF_H
 #define L2_STOREIF_H
 
@@ -11,6 +12,7 @@
 #include "event.h"
 #include "filter.h"
 #include "rules.h"
+#include "status.h"
 
 /* One event of an answer, as the store holds it: the binary form (LMDB) or the JSON as received
  * (PostgreSQL); the caller converts to what it needs. A stub (an evicted event whose indexes a

@@ -159,7 +159,7 @@ describe("crash consistency", function()
     for _, p in ipairs({ script, logpath, import_file, dir .. "-pid", dir .. ".out" }) do os.remove(p) end
   end)
 
-  -- An import into an empty store leaves its indexes to its end (store.c): killed before, the
+  -- An import into an empty store leaves its indexes to its end (store_maint.c): killed before, the
   -- next process to open the store builds them.
   describe("an import into an empty store", function()
     local file = helper.tmpdir() .. ".jsonl"

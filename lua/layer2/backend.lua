@@ -1,5 +1,5 @@
 -- The two-level store's Lua side. `layer2.open` returns a C userdata (csrc/lua_backend.c over
--- csrc/backend.c) whose methods are all C. This file opens it, with its options, and completes
+-- csrc/backend*.c) whose methods are all C. This file opens it, with its options, and completes
 -- its class with what the design keeps in Lua: the eviction policy's call (policies are Lua),
 -- which the C core makes through the hooks table. Fields the Lua side keeps (policy, log) live in
 -- the handle's state table, where db.x looks first. See docs/DESIGN.md §3.
@@ -37,10 +37,10 @@ local function check_store(l2)
   return l2
 end
 
--- what the C core asks of this side, each called with the handle
+-- what the C core asks of this side, each called with the handle (the eviction passes themselves
+-- the core starts on its own; db.observe_gc(report, full), when set, hears of each)
 local function hooks()
   return {
-    gc = function(db, full) db:gc(full and "full" or true) end,
     choose = function(db, candidates, need) return db:choose(candidates, need) end,
     log = function(db, msg) db.log(msg) end,
   }

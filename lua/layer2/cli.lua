@@ -290,7 +290,7 @@ end
 function commands.gc(opts)
   local db = open_store(opts, true)
   local r = db:gc(true)
-  local expired = db.l2:sweep() + db.l1:sweep()
+  local expired = assert(db:sweep())
   db:close()
   print(("evicted %d, stubs removed %d, outbox sent %d, expired removed %d"):format(r.evicted, r.dropped,
     r.sent or 0, expired))
