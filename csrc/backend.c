@@ -3,6 +3,19 @@
 #include "backend_int.h"
 
 const char *const l2_backend_level_names[L2_LEVELS] = {"l1", "stubs", "l2", "missing", "answers"};
+
+const l2_backend_opts l2_backend_default_opts = {
+    .high_water = 66,
+    .low_water = 58,
+    .stub_share = 0.05,
+    .changes_kept = 1000,
+    .history = 100000,
+    .poll_overlap = 4,
+    .missing_ttl = 10,
+    .answers_ttl = 60,
+    .answers_max_ids = 100000,
+    .future_limit = 900,
+};
 static int first_open(l2_backend *b, char *err);
 int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
                     const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err)

@@ -59,6 +59,9 @@ typedef struct {
     int64_t future_limit;       /* seconds ahead of the clock a saved event may be dated; 0: any */
 } l2_backend_opts;
 
+/* The options' defaults: the one place they are written (the Lua side reads them from here). */
+extern const l2_backend_opts l2_backend_default_opts;
+
 /* A two-level store over an open L1 (a cache store) and L2 (NULL for none); both stay the
  * caller's to close, after l2_backend_close. The learned state is mapped from l1_dir. A new L1
  * in front of an L2 that has events gets its horizon past L2's newest, and polls from L2's

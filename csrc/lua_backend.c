@@ -390,29 +390,6 @@ static int bk_on_event(lua_State *L)
     return 0;
 }
 
-/* db:poll_wait([seconds]) -> what poll gives: waits up to `seconds` (poll_frequency, else 1) for
- * L2's change signal when opts.notify asked for it (LISTEN/NOTIFY on PostgreSQL), or just that
- * long, then polls. Blocks: for a plain-Lua host's loop, never in nginx. */
-static int bk_poll_wait(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    int64_t every = l2_backend_options(s->b)->poll_frequency;
-    double seconds = luaL_optnumber(L, 2, every > 0 ? (double)every : 1);
-    luabk_push_part(L, s, 0, "state");
-    lua_getfield(L, -1, "notify");
-    int waited = 0;
-    if (lua_toboolean(L, -1) && luabk_push_method(s, "wait")) {
-        lua_pushnumber(L, seconds);
-        waited = luabk_pcall_from_c(L, 2, 1) == 0; /* signalled or timed out */
-    }
-    lua_settop(L, 1);
-    if (!waited) {
-        struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
-        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-        }
-    }
-    return bk_poll(L);
-}
 
 /* Calls the L1 (level 1) or L2 (2) store's own method with this call's arguments. */
 static int delegate(lua_State *L, int level, const char *method)
@@ -636,23 +613,6 @@ static int bk_path(lua_State *L)
 
 /* ---- what the Lua side of the class uses (layer2.core.backend_private) ---- */
 
-/* count_read(db, id) -> its recent reads, this one counted; reads(db, id) -> the same, not counted */
-static int pv_count_read(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    uint8_t id[32];
-    lua_pushinteger(L, luabk_id_arg(L, 2, id) ? l2_backend_count_read(s->b, id) : 0);
-    return 1;
-}
-
-static int pv_reads(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    uint8_t id[32];
-    lua_pushinteger(L, luabk_id_arg(L, 2, id) ? l2_learned_reads(l2_backend_learned(s->b), id) : 0);
-    return 1;
-}
-
 /* admit_bar(db [, bar]) -> the bar (set first when given) */
 static int pv_admit_bar(lua_State *L)
 {
@@ -663,15 +623,6 @@ static int pv_admit_bar(lua_State *L)
     return 1;
 }
 
-/* admit(db, id) -> whether an event with this id fetched from L2 now enters L1 (a read counted) */
-static int pv_admit(lua_State *L)
-{
-    backend_ud *s = check_backend(L);
-    uint8_t id[32];
-    lua_pushboolean(L, luabk_id_arg(L, 2, id) && l2_backend_admit(s->b, id));
-    return 1;
-}
-
 /* inside_c() -> true while Lua runs called from the C core (a hook, a Lua L2's method) */
 static int pv_inside_c(lua_State *L)
 {
@@ -679,12 +630,6 @@ static int pv_inside_c(lua_State *L)
     return 1;
 }
 
-/* new(dir, l1, l2, opts, hooks, state) -> db | nil, err. dir: the backend's directory (L1 is
- * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
- * high_water, low_water, evict_delete, stub_share, changes_kept, by_created (the policy's order),
- * history, admit_always, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap,
- * max_limit, own_l2; hooks: {gc, choose, log}, each called with the handle first; state: the Lua
- * side's table. */
 /* The handle at `self` gets its own metatable: fields and methods are found by the VM's table
  * lookups (db.x: the Lua side's state at 6, whose fields include db.l1 and db.l2 and any method a
  * caller replaced, then the class's methods), with no function call in between. */
@@ -731,30 +676,51 @@ static void set_l2(lua_State *L, backend_ud *s)
     }
 }
 
-/* The backend's options, from the table at 4 (backend.lua has checked them). */
+/* The backend's options, from the table at 4 (backend.lua has checked them); the core's defaults
+ * for those not given. */
 static l2_backend_opts read_options(lua_State *L)
 {
+    const l2_backend_opts *d = &l2_backend_default_opts;
     l2_backend_opts o = {
-        .size_limit = (uint64_t)l2lua_opt_int(L, 4, "size_limit", 0),
-        .high_water = (unsigned)l2lua_opt_int(L, 4, "high_water", 66),
-        .low_water = (unsigned)l2lua_opt_int(L, 4, "low_water", 58),
-        .evict_delete = l2lua_opt_bool(L, 4, "evict_delete", 0),
-        .stub_share = 0.05,
-        .changes_kept = (uint64_t)l2lua_opt_int(L, 4, "changes_kept", 1000),
-        .by_created = l2lua_opt_bool(L, 4, "by_created", 0),
-        .history = (uint64_t)l2lua_opt_int(L, 4, "history", 100000),
-        .admit_always = l2lua_opt_bool(L, 4, "admit_always", 0),
-        .poll_frequency = l2lua_opt_int(L, 4, "poll_frequency", 0),
-        .poll_overlap = (unsigned)l2lua_opt_int(L, 4, "poll_overlap", 4),
-        .missing_ttl = l2lua_opt_int(L, 4, "missing_ttl", 10),
-        .answers_ttl = l2lua_opt_int(L, 4, "answers_ttl", 60),
-        .answers_max_ids = (uint64_t)l2lua_opt_int(L, 4, "answers_max_ids", 100000),
-        .future_limit = l2lua_opt_int(L, 4, "future_limit", 900),
+        .size_limit = (uint64_t)l2lua_opt_int(L, 4, "size_limit", (int64_t)d->size_limit),
+        .high_water = (unsigned)l2lua_opt_int(L, 4, "high_water", d->high_water),
+        .low_water = (unsigned)l2lua_opt_int(L, 4, "low_water", d->low_water),
+        .evict_delete = l2lua_opt_bool(L, 4, "evict_delete", d->evict_delete),
+        .stub_share = d->stub_share,
+        .changes_kept = (uint64_t)l2lua_opt_int(L, 4, "changes_kept", (int64_t)d->changes_kept),
+        .by_created = l2lua_opt_bool(L, 4, "by_created", d->by_created),
+        .history = (uint64_t)l2lua_opt_int(L, 4, "history", (int64_t)d->history),
+        .admit_always = l2lua_opt_bool(L, 4, "admit_always", d->admit_always),
+        .poll_frequency = l2lua_opt_int(L, 4, "poll_frequency", d->poll_frequency),
+        .poll_overlap = (unsigned)l2lua_opt_int(L, 4, "poll_overlap", d->poll_overlap),
+        .missing_ttl = l2lua_opt_int(L, 4, "missing_ttl", d->missing_ttl),
+        .answers_ttl = l2lua_opt_int(L, 4, "answers_ttl", d->answers_ttl),
+        .answers_max_ids = (uint64_t)l2lua_opt_int(L, 4, "answers_max_ids", (int64_t)d->answers_max_ids),
+        .future_limit = l2lua_opt_int(L, 4, "future_limit", d->future_limit),
     };
     lua_getfield(L, 4, "stub_share");
     if (lua_isnumber(L, -1)) o.stub_share = lua_tonumber(L, -1);
     lua_pop(L, 1);
     return o;
+}
+
+/* backend_private.defaults: the defaults backend.lua checks options against. */
+static void push_defaults(lua_State *L)
+{
+    const l2_backend_opts *d = &l2_backend_default_opts;
+    lua_createtable(L, 0, 7);
+    lua_pushinteger(L, (lua_Integer)d->high_water);
+    lua_setfield(L, -2, "high_water");
+    lua_pushinteger(L, (lua_Integer)d->low_water);
+    lua_setfield(L, -2, "low_water");
+    lua_pushnumber(L, d->stub_share);
+    lua_setfield(L, -2, "stub_share");
+    lua_pushinteger(L, (lua_Integer)d->future_limit);
+    lua_setfield(L, -2, "future_limit");
+    lua_pushinteger(L, (lua_Integer)d->poll_frequency);
+    lua_setfield(L, -2, "poll_frequency");
+    lua_pushinteger(L, L2LUA_MAX_LIMIT);
+    lua_setfield(L, -2, "max_limit");
 }
 
 /* What the handle keeps referenced: {l1, l2, hooks = (5), state = (6), strings = {}, handlers = {}}. */
@@ -776,6 +742,12 @@ static int keep_parts(lua_State *L)
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* new(dir, l1, l2, opts, hooks, state) -> db | nil, err. dir: the backend's directory (L1 is
+ * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
+ * high_water, low_water, evict_delete, stub_share, changes_kept, by_created (the policy's order),
+ * history, admit_always, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap,
+ * max_limit, own_l2; hooks: {choose, log}, each called with the handle first; state: the Lua
+ * side's table. */
 static int pv_new(lua_State *L)
 {
     const char *dir = luaL_checkstring(L, 1);
@@ -792,7 +764,7 @@ static int pv_new(lua_State *L)
     set_l2(L, s);
     l2_backend_opts o = read_options(L);
     s->own_l2 = l2lua_opt_bool(L, 4, "own_l2", 0);
-    s->max_limit = l2lua_opt_int(L, 4, "max_limit", 500);
+    s->max_limit = l2lua_opt_int(L, 4, "max_limit", L2LUA_MAX_LIMIT);
     s->l1 = l1;
     s->L = L;
     s->lim = l2_default_limits;
@@ -816,14 +788,12 @@ static const luaL_Reg backend_methods[] = {
     {"export", bk_export}, {"negentropy_items", bk_negentropy_items},
     {"sweep", bk_sweep}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
     {"changes_since", bk_changes_since}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll},
-    {"poll_wait", bk_poll_wait}, {"on_event", bk_on_event}, {"close", bk_close}, {"is_closed", bk_is_closed},
+    {"on_event", bk_on_event}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},
 };
 
 static const luaL_Reg private_functions[] = {
-    {"new", pv_new}, {"query_l1", pv_query_l1}, {"count_read", pv_count_read},
-    {"reads", pv_reads}, {"admit_bar", pv_admit_bar},
-    {"inside_c", pv_inside_c}, {"admit", pv_admit},
+    {"new", pv_new}, {"query_l1", pv_query_l1}, {"admit_bar", pv_admit_bar}, {"inside_c", pv_inside_c},
     {NULL, NULL},
 };
 
@@ -848,5 +818,45 @@ void l2lua_open_backend(lua_State *L)
     luaL_setfuncs(L, private_functions, 0);
     lua_insert(L, -2);
     lua_setfield(L, -2, "methods");
+    push_defaults(L);
+    lua_setfield(L, -2, "defaults");
     lua_remove(L, -2);
+}
+
+/* ---- for the specs only (layer2.core.testing.backend): the shared read counts and admission ---- */
+
+/* count_read(db, id) -> its recent reads, this one counted; reads(db, id) -> the same, not counted */
+static int test_count_read(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    lua_pushinteger(L, luabk_id_arg(L, 2, id) ? l2_backend_count_read(s->b, id) : 0);
+    return 1;
+}
+
+static int test_reads(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    lua_pushinteger(L, luabk_id_arg(L, 2, id) ? l2_learned_reads(l2_backend_learned(s->b), id) : 0);
+    return 1;
+}
+
+/* admit(db, id) -> whether an event with this id fetched from L2 now enters L1 (a read counted) */
+static int test_admit(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    uint8_t id[32];
+    lua_pushboolean(L, luabk_id_arg(L, 2, id) && l2_backend_admit(s->b, id));
+    return 1;
+}
+
+static const luaL_Reg testing_functions[] = {
+    {"count_read", test_count_read}, {"reads", test_reads}, {"admit", test_admit}, {NULL, NULL},
+};
+
+void l2lua_open_backend_testing(lua_State *L)
+{
+    lua_newtable(L);
+    luaL_setfuncs(L, testing_functions, 0);
 }

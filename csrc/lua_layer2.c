@@ -440,6 +440,10 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     lua_pushcfunction(L, core_sleep);
     lua_setfield(L, -2, "sleep");
     add_lib(L, "testing", testing_funcs);
+    lua_getfield(L, -1, "testing");
+    l2lua_open_backend_testing(L);
+    lua_setfield(L, -2, "backend");
+    lua_pop(L, 1);
     lua_remove(L, -2);
     return 1;
 }

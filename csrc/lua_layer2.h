@@ -13,6 +13,8 @@ void l2lua_open_lmdb(lua_State *L);
 void l2lua_open_pg(lua_State *L);
 /* Pushes layer2.core.backend_private (lua_backend.c): the two-level store's class and helpers. */
 void l2lua_open_backend(lua_State *L);
+/* Pushes layer2.core.testing.backend (lua_backend.c): internals only the specs read. */
+void l2lua_open_backend_testing(lua_State *L);
 /* Pushes layer2.fanout, the constructor of the live fan-out index (lua_fanout.c). */
 void l2lua_open_fanout(lua_State *L);
 /* Pushes layer2.negentropy, the constructor of a NIP-77 session (lua_negentropy.c). */

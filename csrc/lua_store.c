@@ -557,7 +557,7 @@ static int sink_close(export_sink *s, char *err)
 
 l2lua_store *l2lua_store_new(lua_State *L, const char *mt, const l2_store_if *vt, int opts)
 {
-    int64_t max_limit = l2lua_opt_int(L, opts, "max_limit", 500);
+    int64_t max_limit = l2lua_opt_int(L, opts, "max_limit", L2LUA_MAX_LIMIT);
     int64_t max_filters = l2lua_opt_int(L, opts, "max_filters", 500);
     l2lua_store *s = lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);

@@ -5,6 +5,10 @@
 
 #include "lua_args.h"
 
+/* A query's default limit: the largest `limit` a filter gets (max_limit), every store's and the
+ * two-level store's. */
+#define L2LUA_MAX_LIMIT 500
+
 /* A store as a Lua userdata: any store, through its interface (storeif.h). */
 typedef struct {
     const l2_store_if *vt;
@@ -45,7 +49,7 @@ int l2lua_check_lines(lua_State *L, const l2_limits *lim);
 /* Makes the class `mt`: the store methods and `extra` (what only this kind of store has). */
 void l2lua_store_class(lua_State *L, const char *mt, const luaL_Reg *extra);
 /* Pushes a new store userdata of class mt, not open yet (st NULL): the caller opens the store
- * into s->st. opts (a stack index, may hold nothing): max_limit (500), max_filters (500). */
+ * into s->st. opts (a stack index, may hold nothing): max_limit (L2LUA_MAX_LIMIT), max_filters (500). */
 l2lua_store *l2lua_store_new(lua_State *L, const char *mt, const l2_store_if *vt, int opts);
 /* The open store at idx, of any class; raises for another value or a closed store. */
 l2lua_store *l2lua_check_store(lua_State *L, int idx);

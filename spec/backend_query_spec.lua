@@ -237,11 +237,12 @@ describe("layer2.open (two levels): reads", function()
     local dir = tmpdir()
     local db = assert(layer2.open(dir, { nosync = true, log = quiet, policy = "lfu", l1 = { history = 1000 } }))
     local private = require("layer2.core").backend_private
+    local testing = require("layer2.core").testing.backend
     local function cand(id, reads)
-      for _ = 1, reads do private.count_read(db, id) end
+      for _ = 1, reads do testing.count_read(db, id) end
       -- the C core hands the policy each candidate's shared read count
       return { id = id, pubkey = id, kind = 1, created_at = 1, size = 100, last_access = 1, hits = 0,
-        reads = private.reads(db, id) }
+        reads = testing.reads(db, id) }
     end
     -- lfu takes the least read first: those read 2, 3 and 4 times go, the median of those is 3
     local chosen = db:choose({ cand(("1"):rep(64), 2), cand(("2"):rep(64), 3), cand(("3"):rep(64), 9),
@@ -249,17 +250,17 @@ describe("layer2.open (two levels): reads", function()
     assert.same({ ("1"):rep(64), ("2"):rep(64), ("6"):rep(64) }, chosen)
     assert.equal(3, private.admit_bar(db))
     local id = ("e"):rep(64)
-    assert.is_false(private.admit(db, id))
-    assert.is_false(private.admit(db, id))
-    assert.is_true(private.admit(db, id))
+    assert.is_false(testing.admit(db, id))
+    assert.is_false(testing.admit(db, id))
+    assert.is_true(testing.admit(db, id))
     db:choose({ cand(("4"):rep(64), 50), cand(("5"):rep(64), 60) }, 200)
     assert.equal(8, private.admit_bar(db))
     -- every 1,000 counted reads, all counts halve
-    local before = private.reads(db, ("5"):rep(64))
+    local before = testing.reads(db, ("5"):rep(64))
     assert.equal(60, before)
-    for i = 1, 1000 do private.count_read(db, ("%064x"):format(i)) end
-    assert.equal(math.floor(before / 2), private.reads(db, ("5"):rep(64)))
-    assert.equal(0, private.reads(db, ("%064x"):format(1))) -- read once: gone
+    for i = 1, 1000 do testing.count_read(db, ("%064x"):format(i)) end
+    assert.equal(math.floor(before / 2), testing.reads(db, ("5"):rep(64)))
+    assert.equal(0, testing.reads(db, ("%064x"):format(1))) -- read once: gone
     db:close()
     rmdir(dir)
   end)

@@ -4,16 +4,17 @@
 -- which the C core makes through the hooks table. Fields the Lua side keeps (policy, log) live in
 -- the handle's state table, where db.x looks first. See docs/DESIGN.md §3.
 local core = require("layer2.core")
+local policies = require("layer2.policy")
 
 local private = core.backend_private
+-- the options' defaults, from the C core (the one place they are written)
+local DEFAULTS = private.defaults
 local backend = {}
 local Backend = private.methods
 
 local STORE_METHODS = { "save_event", "query_events", "count_events", "delete_event", "import", "export", "nuke",
   "sync", "path", "close" }
 local PAGE = 4096
--- the admission bar stays within these bounds
-local ADMIT_BAR_MIN, ADMIT_BAR_MAX = 2, 8
 
 local function load_policy(p)
   if p == nil then p = "lru" end
@@ -81,7 +82,7 @@ function backend.open(path, opts)
   if type(opts) ~= "table" then error("layer2.open: opts must be a table", 2) end
   local l1opts = opts.l1 or {}
   local limit = l1opts.size_limit
-  local high, low = l1opts.high_water or 66, l1opts.low_water or 58
+  local high, low = l1opts.high_water or DEFAULTS.high_water, l1opts.low_water or DEFAULTS.low_water
   if limit ~= nil and (type(limit) ~= "number" or limit < 256 * 1024) then
     error("layer2.open: l1.size_limit must be a number of bytes, at least 256 KiB", 2)
   end
@@ -93,7 +94,7 @@ function backend.open(path, opts)
     error("layer2.open: l1.stub_share is a share of L1's events, from 0 to 1", 2)
   end
   local future = opts.future_limit
-  if future == nil then future = 900 elseif future == false then future = 0 end
+  if future == nil then future = DEFAULTS.future_limit elseif future == false then future = 0 end
   if not (type(future) == "number" and future >= 0 and future == math.floor(future)) then
     error("layer2.open: future_limit must be a whole number of seconds, or false for no limit", 2)
   end
@@ -104,7 +105,7 @@ function backend.open(path, opts)
     hooks = hooks(),
     log = opts.log or function(msg) io.stderr:write("layer2: ", msg, "\n") end,
   }
-  local max_limit = opts.max_limit or 500
+  local max_limit = opts.max_limit or DEFAULTS.max_limit
   local l1, l2, own_l2 = open_stores(path, opts, limit, max_limit)
   if not l1 then return nil, l2 end
   local self, err = private.new(path, l1, l2, { size_limit = limit, high_water = high, max_limit = max_limit,
@@ -119,6 +120,7 @@ function backend.open(path, opts)
     return nil, err
   end
   st.own_l2 = own_l2
+  st.poll_frequency = opts.poll_frequency or DEFAULTS.poll_frequency
   if opts.notify and l2 and type(l2.listen) == "function" then
     local ok, listening, why = pcall(l2.listen, l2)
     st.notify = ok and listening
@@ -126,6 +128,22 @@ function backend.open(path, opts)
   end
   if opts.on_event then self:on_event(opts.on_event) end
   return self
+end
+
+-- ---- polling ----
+
+-- db:poll_wait([seconds]) -> what poll gives: waits up to `seconds` (opts.poll_frequency, else 1)
+-- for L2's change signal when opts.notify asked for it (LISTEN/NOTIFY on PostgreSQL), or just
+-- that long, then polls. Blocks: the schedule of a plain-Lua host's loop, never in nginx (where
+-- layer2.resty's timer is the schedule).
+function Backend:poll_wait(seconds)
+  if self:is_closed() then error("layer2: attempt to use a closed store", 2) end
+  if seconds == nil then seconds = self.poll_frequency > 0 and self.poll_frequency or 1 end
+  if type(seconds) ~= "number" or seconds < 0 then error("layer2: poll_wait takes a number of seconds", 2) end
+  local l2 = self.l2
+  local waited = self.notify and l2 and type(l2.wait) == "function" and pcall(l2.wait, l2, seconds)
+  if not waited then core.sleep(seconds) end
+  return self:poll()
 end
 
 -- ---- eviction ----
@@ -136,15 +154,7 @@ end
 function Backend:choose(candidates, need)
   local ok, ids = pcall(self.policy.select, self.policy, candidates, need)
   if ok and type(ids) == "table" then
-    -- the admission bar: what L2 returns must have been read about as often as what L1 lets go
-    -- (the median of the victims' recent reads)
-    local by_id, f = {}, {}
-    for _, c in ipairs(candidates) do by_id[c.id] = c end
-    for _, id in ipairs(ids) do
-      if by_id[id] then f[#f + 1] = by_id[id].reads end
-    end
-    table.sort(f)
-    private.admit_bar(self, math.min(ADMIT_BAR_MAX, math.max(ADMIT_BAR_MIN, f[math.ceil(#f * 0.5)] or ADMIT_BAR_MIN)))
+    private.admit_bar(self, policies.admit_bar(candidates, ids))
     return ids
   end
   self.log(("the eviction policy '%s' failed (%s); using lru"):format(tostring(self.policy.name),
