@@ -1,5 +1,6 @@
-/* The Lua binding of the layer2 core: the only file that sees Lua headers.
- * Refusals are values (nil/false, "invalid: ..."); misuse (a wrong argument type) raises. */
+/* luaopen_layer2_core: the layer2.event, layer2.filter and layer2.schnorr libraries, then each
+ * binding file's part (lua_layer2.h). Only the lua_*.c files see Lua headers. Refusals are values
+ * (nil/false, "invalid: ..."); misuse (a wrong argument type) raises. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>

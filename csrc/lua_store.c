@@ -1,7 +1,7 @@
 /* The binding of the store interface (storeif.h): one userdata layout and one set of methods for
- * every store (lua_lmdb.c and lua_pg.c open theirs and add what only they have), with options,
- * a REQ's filters, the import driver (sources, batches, threaded verification, counts, callbacks)
- * and export sinks. */
+ * every store (lua_lmdb.c and lua_pg.c open theirs and add what only they have), the import
+ * driver (sources, batches, threaded verification, counts, callbacks) and export sinks. Options
+ * and a REQ's filters are read by lua_args.c. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
