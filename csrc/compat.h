@@ -13,6 +13,12 @@
 
 #if LUA_VERSION_NUM < 504
 #define lua_newuserdatauv(L, size, nuv) lua_newuserdata((L), (size))
+/* a userdata's one user value: its environment table under the 5.1 ABI */
+#define l2lua_getuservalue(L, idx) lua_getfenv((L), (idx))
+#define l2lua_setuservalue(L, idx) lua_setfenv((L), (idx))
+#else
+#define l2lua_getuservalue(L, idx) lua_getiuservalue((L), (idx), 1)
+#define l2lua_setuservalue(L, idx) lua_setiuservalue((L), (idx), 1)
 #endif
 
 #ifndef LUA_FILEHANDLE /* LuaJIT declares it in lualib.h */

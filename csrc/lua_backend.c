@@ -1,22 +1,17 @@
-/* The two-level store (backend.h) as a Lua userdata, `layer2.open`'s handle: every method is C
- * (backend_methods). lua/layer2/backend.lua completes the class with what the design keeps in
- * Lua: the options, the eviction policy's call and the on_event handlers, which the C core calls
- * through the hooks table; the Lua side's fields live in a state table the handle's own
- * metatable reads through. The store interface over a Lua object (an L2 written in Lua) is
+/* The two-level store (backend.h) as a Lua userdata, `layer2.open`'s handle: one class
+ * (BACKEND_MT) whose methods are C (backend_methods). lua/layer2/backend.lua completes the class
+ * with what the design keeps in Lua: the options, the eviction policy's call and the on_event
+ * handlers, which the C core calls through the hooks table, and the reads of a delegating handle
+ * (an L2 reached by calls that yield); the Lua side's fields live in a state table, the handle's
+ * user value. The store interface over a Lua object (an L2 written in Lua) is
  * lua_luastore.c; what the two share, lua_backend.h. */
 #include "lua_backend.h"
 
-/* The backend at 1, open or closed: a userdata whose metatable (its own: see pv_new) is marked. */
+/* The backend at 1, open or closed. */
 static backend_ud *to_backend(lua_State *L)
 {
-    backend_ud *s = lua_touserdata(L, 1);
-    int ok = s && lua_getmetatable(L, 1);
-    if (ok) {
-        lua_getfield(L, -1, BACKEND_MARK);
-        ok = lua_toboolean(L, -1);
-        lua_pop(L, 2);
-    }
-    if (!ok) luaL_argerror(L, 1, "a layer2 two-level store expected");
+    backend_ud *s = luaL_testudata(L, 1, BACKEND_MT);
+    if (!s) luaL_argerror(L, 1, "a layer2 two-level store expected");
     return s;
 }
 
@@ -532,7 +527,7 @@ static int bk_stats(lua_State *L)
     lua_getfield(L, -1, "outbox");
     lua_setfield(L, -3, "outbox");
     lua_setfield(L, -2, "l1");
-    if (s->l2vt && s->l2vt->stats) {
+    if (s->l2vt && s->l2vt->stats && !s->delegating) {
         lua_createtable(L, 0, 12);
         char err[L2_ERRLEN];
         if (s->l2vt->stats(s->l2st, backend_stat_field, L, err) == 0) lua_setfield(L, -2, "l2");
@@ -630,32 +625,48 @@ static int pv_inside_c(lua_State *L)
     return 1;
 }
 
-/* The handle at `self` gets its own metatable: fields and methods are found by the VM's table
- * lookups (db.x: the Lua side's state at 6, whose fields include db.l1 and db.l2 and any method a
- * caller replaced, then the class's methods), with no function call in between. */
-static void set_own_metatable(lua_State *L, int self)
+/* The Lua side's state at 6 becomes the handle's user value, with db.l1 and db.l2 in it. */
+static void set_state(lua_State *L, int self)
 {
     lua_pushvalue(L, 2);
     lua_setfield(L, 6, "l1");
     lua_pushvalue(L, 3);
     lua_setfield(L, 6, "l2");
-    luaL_getmetatable(L, BACKEND_MT);
-    lua_createtable(L, 0, 1);
-    lua_getfield(L, -2, "methods");
-    lua_setfield(L, -2, "__index");
-    lua_setmetatable(L, 6);
-    lua_createtable(L, 0, 7);
-    static const char *copied[] = {"__gc", "__close", "__tostring", BACKEND_MARK};
-    for (int i = 0; i < 4; i++) {
-        lua_getfield(L, -2, copied[i]);
-        lua_setfield(L, -2, copied[i]);
+    lua_pushvalue(L, 6);
+    l2lua_setuservalue(L, self);
+    luaL_setmetatable(L, BACKEND_MT);
+}
+
+/* db.x: the class's methods (a delegating handle's own first: upvalue 2), then the Lua side's
+ * state (policy, log, l1, l2, observe_gc, ...). */
+static int bk_index(lua_State *L)
+{
+    backend_ud *s = lua_touserdata(L, 1);
+    for (int up = s->delegating ? 2 : 1; up >= 1; up--) {
+        lua_pushvalue(L, 2);
+        lua_rawget(L, lua_upvalueindex(up));
+        if (!lua_isnil(L, -1)) return 1;
+        lua_pop(L, 1);
     }
-    lua_pushvalue(L, 6);
-    lua_setfield(L, -2, "__index");
-    lua_pushvalue(L, 6);
-    lua_setfield(L, -2, "__newindex");
-    lua_setmetatable(L, self);
-    lua_pop(L, 1);
+    l2lua_getuservalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    return 1;
+}
+
+/* db.x = v: into the state; a method of the class is not replaced per handle (what a host needs
+ * of them is an option of layer2.open). */
+static int bk_newindex(lua_State *L)
+{
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+    if (!lua_isnil(L, -1))
+        return luaL_error(L, "layer2: %s is a method of the store and cannot be replaced", lua_tostring(L, 2));
+    l2lua_getuservalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, -3);
+    return 0;
 }
 
 /* L2 at 3: a store userdata (its own interface), a Lua object with the store methods (the
@@ -756,14 +767,15 @@ static int pv_new(lua_State *L)
     luaL_checktype(L, 4, LUA_TTABLE);
     luaL_checktype(L, 5, LUA_TTABLE);
     luaL_checktype(L, 6, LUA_TTABLE);
-    backend_ud *s = lua_newuserdatauv(L, sizeof *s, 0);
+    backend_ud *s = lua_newuserdatauv(L, sizeof *s, 1);
     memset(s, 0, sizeof *s);
     s->ref = LUA_NOREF;
     int self = lua_gettop(L);
-    set_own_metatable(L, self);
+    set_state(L, self);
     set_l2(L, s);
     l2_backend_opts o = read_options(L);
     s->own_l2 = l2lua_opt_bool(L, 4, "own_l2", 0);
+    s->delegating = l2lua_opt_bool(L, 4, "delegating", 0);
     s->max_limit = l2lua_opt_int(L, 4, "max_limit", L2LUA_MAX_LIMIT);
     s->l1 = l1;
     s->L = L;
@@ -797,26 +809,32 @@ static const luaL_Reg private_functions[] = {
     {NULL, NULL},
 };
 
-/* Pushes layer2.core.backend_private: its functions, and `methods`, the class's method table that
- * backend.lua completes. */
+/* Pushes layer2.core.backend_private: its functions, `methods`, the class's method table that
+ * backend.lua completes, and `delegating`, what a delegating handle has instead (backend.lua
+ * writes them). */
 void l2lua_open_backend(lua_State *L)
 {
     luaL_newmetatable(L, BACKEND_MT);
     lua_newtable(L);
     luaL_setfuncs(L, backend_methods, 0);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "methods");
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -3, BACKEND_MARK);
+    lua_newtable(L);
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, bk_index, 2);
+    lua_setfield(L, -4, "__index");
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, bk_newindex, 1);
+    lua_setfield(L, -4, "__newindex");
     lua_pushcfunction(L, bk_close);
-    lua_setfield(L, -3, "__gc");
+    lua_setfield(L, -4, "__gc");
     lua_pushcfunction(L, bk_close);
-    lua_setfield(L, -3, "__close");
+    lua_setfield(L, -4, "__close");
     lua_pushcfunction(L, bk_tostring);
-    lua_setfield(L, -3, "__tostring");
+    lua_setfield(L, -4, "__tostring");
     lua_newtable(L);
     luaL_setfuncs(L, private_functions, 0);
-    lua_insert(L, -2);
+    lua_insert(L, -3);
+    lua_setfield(L, -3, "delegating");
     lua_setfield(L, -2, "methods");
     push_defaults(L);
     lua_setfield(L, -2, "defaults");

@@ -11,14 +11,14 @@
 #include "lua_layer2.h"
 #include "lua_store.h"
 
-#define BACKEND_MT "layer2.backend" /* the class: what each handle's own metatable copies */
-#define BACKEND_MARK "__layer2_backend"
+#define BACKEND_MT "layer2.backend" /* the class: every handle's metatable */
 
 typedef struct {
     l2_backend *b;  /* NULL once closed */
     lua_State *L;   /* the state of the call under way (hooks and a Lua L2 run in it) */
     int ref;        /* registry: {l1, l2, state = {}, hooks = {}, handlers = {}, strings = {}} */
     int own_l2;     /* close L2 with this handle */
+    int delegating; /* reads that need L2 go through the Lua side's `delegate` (backend.lua) */
     int nhandlers;  /* on_event handlers, in the registry table's `handlers` */
     l2_store_if luavt; /* the interface over an L2 written in Lua: what this one has */
     const l2_store_if *l2vt; /* L2 through its interface (NULL for none) */

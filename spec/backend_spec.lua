@@ -252,6 +252,65 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
     rmdir(dir)
   end)
 
+  it("one class for every handle, whose methods are not replaced; a delegating handle answers what L1 proves"
+    .. " and passes the rest to its delegate", function()
+    local dir = tmpdir()
+    local store = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
+    -- the delegate's side: a backend of its own over the same L1 and L2 (layer2.resty's pool thread)
+    local direct = assert(layer2.open(dir, { l2 = store, nosync = true, log = quiet }))
+    local l2, reads = wrapped_l2(store), 0
+    for _, m in ipairs({ "query_events", "count_events" }) do
+      local pass = l2[m]
+      l2[m] = function(...)
+        reads = reads + 1
+        return pass(...)
+      end
+    end
+    local delegated = {}
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, delegate = function(method, ...)
+      delegated[#delegated + 1] = method
+      return direct[method](direct, ...)
+    end }))
+    assert.equal(getmetatable(direct), getmetatable(db))
+    assert.has_error(function() db.query_events = function() end end,
+      "layer2: query_events is a method of the store and cannot be replaced")
+    db.observe_gc = quiet -- the Lua side's fields are the handle's own
+    assert.equal(quiet, db.observe_gc)
+    assert.is_nil(direct.observe_gc)
+    local g = gen.new({ seed = 7, authors = 5, count = 20 })
+    local evs = {}
+    for i = 1, 10 do
+      evs[i] = g:next()
+      assert(db:save_event(evs[i], { now = NOW }))
+    end
+    -- what L1 holds by id: answered here
+    local got, levels = db:query_events({ ids = { evs[1].id } }, { now = NOW })
+    assert.same({ evs[1].id, 1 }, { got[1].id, levels.l1 })
+    assert.same({}, delegated)
+    -- what only L2 holds: the delegate's answer, the same as the direct backend's
+    assert.equal(1, db.l1:evict({ evs[2].id }))
+    got = db:query_events({ ids = { evs[2].id } }, { now = NOW })
+    assert.same({ evs[2].id }, ids(got))
+    db.l1:evict({ evs[2].id }) -- the delegate's read may have brought it back into L1
+    local f = { authors = { evs[2].pubkey } } -- the evicted one among them
+    local answer = ids(db:query_events(f, { now = NOW }))
+    assert.same(ids(direct:query_events(f, { now = NOW })), answer)
+    assert.equal(direct:count_events(f, { now = NOW }), db:count_events(f, { now = NOW }))
+    assert.same({ "query_events", "query_events", "count_events" }, delegated)
+    -- L2's figures asked from Lua; the core never read L2 itself
+    assert.equal(10, db:stats().l2.events)
+    assert.equal(0, reads)
+    db:close()
+    assert.has_error(function() db:count_events(f) end, "layer2: attempt to use a closed store")
+    assert.has_error(function() db:query_events(f) end, "layer2: attempt to use a closed store")
+    direct:close()
+    store:close()
+    assert.has_error(function() layer2.open(dir, { delegate = 5 }) end,
+      "layer2.open: delegate must be a function(method, ...)")
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
   it("refuses bad options and a bad L2 clearly", function()
     assert.has_error(function() layer2.open(5) end, "layer2.open: a directory path expected")
     assert.has_error(function() layer2.open("/tmp/x", { l1 = { size_limit = 10 } }) end,

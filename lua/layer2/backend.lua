@@ -1,8 +1,9 @@
 -- The two-level store's Lua side. `layer2.open` returns a C userdata (csrc/lua_backend.c over
--- csrc/backend*.c) whose methods are all C. This file opens it, with its options, and completes
--- its class with what the design keeps in Lua: the eviction policy's call (policies are Lua),
--- which the C core makes through the hooks table. Fields the Lua side keeps (policy, log) live in
--- the handle's state table, where db.x looks first. See docs/DESIGN.md §3.
+-- csrc/backend*.c), one class whose store methods are C. This file opens it, with its options, and
+-- completes the class with what the design keeps in Lua: the eviction policy's call (policies are
+-- Lua), which the C core makes through the hooks table, the polling wait, and the reads of a
+-- delegating handle. Fields the Lua side keeps (policy, log, l1, l2) live in the handle's state
+-- table, where db.x looks after the methods. See docs/DESIGN.md §3.
 local core = require("layer2.core")
 local policies = require("layer2.policy")
 
@@ -11,6 +12,7 @@ local private = core.backend_private
 local DEFAULTS = private.defaults
 local backend = {}
 local Backend = private.methods
+local Delegating = private.delegating
 
 local STORE_METHODS = { "save_event", "query_events", "count_events", "delete_event", "import", "export", "nuke",
   "sync", "path", "close" }
@@ -81,6 +83,9 @@ function backend.open(path, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("layer2.open: opts must be a table", 2) end
   local l1opts = opts.l1 or {}
+  if opts.delegate ~= nil and type(opts.delegate) ~= "function" then
+    error("layer2.open: delegate must be a function(method, ...)", 2)
+  end
   local limit = l1opts.size_limit
   local high, low = l1opts.high_water or DEFAULTS.high_water, l1opts.low_water or DEFAULTS.low_water
   if limit ~= nil and (type(limit) ~= "number" or limit < 256 * 1024) then
@@ -104,6 +109,7 @@ function backend.open(path, opts)
     default_policy = require("layer2.policy.lru"),
     hooks = hooks(),
     log = opts.log or function(msg) io.stderr:write("layer2: ", msg, "\n") end,
+    delegate = opts.delegate,
   }
   local max_limit = opts.max_limit or DEFAULTS.max_limit
   local l1, l2, own_l2 = open_stores(path, opts, limit, max_limit)
@@ -113,7 +119,8 @@ function backend.open(path, opts)
     missing_ttl = l1opts.missing_ttl, answers_ttl = l1opts.answers == false and 0 or l1opts.answers_ttl,
     answers_max_ids = l1opts.answers_max_ids, evict_delete = l1opts.evict == "delete", stub_share = l1opts.stub_share,
     changes_kept = l1opts.changes_kept, by_created = st.policy.order == "created_at",
-    poll_frequency = opts.poll_frequency, poll_overlap = opts.poll_overlap, future_limit = future }, st.hooks, st)
+    poll_frequency = opts.poll_frequency, poll_overlap = opts.poll_overlap, future_limit = future,
+    delegating = opts.delegate ~= nil }, st.hooks, st)
   if not self then
     l1:close()
     if own_l2 then l2:close() end
@@ -144,6 +151,34 @@ function Backend:poll_wait(seconds)
   local waited = self.notify and l2 and type(l2.wait) == "function" and pcall(l2.wait, l2, seconds)
   if not waited then core.sleep(seconds) end
   return self:poll()
+end
+
+-- ---- a delegating handle's reads ----
+-- opts.delegate(method, ...) runs a method of this backend elsewhere and returns its results: in
+-- OpenResty, a backend of the thread pool's own over the same L1 (layer2.resty). A host gives it
+-- when its L2 is reached by calls that yield, which no C function can wait for under LuaJIT: the
+-- core's methods then never call L2 from a read, and these take their place in the class.
+
+local query_l1, stats_here = private.query_l1, Backend.stats
+
+-- what L1 proves alone is answered here, the rest where L2 can be waited for
+function Delegating:query_events(filters, qopts)
+  local res, levels = query_l1(self, filters, qopts)
+  if res ~= false then return res, levels end
+  return self.delegate("query_events", filters, qopts)
+end
+
+function Delegating:count_events(filters, copts)
+  if self:is_closed() then error("layer2: attempt to use a closed store", 2) end
+  return self.delegate("count_events", filters, copts)
+end
+
+-- this handle's figures, and L2's asked from Lua (a call that may yield)
+function Delegating:stats()
+  local st = stats_here(self)
+  local ok, l2 = pcall(self.l2.stats, self.l2)
+  st.l2 = ok and l2 or nil
+  return st
 end
 
 -- ---- eviction ----

@@ -100,35 +100,20 @@ function resty.init_worker(path, opts)
     return open(path, o, opts)
   end
   -- The C core reaches L2 from C, and a call into the thread pool yields, which LuaJIT cannot do
-  -- across C: what L1 proves alone is answered here; a read that needs L2, every batch of saves,
-  -- eviction (which drains the outbox) and polling run whole in the pool, on a backend of the
-  -- thread's own (same L1, same learned state).
+  -- across C: the backend delegates (its `delegate` option). What L1 proves alone is answered
+  -- here; a read that needs L2, every batch of saves, eviction (which drains the outbox) and
+  -- polling run whole in the pool, on a backend of the thread's own (same L1, same learned state).
   local in_pool = require("layer2.resty_pool").backend(path, opts, opts.thread_pool)
   state.in_pool = in_pool
-  local query_l1 = require("layer2.core").backend_private.query_l1
   o.l2 = require("layer2.resty_pool").l2(o.l2, opts.thread_pool)
+  o.delegate = in_pool
   ngx.timer.at(0, function(premature)
     if premature then return end
     -- the pool's backend opens first: a new L1 learns L2's newest event there (from C, which
     -- cannot reach L2 in this worker)
     local opened, e = pcall(in_pool, "path")
     if not opened then log("the thread pool's backend did not open: " .. tostring(e)) end
-    local db = open(path, o, opts)
-    if not db then return end
-    db.query_events = function(self, filters, qopts)
-      local res, levels = query_l1(self, filters, qopts)
-      if res ~= false then return res, levels end
-      return in_pool("query_events", filters, qopts)
-    end
-    db.count_events = function(_, filters, copts) return in_pool("count_events", filters, copts) end
-    -- this worker's figures, and L2's asked from here (a Lua call, so it may yield)
-    local stats = db.stats
-    db.stats = function(self)
-      local st = stats(self)
-      local ok, l2 = pcall(self.l2.stats, self.l2)
-      st.l2 = ok and l2 or nil
-      return st
-    end
+    open(path, o, opts)
   end)
   return true
 end
