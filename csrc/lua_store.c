@@ -1,6 +1,7 @@
 /* The binding of the store interface (storeif.h): one userdata layout and one set of methods for
- * every store (lua_lmdb.c and lua_pg.c open theirs and add what only they have), the import
- * driver (sources, batches, threaded verification, counts, callbacks) and export sinks. Options
+ * every store (lua_lmdb.c and lua_pg.c open theirs and add what only they have), an import's
+ * source and callbacks from Lua (the driver is import.c), a list of events from Lua, and export
+ * sinks. Options
  * and a REQ's filters are read by lua_args.c. */
 #include <errno.h>
 #include <stdio.h>
@@ -9,59 +10,110 @@
 #include <time.h>
 
 #include "batch.h"
+#include "import.h"
 #include "json.h"
-#include "killpoint.h"
 #include "lua_layer2.h"
 #include "lua_store.h"
 
-#define IMPORT_MT "layer2.import"
+#define LIST_MT "layer2.event_list"
 #define SINK_MT "layer2.sink"
 
-/* ---- import ---- */
+/* ---- import: the source and the callbacks from Lua (the driver is import.c) ---- */
 
+/* What the driver's callbacks (import.h) reach: the source, the Lua callbacks and where an error
+ * waits. Every call into Lua is protected (call_lua), so that no error jumps through the driver:
+ * an error ends the import, which l2lua_import raises once the store has done its part. */
 typedef struct {
-    l2_batch_item *items;
-    size_t cap;
-    l2_event **evs;
-    l2_save_result *res;
-    l2_verdict *verdicts;
-    l2_buf lines;
-    /* import checks the next batch (its items and lines) while it saves this one */
-    l2_batch_item *next_items;
-    l2_buf next_lines;
-    l2_batch_job job;
-    int err_idx, source_failed; /* where a failed source's error waits, and whether it did */
-    char *line;
+    lua_State *L;
+    FILE *f;       /* a file source, or */
+    int source;    /* or a function (in keep) */
+    int on_refused, progress; /* whether there are these callbacks (in keep) */
+    int keep;      /* index of a table: the source's last line, a waiting error, the functions */
+    int call;      /* index of call_lua */
+    int failed;    /* an error waits in keep[2] */
+    char *line;    /* a file source's line buffer */
     size_t line_cap;
-    FILE *owned;
-} import_state;
+    /* one call's arguments and its line */
+    int what;
+    uint64_t n1, n2;
+    const char *msg;
+    const char *p;
+    size_t n;
+} lua_source;
 
-static int import_gc(lua_State *L)
+enum { CALL_SOURCE, CALL_REFUSED, CALL_PROGRESS };
+enum { KEEP_LINE = 1, KEEP_ERROR, KEEP_SOURCE, KEEP_REFUSED, KEEP_PROGRESS };
+
+/* call_lua(src, keep): the call src->what asks for, run under lua_pcall by call_back. */
+static int call_lua(lua_State *L)
 {
-    import_state *im = luaL_checkudata(L, 1, IMPORT_MT);
-    l2_batch_wait(&im->job); /* its threads write into the items */
-    for (size_t i = 0; i < im->cap; i++) {
-        l2_event_free(&im->items[i].ev);
-        if (im->next_items) l2_event_free(&im->next_items[i].ev);
+    lua_source *src = lua_touserdata(L, 1);
+    if (src->what == CALL_SOURCE) {
+        lua_rawgeti(L, 2, KEEP_SOURCE);
+        lua_call(L, 0, 1);
+        if (lua_isnil(L, -1)) {
+            src->p = NULL;
+            return 0;
+        }
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "layer2: the import source returned a %s, not a line", luaL_typename(L, -1));
+        src->p = lua_tolstring(L, -1, &src->n);
+        lua_rawseti(L, 2, KEEP_LINE); /* referenced until the next line */
+        return 0;
     }
-    free(im->items);
-    free(im->next_items);
-    im->next_items = NULL;
-    free(im->evs);
-    free(im->res);
-    free(im->verdicts);
-    im->verdicts = NULL;
-    im->items = NULL;
-    im->evs = NULL;
-    im->res = NULL;
-    im->cap = 0;
-    l2_buf_free(&im->lines);
-    l2_buf_free(&im->next_lines);
-    free(im->line);
-    im->line = NULL;
-    if (im->owned) fclose(im->owned);
-    im->owned = NULL;
+    lua_rawgeti(L, 2, src->what == CALL_REFUSED ? KEEP_REFUSED : KEEP_PROGRESS);
+    lua_pushinteger(L, (lua_Integer)src->n1);
+    if (src->what == CALL_REFUSED) lua_pushstring(L, src->msg);
+    else lua_pushinteger(L, (lua_Integer)src->n2);
+    lua_call(L, 2, 0);
     return 0;
+}
+
+/* Runs call_lua for src->what: 0, or 1 with the error kept (it ends the import). */
+static int call_back(lua_source *src)
+{
+    lua_State *L = src->L;
+    lua_pushvalue(L, src->call);
+    lua_pushlightuserdata(L, src);
+    lua_pushvalue(L, src->keep);
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK) return 0;
+    lua_rawseti(L, src->keep, KEEP_ERROR);
+    src->failed = 1;
+    return 1;
+}
+
+static int source_line(void *ud, const char **p, size_t *n)
+{
+    lua_source *src = ud;
+    if (src->f) {
+        ssize_t r = getline(&src->line, &src->line_cap, src->f);
+        *p = src->line;
+        *n = r < 0 ? 0 : (size_t)r;
+        return r >= 0;
+    }
+    src->what = CALL_SOURCE;
+    if (call_back(src) || !src->p) return 0; /* a failed source ends the reading */
+    *p = src->p;
+    *n = src->n;
+    return 1;
+}
+
+static int tell_refused(void *ud, uint64_t line, const char *msg)
+{
+    lua_source *src = ud;
+    src->what = CALL_REFUSED;
+    src->n1 = line;
+    src->msg = msg;
+    return call_back(src);
+}
+
+static int tell_progress(void *ud, uint64_t lines, uint64_t bytes)
+{
+    lua_source *src = ud;
+    src->what = CALL_PROGRESS;
+    src->n1 = lines;
+    src->n2 = bytes;
+    return call_back(src);
 }
 
 /* The FILE* of an io library handle (5.4's luaL_Stream and LuaJIT's both start with it). */
@@ -72,185 +124,52 @@ static FILE *check_file(lua_State *L, int idx)
     return *fp;
 }
 
-/* A source function that raised or returned a wrong value ends the reading; its error (on top)
- * waits at im->err_idx until what was read before is saved. */
-static int source_failed(lua_State *L, import_state *im)
+/* The source at 2 and the options at 3 into src and o; the keeper table and call_lua pushed.
+ * -1 with err when the path cannot be opened (src->f is then the caller's to close otherwise:
+ * a path's file is opened here). */
+static int read_import_args(lua_State *L, lua_source *src, l2_import_opts *o, int *owned, char *err)
 {
-    lua_replace(L, im->err_idx);
-    im->source_failed = 1;
-    return 0;
-}
-
-/* Next line of the source into im->lines (offset in *off, length in *len); 0 at the end (or when
- * the source failed). */
-static int next_line(lua_State *L, import_state *im, FILE *f, int fn_idx, size_t *off, size_t *len)
-{
-    const char *p;
-    size_t n;
-    if (f) {
-        ssize_t r = getline(&im->line, &im->line_cap, f);
-        if (r < 0) return 0;
-        p = im->line;
-        n = (size_t)r;
-    } else {
-        lua_pushvalue(L, fn_idx);
-        if (lua_pcall(L, 0, 1, 0) != LUA_OK) return source_failed(L, im);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            return 0;
-        }
-        if (lua_type(L, -1) != LUA_TSTRING) {
-            lua_pushfstring(L, "layer2: the import source returned a %s, not a line", luaL_typename(L, -1));
-            lua_remove(L, -2);
-            return source_failed(L, im);
-        }
-        p = lua_tolstring(L, -1, &n);
+    memset(src, 0, sizeof *src);
+    src->L = L;
+    o->verify = l2lua_opt_bool(L, 3, "verify", 1);
+    int64_t batch = l2lua_opt_int(L, 3, "batch", 4096);
+    o->batch = batch < 1 ? 1 : (size_t)batch;
+    o->threads = (int)l2lua_opt_int(L, 3, "threads", 2);
+    o->now = l2lua_opt_now(L, 3);
+    if (lua_type(L, 2) == LUA_TFUNCTION) src->source = 1;
+    else if (lua_type(L, 2) != LUA_TSTRING) src->f = check_file(L, 2);
+    /* the slots exist before the import: filling them allocates nothing */
+    lua_createtable(L, KEEP_PROGRESS, 0);
+    src->keep = lua_gettop(L);
+    for (int k = KEEP_LINE; k <= KEEP_PROGRESS; k++) {
+        lua_pushboolean(L, 0);
+        lua_rawseti(L, src->keep, k);
     }
-    while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) n--;
-    *off = im->lines.len;
-    *len = n;
-    if (l2_buf_put(&im->lines, p, n)) return luaL_error(L, "layer2: out of memory");
-    if (!f) lua_pop(L, 1);
-    return 1;
-}
-
-static void call_refused(lua_State *L, int fn, uint64_t line, const char *msg)
-{
-    if (!fn) return;
-    lua_pushvalue(L, fn);
-    lua_pushinteger(L, (lua_Integer)line);
-    lua_pushstring(L, msg);
-    lua_call(L, 2, 0);
-}
-
-static int is_blank(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != ' ' && p[i] != '\t') return 0;
-    return 1;
-}
-
-typedef struct {
-    const l2_store_if *vt;
-    void *st;
-    const l2_limits *lim;
-    int flags;
-    int64_t *newest;
-    char *err;
-} import_ctx;
-
-/* Reads up to `batch` lines (blank ones skipped) into im->items and im->lines; sets *done at the
- * end of the source. Returns the number of items. */
-static size_t read_batch(lua_State *L, import_state *im, FILE *f, int fn_idx, size_t batch, uint64_t *lineno,
-                         uint64_t *bytes, int *done)
-{
-    size_t n = 0;
-    im->lines.len = 0;
-    while (n < batch) {
-        size_t off = 0, len = 0;
-        if (!next_line(L, im, f, fn_idx, &off, &len)) {
-            *done = 1;
-            break;
-        }
-        ++*lineno;
-        *bytes += len + 1;
-        if (is_blank(im->lines.data + off, len)) continue;
-        im->items[n].json = (const char *)(uintptr_t)off; /* an offset until the buffer stops moving */
-        im->items[n].len = len;
-        im->items[n].line = *lineno;
-        n++;
+    if (src->source) {
+        lua_pushvalue(L, 2);
+        lua_rawseti(L, src->keep, KEEP_SOURCE);
     }
-    for (size_t i = 0; i < n; i++) im->items[i].json = im->lines.data + (uintptr_t)im->items[i].json;
-    return n;
-}
-
-/* Makes the next batch the current one. */
-static void swap_batches(import_state *im)
-{
-    l2_batch_item *items = im->items;
-    l2_buf lines = im->lines;
-    im->items = im->next_items;
-    im->lines = im->next_lines;
-    im->next_items = items;
-    im->next_lines = lines;
-}
-
-/* The batches of an import (l2lua_import's work): its arguments are the store's method's (1: the
- * store, 2: the source, 3: opts). Without a store (ctx->vt NULL: a dry run) the lines are read and
- * checked the same way, and the valid ones counted. */
-enum { C_SAVED, C_DUP, C_REPLACED, C_INVALID, C_DELETED, C_BLOCKED, C_EPHEMERAL, C_LINES, C_COUNT };
-
-/* The import's state userdata (pushed), with the source at 2 opened: *f a file, or *fn_idx a
- * function's index. -1 with err when the path cannot be opened. */
-static import_state *import_begin(lua_State *L, size_t batch, FILE **f, int *fn_idx, char *err)
-{
-    import_state *im = lua_newuserdatauv(L, sizeof *im, 0);
-    memset(im, 0, sizeof *im);
-    l2_buf_init(&im->lines);
-    l2_buf_init(&im->next_lines);
-    luaL_setmetatable(L, IMPORT_MT);
-    lua_pushnil(L);
-    im->err_idx = lua_gettop(L);
-    *f = NULL;
-    *fn_idx = 0;
+    static const char *callbacks[] = {"on_refused", "progress"};
+    for (int i = 0; i < 2; i++) {
+        int at = l2lua_opt_function(L, 3, callbacks[i]);
+        if (!at) continue;
+        *(i ? &src->progress : &src->on_refused) = 1;
+        lua_pushvalue(L, at);
+        lua_rawseti(L, src->keep, KEEP_REFUSED + i);
+    }
+    lua_pushcfunction(L, call_lua);
+    src->call = lua_gettop(L);
+    luaL_checkstack(L, 8, "layer2");
+    *owned = 0;
     if (lua_type(L, 2) == LUA_TSTRING) {
         const char *path = lua_tostring(L, 2);
-        if (!(*f = im->owned = fopen(path, "r"))) {
+        if (!(src->f = fopen(path, "r"))) {
             snprintf(err, L2_ERRLEN, "error: cannot open '%s': %s", path, strerror(errno));
-            return NULL;
+            return -1;
         }
-    } else if (lua_type(L, 2) == LUA_TFUNCTION) {
-        *fn_idx = 2;
-    } else {
-        *f = check_file(L, 2);
+        *owned = 1;
     }
-    /* everything lives in the state userdata: a Lua error in a callback (Ctrl-C) frees it all */
-    im->items = calloc(batch, sizeof *im->items);
-    im->next_items = calloc(batch, sizeof *im->next_items);
-    im->evs = malloc(batch * sizeof *im->evs);
-    im->res = malloc(batch * sizeof *im->res);
-    if (!im->items || !im->next_items || !im->evs || !im->res) luaL_error(L, "layer2: out of memory");
-    im->cap = batch;
-    for (size_t i = 0; i < batch; i++) {
-        l2_event_init(&im->items[i].ev);
-        l2_event_init(&im->next_items[i].ev);
-    }
-    return im;
-}
-
-/* Counts the verdicts of a saved (or, without a store, checked) batch of n lines, calling
- * on_refused for each refused line; *newest gets the newest created_at stored. */
-static void tally_batch(lua_State *L, import_state *im, size_t n, const import_ctx *ctx, int on_refused,
-                        uint64_t *counts)
-{
-    size_t k = 0;
-    counts[C_LINES] += n;
-    for (size_t i = 0; i < n; i++) {
-        l2_batch_item *it = &im->items[i];
-        if (!it->ok) {
-            counts[C_INVALID]++;
-            call_refused(L, on_refused, it->line, it->err);
-            continue;
-        }
-        if (!ctx->vt) {
-            counts[C_SAVED]++; /* valid */
-            continue;
-        }
-        l2_save_result *r = &im->res[k++];
-        counts[C_REPLACED] += r->replaced;
-        counts[C_DELETED] += r->deleted;
-        if (r->status == L2_SAVE_STORED && it->ev.created_at > *ctx->newest) *ctx->newest = it->ev.created_at;
-        switch (r->status) {
-        case L2_SAVE_STORED: counts[C_SAVED]++; break;
-        case L2_SAVE_EPHEMERAL: counts[C_EPHEMERAL]++; break;
-        case L2_SAVE_DUPLICATE:
-        case L2_SAVE_OLDER: counts[C_DUP]++; break;
-        case L2_SAVE_DELETED: counts[C_BLOCKED]++; break;
-        default: counts[C_INVALID]++;
-        }
-        if (r->status != L2_SAVE_STORED && r->status != L2_SAVE_EPHEMERAL)
-            call_refused(L, on_refused, it->line, l2_save_result_message(r));
-    }
+    return 0;
 }
 
 /* Pushes the counts: {saved, duplicate, replaced, invalid, deleted, blocked, ephemeral, lines}, or
@@ -258,111 +177,84 @@ static void tally_batch(lua_State *L, import_state *im, size_t n, const import_c
 static void push_counts(lua_State *L, const uint64_t *counts, int with_store)
 {
     static const char *names[] = {"saved", "duplicate", "replaced", "invalid", "deleted", "blocked", "ephemeral", "lines"};
-    lua_createtable(L, 0, C_COUNT);
-    for (int i = 0; i < C_COUNT; i++) {
-        if (!with_store && i != C_INVALID && i != C_LINES && i != C_SAVED) continue;
+    lua_createtable(L, 0, L2_IMPORT_NCOUNTS);
+    for (int i = 0; i < L2_IMPORT_NCOUNTS; i++) {
+        if (!with_store && i != L2_IMPORT_INVALID && i != L2_IMPORT_LINES && i != L2_IMPORT_SAVED) continue;
         lua_pushinteger(L, (lua_Integer)counts[i]);
-        lua_setfield(L, -2, with_store || i != C_SAVED ? names[i] : "valid");
+        lua_setfield(L, -2, with_store || i != L2_IMPORT_SAVED ? names[i] : "valid");
     }
 }
 
-static int run_batches(lua_State *L, const import_ctx *ctx)
+/* The import of the source at 2 with the options at 3 into vt/st (NULL: a dry run). Pushes the
+ * counts (1), or nil and the message (2); -1 with a callback's or the source's error on the stack,
+ * after what was read before it was saved. */
+static int run_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags,
+                      int64_t *newest, char *err)
 {
-    int verify = l2lua_opt_bool(L, 3, "verify", 1);
-    size_t batch = (size_t)l2lua_opt_int(L, 3, "batch", 4096);
-    int threads = (int)l2lua_opt_int(L, 3, "threads", 2);
-    int64_t now = l2lua_opt_now(L, 3);
-    if (batch < 1) batch = 1;
-    int on_refused = l2lua_opt_function(L, 3, "on_refused");
-    int progress = l2lua_opt_function(L, 3, "progress");
-    FILE *f;
-    int fn_idx;
-    import_state *im = import_begin(L, batch, &f, &fn_idx, ctx->err);
-    if (!im) return l2lua_refuse(L, 0, ctx->err);
-    int im_idx = im->err_idx - 1;
-    uint64_t lineno = 0, bytes = 0, counts[C_COUNT] = {0};
-    int done = 0, failed = 0;
-    size_t n = read_batch(L, im, f, fn_idx, batch, &lineno, &bytes, &done);
-    l2_batch_check(im->items, n, threads, verify, ctx->lim);
-    while (n) {
-        /* what this batch reports: the lines and bytes read up to its end */
-        uint64_t batch_lines = lineno, batch_bytes = bytes;
-        /* the next batch is read here (a Lua source is called: nothing runs beside it), then checked
-         * on the threads while this one is saved; no Lua runs until they are done */
-        size_t next = 0;
-        if (!done) {
-            swap_batches(im);
-            next = read_batch(L, im, f, fn_idx, batch, &lineno, &bytes, &done);
-            swap_batches(im);
-            l2_batch_start(&im->job, im->next_items, next, threads, verify, ctx->lim);
-        }
-        size_t nok = 0;
-        for (size_t i = 0; i < n; i++)
-            if (im->items[i].ok) im->evs[nok++] = &im->items[i].ev;
-        failed = nok && ctx->vt && ctx->vt->save_batch(ctx->st, im->evs, nok, now, ctx->flags, im->res, ctx->err);
-        l2_batch_wait(&im->job);
-        if (failed) break;
-        if (nok && ctx->vt) l2_killpoint("import:batch");
-        tally_batch(L, im, n, ctx, on_refused, counts);
-        if (progress) {
-            lua_pushvalue(L, progress);
-            lua_pushinteger(L, (lua_Integer)batch_lines);
-            lua_pushinteger(L, (lua_Integer)batch_bytes);
-            lua_call(L, 2, 0);
-        }
-        swap_batches(im);
-        n = next;
+    lua_source src;
+    l2_import_opts o = {.flags = flags};
+    int owned;
+    *newest = -1;
+    if (read_import_args(L, &src, &o, &owned, err)) return l2lua_refuse(L, 0, err);
+    l2_import_io io = {source_line, src.on_refused ? tell_refused : NULL, src.progress ? tell_progress : NULL, &src};
+    uint64_t counts[L2_IMPORT_NCOUNTS];
+    int rc = l2_import_run(vt, st, lim, &o, &io, counts, newest, err);
+    free(src.line);
+    if (owned) fclose(src.f);
+    if (src.failed) {
+        lua_rawgeti(L, src.keep, KEEP_ERROR);
+        return -1;
     }
-    lua_pushcfunction(L, import_gc);
-    lua_pushvalue(L, im_idx);
-    lua_call(L, 1, 0);
-    if (failed) return l2lua_refuse(L, 0, ctx->err);
-    if (im->source_failed) {
-        lua_pushvalue(L, im->err_idx);
-        return lua_error(L);
-    }
-    push_counts(L, counts, ctx->vt != NULL);
+    if (rc) return l2lua_refuse(L, 0, err);
+    push_counts(L, counts, vt != NULL);
     return 1;
-}
-
-static int import_batches(lua_State *L)
-{
-    return run_batches(L, lua_touserdata(L, lua_upvalueindex(1)));
 }
 
 int l2lua_check_lines(lua_State *L, const l2_limits *lim)
 {
     char err[L2_ERRLEN];
     int64_t newest;
-    import_ctx ctx = {NULL, NULL, lim, 0, &newest, err};
     lua_settop(L, 2);
     lua_pushnil(L); /* where an import has its store */
     lua_insert(L, 1);
-    return run_batches(L, &ctx);
+    int n = run_import(L, NULL, NULL, lim, 0, &newest, err);
+    return n < 0 ? lua_error(L) : n;
 }
 
 int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags, int64_t *newest,
                  char *err)
 {
-    import_ctx ctx = {vt, st, lim, flags | L2_SAVE_IMPORT, newest, err};
-    *newest = -1;
-    int base = lua_gettop(L);
-    lua_pushlightuserdata(L, &ctx);
-    lua_pushcclosure(L, import_batches, 1);
-    for (int i = 1; i <= 3; i++) lua_pushvalue(L, i);
-    /* a Lua error in a callback (Ctrl-C above all) still ends the import as the store needs:
-     * the batches saved before it get their indexes */
-    int raised = lua_pcall(L, 3, LUA_MULTRET, 0) != LUA_OK;
+    int n = run_import(L, vt, st, lim, flags, newest, err);
+    /* also after a callback's error (Ctrl-C above all): the batches saved before it get their
+     * indexes */
     char after_err[L2_ERRLEN];
-    if (vt->after_import && vt->after_import(st, after_err) && !raised) {
-        lua_settop(L, base);
+    if (vt->after_import && vt->after_import(st, after_err) && n >= 0) {
+        lua_pop(L, n);
         memcpy(err, after_err, L2_ERRLEN);
         return l2lua_refuse(L, 0, err);
     }
-    return raised ? -1 : lua_gettop(L) - base;
+    return n;
 }
 
 /* ---- a batch of events from Lua ---- */
+
+typedef struct {
+    l2_batch_item *items;
+    size_t cap;
+    l2_event **evs;
+    l2_verdict *verdicts;
+} list_state;
+
+static int list_gc(lua_State *L)
+{
+    list_state *im = luaL_checkudata(L, 1, LIST_MT);
+    for (size_t i = 0; i < im->cap; i++) l2_event_free(&im->items[i].ev);
+    free(im->items);
+    free(im->evs);
+    free(im->verdicts);
+    memset(im, 0, sizeof *im);
+    return 0;
+}
 
 /* Reads a list of events at list_idx (tables or wire JSON) with the options at opts_idx (verify,
  * threads, now), parses and verifies them (several threads past a few dozen signatures) and hands
@@ -382,10 +274,9 @@ int l2lua_save_list(lua_State *L, int list_idx, int opts_idx, const l2_limits *l
         return l2lua_refuse(L, 0, err);
     }
     /* the items live in a userdata: a Lua error on the way frees them */
-    import_state *im = lua_newuserdatauv(L, sizeof *im, 0);
+    list_state *im = lua_newuserdatauv(L, sizeof *im, 0);
     memset(im, 0, sizeof *im);
-    l2_buf_init(&im->lines);
-    luaL_setmetatable(L, IMPORT_MT);
+    luaL_setmetatable(L, LIST_MT);
     int im_idx = lua_gettop(L);
     size_t cap = n ? n : 1;
     im->items = calloc(cap, sizeof *im->items);
@@ -427,7 +318,7 @@ int l2lua_save_list(lua_State *L, int list_idx, int opts_idx, const l2_limits *l
             lua_rawseti(L, -2, (int)i + 1);
         }
     }
-    lua_pushcfunction(L, import_gc);
+    lua_pushcfunction(L, list_gc);
     lua_pushvalue(L, im_idx);
     lua_call(L, 1, 0);
     if (failed) return l2lua_refuse(L, 0, err);
@@ -979,8 +870,8 @@ void l2lua_store_class(lua_State *L, const char *mt, const luaL_Reg *extra)
 
 void l2lua_open_store_common(lua_State *L)
 {
-    if (luaL_newmetatable(L, IMPORT_MT)) {
-        lua_pushcfunction(L, import_gc);
+    if (luaL_newmetatable(L, LIST_MT)) {
+        lua_pushcfunction(L, list_gc);
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);

@@ -1,5 +1,5 @@
 /* Any store (storeif.h) as a Lua userdata (lua_store.c): the class every store binding builds on,
- * and the batch and import work of save_events and import. */
+ * save_events' list of events, and import's source and callbacks (the driver is import.h). */
 #ifndef L2_LUA_STORE_H
 #define L2_LUA_STORE_H
 
@@ -35,8 +35,8 @@ int l2lua_save_list(lua_State *L, int list_idx, int opts_idx, const l2_limits *l
                     char *err);
 /* store:import's work for any store: the source at 2 (a path, an io handle or a function returning
  * lines), opts at 3 (verify, batch, threads, now, on_refused(line, msg), progress(lines, bytes));
- * each batch of checked events is saved in one call of vt->save_batch (flag L2_SAVE_IMPORT), then
- * vt->after_import runs, also when a callback raised. Pushes the counts, or nil and the message,
+ * l2_import_run saves each batch of checked events in one call of vt->save_batch (flag
+ * L2_SAVE_IMPORT), then vt->after_import runs, also when a callback raised. Pushes the counts, or nil and the message,
  * and returns their number; or returns -1 with the callback's error on the stack, for the caller
  * to raise once it has done its part. *newest gets the newest created_at stored (-1 for none). */
 int l2lua_import(lua_State *L, const l2_store_if *vt, void *st, const l2_limits *lim, int flags, int64_t *newest,

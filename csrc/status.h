@@ -9,6 +9,7 @@ enum {
     L2_FAILED = -1,  /* the store could not do it ("error: ..."): another level may answer */
     L2_REFUSED = -2, /* the request is refused ("invalid: ...", "unsupported: ..."): that is the answer */
     L2_FULL = -3,    /* a fixed-size store is full: eviction may make room */
+    L2_STOPPED = -4, /* a caller's callback stopped it (the caller knows why; err is not set) */
 };
 
 #endif

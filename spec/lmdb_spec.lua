@@ -469,6 +469,21 @@ describe("lmdb store", function()
     assert.matches("the import source returned a table, not a line", err, 1, true)
     assert.equal(11 - 2, db:count_events({}))
     assert.is_true(db:check())
+    -- a callback that raises stops the import at once: what was saved before stays, indexed
+    fresh()
+    ok, err = pcall(db.import, db, source(51, function() return nil end), { batch = 7,
+      progress = function(n) if n == 14 then error("enough at " .. n) end end })
+    assert.is_false(ok)
+    assert.matches("enough at 14", err)
+    assert.equal(14 - 2, db:count_events({}))
+    assert.is_true(db:check())
+    fresh()
+    ok, err = pcall(db.import, db, source(51, function() return nil end), { batch = 7,
+      on_refused = function(line) error("refused line " .. line) end })
+    assert.is_false(ok)
+    assert.matches("refused line 5", err)
+    assert.equal(7 - 1, db:count_events({}))
+    assert.is_true(db:check())
   end)
 
   it("import without verification takes trusted dumps as they are", function()
