@@ -1,6 +1,7 @@
 /* Argument reading and result pushing shared by every binding file: events and filters from Lua
  * tables or JSON, option tables, refusals. It calls no other binding file. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -74,6 +75,69 @@ int l2lua_opt_function(lua_State *L, int opts, const char *name)
     if (lua_isfunction(L, -1)) return lua_gettop(L);
     lua_pop(L, 1);
     return 0;
+}
+
+/* The edit distance of a and b (both short: names of options); a large number past 32 bytes. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b), row[33];
+    if (na > 32 || nb > 32) return SIZE_MAX;
+    for (size_t j = 0; j <= nb; j++) row[j] = j;
+    for (size_t i = 1; i <= na; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= nb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[nb];
+}
+
+int l2lua_unknown_option(lua_State *L, int opts, const char *where, const char *const *names)
+{
+    if (lua_type(L, opts) != LUA_TTABLE) return 0;
+    opts = lua_absindex(L, opts);
+    lua_pushnil(L);
+    while (lua_next(L, opts)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            lua_pushfstring(L, "%s: an option's name is a string, not a %s", where, luaL_typename(L, -1));
+            lua_remove(L, -2);
+            return 1;
+        }
+        const char *key = lua_tostring(L, -1), *near = NULL;
+        size_t best = SIZE_MAX, i = 0;
+        for (; names[i] && strcmp(names[i], key) != 0; i++) {
+            size_t d = edit_distance(key, names[i]);
+            if (d < best) {
+                best = d;
+                near = names[i];
+            }
+        }
+        if (names[i]) continue;
+        if (near && best <= 1 + strlen(near) / 4)
+            lua_pushfstring(L, "%s: unknown option '%s' (did you mean '%s'?)", where, key, near);
+        else
+            lua_pushfstring(L, "%s: unknown option '%s'", where, key);
+        lua_remove(L, -2);
+        return 1;
+    }
+    return 0;
+}
+
+void l2lua_check_options(lua_State *L, int opts, const char *where, const char *const *names)
+{
+    if (l2lua_unknown_option(L, opts, where, names)) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+        lua_error(L);
+    }
 }
 
 int64_t l2lua_time_arg(lua_State *L, int idx)

@@ -33,6 +33,12 @@ int64_t l2lua_opt_int(lua_State *L, int opts, const char *name, int64_t def);
 int l2lua_opt_bool(lua_State *L, int opts, const char *name, int def);
 int64_t l2lua_opt_now(lua_State *L, int opts);
 int l2lua_opt_function(lua_State *L, int opts, const char *name);
+/* For a key of the table at opts that is not among `names` (NULL-terminated): pushes
+ * "<where>: unknown option 'x'" (with " (did you mean 'y'?)" when a known name is near) and
+ * returns 1; else 0 (also when opts holds no table). A misspelled option is an error, never a
+ * default silently kept: l2lua_check_options raises it (at the caller's line). */
+int l2lua_unknown_option(lua_State *L, int opts, const char *where, const char *const *names);
+void l2lua_check_options(lua_State *L, int opts, const char *where, const char *const *names);
 
 /* An optional time argument (seconds), the current time when absent; raises when malformed. */
 int64_t l2lua_time_arg(lua_State *L, int idx);

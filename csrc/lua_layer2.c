@@ -323,6 +323,28 @@ static int core_sleep(lua_State *L)
     return 0;
 }
 
+/* layer2.core.unknown_option(t, where, names) -> the message for a key of t that is not among the
+ * list `names` (l2lua_unknown_option), or nothing: for the option tables read in Lua, which raise
+ * it at their caller's line. */
+static int core_unknown_option(lua_State *L)
+{
+    const char *where = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    enum { MAX_NAMES = 64 };
+    const char *names[MAX_NAMES + 1];
+    size_t n = lua_rawlen(L, 3);
+    luaL_argcheck(L, n <= MAX_NAMES, 3, "at most 64 names");
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, 3, (int)i + 1);
+        names[i] = lua_tostring(L, -1); /* the list keeps the strings */
+        luaL_argcheck(L, names[i] != NULL, 3, "a list of names");
+        lua_pop(L, 1);
+    }
+    names[n] = NULL;
+    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+    return l2lua_unknown_option(L, 1, where, names);
+}
+
 /* layer2.core.websocket.utf8(s) -> true | nil, position: a websocket text frame's check (RFC
  * 6455 8.1: UTF-8, no surrogates), for the command line tool's websocket client (lua-http does it
  * a code point at a time in Lua; see layer2/cli.lua) */
@@ -440,6 +462,8 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     lua_setfield(L, -2, "monotonic");
     lua_pushcfunction(L, core_sleep);
     lua_setfield(L, -2, "sleep");
+    lua_pushcfunction(L, core_unknown_option);
+    lua_setfield(L, -2, "unknown_option");
     add_lib(L, "testing", testing_funcs);
     lua_getfield(L, -1, "testing");
     l2lua_open_backend_testing(L);

@@ -26,6 +26,9 @@ static int lmdb_open(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
     l2_store_opts o = {0};
+    static const char *const names[] = {"map_size", "fixed_map", "nosync", "nometasync", "cache", "key_prefix",
+                                        "index_memory", "max_limit", "max_filters", NULL};
+    l2lua_check_options(L, 2, "layer2.lmdb.open", names);
     o.map_size = (size_t)l2lua_opt_int(L, 2, "map_size", 0);
     o.fixed_map = l2lua_opt_bool(L, 2, "fixed_map", 0);
     o.nosync = l2lua_opt_bool(L, 2, "nosync", 0);

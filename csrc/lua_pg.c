@@ -23,6 +23,8 @@ static int pg_open(lua_State *L)
 {
     const char *conninfo = luaL_checkstring(L, 1);
     if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+    static const char *const names[] = {"max_limit", "max_filters", NULL};
+    l2lua_check_options(L, 2, "layer2.postgres.open", names);
     l2lua_store *s = l2lua_store_new(L, PG_MT, &l2_pg_store_if, 2);
     l2_pg *pg;
     if (l2_pg_open(&pg, conninfo, s->err)) return l2lua_refuse(L, 0, s->err);

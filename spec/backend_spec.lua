@@ -320,6 +320,19 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
       assert.has_error(function() layer2.open("/tmp/x", { l1 = { stub_share = share } }) end,
         "layer2.open: l1.stub_share is a share of L1's events, from 0 to 1")
     end
+    -- a misspelled option raises and names the nearest known one; so do the stores' and resty's
+    assert.has_error(function() layer2.open("/tmp/x", { l1 = { size_limt = 1024 * 1024 }, policy = "lfu" }) end,
+      "layer2.open: l1: unknown option 'size_limt' (did you mean 'size_limit'?)")
+    assert.has_error(function() layer2.open("/tmp/x", { polcy = "lfu" }) end,
+      "layer2.open: unknown option 'polcy' (did you mean 'policy'?)")
+    assert.has_error(function() layer2.open("/tmp/x", { colour = "red" }) end, "layer2.open: unknown option 'colour'")
+    assert.has_error(function() layer2.open("/tmp/x", { "lfu" }) end,
+      "layer2.open: an option's name is a string, not a number")
+    assert.has_error(function() layer2.open("/tmp/x", { l1 = 5 }) end, "layer2.open: l1 must be a table of options")
+    assert.has_error(function() layer2.lmdb.open("/tmp/x", { nosink = true }) end,
+      "layer2.lmdb.open: unknown option 'nosink' (did you mean 'nosync'?)")
+    assert.has_error(function() layer2.postgres.open("dbname=x", { max_limt = 5 }) end,
+      "layer2.postgres.open: unknown option 'max_limt' (did you mean 'max_limit'?)")
     assert.is_nil(io.open("/tmp/x"), "nothing was made for bad options")
     local dir = tmpdir()
     assert.has_error(function() layer2.open(dir, { l2 = {} }) end, "layer2: opts.l2 has no save_event method")

@@ -14,6 +14,12 @@ local backend = {}
 local Backend = private.methods
 local Delegating = private.delegating
 
+-- the options layer2.open knows (any other name raises: a misspelling is never silently a default)
+backend.OPTIONS = { "l1", "l2", "policy", "log", "nosync", "future_limit", "max_limit", "poll_frequency",
+  "poll_overlap", "notify", "on_event", "delegate" }
+local L1_OPTIONS = { "size_limit", "high_water", "low_water", "stub_share", "history", "admit", "missing_ttl",
+  "answers", "answers_ttl", "answers_max_ids", "evict", "changes_kept", "sync" }
+
 local STORE_METHODS = { "save_event", "query_events", "count_events", "delete_event", "import", "export", "nuke",
   "sync", "path", "close" }
 local PAGE = 4096
@@ -83,6 +89,10 @@ function backend.open(path, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("layer2.open: opts must be a table", 2) end
   local l1opts = opts.l1 or {}
+  if opts.l1 ~= nil and type(opts.l1) ~= "table" then error("layer2.open: l1 must be a table of options", 2) end
+  local unknown = core.unknown_option(opts, "layer2.open", backend.OPTIONS)
+    or core.unknown_option(opts.l1, "layer2.open: l1", L1_OPTIONS)
+  if unknown then error(unknown, 2) end
   if opts.delegate ~= nil and type(opts.delegate) ~= "function" then
     error("layer2.open: delegate must be a function(method, ...)", 2)
   end

@@ -26,6 +26,14 @@ state.in_pool = function(method, ...) return state.db[method](state.db, ...) end
 
 local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 
+-- init_worker's own options (see there), beside layer2.open's
+local RESTY_OPTIONS = { signal_interval = true, tail_interval = true, gc_interval = true, poll_interval = true,
+  thread_pool = true }
+local OPTIONS = {}
+for _, name in ipairs(require("layer2.backend").OPTIONS) do OPTIONS[#OPTIONS + 1] = name end
+for name in pairs(RESTY_OPTIONS) do OPTIONS[#OPTIONS + 1] = name end
+table.sort(OPTIONS)
+
 local function start_timers(db, opts)
   writer.start(function(method, ...) return state.in_pool(method, ...) end)
   feed.start(db, opts.signal_interval or 0.005, opts.tail_interval or 0.05)
@@ -76,14 +84,19 @@ end
 -- a timer, since init_worker cannot yield; resty.db() waits for it.
 function resty.init_worker(path, opts)
   opts = opts or {}
-  local o = {}
-  for k, v in pairs(opts) do o[k] = v end
+  local unknown = require("layer2.core").unknown_option(opts, "layer2.resty.init_worker", OPTIONS)
+  if unknown then error(unknown, 2) end
+  -- what layer2.open takes (o, with the worker's log), and what a pool thread's backend opens with
+  local o, bopts = {}, {}
+  for k, v in pairs(opts) do
+    if not RESTY_OPTIONS[k] then o[k], bopts[k] = v, v end
+  end
   o.log = o.log or log
   if type(o.l2) ~= "string" then
     local pool = require("layer2.resty_pool")
-    local _, dropped = pool.crossable(opts)
+    local _, dropped = pool.crossable(bopts)
     if opts.thread_pool ~= false and not dropped then
-      local pooled, direct = pool.backend(path, opts, opts.thread_pool), state.in_pool
+      local pooled, direct = pool.backend(path, bopts, opts.thread_pool), state.in_pool
       state.in_pool = function(method, ...)
         if pooled then
           local ok, a, b, c = pcall(pooled, method, ...)
@@ -103,7 +116,7 @@ function resty.init_worker(path, opts)
   -- across C: the backend delegates (its `delegate` option). What L1 proves alone is answered
   -- here; a read that needs L2, every batch of saves, eviction (which drains the outbox) and
   -- polling run whole in the pool, on a backend of the thread's own (same L1, same learned state).
-  local in_pool = require("layer2.resty_pool").backend(path, opts, opts.thread_pool)
+  local in_pool = require("layer2.resty_pool").backend(path, bopts, opts.thread_pool)
   state.in_pool = in_pool
   o.l2 = require("layer2.resty_pool").l2(o.l2, opts.thread_pool)
   o.delegate = in_pool
