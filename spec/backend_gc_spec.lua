@@ -344,5 +344,73 @@ describe("layer2.open (two levels): eviction and the outbox", function()
       assert.has_error(function() layer2.open(dir, { policy = {} }) end)
       rmdir(dir)
     end)
+
+    it("the contract: only candidates are evicted; an empty or useless answer falls back to lru; complaints come"
+      .. " once a minute; a policy that asks sees the candidates' tags", function()
+      local function run(policy, seed)
+        local dir = tmpdir()
+        local logged = {}
+        local db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, nosync = true, policy = policy,
+          log = function(m) logged[#logged + 1] = m end }))
+        local g = gen.new({ seed = seed, authors = 20, count = 3000 })
+        local saved = {}
+        for _ = 1, 3000 do
+          local ev = g:next()
+          saved[ev.id] = ev
+          db:save_event(ev)
+        end
+        local st = db:stats()
+        local ok, problems = db:check()
+        assert(ok, table.concat(problems or {}, "\n"))
+        db:close()
+        rmdir(dir)
+        return logged, st, saved
+      end
+      local function matching(logged, pattern)
+        local n = 0
+        for _, m in ipairs(logged) do if m:match(pattern) then n = n + 1 end end
+        return n
+      end
+      -- an empty answer: lru evicts instead (L1 under its limit, never emptied), said once
+      local calls = 0
+      local logged, st = run({ name = "empty", select = function()
+        calls = calls + 1
+        return {}
+      end }, 21)
+      assert(calls > 1, "eviction ran more than once")
+      assert(st.l1.events < 3000 and st.l1.events > 0)
+      assert(st.l1.file_bytes <= MiB)
+      assert.equal(1, matching(logged, "^the eviction policy 'empty' failed %(it chose nothing%); using lru$"))
+      assert.equal(0, matching(logged, "emptying"))
+      -- ids that are not candidates (garbage, an id L1 does not offer) are left out, the rest evicted
+      local foreign = { "zz", ("0"):rep(64), 42 }
+      logged, st = run({ name = "sloppy", select = function(self, candidates, need)
+        local picked = lru.select(self, candidates, need)
+        for _, id in ipairs(foreign) do picked[#picked + 1] = id end
+        return picked
+      end }, 22)
+      assert(st.l1.events < 3000 and st.l1.file_bytes <= MiB)
+      assert.equal(1, matching(logged, "^the eviction policy 'sloppy': 3 of the ids it returned are not candidates"
+        .. " %(left out%)$"))
+      -- an answer of nothing but strangers: lru instead
+      logged = run({ name = "strangers", select = function() return foreign end }, 23)
+      assert.equal(1, matching(logged, "^the eviction policy 'strangers' failed %(3 of the ids it returned are not"
+        .. " candidates%); using lru$"))
+      -- a policy that asks for tags gets each candidate's, as saved
+      local seen = {}
+      local saved
+      local _
+      logged, _, saved = run({ name = "tagged", tags = true, select = function(self, candidates, need)
+        for _, c in ipairs(candidates) do seen[c.id] = c.tags end
+        return lru.select(self, candidates, need)
+      end }, 24)
+      local n = 0
+      for id, tags in pairs(seen) do
+        n = n + 1
+        assert.same(saved[id].tags, tags)
+      end
+      assert(n > 100, "candidates were seen")
+      assert.equal(0, #logged)
+    end)
   end)
 end)

@@ -193,17 +193,66 @@ end
 
 -- ---- eviction ----
 
--- The policy's pick among the candidates (coldest first, each with its recent reads, shared by
--- every process on L1); called by the C core's eviction. A failing policy is reported and lru
--- picks instead.
-function Backend:choose(candidates, need)
-  local ok, ids = pcall(self.policy.select, self.policy, candidates, need)
-  if ok and type(ids) == "table" then
-    private.admit_bar(self, policies.admit_bar(candidates, ids))
-    return ids
+-- A policy's trouble is logged at most once a minute (a policy that fails, fails on every round).
+local COMPLAIN_EVERY = 60
+
+local function complain(self, msg)
+  local now, c = os.time(), self.complaints
+  if c and now - c.at < COMPLAIN_EVERY then
+    c.quiet = c.quiet + 1
+    return
   end
-  self.log(("the eviction policy '%s' failed (%s); using lru"):format(tostring(self.policy.name),
-    ok and "it returned no list" or tostring(ids)))
+  local quiet = c and c.quiet or 0
+  self.complaints = { at = now, quiet = 0 }
+  self.log(quiet > 0 and ("%s (and %d times more since the last report)"):format(msg, quiet) or msg)
+end
+
+-- The policy's answer checked: the ids it chose among the candidates (each once), and a note on
+-- what it returned that is not a candidate; or nil and why nothing of it can be used.
+local function candidates_chosen(candidates, ids)
+  if type(ids) ~= "table" then return nil, ("it returned a %s, not a list of ids"):format(type(ids)) end
+  local open = {}
+  for _, c in ipairs(candidates) do open[c.id] = true end
+  local chosen, foreign = {}, 0
+  for _, id in ipairs(ids) do
+    if open[id] then
+      chosen[#chosen + 1] = id
+      open[id] = false
+    elseif open[id] == nil then
+      foreign = foreign + 1
+    end
+  end
+  local note = foreign > 0 and ("%d of the ids it returned are not candidates"):format(foreign) or nil
+  if #chosen == 0 then return nil, note or "it chose nothing" end
+  return chosen, note
+end
+
+-- candidates[i].tags, for a policy that asks for them (policy.tags = true): read from L1
+local function add_tags(self, candidates)
+  local ids = {}
+  for i, c in ipairs(candidates) do ids[i] = c.id end
+  local events = self.l1:query_events({ ids = ids }, { max_limit = #ids })
+  local tags = {}
+  for _, ev in ipairs(events or {}) do tags[ev.id] = ev.tags end
+  for _, c in ipairs(candidates) do c.tags = tags[c.id] or {} end
+end
+
+-- The policy's pick among the candidates (coldest first, each with its recent reads, shared by
+-- every process on L1); called by the C core's eviction. Only candidates are evicted: ids that
+-- are not are left out (and said, once a minute); a policy that fails, or whose answer holds no
+-- candidate, is reported (once a minute) and lru picks instead.
+function Backend:choose(candidates, need)
+  local policy = self.policy
+  if policy.tags then add_tags(self, candidates) end
+  local ok, ids = pcall(policy.select, policy, candidates, need)
+  local chosen, why = nil, ids
+  if ok then chosen, why = candidates_chosen(candidates, ids) end
+  if chosen then
+    if why then complain(self, ("the eviction policy '%s': %s (left out)"):format(tostring(policy.name), why)) end
+    private.admit_bar(self, policies.admit_bar(candidates, chosen))
+    return chosen
+  end
+  complain(self, ("the eviction policy '%s' failed (%s); using lru"):format(tostring(policy.name), tostring(why)))
   return self.default_policy:select(candidates, need)
 end
 
