@@ -140,6 +140,22 @@ static void hook_evicted(void *ud, int force, const l2_gc_report *r)
 /* The policy, through hooks.choose(db, candidates, need) -> ids. */
 
 /* Calls the on_event handlers with an event accepted here; a failing one is reported. */
+/* The handlers table (on top) without its removed slots. */
+static void compact_handlers(lua_State *L, backend_ud *s)
+{
+    int n = 0;
+    for (int i = 1; i <= s->nhandlers; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_isfunction(L, -1)) lua_rawseti(L, -2, ++n);
+        else lua_pop(L, 1);
+    }
+    for (int i = n + 1; i <= s->nhandlers; i++) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, i);
+    }
+    s->nhandlers = n;
+}
+
 static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
 {
     backend_ud *s = ud;
@@ -148,8 +164,14 @@ static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
     luaL_checkstack(L, 6, "layer2");
     luabk_push_part(L, s, 0, "handlers");
     l2lua_push_event(L, ev);
-    for (int i = 1; i <= s->nhandlers; i++) {
+    int n = s->nhandlers; /* one added by a handler hears the next event */
+    s->firing++;
+    for (int i = 1; i <= n; i++) {
         lua_rawgeti(L, -2, i);
+        if (!lua_isfunction(L, -1)) {
+            lua_pop(L, 1);
+            continue;
+        }
         lua_pushvalue(L, -2);
         lua_pushstring(L, from_l2 ? "l2" : "local");
         if (luabk_pcall_from_c(L, 2, 0)) {
@@ -160,7 +182,10 @@ static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
             hook_log(s, msg);
         }
     }
-    lua_pop(L, 2);
+    s->firing--;
+    lua_pop(L, 1);
+    if (!s->firing) compact_handlers(L, s);
+    lua_pop(L, 1);
 }
 
 /* ---- the methods ---- */
@@ -375,6 +400,7 @@ static int bk_poll(lua_State *L)
 
 /* db:on_event(fn): fn(event, origin) for each event accepted here (origin "local": saved, or
  * ephemeral) or brought in by a poll ("l2"); never for a cache fill. */
+/* db:on_event(fn) -> fn: fn(ev, origin) hears each event accepted from now on */
 static int bk_on_event(lua_State *L)
 {
     backend_ud *s = check_backend(L);
@@ -382,9 +408,30 @@ static int bk_on_event(lua_State *L)
     luabk_push_part(L, s, 0, "handlers");
     lua_pushvalue(L, 2);
     lua_rawseti(L, -2, ++s->nhandlers);
-    return 0;
+    lua_settop(L, 2);
+    return 1;
 }
 
+/* db:off_event(fn) -> whether fn was a handler: it hears no event from now on (also when a
+ * handler removes itself or another while they are being called) */
+static int bk_off_event(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    if (!lua_isfunction(L, 2)) return luaL_error(L, "layer2: off_event takes a function");
+    luabk_push_part(L, s, 0, "handlers");
+    int found = 0;
+    for (int i = 1; i <= s->nhandlers && !found; i++) {
+        lua_rawgeti(L, -1, i);
+        found = lua_rawequal(L, -1, 2);
+        lua_pop(L, 1);
+        if (!found) continue;
+        lua_pushboolean(L, 0);
+        lua_rawseti(L, -2, i);
+    }
+    if (found && !s->firing) compact_handlers(L, s);
+    lua_pushboolean(L, found);
+    return 1;
+}
 
 /* Calls the L1 (level 1) or L2 (2) store's own method with this call's arguments. */
 static int delegate(lua_State *L, int level, const char *method)
@@ -800,7 +847,7 @@ static const luaL_Reg backend_methods[] = {
     {"export", bk_export}, {"negentropy_items", bk_negentropy_items},
     {"sweep", bk_sweep}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
     {"changes_since", bk_changes_since}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll},
-    {"on_event", bk_on_event}, {"close", bk_close}, {"is_closed", bk_is_closed},
+    {"on_event", bk_on_event}, {"off_event", bk_off_event}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},
 };
 

@@ -19,7 +19,8 @@ typedef struct {
     int ref;        /* registry: {l1, l2, state = {}, hooks = {}, handlers = {}, strings = {}} */
     int own_l2;     /* close L2 with this handle */
     int delegating; /* reads that need L2 go through the Lua side's `delegate` (backend.lua) */
-    int nhandlers;  /* on_event handlers, in the registry table's `handlers` */
+    int nhandlers;  /* on_event handlers, in the registry table's `handlers` (false: removed) */
+    int firing;     /* handlers are being called: a removal leaves its slot false till they end */
     l2_store_if luavt; /* the interface over an L2 written in Lua: what this one has */
     const l2_store_if *l2vt; /* L2 through its interface (NULL for none) */
     void *l2st;

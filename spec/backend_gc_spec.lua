@@ -345,6 +345,48 @@ describe("layer2.open (two levels): eviction and the outbox", function()
       rmdir(dir)
     end)
 
+    it("a policy from a file (its path: what crosses into nginx's thread pool); one that cannot be loaded"
+      .. " stops the open with its error", function()
+      local dir = tmpdir()
+      local file = dir .. "-policy.lua"
+      local function write(text)
+        local f = assert(io.open(file, "w"))
+        f:write(text)
+        f:close()
+      end
+      write([[
+local lru = require("layer2.policy.lru")
+return { name = "from-file", select = function(self, candidates, need)
+  self.calls = (self.calls or 0) + 1
+  return lru.select(self, candidates, need)
+end }
+]])
+      local db = assert(layer2.open(dir, { l1 = { size_limit = MiB }, nosync = true, policy = file, log = quiet }))
+      local g = gen.new({ seed = 25, authors = 20, count = 3000 })
+      for _ = 1, 3000 do db:save_event(g:next()) end
+      assert.equal("from-file", db:stats().policy)
+      assert(db.policy.calls > 0, "the file's policy chose")
+      assert(db:stats().l1.file_bytes <= MiB)
+      db:close()
+      rmdir(dir)
+      local function refused(policy, says)
+        local ok, err = pcall(layer2.open, dir, { policy = policy })
+        assert.is_false(ok)
+        assert(err:find(says, 1, true), err)
+      end
+      refused(dir .. "-none.lua", ("the policy file '%s-none.lua' cannot be loaded: cannot open %s-none.lua"):format(dir,
+        dir))
+      write("return {")
+      refused(file, ("the policy file '%s' cannot be loaded: "):format(file))
+      write("error('no policy today')")
+      refused(file, "no policy today")
+      write("return 5")
+      assert.has_error(function() layer2.open(dir, { policy = file }) end,
+        ("layer2: the policy file '%s' returns no policy (a table with a select function)"):format(file))
+      assert.is_nil(io.open(dir), "nothing was made")
+      os.remove(file)
+    end)
+
     it("the contract: only candidates are evicted; an empty or useless answer falls back to lru; complaints come"
       .. " once a minute; a policy that asks sees the candidates' tags", function()
       local function run(policy, seed)

@@ -106,6 +106,41 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
     rmdir(dir)
   end)
 
+  it("on_event handlers can be removed, also by themselves while they are called", function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { nosync = true, log = quiet }))
+    local heard = {}
+    local function hear(name) return function(ev) heard[#heard + 1] = name .. ":" .. ev.content end end
+    local a, c = hear("a"), hear("c")
+    assert.equal(a, db:on_event(a))
+    local once
+    once = function(ev)
+      heard[#heard + 1] = "once:" .. ev.content
+      assert.is_true(db:off_event(once))
+    end
+    db:on_event(once)
+    db:on_event(c)
+    local sec = ("0"):rep(63) .. "7"
+    local function save(content)
+      assert(db:save_event(layer2.event.sign({ kind = 1, created_at = #heard + 1, tags = {}, content = content }, sec)))
+    end
+    save("1")
+    assert.same({ "a:1", "once:1", "c:1" }, heard)
+    heard = {}
+    save("2")
+    assert.same({ "a:2", "c:2" }, heard)
+    assert.is_true(db:off_event(a))
+    assert.is_false(db:off_event(a), "removed already")
+    assert.is_false(db:off_event(function() end), "never a handler")
+    heard = {}
+    save("3")
+    assert.same({ "c:3" }, heard)
+    assert.has_error(function() db:off_event(5) end, "layer2: off_event takes a function")
+    db:close()
+    assert.has_error(function() db:off_event(c) end, "layer2: attempt to use a closed store")
+    rmdir(dir)
+  end)
+
   -- The C core calls policies and handlers, and a yield cannot cross a C call (LuaJIT never, Lua
   -- 5.4 not without a continuation): inside a coroutine, as under OpenResty, the yield fails as
   -- an error of the policy (lru takes over) or of the handler (reported); the saves go on.

@@ -24,8 +24,21 @@ local STORE_METHODS = { "save_event", "query_events", "count_events", "delete_ev
   "sync", "path", "close" }
 local PAGE = 4096
 
+-- A policy: a table, the name of one of layer2's (lru, lfu, oldest), or the path of a Lua file
+-- that returns one (a string with a "/" or ending in ".lua"): a path crosses where a table cannot
+-- (into nginx's thread pool, whose Lua VMs load the same file), so every VM runs the same policy.
 local function load_policy(p)
   if p == nil then p = "lru" end
+  if type(p) == "string" and (p:find("/", 1, true) or p:match("%.lua$")) then
+    local chunk, err = loadfile(p)
+    local ok, mod = chunk ~= nil, err
+    if chunk then ok, mod = pcall(chunk) end
+    if not ok then error(("layer2: the policy file '%s' cannot be loaded: %s"):format(p, tostring(mod)), 3) end
+    if type(mod) ~= "table" or type(mod.select) ~= "function" then
+      error(("layer2: the policy file '%s' returns no policy (a table with a select function)"):format(p), 3)
+    end
+    return mod
+  end
   if type(p) == "string" then
     local ok, mod = pcall(require, "layer2.policy." .. p)
     if not ok then error("layer2: unknown eviction policy '" .. p .. "'", 3) end

@@ -86,6 +86,16 @@ function resty.init_worker(path, opts)
   opts = opts or {}
   local unknown = require("layer2.core").unknown_option(opts, "layer2.resty.init_worker", OPTIONS)
   if unknown then error(unknown, 2) end
+  -- with a PostgreSQL L2 the store works in the thread pool, where no function can go: what
+  -- would be dropped there silently is refused here
+  if type(opts.l2) == "string" and type(opts.policy) == "table" then
+    error("layer2.resty.init_worker: with a PostgreSQL L2 eviction runs in the thread pool, where a policy"
+      .. " table cannot go: give the path of its file (policy = \"/etc/relay/policy.lua\")", 2)
+  end
+  if type(opts.l2) == "string" and opts.on_event ~= nil then
+    error("layer2.resty.init_worker: with a PostgreSQL L2 saves run in the thread pool, where on_event"
+      .. " handlers cannot go: hear events with layer2.resty.subscribe", 2)
+  end
   -- what layer2.open takes (o, with the worker's log), and what a pool thread's backend opens with
   local o, bopts = {}, {}
   for k, v in pairs(opts) do
