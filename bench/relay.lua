@@ -1,5 +1,6 @@
--- bench/relay: the example relay (nginx + lua-nginx-module, 2 workers) and, when STRFRY names a
--- strfry binary, strfry beside it in the same run, each fresh with an empty store per publish run:
+-- bench/relay: the example relay (nginx + lua-nginx-module, 2 workers; also with L1 fsyncing each
+-- commit, and with a five-line write and read policy) and, when STRFRY names a strfry binary,
+-- strfry beside it in the same run, each fresh with an empty store per publish run:
 --   1. publish rate by 1, 16 and 64 pipelining websocket clients, with the OK latency;
 --   2. REQ round trips at limit 50 and 500 on the store the last publish run filled;
 --   3. live fan-out: 10,000 subscriptions on 100 connections, 1,000 new events/s for 10 s;
@@ -45,6 +46,22 @@ local layer2 = util.layer2_relay({ root = ROOT, workers = WORKERS, max_subscript
 -- the default (one fsync: L1 is rebuilt from L2's feed after a loss)
 local layer2_full = util.layer2_relay({ root = ROOT, workers = WORKERS, max_subscriptions = MAX_SUBS, tag = "relay",
   l1_sync = "full", name = "layer2-l1full" })
+-- the default relay with a five-line write policy and a five-line read policy (layer2.relay's
+-- hooks), beside it: what a relay's rules in Lua cost on the hot path
+local POLICY = [[
+return {
+  accept_event = function(ev, client)
+    if #ev.content > 65536 then return false, "blocked: too long" end
+    return true
+  end,
+  accept_req = function(filters, client)
+    if #filters > 10 then return false, "restricted: too many filters" end
+    return true
+  end,
+}
+]]
+local layer2_policy = util.layer2_relay({ root = ROOT, workers = WORKERS, max_subscriptions = MAX_SUBS, tag = "relay",
+  policy = POLICY, name = "layer2-policy" })
 local strfry = util.strfry_relay({ root = ROOT, bin = STRFRY, tag = "relay" })
 
 -- one node process against a running relay: the sections of `config` it names
@@ -108,13 +125,13 @@ end
 -- main ---------------------------------------------------------------------------------------------
 
 setup_node()
-local kinds = { layer2, layer2_full }
+local kinds = { layer2, layer2_full, layer2_policy }
 if STRFRY then kinds[#kinds + 1] = strfry end
 local with_strfry = STRFRY ~= nil
 local t_start = util.wall()
 
 -- results[kind name][clients]; the relays alternate per row, so both see the same machine state
-local results, problems = { layer2 = {}, strfry = {}, [layer2_full.name] = {} }, {}
+local results, problems = { layer2 = {}, strfry = {}, [layer2_full.name] = {}, [layer2_policy.name] = {} }, {}
 for i, clients in ipairs(CLIENTS) do
   for _, kind in ipairs(kinds) do results[kind.name][clients] = measure(kind, clients, i == #CLIENTS, problems) end
 end
@@ -132,6 +149,7 @@ for _, kind in ipairs(kinds) do
   for _, h in ipairs({ "events/s", "accepted", "OK ms p50 / p99" }) do pub_headers[#pub_headers + 1] = kind.name .. " " .. h end
 end
 if with_strfry then pub_headers[#pub_headers + 1] = "layer2 / strfry events/s (>1: layer2 better)" end
+pub_headers[#pub_headers + 1] = "with a policy / without, events/s (target >= 0.9)"
 local pub_rows = {}
 for _, clients in ipairs(CLIENTS) do
   local row = { tostring(clients) }
@@ -146,6 +164,7 @@ for _, clients in ipairs(CLIENTS) do
   end
   local l2, sf = results.layer2[clients].publish, results.strfry[clients] and results.strfry[clients].publish
   if with_strfry then row[#row + 1] = ratio(l2.rate, sf.rate) end
+  row[#row + 1] = ratio(results[layer2_policy.name][clients].publish.rate, l2.rate)
   pub_rows[#pub_rows + 1] = row
   util.summary("relay publish, " .. clients_text(clients), util.fmt_rate(l2.rate) .. " events/s",
     ("%d events, %d nginx workers, durable saves; %s"):format(N, WORKERS, with_strfry
@@ -157,6 +176,7 @@ end
 local req_headers = { "REQ", "round trips" }
 for _, kind in ipairs(kinds) do req_headers[#req_headers + 1] = kind.name .. " ms p50 / p99" end
 if with_strfry then req_headers[#req_headers + 1] = "strfry / layer2 time p50 / p99 (>1: layer2 better)" end
+req_headers[#req_headers + 1] = "with a policy / without, time p50 (target <= 1.1)"
 local req_rows = {}
 for i, spec in ipairs(REQS) do
   local row = { ('`{"kinds":[1],"limit":%d}`'):format(spec.limit), tostring(spec.n) }
@@ -170,6 +190,7 @@ for i, spec in ipairs(REQS) do
   end
   local l2, sf = section("req", "layer2")[i], with_strfry and section("req", "strfry")[i]
   if with_strfry then row[#row + 1] = ratio(sf.p50, l2.p50) .. " / " .. ratio(sf.p99, l2.p99) end
+  row[#row + 1] = ratio(section("req", layer2_policy.name)[i].p50, l2.p50)
   req_rows[#req_rows + 1] = row
   util.summary(("relay REQ round trip, limit %d"):format(spec.limit), ms_pair(l2) .. " ms p50/p99",
     'kinds [1], JSON over a websocket; ' .. (with_strfry and ("strfry %s ms"):format(ms_pair(sf)) or "strfry skipped"))

@@ -156,14 +156,22 @@ end
 
 -- The example relay (tools/relay, nginx) as a kind: opts.root (the checkout), opts.workers,
 -- opts.max_subscriptions, opts.tag (in its temporary directory's name), opts.l1_sync (tools/relay's
--- --l1-sync; the kind is then named for it), opts.name.
+-- --l1-sync; the kind is then named for it), opts.policy (tools/relay's --policy: a policy file's
+-- text), opts.name.
 function util.layer2_relay(opts)
   local kind = { name = opts.name or "layer2" }
   function kind.start(data)
     local port, dir = util.free_port(), util.temp_dir(opts.tag .. "-" .. kind.name)
+    local policy = ""
+    if opts.policy then
+      -- where the workers (www-data when run as root) can read it
+      util.write_file(dir .. "/policy.lua", opts.policy)
+      util.sh(("chmod 755 %s && chmod 644 %s/policy.lua"):format(dir, dir))
+      policy = (" --policy %s/policy.lua"):format(dir)
+    end
     util.sh(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s/prefix --data %s --workers %d --daemon "
-      .. "--max-subscriptions %d%s"):format(opts.root, port, dir, data or (dir .. "/data"), opts.workers,
-      opts.max_subscriptions, opts.l1_sync and (" --l1-sync " .. opts.l1_sync) or ""))
+      .. "--max-subscriptions %d%s%s"):format(opts.root, port, dir, data or (dir .. "/data"), opts.workers,
+      opts.max_subscriptions, opts.l1_sync and (" --l1-sync " .. opts.l1_sync) or "", policy))
     return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir }
   end
   function kind.stop(r)

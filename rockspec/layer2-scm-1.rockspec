@@ -15,7 +15,7 @@ enforces the nostr rules and runs every hot path; Lua decides eviction and polli
 }
 dependencies = {
   "lua >= 5.1",
-  "lua-cjson", -- the command line tool and the benchmarks
+  "lua-cjson", -- layer2.relay, the command line tool and the benchmarks
   -- `layer2 sync` also needs lua-http (its websocket client), for LuaJIT (Debian: lua-http)
 }
 external_dependencies = {

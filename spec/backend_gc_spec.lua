@@ -382,6 +382,9 @@ end }
       refused(file, "no policy today")
       write("return 5")
       assert.has_error(function() layer2.open(dir, { policy = file }) end,
+        ("layer2: the policy file '%s' returns no table"):format(file))
+      write("return { accept_event = function() return true end }")
+      assert.has_error(function() layer2.open(dir, { policy = file }) end,
         ("layer2: the policy file '%s' returns no policy (a table with a select function)"):format(file))
       assert.is_nil(io.open(dir), "nothing was made")
       os.remove(file)

@@ -29,12 +29,9 @@ local PAGE = 4096
 -- (into nginx's thread pool, whose Lua VMs load the same file), so every VM runs the same policy.
 local function load_policy(p)
   if p == nil then p = "lru" end
-  if type(p) == "string" and (p:find("/", 1, true) or p:match("%.lua$")) then
-    local chunk, err = loadfile(p)
-    local ok, mod = chunk ~= nil, err
-    if chunk then ok, mod = pcall(chunk) end
-    if not ok then error(("layer2: the policy file '%s' cannot be loaded: %s"):format(p, tostring(mod)), 3) end
-    if type(mod) ~= "table" or type(mod.select) ~= "function" then
+  if policies.is_file(p) then
+    local mod = policies.load_file(p, 3)
+    if type(mod.select) ~= "function" then
       error(("layer2: the policy file '%s' returns no policy (a table with a select function)"):format(p), 3)
     end
     return mod

@@ -32,4 +32,21 @@ function policy.admit_bar(candidates, ids)
   return math.min(policy.ADMIT_BAR_MAX, math.max(policy.ADMIT_BAR_MIN, median))
 end
 
+-- A policy file: the path of a Lua file that returns a table (an eviction policy's select, a
+-- relay's hooks: each part is optional to the file, required by what uses it). Raises, naming
+-- the file, when it cannot be loaded or returns no table; level is error's.
+function policy.load_file(path, level)
+  local chunk, err = loadfile(path)
+  local ok, t = chunk ~= nil, err
+  if chunk then ok, t = pcall(chunk) end
+  if not ok then error(("layer2: the policy file '%s' cannot be loaded: %s"):format(path, tostring(t)), level + 1) end
+  if type(t) ~= "table" then error(("layer2: the policy file '%s' returns no table"):format(path), level + 1) end
+  return t
+end
+
+-- Whether a string names a policy file (it has a "/" or ends in ".lua"), not a shipped policy.
+function policy.is_file(p)
+  return type(p) == "string" and (p:find("/", 1, true) ~= nil or p:match("%.lua$") ~= nil)
+end
+
 return policy
