@@ -198,20 +198,24 @@ static int backend_saver(void *ud, l2_event *const *evs, size_t n, int64_t now, 
     return 0;
 }
 
-/* db:save_event(ev [, {now}]) -> true | false, msg */
+/* db:save_event(ev [, {now, verify}]) -> true | false, msg. verify = false: the caller has checked
+ * the event's id and signature itself (layer2.relay does before its policy sees it). */
 static int bk_save_event(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     l2lua_check_table_or_string(L, 2);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     l2_event *evp = &s->ev;
-    l2_buf scratch;
-    if (l2lua_event_arg(L, 2, &s->ev, L2_HAVE_ALL | L2_LENIENT_IDSIG, &s->lim, s->err))
+    int verify = l2lua_opt_bool(L, 3, "verify", 1);
+    if (l2lua_event_arg(L, 2, &s->ev, L2_HAVE_ALL | (verify ? L2_LENIENT_IDSIG : 0), &s->lim, s->err))
         return l2lua_refuse(L, 1, s->err);
-    l2_buf_init(&scratch);
-    int bad = l2_event_verify(&s->ev, &scratch, s->err);
-    l2_buf_free(&scratch);
-    if (bad) return l2lua_refuse(L, 1, s->err);
+    if (verify) {
+        l2_buf scratch;
+        l2_buf_init(&scratch);
+        int bad = l2_event_verify(&s->ev, &scratch, s->err);
+        l2_buf_free(&scratch);
+        if (bad) return l2lua_refuse(L, 1, s->err);
+    }
     l2_verdict v;
     l2_backend_save(s->b, &evp, 1, l2lua_opt_now(L, 3), &v);
     if (!v.ok) return l2lua_refuse(L, 1, v.msg);
@@ -219,16 +223,18 @@ static int bk_save_event(lua_State *L)
     return 1;
 }
 
-/* db:save_events(list [, {now}]) -> verdicts (true or the refusal's message, in order) */
+/* db:save_events(list [, {now, verify}]) -> verdicts (true or the refusal's message, in order);
+ * verify = false as save_event's */
 static int bk_save_events(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3);
-    /* the backend verifies every event itself: an opts.verify = false is not the caller's to give */
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
     lua_pushinteger(L, (lua_Integer)l2lua_opt_now(L, 3));
     lua_setfield(L, -2, "now");
+    lua_pushboolean(L, l2lua_opt_bool(L, 3, "verify", 1));
+    lua_setfield(L, -2, "verify");
     return l2lua_save_list(L, 2, 4, &s->lim, backend_saver, s, s->err);
 }
 

@@ -346,6 +346,33 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
     rmdir(dir .. "-l2")
   end)
 
+  it("verifies every event it saves, unless its caller says it has (verify = false), and never a malformed one",
+    function()
+    local db, done = two_levels()
+    local sec = ("0"):rep(63) .. "9"
+    local function tampered(content)
+      local ev = layer2.event.sign({ kind = 1, created_at = NOW, tags = {}, content = "signed" }, sec)
+      ev.content = content -- the id and the signature are the signed event's
+      return ev
+    end
+    local ok, err = db:save_event(tampered("a"), { now = NOW })
+    assert.is_false(ok)
+    assert.matches("^invalid: bad event id", err)
+    assert.matches("^invalid: bad event id", db:save_events({ tampered("b") }, { now = NOW })[1])
+    assert.equal(0, db:count_events({}))
+    -- a relay that verified it (layer2.relay, for its policy) says so: not checked again
+    assert.is_true(db:save_event(tampered("c"), { now = NOW, verify = false }))
+    local second = layer2.event.sign({ kind = 1, created_at = NOW, tags = {}, content = "d" }, sec)
+    assert.same({ true }, db:save_events({ second }, { now = NOW, verify = false }))
+    -- a malformed id is refused whatever the caller says
+    local malformed = tampered("e")
+    malformed.id = "zz"
+    assert.is_false((db:save_event(malformed, { now = NOW, verify = false })))
+    assert.is_string(db:save_events({ malformed }, { now = NOW, verify = false })[1])
+    assert.equal(2, db:count_events({}))
+    done()
+  end)
+
   it("refuses bad options and a bad L2 clearly", function()
     assert.has_error(function() layer2.open(5) end, "layer2.open: a directory path expected")
     assert.has_error(function() layer2.open("/tmp/x", { l1 = { size_limit = 10 } }) end,

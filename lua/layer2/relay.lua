@@ -44,6 +44,8 @@ relay.LIMITS = {
   send_timeout = 30,
 }
 
+local VERIFIED = { verify = false } -- save options for an event this library verified
+
 -- Live delivery within this process, for a host that gives no watch of its own: the
 -- subscriptions indexed together (layer2.fanout), each new event matched once.
 local function local_watchers()
@@ -91,7 +93,9 @@ end
 -- handle, or a function returning it), limits (names of relay.LIMITS), info ({name, description}
 -- for NIP-11), policy (hooks, below), url (this relay's, as clients reach it: what a NIP-42 AUTH
 -- event's relay tag names), and the host's parts, each optional:
---   save(ev, done, queue)   saves an event (a table, or its JSON), then calls done(ok, msg)
+--   save(ev, done, queue, verified)
+--                           saves an event (a table, or its JSON), then calls done(ok, msg);
+--                           verified: its id and signature were checked here (for the policy)
 --   queue()                 a connection's token for save (its saves keep their order)
 --   watch(filters, fn)      -> handle | nil, err: fn(json) for each new matching event
 --   unwatch(handle)
@@ -124,7 +128,9 @@ function relay.new(opts)
   self.store = type(store) == "function" and store or function() return store end
   -- what the host does not give, the store does at once (a plain-Lua host) and this process's
   -- watchers deliver
-  self.save = opts.save or function(ev, done) done(self.store():save_event(ev)) end
+  self.save = opts.save or function(ev, done, _, verified)
+    done(self.store():save_event(ev, verified and VERIFIED or nil))
+  end
   self.queue = opts.queue or function() return nil end
   if opts.watch then
     self.watch, self.unwatch, self.broadcast = opts.watch, opts.unwatch, opts.broadcast or function() end
@@ -319,9 +325,12 @@ function verbs.EVENT(self, msg, data)
   -- the event as the client wrote it (["EVENT", {...}] less its frame): the core parses JSON
   -- faster than it reads a table, and a string crosses into nginx's thread pool as one copy
   local json = #msg == 2 and data:match('^%s*%[%s*"EVENT"%s*,(.*)%]%s*$') or ev
+  local verified = false
   if r.policy.accept_event then
-    -- the policy decides on an event whose signature holds (a forged one never reaches it)
+    -- the policy decides on an event whose signature holds (a forged one never reaches it); the
+    -- store is told, and does not check it again
     local valid, verr = layer2.event.verify(json)
+    verified = valid
     if not valid then return self:send({ "OK", id, false, verr }) end
     local verdict, why = r:ask("accept_event", ev, self.client)
     if verdict == "shadow" then return self:send({ "OK", id, true, "" }) end
@@ -337,7 +346,7 @@ function verbs.EVENT(self, msg, data)
     self:send({ "OK", id, ok and true or false, m or "" })
     self.unsettled = self.unsettled - 1
     if self.unsettled == 0 and self.settled then self.settled.post(1) end
-  end, self.saves)
+  end, self.saves, verified)
 end
 
 function verbs.REQ(self, msg)

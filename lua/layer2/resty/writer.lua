@@ -41,7 +41,7 @@ end
 -- the next batch): a connection's events commit in the order it sent them. Also returns the
 -- queues served (marked in_batch until the batch is written).
 local function take_batch()
-  local events, done, limit, served, ring, later = {}, {}, batch_limit(), {}, {}, {}
+  local events, done, limit, served, ring, later = {}, { verified = true }, batch_limit(), {}, {}, {}
   for _, q in ipairs(writer.ring) do
     if q.in_express then later[#later + 1] = q else ring[#ring + 1] = q end
   end
@@ -52,6 +52,7 @@ local function take_batch()
         local item = q.items[q.head]
         q.items[q.head], q.head = nil, q.head + 1
         events[#events + 1], done[#done + 1] = item[1], item[2]
+        done.verified = done.verified and item[3]
         if not q.in_batch then
           q.in_batch = true
           served[#served + 1] = q
@@ -70,8 +71,11 @@ local function take_batch()
   return events, done, served
 end
 
+-- a batch whose every event its caller verified (done.verified) is not verified again
+local VERIFIED = { verify = false }
+
 local function write_batch(events, done)
-  local ok, verdicts, err = pcall(in_pool, "save_events", events)
+  local ok, verdicts, err = pcall(in_pool, "save_events", events, done.verified and VERIFIED or nil)
   if ok and not verdicts then ok, verdicts = false, err end
   if not ok then log("a batch of saves failed: " .. tostring(verdicts)) end
   for i, fn in ipairs(done) do
@@ -94,13 +98,14 @@ end
 -- commit in the order it sent them (a client that sends a replaceable event twice expects both
 -- accepted, the second replacing the first).
 local function take_light()
-  local events, done, rest, served = {}, {}, {}, {}
+  local events, done, rest, served = {}, { verified = true }, {}, {}
   for _, q in ipairs(writer.ring) do
     if queued(q) <= SHARE and not q.in_batch then
       while q.head <= q.tail do
         local item = q.items[q.head]
         q.items[q.head], q.head = nil, q.head + 1
         events[#events + 1], done[#done + 1] = item[1], item[2]
+        done.verified = done.verified and item[3]
       end
       q.waiting, q.in_express = false, true
       served[#served + 1] = q
@@ -157,8 +162,9 @@ end
 
 -- Queues an event (a table or wire JSON) in `queue` (one of resty.queue(); a queue shared by
 -- every caller without one if nil) for the next batch; done(ok, msg) is called once it is
--- decided, from the writer (it must not yield). Waits while that queue is full.
-function writer_api.save(ev, done, queue)
+-- decided, from the writer (it must not yield). Waits while that queue is full. `verified`: the
+-- caller has checked its id and signature (layer2.relay, for its policy): not checked again.
+function writer_api.save(ev, done, queue, verified)
   local q = queue or writer.shared
   if not q then
     q = writer_api.queue()
@@ -170,7 +176,7 @@ function writer_api.save(ev, done, queue)
     q.blocked = q.blocked - 1
   end
   q.tail = q.tail + 1
-  q.items[q.tail] = { ev, done }
+  q.items[q.tail] = { ev, done, verified == true }
   if not q.waiting then
     q.waiting = true
     writer.ring[#writer.ring + 1] = q
