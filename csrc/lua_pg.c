@@ -1,5 +1,5 @@
 /* layer2.postgres: the PostgreSQL store as a Lua userdata (the store methods are lua_store.c's), and
- * what only it has: the change signal (listen, wait). */
+ * what only it has: the change signal and ephemeral events across nodes (listen, wait, publish). */
 #include <string.h>
 
 #include "lua_layer2.h"
@@ -42,7 +42,15 @@ static int pg_listen(lua_State *L)
     return 1;
 }
 
-/* store:wait([seconds]) -> notified: blocks up to seconds (0 by default) for the change signal. */
+static void push_payload(void *ud, const char *payload, size_t len)
+{
+    lua_State *L = ud;
+    lua_pushlstring(L, payload, len);
+    lua_rawseti(L, -2, (int)lua_rawlen(L, -2) + 1);
+}
+
+/* store:wait([seconds]) -> notified, ephemeral: blocks up to seconds (0 by default) for the change
+ * signal; ephemeral lists the payloads other nodes published meanwhile (store:publish). */
 static int pg_wait(lua_State *L)
 {
     l2lua_store *s;
@@ -51,13 +59,30 @@ static int pg_wait(lua_State *L)
     int notified;
     if (secs < 0) secs = 0;
     if (secs > 3600) secs = 3600;
-    if (l2_pg_wait(pg, (int)(secs * 1000 + 0.5), &notified, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_settop(L, 2);
+    lua_newtable(L);
+    if (l2_pg_wait(pg, (int)(secs * 1000 + 0.5), &notified, push_payload, L, s->err))
+        return l2lua_refuse(L, 0, s->err);
     lua_pushboolean(L, notified);
+    lua_insert(L, -2);
+    return 2;
+}
+
+/* store:publish(payload) -> true | nil, err: to every node listening (an ephemeral event: NOTIFY,
+ * under L2_PG_PUBLISH_MAX bytes) */
+static int pg_publish(lua_State *L)
+{
+    l2lua_store *s;
+    l2_pg *pg = check_pg(L, &s);
+    size_t len;
+    const char *payload = luaL_checklstring(L, 2, &len);
+    if (l2_pg_publish(pg, payload, len, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushboolean(L, 1);
     return 1;
 }
 
 static const luaL_Reg pg_methods[] = {
-    {"listen", pg_listen}, {"wait", pg_wait}, {NULL, NULL},
+    {"listen", pg_listen}, {"wait", pg_wait}, {"publish", pg_publish}, {NULL, NULL},
 };
 
 void l2lua_open_pg(lua_State *L)

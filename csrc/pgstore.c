@@ -170,11 +170,22 @@ static const char STAGED_SQL[] =
 
 /* ---- the connection ---- */
 
+/* The channels: changes committed (no payload), and ephemeral events (the payload). */
+#define CHANGES_CHANNEL "layer2_changes"
+#define EPHEMERAL_CHANNEL "layer2_ephemeral"
+/* ephemeral events kept between waits, at most: past it the oldest wait's are dropped */
+#define EPHEMERAL_KEPT (4u << 20)
+
 static void collect_notifies(l2_pg *pg)
 {
     PGnotify *n;
     while ((n = PQnotifies(pg->conn))) {
-        pg->notified = 1;
+        if (strcmp(n->relname, EPHEMERAL_CHANNEL) != 0) {
+            pg->notified = 1;
+        } else if (pg->ephemeral.len < EPHEMERAL_KEPT) {
+            /* a payload that cannot be kept is lost, as an ephemeral event may be */
+            if (l2_buf_put(&pg->ephemeral, n->extra, strlen(n->extra) + 1)) pg->ephemeral.len = 0;
+        }
         PQfreemem(n);
     }
 }
@@ -224,7 +235,7 @@ static int session_setup(l2_pg *pg, char *err)
     PQsetNoticeProcessor(pg->conn, quiet, NULL);
     if (PQsetClientEncoding(pg->conn, "UTF8")) return pgstore_pg_fail(pg, NULL, err);
     pg->staged_ready = 0;
-    if (pg->listening && run_plain(pg, "LISTEN layer2_changes", err)) return -1;
+    if (pg->listening && run_plain(pg, "LISTEN " CHANGES_CHANNEL "; LISTEN " EPHEMERAL_CHANNEL, err)) return -1;
     return 0;
 }
 
@@ -310,6 +321,7 @@ int l2_pg_open(l2_pg **out, const char *conninfo, char *err)
     l2_buf_init(&pg->sql);
     l2_buf_init(&pg->json);
     l2_buf_init(&pg->copy);
+    l2_buf_init(&pg->ephemeral);
     pg->conn = PQconnectdb(conninfo);
     if (!pg->conn || PQstatus(pg->conn) != CONNECTION_OK) {
         int n;
@@ -338,6 +350,7 @@ void l2_pg_close(l2_pg *pg)
     l2_buf_free(&pg->sql);
     l2_buf_free(&pg->json);
     l2_buf_free(&pg->copy);
+    l2_buf_free(&pg->ephemeral);
     free(pg);
 }
 
@@ -846,16 +859,17 @@ int l2_pg_check(l2_pg *pg, void (*problem)(void *ud, const char *msg), void *ud,
 int l2_pg_listen(l2_pg *pg, char *err)
 {
     if (ready(pg, err)) return -1;
-    if (run_plain(pg, "LISTEN layer2_changes", err)) return -1;
+    if (run_plain(pg, "LISTEN " CHANGES_CHANNEL "; LISTEN " EPHEMERAL_CHANNEL, err)) return -1;
     pg->listening = 1;
     return 0;
 }
 
-int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, char *err)
+int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, void (*each)(void *ud, const char *payload, size_t len),
+               void *ud, char *err)
 {
     *notified = 0;
     if (ready(pg, err)) return -1;
-    if (!pg->notified && timeout_ms > 0) {
+    if (!pg->notified && !pg->ephemeral.len && timeout_ms > 0) {
         struct pollfd pfd = {PQsocket(pg->conn), POLLIN, 0};
         if (pfd.fd >= 0 && poll(&pfd, 1, timeout_ms) > 0) {
             if (!PQconsumeInput(pg->conn)) return pgstore_pg_fail(pg, NULL, err);
@@ -864,7 +878,26 @@ int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, char *err)
     }
     *notified = pg->notified;
     pg->notified = 0;
+    for (size_t at = 0; at < pg->ephemeral.len;) {
+        const char *p = pg->ephemeral.data + at;
+        size_t len = strlen(p);
+        if (each) each(ud, p, len);
+        at += len + 1;
+    }
+    pg->ephemeral.len = 0;
     return 0;
+}
+
+int l2_pg_publish(l2_pg *pg, const char *payload, size_t len, char *err)
+{
+    if (len > L2_PG_PUBLISH_MAX)
+        return pgstore_fail_with(err, "blocked: an ephemeral event of more than %d bytes does not cross the cluster",
+                                 L2_PG_PUBLISH_MAX);
+    if (ready(pg, err)) return -1;
+    pg_params *p = &pg->par;
+    pgstore_par_reset(p);
+    if (pgstore_par_bytes(p, OID_TEXT, payload, len) < 0) return l2_oom(err);
+    return run(pg, "SELECT pg_notify('" EPHEMERAL_CHANNEL "', $1)", p, err) ? 0 : -1;
 }
 
 /* ---- the store interface (storeif.h) ---- */

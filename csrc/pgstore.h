@@ -67,9 +67,18 @@ typedef struct {
 int l2_pg_stats_get(l2_pg *pg, l2_pg_stats *s, char *err);
 int l2_pg_check(l2_pg *pg, void (*problem)(void *ud, const char *msg), void *ud, uint64_t *nproblems, char *err);
 
-/* LISTEN for the change signal every commit that changes the store sends; wait blocks up to
- * timeout_ms (0: just look) and says whether one came since the last wait. */
+/* LISTEN for the change signal every commit that changes the store sends, and for the
+ * ephemeral events other nodes publish; wait blocks up to timeout_ms (0: just look) and says
+ * whether a change signal came since the last wait. The ephemeral events that came are handed to
+ * each(ud, payload, len) (each may be NULL: they are dropped). */
 int l2_pg_listen(l2_pg *pg, char *err);
-int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, char *err);
+int l2_pg_wait(l2_pg *pg, int timeout_ms, int *notified, void (*each)(void *ud, const char *payload, size_t len),
+               void *ud, char *err);
+
+/* The largest payload l2_pg_publish takes (PostgreSQL's NOTIFY takes less than 8000 bytes). */
+#define L2_PG_PUBLISH_MAX 7999
+/* Sends payload (an ephemeral event's JSON, with what the caller adds) to every node listening:
+ * NOTIFY, which no transaction keeps. */
+int l2_pg_publish(l2_pg *pg, const char *payload, size_t len, char *err);
 
 #endif

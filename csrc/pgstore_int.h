@@ -39,6 +39,7 @@ struct l2_pg {
     uint64_t reconnects;
     pg_params par;
     l2_buf sql, json, copy;
+    l2_buf ephemeral; /* payloads of ephemeral NOTIFYs not yet taken by wait, each NUL-ended */
 };
 
 /* ---- pgstore_wire.c ---- */

@@ -274,6 +274,33 @@ describe("layer2.postgres store", function()
     assert.is_false(db:wait(0.05))
   end)
 
+  it("carries ephemeral payloads to every listener (NOTIFY), in order; refuses one too large to carry", function()
+    assert.is_true(db:listen())
+    db:wait(0)
+    local other = assert(layer2.postgres.open(conninfo))
+    assert.is_true(other:publish("a1 first"))
+    assert.is_true(other:publish("a1 second"))
+    local notified, ephemeral = db:wait(5)
+    for _ = 1, 50 do
+      if #ephemeral >= 2 then break end
+      local more
+      notified, more = db:wait(0.1)
+      for _, p in ipairs(more) do ephemeral[#ephemeral + 1] = p end
+    end
+    assert.is_false(notified, "no change was committed")
+    assert.same({ "a1 first", "a1 second" }, ephemeral)
+    assert.same({}, select(2, db:wait(0)), "each payload once")
+    local ok, err = other:publish(("x"):rep(8000))
+    assert.is_nil(ok)
+    assert.equal("blocked: an ephemeral event of more than 7999 bytes does not cross the cluster", err)
+    assert.is_true(other:publish(("x"):rep(7999)))
+    local _, big = db:wait(5)
+    assert.equal(7999, #big[1])
+    -- a connection that does not listen keeps nothing
+    assert.same({}, select(2, other:wait(0)))
+    other:close()
+  end)
+
   it("leaves exactly one head when processes replace the same address at once", function()
     local procs = {}
     for p = 1, 4 do

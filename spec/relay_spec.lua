@@ -115,4 +115,24 @@ local relay_limits = { max_filters = 10 }
     assert.same(answers[1], answers[3])
   end)
   end)
+
+  it("an ephemeral event reaches the subscribers of every relay of a cluster on one PostgreSQL (NOTIFY), once",
+    function()
+    local extra = ("--l2 '%s' --notify"):format(pg.fresh())
+    local port, _, stop = start_relay(extra)
+    local port2, _, stop2 = start_relay(extra)
+    local ok, err = pcall(function()
+      -- a subscriber on each relay: the other node's and the publishing node's own
+      for _, watch in ipairs({ port2, port }) do
+        local res = harness.run_client("ephemeral.mjs", { url = ("ws://127.0.0.1:%d/"):format(port),
+          watch_url = ("ws://127.0.0.1:%d/"):format(watch), key = ("0"):rep(63) .. "e" })
+        assert.is_true(res.ok)
+        assert.same({ res.id }, res.seen)
+      end
+      assert.equal(0, layer2.postgres.open((extra:match("'(.-)'"))):count_events({ kinds = { 20001 } }))
+    end)
+    stop()
+    stop2()
+    assert(ok, err)
+  end)
 end)

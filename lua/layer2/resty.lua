@@ -47,12 +47,18 @@ local function start_timers(db, opts)
   local every = opts.poll_interval or opts.poll_frequency or 0
   if every <= 0 or not db.l2 then return end
   -- a long-lived timer: with opts.notify it waits for L2's change signal (in the thread pool, up
-  -- to `every` seconds), otherwise it sleeps; either way it polls after
+  -- to `every` seconds), otherwise it sleeps; either way it polls after. The wait also brings the
+  -- ephemeral events other nodes published: they go to this node's subscribers.
   ngx.timer.at(0, function(premature)
     if premature then return end
     while not ngx.worker.exiting() do
-      local waited = db.notify and type(db.l2.wait) == "function" and pcall(db.l2.wait, db.l2, every)
+      local waited, _, ephemeral = false, nil, nil
+      if db.notify and type(db.l2.wait) == "function" then waited, _, ephemeral = pcall(db.l2.wait, db.l2, every) end
       if not waited then ngx.sleep(every) end
+      for _, payload in ipairs(type(ephemeral) == "table" and ephemeral or {}) do
+        local node, json = payload:match("^(%x+) (.*)$")
+        if node and node ~= state.node then feed.broadcast(json) end
+      end
       local ok, e = pcall(state.in_pool, "poll")
       if not ok then log("poll failed: " .. tostring(e)) end
       feed.signal()
@@ -82,6 +88,18 @@ end
 -- cannot cross into a thread: with one, an LMDB backend does all of it in the event loop. A
 -- string opts.l2 is a PostgreSQL conninfo: its calls run in the pool too, and the backend opens in
 -- a timer, since init_worker cannot yield; resty.db() waits for it.
+-- This node's id (every worker of one nginx shares it, in the live dict): what its ephemeral
+-- events carry across the cluster.
+local function node_id()
+  local dict = ngx.shared.layer2_live
+  if not dict then return nil end
+  local urandom = io.open("/dev/urandom", "rb")
+  local bytes = urandom and urandom:read(8)
+  if urandom then urandom:close() end
+  if bytes then dict:add("node", (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end))) end
+  return dict:get("node")
+end
+
 function resty.init_worker(path, opts)
   opts = opts or {}
   local unknown = require("layer2.core").unknown_option(opts, "layer2.resty.init_worker", OPTIONS)
@@ -97,6 +115,7 @@ function resty.init_worker(path, opts)
       .. " handlers cannot go: hear events with layer2.resty.subscribe", 2)
   end
   -- what layer2.open takes (o, with the worker's log), and what a pool thread's backend opens with
+  state.node = node_id()
   local o, bopts = {}, {}
   for k, v in pairs(opts) do
     if not RESTY_OPTIONS[k] then o[k], bopts[k] = v, v end
@@ -156,10 +175,35 @@ function resty.db()
   return state.db
 end
 
+-- Ephemeral events cross a cluster on PostgreSQL's NOTIFY (opts.notify with a PostgreSQL L2),
+-- tagged with this node's id so that its own come back to no one: published from a timer, since
+-- a broadcast comes from a save's callback, which must not yield.
+local outgoing = {}
+local function publish_outgoing(premature)
+  if premature then return end
+  local l2 = state.db and state.db.l2
+  while #outgoing > 0 do
+    local batch = outgoing
+    outgoing = {}
+    for _, payload in ipairs(batch) do
+      local ok, sent, err = pcall(l2.publish, l2, payload)
+      if not (ok and sent) then log("an ephemeral event did not reach the cluster: " .. tostring(ok and err or sent)) end
+    end
+  end
+end
+
+-- An ephemeral event (wire JSON) to every subscriber of this node, and of the cluster's others.
+function resty.broadcast(json)
+  feed.broadcast(json)
+  local db = state.db
+  if not (state.node and db and db.notify and db.l2 and type(db.l2.publish) == "function") then return end
+  outgoing[#outgoing + 1] = state.node .. " " .. json
+  if #outgoing == 1 then ngx.timer.at(0, publish_outgoing) end
+end
+
 -- The parts (layer2/resty/*.lua), one API.
 resty.queue, resty.save = writer.queue, writer.save
-resty.broadcast, resty.tail, resty.subscribe, resty.unsubscribe = feed.broadcast, feed.tail, feed.subscribe,
-  feed.unsubscribe
+resty.tail, resty.subscribe, resty.unsubscribe = feed.tail, feed.subscribe, feed.unsubscribe
 resty.watch, resty.unwatch = live.watch, live.unwatch
 
 return resty

@@ -65,7 +65,7 @@ end
 
 -- An L2 object with the store methods, each a call in the thread pool.
 local METHODS = { "save_event", "save_events", "query_events", "count_events", "delete_event", "changes_since", "stats", "check",
-  "sweep", "nuke", "wait", "negentropy_items" }
+  "sweep", "nuke", "wait", "publish", "negentropy_items" }
 
 -- opts without its functions (which cannot cross into a thread), and whether any was dropped
 -- other than `log` (a backend in a thread logs to nginx's error log by itself).
