@@ -63,29 +63,10 @@ local harness = require("spec.relay.harness");
     end)
   end
 
-  -- the plain relay under LuaJIT (lua-http is Debian's for the 5.1 ABI), on the LuaJIT build
-  local PLAIN_ENV = ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/luajit/?.so;;'"):format(
-    harness.ROOT, harness.ROOT, harness.ROOT)
-
-  local function start_plain(data, extra)
-    local port = harness.free_port()
-    local log = data .. ".log"
-    local pid = io.popen(("%s luajit %s/examples/plain/relay.lua --listen 127.0.0.1:%d --data %s %s >%s 2>&1 & echo $!")
-      :format(PLAIN_ENV, harness.ROOT, port, data, extra, log)):read("l")
-    for _ = 1, 100 do
-      if harness.sh(("curl -sf --max-time 2 -o /dev/null http://127.0.0.1:%d/"):format(port)) then break end
-      os.execute("sleep 0.1")
-    end
-    return port, function()
-      os.execute("kill " .. pid .. " 2>/dev/null; sleep 0.2")
-      return helper.slurp(log)
-    end
-  end
-
   it("in plain Lua (examples/plain over lua-http), the same hooks decide the same way", function()
     local file, dir = policy_file()
     local data = helper.tmpdir()
-    local port, stop = start_plain(data, "--policy " .. file)
+    local port, stop = harness.start_plain_relay(data, "--policy " .. file)
     local ok, err = pcall(members_decide, port)
     local log = stop()
     helper.rmdir(data)
@@ -109,7 +90,7 @@ local harness = require("spec.relay.harness");
       dir, prefix)))
     -- the plain relay the same
     local plain = io.popen(("%s luajit %s/examples/plain/relay.lua --listen 127.0.0.1:%d --data %s/plain --policy %s"
-      .. " 2>&1; echo exit=$?"):format(PLAIN_ENV, harness.ROOT, port, data, file)):read("a")
+      .. " 2>&1; echo exit=$?"):format(harness.PLAIN_ENV, harness.ROOT, port, data, file)):read("a")
     assert.matches(says, plain)
     assert.matches("exit=1", plain)
     helper.rmdir(prefix)

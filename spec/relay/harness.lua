@@ -57,6 +57,25 @@ function harness.start_relay(extra)
   end, prefix
 end
 
+-- The plain-Lua relay (examples/plain) runs under LuaJIT (lua-http is Debian's for the 5.1 ABI),
+-- on the LuaJIT build.
+harness.PLAIN_ENV = ("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/luajit/?.so;;'"):format(
+  harness.ROOT, harness.ROOT, harness.ROOT)
+
+-- Starts the plain relay on `data` (its options in `extra`); returns its port, a stop function
+-- that returns what it logged, and its pid.
+function harness.start_plain_relay(data, extra)
+  local port = free_port()
+  local log = data .. ".log"
+  local pid = io.popen(("%s luajit %s/examples/plain/relay.lua --listen 127.0.0.1:%d --data %s %s >%s 2>&1 & echo $!")
+    :format(harness.PLAIN_ENV, harness.ROOT, port, data, extra or "", log)):read("l")
+  assert(wait_http(port), "the plain relay does not answer")
+  return port, function()
+    os.execute("kill " .. pid .. " 2>/dev/null; sleep 0.2")
+    return helper.slurp(log)
+  end, pid
+end
+
 -- The lines of the relay's error log at warn level or above (nginx's and layer2's own).
 function harness.log_problems(prefix)
   local out = {}
