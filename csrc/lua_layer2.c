@@ -456,6 +456,8 @@ __attribute__((visibility("default"))) int luaopen_layer2_core(lua_State *L)
     lua_setfield(L, -2, "fanout");
     l2lua_open_negentropy(L);
     lua_setfield(L, -2, "negentropy");
+    l2lua_open_child(L);
+    lua_setfield(L, -2, "child");
     lua_pushliteral(L, L2_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushcfunction(L, core_monotonic);

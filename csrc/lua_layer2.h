@@ -19,5 +19,7 @@ void l2lua_open_backend_testing(lua_State *L);
 void l2lua_open_fanout(lua_State *L);
 /* Pushes layer2.negentropy, the constructor of a NIP-77 session (lua_negentropy.c). */
 void l2lua_open_negentropy(lua_State *L);
+/* Pushes layer2.child, which starts a child process spoken to in lines (lua_child.c). */
+void l2lua_open_child(lua_State *L);
 
 #endif

@@ -75,6 +75,50 @@ local harness = require("spec.relay.harness");
     assert.is_nil(log:find("relay: "), log)
   end)
 
+  -- strfry's whitelist example plugin (spec/relay/strfry_whitelist.js, alice listed), run by a policy
+  -- file as an operator writes it (examples/policies/strfry_plugin.lua), as nostr-tools sees it
+  local function strfry_plugin_file()
+    local file, dir = policy_file("")
+    assert(harness.sh(("cp %s/spec/relay/strfry_whitelist.js %s/ && chmod 755 %s/strfry_whitelist.js"):format(
+      harness.ROOT, dir, dir)))
+    local f = assert(io.open(file, "w"))
+    f:write(('return require("layer2.strfry_plugin").policy("WHITELIST=%s node %s/strfry_whitelist.js")\n'):format(
+      pub.alice, dir))
+    f:close()
+    return file, dir
+  end
+  local function plugin_decides(port)
+    local res = harness.run_client("plugin.mjs", { url = ("ws://127.0.0.1:%d/"):format(port), alice = keys.alice,
+      mallory = keys.mallory })
+    assert.same({ true, "" }, res.listed)
+    assert.same({ false, "blocked: not on white-list (IP4 127.0.0.1)" }, res.stranger)
+    assert.same({ true, "" }, res.spam, "shadowReject: OK")
+    assert.is_true(res.auth[1], tostring(res.auth[2]))
+    assert.same({ true, "" }, res.authed, "the plugin saw the AUTH'd pubkey")
+    local want = { res.ids.listed, res.ids.authed }
+    table.sort(want)
+    assert.same(want, res.stored)
+  end
+
+  it("runs strfry's own example write plugin, on nginx (in its thread pool) and in plain Lua", function()
+    local file, dir = strfry_plugin_file()
+    local port, _, stop, prefix = harness.start_relay("--policy " .. file)
+    local ok, err = pcall(function()
+      plugin_decides(port)
+      assert.same({}, harness.log_problems(prefix))
+    end)
+    stop()
+    assert(ok, err)
+    local data = helper.tmpdir()
+    local plain_port, plain_stop = harness.start_plain_relay(data, "--policy " .. file)
+    ok, err = pcall(plugin_decides, plain_port)
+    local log = plain_stop()
+    helper.rmdir(data)
+    helper.rmdir(dir)
+    assert(ok, tostring(err) .. "\n" .. log)
+    assert.is_nil(log:find("relay: "), log)
+  end)
+
   it("will not start with a policy file that cannot be loaded, and says why", function()
     local file, dir = policy_file("return {")
     local port = harness.free_port()

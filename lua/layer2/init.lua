@@ -13,6 +13,7 @@ local layer2 = {
   open = backend.open, -- the two-level backend: layer2.open(path, opts)
   fanout = core.fanout, -- a relay worker's live subscriptions, indexed: layer2.fanout()
   negentropy = core.negentropy, -- NIP-77 set reconciliation: layer2.negentropy([frame_limit])
+  child = core.child, -- a child process spoken to in lines (a strfry write plugin): layer2.child(cmd)
   monotonic = core.monotonic, -- seconds on a clock that never jumps
   sleep = core.sleep, -- blocks the process: for plain-Lua loops, never inside nginx
 }
