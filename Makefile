@@ -72,7 +72,7 @@ test-asan: deps all build/asan/layer2/core.so
 # does not follow, or is the same code paths at a hundred times the length.
 VALGRIND_SPECS := spec/event_spec.lua spec/event_input_spec.lua spec/filter_spec.lua spec/lmdb_spec.lua \
 	spec/postgres_spec.lua $(wildcard spec/backend*_spec.lua) spec/hostile_spec.lua spec/gen_spec.lua spec/save_events_spec.lua \
-	spec/fanout_spec.lua spec/negentropy_spec.lua
+	spec/fanout_spec.lua spec/negentropy_spec.lua spec/strfry_plugin_spec.lua
 build/valgrind/layer2/core.so: $(CORE_SRC) $(BIND_SRC) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) -O1 -g $(LUA54_INC) -shared -o $@ $(CORE_SRC) $(BIND_SRC) $(LIBS)

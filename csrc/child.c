@@ -135,7 +135,7 @@ static int read_line(l2_child *c, long long deadline, size_t *nl, char *err)
 {
     size_t scanned = 0;
     for (;;) {
-        char *p = memchr(c->buf + scanned, '\n', c->len - scanned);
+        char *p = c->len > scanned ? memchr(c->buf + scanned, '\n', c->len - scanned) : NULL;
         if (p) {
             *nl = (size_t)(p - c->buf);
             return 0;
