@@ -243,6 +243,7 @@ typedef struct {
     l2_save_result *res;
     l2_verdict *l1v;
     l2_range range;
+    l2_buf removed; /* what the save removed, for the removed hook: an op byte and an id each */
 } save_plan;
 
 static void plan_free(save_plan *p)
@@ -254,6 +255,7 @@ static void plan_free(save_plan *p)
     free(p->queued);
     free(p->res);
     free(p->l1v);
+    l2_buf_free(&p->removed);
 }
 
 static int plan_alloc(save_plan *p, size_t n)
@@ -261,6 +263,7 @@ static int plan_alloc(save_plan *p, size_t n)
     size_t cap = n ? n : 1;
     memset(p, 0, sizeof *p);
     p->range = (l2_range){0, 1, 0};
+    l2_buf_init(&p->removed);
     p->pending = malloc(cap * sizeof *p->pending);
     p->group = malloc(cap * sizeof *p->group);
     p->at = malloc(cap * sizeof *p->at);
@@ -295,12 +298,45 @@ static void plan_saves(l2_backend *b, l2_event *const *evs, size_t n, int64_t no
     }
 }
 
+void l2_backend_hear_removals(l2_backend *b, int on)
+{
+    b->hear_removals = on;
+}
+
+static int keep_removed(void *ud, uint64_t seq, int op, const uint8_t *id, const l2_row *row)
+{
+    uint8_t code = (uint8_t)op;
+    (void)seq;
+    (void)row;
+    l2_buf *out = ud;
+    return l2_buf_put(out, &code, 1) || l2_buf_put(out, id, 32);
+}
+
+/* What the level's last save removed, into p->removed, when it removed anything and someone hears. */
+static void note_removed(l2_backend *b, const l2_store_if *vt, void *st, const l2_save_result *res, size_t n,
+                         save_plan *p)
+{
+    size_t i = 0;
+    while (i < n && !res[i].replaced && !res[i].deleted) i++;
+    if (!b->hear_removals || i == n || !vt->last_removed) return;
+    char err[L2_ERRLEN];
+    if (vt->last_removed(st, keep_removed, &p->removed, err))
+        backend_logf_(b, "cannot tell what the save removed: %s", err);
+}
+
+/* The removed hook for what the save removed, once both levels have it. */
+static void tell_removed(l2_backend *b, save_plan *p)
+{
+    for (size_t at = 0; at + 33 <= p->removed.len; at += 33)
+        b->hooks.removed(b->hooks.ud, (const uint8_t *)p->removed.data + at + 1, (uint8_t)p->removed.data[at], 0);
+}
+
 /* L2 first: its verdicts stand (refusals go to out); what it accepted is listed for L1, what it
  * could not take is queued for L1 and the outbox. */
 static void save_to_l2(l2_backend *b, int64_t now, l2_verdict *out, save_plan *p)
 {
     char err[L2_ERRLEN];
-    if (b->l2vt->save_batch(b->l2, p->pending, p->np, now, 0, p->res, err)) {
+    if (b->l2vt->save_batch(b->l2, p->pending, p->np, now, b->hear_removals ? L2_SAVE_REMOVALS : 0, p->res, err)) {
         backend_logf_(b, "L2 save failed, queued in the outbox: %s", err);
         for (size_t k = 0; k < p->np; k++) p->queued[p->nq++] = k;
         return;
@@ -310,6 +346,7 @@ static void save_to_l2(l2_backend *b, int64_t now, l2_verdict *out, save_plan *p
         b->l2vt->last_changes(b->l2, &p->range.first, &p->range.last);
     }
     l2_killpoint("save:l2-committed");
+    note_removed(b, b->l2vt, b->l2, p->res, p->np, p);
     const char *why = NULL;
     for (size_t k = 0; k < p->np; k++) {
         if (p->res[k].status == L2_SAVE_STORED) {
@@ -370,6 +407,9 @@ static void save_queued_to_l1(l2_backend *b, int64_t now, l2_verdict *out, save_
     for (size_t j = 0; j < p->nq; j++) p->group[j] = p->pending[p->queued[j]];
     memset(p->res, 0, (p->nq ? p->nq : 1) * sizeof *p->res);
     backend_save_l1(b, p->group, p->nq, now, b->l2 ? L2_SAVE_OUTBOX : 0, p->res, p->l1v, NULL);
+    /* L1 decided: its removals are the save's (of its last transaction, when L1 was full and took
+     * the batch in smaller ones) */
+    if (p->nq) note_removed(b, &l2_lmdb_store_if, b->l1, p->res, p->nq, p);
     for (size_t j = 0; j < p->nq; j++) {
         l2_verdict *v = &out[p->at[p->queued[j]]];
         if (!p->l1v[j].ok) {
@@ -402,7 +442,15 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
     save_accepted_to_l1(b, now, out, &p);
     save_queued_to_l1(b, now, out, &p);
     l2_learned_end_write(b->learned, slot);
+    tell_removed(b, &p);
     plan_free(&p);
+}
+
+/* A deletion done: the removed hook hears of an event that was there. 0. */
+static int deleted_here(l2_backend *b, const uint8_t id[32], int found)
+{
+    if (found && b->hear_removals) b->hooks.removed(b->hooks.ud, id, L2_CHANGE_DELETED, 0);
+    return 0;
 }
 
 int l2_backend_delete(l2_backend *b, const uint8_t id[32], int tombstone, int *found, char *err)
@@ -429,13 +477,15 @@ int l2_backend_delete(l2_backend *b, const uint8_t id[32], int tombstone, int *f
                     backend_logf_(b, "L1 cannot catch up with L2: %s", r.error);
             }
             l2_learned_end_write(b->learned, slot);
-            return 0;
+            return deleted_here(b, id, *found);
         }
         l2_learned_end_write(b->learned, slot);
         backend_logf_(b, "L2 delete failed, queued in the outbox: %s", err);
-        return l2_store_delete(b->l1, id, tombstone, 1, found, err);
+        if (l2_store_delete(b->l1, id, tombstone, 1, found, err)) return -1;
+        return deleted_here(b, id, *found);
     }
-    return l2_store_delete(b->l1, id, tombstone, 0, found, err);
+    if (l2_store_delete(b->l1, id, tombstone, 0, found, err)) return -1;
+    return deleted_here(b, id, *found);
 }
 
 /* ---- a new L1, and maintenance ---- */

@@ -37,6 +37,11 @@ typedef struct {
     /* An event that is news here: saved or ephemeral (origin "local"), or brought in from L2 by a
      * poll (`from_l2`). For the on_event handlers; never a cache fill. */
     void (*accepted)(void *ud, const l2_event *ev, int from_l2);
+    /* An event that went: an older version a save here replaced (op L2_CHANGE_REPLACED), a target
+     * of a NIP-09 deletion saved here or an event deleted here (L2_CHANGE_DELETED), or an event of
+     * L1's that L2's feed says another writer removed (`from_l2`). Called once the save is in both
+     * levels, and only while l2_backend_hear_removals is on. */
+    void (*removed)(void *ud, const uint8_t id[32], int op, int from_l2);
     void (*log)(void *ud, const char *msg);
     void *ud;
 } l2_backend_hooks;
@@ -75,6 +80,10 @@ l2_learned *l2_backend_learned(l2_backend *b);
  * again, in as few L1 transactions as L1's size allows; when L2 fails, L1 decides and keeps the
  * events in its outbox in the same transaction. Ephemeral events are accepted and stored nowhere.
  * Each event's verdict goes to out[i]; `accepted` is called for each event accepted here. */
+/* Whether the removed hook is called (off at first: hearing them costs a PostgreSQL L2 a read in
+ * each save's transaction that removes something). */
+void l2_backend_hear_removals(l2_backend *b, int on);
+
 void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, l2_verdict *out);
 
 /* Deletes by id on both levels (L2 first; when L2 fails, L1 queues the deletion in its outbox).

@@ -26,6 +26,7 @@ struct l2_backend {
     l2_learned *learned;
     l2_backend_opts o;
     l2_backend_hooks hooks;
+    int hear_removals; /* hooks.removed is called */
     uint64_t used;   /* L1's used bytes as last measured, plus what was written since */
     size_t l1_chunk; /* events per L1 transaction (smaller after a chunk found L1 full) */
     l2_buf scratch;

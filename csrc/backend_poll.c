@@ -60,6 +60,26 @@ static void past_untaken(l2_backend *b, size_t n, int64_t newest, const char *wh
     if (l2_backend_forget_answers(b, err)) backend_logf_(b, "cannot forget the remembered answers: %s", err);
 }
 
+static int removed_by_l2(void *ud, uint64_t seq, int op, const uint8_t *id, const l2_row *row)
+{
+    l2_backend *b = ud;
+    (void)seq;
+    (void)row;
+    b->hooks.removed(b->hooks.ud, id, op, 1);
+    return 0;
+}
+
+/* What L1 removed taking L2's events (the rules applied again: a newer version, a deletion whose
+ * targets L1 held) is heard as L2's: L2's own removal records find them gone. */
+static void tell_l1_removed(l2_backend *b, const l2_save_result *res, size_t n)
+{
+    size_t i = 0;
+    while (i < n && !res[i].replaced && !res[i].deleted) i++;
+    char err[L2_ERRLEN];
+    if (i < n && l2_lmdb_store_if.last_removed(b->l1, removed_by_l2, b, err))
+        backend_logf_(b, "cannot tell what L1 removed: %s", err);
+}
+
 int64_t backend_apply_saves(l2_backend *b, answer *rows, size_t from, size_t to, int mode, int64_t now,
                            l2_poll_report *r)
 {
@@ -91,6 +111,7 @@ int64_t backend_apply_saves(l2_backend *b, answer *rows, size_t from, size_t to,
         k++;
     }
     if (k) backend_save_l1(b, ptrs, k, now, mode == APPLY_FILL ? L2_SAVE_FILL : 0, res, fail, NULL);
+    if (k && mode == APPLY_COPY && b->hear_removals) tell_l1_removed(b, res, k);
     size_t untaken = 0;
     int64_t newest = INT64_MIN;
     const char *why = NULL;
@@ -146,8 +167,9 @@ static int apply_changes(l2_backend *b, change_list *c, int skip_seen, int skim,
             backend_logf_(b, "L1 could not apply a removal of L2's feed: %s", err);
             snprintf(r->error, sizeof r->error, "%s", err);
             rc = -1;
-        } else if (found && ch->op == L2_CHANGE_DELETED) {
-            r->deleted++;
+        } else if (found) {
+            if (ch->op == L2_CHANGE_DELETED) r->deleted++;
+            if (b->hear_removals) b->hooks.removed(b->hooks.ud, ch->id, ch->op, 1);
         }
     }
     backend_apply_saves(b, &c->rows, saves_from, row, skim ? APPLY_SKIM : APPLY_COPY, now, r);

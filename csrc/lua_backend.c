@@ -139,53 +139,93 @@ static void hook_evicted(void *ud, int force, const l2_gc_report *r)
 
 /* The policy, through hooks.choose(db, candidates, need) -> ids. */
 
-/* Calls the on_event handlers with an event accepted here; a failing one is reported. */
-/* The handlers table (on top) without its removed slots. */
-static void compact_handlers(lua_State *L, backend_ud *s)
+/* The two lists of handlers: on_event's and on_removed's, each a table in the registry entry. */
+enum { HANDLERS_EVENT, HANDLERS_REMOVED };
+static const char *const handler_lists[2] = {"handlers", "removal_handlers"};
+static const char *const handler_methods[2] = {"on_event", "on_removed"};
+
+/* The list's table (on top) without its slots taken off. */
+static void compact_handlers(lua_State *L, backend_ud *s, int list)
 {
     int n = 0;
-    for (int i = 1; i <= s->nhandlers; i++) {
+    for (int i = 1; i <= s->nhandlers[list]; i++) {
         lua_rawgeti(L, -1, i);
         if (lua_isfunction(L, -1)) lua_rawseti(L, -2, ++n);
         else lua_pop(L, 1);
     }
-    for (int i = n + 1; i <= s->nhandlers; i++) {
+    for (int i = n + 1; i <= s->nhandlers[list]; i++) {
         lua_pushnil(L);
         lua_rawseti(L, -2, i);
     }
-    s->nhandlers = n;
+    s->nhandlers[list] = n;
 }
 
-static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
+/* Both lists without the slots taken off while handlers were being called; removals heard only
+ * while someone listens. */
+static void settle_handlers(lua_State *L, backend_ud *s)
 {
-    backend_ud *s = ud;
-    lua_State *L = s->L;
-    if (!s->nhandlers) return; /* no handler: no event table to make */
-    luaL_checkstack(L, 6, "layer2");
-    luabk_push_part(L, s, 0, "handlers");
-    l2lua_push_event(L, ev);
-    int n = s->nhandlers; /* one added by a handler hears the next event */
+    for (int list = HANDLERS_EVENT; list <= HANDLERS_REMOVED; list++) {
+        luabk_push_part(L, s, 0, handler_lists[list]);
+        compact_handlers(L, s, list);
+        lua_pop(L, 1);
+    }
+    l2_backend_hear_removals(s->b, s->nhandlers[HANDLERS_REMOVED] > 0);
+}
+
+/* Calls each handler of the list with the nargs values on top (which it pops); a failing one is
+ * reported. */
+static void fire(lua_State *L, backend_ud *s, int list, int nargs)
+{
+    luaL_checkstack(L, nargs + 4, "layer2");
+    luabk_push_part(L, s, 0, handler_lists[list]);
+    lua_insert(L, -nargs - 1);
+    int n = s->nhandlers[list]; /* one added by a handler hears the next one */
     s->firing++;
     for (int i = 1; i <= n; i++) {
-        lua_rawgeti(L, -2, i);
+        lua_rawgeti(L, -nargs - 1, i);
         if (!lua_isfunction(L, -1)) {
             lua_pop(L, 1);
             continue;
         }
-        lua_pushvalue(L, -2);
-        lua_pushstring(L, from_l2 ? "l2" : "local");
-        if (luabk_pcall_from_c(L, 2, 0)) {
+        for (int a = 0; a < nargs; a++) lua_pushvalue(L, -nargs - 1);
+        if (luabk_pcall_from_c(L, nargs, 0)) {
             char msg[L2_ERRLEN];
-            snprintf(msg, sizeof msg, "an on_event handler failed: %s",
+            snprintf(msg, sizeof msg, "an %s handler failed: %s", handler_methods[list],
                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "an error object");
             lua_pop(L, 1);
             hook_log(s, msg);
         }
     }
     s->firing--;
-    lua_pop(L, 1);
-    if (!s->firing) compact_handlers(L, s);
-    lua_pop(L, 1);
+    lua_pop(L, nargs + 1); /* the arguments and the list */
+    if (!s->firing) settle_handlers(L, s);
+}
+
+/* on_event's handlers hear an event accepted here (origin "local") or brought in by a poll ("l2") */
+static void hook_accepted(void *ud, const l2_event *ev, int from_l2)
+{
+    backend_ud *s = ud;
+    lua_State *L = s->L;
+    if (!s->nhandlers[HANDLERS_EVENT]) return; /* no handler: no event table to make */
+    luaL_checkstack(L, 4, "layer2");
+    l2lua_push_event(L, ev);
+    lua_pushstring(L, from_l2 ? "l2" : "local");
+    fire(L, s, HANDLERS_EVENT, 2);
+}
+
+/* on_removed's handlers hear an event that went: its id, "replaced" or "deleted", the origin */
+static void hook_removed(void *ud, const uint8_t id[32], int op, int from_l2)
+{
+    backend_ud *s = ud;
+    lua_State *L = s->L;
+    if (!s->nhandlers[HANDLERS_REMOVED]) return;
+    char hex[65];
+    l2_hex_encode(hex, id, 32);
+    luaL_checkstack(L, 4, "layer2");
+    lua_pushlstring(L, hex, 64);
+    lua_pushstring(L, op == L2_CHANGE_REPLACED ? "replaced" : "deleted");
+    lua_pushstring(L, from_l2 ? "l2" : "local");
+    fire(L, s, HANDLERS_REMOVED, 3);
 }
 
 /* ---- the methods ---- */
@@ -404,29 +444,27 @@ static int bk_poll(lua_State *L)
     return 1;
 }
 
-/* db:on_event(fn): fn(event, origin) for each event accepted here (origin "local": saved, or
- * ephemeral) or brought in by a poll ("l2"); never for a cache fill. */
-/* db:on_event(fn) -> fn: fn(ev, origin) hears each event accepted from now on */
-static int bk_on_event(lua_State *L)
+/* Adds fn (argument 2) to the list; returns it. */
+static int add_handler(lua_State *L, int list)
 {
     backend_ud *s = check_backend(L);
-    if (!lua_isfunction(L, 2)) return luaL_error(L, "layer2: on_event takes a function");
-    luabk_push_part(L, s, 0, "handlers");
+    if (!lua_isfunction(L, 2)) return luaL_error(L, "layer2: %s takes a function", handler_methods[list]);
+    luabk_push_part(L, s, 0, handler_lists[list]);
     lua_pushvalue(L, 2);
-    lua_rawseti(L, -2, ++s->nhandlers);
+    lua_rawseti(L, -2, ++s->nhandlers[list]);
+    if (list == HANDLERS_REMOVED) l2_backend_hear_removals(s->b, 1);
     lua_settop(L, 2);
     return 1;
 }
 
-/* db:off_event(fn) -> whether fn was a handler: it hears no event from now on (also when a
- * handler removes itself or another while they are being called) */
-static int bk_off_event(lua_State *L)
+/* Takes fn (argument 2) off the list (also while handlers are being called); whether it was on it. */
+static int take_handler(lua_State *L, int list, const char *method)
 {
     backend_ud *s = check_backend(L);
-    if (!lua_isfunction(L, 2)) return luaL_error(L, "layer2: off_event takes a function");
-    luabk_push_part(L, s, 0, "handlers");
+    if (!lua_isfunction(L, 2)) return luaL_error(L, "layer2: %s takes a function", method);
+    luabk_push_part(L, s, 0, handler_lists[list]);
     int found = 0;
-    for (int i = 1; i <= s->nhandlers && !found; i++) {
+    for (int i = 1; i <= s->nhandlers[list] && !found; i++) {
         lua_rawgeti(L, -1, i);
         found = lua_rawequal(L, -1, 2);
         lua_pop(L, 1);
@@ -434,9 +472,38 @@ static int bk_off_event(lua_State *L)
         lua_pushboolean(L, 0);
         lua_rawseti(L, -2, i);
     }
-    if (found && !s->firing) compact_handlers(L, s);
+    if (found && !s->firing) settle_handlers(L, s);
     lua_pushboolean(L, found);
     return 1;
+}
+
+/* db:on_event(fn) -> fn: fn(event, origin) for each event accepted from now on: saved here or
+ * ephemeral ("local"), or brought in by a poll ("l2"); never a cache fill */
+static int bk_on_event(lua_State *L)
+{
+    return add_handler(L, HANDLERS_EVENT);
+}
+
+/* db:off_event(fn) -> whether fn was a handler: it hears no event from now on (also when a
+ * handler removes itself or another while they are being called) */
+static int bk_off_event(lua_State *L)
+{
+    return take_handler(L, HANDLERS_EVENT, "off_event");
+}
+
+/* db:on_removed(fn) -> fn: fn(id, how, origin) for each event that goes from now on: "replaced"
+ * (an older version a save here replaced) or "deleted" (a target of a NIP-09 deletion saved here,
+ * or deleted with delete_event): origin "local"; or an event L1 held that L2's feed says another
+ * writer removed: origin "l2" */
+static int bk_on_removed(lua_State *L)
+{
+    return add_handler(L, HANDLERS_REMOVED);
+}
+
+/* db:off_removed(fn) -> whether fn was a handler */
+static int bk_off_removed(lua_State *L)
+{
+    return take_handler(L, HANDLERS_REMOVED, "off_removed");
 }
 
 /* Calls the L1 (level 1) or L2 (2) store's own method with this call's arguments. */
@@ -803,6 +870,8 @@ static int keep_parts(lua_State *L)
     lua_setfield(L, -2, "strings");
     lua_newtable(L);
     lua_setfield(L, -2, "handlers");
+    lua_newtable(L);
+    lua_setfield(L, -2, "removal_handlers");
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
@@ -837,7 +906,7 @@ static int pv_new(lua_State *L)
     l2lua_filters_init(&s->filters, 500);
     snprintf(s->dir, sizeof s->dir, "%s", dir);
     s->ref = keep_parts(L);
-    l2_backend_hooks hooks = {hook_evicted, hook_choose, hook_accepted, hook_log, s};
+    l2_backend_hooks hooks = {hook_evicted, hook_choose, hook_accepted, hook_removed, hook_log, s};
     if (l2_backend_open(&s->b, l1->st, s->l2vt, s->l2st, l2_store_path(l1->st), &o, &hooks, s->err)) {
         luaL_unref(L, LUA_REGISTRYINDEX, s->ref);
         s->ref = LUA_NOREF;
@@ -853,7 +922,8 @@ static const luaL_Reg backend_methods[] = {
     {"export", bk_export}, {"negentropy_items", bk_negentropy_items},
     {"sweep", bk_sweep}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
     {"changes_since", bk_changes_since}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll},
-    {"on_event", bk_on_event}, {"off_event", bk_off_event}, {"close", bk_close}, {"is_closed", bk_is_closed},
+    {"on_event", bk_on_event}, {"off_event", bk_off_event}, {"on_removed", bk_on_removed},
+    {"off_removed", bk_off_removed}, {"close", bk_close}, {"is_closed", bk_is_closed},
     {NULL, NULL},
 };
 

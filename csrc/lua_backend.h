@@ -16,11 +16,13 @@
 typedef struct {
     l2_backend *b;  /* NULL once closed */
     lua_State *L;   /* the state of the call under way (hooks and a Lua L2 run in it) */
-    int ref;        /* registry: {l1, l2, state = {}, hooks = {}, handlers = {}, strings = {}} */
+    int ref;        /* registry: {l1, l2, state = {}, hooks = {}, handlers = {}, removal_handlers = {},
+                     * strings = {}} */
     int own_l2;     /* close L2 with this handle */
     int delegating; /* reads that need L2 go through the Lua side's `delegate` (backend.lua) */
-    int nhandlers;  /* on_event handlers, in the registry table's `handlers` (false: removed) */
-    int firing;     /* handlers are being called: a removal leaves its slot false till they end */
+    int nhandlers[2]; /* on_event (HANDLERS_EVENT) and on_removed handlers (HANDLERS_REMOVED), in the
+                       * registry table's `handlers` and `removal_handlers` (false: taken off) */
+    int firing;     /* handlers are being called: one taken off leaves its slot false till they end */
     l2_store_if luavt; /* the interface over an L2 written in Lua: what this one has */
     const l2_store_if *l2vt; /* L2 through its interface (NULL for none) */
     void *l2st;

@@ -321,6 +321,7 @@ int l2_pg_open(l2_pg **out, const char *conninfo, char *err)
     l2_buf_init(&pg->sql);
     l2_buf_init(&pg->json);
     l2_buf_init(&pg->copy);
+    l2_buf_init(&pg->removed);
     l2_buf_init(&pg->ephemeral);
     pg->conn = PQconnectdb(conninfo);
     if (!pg->conn || PQstatus(pg->conn) != CONNECTION_OK) {
@@ -350,6 +351,7 @@ void l2_pg_close(l2_pg *pg)
     l2_buf_free(&pg->sql);
     l2_buf_free(&pg->json);
     l2_buf_free(&pg->copy);
+    l2_buf_free(&pg->removed);
     l2_buf_free(&pg->ephemeral);
     free(pg);
 }
@@ -445,16 +447,51 @@ static int oom(char *err)
     return pgstore_fail_with(err, "error: out of memory");
 }
 
-static int pg_save_one(l2_pg *pg, const l2_event *ev, int64_t now, l2_save_result *res, char *err)
+/* The removals this transaction made (its change records of other ops than a save), into
+ * pg->removed. */
+static int collect_removed(l2_pg *pg, char *err)
+{
+    if (!run(pg, "SELECT op::integer, id FROM layer2_changes WHERE xid = pg_current_xact_id() AND op <> 1 ORDER BY seq",
+             NULL, err))
+        return -1;
+    for (int i = 0; i < PQntuples(pg->res); i++) {
+        size_t n;
+        const char *id = l2_pg_value(pg, (size_t)i, 1, &n);
+        uint8_t op = (uint8_t)l2_pg_int(pg, (size_t)i, 0);
+        if (id && n == 32 && (l2_buf_put(&pg->removed, &op, 1) || l2_buf_put(&pg->removed, id, 32))) return oom(err);
+    }
+    clear_result(pg);
+    return 0;
+}
+
+static int any_removed(const l2_save_result *res, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (res[i].replaced || res[i].deleted) return 1;
+    return 0;
+}
+
+static int rollback(l2_pg *pg)
+{
+    char ignored[L2_ERRLEN];
+    run_plain(pg, "ROLLBACK", ignored);
+    return -1;
+}
+
+/* One event, one statement; with `removals`, in a transaction that reads what it removed. */
+static int pg_save_one(l2_pg *pg, const l2_event *ev, int64_t now, int removals, l2_save_result *res, char *err)
 {
     pgstore_par_reset(&pg->par);
     if (event_params(pg, ev) || pgstore_par_i64(&pg->par, now) < 0) return oom(err);
+    if (removals && run_plain(pg, "BEGIN", err)) return -1;
     if (!run(pg,
              "SELECT status, replaced, deleted FROM layer2_save($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
              &pg->par, err))
-        return -1;
+        return removals ? rollback(pg) : -1;
     read_result(pg, 0, res);
-    return 0;
+    if (!removals) return 0;
+    if (any_removed(res, 1) && collect_removed(pg, err)) return rollback(pg);
+    return run_plain(pg, "COMMIT", err);
 }
 
 /* One row of the staging table in COPY's binary format: the event's parameters as fields. */
@@ -502,7 +539,8 @@ static int copy_batch(l2_pg *pg, l2_event *const *evs, size_t n, char *err)
     return rc;
 }
 
-static int save_staged(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
+static int save_staged(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, int removals, l2_save_result *res,
+                       char *err)
 {
     if (!pg->staged_ready) {
         if (run_plain(pg, STAGED_SQL, err)) return -1;
@@ -523,13 +561,10 @@ static int save_staged(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l
     }
     for (size_t i = 0; i < n; i++) read_result(pg, i, &res[i]);
     clear_result(pg);
+    if (removals && any_removed(res, n) && collect_removed(pg, err)) goto rollback;
     return run_plain(pg, "COMMIT", err);
 rollback:
-    {
-        char ignored[L2_ERRLEN];
-        run_plain(pg, "ROLLBACK", ignored);
-    }
-    return -1;
+    return rollback(pg);
 }
 
 /* What is decided without the server: an ephemeral event, a deletion request naming another
@@ -542,11 +577,13 @@ static int decided_here(const l2_event *ev, l2_save_result *r)
     return 1;
 }
 
-int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err)
+int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, int removals, l2_save_result *res,
+                     char *err)
 {
+    pg->removed.len = 0;
     if (ready(pg, err)) return -1;
     /* one event to store (every relay save) needs no staging arrays */
-    if (n == 1 && !decided_here(evs[0], res)) return pg_save_one(pg, evs[0], now, res, err);
+    if (n == 1 && !decided_here(evs[0], res)) return pg_save_one(pg, evs[0], now, removals, res, err);
     /* what is decided here is answered here; the rest go to the server */
     l2_event **keep = malloc((n ? n : 1) * sizeof *keep);
     l2_save_result *kres = malloc((n ? n : 1) * sizeof *kres);
@@ -555,13 +592,20 @@ int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_
     if (!keep || !kres) rc = oom(err);
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (!decided_here(evs[i], &res[i])) keep[k++] = evs[i];
-    if (rc == 0 && k == 1) rc = pg_save_one(pg, keep[0], now, kres, err);
-    else if (rc == 0 && k > 1) rc = save_staged(pg, keep, k, now, kres, err);
+    if (rc == 0 && k == 1) rc = pg_save_one(pg, keep[0], now, removals, kres, err);
+    else if (rc == 0 && k > 1) rc = save_staged(pg, keep, k, now, removals, kres, err);
     for (size_t i = 0, j = 0; rc == 0 && i < n; i++)
         if (!decided_here(evs[i], &res[i])) res[i] = kres[j++];
     free(keep);
     free(kres);
     return rc;
+}
+
+int l2_pg_last_removed(l2_pg *pg, l2_change_fn fn, void *ud)
+{
+    for (size_t at = 0; at + 33 <= pg->removed.len; at += 33)
+        if (fn(ud, 0, (uint8_t)pg->removed.data[at], (const uint8_t *)pg->removed.data + at + 1, NULL)) break;
+    return 0;
 }
 
 int l2_pg_delete(l2_pg *pg, const uint8_t id[32], int tombstone, int *found, char *err)
@@ -914,8 +958,14 @@ static void pg_close(void *pg)
 
 static int pg_save(void *pg, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res, char *err)
 {
-    (void)flags; /* an authority has no outbox, and nothing to fill */
-    return l2_pg_save_batch(pg, evs, n, now, res, err);
+    /* an authority has no outbox, and nothing to fill */
+    return l2_pg_save_batch(pg, evs, n, now, (flags & L2_SAVE_REMOVALS) != 0, res, err);
+}
+
+static int pg_last_removed(void *pg, l2_change_fn fn, void *ud, char *err)
+{
+    (void)err;
+    return l2_pg_last_removed(pg, fn, ud);
 }
 
 static int pg_delete(void *pg, const uint8_t id[32], int tombstone, int flags, int *found, char *err)
@@ -1051,5 +1101,5 @@ const l2_store_if l2_pg_store_if = {
     "postgres", pg_path, pg_close, pg_save, pg_delete, pg_query, pg_count, pg_export, pg_changes, pg_stats,
     pg_check, pg_sweep, pg_nuke, pg_sync, pg_after_import, pg_items,
     NULL, /* last_changes: a sequence number is taken before commit, so commit order is not its order */
-    pg_feed,
+    pg_feed, pg_last_removed,
 };

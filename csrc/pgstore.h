@@ -25,8 +25,13 @@ const char *l2_pg_name(const l2_pg *pg);
 /* Every call below returns 0, or -1 with "error: PostgreSQL: ..." in err. A connection found
  * lost is reconnected at the start of the next call; a call that fails is not retried. */
 
-/* Saves n parsed, verified events: one call for one, COPY and one transaction for a batch. */
-int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res, char *err);
+/* Saves n parsed, verified events: one call for one, COPY and one transaction for a batch. With
+ * `removals`, what the save removed (older versions, NIP-09 targets) is read in its transaction,
+ * for l2_pg_last_removed. */
+int l2_pg_save_batch(l2_pg *pg, l2_event *const *evs, size_t n, int64_t now, int removals, l2_save_result *res,
+                     char *err);
+/* The events the last save given `removals` removed, in order: fn(ud, 0, op, id, NULL) each. */
+int l2_pg_last_removed(l2_pg *pg, l2_change_fn fn, void *ud);
 int l2_pg_delete(l2_pg *pg, const uint8_t id[32], int tombstone, int *found, char *err);
 int l2_pg_sweep(l2_pg *pg, int64_t now, uint64_t *removed, char *err);
 /* Refreshes the planner's statistics: after a bulk import they are what picks the right index. */

@@ -40,6 +40,7 @@ struct l2_pg {
     pg_params par;
     l2_buf sql, json, copy;
     l2_buf ephemeral; /* payloads of ephemeral NOTIFYs not yet taken by wait, each NUL-ended */
+    l2_buf removed;   /* what the last save asked to report removed: an op byte and an id each */
 };
 
 /* ---- pgstore_wire.c ---- */

@@ -188,7 +188,25 @@ static int if_feed(void *st, uint64_t pos, size_t max, l2_change_fn fn, void *ud
     return 0;
 }
 
+/* The removals among the changes its last write recorded (what it removes, it records). */
+static int if_last_removed(void *vst, l2_change_fn fn, void *ud, char *err)
+{
+    l2_store *st = vst;
+    uint64_t first, last;
+    l2_store_last_changes(st, &first, &last);
+    if (first > last) return 0;
+    size_t max = (size_t)(last - first + 1), n;
+    l2_change *ch = malloc(max * sizeof *ch);
+    if (!ch) return store_fail(err, "error: out of memory");
+    int rc = l2_store_changes(st, first - 1, max, ch, &n, err);
+    l2_store_read_end(st);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (ch[i].op != L2_CHANGE_SAVED && ch[i].have_id && fn(ud, ch[i].seq, ch[i].op, ch[i].id, NULL)) break;
+    free(ch);
+    return rc;
+}
+
 const l2_store_if l2_lmdb_store_if = {
     "lmdb", if_path, if_close, if_save, if_delete, if_query, if_count, if_export, if_changes, if_stats, if_check,
-    if_sweep, if_nuke, if_sync, if_after_import, if_items, if_last_changes, if_feed,
+    if_sweep, if_nuke, if_sync, if_after_import, if_items, if_last_changes, if_feed, if_last_removed,
 };

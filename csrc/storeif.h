@@ -46,8 +46,9 @@ typedef void (*l2_problem_fn)(void *ud, const char *msg);
 
 /* Flags of save and delete: queue in a cache's outbox in the same transaction (L2 was down); a
  * cache fill (events L2 already had: no change record, the change feed being news); a batch of a
- * bulk import (a store may build its indexes once at the end, in after_import). */
-enum { L2_SAVE_OUTBOX = 1, L2_SAVE_FILL = 2, L2_SAVE_IMPORT = 4 };
+ * bulk import (a store may build its indexes once at the end, in after_import); a save whose
+ * removals the caller will ask for (last_removed: a store that must read them does). */
+enum { L2_SAVE_OUTBOX = 1, L2_SAVE_FILL = 2, L2_SAVE_IMPORT = 4, L2_SAVE_REMOVALS = 8 };
 
 typedef struct l2_store_if {
     const char *kind; /* "lmdb", "postgres": for messages and tostring */
@@ -98,6 +99,10 @@ typedef struct l2_store_if {
      * LMDB: positions are sequence numbers. PostgreSQL: transaction ids, and only the changes of
      * transactions that have ended are read. NULL without such a feed (an L2 written in Lua). */
     int (*feed)(void *st, uint64_t pos, size_t max, l2_change_fn fn, void *ud, uint64_t *next, char *err);
+    /* The events its last save_batch (given L2_SAVE_REMOVALS) removed: older versions it replaced
+     * (L2_CHANGE_REPLACED) and NIP-09 targets (L2_CHANGE_DELETED), in order, each as fn(ud, seq (0
+     * when unknown), op, id, NULL). NULL for a store that cannot tell (an L2 written in Lua). */
+    int (*last_removed)(void *st, l2_change_fn fn, void *ud, char *err);
 } l2_store_if;
 
 extern const l2_store_if l2_lmdb_store_if;

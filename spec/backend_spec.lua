@@ -141,6 +141,58 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
     rmdir(dir)
   end)
 
+  it("on_removed hears replaced and deleted events: saved here, deleted here, or removed by another writer",
+    function()
+    local dir = tmpdir()
+    local heard, logged = {}, {}
+    local function hear(id, how, origin) heard[#heard + 1] = table.concat({ id, how, origin }, " ") end
+    local db = assert(layer2.open(dir, { nosync = true, on_removed = hear,
+      log = function(m) logged[#logged + 1] = m end }))
+    local sec = ("0"):rep(63) .. "9"
+    local function save(t)
+      local ev = layer2.event.sign({ kind = t.kind or 1, created_at = t.created_at or 100, tags = t.tags or {},
+        content = t.content or "" }, sec)
+      assert(db:save_event(ev))
+      return ev
+    end
+    local v1 = save({ kind = 30023, created_at = 100, tags = { { "d", "post" } } })
+    local v2 = save({ kind = 30023, created_at = 101, tags = { { "d", "post" } } })
+    local note, note2 = save({ content = "a" }), save({ content = "b" })
+    assert.same({ v1.id .. " replaced local" }, heard)
+    -- a deletion naming two events and an address: each that was there is heard once
+    save({ kind = 5, created_at = 200, tags = { { "e", note.id }, { "e", note2.id }, { "e", ("f"):rep(64) },
+      { "a", "30023:" .. layer2.schnorr.pubkey(sec) .. ":post" } } })
+    assert.same({ v1.id .. " replaced local", note.id .. " deleted local", note2.id .. " deleted local",
+      v2.id .. " deleted local" }, heard)
+    -- a save that removes nothing, a deletion by id, one of nothing
+    heard = {}
+    local keep = save({ content = "kept" })
+    assert.is_true(db:delete_event(keep.id))
+    assert.is_false(db:delete_event(keep.id))
+    assert.same({ keep.id .. " deleted local" }, heard)
+    -- another writer on the same L2 deletes an event L1 holds: the poll tells of it
+    heard = {}
+    local theirs = save({ content = "theirs" })
+    local other = assert(layer2.lmdb.open(dir .. "/layer2"))
+    assert(other:delete_event(theirs.id))
+    other:close()
+    db:poll()
+    assert.same({ theirs.id .. " deleted l2" }, heard)
+    -- taken off, it hears nothing; a failing handler is logged, and the save stands
+    assert.is_true(db:off_removed(hear))
+    assert.is_false(db:off_removed(hear))
+    db:on_removed(function() error("handler bug") end)
+    local doomed = save({ content = "doomed" })
+    assert.is_true(db:delete_event(doomed.id))
+    assert.same({ theirs.id .. " deleted l2" }, heard)
+    assert.matches("an on_removed handler failed: .*handler bug", logged[#logged])
+    assert.equal(0, db:count_events({ ids = { doomed.id } }))
+    assert.has_error(function() db:on_removed(1) end, "layer2: on_removed takes a function")
+    db:close()
+    assert.has_error(function() db:off_removed(hear) end, "layer2: attempt to use a closed store")
+    rmdir(dir)
+  end)
+
   -- The C core calls policies and handlers, and a yield cannot cross a C call (LuaJIT never, Lua
   -- 5.4 not without a continuation): inside a coroutine, as under OpenResty, the yield fails as
   -- an error of the policy (lru takes over) or of the handler (reported); the saves go on.

@@ -210,6 +210,29 @@ describe("a cluster of three nodes on one PostgreSQL L2", function()
     assert.equal(before, b.from_l2_count)
   end)
 
+  it("tells on_removed of replacements and deletions: on the node that saved them, on another after its poll",
+    function()
+      local heard = { a = {}, b = {} }
+      for name, n in pairs({ a = a, b = b }) do
+        n.db:on_removed(function(id, how, origin) heard[name][#heard[name] + 1] = table.concat({ id, how, origin }, " ") end)
+      end
+      local old = sign(KEYS.A, { kind = 0, created_at = NOW - 10, content = "old profile" })
+      local note, other = sign(KEYS.A, { content = "to delete" }), sign(KEYS.A, { content = "deleted by API" })
+      for _, ev in ipairs({ old, note, other }) do assert.is_true(a.db:save_event(ev)) end
+      b.db:poll()
+      assert(l1_has(b.db, old.id) and l1_has(b.db, note.id))
+      assert.is_true(a.db:save_event(sign(KEYS.A, { kind = 0, created_at = NOW, content = "new profile" })))
+      assert.is_true(a.db:save_event(sign(KEYS.A, { kind = 5, created_at = NOW, tags = { { "e", note.id } } })))
+      assert.is_true(a.db:delete_event(other.id))
+      assert.same({ old.id .. " replaced local", note.id .. " deleted local", other.id .. " deleted local" }, heard.a)
+      assert.same({}, heard.b)
+      assert.is_nil(b.db:poll().error)
+      assert.same({ old.id .. " replaced l2", note.id .. " deleted l2", other.id .. " deleted l2" }, heard.b)
+      -- A's own poll reads its own removals in the feed: none is told again
+      a.db:poll()
+      assert.equal(3, #heard.a)
+    end)
+
   it("gets a change whose transaction took its sequence number first and commits after 20 polls of another node",
     function()
       local name = conninfo:match("dbname=(%S+)")

@@ -16,7 +16,7 @@ local Delegating = private.delegating
 
 -- the options layer2.open knows (any other name raises: a misspelling is never silently a default)
 backend.OPTIONS = { "l1", "l2", "policy", "log", "nosync", "future_limit", "max_limit", "poll_frequency",
-  "poll_overlap", "notify", "on_event", "delegate" }
+  "poll_overlap", "notify", "on_event", "on_removed", "delegate" }
 local L1_OPTIONS = { "size_limit", "high_water", "low_water", "stub_share", "history", "admit", "missing_ttl",
   "answers", "answers_ttl", "answers_max_ids", "evict", "changes_kept", "sync" }
 
@@ -154,6 +154,7 @@ function backend.open(path, opts)
     if not st.notify then st.log("cannot listen for L2's change signal: " .. tostring(ok and why or listening)) end
   end
   if opts.on_event then self:on_event(opts.on_event) end
+  if opts.on_removed then self:on_removed(opts.on_removed) end
   return self
 end
 

@@ -110,9 +110,11 @@ function resty.init_worker(path, opts)
     error("layer2.resty.init_worker: with a PostgreSQL L2 eviction runs in the thread pool, where a policy"
       .. " table cannot go: give the path of its file (policy = \"/etc/relay/policy.lua\")", 2)
   end
-  if type(opts.l2) == "string" and opts.on_event ~= nil then
-    error("layer2.resty.init_worker: with a PostgreSQL L2 saves run in the thread pool, where on_event"
-      .. " handlers cannot go: hear events with layer2.resty.subscribe", 2)
+  for _, hook in ipairs({ "on_event", "on_removed" }) do
+    if type(opts.l2) == "string" and opts[hook] ~= nil then
+      error("layer2.resty.init_worker: with a PostgreSQL L2 saves run in the thread pool, where " .. hook
+        .. " handlers cannot go: hear events with layer2.resty.subscribe", 2)
+    end
   end
   -- what layer2.open takes (o, with the worker's log), and what a pool thread's backend opens with
   state.node = node_id()
