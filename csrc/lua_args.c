@@ -132,6 +132,7 @@ int l2lua_unknown_option(lua_State *L, int opts, const char *where, const char *
 
 void l2lua_check_options(lua_State *L, int opts, const char *where, const char *const *names)
 {
+    if (!lua_isnoneornil(L, opts)) luaL_checktype(L, opts, LUA_TTABLE);
     if (l2lua_unknown_option(L, opts, where, names)) {
         luaL_where(L, 1);
         lua_insert(L, -2);

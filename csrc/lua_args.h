@@ -36,7 +36,8 @@ int l2lua_opt_function(lua_State *L, int opts, const char *name);
 /* For a key of the table at opts that is not among `names` (NULL-terminated): pushes
  * "<where>: unknown option 'x'" (with " (did you mean 'y'?)" when a known name is near) and
  * returns 1; else 0 (also when opts holds no table). A misspelled option is an error, never a
- * default silently kept: l2lua_check_options raises it (at the caller's line). */
+ * default silently kept: l2lua_check_options raises it (at the caller's line), and raises as well
+ * when the argument at opts is neither nil nor a table. */
 int l2lua_unknown_option(lua_State *L, int opts, const char *where, const char *const *names);
 void l2lua_check_options(lua_State *L, int opts, const char *where, const char *const *names);
 

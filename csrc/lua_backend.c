@@ -240,11 +240,19 @@ static int backend_saver(void *ud, l2_event *const *evs, size_t n, int64_t now, 
 
 /* db:save_event(ev [, {now, verify}]) -> true | false, msg. verify = false: the caller has checked
  * the event's id and signature itself (layer2.relay does before its policy sees it). */
+/* The options each method takes (any other name raises: l2lua_check_options); the methods that
+ * hand their call to a store have the store's. */
+static const char *const SAVE_OPTS[] = {"verify", "now", NULL};
+static const char *const SAVE_LIST_OPTS[] = {"verify", "now", "threads", NULL};
+static const char *const QUERY_OPTS[] = {"json", "max_limit", "now", "l1_only", NULL};
+static const char *const NOW_OPTS[] = {"now", NULL};
+static const char *const IMPORT_OPTS[] = {"verify", "now", "threads", "batch", "on_refused", "progress", NULL};
+
 static int bk_save_event(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     l2lua_check_table_or_string(L, 2);
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    l2lua_check_options(L, 3, "layer2: save_event", SAVE_OPTS);
     l2_event *evp = &s->ev;
     int verify = l2lua_opt_bool(L, 3, "verify", 1);
     if (l2lua_event_arg(L, 2, &s->ev, L2_HAVE_ALL | (verify ? L2_LENIENT_IDSIG : 0), &s->lim, s->err))
@@ -268,13 +276,17 @@ static int bk_save_event(lua_State *L)
 static int bk_save_events(lua_State *L)
 {
     backend_ud *s = check_backend(L);
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    l2lua_check_options(L, 3, "layer2: save_events", SAVE_LIST_OPTS);
     lua_settop(L, 3);
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 3);
     lua_pushinteger(L, (lua_Integer)l2lua_opt_now(L, 3));
     lua_setfield(L, -2, "now");
     lua_pushboolean(L, l2lua_opt_bool(L, 3, "verify", 1));
     lua_setfield(L, -2, "verify");
+    if (lua_type(L, 3) == LUA_TTABLE) {
+        lua_getfield(L, 3, "threads");
+        lua_setfield(L, -2, "threads");
+    }
     return l2lua_save_list(L, 2, 4, &s->lim, backend_saver, s, s->err);
 }
 
@@ -360,7 +372,7 @@ static void push_levels(lua_State *L, const l2_levels *lv)
 static int pv_query_l1(lua_State *L)
 {
     backend_ud *s = check_backend(L);
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    l2lua_check_options(L, 3, "layer2: query_events", QUERY_OPTS);
     rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
     int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
     l2lua_filters spare, *fs = take_filters(L, s, &spare);
@@ -388,7 +400,7 @@ static int pv_query_l1(lua_State *L)
 static int bk_query_events(lua_State *L)
 {
     backend_ud *s = check_backend(L);
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    l2lua_check_options(L, 3, "layer2: query_events", QUERY_OPTS);
     lua_settop(L, 3);
     rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
     int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
@@ -542,7 +554,7 @@ static int bk_changes_since(lua_State *L)
 static int bk_count_events(lua_State *L)
 {
     backend_ud *s = check_backend(L);
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    l2lua_check_options(L, 3, "layer2: count_events", NOW_OPTS);
     int64_t now = l2lua_opt_now(L, 3);
     l2lua_filters spare, *fs = take_filters(L, s, &spare);
     if (!fs) return l2lua_refuse(L, 0, s->err);
@@ -560,6 +572,7 @@ static int bk_import(lua_State *L)
 {
     backend_ud *s = check_backend(L);
     if (!s->l2vt) return delegate(L, 1, "import");
+    l2lua_check_options(L, 3, "layer2: import", IMPORT_OPTS);
     lua_settop(L, 3);
     int64_t newest;
     int n = l2lua_import(L, s->l2vt, s->l2st, &s->lim, 0, &newest, s->err);

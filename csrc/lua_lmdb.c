@@ -88,6 +88,8 @@ static int store_copy(lua_State *L)
     l2lua_store *s;
     l2_store *st = check_lmdb(L, &s);
     const char *dir = luaL_checkstring(L, 2);
+    static const char *const names[] = {"compact", "progress", NULL};
+    l2lua_check_options(L, 3, "layer2: copy", names);
     int compact = l2lua_opt_bool(L, 3, "compact", 1), with_progress = 0;
     if (lua_type(L, 3) == LUA_TTABLE) {
         lua_getfield(L, 3, "progress");
@@ -225,6 +227,8 @@ static int store_outbox(lua_State *L)
     l2_store *st = check_lmdb(L, &s);
     int64_t max = 1000;
     if (!lua_isnoneornil(L, 2) && (l2lua_int64(L, 2, &max) || max < 1)) return luaL_argerror(L, 2, "a count expected");
+    static const char *const names[] = {"json", NULL};
+    l2lua_check_options(L, 3, "layer2: outbox", names);
     int json = l2lua_opt_bool(L, 3, "json", 0);
     if (max > 100000) max = 100000;
     l2_outbox_item *items = malloc((size_t)max * sizeof *items);
@@ -288,8 +292,9 @@ static int lmdb_upgrade(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     int with_progress = 0;
+    static const char *const names[] = {"progress", NULL};
+    l2lua_check_options(L, 2, "layer2.lmdb.upgrade", names);
     if (!lua_isnoneornil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
         lua_getfield(L, 2, "progress");
         with_progress = lua_isfunction(L, -1);
         if (!with_progress) lua_pop(L, 1);

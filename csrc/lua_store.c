@@ -535,6 +535,18 @@ static int store_path(lua_State *L)
 }
 
 /* opts.outbox: queue in a cache's outbox in the same transaction; opts.fill: a cache fill. */
+/* The options each method takes (any other name raises: l2lua_check_options). */
+static const char *const SAVE_OPTS[] = {"verify", "now", "outbox", "fill", NULL};
+static const char *const SAVE_LIST_OPTS[] = {"verify", "now", "threads", "outbox", "fill", NULL};
+static const char *const IMPORT_OPTS[] = {"verify", "now", "threads", "batch", "on_refused", "progress", "outbox",
+                                          "fill", NULL};
+static const char *const DELETE_OPTS[] = {"outbox", NULL};
+static const char *const QUERY_OPTS[] = {"json", "info", "max_limit", "now", "horizon", NULL};
+static const char *const ITEMS_OPTS[] = {"max", "now", NULL};
+static const char *const NOW_OPTS[] = {"now", NULL};
+static const char *const PROGRESS_OPTS[] = {"progress", NULL};
+static const char *const JSON_OPTS[] = {"json", NULL};
+
 static int save_flags(lua_State *L, int opts)
 {
     return (l2lua_opt_bool(L, opts, "outbox", 0) ? L2_SAVE_OUTBOX : 0) |
@@ -545,6 +557,7 @@ static int save_flags(lua_State *L, int opts)
 static int store_save(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 3, "layer2: save_event", SAVE_OPTS);
     int verify = l2lua_opt_bool(L, 3, "verify", 1);
     l2_save_result res;
     l2_event *evp = &s->ev;
@@ -564,6 +577,7 @@ static int store_save(lua_State *L)
 static int store_save_events(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 3, "layer2: save_events", SAVE_LIST_OPTS);
     s->save_flags = save_flags(L, 3);
     return l2lua_save_list(L, 2, 3, &s->lim, store_saver, s, s->err);
 }
@@ -572,6 +586,7 @@ static int store_save_events(lua_State *L)
 static int store_import(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 3, "layer2: import", IMPORT_OPTS);
     int64_t newest;
     int n = l2lua_import(L, s->vt, s->st, &s->lim, save_flags(L, 3), &newest, s->err);
     return n < 0 ? lua_error(L) : n;
@@ -581,6 +596,7 @@ static int store_import(lua_State *L)
 static int store_delete(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 4, "layer2: delete_event", DELETE_OPTS);
     uint8_t id[32];
     size_t n;
     int found;
@@ -632,6 +648,7 @@ static int query_row(void *ud, const l2_row *r)
 static int store_query(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 3, "layer2: query_events", QUERY_OPTS);
     query_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), l2lua_opt_bool(L, 3, "info", 0), 0, 0, 0, 0};
     int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit);
     int64_t now = l2lua_opt_now(L, 3), horizon = l2lua_opt_int(L, 3, "horizon", 0);
@@ -680,6 +697,7 @@ static int item_put(void *ud, int64_t at, const uint8_t id[32])
 static int store_negentropy_items(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 3, "layer2: negentropy_items", ITEMS_OPTS);
     items_state it = {s, 0, (uint64_t)l2lua_opt_int(L, 3, "max", 1000000)};
     if (!s->vt->items) return l2lua_refuse(L, 0, "unsupported: this store lists no NIP-77 items");
     if (read_filters(L, s)) return l2lua_refuse(L, 0, s->err);
@@ -703,6 +721,7 @@ static int store_negentropy_items(lua_State *L)
 static int store_count(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 3, "layer2: count_events", NOW_OPTS);
     uint64_t n;
     if (read_filters(L, s)) return l2lua_refuse(L, 0, s->err);
     if (s->vt->count(s->st, s->filters.v, s->filters.n, l2lua_opt_now(L, 3), &n, s->err))
@@ -733,6 +752,7 @@ static int export_row(void *ud, const l2_row *r)
 static int store_export(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 4, "layer2: export", PROGRESS_OPTS);
     pubkeys_arg pk;
     export_state e = {L, s, NULL};
     if (read_pubkeys(L, 3, &pk, s->err) || !(e.sink = sink_open(L, 2, 4, s->err))) return l2lua_refuse(L, 0, s->err);
@@ -776,6 +796,7 @@ static int change_row(void *ud, uint64_t seq, int op, const uint8_t *id, const l
 static int store_changes(lua_State *L)
 {
     l2lua_store *s = l2lua_check_store(L, 1);
+    l2lua_check_options(L, 4, "layer2: changes_since", JSON_OPTS);
     int64_t after, max;
     changes_state c = {L, s, 0, 0, 0};
     l2lua_changes_args(L, &after, &max, &c.json);

@@ -448,6 +448,37 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
     assert.has_error(function() layer2.postgres.open("dbname=x", { max_limt = 5 }) end,
       "layer2.postgres.open: unknown option 'max_limt' (did you mean 'max_limit'?)")
     assert.is_nil(io.open("/tmp/x"), "nothing was made for bad options")
+    -- every method's options, on the two-level handle and on each store: a misspelling raises,
+    -- names the method, and nothing is stored
+    local mdir = tmpdir()
+    local db = assert(layer2.open(mdir, { nosync = true }))
+    local ev = layer2.event.sign({ kind = 1, created_at = 100, tags = {}, content = "x" }, ("0"):rep(63) .. "3")
+    local calls = {
+      { "save_event", { ev, { verfy = false } }, "save_event: unknown option 'verfy' (did you mean 'verify'?)" },
+      { "save_events", { { ev }, { treads = 2 } }, "save_events: unknown option 'treads' (did you mean 'threads'?)" },
+      { "query_events", { { {} }, { jsno = true } }, "query_events: unknown option 'jsno' (did you mean 'json'?)" },
+      { "count_events", { { {} }, { nw = 1 } }, "count_events: unknown option 'nw' (did you mean 'now'?)" },
+      { "negentropy_items", { { {} }, { mx = 5 } }, "negentropy_items: unknown option 'mx' (did you mean 'max'?)" },
+      { "import", { function() return nil end, { progres = print } },
+        "import: unknown option 'progres' (did you mean 'progress'?)" },
+      { "export", { function() end, nil, { progess = print } },
+        "export: unknown option 'progess' (did you mean 'progress'?)" },
+      { "changes_since", { 0, 10, { jason = true } }, "changes_since: unknown option 'jason' (did you mean 'json'?)" },
+    }
+    for _, handle in ipairs({ db, db.l1, db.l2 }) do
+      for _, c in ipairs(calls) do
+        local method, args, says = c[1], c[2], c[3]
+        local ok, err = pcall(handle[method], handle, table.unpack(args, 1, 3))
+        assert.is_false(ok, method)
+        assert.matches("layer2: " .. says:gsub("%p", "%%%0") .. "$", err)
+      end
+    end
+    assert.has_error(function() db:query_events({ {} }, 5) end)
+    assert.has_error(function() db.l1:delete_event(ev.id, false, { outbx = true }) end)
+    assert.has_error(function() db.l2:copy(mdir .. "/copy", { compct = false }) end)
+    assert.equal(0, db.l2:count_events({}))
+    db:close()
+    rmdir(mdir)
     local dir = tmpdir()
     assert.has_error(function() layer2.open(dir, { l2 = {} }) end, "layer2: opts.l2 has no save_event method")
     assert.is_nil(io.open(dir), "nothing was made for a bad L2")

@@ -191,6 +191,8 @@ end
 
 function Delegating:count_events(filters, copts)
   if self:is_closed() then error("layer2: attempt to use a closed store", 2) end
+  local unknown = type(copts) == "table" and core.unknown_option(copts, "layer2: count_events", { "now" })
+  if unknown then error(unknown, 2) end
   return self.delegate("count_events", filters, copts)
 end
 
