@@ -451,7 +451,7 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
     -- every method's options, on the two-level handle and on each store: a misspelling raises,
     -- names the method, and nothing is stored
     local mdir = tmpdir()
-    local db = assert(layer2.open(mdir, { nosync = true }))
+    local store = assert(layer2.open(mdir, { nosync = true }))
     local ev = layer2.event.sign({ kind = 1, created_at = 100, tags = {}, content = "x" }, ("0"):rep(63) .. "3")
     local calls = {
       { "save_event", { ev, { verfy = false } }, "save_event: unknown option 'verfy' (did you mean 'verify'?)" },
@@ -465,7 +465,7 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
         "export: unknown option 'progess' (did you mean 'progress'?)" },
       { "changes_since", { 0, 10, { jason = true } }, "changes_since: unknown option 'jason' (did you mean 'json'?)" },
     }
-    for _, handle in ipairs({ db, db.l1, db.l2 }) do
+    for _, handle in ipairs({ store, store.l1, store.l2 }) do
       for _, c in ipairs(calls) do
         local method, args, says = c[1], c[2], c[3]
         local ok, err = pcall(handle[method], handle, table.unpack(args, 1, 3))
@@ -473,11 +473,11 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
         assert.matches("layer2: " .. says:gsub("%p", "%%%0") .. "$", err)
       end
     end
-    assert.has_error(function() db:query_events({ {} }, 5) end)
-    assert.has_error(function() db.l1:delete_event(ev.id, false, { outbx = true }) end)
-    assert.has_error(function() db.l2:copy(mdir .. "/copy", { compct = false }) end)
-    assert.equal(0, db.l2:count_events({}))
-    db:close()
+    assert.has_error(function() store:query_events({ {} }, 5) end)
+    assert.has_error(function() store.l1:delete_event(ev.id, false, { outbx = true }) end)
+    assert.has_error(function() store.l2:copy(mdir .. "/copy", { compct = false }) end)
+    assert.equal(0, store.l2:count_events({}))
+    store:close()
     rmdir(mdir)
     local dir = tmpdir()
     assert.has_error(function() layer2.open(dir, { l2 = {} }) end, "layer2: opts.l2 has no save_event method")
