@@ -63,6 +63,10 @@ return {
 local layer2_policy = util.layer2_relay({ root = ROOT, workers = WORKERS, max_subscriptions = MAX_SUBS, tag = "relay",
   policy = POLICY, name = "layer2-policy" })
 local strfry = util.strfry_relay({ root = ROOT, bin = STRFRY, tag = "relay" })
+-- strfry with a five-line write plugin doing what the policy's accept_event does (its write
+-- policies are plugins: a process fed JSON lines), in the publish runs
+local strfry_plugin = util.strfry_relay({ root = ROOT, bin = STRFRY, tag = "relay", name = "strfry-plugin",
+  plugin = ROOT .. "/bench/strfry/plugin.js" })
 
 -- one node process against a running relay: the sections of `config` it names
 local function client(url, config)
@@ -127,13 +131,19 @@ end
 setup_node()
 local kinds = { layer2, layer2_full, layer2_policy }
 if STRFRY then kinds[#kinds + 1] = strfry end
+-- the kinds of the publish runs: also strfry with its plugin
+local publish_kinds = { table.unpack(kinds) }
+if STRFRY then publish_kinds[#publish_kinds + 1] = strfry_plugin end
 local with_strfry = STRFRY ~= nil
 local t_start = util.wall()
 
 -- results[kind name][clients]; the relays alternate per row, so both see the same machine state
-local results, problems = { layer2 = {}, strfry = {}, [layer2_full.name] = {}, [layer2_policy.name] = {} }, {}
+local results, problems = { layer2 = {}, strfry = {}, [layer2_full.name] = {}, [layer2_policy.name] = {},
+  [strfry_plugin.name] = {} }, {}
 for i, clients in ipairs(CLIENTS) do
-  for _, kind in ipairs(kinds) do results[kind.name][clients] = measure(kind, clients, i == #CLIENTS, problems) end
+  for _, kind in ipairs(publish_kinds) do
+    results[kind.name][clients] = measure(kind, clients, i == #CLIENTS and kind ~= strfry_plugin, problems)
+  end
 end
 local last = CLIENTS[#CLIENTS]
 local function section(name, kind)
@@ -145,15 +155,16 @@ local function note(s) notes[#notes + 1] = "- " .. s end
 
 -- 1. publish
 local pub_headers = { "clients" }
-for _, kind in ipairs(kinds) do
+for _, kind in ipairs(publish_kinds) do
   for _, h in ipairs({ "events/s", "accepted", "OK ms p50 / p99" }) do pub_headers[#pub_headers + 1] = kind.name .. " " .. h end
 end
 if with_strfry then pub_headers[#pub_headers + 1] = "layer2 / strfry events/s (>1: layer2 better)" end
 pub_headers[#pub_headers + 1] = "with a policy / without, events/s (target >= 0.9)"
+if with_strfry then pub_headers[#pub_headers + 1] = "strfry with its plugin / without, events/s" end
 local pub_rows = {}
 for _, clients in ipairs(CLIENTS) do
   local row = { tostring(clients) }
-  for _, kind in ipairs(kinds) do
+  for _, kind in ipairs(publish_kinds) do
     local p = results[kind.name][clients].publish
     row[#row + 1] = util.fmt_rate(p.rate)
     row[#row + 1] = ("%d / %d"):format(p.accepted, p.published)
@@ -165,6 +176,7 @@ for _, clients in ipairs(CLIENTS) do
   local l2, sf = results.layer2[clients].publish, results.strfry[clients] and results.strfry[clients].publish
   if with_strfry then row[#row + 1] = ratio(l2.rate, sf.rate) end
   row[#row + 1] = ratio(results[layer2_policy.name][clients].publish.rate, l2.rate)
+  if with_strfry then row[#row + 1] = ratio(results[strfry_plugin.name][clients].publish.rate, sf.rate) end
   pub_rows[#pub_rows + 1] = row
   util.summary("relay publish, " .. clients_text(clients), util.fmt_rate(l2.rate) .. " events/s",
     ("%d events, %d nginx workers, durable saves; %s"):format(N, WORKERS, with_strfry

@@ -187,27 +187,29 @@ function util.layer2_relay(opts)
 end
 
 -- A copy of bench/strfry/strfry.conf at `path`, its db (a directory, made if missing) and port rewritten.
-function util.strfry_conf(root, path, db, port)
+function util.strfry_conf(root, path, db, port, plugin)
   local conf = assert(util.read_file(root .. "/bench/strfry/strfry.conf"))
-  local n1, n2
+  local n1, n2, n3
   conf, n1 = conf:gsub('\ndb = "[^"]*"', ('\ndb = "%s/"'):format(db))
   conf, n2 = conf:gsub("\n(%s*)port = %d+", ("\n%%1port = %d"):format(port or 7778))
-  assert(n1 == 1 and n2 == 1, "bench/strfry/strfry.conf: no `db = ` or `port = ` line to rewrite")
+  conf, n3 = conf:gsub('\n(%s*)plugin = "[^"]*"', ('\n%%1plugin = "%s"'):format(plugin or ""))
+  assert(n1 == 1 and n2 == 1 and n3 == 1, "bench/strfry/strfry.conf: no `db = `, `port = ` or `plugin = ` line to rewrite")
   util.write_file(path, conf)
   util.sh("mkdir -p " .. db)
   return path
 end
 
--- strfry as a kind: opts.root, opts.bin (the strfry binary), opts.tag; each start with a copy of
+-- strfry as a kind: opts.root, opts.bin (the strfry binary), opts.tag, opts.name ("strfry"),
+-- opts.plugin (a write-policy plugin's command); each start with a copy of
 -- bench/strfry/strfry.conf (util.strfry_conf).
 function util.strfry_relay(opts)
-  local kind = { name = "strfry" }
+  local kind = { name = opts.name or "strfry" }
   function kind.version()
     return util.output_of(opts.bin .. " --version 2>/dev/null")
   end
   function kind.start(db)
     local port, dir = util.free_port(), util.temp_dir(opts.tag .. "-strfry")
-    util.strfry_conf(opts.root, dir .. "/strfry.conf", db or (dir .. "/db"), port)
+    util.strfry_conf(opts.root, dir .. "/strfry.conf", db or (dir .. "/db"), port, opts.plugin)
     local pid = tonumber(util.output_of(("%s --config=%s/strfry.conf relay >%s/strfry.log 2>&1 & echo $!")
       :format(opts.bin, dir, dir)))
     return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir, pid = pid }
