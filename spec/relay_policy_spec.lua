@@ -93,6 +93,8 @@ local harness = require("spec.relay.harness");
     assert.same({ true, "" }, res.listed)
     assert.same({ false, "blocked: not on white-list (IP4 127.0.0.1)" }, res.stranger)
     assert.same({ true, "" }, res.spam, "shadowReject: OK")
+    assert.is_false(res.forged[1])
+    assert.matches("^invalid: ", res.forged[2])
     assert.is_true(res.auth[1], tostring(res.auth[2]))
     assert.same({ true, "" }, res.authed, "the plugin saw the AUTH'd pubkey")
     local want = { res.ids.listed, res.ids.authed }

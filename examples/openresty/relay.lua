@@ -18,6 +18,8 @@ local protocol = layer2_relay.new({
   store = resty.db,
   info = { name = "layer2 example relay", description = "a nostr relay on OpenResty with a two-level layer2 store" },
   save = resty.save,
+  -- resty's writer checks a batch's signatures in the thread pool, then asks the policy
+  screens = true,
   queue = resty.queue,
   watch = resty.watch,
   unwatch = resty.unwatch,

@@ -93,9 +93,15 @@ end
 -- handle, or a function returning it), limits (names of relay.LIMITS), info ({name, description}
 -- for NIP-11), policy (hooks, below), url (this relay's, as clients reach it: what a NIP-42 AUTH
 -- event's relay tag names), and the host's parts, each optional:
---   save(ev, done, queue, verified)
---                           saves an event (a table, or its JSON), then calls done(ok, msg);
---                           verified: its id and signature were checked here (for the policy)
+--   save(ev, done, queue, verified, screen)
+--                           saves an event (a table, or its JSON), then calls done(ok, msg,
+--                           shadowed); verified: its id and signature were checked here (for
+--                           the policy); screen: given to a host that `screens` (below)
+--   screens                 true: the host's save checks signatures itself (in batches, off its
+--                           event loop) and then calls screen() for each event whose signature
+--                           holds: true (save it), "shadow" (answer done(true, "", true), save
+--                           nothing) or false and the refusal; the policy's accept_event runs
+--                           there, and this library does not verify an event first
 --   queue()                 a connection's token for save (its saves keep their order)
 --   watch(filters, fn)      -> handle | nil, err: fn(json) for each new matching event
 --   unwatch(handle)
@@ -117,8 +123,8 @@ end
 function relay.new(opts)
   opts = opts or {}
   local unknown = require("layer2.core").unknown_option(opts, "layer2.relay.new", { "store", "limits", "info",
-    "policy", "url", "save", "queue", "watch", "unwatch", "broadcast", "before_query", "negentropy_items", "waiter",
-    "now", "log" })
+    "policy", "url", "save", "screens", "queue", "watch", "unwatch", "broadcast", "before_query", "negentropy_items",
+    "waiter", "now", "log" })
   if unknown then error(unknown, 2) end
   if opts.store == nil then error("layer2.relay.new: a store is needed (opts.store)", 2) end
   local store = opts.store
@@ -131,6 +137,7 @@ function relay.new(opts)
   self.save = opts.save or function(ev, done, _, verified)
     done(self.store():save_event(ev, verified and VERIFIED or nil))
   end
+  self.screens = opts.save ~= nil and opts.screens == true
   self.queue = opts.queue or function() return nil end
   if opts.watch then
     self.watch, self.unwatch, self.broadcast = opts.watch, opts.unwatch, opts.broadcast or function() end
@@ -325,28 +332,38 @@ function verbs.EVENT(self, msg, data)
   -- the event as the client wrote it (["EVENT", {...}] less its frame): the core parses JSON
   -- faster than it reads a table, and a string crosses into nginx's thread pool as one copy
   local json = #msg == 2 and data:match('^%s*%[%s*"EVENT"%s*,(.*)%]%s*$') or ev
-  local verified = false
+  local verified, screen = false, nil
   if r.policy.accept_event then
-    -- the policy decides on an event whose signature holds (a forged one never reaches it); the
-    -- store is told, and does not check it again
-    local valid, verr = layer2.event.verify(json)
-    verified = valid
-    if not valid then return self:send({ "OK", id, false, verr }) end
-    local verdict, why = r:ask("accept_event", ev, self.client)
-    if verdict == "shadow" then return self:send({ "OK", id, true, "" }) end
-    if verdict ~= true then return self:send({ "OK", id, false, refusal(why, "blocked") }) end
+    -- the policy decides on an event whose signature holds (a forged one never reaches it)
+    local client = self.client
+    screen = function()
+      local verdict, why = r:ask("accept_event", ev, client)
+      if verdict == true or verdict == "shadow" then return verdict end
+      return false, refusal(why, "blocked")
+    end
+    if not r.screens then
+      -- checked here, then the store is told, and does not check it again
+      local valid, verr = layer2.event.verify(json)
+      verified = valid
+      if not valid then return self:send({ "OK", id, false, verr }) end
+      local verdict, why = screen()
+      if verdict == "shadow" then return self:send({ "OK", id, true, "" }) end
+      if verdict ~= true then return self:send({ "OK", id, false, why }) end
+      screen = nil
+    end
   end
   self.unsettled = self.unsettled + 1
-  r.save(json, function(ok, m)
-    if ok and type(ev.kind) == "number" and ev.kind >= 20000 and ev.kind < 30000 then
+  r.save(json, function(ok, m, shadowed)
+    local deliver = ok and not shadowed
+    if deliver and type(ev.kind) == "number" and ev.kind >= 20000 and ev.kind < 30000 then
       r.broadcast(layer2.event.encode(ev))
-    elseif ok and r.publish then -- this process's watchers (a host's own watch has its feed)
+    elseif deliver and r.publish then -- this process's watchers (a host's own watch has its feed)
       r.publish(type(json) == "string" and json or layer2.event.encode(ev))
     end
     self:send({ "OK", id, ok and true or false, m or "" })
     self.unsettled = self.unsettled - 1
     if self.unsettled == 0 and self.settled then self.settled.post(1) end
-  end, self.saves, verified)
+  end, self.saves, verified, screen)
 end
 
 function verbs.REQ(self, msg)
@@ -376,11 +393,12 @@ function verbs.REQ(self, msg)
   end)
   if not handle then return self:send({ "CLOSED", subid, werr }) end
   self.subs[subid], self.nsubs = handle, self.nsubs + 1
-  -- the stored events go out as the connection drains, not all into its queue at once
-  local drain = self.conn.drain
+  -- the stored events go out as the connection drains, not all into its queue at once; each
+  -- frame is the stored JSON between a prefix made once
+  local drain, send, prefix = self.conn.drain, self.conn.send, '["EVENT",' .. cjson.encode(subid) .. ","
   for _, json in ipairs(events) do
     if drain and (not drain() or self.closed or self.subs[subid] ~= handle) then return end
-    self.conn.send(event_frame(subid, json))
+    send(prefix .. json .. "]")
   end
   self:send({ "EOSE", subid })
   local live = held

@@ -23,6 +23,8 @@ local resty = {}
 -- in_pool(method, ...): runs a backend method off the event loop where it can (see init_worker)
 local state = {}
 state.in_pool = function(method, ...) return state.db[method](state.db, ...) end
+-- verify_list(events): a batch's signatures checked, where in_pool runs its saves
+state.verify_list = function(events) return layer2.event.verify_list(events) end
 
 local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 
@@ -35,7 +37,8 @@ for name in pairs(RESTY_OPTIONS) do OPTIONS[#OPTIONS + 1] = name end
 table.sort(OPTIONS)
 
 local function start_timers(db, opts)
-  writer.start(function(method, ...) return state.in_pool(method, ...) end)
+  writer.start(function(method, ...) return state.in_pool(method, ...) end,
+    function(events) return state.verify_list(events) end)
   feed.start(db, opts.signal_interval or 0.005, opts.tail_interval or 0.05)
   if ngx.worker.id() ~= 0 then return end
   -- one worker does the shared maintenance
@@ -127,19 +130,25 @@ function resty.init_worker(path, opts)
     local pool = require("layer2.resty_pool")
     local _, dropped = pool.crossable(bopts)
     if opts.thread_pool ~= false and not dropped then
-      local pooled, direct = pool.backend(path, bopts, opts.thread_pool), state.in_pool
-      state.in_pool = function(method, ...)
-        if pooled then
-          local ok, a, b, c = pcall(pooled, method, ...)
-          if ok then return a, b, c end
-          -- an nginx.conf without the pool: everything in the event loop, as before
-          if not tostring(a):find("thread pool .* not found") then error(a, 0) end
-          pooled = nil
-          ngx.log(ngx.NOTICE, "layer2: no thread_pool ", opts.thread_pool or "layer2",
-            " in nginx.conf: saves and maintenance run in the event loop")
+      local has_pool = true
+      -- fn in the pool, or (an nginx.conf without it) in the event loop, as before
+      local function pooled_or(pooled, direct)
+        return function(...)
+          if has_pool then
+            local ok, a, b, c = pcall(pooled, ...)
+            if ok then return a, b, c end
+            if not tostring(a):find("thread pool .* not found") then error(a, 0) end
+            if has_pool then
+              ngx.log(ngx.NOTICE, "layer2: no thread_pool ", opts.thread_pool or "layer2",
+                " in nginx.conf: saves and maintenance run in the event loop")
+            end
+            has_pool = false
+          end
+          return direct(...)
         end
-        return direct(method, ...)
       end
+      state.in_pool = pooled_or(pool.backend(path, bopts, opts.thread_pool), state.in_pool)
+      state.verify_list = pooled_or(pool.verifier(opts.thread_pool), state.verify_list)
     end
     return open(path, o, opts)
   end
@@ -149,6 +158,7 @@ function resty.init_worker(path, opts)
   -- polling run whole in the pool, on a backend of the thread's own (same L1, same learned state).
   local in_pool = require("layer2.resty_pool").backend(path, bopts, opts.thread_pool)
   state.in_pool = in_pool
+  state.verify_list = require("layer2.resty_pool").verifier(opts.thread_pool)
   o.l2 = require("layer2.resty_pool").l2(o.l2, opts.thread_pool)
   o.delegate = in_pool
   ngx.timer.at(0, function(premature)

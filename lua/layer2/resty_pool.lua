@@ -51,6 +51,11 @@ function resty_pool.backend_call(path, opts, method, ...)
   return db[method](db, ...)
 end
 
+-- A batch's signatures checked on threads (layer2.event.verify_list), in this thread.
+function resty_pool.verify_list(events)
+  return require("layer2").event.verify_list(events)
+end
+
 -- ---- the worker side ----
 
 -- Runs resty_pool[fn](...) in a pool thread; the request's coroutine yields meanwhile. From inside a
@@ -92,6 +97,11 @@ end
 function resty_pool.backend(path, opts, pool)
   local o = resty_pool.crossable(opts)
   return function(method, ...) return in_thread(pool or "layer2", "backend_call", path, o, method, ...) end
+end
+
+-- The worker's way to verify_list: fn(events) runs it in the pool.
+function resty_pool.verifier(pool)
+  return function(events) return in_thread(pool or "layer2", "verify_list", events) end
 end
 
 function resty_pool.l2(conninfo, pool)

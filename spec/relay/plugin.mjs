@@ -22,6 +22,8 @@ const spam = note(cfg.alice, "spam");
 out.listed = await outcome(relay.publish(listed));
 out.stranger = await outcome(relay.publish(stranger));
 out.spam = await outcome(relay.publish(spam));
+// a forged event (its content changed after signing) is refused before any policy sees it
+out.forged = await outcome(relay.publish({ ...note(cfg.alice, "signed"), content: "changed" }));
 out.auth = await outcome(relay.auth(async (template) => finalizeEvent(template, key(cfg.alice))));
 const authed = note(cfg.mallory, "now as alice");
 out.authed = await outcome(relay.publish(authed));

@@ -4,6 +4,7 @@ local feed = require("layer2.resty.feed")
 
 local writer_api = {}
 local in_pool -- in_pool("save_events", events): where batches are written (layer2.resty)
+local verify_list -- verify_list(events): their signatures checked, where batches are (layer2.resty)
 
 local function log(msg) ngx.log(ngx.ERR, "layer2: ", msg) end
 
@@ -40,8 +41,18 @@ end
 -- batches. A queue whose events are in an express batch being written waits for it (first in
 -- the next batch): a connection's events commit in the order it sent them. Also returns the
 -- queues served (marked in_batch until the batch is written).
+-- an item of a queue: { event, done, verified, screen } (see writer_api.save); into a batch's
+-- events and done (done.verified: every one verified; done.screens[i]: its screen, if any)
+local function add_item(events, done, item)
+  events[#events + 1], done[#done + 1] = item[1], item[2]
+  done.verified = done.verified and item[3]
+  if item[4] then done.screens[#done] = item[4] end
+end
+
+local function new_done() return { verified = true, screens = {} } end
+
 local function take_batch()
-  local events, done, limit, served, ring, later = {}, { verified = true }, batch_limit(), {}, {}, {}
+  local events, done, limit, served, ring, later = {}, new_done(), batch_limit(), {}, {}, {}
   for _, q in ipairs(writer.ring) do
     if q.in_express then later[#later + 1] = q else ring[#ring + 1] = q end
   end
@@ -51,8 +62,7 @@ local function take_batch()
       if #events < limit then
         local item = q.items[q.head]
         q.items[q.head], q.head = nil, q.head + 1
-        events[#events + 1], done[#done + 1] = item[1], item[2]
-        done.verified = done.verified and item[3]
+        add_item(events, done, item)
         if not q.in_batch then
           q.in_batch = true
           served[#served + 1] = q
@@ -74,13 +84,54 @@ end
 -- a batch whose every event its caller verified (done.verified) is not verified again
 local VERIFIED = { verify = false }
 
-local function write_batch(events, done)
-  local ok, verdicts, err = pcall(in_pool, "save_events", events, done.verified and VERIFIED or nil)
+local FAILED = "error: the store failed on this batch"
+
+-- A batch whose policy decides once signatures hold (layer2.relay's screens): every event is
+-- verified in the pool first (on threads, off the event loop), then each valid one with a screen
+-- is screened here (the policy may yield: a strfry plugin's call). Returns the events to save (all
+-- verified now) and their places; results[i] gets what is decided already: a refusal, "shadow".
+local function screen_batch(events, done, results)
+  local ok, verdicts, err = pcall(verify_list, events)
   if ok and not verdicts then ok, verdicts = false, err end
-  if not ok then log("a batch of saves failed: " .. tostring(verdicts)) end
+  if not ok then log("a batch's signature checks failed: " .. tostring(verdicts)) end
+  local kept, at = {}, {}
+  for i, ev in ipairs(events) do
+    local v = ok and verdicts[i] or FAILED
+    local screen = done.screens[i]
+    if v == true and screen then
+      local sok, verdict, why = pcall(screen)
+      if not sok then
+        log("a screen failed: " .. tostring(verdict))
+        v = "error: the relay's policy failed"
+      elseif verdict ~= true then
+        v = verdict == "shadow" and "shadow" or tostring(why)
+      end
+    end
+    if v == true then
+      kept[#kept + 1], at[#at + 1] = ev, i
+    else
+      results[i] = v
+    end
+  end
+  return kept, at
+end
+
+local function write_batch(events, done)
+  local results, list, at, opts = {}, events, nil, done.verified and VERIFIED or nil
+  if next(done.screens) then
+    list, at = screen_batch(events, done, results)
+    opts = VERIFIED
+  end
+  if #list > 0 then
+    local ok, verdicts, err = pcall(in_pool, "save_events", list, opts)
+    if ok and not verdicts then ok, verdicts = false, err end
+    if not ok then log("a batch of saves failed: " .. tostring(verdicts)) end
+    for k = 1, #list do results[at and at[k] or k] = ok and verdicts[k] or FAILED end
+  end
   for i, fn in ipairs(done) do
-    local v = ok and verdicts[i] or "error: the store failed on this batch"
-    local cok, e = pcall(fn, v == true, v ~= true and v or "")
+    local v = results[i]
+    local taken = v == true or v == "shadow"
+    local cok, e = pcall(fn, taken, not taken and v or "", v == "shadow")
     if not cok then log("a save's callback failed: " .. tostring(e)) end
   end
   -- this worker's subscribers get the batch now; the others' when they see the signal
@@ -98,14 +149,13 @@ end
 -- commit in the order it sent them (a client that sends a replaceable event twice expects both
 -- accepted, the second replacing the first).
 local function take_light()
-  local events, done, rest, served = {}, { verified = true }, {}, {}
+  local events, done, rest, served = {}, new_done(), {}, {}
   for _, q in ipairs(writer.ring) do
     if queued(q) <= SHARE and not q.in_batch then
       while q.head <= q.tail do
         local item = q.items[q.head]
         q.items[q.head], q.head = nil, q.head + 1
-        events[#events + 1], done[#done + 1] = item[1], item[2]
-        done.verified = done.verified and item[3]
+        add_item(events, done, item)
       end
       q.waiting, q.in_express = false, true
       served[#served + 1] = q
@@ -161,10 +211,12 @@ function writer_api.queue()
 end
 
 -- Queues an event (a table or wire JSON) in `queue` (one of resty.queue(); a queue shared by
--- every caller without one if nil) for the next batch; done(ok, msg) is called once it is
--- decided, from the writer (it must not yield). Waits while that queue is full. `verified`: the
--- caller has checked its id and signature (layer2.relay, for its policy): not checked again.
-function writer_api.save(ev, done, queue, verified)
+-- every caller without one if nil) for the next batch; done(ok, msg, shadowed) is called once it
+-- is decided, from the writer (it must not yield). Waits while that queue is full. `verified`:
+-- the caller has checked its id and signature: not checked again. `screen`: a function called
+-- once the event's signature holds (in the writer, before the save), answering true (save it),
+-- "shadow" (done(true, "", true): nothing saved) or false and the refusal (layer2.relay's policy).
+function writer_api.save(ev, done, queue, verified, screen)
   local q = queue or writer.shared
   if not q then
     q = writer_api.queue()
@@ -176,7 +228,7 @@ function writer_api.save(ev, done, queue, verified)
     q.blocked = q.blocked - 1
   end
   q.tail = q.tail + 1
-  q.items[q.tail] = { ev, done, verified == true }
+  q.items[q.tail] = { ev, done, verified == true, screen }
   if not q.waiting then
     q.waiting = true
     writer.ring[#writer.ring + 1] = q
@@ -192,9 +244,9 @@ function writer_api.save(ev, done, queue, verified)
 end
 
 -- Starts the worker's writer: batches go to save(method, events) (a call into the thread pool, or
--- the backend's own method).
-function writer_api.start(save)
-  in_pool = save
+-- the backend's own method); batches with screens are verified by verify(events) first.
+function writer_api.start(save, verify)
+  in_pool, verify_list = save, verify
   writer.wake = require("ngx.semaphore").new()
   ngx.timer.at(0, write_loop)
 end
