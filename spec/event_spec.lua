@@ -197,6 +197,29 @@ describe("layer2.event", function()
     end)
   end)
 
+  describe("verify_list (a batch checked on threads)", function()
+    helper.each_corpus(pending, "verify_list", function(c)
+    it("answers for each event exactly as event.verify does, whatever the threads (" .. c.name .. " events)", function()
+      local valid, invalid = helper.lines(c.valid), helper.lines(c.invalid)
+      local list, want = {}, {}
+      for i = 1, math.min(math.max(#valid, #invalid), 400) do
+        for _, line in ipairs({ valid[i], invalid[i] }) do
+          list[#list + 1] = line
+          local ok, msg = event.verify(line)
+          want[#list] = ok or msg
+        end
+      end
+      for _, o in ipairs({ {}, { threads = 1 }, { threads = 3 } }) do assert.same(want, event.verify_list(list, o)) end
+      -- tables too, and what is neither a table nor a string
+      local ev = event.sign({ kind = 1, created_at = 1, tags = {}, content = "t" }, ("0"):rep(63) .. "4")
+      assert.same({ true, "invalid: an event is a table or a JSON string, not a number" }, event.verify_list({ ev, 5 }))
+      assert.has_error(function() event.verify_list(list, { treads = 2 }) end,
+        "layer2.event.verify_list: unknown option 'treads' (did you mean 'threads'?)")
+      assert.has_error(function() event.verify_list("x") end)
+    end)
+    end)
+  end)
+
   describe("check_lines (an import's dry run)", function()
     local function tmpfile(lines)
       local path = os.tmpname()
