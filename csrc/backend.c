@@ -316,9 +316,10 @@ static int keep_removed(void *ud, uint64_t seq, int op, const uint8_t *id, const
 static void note_removed(l2_backend *b, const l2_store_if *vt, void *st, const l2_save_result *res, size_t n,
                          save_plan *p)
 {
+    if (!b->hear_removals || !vt->last_removed) return;
     size_t i = 0;
     while (i < n && !res[i].replaced && !res[i].deleted) i++;
-    if (!b->hear_removals || i == n || !vt->last_removed) return;
+    if (i == n) return;
     char err[L2_ERRLEN];
     if (vt->last_removed(st, keep_removed, &p->removed, err))
         backend_logf_(b, "cannot tell what the save removed: %s", err);
