@@ -46,8 +46,8 @@ describe("layer2.child, a process spoken to in lines", function()
     -- lines the child writes before its answer are read one by one
     c = assert(layer2.child("printf 'chatter\\nmore\\n'; cat 2>/dev/null"))
     assert.equal("chatter", c:ask("answer"))
-    assert.equal("more", c:read_line(1))
-    assert.equal("answer", c:read_line(1))
+    assert.equal("more", c:read_line(10))
+    assert.equal("answer", c:read_line(10))
     c:close()
   end)
 
@@ -170,7 +170,7 @@ describe("layer2.strfry_plugin, strfry's write plugins as a relay policy", funct
 
     -- answers once, then ends: the next event is refused, the one after goes to a new process
     local once = lua_plugin("local r = cjson.decode(io.read('l')) print(cjson.encode({id = r.event.id, action = 'accept'}))")
-    t = relay_with(strfry_plugin.policy(once, { timeout = 5 }))
+    t = relay_with(strfry_plugin.policy(once, { timeout = 20 }))
     assert.is_true(t.publish(note(KEYS[1], "1"))[3])
     local refused = note(KEYS[1], "2")
     assert.same({ "OK", refused.id, false, "error: the relay's policy failed" }, t.publish(refused))
@@ -179,14 +179,15 @@ describe("layer2.strfry_plugin, strfry's write plugins as a relay policy", funct
     t.close()
 
     -- another event's id, an unknown action, no answer in time: each refused, and said
+    -- (timeouts long enough for a busy machine, but the one that is the case)
     local cases = {
-      { "print(cjson.encode({id = string.rep('0', 64), action = 'accept'}))", "answered about another event" },
-      { "print(cjson.encode({id = r.event.id, action = 'maybe'}))", "the plugin's action is unknown: maybe" },
-      { "os.execute('sleep 5')", "did not answer in time" },
+      { "print(cjson.encode({id = string.rep('0', 64), action = 'accept'}))", "answered about another event", 20 },
+      { "print(cjson.encode({id = r.event.id, action = 'maybe'}))", "the plugin's action is unknown: maybe", 20 },
+      { "os.execute('sleep 5')", "did not answer in time", 0.5 },
     }
     for _, case in ipairs(cases) do
       t = relay_with(strfry_plugin.policy(lua_plugin("for l in io.lines() do local r = cjson.decode(l) " .. case[1]
-        .. " end"), { timeout = 0.5 }))
+        .. " end"), { timeout = case[3] }))
       assert.same("error: the relay's policy failed", t.publish(note(KEYS[1], case[2]))[4])
       assert.matches(case[2], t.logged[1], 1, true)
       assert.equal(0, t.db:count_events({}))
