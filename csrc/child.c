@@ -136,12 +136,12 @@ static int read_line(l2_child *c, long long deadline, size_t *nl, char *err)
     size_t scanned = 0;
     for (;;) {
         char *p = c->len > scanned ? memchr(c->buf + scanned, '\n', c->len - scanned) : NULL;
-        if (p) {
+        if (p && (size_t)(p - c->buf) <= L2_CHILD_MAX_LINE) {
             *nl = (size_t)(p - c->buf);
             return 0;
         }
         scanned = c->len;
-        if (c->len > L2_CHILD_MAX_LINE) {
+        if (p || c->len > L2_CHILD_MAX_LINE) {
             snprintf(err, L2_ERRLEN, "error: the plugin wrote a line of more than %d bytes", L2_CHILD_MAX_LINE);
             return L2_FAILED;
         }
