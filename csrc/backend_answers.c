@@ -67,10 +67,70 @@ int l2_backend_forget_answers(l2_backend *b, char *err)
     return l2_store_answers_clear(b->l1, err);
 }
 
+/* A query's remembered answer: whether it may have one (`remember`: its key is in `key`), and
+ * the change feed's position when it was looked for (for keeping L2's answer under that key). */
+typedef struct {
+    int remember;
+    l2_answer_key key;
+    uint64_t seq;
+} answer_lookup;
+
+/* Serves the query's remembered answer when there is one that still stands (1); else 0, with what
+ * keeping L2's answer later needs in *lk. Looked for before L1 is read: an answer that stands is
+ * the query's answer whatever L1 holds, and serving it by id costs less than the scan it spares. */
+static int serve_remembered(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
+                            unsigned flags, l2_row_fn row, void *ud, l2_levels *lv, answer_lookup *lk)
+{
+    char err[L2_ERRLEN];
+    lk->seq = 0;
+    lk->remember = backend_answer_key(b, fs, nf, max_limit, now, flags, &lk->key);
+    if (!lk->remember) return 0;
+    int found, served = 0;
+    uint64_t rows;
+    /* the common case, L1 holding all of it: its bodies by serial, in the answer's order */
+    served = l2_store_answer_serve(b->l1, &lk->key, (int64_t)time(NULL), row, ud, &found, &rows, &lk->seq, err);
+    if (served < 0) {
+        backend_logf_(b, "cannot read a remembered answer: %s", err);
+        lk->remember = 0;
+        return 0;
+    }
+    if (served) {
+        lv->l1 = rows;
+        lv->remembered = 1;
+        b->answered[L2_LEVEL_L1] += rows;
+        b->answered[L2_LEVEL_ANSWERS]++;
+        return 1;
+    }
+    if (!found) return 0;
+    /* events of it kept by id, stubbed or gone: served by id (L2 brings what L1 no longer has) */
+    l2_buf kept;
+    l2_buf_init(&kept);
+    if (l2_store_answer_get(b->l1, &lk->key, (int64_t)time(NULL), &kept, &found, &lk->seq, err)) {
+        backend_logf_(b, "cannot read a remembered answer: %s", err);
+        lk->remember = 0;
+    } else if (found) {
+        size_t n = kept.len / 32;
+        const uint8_t(*ids)[32] = (const uint8_t(*)[32])kept.data;
+        served = serve_answer(b, ids, n, now, row, ud, lv);
+        if (!served && l2_store_answer_drop(b->l1, &lk->key, err))
+            backend_logf_(b, "cannot drop a remembered answer: %s", err);
+        /* L1 held all of it this time (events admitted since it was kept): kept again, by serial,
+         * so that the next serve takes the path above (unless a change since the read above may
+         * have touched it: then it goes) */
+        int again;
+        if (served && lv->l1 == n && !lv->stubs &&
+            l2_store_fill(b->l1, NULL, 0, now, NULL, &lk->key, ids, n, (int64_t)time(NULL) + b->o.answers_ttl,
+                          b->o.answers_max_ids, lk->seq, &again, err))
+            backend_logf_(b, "cannot keep a remembered answer by serial: %s", err);
+    }
+    l2_buf_free(&kept);
+    return served;
+}
+
 /* The rest of l2_backend_query, when L1 could not answer alone from its read (b->hits, with the
- * filters' completeness in `incomplete`; the read still open). */
+ * filters' completeness in `incomplete`; the read still open) and no remembered answer stood. */
 static int query_beyond_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now,
-                           unsigned flags, const uint8_t *incomplete, l2_row_fn row, void *ud, l2_levels *lv,
+                           const uint8_t *incomplete, const answer_lookup *lk, l2_row_fn row, void *ud, l2_levels *lv,
                            char *err)
 {
     int rc = 0;
@@ -97,25 +157,7 @@ static int query_beyond_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_
         b->answered[L2_LEVEL_L1] += bodies, b->answered[L2_LEVEL_STUBS] += lv->stubs, b->answered[L2_LEVEL_MISSING] += lv->missing;
         goto done;
     }
-    /* L1 cannot prove the answer: a remembered answer of L2's, else L2, the authority */
-    l2_answer_key key;
-    uint64_t seq = 0;
-    int remember = backend_answer_key(b, fs, nf, max_limit, now, flags, &key);
-    if (remember) {
-        int found;
-        l2_buf kept;
-        l2_buf_init(&kept);
-        if (l2_store_answer_get(b->l1, &key, (int64_t)time(NULL), &kept, &found, &seq, err)) {
-            backend_logf_(b, "cannot read a remembered answer: %s", err);
-            remember = 0;
-        } else if (found) {
-            int served = serve_answer(b, (const uint8_t(*)[32])kept.data, kept.len / 32, now, row, ud, lv);
-            l2_buf_free(&kept);
-            if (served) goto done;
-            if (l2_store_answer_drop(b->l1, &key, err)) backend_logf_(b, "cannot drop a remembered answer: %s", err);
-        }
-        l2_buf_free(&kept);
-    }
+    /* L1 cannot prove the answer, and none was remembered: L2, the authority */
     lv->asked_l2 = 1;
     int asked = b->l2vt->query(b->l2, fs, nf, max_limit, now, 0, NULL, backend_keep_row, &l2, lv->l2_error);
     if (asked || l2.failed) {
@@ -140,7 +182,7 @@ static int query_beyond_l1(l2_backend *b, const l2_filter *fs, size_t nf, int64_
     }
     backend_merge_outbox(b, &l2, fs, nf, max_limit, now);
     backend_remember_missing(b, fs, nf, incomplete, &l2, (int64_t)time(NULL));
-    backend_fill_l1(b, &l2, 0, 0, now, remember ? &key : NULL, seq);
+    backend_fill_l1(b, &l2, 0, 0, now, lk->remember ? &lk->key : NULL, lk->seq);
     lv->l2 = backend_emit(&l2, row, ud);
     b->answered[L2_LEVEL_L2] += lv->l2;
 done:
@@ -158,6 +200,11 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
     if (!incomplete) return l2_oom(err);
     memset(incomplete, 0, nf);
     int64_t horizon = b->l2 && !(flags & L2_QUERY_L1_ONLY) ? L2_HORIZON_IN_META : 0;
+    answer_lookup lk = {0};
+    if (b->l2 && serve_remembered(b, fs, nf, max_limit, now, flags, row, ud, lv, &lk)) {
+        if (incomplete != small) free(incomplete);
+        return 0;
+    }
     int rc = l2_store_query(b->l1, fs, nf, max_limit, now, horizon, incomplete, &b->hits, err);
     if (rc == 0 && (!b->l2 || (flags & L2_QUERY_L1_ONLY) || backend_l1_proves(b, nf, incomplete, 0))) {
         /* L1 answers alone: straight from its read */
@@ -165,7 +212,7 @@ int l2_backend_query(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_
         if (b->l2 && !(flags & L2_QUERY_L1_ONLY)) backend_count_lookup_reads(b, fs, nf, NULL);
         b->answered[L2_LEVEL_L1] += lv->l1;
     } else if (rc == 0) {
-        rc = query_beyond_l1(b, fs, nf, max_limit, now, flags, incomplete, row, ud, lv, err);
+        rc = query_beyond_l1(b, fs, nf, max_limit, now, incomplete, &lk, row, ud, lv, err);
     }
     if (incomplete != small) free(incomplete);
     return rc;

@@ -18,7 +18,7 @@ uint64_t backend_emit_hits(l2_backend *b, l2_row_fn row, void *ud)
         const l2_hit *h = &b->hits.v[i];
         l2_row r = {0};
         memcpy(r.id, h->id, 32);
-        if (h->stub || l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
+        if (h->stub || l2_store_hit_body(b->l1, h, &r.bin, &r.bin_len)) continue;
         n++;
         if (row(ud, &r)) break;
     }
@@ -163,7 +163,7 @@ int backend_keep_hits(l2_backend *b, answer *a, char *err)
         l2_row r = {0};
         r.stub = h->stub;
         memcpy(r.id, h->id, 32);
-        if (!h->stub && l2_store_body(b->l1, h->serial, &r.bin, &r.bin_len)) continue;
+        if (!h->stub && l2_store_hit_body(b->l1, h, &r.bin, &r.bin_len)) continue;
         backend_keep_known_row(a, &r, h->id, h->created_at);
     }
     l2_store_read_end(b->l1);

@@ -56,6 +56,11 @@ typedef struct {
     uint8_t id[32];
     uint64_t serial;
     int stub;
+    /* the stored binary form the query read (NULL for a stub), valid in the read transaction of
+     * number `read` only: l2_store_hit_body gives it without reading the record again */
+    const void *body;
+    size_t body_len;
+    uint64_t read;
 } l2_hit;
 
 typedef struct {
@@ -95,6 +100,9 @@ void l2_store_set_backed(l2_store *st, int backed);
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err);
 /* The stored binary form of serial, valid until l2_store_read_end; 0, or -1 when absent. */
 int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len);
+/* The same for a hit of the query whose read is still open: what the query read, when it can (no
+ * second lookup); a cache counts it as an access as l2_store_body does. */
+int l2_store_hit_body(l2_store *st, const l2_hit *h, const void **data, size_t *len);
 void l2_store_read_end(l2_store *st);
 
 /* Walks every stored event in serial order inside a read transaction (ended by read_end). */
@@ -219,6 +227,13 @@ typedef struct {
  * has not expired at t (*found says). *seq gets the change feed's position, for a later put. */
 int l2_store_answer_get(l2_store *st, const l2_answer_key *k, int64_t t, l2_buf *ids, int *found, uint64_t *seq,
                         char *err);
+/* Serves the answer kept under k (as l2_store_answer_get finds it) straight from L1 when every
+ * event of it is one L1 held and still holds whole: row(ud, r) for each, in the answer's order
+ * (newest first), each counted as an access; returns 1 then (*rows given). 0 when there is none
+ * (*found 0) or it has an event kept by id, stubbed or gone (the caller serves it by id, or drops
+ * it); -1 with err. *seq as l2_store_answer_get's. */
+int l2_store_answer_serve(l2_store *st, const l2_answer_key *k, int64_t t, l2_row_fn row, void *ud, int *found,
+                          uint64_t *rows, uint64_t *seq, char *err);
 /* Keeps what L2 answered, in one write transaction: its events (n, possibly 0) as a cache fill
  * (l2_store_save_batch with L2_SAVE_FILL, each result in res[i]) and, when k is given, the
  * answer's ids under k until `expires`, unless a change after `seq` (the feed's position before

@@ -485,6 +485,45 @@ int l2_store_answer_get(l2_store *st, const l2_answer_key *k, int64_t t, l2_buf 
     return 0;
 }
 
+int l2_store_answer_serve(l2_store *st, const l2_answer_key *k, int64_t t, l2_row_fn row, void *ud, int *found,
+                          uint64_t *rows, uint64_t *seq, char *err)
+{
+    l2_answer_view a;
+    *found = 0;
+    *rows = 0;
+    if (store_read_begin(st, err)) return -1;
+    int rc = store_meta_get_u64(st->rtxn, st->dbi[DB_META], "seq", seq);
+    if (rc == 0) rc = l2_answers_get(st->rtxn, st->dbi[DB_ANSWERS], k, t, &a);
+    *found = rc == 0;
+    /* every entry an event L1 held, every one's body still here (read once: the read stays open
+     * while they are given); else the caller serves it by id */
+    typedef struct {
+        uint64_t serial;
+        l2_row row;
+    } held;
+    held *v = rc == 0 ? calloc(a.n ? a.n : 1, sizeof *v) : NULL;
+    if (rc == 0 && !v) rc = ENOMEM;
+    int whole = rc == 0;
+    for (size_t i = 0; whole && i < a.n; i++) {
+        const uint8_t *id;
+        record r;
+        whole = l2_answer_entry(&a, i, &v[i].serial, &id) == 1 && store_get_record(st->rtxn, st, v[i].serial, &r) == 0 &&
+                r.head_len >= 33 && store_get_body(st->rtxn, st, &r, &v[i].row.bin, &v[i].row.bin_len) == 0;
+        if (whole) memcpy(v[i].row.id, r.head + 1, 32);
+    }
+    uint64_t ms = whole && st->cache ? store_now_ms() : 0;
+    for (size_t i = 0; whole && i < a.n; i++) {
+        if (ms) store_touch(st, v[i].serial, ms);
+        ++*rows;
+        if (row(ud, &v[i].row)) break;
+    }
+    free(v);
+    l2_store_read_end(st);
+    if (rc == ENOMEM) return store_fail(err, "error: out of memory");
+    if (rc && rc != MDB_NOTFOUND) return store_lmdb_fail(err, "reading a remembered answer", rc);
+    return whole ? 1 : 0;
+}
+
 typedef struct {
     save_args save;
     const l2_answer_key *k;

@@ -253,6 +253,7 @@ int store_read_begin(l2_store *st, char *err)
     }
     if (rc) return store_lmdb_fail(err, "read transaction", rc);
     st->rtxn_live = 1;
+    st->reads++;
     return 0;
 }
 

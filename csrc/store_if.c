@@ -33,7 +33,7 @@ static int if_query(void *vst, const l2_filter *fs, size_t nf, int64_t max_limit
         l2_row r = {0};
         r.stub = h->stub;
         memcpy(r.id, h->id, 32);
-        if (!h->stub && l2_store_body(st, h->serial, &r.bin, &r.bin_len)) continue;
+        if (!h->stub && l2_store_hit_body(st, h, &r.bin, &r.bin_len)) continue;
         rc = row(ud, &r);
     }
     l2_store_read_end(st);

@@ -9,7 +9,7 @@ void l2_hits_free(l2_hits *h)
     h->n = h->cap = 0;
 }
 
-static int hits_push(l2_hits *h, const l2_event *ev, uint64_t serial)
+static int hits_push(l2_store *st, l2_hits *h, const l2_event *ev, uint64_t serial, const record *r)
 {
     if (h->counting) {
         for (size_t i = 0; i < h->nearlier; i++)
@@ -29,6 +29,10 @@ static int hits_push(l2_hits *h, const l2_event *ev, uint64_t serial)
     memcpy(x->id, ev->id, 32);
     x->serial = serial;
     x->stub = ev->is_stub;
+    x->body = NULL;
+    x->body_len = 0;
+    x->read = st->reads;
+    if (!x->stub && store_get_body(st->rtxn, st, r, &x->body, &x->body_len)) x->body = NULL; /* the record read holds it */
     return 0;
 }
 
@@ -144,7 +148,7 @@ static int consider_record(l2_store *st, const l2_filter *f, uint64_t serial, co
     if (rc || !l2_filter_match(f, &st->ev)) return rc;
     if (l2_expiration(&st->ev, &exp) && exp <= now) return 0;
     *matched = 1;
-    return hits_push(out, &st->ev, serial);
+    return hits_push(st, out, &st->ev, serial, r);
 }
 
 /* Loads serial and appends it to out when it matches f and has not expired. */
@@ -351,6 +355,15 @@ int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, ui
     l2_store_read_end(st);
     *count = hits.n;
     if (rc) return rc == ENOMEM ? store_fail(err, "error: out of memory") : store_lmdb_fail(err, "count", rc);
+    return 0;
+}
+
+int l2_store_hit_body(l2_store *st, const l2_hit *h, const void **data, size_t *len)
+{
+    if (!h->body || !st->rtxn_live || h->read != st->reads) return l2_store_body(st, h->serial, data, len);
+    *data = h->body;
+    *len = h->body_len;
+    if (st->query_ms) store_touch(st, h->serial, st->query_ms);
     return 0;
 }
 

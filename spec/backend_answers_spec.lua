@@ -248,6 +248,43 @@ describe("layer2.open (two levels): remembered answers", function()
     finish(db)
   end)
 
+  it("an answer kept by id (its events not in L1 then) is kept again by serial once L1 holds all of it",
+    function()
+    local dir = tmpdir()
+    local db = assert(layer2.open(dir, { nosync = true, log = quiet }))
+    local sec = ("%064x"):format(4242)
+    local notes = {}
+    for i = 1, 5 do notes[i] = layer2.event.encode(note_by(sec, i)) end
+    local n = 0
+    -- imported: in L2 only, so L2 gives the first answer and L1 admits its events on their second read
+    assert(db:import(function()
+      n = n + 1
+      return notes[n]
+    end))
+    local f = feed_of(sec)
+    local want = ids(db.l2:query_events(f))
+    local function ask()
+      local res, levels = db:query_events(f)
+      assert.same(want, ids(res))
+      return db:stats().hits.answers, levels
+    end
+    local answered, levels = ask()
+    assert.same({ 0, 5 }, { answered, levels.l2 }, "L2's answer, kept by id")
+    answered, levels = ask()
+    assert.same({ 1, 0 }, { answered, levels.l1 }, "served by id from L2, which fills L1")
+    answered, levels = ask()
+    assert.same({ 2, 5 }, { answered, levels.l1 }, "served by id from L1: kept again by serial")
+    answered, levels = ask()
+    assert.same({ 3, 5 }, { answered, levels.l1 }, "served by serial")
+    -- by serial now: one event leaving L1 ends it (by id, L2 would have filled the gap)
+    assert.equal(1, (db.l1:evict({ layer2.event.parse(notes[3]).id }, "delete")))
+    answered, levels = ask()
+    assert.equal(3, answered)
+    assert.equal(5, levels.l2 + levels.l1)
+    db:close()
+    rmdir(dir)
+  end)
+
   it("answers an older layer2 kept (whole ids only) are cleared when L1 opens, not misread", function()
     local dir = tmpdir()
     local shared, finish = l2_ahead(dir)
