@@ -253,7 +253,10 @@ int store_read_begin(l2_store *st, char *err)
     }
     if (rc) return store_lmdb_fail(err, "read transaction", rc);
     st->rtxn_live = 1;
-    st->reads++;
+    /* numbered across every store of the process: a hit read from one store is never taken for
+     * one of another's */
+    static uint64_t reads_begun;
+    st->reads = __atomic_add_fetch(&reads_begun, 1, __ATOMIC_RELAXED);
     return 0;
 }
 

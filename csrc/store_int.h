@@ -111,7 +111,7 @@ struct l2_store {
     size_t index_memory; /* l2_store_opts */
     MDB_txn *rtxn;     /* reused read transaction: reset between uses, renewed when needed */
     int rtxn_live;
-    uint64_t reads; /* read transactions begun (an l2_hit's body is valid in its own only) */
+    uint64_t reads; /* the number of its read transaction (an l2_hit's body is valid in its own only) */
     MDB_cursor *iter;
     l2_event ev, old;  /* decoded bodies */
     l2_buf body, key;  /* copies and key building */
