@@ -1,36 +1,11 @@
 -- The relay policies a relay operator expects (examples/policies/*.lua), each run through
 -- layer2.relay over a real store, as a relay loads them.
 local layer2 = require("layer2")
-local relay = require("layer2.relay")
-local cjson = require("cjson")
-local helper = require("spec.helper")
-local B = require("spec.backend_helper")
 
 local DIR = "examples/policies/"
 
 -- a relay over a fresh store with `policy`, and a session (at `ip`) whose frames are kept
-local function relay_with(policy, ip)
-  local dir = helper.tmpdir()
-  local db = assert(layer2.open(dir, { nosync = true, log = B.quiet }))
-  local r = relay.new({ store = db, policy = policy, url = "ws://relay.example" })
-  local frames = {}
-  local s = assert(r:session({ ip = ip or "192.0.2.1", send = function(text) frames[#frames + 1] = cjson.decode(text) end }))
-  table.remove(frames, 1) -- the AUTH challenge
-  local t = { db = db, frames = frames, challenge = s.challenge }
-  function t.send(msg) s:message(type(msg) == "string" and msg or cjson.encode(msg)) end
-  function t.answer(msg)
-    t.send(msg)
-    assert.equal(1, #frames, cjson.encode(frames))
-    return table.remove(frames, 1)
-  end
-  function t.publish(ev) return t.answer('["EVENT",' .. layer2.event.encode(ev) .. "]") end
-  function t.close()
-    s:close()
-    db:close()
-    helper.rmdir(dir)
-  end
-  return t
-end
+local relay_with = require("spec.policy_relay")
 
 local n = 0
 local function event(key, kind, content, tags)

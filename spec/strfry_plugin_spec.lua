@@ -3,11 +3,8 @@
 -- in node) deciding through layer2.relay over a real store. The same file on nginx and the plain
 -- relay is relay_policy_spec's.
 local layer2 = require("layer2")
-local relay = require("layer2.relay")
 local strfry_plugin = require("layer2.strfry_plugin")
-local cjson = require("cjson")
 local helper = require("spec.helper")
-local B = require("spec.backend_helper")
 
 local ROOT = io.popen("pwd"):read("l")
 local WHITELIST_JS = ROOT .. "/spec/relay/strfry_whitelist.js"
@@ -102,33 +99,7 @@ describe("layer2.strfry_plugin, strfry's write plugins as a relay policy", funct
   end
 
   -- a relay over a fresh store with `policy`; a session from `ip`, its frames and the relay's log kept
-  local function relay_with(policy, ip)
-    local dir = helper.tmpdir()
-    local db = assert(layer2.open(dir, { nosync = true, log = B.quiet }))
-    local logged = {}
-    local r = relay.new({ store = db, policy = policy, url = "ws://relay.example",
-      log = function(msg) logged[#logged + 1] = msg end })
-    local frames = {}
-    local s = assert(r:session({ ip = ip or "192.0.2.1", send = function(text) frames[#frames + 1] = cjson.decode(text) end }))
-    table.remove(frames, 1) -- the AUTH challenge
-    local t = { db = db, logged = logged }
-    function t.answer(msg)
-      s:message(type(msg) == "string" and msg or cjson.encode(msg))
-      assert.equal(1, #frames, cjson.encode(frames))
-      return table.remove(frames, 1)
-    end
-    function t.publish(ev) return t.answer('["EVENT",' .. layer2.event.encode(ev) .. "]") end
-    function t.auth(key)
-      return t.answer('["AUTH",' .. layer2.event.encode(layer2.event.sign({ kind = 22242, created_at = os.time(),
-        content = "", tags = { { "relay", "ws://relay.example" }, { "challenge", s.challenge } } }, key)) .. "]")
-    end
-    function t.close()
-      s:close()
-      db:close()
-      helper.rmdir(dir)
-    end
-    return t
-  end
+  local relay_with = require("spec.policy_relay")
 
   it("strfry's whitelist example decides: accept, reject with its message, shadowReject, after AUTH", function()
     local cmd = "WHITELIST=" .. alice .. " node " .. WHITELIST_JS
