@@ -141,6 +141,23 @@ void l2lua_check_options(lua_State *L, int opts, const char *where, const char *
     }
 }
 
+int l2lua_class(lua_State *L, const char *mt, const luaL_Reg *methods, const luaL_Reg *extra, lua_CFunction close,
+                lua_CFunction tostring)
+{
+    if (!luaL_newmetatable(L, mt)) return 0;
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    if (extra) luaL_setfuncs(L, extra, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+    return 1;
+}
+
 int64_t l2lua_time_arg(lua_State *L, int idx)
 {
     int64_t t = (int64_t)time(NULL);

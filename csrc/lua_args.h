@@ -41,6 +41,12 @@ int l2lua_opt_function(lua_State *L, int opts, const char *name);
 int l2lua_unknown_option(lua_State *L, int opts, const char *where, const char *const *names);
 void l2lua_check_options(lua_State *L, int opts, const char *where, const char *const *names);
 
+/* A userdata class's metatable `mt`, made once (every binding's the same way): __index a table of
+ * `methods` and `extra` (NULL: none), __gc and __close `close` (which must allow a second call),
+ * __tostring `tostring`. Left on the stack; returns 1 when it was made now. */
+int l2lua_class(lua_State *L, const char *mt, const luaL_Reg *methods, const luaL_Reg *extra, lua_CFunction close,
+                lua_CFunction tostring);
+
 /* An optional time argument (seconds), the current time when absent; raises when malformed. */
 int64_t l2lua_time_arg(lua_State *L, int idx);
 /* changes_since's arguments: cursor at 2 (0), max at 3 (1000, at most 100,000), opts.json at 4. */

@@ -118,17 +118,7 @@ static int ch_new(lua_State *L)
 
 void l2lua_open_child(lua_State *L)
 {
-    if (luaL_newmetatable(L, CHILD_MT)) {
-        lua_newtable(L);
-        luaL_setfuncs(L, child_methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, ch_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, ch_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, ch_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    l2lua_class(L, CHILD_MT, child_methods, NULL, ch_close, ch_tostring);
     lua_pop(L, 1);
     lua_pushcfunction(L, ch_new);
 }

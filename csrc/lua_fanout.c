@@ -107,17 +107,7 @@ static int fo_new(lua_State *L)
 
 void l2lua_open_fanout(lua_State *L)
 {
-    if (luaL_newmetatable(L, FANOUT_MT)) {
-        lua_newtable(L);
-        luaL_setfuncs(L, fanout_methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, fo_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, fo_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, fo_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    l2lua_class(L, FANOUT_MT, fanout_methods, NULL, fo_close, fo_tostring);
     lua_pop(L, 1);
     lua_pushcfunction(L, fo_new);
 }

@@ -166,17 +166,7 @@ static int neg_new(lua_State *L)
 
 void l2lua_open_negentropy(lua_State *L)
 {
-    if (luaL_newmetatable(L, NEG_MT)) {
-        lua_newtable(L);
-        luaL_setfuncs(L, neg_methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, neg_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, neg_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, neg_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    l2lua_class(L, NEG_MT, neg_methods, NULL, neg_close, neg_tostring);
     lua_pop(L, 1);
     lua_pushcfunction(L, neg_new);
 }

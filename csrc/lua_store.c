@@ -872,17 +872,7 @@ static const luaL_Reg store_methods[] = {
 
 void l2lua_store_class(lua_State *L, const char *mt, const luaL_Reg *extra)
 {
-    if (luaL_newmetatable(L, mt)) {
-        lua_newtable(L);
-        luaL_setfuncs(L, store_methods, 0);
-        if (extra) luaL_setfuncs(L, extra, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, store_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, store_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, store_tostring);
-        lua_setfield(L, -2, "__tostring");
+    if (l2lua_class(L, mt, store_methods, extra, store_close, store_tostring)) {
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, STORE_MARK);
     }
