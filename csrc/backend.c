@@ -17,6 +17,18 @@ const l2_backend_opts l2_backend_default_opts = {
     .future_limit = 900,
 };
 static int first_open(l2_backend *b, char *err);
+
+/* a large save gives way to a light one waiting for the write lock of its level */
+static int l1_light_waiting(void *learned)
+{
+    return l2_learned_light_waiting(learned, 1);
+}
+
+static int l2_light_waiting(void *learned)
+{
+    return l2_learned_light_waiting(learned, 2);
+}
+
 int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, void *l2, const char *l1_dir,
                     const l2_backend_opts *o, const l2_backend_hooks *hooks, char *err)
 {
@@ -30,6 +42,9 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
     b->l1 = l1;
     l2_store_share_horizon(l1, l2_learned_horizon_floor(b->learned));
     l2_store_set_backed(l1, l2 != NULL);
+    l2_store_give_way(l1, l1_light_waiting, b->learned);
+    /* PostgreSQL has no one write lock: its saves never wait behind another's */
+    if (l2 && l2vt == &l2_lmdb_store_if) l2_store_give_way(l2, l2_light_waiting, b->learned);
     b->l2vt = l2 ? l2vt : NULL;
     b->l2 = l2;
     b->o = *o;
@@ -62,6 +77,8 @@ void l2_backend_close(l2_backend *b)
     if (!b) return;
     l2_store_share_horizon(b->l1, NULL);
     l2_store_set_backed(b->l1, 0);
+    l2_store_give_way(b->l1, NULL, NULL);
+    if (b->l2 && b->l2vt == &l2_lmdb_store_if) l2_store_give_way(b->l2, NULL, NULL);
     l2_learned_close(b->learned);
     l2_buf_free(&b->scratch);
     l2_buf_free(&b->answer_key);
@@ -189,11 +206,15 @@ int backend_save_l1(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, 
         retried = 0;
         if (!rc && b->l1_chunk < L1_CHUNK_MAX) b->l1_chunk++;
         if (rc) all_ok = 0;
-        for (size_t i = from; i < from + k; i++) {
+        /* a chunk that gave way to a light save committed its first events only (the position
+         * was not moved: the next chunk mirrors the changes again) */
+        size_t done = 0;
+        while (done < k && (rc || res[from + done].status != L2_SAVE_UNTRIED)) done++;
+        for (size_t i = from; i < from + done; i++) {
             fail[i].ok = !rc;
             if (rc) snprintf(fail[i].msg, sizeof fail[i].msg, "%s", err);
         }
-        from += k;
+        from += done;
         if (from < n && !rc) l2_killpoint("save:l1-chunk");
     }
     return placed;
@@ -235,9 +256,12 @@ static int begin_write(l2_backend *b, l2_event *const *evs, size_t n)
 }
 
 /* A save's work lists, indexes into the caller's arrays: the events stored anywhere (pending; `at`
- * their place in the caller's), those L2 accepted and those L1 decides with the outbox. */
+ * their place in the caller's), those L2 accepted and those L1 decides with the outbox. A large
+ * save goes to both levels in parts when it gives way to a light one (L2_SAVE_GIVE_WAY):
+ * pending[from..] are those L2 has not decided yet, `accepted` the part's. */
 typedef struct {
-    size_t np, na, nq;
+    size_t np, na, nq, from;
+    int flags; /* L2_SAVE_GIVE_WAY for a large save */
     l2_event **pending, **group;
     size_t *at, *accepted, *queued;
     l2_save_result *res;
@@ -333,23 +357,32 @@ static void tell_removed(l2_backend *b, save_plan *p)
 }
 
 /* L2 first: its verdicts stand (refusals go to out); what it accepted is listed for L1, what it
- * could not take is queued for L1 and the outbox. */
+ * could not take is queued for L1 and the outbox. The events from p->from on, or their first
+ * part when L2 gave way: p->from is past those decided. */
 static void save_to_l2(l2_backend *b, int64_t now, l2_verdict *out, save_plan *p)
 {
     char err[L2_ERRLEN];
-    if (b->l2vt->save_batch(b->l2, p->pending, p->np, now, b->hear_removals ? L2_SAVE_REMOVALS : 0, p->res, err)) {
+    size_t from = p->from, n = p->np - from;
+    p->na = 0;
+    p->range = (l2_range){0, 1, 0};
+    int flags = (b->hear_removals ? L2_SAVE_REMOVALS : 0) | p->flags;
+    if (b->l2vt->save_batch(b->l2, p->pending + from, n, now, flags, p->res + from, err)) {
         backend_logf_(b, "L2 save failed, queued in the outbox: %s", err);
-        for (size_t k = 0; k < p->np; k++) p->queued[p->nq++] = k;
+        for (size_t k = from; k < p->np; k++) p->queued[p->nq++] = k;
+        p->from = p->np;
         return;
     }
+    size_t to = from;
+    while (to < p->np && p->res[to].status != L2_SAVE_UNTRIED) to++;
+    p->from = to;
     if (backend_exact_feed(b)) {
         p->range.mirror = 1;
         b->l2vt->last_changes(b->l2, &p->range.first, &p->range.last);
     }
     l2_killpoint("save:l2-committed");
-    note_removed(b, b->l2vt, b->l2, p->res, p->np, p);
+    note_removed(b, b->l2vt, b->l2, p->res + from, to - from, p);
     const char *why = NULL;
-    for (size_t k = 0; k < p->np; k++) {
+    for (size_t k = from; k < to; k++) {
         if (p->res[k].status == L2_SAVE_STORED) {
             p->accepted[p->na++] = k;
         } else if (p->res[k].status == L2_SAVE_FAILED) {
@@ -368,7 +401,7 @@ static void save_accepted_to_l1(l2_backend *b, int64_t now, l2_verdict *out, sav
 {
     for (size_t j = 0; j < p->na; j++) p->group[j] = p->pending[p->accepted[j]];
     memset(p->res, 0, (p->na ? p->na : 1) * sizeof *p->res);
-    int placed = backend_save_l1(b, p->group, p->na, now, 0, p->res, p->l1v, &p->range);
+    int placed = backend_save_l1(b, p->group, p->na, now, p->flags, p->res, p->l1v, &p->range);
     size_t lost = 0;
     int64_t newest_lost = -1;
     const char *lost_msg = NULL;
@@ -436,11 +469,21 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
     if (b->l2 && p.np) {
         backend_recover_writes(b);
         slot = begin_write(b, p.pending, p.np);
-        save_to_l2(b, now, out, &p);
+        /* a light save says whose lock it waits for, and large ones give way to it */
+        int light = p.np <= L2_LIGHT_SAVE;
+        p.flags = light ? 0 : L2_SAVE_GIVE_WAY;
+        while (p.from < p.np) {
+            if (light) l2_learned_light_wait(b->learned, slot, 2);
+            save_to_l2(b, now, out, &p);
+            if (light) l2_learned_light_wait(b->learned, slot, 1);
+            save_accepted_to_l1(b, now, out, &p);
+            if (light) l2_learned_light_wait(b->learned, slot, 0);
+            if (p.from < p.np) l2_killpoint("save:gave-way");
+        }
     } else {
         for (size_t k = 0; k < p.np; k++) p.queued[p.nq++] = k; /* L1 is the only level: it decides */
+        save_accepted_to_l1(b, now, out, &p);
     }
-    save_accepted_to_l1(b, now, out, &p);
     save_queued_to_l1(b, now, out, &p);
     l2_learned_end_write(b->learned, slot);
     tell_removed(b, &p);

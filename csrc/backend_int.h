@@ -16,6 +16,8 @@
 #define PAGE 4096
 /* at most this many events in one L1 transaction of a save */
 #define L1_CHUNK_MAX 500
+/* a save of at most this many events is light: a larger one gives way to it (L2_SAVE_GIVE_WAY) */
+#define L2_LIGHT_SAVE 64
 /* A gc pass rewrites the L1 trees whose pages are less full than this (percent): l2_store_repack */
 #define REPACK_FILL 70
 

@@ -5,7 +5,8 @@
  * a step costs one comparison. No Lua here.
  *
  * The steps: save:l2-committed (L2 committed a save, L1 not yet), save:l1-chunk (L1 committed
- * one of a save's transactions, more follow), delete:l2-committed, import:batch (a batch of an
+ * one of a save's transactions, more follow), save:gave-way (a large save's first part is in both
+ * levels, its rest not yet: it gave way to a light save), delete:l2-committed, import:batch (a batch of an
  * import committed), drain:l2-took (L2 took an outbox record, not yet acknowledged),
  * catch-up:applied (a replay applied a page of L2's feed to L1, its position not yet moved),
  * gc:evicted (an eviction step committed). */

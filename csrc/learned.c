@@ -30,8 +30,8 @@ typedef struct {
 } missing_slot;
 
 typedef struct {
-    int32_t pid; /* 0: free */
-    uint32_t pad;
+    int32_t pid;    /* 0: free */
+    uint32_t waits; /* a light save waiting for a level's write lock: 1 L1's, 2 L2's, 0 none */
     int64_t newest;
 } write_slot;
 
@@ -455,6 +455,7 @@ int l2_learned_begin_write(l2_learned *l, int64_t newest)
         write_slot *w = &l->h->writes[i];
         int32_t free_ = 0;
         if (!__atomic_compare_exchange_n(&w->pid, &free_, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) continue;
+        __atomic_store_n(&w->waits, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&w->newest, newest, __ATOMIC_RELEASE);
         return i;
     }
@@ -463,7 +464,24 @@ int l2_learned_begin_write(l2_learned *l, int64_t newest)
 
 void l2_learned_end_write(l2_learned *l, int slot)
 {
-    if (slot >= 0 && slot < WRITE_SLOTS) __atomic_store_n(&l->h->writes[slot].pid, 0, __ATOMIC_RELEASE);
+    if (slot < 0 || slot >= WRITE_SLOTS) return;
+    __atomic_store_n(&l->h->writes[slot].waits, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&l->h->writes[slot].pid, 0, __ATOMIC_RELEASE);
+}
+
+void l2_learned_light_wait(l2_learned *l, int slot, int level)
+{
+    if (slot >= 0 && slot < WRITE_SLOTS) __atomic_store_n(&l->h->writes[slot].waits, (uint32_t)level, __ATOMIC_RELEASE);
+}
+
+int l2_learned_light_waiting(l2_learned *l, int level)
+{
+    for (int i = 0; i < WRITE_SLOTS; i++) {
+        write_slot *w = &l->h->writes[i];
+        if (__atomic_load_n(&w->waits, __ATOMIC_ACQUIRE) == (uint32_t)level && __atomic_load_n(&w->pid, __ATOMIC_ACQUIRE))
+            return 1;
+    }
+    return 0;
 }
 
 int64_t l2_learned_abandoned_writes(l2_learned *l)

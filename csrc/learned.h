@@ -69,6 +69,12 @@ void l2_learned_end_answers(l2_learned *l);
  * the kernel keeps. A power loss is not: the file is not flushed to disk. */
 int l2_learned_begin_write(l2_learned *l, int64_t newest);
 void l2_learned_end_write(l2_learned *l, int slot);
+/* A light save (a few events) says, in its write slot, whose write lock it waits for: level 2
+ * (L2's), 1 (L1's) or 0 (none). A large save writing that level gives way to it (l2_store_give_way)
+ * when l2_learned_light_waiting(level) says one waits. A killed process's slot is freed with its
+ * other slots (l2_learned_abandoned_writes). */
+void l2_learned_light_wait(l2_learned *l, int slot, int level);
+int l2_learned_light_waiting(l2_learned *l, int level);
 int64_t l2_learned_abandoned_writes(l2_learned *l);
 
 /* Forgets every known-missing id (L2 was emptied) and every read count. */

@@ -30,6 +30,7 @@ enum l2_save_status {
     L2_SAVE_EXPIRED,
     L2_SAVE_REFUSED, /* refused for the reason in msg (a store written in Lua says why itself) */
     L2_SAVE_FAILED,  /* did not reach the store, which failed part way through a batch (msg: why) */
+    L2_SAVE_UNTRIED, /* not reached: the batch gave way to a light save (L2_SAVE_GIVE_WAY) */
 };
 
 typedef struct {

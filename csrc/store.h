@@ -39,6 +39,13 @@ const char *l2_store_path(const l2_store *st);
  * cache fill (events L2 already had): no change record, the change feed being news. 0, or -1. */
 int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,
                         char *err);
+/* A batch saved with L2_SAVE_GIVE_WAY asks waiting(ud) every L2_GIVE_WAY_STEP events once it has
+ * written L2_GIVE_WAY_MIN: when it says a light save waits for the write lock, the transaction
+ * commits there and the events not reached are left L2_SAVE_UNTRIED. A batch of 500 holds LMDB's
+ * write lock for tens of ms (its page writes and fsync); a lone event waiting behind it would
+ * wait as long. NULL: never. */
+enum { L2_GIVE_WAY_MIN = 32, L2_GIVE_WAY_STEP = 4 };
+void l2_store_give_way(l2_store *st, int (*waiting)(void *ud), void *ud);
 /* Deletes an event by id (and keeps a tombstone unless told not to); with `outbox` the deletion is
  * queued in the same transaction. *found says if it was there. */
 int l2_store_delete(l2_store *st, const uint8_t id[32], int tombstone, int outbox, int *found, char *err);

@@ -128,6 +128,8 @@ struct l2_store {
     uint64_t mirror_first, mirror_last;
     int mirror_set, mirror_result, mirror_commutes;
     uint64_t last_first, last_last; /* the changes the last write recorded (l2_store_last_changes) */
+    int (*light_waiting)(void *ud);  /* l2_store_give_way */
+    void *light_ud;
 };
 
 /* A cache's lru key (the layout); milliseconds fit 48 bits until the year 10889 */
@@ -143,6 +145,7 @@ typedef struct {
     int quiet; /* a cache fill: what it stores is not news, so the change feed does not hear of it */
     int defer_index; /* an import into an empty store: the indexes are built at its end */
     int drop_heads;  /* an eviction takes the slot's head too (see l2_store_set_backed) */
+    int gave_way;    /* a save stopped part way for a light one (L2_SAVE_GIVE_WAY) */
 } wtx;
 
 /* Calls fn for every index key of ev (all but ids and replace): the one definition used by

@@ -701,6 +701,7 @@ int store_write_begin(l2_store *st, wtx *w)
     w->quiet = 0;
     w->defer_index = 0;
     w->drop_heads = 0;
+    w->gave_way = 0;
     rc = mdb_txn_begin(st->env, NULL, 0, &w->txn);
     if (rc == MDB_MAP_RESIZED) {
         store_adopt_map(st);
@@ -785,7 +786,8 @@ int store_write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char 
         if (rc == 0 && st->cache) rc = prune_ghosts(&w, ghost_max(st));
         if (rc == 0) rc = body(&w, ud);
         int result = L2_MIRROR_NONE;
-        if (rc == 0 && st->mirror_set) rc = store_mirror_apply(&w, &result);
+        /* a save that gave way has not applied all it mirrors: the caller arms it again */
+        if (rc == 0 && st->mirror_set && !w.gave_way) rc = store_mirror_apply(&w, &result);
         if (rc == 0) rc = store_write_commit(&w);
         else mdb_txn_abort(w.txn);
         if (rc == 0) {
@@ -847,7 +849,14 @@ int store_save_body(wtx *w, void *ud)
     int rc;
     w->quiet = (a->flags & L2_SAVE_FILL) != 0;
     if ((a->flags & L2_SAVE_IMPORT) && !w->st->cache && (rc = store_deferring(w, &w->defer_index))) return rc;
+    int give_way = (a->flags & L2_SAVE_GIVE_WAY) && w->st->light_waiting;
     for (size_t i = 0; i < a->n; i++) {
+        if (give_way && i >= L2_GIVE_WAY_MIN && i % L2_GIVE_WAY_STEP == 0 && w->st->light_waiting(w->st->light_ud)) {
+            /* the rest waits for the next transaction: the light save takes the lock first */
+            w->gave_way = 1;
+            for (size_t j = i; j < a->n; j++) a->res[j] = (l2_save_result){.status = L2_SAVE_UNTRIED};
+            break;
+        }
         rc = save_one(w, a->evs[i], a->now, &a->res[i]);
         if (rc) return rc;
         if ((a->flags & L2_SAVE_OUTBOX) && a->res[i].status == L2_SAVE_STORED) {
@@ -857,6 +866,12 @@ int store_save_body(wtx *w, void *ud)
         }
     }
     return 0;
+}
+
+void l2_store_give_way(l2_store *st, int (*waiting)(void *ud), void *ud)
+{
+    st->light_waiting = waiting;
+    st->light_ud = ud;
 }
 
 int l2_store_save_batch(l2_store *st, l2_event *const *evs, size_t n, int64_t now, int flags, l2_save_result *res,

@@ -47,8 +47,11 @@ typedef void (*l2_problem_fn)(void *ud, const char *msg);
 /* Flags of save and delete: queue in a cache's outbox in the same transaction (L2 was down); a
  * cache fill (events L2 already had: no change record, the change feed being news); a batch of a
  * bulk import (a store may build its indexes once at the end, in after_import); a save whose
- * removals the caller will ask for (last_removed: a store that must read them does). */
-enum { L2_SAVE_OUTBOX = 1, L2_SAVE_FILL = 2, L2_SAVE_IMPORT = 4, L2_SAVE_REMOVALS = 8 };
+ * removals the caller will ask for (last_removed: a store that must read them does); a large
+ * batch that gives way to a light save waiting for the store's write lock (l2_store_give_way:
+ * it commits what it has written so far and leaves the rest L2_SAVE_UNTRIED, for the caller to
+ * save next; a store without one write lock saves everything). */
+enum { L2_SAVE_OUTBOX = 1, L2_SAVE_FILL = 2, L2_SAVE_IMPORT = 4, L2_SAVE_REMOVALS = 8, L2_SAVE_GIVE_WAY = 16 };
 
 typedef struct l2_store_if {
     const char *kind; /* "lmdb", "postgres": for messages and tostring */

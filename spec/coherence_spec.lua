@@ -406,6 +406,97 @@ print(("done %%d %%d"):format(st.feed_position, st.feed_ahead))
     helper.rmdir(dir)
   end)
 
+  it("a large save gives way to light ones waiting for the write lock; killed between its parts, L1 answers as "
+    .. "L2", function()
+    -- a light writer (one event a save) in a loop, and a large one (batches of 200) armed to die
+    -- at the step between two parts of a batch that gave way (save:gave-way)
+    local dir = helper.tmpdir()
+    local stop, log = dir .. "-stop", dir .. "-light.log"
+    local light = helper.spawn(([=[
+local layer2 = require("layer2")
+local db = assert(layer2.open(%q, { nosync = true, log = function() end }))
+local g = require("layer2.gen").new({ seed = 77, authors = 6, count = 100000 })
+local log = assert(io.open(%q, "w"))
+for _ = 1, 1e9 do
+  local f = io.open(%q)
+  if f then f:close() break end
+  local ev = g:next()
+  if db:save_event(ev) then log:write(ev.id, "\n") log:flush() end
+end
+db:close()
+print("done")
+]=]):format(dir, log, stop))
+    local bulk = {}
+    local heavy = helper.spawn(([=[
+local layer2 = require("layer2")
+local core = require("layer2.core")
+local db = assert(layer2.open(%q, { nosync = true, log = function() end }))
+local g = require("layer2.gen").new({ seed = 78, authors = 6, count = 100000 })
+for _ = 1, 600 do -- until the light writer has saved something
+  local f = io.open(%q)
+  if f and f:read("l") then f:close() break end
+  if f then f:close() end
+  os.execute("sleep 0.01")
+end
+core.testing.kill_at("save:gave-way")
+for round = 1, 40 do
+  local batch = {}
+  for i = 1, 200 do
+    local ev = g:next()
+    ev.kind, ev.tags = 1, {}
+    batch[i] = layer2.event.sign(ev, g.keys[1])
+  end
+  print(round)
+  io.stdout:flush()
+  assert(db:save_events(batch))
+end
+print("done")
+]=]):format(dir, log))
+    local out = heavy:read("a")
+    heavy:close()
+    assert(io.open(stop, "w")):close()
+    light:read("a")
+    light:close()
+    local rounds = tonumber(out:match("(%d+)%s*Killed%s*$") or out:match("(%d+)%s*$"))
+    assert.is_nil(out:find("done", 1, true), "the large writer never gave way in 40 batches: " .. out)
+    assert(rounds, out)
+    -- the same batches, made again: the killed one's events L2 committed are its first part
+    local g = require("layer2.gen").new({ seed = 78, authors = 6, count = 100000 })
+    local l2 = assert(layer2.lmdb.open(dir .. "/layer2"))
+    for round = 1, rounds do
+      local kept = 0
+      for i = 1, 200 do
+        local made = g:next()
+        made.kind, made.tags = 1, {}
+        made = layer2.event.sign(made, g.keys[1])
+        bulk[#bulk + 1] = made
+        local there = l2:count_events({ ids = { made.id } }) == 1
+        if there then kept = kept + 1 end
+        assert.equal(kept == i, there, ("batch %d: L2 committed its first part, in order (event %d)"):format(round, i))
+      end
+      if round < rounds then
+        assert.equal(200, kept, "a batch that returned is all in L2")
+      else
+        assert.is_true(kept >= 32 and kept < 200, "the killed batch committed a first part of at least 32: " .. kept)
+      end
+    end
+    l2:close()
+    local saved = {}
+    for line in io.lines(log) do saved[#saved + 1] = { id = line } end
+    for _, e in ipairs(bulk) do saved[#saved + 1] = e end
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    for _, e in ipairs(saved) do
+      assert.same(helper.ids(db.l2:query_events({ ids = { e.id } })), helper.ids(db:query_events({ ids = { e.id } })),
+        "the id lookup of " .. e.id)
+    end
+    agrees(db, bulk, "after the kill between parts")
+    assert.same({}, select(2, db:check()) or {})
+    db:close()
+    os.remove(stop)
+    os.remove(log)
+    helper.rmdir(dir)
+  end)
+
   it("random kills of a writer doing saves, batches, deletions and replacements: every round answers as L2",
     function()
       local dir = helper.tmpdir()

@@ -180,6 +180,19 @@ function relay.handle()
     end
   end)
 
+  -- A client that sends faster than the worker reads has its messages already in the socket's
+  -- buffer: recv_frame returns them without yielding, and the worker would do nothing else until
+  -- its queue of saves is full (a burst of hundreds of messages, tens of ms: another client's lone
+  -- EVENT waited that long to be read, and its OK to be sent). After READ_RUN messages in a row the
+  -- reader gives the event loop a turn (sleep(0) warns on nginx builds without OpenResty's patch).
+  local READ_RUN, run = 32, 0
+  local function handled()
+    run = run + 1
+    if run >= READ_RUN then
+      run = 0
+      ngx.sleep(0.001)
+    end
+  end
   local too_long = ("a message of more than %d bytes"):format(limits.max_frame_length)
   local close_code, close_reason
   -- a fragmented message: its parts so far, their bytes, and the first fragment's type
@@ -212,7 +225,10 @@ function relay.handle()
       end
       if rerr ~= "again" then
         local whole = table.concat(parts)
-        if parts_type == "text" then session:message(whole) end
+        if parts_type == "text" then
+          session:message(whole)
+          handled()
+        end
         parts = nil
       end
     elseif parts then
@@ -222,6 +238,7 @@ function relay.handle()
       parts, parts_bytes, parts_type = { data }, #data, typ -- the first fragment of a message
     elseif typ == "text" then
       session:message(data)
+      handled()
     end
   end
   finish()
