@@ -2,7 +2,8 @@
 -- commit, and with a five-line write and read policy) and, when STRFRY names a strfry binary,
 -- strfry beside it in the same run, each fresh with an empty store per publish run:
 --   1. publish rate by 1, 16 and 64 pipelining websocket clients, with the OK latency;
---   2. REQ round trips at limit 50 and 500 on the store the last publish run filled;
+--   2. REQ round trips at limit 50 and 500 on the store the last publish run filled, and a REQ mix:
+--      400 distinct filters each asked once;
 --   3. live fan-out: 10,000 subscriptions on 100 connections, 1,000 new events/s for 10 s;
 --   4. fairness: one connection floods 20,000 EVENTs, another's single EVENTs wait how long;
 --   5. memory: 10 clients ask for 400 stored notes 100 times each and read nothing.
@@ -17,6 +18,8 @@ local CLIENTS = { 1, 16, 64 }
 -- EVENTs a publishing connection may have unacknowledged: the same for both relays
 local WINDOW = 1000
 local REQS = { { limit = 50, n = 200, warmup = 20 }, { limit = 500, n = 100, warmup = 20 } }
+-- distinct filters made from the published events, each asked once (bench/relay.mjs, reqMix)
+local REQMIX = { from = 0, count = N, n = 400, seed = 7 }
 local DATASET = 100000
 -- fan-out events must be new to the relay that holds the first N: a slice further into the file
 local FANOUT = { from = math.max(50000, N), count = 10000, rate = 1000, connections = 100, perConnection = 100,
@@ -89,7 +92,8 @@ local function measure(kind, clients, last, problems)
   local ok, out = util.ready(r.port), ("%s did not answer on port %d"):format(kind.name, r.port)
   if ok then
     ok, out = pcall(client, r.url, { publish = { from = 0, count = N, clients = clients, window = WINDOW },
-      req = last and REQS or nil, fanout = last and FANOUT or nil, flood = last and FLOOD or nil })
+      req = last and REQS or nil, reqmix = last and REQMIX or nil, fanout = last and FANOUT or nil,
+      flood = last and FLOOD or nil })
   end
   -- stopped whatever happened, so that a failure leaves no relay behind
   local seen = kind.stop(r)
@@ -208,6 +212,45 @@ for i, spec in ipairs(REQS) do
     'kinds [1], JSON over a websocket; ' .. (with_strfry and ("strfry %s ms"):format(ms_pair(sf)) or "strfry skipped"))
 end
 
+-- One row per measure { name, value(result), ratio(layer2's, strfry's) or nil } over each relay's result.
+local function measure_rows(measures, by_kind)
+  local rows = {}
+  for _, m in ipairs(measures) do
+    local row = { m[1] }
+    for _, kind in ipairs(kinds) do row[#row + 1] = m[2](by_kind[kind.name]) end
+    if with_strfry then row[#row + 1] = m[3] and m[3](by_kind.layer2, by_kind.strfry) or "" end
+    rows[#rows + 1] = row
+  end
+  return rows
+end
+
+-- 2b. the REQ mix: a ratio of times is strfry's over layer2's (>1: layer2 better)
+local mix_headers = { "REQ mix" }
+for _, kind in ipairs(kinds) do mix_headers[#mix_headers + 1] = kind.name end
+if with_strfry then mix_headers[#mix_headers + 1] = "strfry / layer2 (>1: layer2 better; target >= 1.5 for total and p90)" end
+local mix = {}
+for _, kind in ipairs(kinds) do mix[kind.name] = section("reqmix", kind.name) end
+local mix_rows = measure_rows({
+  { "events returned in all", function(m) return count(m.events) end },
+  { "all REQs, ms", function(m) return ("%.1f"):format(m.total_ms) end,
+    function(l2, sf) return ratio(sf.total_ms, l2.total_ms) end },
+  { "REQ p50 ms", function(m) return ms(m.p50) end, function(l2, sf) return ratio(sf.p50, l2.p50) end },
+  { "REQ p90 ms", function(m) return ms(m.p90) end, function(l2, sf) return ratio(sf.p90, l2.p90) end },
+  { "REQ p99 ms", function(m) return ms(m.p99) end, function(l2, sf) return ratio(sf.p99, l2.p99) end },
+}, mix)
+if with_strfry then
+  local differ = 0
+  for i, c in ipairs(mix.layer2.counts) do if c ~= mix.strfry.counts[i] then differ = differ + 1 end end
+  if differ > 0 then note(("REQ mix: %d of %d REQs returned a different number of events from layer2 and strfry")
+    :format(differ, REQMIX.n)) end
+end
+for _, kind in ipairs(kinds) do
+  if next(mix[kind.name].closed) then note(("%s, REQ mix, CLOSED: %s"):format(kind.name, tally_text(mix[kind.name].closed))) end
+end
+util.summary("relay REQ mix, 400 distinct filters", ("%.1f ms in all, p90 %s ms"):format(mix.layer2.total_ms,
+  ms(mix.layer2.p90)), with_strfry and ("strfry %.1f ms, p90 %s ms"):format(mix.strfry.total_ms, ms(mix.strfry.p90))
+  or "strfry skipped")
+
 -- 3. fan-out: one row per measure; a ratio only where one says which relay did better
 local fan_headers = { "fan-out" }
 for _, kind in ipairs(kinds) do fan_headers[#fan_headers + 1] = kind.name end
@@ -240,17 +283,6 @@ local fan_measures = {
     function(l2, sf) return ratio(sf.latency.p99, l2.latency.p99) end },
   { "delivery latency max ms", function(f) return ms(f.latency.max) end },
 }
--- One row per measure { name, value(result), ratio(layer2's, strfry's) or nil } over each relay's result.
-local function measure_rows(measures, by_kind)
-  local rows = {}
-  for _, m in ipairs(measures) do
-    local row = { m[1] }
-    for _, kind in ipairs(kinds) do row[#row + 1] = m[2](by_kind[kind.name]) end
-    if with_strfry then row[#row + 1] = m[3] and m[3](by_kind.layer2, by_kind.strfry) or "" end
-    rows[#rows + 1] = row
-  end
-  return rows
-end
 local fan_rows = measure_rows(fan_measures, fan)
 local fl2 = fan.layer2
 util.summary("relay fan-out, 10,000 subscriptions", ms_pair(fl2.latency) .. " ms p50/p99",
@@ -445,6 +477,9 @@ print(util.table(pub_headers, pub_rows))
 print(("\n### REQ round trips on the %d-client run's store, one connection, warm (%d first not counted)\n")
   :format(last, REQS[1].warmup))
 print(util.table(req_headers, req_rows))
+print(("\n### REQ mix: %d distinct filters (ids, authors, author and kind, #t, #p, kinds, time windows; limits 20 "
+  .. "to 500) made from the published events, each asked once on one connection, one at a time\n"):format(REQMIX.n))
+print(util.table(mix_headers, mix_rows))
 print(("\n### fan-out: %d subscriptions on %d connections, %d events at %d/s on one more connection\n")
   :format(FANOUT.connections * FANOUT.perConnection, FANOUT.connections, FANOUT.count, FANOUT.rate))
 print(util.table(fan_headers, fan_rows))

@@ -3,6 +3,7 @@
 // CONFIG (written by bench/relay.lua): { url, file,
 //   publish: { from, count, clients, window },                 pipelined EVENTs, every OK awaited
 //   req: [{ limit, n, warmup }],                               REQ round trips on one connection
+//   reqmix: { from, count, n, seed },                          distinct REQs, each asked once
 //   fanout: { from, count, rate, connections, perConnection, grace, seed } }   live delivery
 // OUT: the same sections with what was measured (times in ms, rates in events/s).
 import fs from "node:fs";
@@ -132,6 +133,87 @@ async function roundTrips(url, { limit, n, warmup }) {
   ws.close();
   return { limit, n, warmup, ...percentiles(times), returned_min: Math.min(...returned),
     returned_max: Math.max(...returned), closed };
+}
+
+// The REQ mix: `n` distinct filters made from the published events [from, from + count) (seeded: the
+// same for both relays), each asked once on one connection, one at a time: ids (1-20), authors
+// (1-3), an author with a kind, #t, #p, kinds, a time window, each with a limit from 20 to 500.
+// Per REQ the time to its EOSE and the events it returned (the relays compare them).
+function mixFilters(events, { n, seed }) {
+  const random = prng(seed);
+  const distinct = (values) => [...new Set(values)];
+  const evs = events.map(({ ev }) => ev);
+  const authors = distinct(evs.map((ev) => ev.pubkey));
+  const tagValues = (name) => distinct(evs.flatMap((ev) => ev.tags.filter((t) => t[0] === name).map((t) => t[1])));
+  const ps = tagValues("p"), ts = tagValues("t");
+  const kindsSeen = distinct(evs.map((ev) => ev.kind)).sort((a, b) => a - b);
+  const times = evs.map((ev) => ev.created_at).sort((a, b) => a - b);
+  const one = (pool) => pool[Math.floor(random() * pool.length)];
+  const pick = (pool, k) => distinct(Array.from({ length: k }, () => one(pool))).sort();
+  const limits = [20, 50, 100, 200, 500];
+  const classes = [
+    () => ({ ids: distinct(Array.from({ length: 1 + Math.floor(random() * 20) }, () => one(evs).id)).sort() }),
+    () => ({ authors: pick(authors, 1 + Math.floor(random() * 3)) }),
+    () => ({ authors: pick(authors, 1), kinds: [one([0, 1, 3, 6, 7])] }),
+    () => ({ "#t": pick(ts, 1 + Math.floor(random() * 2)) }),
+    () => ({ "#p": pick(ps, 1) }),
+    () => ({ kinds: pick(kindsSeen, 1 + Math.floor(random() * 2)) }),
+    () => {
+      const a = times[Math.floor(random() * times.length)], span = 60 + Math.floor(random() * 3600);
+      return { since: a, until: a + span };
+    },
+  ];
+  const seen = new Set(), filters = [];
+  while (filters.length < n) {
+    const f = classes[filters.length % classes.length]();
+    if (!f.ids) f.limit = one(limits);
+    const key = JSON.stringify(f);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    filters.push(f);
+  }
+  return filters;
+}
+
+async function reqMix(url, cfgMix) {
+  const filters = mixFilters(eventsOf(cfg.file, cfgMix.from, cfgMix.count), cfgMix);
+  const ws = await connect(url);
+  const times = [], counts = [], closed = {};
+  const t0 = now();
+  for (let i = 0; i < filters.length; i++) {
+    const subid = "m" + i;
+    const t = now();
+    let events = 0;
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`REQ ${subid}: no EOSE in ${STALL_MS} ms`)), STALL_MS);
+      // an EVENT frame is counted by its head, not parsed: the client's JSON work would hide the
+      // relays' (one REQ at a time, and nothing is published meanwhile: every EVENT is this REQ's)
+      const onMessage = (data) => {
+        if (data.toString("latin1", 0, 9) === '["EVENT",') {
+          events++;
+          return;
+        }
+        const msg = JSON.parse(data);
+        if (msg[1] !== subid) return;
+        if (msg[0] === "EOSE" || msg[0] === "CLOSED") {
+          if (msg[0] === "CLOSED") tally(closed, msg[2]);
+          clearTimeout(timer);
+          ws.off("message", onMessage);
+          resolve();
+        }
+      };
+      ws.on("message", onMessage);
+      ws.send(JSON.stringify(["REQ", subid, filters[i]]));
+    });
+    times.push(now() - t);
+    counts.push(events);
+    ws.send(JSON.stringify(["CLOSE", subid]));
+  }
+  const total = now() - t0;
+  ws.close();
+  const v = Float64Array.from(times).sort();
+  return { n: filters.length, total_ms: total, ...percentiles(times), p90: v[Math.floor(v.length * 0.9)],
+    events: counts.reduce((a, b) => a + b, 0), counts, closed };
 }
 
 // mulberry32: the same subscriptions for both relays and every run
@@ -370,6 +452,7 @@ if (cfg.req) {
   out.req = [];
   for (const r of cfg.req) out.req.push(await roundTrips(cfg.url, r));
 }
+if (cfg.reqmix) out.reqmix = await reqMix(cfg.url, cfg.reqmix);
 if (cfg.fanout) out.fanout = await fanout(cfg.url, cfg.fanout);
 if (cfg.flood) out.flood = await flood(cfg.url, cfg.flood);
 fs.writeFileSync(outPath, JSON.stringify(out));

@@ -609,6 +609,51 @@ corrupt:
     return -1;
 }
 
+int l2_event_bin_to_json(const void *bin, size_t n, l2_buf *out, char *err)
+{
+    const uint8_t *p = bin, *end = p + n;
+    uint64_t created_at, kind, ntags, k, hdr, v;
+    if (n < 133 || p[0] != L2_BIN_VERSION) goto corrupt;
+    const uint8_t *id = p + 1, *pubkey = p + 33, *sig = p + 65;
+    p += 129;
+    if (get_varint(&p, end, &created_at) || created_at > (uint64_t)L2_MAX_CREATED_AT ||
+        get_varint(&p, end, &kind) || kind > L2_MAX_KIND || get_varint(&p, end, &ntags) || ntags > n)
+        goto corrupt;
+    if (l2_buf_put(out, "{\"id\":", 6) || put_hex_string(out, id, 32) || l2_buf_put(out, ",\"pubkey\":", 10) ||
+        put_hex_string(out, pubkey, 32) || l2_buf_put(out, ",\"created_at\":", 14) ||
+        l2_buf_put_u64(out, created_at) || l2_buf_put(out, ",\"kind\":", 8) || l2_buf_put_u64(out, kind) ||
+        l2_buf_put(out, ",\"tags\":[", 9))
+        return l2_oom(err);
+    for (uint64_t t = 0; t < ntags; t++) {
+        if (get_varint(&p, end, &k) || k > (uint64_t)(end - p)) goto corrupt;
+        if ((t && l2_buf_putc(out, ',')) || l2_buf_putc(out, '[')) return l2_oom(err);
+        for (uint64_t i = 0; i < k; i++) {
+            if (get_varint(&p, end, &hdr)) goto corrupt;
+            size_t len = hdr >> 1;
+            if (i && l2_buf_putc(out, ',')) return l2_oom(err);
+            if (hdr & 1) {
+                /* a packed hex string: its 64 digits need no escape */
+                if (len != 64 || end - p < 32) goto corrupt;
+                if (put_hex_string(out, p, 32)) return l2_oom(err);
+                p += 32;
+            } else {
+                if (len > (size_t)(end - p)) goto corrupt;
+                if (l2_json_put_string(out, (const char *)p, len)) return l2_oom(err);
+                p += len;
+            }
+        }
+        if (l2_buf_putc(out, ']')) return l2_oom(err);
+    }
+    if (get_varint(&p, end, &v) || v != (uint64_t)(end - p)) goto corrupt;
+    if (l2_buf_put(out, "],\"content\":", 12) || l2_json_put_string(out, (const char *)p, (size_t)v) ||
+        l2_buf_put(out, ",\"sig\":", 7) || put_hex_string(out, sig, 64) || l2_buf_putc(out, '}'))
+        return l2_oom(err);
+    return 0;
+corrupt:
+    if (err) snprintf(err, L2_ERRLEN, "error: corrupt stored event");
+    return -1;
+}
+
 static int cmp_key(const void *a, const void *b)
 {
     return memcmp(a, b, 32);

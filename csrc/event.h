@@ -108,6 +108,10 @@ int l2_event_encode_bin(const l2_event *ev, l2_buf *out);
  * filters as the event does, and yields the same index keys. */
 int l2_event_encode_stub(const l2_event *ev, l2_buf *out);
 int l2_event_decode_bin(l2_event *ev, const void *bin, size_t n, char *err);
+/* The wire JSON of a binary event (not a stub), appended to out: what l2_event_encode_json writes
+ * for the decoded event, byte for byte, without decoding it (a read's hot path). 0, or -1 with
+ * err (corrupt, a stub, out of memory). */
+int l2_event_bin_to_json(const void *bin, size_t n, l2_buf *out, char *err);
 /* Only the id and created_at of a binary event (a set reconciliation's item): 0, or -1. */
 int l2_event_bin_key(const void *bin, size_t n, int64_t *created_at, uint8_t id[32]);
 

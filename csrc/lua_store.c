@@ -489,6 +489,15 @@ int l2lua_push_row(lua_State *L, l2lua_store *s, const l2_row *r, int json)
         lua_pushlstring(L, r->json, r->json_len);
         return 0;
     }
+    if (json) {
+        /* straight from the stored form; a stub (or a corrupt record) goes the long way below,
+         * which says what it is */
+        s->out.len = 0;
+        if (l2_event_bin_to_json(r->bin, r->bin_len, &s->out, NULL) == 0) {
+            lua_pushlstring(L, s->out.data, s->out.len);
+            return 0;
+        }
+    }
     if (r->json ? l2_event_parse_json(&s->ev, r->json, r->json_len, L2_HAVE_ALL, &s->lim, s->err)
                 : l2_event_decode_bin(&s->ev, r->bin, r->bin_len, s->err))
         return -1;

@@ -215,6 +215,7 @@ void l2_store_close(l2_store *st)
     l2_buf_free(&st->key);
     l2_hits_free(&st->hits);
     free(st->touched);
+    free(st->touch_slots);
     free(st->path);
     free(st);
 }

@@ -119,9 +119,13 @@ struct l2_store {
     uint64_t query_ms; /* a cache's query under way: when its bodies are read (an access) */
     const int64_t *horizon_floor; /* l2_store_share_horizon */
     int backed;                   /* l2_store_set_backed */
-    /* reads counted in memory, written in the next write transaction: never a write per read */
+    /* reads counted in memory, written in the next write transaction: never a write per read;
+     * found by serial through touch_slots (open addressing, twice touched_cap; a slot is in use
+     * when its high half is touch_gen, so emptying the table is a step of touch_gen) */
     struct store_touch { uint64_t serial, last_ms; uint32_t hits; } *touched;
     size_t ntouched, touched_cap;
+    uint64_t *touch_slots;
+    uint32_t touch_gen;
     l2_hits hits; /* a query's answer, for the store interface */
     /* a cache's next write mirrors L2's changes [mirror_first, mirror_last] (l2_store_mirror_next),
      * and what recording them did to its feed position */
@@ -131,6 +135,9 @@ struct l2_store {
     int (*light_waiting)(void *ud);  /* l2_store_give_way */
     void *light_ud;
 };
+
+/* Forgets the reads counted in memory (written, or dropped). */
+void store_touched_reset(l2_store *st);
 
 /* A cache's lru key (the layout); milliseconds fit 48 bits until the year 10889 */
 #define LRU_KEY 12

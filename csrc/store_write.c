@@ -463,26 +463,68 @@ static int flush_access(wtx *w)
     return 0;
 }
 
+#define TOUCHED_MAX 65536
+
+static size_t touch_home(const l2_store *st, uint64_t serial)
+{
+    return (size_t)((serial * 0x9E3779B97F4A7C15ull) >> 32) & (2 * st->touched_cap - 1);
+}
+
+/* The slot of serial's count, or of the free slot where it would go. */
+static uint64_t *touch_slot(l2_store *st, uint64_t serial)
+{
+    size_t mask = 2 * st->touched_cap - 1;
+    for (size_t h = touch_home(st, serial);; h = (h + 1) & mask) {
+        uint64_t *s = &st->touch_slots[h];
+        if ((uint32_t)(*s >> 32) != st->touch_gen || st->touched[(uint32_t)*s - 1].serial == serial) return s;
+    }
+}
+
+void store_touched_reset(l2_store *st)
+{
+    st->ntouched = 0;
+    if (++st->touch_gen == 0) {
+        /* the generations went round: every slot is emptied once */
+        if (st->touch_slots) memset(st->touch_slots, 0, 2 * st->touched_cap * sizeof *st->touch_slots);
+        st->touch_gen = 1;
+    }
+}
+
+/* Twice the room; the counts kept are placed again. */
+static int touched_grow(l2_store *st)
+{
+    size_t cap = st->touched_cap ? st->touched_cap * 2 : 256;
+    struct store_touch *t = realloc(st->touched, cap * sizeof *t);
+    if (!t) return -1;
+    st->touched = t;
+    uint64_t *slots = calloc(2 * cap, sizeof *slots);
+    if (!slots) return -1;
+    free(st->touch_slots);
+    st->touch_slots = slots;
+    st->touched_cap = cap;
+    if (!st->touch_gen) st->touch_gen = 1;
+    for (size_t i = 0; i < st->ntouched; i++)
+        *touch_slot(st, st->touched[i].serial) = (uint64_t)st->touch_gen << 32 | (uint32_t)(i + 1);
+    return 0;
+}
+
 void store_touch(l2_store *st, uint64_t serial, uint64_t ms)
 {
-    /* a small linear table: queries touch up to a few hundred events between two writes;
-     * past the cap the oldest counts are simply dropped (they are statistics) */
-    for (size_t i = st->ntouched; i-- > 0 && i + 64 >= st->ntouched;) {
-        if (st->touched[i].serial == serial) {
-            st->touched[i].last_ms = ms;
-            st->touched[i].hits++;
-            return;
-        }
+    /* counted once per event between two writes, however often it is read; past TOUCHED_MAX
+     * events the new ones are not counted (they are statistics) */
+    uint64_t *s = st->touch_slots ? touch_slot(st, serial) : NULL;
+    if (s && (uint32_t)(*s >> 32) == st->touch_gen) {
+        struct store_touch *t = &st->touched[(uint32_t)*s - 1];
+        t->last_ms = ms;
+        t->hits++;
+        return;
     }
     if (st->ntouched == st->touched_cap) {
-        if (st->touched_cap >= 65536) return;
-        size_t cap = st->touched_cap ? st->touched_cap * 2 : 256;
-        struct store_touch *t = realloc(st->touched, cap * sizeof *t);
-        if (!t) return;
-        st->touched = t;
-        st->touched_cap = cap;
+        if (st->touched_cap >= TOUCHED_MAX || touched_grow(st)) return;
+        s = touch_slot(st, serial);
     }
     st->touched[st->ntouched++] = (struct store_touch){serial, ms, 1};
+    *s = (uint64_t)st->touch_gen << 32 | (uint32_t)st->ntouched;
 }
 
 static int put_tombstone(wtx *w, const uint8_t id[32], const uint8_t author[32])
@@ -791,7 +833,7 @@ int store_write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char 
         if (rc == 0) rc = store_write_commit(&w);
         else mdb_txn_abort(w.txn);
         if (rc == 0) {
-            st->ntouched = 0;
+            store_touched_reset(st);
             st->mirror_set = 0;
             st->mirror_result = result;
             st->last_first = seq0;
@@ -802,7 +844,7 @@ int store_write_txn(l2_store *st, int (*body)(wtx *w, void *ud), void *ud, char 
             /* the reads counted since the last write are statistics: a full cache drops them
              * rather than fail the write (an eviction above all) that would make room */
             if (st->fixed_map && st->ntouched) {
-                st->ntouched = 0;
+                store_touched_reset(st);
                 continue;
             }
             /* a reader a killed process left pins the pages freed since its snapshot */

@@ -300,6 +300,48 @@ describe("lmdb store", function()
     assert.equal(event.encode(ev), got[1])
   end)
 
+  it("JSON mode gives every stored element as the event's own wire JSON, byte for byte, in a store and a cache",
+    function()
+      local hex = ("0123456789abcdef"):rep(4)
+      local odd = {
+        sign(A, 1, T, { { "e", hex }, { "p", PB, "wss://r.example", "mention" }, { "a", "30023:" .. PA .. ":d" } },
+          "plain"),
+        -- hex strings that are not packed: upper case, 63 and 65 digits, and one in a tag's name place
+        sign(A, 1, T + 1, { { "e", hex:upper() }, { "x", hex:sub(2) }, { "y", hex .. "0" }, { hex, "v" } }, ""),
+        sign(A, 1, T + 2, { {}, { "t" }, { "t", "" }, { "emoji", "\u{1F600}", "caf\u{E9}" } },
+          'quotes " and \\ back\tslash\nnew line \1\31 controls, \u{2028} and \u{10FFFF}'),
+        sign(B, 30023, T + 3, { { "d", "a \"title\"" }, { "expiration", ("%d"):format(os.time() + 1e6) } }, ("x"):rep(70000)),
+      }
+      local g = require("layer2.gen").new({ seed = 19, authors = 20 })
+      local all = {}
+      for _, e in ipairs(odd) do all[#all + 1] = e end
+      -- regular events only: no later version or deletion takes one away
+      while #all < 300 do
+        local e = g:next()
+        if e.kind < 10000 and e.kind ~= 0 and e.kind ~= 3 and e.kind ~= 5 then all[#all + 1] = e end
+      end
+      local cdir = tmpdir()
+      local cache = assert(layer2.lmdb.open(cdir, { cache = true, nosync = true }))
+      for _, store in ipairs({ db, cache }) do
+        for i, v in ipairs(assert(store:save_events(all, { verify = false }))) do assert.equal(true, v, i) end
+        for _, e in ipairs(all) do
+          local got = store:query_events({ ids = { e.id } }, { json = true })
+          assert.equal(1, #got, e.id)
+          assert.equal(event.encode(e), got[1])
+        end
+        -- and in a scan's answer (hits read from an index, not by id)
+        local byid = {}
+        for _, j in ipairs(store:query_events({ authors = { PA } }, { json = true, max_limit = 100000 })) do
+          byid[event.parse(j).id] = j
+        end
+        for _, e in ipairs(odd) do
+          if e.pubkey == PA then assert.equal(event.encode(e), byid[e.id]) end
+        end
+      end
+      cache:close()
+      rmdir(cdir)
+    end)
+
   it("bad inputs get a message and change nothing", function()
     local good = sign(A, 1, T, {}, "keep")
     saved(good)
@@ -534,6 +576,45 @@ describe("lmdb store", function()
     saved(sign(A, 1, T + 1)) -- tombstones and heads went too
     assert.equal(1, db:count_events({}))
     clean()
+  end)
+
+  it("a cache counts each event's reads between two writes, however many events and reads, and writes them with "
+    .. "the next write", function()
+    local cdir = tmpdir()
+    local cache = assert(layer2.lmdb.open(cdir, { cache = true, nosync = true }))
+    local g = require("layer2.gen").new({ seed = 3, authors = 5, count = 1000 })
+    local evs = {}
+    for i = 1, 700 do
+      local e = g:next()
+      e.kind, e.tags = 1, {}
+      evs[i] = layer2.event.sign(e, g.keys[1])
+    end
+    assert(cache:save_events(evs, { verify = false }))
+    -- three rounds of lookups, seven ids each: a third of the events read once, a third twice, a
+    -- third three times, interleaved (more events than the count table starts with)
+    local want = {}
+    for round = 1, 3 do
+      for i = 1, 700, 7 do
+        local asked = {}
+        for k = i, math.min(i + 6, 700) do
+          if k % 3 >= round - 1 then
+            asked[#asked + 1] = evs[k].id
+            want[evs[k].id] = (want[evs[k].id] or 0) + 1
+          end
+        end
+        assert.equal(#asked, #cache:query_events({ ids = asked }))
+      end
+    end
+    local e = g:next()
+    e.kind = 1
+    assert(cache:save_event(layer2.event.sign(e, g.keys[2]), { verify = false }))
+    local got = {}
+    for _, c in ipairs(cache:candidates(100000)) do
+      if want[c.id] then got[c.id] = c.hits end
+    end
+    assert.same(want, got)
+    cache:close()
+    helper.rmdir(cdir)
   end)
 
   it("repack rewrites a cache's half-empty trees: the same events, stubs and answers in fewer bytes", function()
