@@ -245,6 +245,7 @@ static int backend_saver(void *ud, l2_event *const *evs, size_t n, int64_t now, 
 static const char *const SAVE_OPTS[] = {"verify", "now", NULL};
 static const char *const SAVE_LIST_OPTS[] = {"verify", "now", "threads", NULL};
 static const char *const QUERY_OPTS[] = {"json", "max_limit", "now", "l1_only", NULL};
+static const char *const FRAMES_OPTS[] = {"max_limit", "now", "l1_only", NULL};
 static const char *const NOW_OPTS[] = {"now", NULL};
 static const char *const IMPORT_OPTS[] = {"verify", "now", "threads", "batch", "on_refused", "progress", NULL};
 
@@ -310,17 +311,84 @@ typedef struct {
     backend_ud *s;
     int json, failed;
     lua_Integer n;
+    /* query_frames: the answer as websocket frames into `frames`, each prefix .. JSON .. "]" */
+    l2_buf *frames, *json_buf;
+    const char *prefix;
+    size_t prefix_len;
 } rows_state;
+
+#define FRAMES_KEPT (1u << 20)
+
+/* One websocket text frame as a server sends it (final, unmasked): prefix, json, "]". */
+static int put_frame(l2_buf *out, const char *prefix, size_t pn, const char *json, size_t jn)
+{
+    uint64_t n = pn + jn + 1;
+    uint8_t h[10] = {0x81};
+    size_t hn = 2;
+    if (n < 126) {
+        h[1] = (uint8_t)n;
+    } else if (n < 65536) {
+        h[1] = 126;
+        h[2] = (uint8_t)(n >> 8);
+        h[3] = (uint8_t)n;
+        hn = 4;
+    } else {
+        h[1] = 127;
+        for (int i = 0; i < 8; i++) h[2 + i] = (uint8_t)(n >> (56 - 8 * i));
+        hn = 10;
+    }
+    return l2_buf_reserve(out, hn + n) || l2_buf_put(out, h, hn) || l2_buf_put(out, prefix, pn) ||
+           l2_buf_put(out, json, jn) || l2_buf_putc(out, ']');
+}
 
 static int push_result(void *ud, const l2_row *r)
 {
     rows_state *q = ud;
+    if (q->frames) {
+        q->json_buf->len = 0;
+        if (l2lua_row_json(q->s->l1, r, q->json_buf)) {
+            q->failed = 1;
+            return 1;
+        }
+        if (put_frame(q->frames, q->prefix, q->prefix_len, q->json_buf->data, q->json_buf->len)) {
+            l2_oom(q->s->l1->err);
+            q->failed = 1;
+            return 1;
+        }
+        q->n++;
+        return 0;
+    }
     if (l2lua_push_row(q->L, q->s->l1, r, q->json)) {
         q->failed = 1;
         return 1;
     }
     lua_rawseti(q->L, -2, (int)++q->n);
     return 0;
+}
+
+/* A query's rows as frames (prefix at prefix_idx, a string) into the handle's buffers, or into
+ * `spare` ones when those hold another call's; frames_done gives them back. */
+static void frames_begin(lua_State *L, backend_ud *s, rows_state *q, int prefix_idx, l2_buf spare[2])
+{
+    q->prefix = luaL_checklstring(L, prefix_idx, &q->prefix_len);
+    l2_buf_init(&spare[0]);
+    l2_buf_init(&spare[1]);
+    q->frames = s->frames_busy ? &spare[0] : &s->frames;
+    q->json_buf = s->frames_busy ? &spare[1] : &s->frame_json;
+    s->frames_busy += q->frames == &s->frames;
+    q->frames->len = 0;
+}
+
+static void frames_done(backend_ud *s, rows_state *q, l2_buf spare[2])
+{
+    if (q->frames == &s->frames) {
+        s->frames_busy = 0;
+        /* one large answer does not pin its memory for the handle's life */
+        if (s->frames.cap > FRAMES_KEPT) l2_buf_free(&s->frames);
+    } else {
+        l2_buf_free(&spare[0]);
+        l2_buf_free(&spare[1]);
+    }
 }
 
 static void put_filters(backend_ud *s, l2lua_filters *fs);
@@ -366,34 +434,67 @@ static void push_levels(lua_State *L, const l2_levels *lv)
     }
 }
 
-/* query_l1(db, filters [, {json, max_limit, now}]) -> events, levels when L1 proves the answer
- * (under the horizon, every body held); false when it cannot (nothing else is done: under nginx
- * with PostgreSQL the caller runs the rest in the thread pool); nil, err for bad filters. */
+/* A read's options at idx: max_limit, now (*flags gets L2_QUERY_NOW_GIVEN) and l1_only. */
+static unsigned read_query_opts(lua_State *L, backend_ud *s, int idx, int64_t *max_limit, int64_t *now)
+{
+    *max_limit = l2lua_opt_int(L, idx, "max_limit", s->max_limit);
+    *now = l2lua_opt_now(L, idx);
+    unsigned flags = l2lua_opt_bool(L, idx, "l1_only", 0) ? L2_QUERY_L1_ONLY : 0;
+    if (lua_type(L, idx) == LUA_TTABLE) {
+        lua_getfield(L, idx, "now");
+        if (!lua_isnil(L, -1)) flags |= L2_QUERY_NOW_GIVEN;
+        lua_pop(L, 1);
+    }
+    return flags;
+}
+
+/* Pushes a framed answer: the frames, their number, the levels. */
+static int push_frames(lua_State *L, backend_ud *s, rows_state *q, l2_buf spare[2], const l2_levels *lv)
+{
+    lua_pushlstring(L, q->frames->data, q->frames->len);
+    frames_done(s, q, spare);
+    lua_pushinteger(L, q->n);
+    push_levels(L, lv);
+    return 3;
+}
+
+/* query_l1(db, filters [, {json, max_limit, now} [, prefix]]) -> events, levels when L1 proves the
+ * answer (under the horizon, every body held), or with a prefix frames, n, levels (query_frames);
+ * false when it cannot (nothing else is done: under nginx with PostgreSQL the caller runs the
+ * rest in the thread pool); nil, err for bad filters. */
 static int pv_query_l1(lua_State *L)
 {
     backend_ud *s = check_backend(L);
-    l2lua_check_options(L, 3, "layer2: query_events", QUERY_OPTS);
-    rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
-    int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
-    l2lua_filters spare, *fs = take_filters(L, s, &spare);
-    if (!fs) return l2lua_refuse(L, 0, s->err);
-    int answered;
-    uint64_t rows;
-    lua_newtable(L);
-    int rc = l2_backend_query_l1(s->b, fs->v, fs->n, max_limit, now, push_result, &q, &answered, &rows, s->err);
-    put_filters(s, fs);
-    if (rc) return l2lua_refuse(L, 0, s->err);
-    if (q.failed) return l2lua_refuse(L, 0, s->l1->err);
-    if (!answered) {
+    int framed = !lua_isnoneornil(L, 4);
+    l2lua_check_options(L, 3, framed ? "layer2: query_frames" : "layer2: query_events",
+                        framed ? FRAMES_OPTS : QUERY_OPTS);
+    lua_settop(L, 4);
+    rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0, NULL, NULL, NULL, 0};
+    int64_t max_limit, now;
+    read_query_opts(L, s, 3, &max_limit, &now);
+    l2_buf spare[2];
+    if (framed) frames_begin(L, s, &q, 4, spare);
+    l2lua_filters sparef, *fs = take_filters(L, s, &sparef);
+    int answered = 0, rc = -1;
+    uint64_t rows = 0;
+    if (fs) {
+        if (!framed) lua_newtable(L);
+        rc = l2_backend_query_l1(s->b, fs->v, fs->n, max_limit, now, push_result, &q, &answered, &rows, s->err);
+        put_filters(s, fs);
+    }
+    if (rc || q.failed || !answered) {
+        if (framed) frames_done(s, &q, spare);
+        if (rc) return l2lua_refuse(L, 0, s->err);
+        if (q.failed) return l2lua_refuse(L, 0, s->l1->err);
         lua_pushboolean(L, 0);
         return 1;
     }
     l2_backend_hit(s->b, L2_LEVEL_L1, rows);
     l2_levels lv = {.l1 = rows};
+    if (framed) return push_frames(L, s, &q, spare, &lv);
     push_levels(L, &lv);
     return 2;
 }
-
 
 /* db:query_events(filters [, {json, max_limit, now, l1_only}]) -> events, levels | nil, err:
  * the read on both levels (l2_backend_query). */
@@ -402,14 +503,9 @@ static int bk_query_events(lua_State *L)
     backend_ud *s = check_backend(L);
     l2lua_check_options(L, 3, "layer2: query_events", QUERY_OPTS);
     lua_settop(L, 3);
-    rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0};
-    int64_t max_limit = l2lua_opt_int(L, 3, "max_limit", s->max_limit), now = l2lua_opt_now(L, 3);
-    unsigned flags = l2lua_opt_bool(L, 3, "l1_only", 0) ? L2_QUERY_L1_ONLY : 0;
-    if (lua_type(L, 3) == LUA_TTABLE) {
-        lua_getfield(L, 3, "now");
-        if (!lua_isnil(L, -1)) flags |= L2_QUERY_NOW_GIVEN;
-        lua_pop(L, 1);
-    }
+    rows_state q = {L, s, l2lua_opt_bool(L, 3, "json", 0), 0, 0, NULL, NULL, NULL, 0};
+    int64_t max_limit, now;
+    unsigned flags = read_query_opts(L, s, 3, &max_limit, &now);
     l2lua_filters spare, *fs = take_filters(L, s, &spare);
     if (!fs) return l2lua_refuse(L, 0, s->err);
     l2_levels lv;
@@ -420,6 +516,34 @@ static int bk_query_events(lua_State *L)
     if (q.failed) return l2lua_refuse(L, 0, s->l1->err);
     push_levels(L, &lv);
     return 2;
+}
+
+/* db:query_frames(filters, prefix [, {max_limit, now, l1_only}]) -> frames, n, levels | nil, err:
+ * query_events' answer as a relay sends it, in one string: n websocket text frames (a server's:
+ * final, unmasked), each prefix .. the event's JSON .. "]" (prefix: '["EVENT","sub",'). No Lua
+ * string per event, and one write for the whole answer. */
+static int bk_query_frames(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    l2lua_check_options(L, 4, "layer2: query_frames", FRAMES_OPTS);
+    lua_settop(L, 4);
+    rows_state q = {L, s, 1, 0, 0, NULL, NULL, NULL, 0};
+    int64_t max_limit, now;
+    unsigned flags = read_query_opts(L, s, 4, &max_limit, &now);
+    l2_buf spare[2];
+    frames_begin(L, s, &q, 3, spare);
+    l2lua_filters sparef, *fs = take_filters(L, s, &sparef);
+    l2_levels lv;
+    int rc = -1;
+    if (fs) {
+        rc = l2_backend_query(s->b, fs->v, fs->n, max_limit, now, flags, push_result, &q, &lv, s->err);
+        put_filters(s, fs);
+    }
+    if (rc || q.failed) {
+        frames_done(s, &q, spare);
+        return l2lua_refuse(L, 0, rc ? s->err : s->l1->err);
+    }
+    return push_frames(L, s, &q, spare, &lv);
 }
 
 /* db:gc([force]) -> {evicted, dropped, freed, pruned, repacked, used, seconds[, sent]}: one eviction step
@@ -715,6 +839,8 @@ static int bk_close(lua_State *L)
     s->ref = LUA_NOREF;
     l2_event_free(&s->ev);
     l2lua_filters_free(&s->filters);
+    l2_buf_free(&s->frames);
+    l2_buf_free(&s->frame_json);
     return 0;
 }
 
@@ -931,7 +1057,8 @@ static int pv_new(lua_State *L)
 
 static const luaL_Reg backend_methods[] = {
     {"save_event", bk_save_event}, {"save_events", bk_save_events}, {"delete_event", bk_delete_event},
-    {"query_events", bk_query_events}, {"count_events", bk_count_events}, {"import", bk_import},
+    {"query_events", bk_query_events}, {"query_frames", bk_query_frames}, {"count_events", bk_count_events},
+    {"import", bk_import},
     {"export", bk_export}, {"negentropy_items", bk_negentropy_items},
     {"sweep", bk_sweep}, {"nuke", bk_nuke}, {"sync", bk_sync}, {"stats", bk_stats}, {"check", bk_check},
     {"changes_since", bk_changes_since}, {"path", bk_path}, {"gc", bk_gc}, {"poll", bk_poll},

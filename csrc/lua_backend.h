@@ -32,6 +32,8 @@ typedef struct {
     int filters_busy; /* `filters` holds a call's filters (a Lua L2 may query this handle meanwhile) */
     l2_limits lim;
     int64_t max_limit;
+    l2_buf frames, frame_json; /* query_frames' answer and one event's JSON */
+    int frames_busy;           /* they hold a call's (a Lua L2 may query this handle meanwhile) */
     char dir[1024];
     char err[L2_ERRLEN];
 } backend_ud;

@@ -483,6 +483,18 @@ l2lua_store *l2lua_check_store(lua_State *L, int idx)
     return s;
 }
 
+int l2lua_row_json(l2lua_store *s, const l2_row *r, l2_buf *out)
+{
+    if (r->json) return l2_buf_put(out, r->json, r->json_len) ? l2_oom(s->err) : 0;
+    /* straight from the stored form; a stub (or a corrupt record) goes the long way, which says
+     * what it is */
+    size_t at = out->len;
+    if (l2_event_bin_to_json(r->bin, r->bin_len, out, NULL) == 0) return 0;
+    out->len = at;
+    if (l2_event_decode_bin(&s->ev, r->bin, r->bin_len, s->err)) return -1;
+    return l2_event_encode_json(&s->ev, out) ? l2_oom(s->err) : 0;
+}
+
 int l2lua_push_row(lua_State *L, l2lua_store *s, const l2_row *r, int json)
 {
     if (r->json && json) {
@@ -490,24 +502,15 @@ int l2lua_push_row(lua_State *L, l2lua_store *s, const l2_row *r, int json)
         return 0;
     }
     if (json) {
-        /* straight from the stored form; a stub (or a corrupt record) goes the long way below,
-         * which says what it is */
         s->out.len = 0;
-        if (l2_event_bin_to_json(r->bin, r->bin_len, &s->out, NULL) == 0) {
-            lua_pushlstring(L, s->out.data, s->out.len);
-            return 0;
-        }
+        if (l2lua_row_json(s, r, &s->out)) return -1;
+        lua_pushlstring(L, s->out.data, s->out.len);
+        return 0;
     }
     if (r->json ? l2_event_parse_json(&s->ev, r->json, r->json_len, L2_HAVE_ALL, &s->lim, s->err)
                 : l2_event_decode_bin(&s->ev, r->bin, r->bin_len, s->err))
         return -1;
-    if (!json) {
-        l2lua_push_event(L, &s->ev);
-        return 0;
-    }
-    s->out.len = 0;
-    if (l2_event_encode_json(&s->ev, &s->out)) return luaL_error(L, "layer2: out of memory");
-    lua_pushlstring(L, s->out.data, s->out.len);
+    l2lua_push_event(L, &s->ev);
     return 0;
 }
 

@@ -55,5 +55,7 @@ l2lua_store *l2lua_store_new(lua_State *L, const char *mt, const l2_store_if *vt
 l2lua_store *l2lua_check_store(lua_State *L, int idx);
 /* Pushes a row as an event table, or as wire JSON; -1 with s->err when it cannot be read. */
 int l2lua_push_row(lua_State *L, l2lua_store *s, const l2_row *r, int json);
+/* Appends a row's wire JSON to out; -1 with s->err when it cannot be read. */
+int l2lua_row_json(l2lua_store *s, const l2_row *r, l2_buf *out);
 
 #endif

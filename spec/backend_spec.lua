@@ -398,6 +398,63 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
     rmdir(dir .. "-l2")
   end)
 
+  it("query_frames gives query_events' answer as websocket frames, in one string, from either level and through a"
+    .. " delegate", function()
+    local dir = tmpdir()
+    local store = assert(layer2.lmdb.open(dir .. "-l2", { nosync = true }))
+    local direct = assert(layer2.open(dir, { l2 = store, nosync = true, log = quiet }))
+    local delegated = {}
+    local db = assert(layer2.open(dir, { l2 = store, nosync = true, log = quiet, delegate = function(method, ...)
+      delegated[#delegated + 1] = method
+      return direct[method](direct, ...)
+    end }))
+    local sec = ("0"):rep(63) .. "7"
+    local evs = { layer2.event.sign({ kind = 1, created_at = NOW - 5, tags = {}, content = ("y"):rep(70000) }, sec) }
+    for i = 2, 40 do
+      evs[i] = layer2.event.sign({ kind = 1, created_at = NOW - 10 - i, tags = { { "t", "x" } },
+        content = "note " .. i }, sec)
+    end
+    assert(direct:save_events(evs, { now = NOW }))
+    local prefix = '["EVENT","sub \"1\"",'
+    local function same_as_query(handle, f, why)
+      local frames, n, levels = handle:query_frames(f, prefix, { now = NOW })
+      assert.is_string(frames, why)
+      local want = assert(handle:query_events(f, { json = true, now = NOW }))
+      local got = helper.ws_frames(frames)
+      assert.equal(#want, n, why)
+      assert.equal(#want, #got, why)
+      for i, json in ipairs(want) do assert.equal(prefix .. json .. "]", got[i], why) end
+      return n, levels
+    end
+    -- L1 proves it: one frame of each size form, in the answer's order
+    local n, levels = same_as_query(direct, { kinds = { 1 }, limit = 20 }, "from L1")
+    assert.same({ 20, 20 }, { n, levels.l1 })
+    same_as_query(direct, { ids = { evs[1].id } }, "a frame of more than 65,535 bytes")
+    -- L2 answers what L1 no longer holds
+    assert.equal(3, db.l1:evict({ evs[2].id, evs[3].id, evs[4].id }, "delete"))
+    local _, l2_levels = same_as_query(direct, { ids = { evs[2].id, evs[3].id, evs[5].id } }, "from L2")
+    assert(l2_levels.l2 > 0, "L2 answered")
+    -- a delegating handle: what L1 proves here, the rest by its delegate, the same frames
+    assert.equal(1, db.l1:evict({ evs[6].id }, "delete"))
+    same_as_query(db, { ids = { evs[10].id, evs[11].id } }, "delegating, from L1")
+    assert.same({}, delegated)
+    same_as_query(db, { ids = { evs[6].id } }, "delegating, by its delegate")
+    assert.same({ "query_frames", "query_events" }, delegated)
+    -- nothing matches: no frame
+    local none, count = direct:query_frames({ kinds = { 7 } }, prefix)
+    assert.same({ "", 0 }, { none, count })
+    -- bad input
+    assert.same({ nil, "invalid: unknown filter field 'knds'" }, { direct:query_frames({ knds = { 1 } }, prefix) })
+    assert.has_error(function() direct:query_frames({}, prefix, { json = true }) end)
+    assert.has_error(function() direct:query_frames({}) end)
+    direct:close()
+    assert.has_error(function() direct:query_frames({}, prefix) end, "layer2: attempt to use a closed store")
+    db:close()
+    store:close()
+    rmdir(dir)
+    rmdir(dir .. "-l2")
+  end)
+
   it("verifies every event it saves, unless its caller says it has (verify = false), and never a malformed one",
     function()
     local db, done = two_levels()

@@ -67,6 +67,31 @@ function helper.with_real(pending, what, body)
   pending(what .. " (needs the real corpus: set LAYER2_DATA to the folder with real.jsonl)")
 end
 
+-- The payloads of a websocket server's frames in one string (db:query_frames): each final, text,
+-- unmasked, with 2, 4 or 10 header bytes by its length (asserted: the shortest form).
+function helper.ws_frames(bytes)
+  local assert = require("luassert")
+  local out, at = {}, 1
+  while at <= #bytes do
+    local b0, b1 = bytes:byte(at, at + 1)
+    assert.equal(0x81, b0)
+    assert(b1 < 128, "a server's frame is not masked")
+    local n, hn = b1, 2
+    if b1 == 126 then
+      n, hn = bytes:byte(at + 2) * 256 + bytes:byte(at + 3), 4
+      assert(n >= 126)
+    elseif b1 == 127 then
+      n, hn = 0, 10
+      for i = 2, 9 do n = n * 256 + bytes:byte(at + i) end
+      assert(n >= 65536)
+    end
+    out[#out + 1] = bytes:sub(at + hn, at + hn + n - 1)
+    at = at + hn + n
+  end
+  assert.equal(#bytes + 1, at, "whole frames")
+  return out
+end
+
 -- The non-empty lines of a file (a path, or the name of a fixture).
 function helper.lines(path)
   if not path:find("/", 1, true) then path = helper.fixture(path) end

@@ -26,6 +26,18 @@ local function connect(r)
   return s, frames
 end
 
+-- the same, for a websocket host: a REQ's stored events come as frames built in C (send_frames)
+local function connect_framed(r)
+  local frames = {}
+  local s = r:session({ send = function(text) frames[#frames + 1] = cjson.decode(text) end,
+    send_frames = function(bytes, n)
+      local payloads = helper.ws_frames(bytes)
+      assert.equal(n, #payloads)
+      for _, p in ipairs(payloads) do frames[#frames + 1] = cjson.decode(p) end
+    end })
+  return s, frames
+end
+
 local function take(frames)
   local out = {}
   for i = 1, #frames do out[i], frames[i] = frames[i], nil end
@@ -61,10 +73,14 @@ describe("layer2.relay (the protocol, plain Lua)", function()
     message(s, { "EVENT", events[1] })
     assert.same({ "OK", events[1].id, false, "duplicate: already have this event" }, take(frames)[1])
     local rand = helper.rng(42)
+    local framed, framed_frames = connect_framed(r)
     for _ = 1, 60 do
       local f = B.random_filter(events, rand)
       message(s, { "REQ", "q", f })
       local got = take(frames)
+      message(framed, { "REQ", "q", f })
+      assert.same(got, take(framed_frames), "the same answer in frames built in C")
+      message(framed, { "CLOSE", "q" })
       local want = model:query({ f }, os.time(), 500)
       assert.same({ "EOSE", "q" }, got[#got])
       local ids = {}
@@ -75,6 +91,15 @@ describe("layer2.relay (the protocol, plain Lua)", function()
       assert.same(want, ids)
       message(s, { "CLOSE", "q" })
     end
+    -- a refused REQ is refused alike
+    for _, session in ipairs({ s, framed }) do
+      message(session, { "REQ", "bad", { kinds = "one" } })
+    end
+    local refused = take(frames)
+    assert.same(refused, take(framed_frames))
+    assert.same({ "CLOSED", "bad" }, { refused[1][1], refused[1][2] })
+    assert.matches("^invalid: ", refused[1][3])
+    framed:close()
     -- COUNT
     message(s, { "COUNT", "c", { kinds = { 1 } } })
     assert.same({ "COUNT", "c", { count = #model:query({ { kinds = { 1 } } }, os.time(), 1e9) } }, take(frames)[1])

@@ -98,15 +98,18 @@ function relay.handle()
   local room, room_wanted = semaphore.new(), false
   local closed, overflow = false, false
 
-  local function enqueue(opcode, payload)
+  -- whole frames, written as they are
+  local function queue_frames(bytes)
     if overflow then return end
-    local frame = build_frame(true, opcode, #payload, payload, false)
-    queue[#queue + 1] = frame
-    queued = queued + #frame
+    queue[#queue + 1] = bytes
+    queued = queued + #bytes
     if sender_idle then
       sender_idle = false
       wake:post(1)
     end
+  end
+  local function enqueue(opcode, payload)
+    if not overflow then queue_frames(build_frame(true, opcode, #payload, payload, false)) end
   end
   -- past max_unsent_bytes the client is not reading: what is queued is dropped, and only a
   -- NOTICE saying so is left for the sender, which then closes the connection
@@ -137,6 +140,8 @@ function relay.handle()
     end,
     unsent = function() return queued + writing end,
     overflow = give_up,
+    -- a REQ's stored events: frames built in C
+    send_frames = queue_frames,
   })
   if not session then
     -- the policy's accept_connection said no: the client is told why, then the door closes

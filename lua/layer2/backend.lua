@@ -189,6 +189,13 @@ function Delegating:query_events(filters, qopts)
   return self.delegate("query_events", filters, qopts)
 end
 
+-- the same, as websocket frames (Backend:query_frames)
+function Delegating:query_frames(filters, prefix, qopts)
+  local frames, n, levels = query_l1(self, filters, qopts, prefix)
+  if frames ~= false then return frames, n, levels end
+  return self.delegate("query_frames", filters, prefix, qopts)
+end
+
 function Delegating:count_events(filters, copts)
   if self:is_closed() then error("layer2: attempt to use a closed store", 2) end
   local unknown = type(copts) == "table" and core.unknown_option(copts, "layer2: count_events", { "now" })

@@ -199,6 +199,10 @@ end
 --                      answer's stored ones go out, bounded by max_unsent_bytes
 --   overflow()         past that bound: the host drops what waits and closes the connection
 --                      (without it, a NOTICE says so)
+--   send_frames(bytes, n)
+--                      a websocket host's: n whole frames (text, final, unmasked) to write as
+--                      they are; a REQ's stored events then come as one string built in C
+--                      (db:query_frames), not a string per event
 local sessions_made = 0
 
 -- a NIP-42 challenge: 16 random bytes in hex, from the kernel (an AUTH event answers one
@@ -377,7 +381,17 @@ function verbs.REQ(self, msg)
   -- the host's live feed delivers what was saved up to now first: the subscription below sees
   -- only what comes after (what the query answers is not sent again as live)
   r.before_query()
-  local events, qerr = r.store():query_events(filters, { json = true, max_limit = limits.max_limit })
+  -- each stored event's frame is its JSON between a prefix made once and "]"; a websocket host
+  -- gets them all as frames built in C
+  local store, prefix = r.store(), '["EVENT",' .. cjson.encode(subid) .. ","
+  local events, n, qerr
+  local framed = self.conn.send_frames and store.query_frames
+  if framed then
+    events, n = store:query_frames(filters, prefix, { max_limit = limits.max_limit })
+    if not events then qerr = n end
+  else
+    events, qerr = store:query_events(filters, { json = true, max_limit = limits.max_limit })
+  end
   if not events then return self:refuse_sub(subid, qerr) end
   self:end_sub(subid)
   -- new events the filters match from now on; those that come while the stored ones are still
@@ -393,12 +407,17 @@ function verbs.REQ(self, msg)
   end)
   if not handle then return self:send({ "CLOSED", subid, werr }) end
   self.subs[subid], self.nsubs = handle, self.nsubs + 1
-  -- the stored events go out as the connection drains, not all into its queue at once; each
-  -- frame is the stored JSON between a prefix made once
-  local drain, send, prefix = self.conn.drain, self.conn.send, '["EVENT",' .. cjson.encode(subid) .. ","
-  for _, json in ipairs(events) do
+  -- the stored events go out as the connection drains, not all into its queue at once (framed:
+  -- the answer goes once the queue has room, as one write)
+  local drain, send = self.conn.drain, self.conn.send
+  if framed then
     if drain and (not drain() or self.closed or self.subs[subid] ~= handle) then return end
-    send(prefix .. json .. "]")
+    if n > 0 then self.conn.send_frames(events, n) end
+  else
+    for _, json in ipairs(events) do
+      if drain and (not drain() or self.closed or self.subs[subid] ~= handle) then return end
+      send(prefix .. json .. "]")
+    end
   end
   self:send({ "EOSE", subid })
   local live = held
