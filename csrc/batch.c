@@ -1,6 +1,9 @@
 #include "batch.h"
 
 #include <stdatomic.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* items taken at a time: few enough to end together, enough to keep the counter cold */
 #define CHUNK 32
@@ -26,8 +29,20 @@ static void *check_items(void *arg)
     return NULL;
 }
 
-/* Starts `threads` threads on the items (fewer for a short batch; none that cannot start). */
-static void launch(l2_batch_job *job, l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim)
+/* A bulk batch's thread: at the lowest priority, so that on a busy machine its signatures take
+ * the CPU nothing else wants (a lone EVENT's thread, an event loop, the writer holding LMDB's
+ * lock run first) and the flood still gets every idle cycle. Its own thread: no way back needed
+ * (a process without CAP_SYS_NICE cannot raise a priority it lowered). */
+static void *check_items_low(void *arg)
+{
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+    return check_items(arg);
+}
+
+/* Starts `threads` threads on the items (fewer for a short batch; none that cannot start), at the
+ * lowest priority when `low`. */
+static void launch(l2_batch_job *job, l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim,
+                   int low)
 {
     size_t useful = (n + CHUNK - 1) / CHUNK;
     if (threads < 0) threads = 0;
@@ -40,12 +55,12 @@ static void launch(l2_batch_job *job, l2_batch_item *items, size_t n, int thread
     job->lim = lim;
     job->threads = threads;
     job->running = 1;
-    for (int t = 0; t < threads; t++) job->started[t] = pthread_create(&job->tid[t], NULL, check_items, job) == 0;
+    for (int t = 0; t < threads; t++) job->started[t] = pthread_create(&job->tid[t], NULL, low ? check_items_low : check_items, job) == 0;
 }
 
 void l2_batch_start(l2_batch_job *job, l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim)
 {
-    launch(job, items, n, threads < 1 ? 1 : threads, verify, lim);
+    launch(job, items, n, threads < 1 ? 1 : threads, verify, lim, n > L2_BATCH_SHORT);
 }
 
 void l2_batch_wait(l2_batch_job *job)
@@ -59,8 +74,18 @@ void l2_batch_wait(l2_batch_job *job)
 
 void l2_batch_check(l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim)
 {
-    /* the calling thread is one of the `threads` */
     l2_batch_job job;
-    launch(&job, items, n, threads - 1, verify, lim);
+    if (n <= L2_BATCH_SHORT) {
+        /* the calling thread is one of the `threads`, at its own priority */
+        launch(&job, items, n, threads - 1, verify, lim, 0);
+        l2_batch_wait(&job);
+        return;
+    }
+    /* a bulk batch: every check on threads of the lowest priority while the caller waits; what
+     * a thread that could not start left is the caller's */
+    launch(&job, items, n, threads, verify, lim, 1);
+    for (int t = 0; t < job.threads; t++)
+        if (job.started[t]) pthread_join(job.tid[t], NULL);
+    job.threads = 0;
     l2_batch_wait(&job);
 }

@@ -20,7 +20,10 @@ typedef struct {
     char err[L2_ERRLEN];
 } l2_batch_item;
 
-/* Parses (and verifies when `verify`) items[0..n) on up to `threads` threads; sets ok and err. */
+/* Parses (and verifies when `verify`) items[0..n) on up to `threads` threads; sets ok and err. A
+ * batch of more than L2_BATCH_SHORT items is checked on threads of the lowest priority (nice 19),
+ * the caller waiting: bulk work gives the CPU to a light save, an event loop, a commit. */
+enum { L2_BATCH_SHORT = 64 };
 void l2_batch_check(l2_batch_item *items, size_t n, int threads, int verify, const l2_limits *lim);
 
 /* The same check in the background, so that a writer can store one batch while the next is

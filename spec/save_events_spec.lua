@@ -223,3 +223,69 @@ describe("save_events on the two-level backend", function()
     helper.rmdir(dir)
   end)
 end)
+
+describe("a bulk batch's signature checks", function()
+  -- the nice value of each thread of process `pid` (field 19 of /proc/PID/task/TID/stat, counted
+  -- after the command name's closing parenthesis)
+  local function nices(pid)
+    local out = {}
+    local ls = assert(io.popen("ls /proc/" .. pid .. "/task 2>/dev/null"))
+    for tid in ls:lines() do
+      local f = io.open(("/proc/%s/task/%s/stat"):format(pid, tid))
+      local stat = f and f:read("a")
+      if f then f:close() end
+      local after = stat and stat:match("%)%s(.*)$")
+      if after then
+        local fields = {}
+        for w in after:gmatch("%S+") do fields[#fields + 1] = w end
+        out[tid] = tonumber(fields[17]) -- field 19 of the whole line
+      end
+    end
+    ls:close()
+    return out
+  end
+
+  it("run on threads of the lowest priority, the caller's own unchanged", function()
+    if not io.open("/proc/self/stat") then return pending("no /proc here") end
+    local stop = os.tmpname()
+    os.remove(stop)
+    -- a process verifying a batch of 2,000 events again and again until told to stop, and a
+    -- batch of 10 between (checked on the caller's thread alone)
+    local child = helper.spawn(([=[
+local layer2 = require("layer2")
+local f = assert(io.open("/proc/self/stat"))
+print(f:read("a"):match("^%%d+"))
+f:close()
+io.stdout:flush()
+local g = require("layer2.gen").new({ seed = 5, authors = 4, count = 2000 })
+local list, short = {}, {}
+for i = 1, 2000 do list[i] = g:next() end
+for i = 1, 10 do short[i] = list[i] end
+for _ = 1, 1e9 do
+  local s = io.open(%q)
+  if s then s:close() break end
+  for _, v in ipairs(layer2.event.verify_list(list)) do assert(v == true, v) end
+  for _, v in ipairs(layer2.event.verify_list(short)) do assert(v == true, v) end
+end
+print("done")
+]=]):format(stop))
+    local pid = assert(child:read("l"))
+    local low, others_low = false, false
+    for _ = 1, 2000 do -- until a checking thread is seen (the process verifies until then)
+      for tid, nice in pairs(nices(pid)) do
+        if nice == 19 then low = true end
+        if tid == pid and nice ~= 0 then others_low = true end
+      end
+      if low then break end
+      os.execute("sleep 0.01")
+    end
+    local f = assert(io.open(stop, "w"))
+    f:close()
+    local rest = child:read("a")
+    child:close()
+    os.remove(stop)
+    assert.equal("done\n", rest)
+    assert.is_true(low, "a thread at nice 19 while a batch of 2,000 was checked")
+    assert.is_false(others_low, "the caller's thread stays at nice 0")
+  end)
+end)
