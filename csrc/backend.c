@@ -457,6 +457,21 @@ static void save_queued_to_l1(l2_backend *b, int64_t now, l2_verdict *out, save_
     }
 }
 
+/* A large save between its two levels lets a light one in flight (waiting for L2's lock or saving
+ * to L2: it needs L1's next) take L1 first, for up to LET_PASS_NS: the light save then waits for
+ * one of the large one's commits, not for two. Bounded: a stream of light saves, or one killed
+ * with its mark set, delays a large save's L1 part by that much at most. */
+#define LET_PASS_NS 4000000L
+#define LET_PASS_POLL_NS 100000L
+static void let_light_saves_pass(l2_backend *b)
+{
+    struct timespec nap = {0, LET_PASS_POLL_NS};
+    for (long waited = 0; waited < LET_PASS_NS; waited += LET_PASS_POLL_NS) {
+        if (!l2_learned_light_waiting(b->learned, 2) && !l2_learned_light_waiting(b->learned, 1)) return;
+        nanosleep(&nap, NULL);
+    }
+}
+
 void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now, l2_verdict *out)
 {
     save_plan p;
@@ -476,6 +491,7 @@ void l2_backend_save(l2_backend *b, l2_event *const *evs, size_t n, int64_t now,
             if (light) l2_learned_light_wait(b->learned, slot, 2);
             save_to_l2(b, now, out, &p);
             if (light) l2_learned_light_wait(b->learned, slot, 1);
+            else let_light_saves_pass(b);
             save_accepted_to_l1(b, now, out, &p);
             if (light) l2_learned_light_wait(b->learned, slot, 0);
             if (p.from < p.np) l2_killpoint("save:gave-way");
