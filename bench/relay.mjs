@@ -139,6 +139,8 @@ async function roundTrips(url, { limit, n, warmup }) {
 // same for both relays), each asked once on one connection, one at a time: ids (1-20), authors
 // (1-3), an author with a kind, #t, #p, kinds, a time window, each with a limit from 20 to 500.
 // Per REQ the time to its EOSE and the events it returned (the relays compare them).
+const MIX_CLASSES = ["ids", "authors", "author and kind", "#t", "#p", "kinds", "time window"];
+
 function mixFilters(events, { n, seed }) {
   const random = prng(seed);
   const distinct = (values) => [...new Set(values)];
@@ -151,6 +153,7 @@ function mixFilters(events, { n, seed }) {
   const one = (pool) => pool[Math.floor(random() * pool.length)];
   const pick = (pool, k) => distinct(Array.from({ length: k }, () => one(pool))).sort();
   const limits = [20, 50, 100, 200, 500];
+  // one of each class in turn (MIX_CLASSES names them): REQ i is of class i % 7
   const classes = [
     () => ({ ids: distinct(Array.from({ length: 1 + Math.floor(random() * 20) }, () => one(evs).id)).sort() }),
     () => ({ authors: pick(authors, 1 + Math.floor(random() * 3)) }),
@@ -213,7 +216,7 @@ async function reqMix(url, cfgMix) {
   ws.close();
   const v = Float64Array.from(times).sort();
   return { n: filters.length, total_ms: total, ...percentiles(times), p90: v[Math.floor(v.length * 0.9)],
-    events: counts.reduce((a, b) => a + b, 0), counts, closed };
+    events: counts.reduce((a, b) => a + b, 0), counts, times, classes: MIX_CLASSES, closed };
 }
 
 // mulberry32: the same subscriptions for both relays and every run

@@ -188,10 +188,14 @@ function relay.handle()
   -- A client that sends faster than the worker reads has its messages already in the socket's
   -- buffer: recv_frame returns them without yielding, and the worker would do nothing else until
   -- its queue of saves is full (a burst of hundreds of messages, tens of ms: another client's lone
-  -- EVENT waited that long to be read, and its OK to be sent). After READ_RUN messages in a row the
-  -- reader gives the event loop a turn (sleep(0) warns on nginx builds without OpenResty's patch).
-  local READ_RUN, run = 32, 0
+  -- EVENT waited that long to be read, and its OK to be sent). After READ_RUN messages in one turn
+  -- of the event loop (its cached clock unchanged) the reader gives the loop a turn (sleep(0) warns
+  -- on nginx builds without OpenResty's patch). Counted per turn: a client asking one REQ at a time
+  -- waited up to 1 ms every 16th REQ when every 32nd message slept.
+  local READ_RUN, run, run_turn = 32, 0, 0
   local function handled()
+    local turn = ngx.now()
+    if turn ~= run_turn then run, run_turn = 0, turn end
     run = run + 1
     if run >= READ_RUN then
       run = 0
