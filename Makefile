@@ -23,7 +23,7 @@ DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev lua5.4 liblu
 
 ABI_DIR = $(if $(filter luajit,$(LUA)),luajit,lua5.4)
 
-.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-compare bench-backend bench-relay bench-sync bench-postgres rock rock-build rock-install clean
+.PHONY: all deps env test test-asan test-valgrind fuzz run demo lint bench bench-event bench-store bench-cache bench-compare bench-backend bench-relay bench-relay-mix bench-sync bench-postgres rock rock-build rock-install clean
 
 all: build/lua5.4/layer2/core.so build/luajit/layer2/core.so
 
@@ -150,6 +150,11 @@ bench-backend: deps all
 # the example relay on nginx (STRFRY=/path/to/strfry: strfry beside it; BENCH_EVENTS: 20,000)
 bench-relay: deps all
 	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/relay.lua $(BENCH_EVENTS)'
+
+# the REQ mix as the store grows: stores imported with N events for each size (STRFRY=/path/to/strfry:
+# strfry beside it; BENCH_SIZES: 20000,1000000, the large data set made once, about 2 minutes)
+bench-relay-mix: deps all
+	@bash -c 'eval "$$($(MAKE) -s env)"; exec lua5.4 bench/relay_mix.lua $(BENCH_SIZES)'
 
 # NIP-77 sync, layer2 sync against the example relay (STRFRY=/path/to/strfry: with strfry's sync and
 # relay beside; BENCH_EVENTS: the events both sides hold, 99,000)

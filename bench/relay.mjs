@@ -7,6 +7,7 @@
 //   fanout: { from, count, rate, connections, perConnection, grace, seed } }   live delivery
 // OUT: the same sections with what was measured (times in ms, rates in events/s).
 import fs from "node:fs";
+import readline from "node:readline";
 import { performance } from "node:perf_hooks";
 import WebSocket from "ws";
 import { matchFilter } from "nostr-tools/filter";
@@ -23,6 +24,23 @@ function eventsOf(file, from, count) {
   const lines = fs.readFileSync(file, "utf8").split("\n").slice(from, from + count).filter((l) => l);
   if (lines.length < count) throw new Error(`${file} has fewer than ${from + count} lines`);
   return lines.map((text) => ({ text, ev: JSON.parse(text) }));
+}
+
+// What the REQ mix's filters are made from, for the lines [from, from + count) of a file read as a
+// stream (a million events' JSON is longer than a string may be): each event's id, pubkey, kind,
+// created_at and its p and t tags.
+async function mixSource(file, from, count) {
+  const evs = [];
+  let i = 0;
+  for await (const line of readline.createInterface({ input: fs.createReadStream(file), crlfDelay: Infinity })) {
+    if (i >= from + count) break;
+    if (i++ < from || !line) continue;
+    const ev = JSON.parse(line);
+    evs.push({ id: ev.id, pubkey: ev.pubkey, kind: ev.kind, created_at: ev.created_at,
+      tags: ev.tags.filter((t) => t[0] === "p" || t[0] === "t") });
+  }
+  if (evs.length < count) throw new Error(`${file} has fewer than ${from + count} lines`);
+  return evs;
 }
 
 function percentiles(values) {
@@ -141,10 +159,9 @@ async function roundTrips(url, { limit, n, warmup }) {
 // Per REQ the time to its EOSE and the events it returned (the relays compare them).
 const MIX_CLASSES = ["ids", "authors", "author and kind", "#t", "#p", "kinds", "time window"];
 
-function mixFilters(events, { n, seed }) {
+function mixFilters(evs, { n, seed }) {
   const random = prng(seed);
   const distinct = (values) => [...new Set(values)];
-  const evs = events.map(({ ev }) => ev);
   const authors = distinct(evs.map((ev) => ev.pubkey));
   const tagValues = (name) => distinct(evs.flatMap((ev) => ev.tags.filter((t) => t[0] === name).map((t) => t[1])));
   const ps = tagValues("p"), ts = tagValues("t");
@@ -179,7 +196,7 @@ function mixFilters(events, { n, seed }) {
 }
 
 async function reqMix(url, cfgMix) {
-  const filters = mixFilters(eventsOf(cfg.file, cfgMix.from, cfgMix.count), cfgMix);
+  const filters = mixFilters(await mixSource(cfg.file, cfgMix.from, cfgMix.count), cfgMix);
   const ws = await connect(url);
   const times = [], counts = [], closed = {};
   const t0 = now();

@@ -148,7 +148,8 @@ uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32]);
 
 /* Admission: an event fetched from L2 enters L1 (or a stub gets its body back) only when it has
  * been read about as often as what eviction lets go (the admission bar, at least twice), so
- * one-off reads do not push out what is read again and again. Counts this read. */
+ * one-off reads do not push out what is read again and again. An L1 without a size limit (which
+ * evicts nothing) and admit_always admit at once. Counts this read. */
 int l2_backend_admit(l2_backend *b, const uint8_t id[32]);
 
 /* What answered queries, by level: L1 alone, stubs filled from L2, L2, ids known to be missing,

@@ -181,7 +181,9 @@ int backend_query_l1_kept(l2_backend *b, const l2_filter *fs, size_t nf, int64_t
 int l2_backend_admit(l2_backend *b, const uint8_t id[32])
 {
     uint32_t n = l2_backend_count_read(b, id);
-    return b->o.admit_always || n >= l2_learned_admit_bar(b->learned);
+    /* the bar keeps one-off reads from pushing out what is read again: an L1 without a size limit
+     * pushes nothing out, and a second trip to L2 (and a second write) would buy nothing */
+    return b->o.admit_always || !b->o.size_limit || n >= l2_learned_admit_bar(b->learned);
 }
 
 /* A filter of ids only (with a limit no smaller than its ids): the lookups whose absent ids say

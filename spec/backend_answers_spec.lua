@@ -197,7 +197,8 @@ describe("layer2.open (two levels): remembered answers", function()
     end
     -- 100 units of 32 bytes: twenty answers of five ids, but about eight of what such an answer
     -- really takes (its filter's JSON, 5 ids and an index entry: some 370 bytes)
-    local db = assert(layer2.open(dir, { l2 = shared, nosync = true, log = quiet, l1 = { answers_max_ids = 100 } }))
+    local db = assert(layer2.open(dir, { l2 = shared, nosync = true, log = quiet,
+      l1 = { answers_max_ids = 100, size_limit = 64 * 2 ^ 20 } }))
     local function ask(a)
       assert.same(ids(shared:query_events(feeds[a])), ids((db:query_events(feeds[a]))))
       return db:stats().hits.answers
@@ -251,7 +252,8 @@ describe("layer2.open (two levels): remembered answers", function()
   it("an answer kept by id (its events not in L1 then) is kept again by serial once L1 holds all of it",
     function()
     local dir = tmpdir()
-    local db = assert(layer2.open(dir, { nosync = true, log = quiet }))
+    -- size-limited: L1 admits what L2 returns on its second read
+    local db = assert(layer2.open(dir, { nosync = true, log = quiet, l1 = { size_limit = 64 * 2 ^ 20 } }))
     local sec = ("%064x"):format(4242)
     local notes = {}
     for i = 1, 5 do notes[i] = layer2.event.encode(note_by(sec, i)) end

@@ -103,9 +103,10 @@ describe("layer2.open (two levels): reads", function()
     end
     local sec = ("0"):rep(63) .. "8"
     local function note(content) return layer2.event.sign({ kind = 1, created_at = NOW, tags = {}, content = content }, sec) end
-    -- L2 has history this L1 never saw, so L1 alone proves no answer of this author's notes
+    -- L2 has history this L1 never saw, so L1 alone proves no answer of this author's notes (and
+    -- a size-limited L1 admits what L2 returns on its second read only: L2 is asked again)
     assert(shared:save_event(note("before this L1")))
-    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet }))
+    local db = assert(layer2.open(dir, { l2 = l2, nosync = true, log = quiet, l1 = { size_limit = 64 * 2 ^ 20 } }))
     local mine = note("saved through the backend")
     assert(db:save_event(mine))
     local filter = { kinds = { 1 }, authors = { mine.pubkey } }
@@ -201,16 +202,18 @@ describe("layer2.open (two levels): reads", function()
     rmdir(dir .. "-l2")
   end)
 
-  it("admits what L2 returns into L1 on its second fetch (one-off reads stay out); admit = 'always'", function()
+  it("admits what L2 returns into a size-limited L1 on its second fetch (one-off reads stay out); at once with "
+    .. "admit = 'always' or no size limit", function()
     local sec = ("0"):rep(63) .. "9"
     local lines = {}
     for i = 1, 3 do
       lines[i] = layer2.event.encode(layer2.event.sign({ kind = 1, created_at = 1000 + i, tags = {},
         content = "old " .. i }, sec))
     end
-    for _, mode in ipairs({ "second", "always" }) do
+    for _, mode in ipairs({ "second", "always", "unlimited" }) do
       local dir = tmpdir()
-      local db = assert(layer2.open(dir, { nosync = true, log = quiet, l1 = { admit = mode } }))
+      local l1 = mode == "unlimited" and {} or { admit = mode, size_limit = 64 * 2 ^ 20 }
+      local db = assert(layer2.open(dir, { nosync = true, log = quiet, l1 = l1 }))
       local k = 0
       assert(db:import(function()
         k = k + 1
@@ -235,7 +238,8 @@ describe("layer2.open (two levels): reads", function()
 
   it("raises the admission bar to the recent reads of what eviction lets go (2 to 8); counts age", function()
     local dir = tmpdir()
-    local db = assert(layer2.open(dir, { nosync = true, log = quiet, policy = "lfu", l1 = { history = 1000 } }))
+    local db = assert(layer2.open(dir, { nosync = true, log = quiet, policy = "lfu",
+      l1 = { history = 1000, size_limit = 64 * 2 ^ 20 } }))
     local private = require("layer2.core").backend_private
     local testing = require("layer2.core").testing.backend
     local function cand(id, reads)

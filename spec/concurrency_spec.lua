@@ -66,7 +66,9 @@ describe("concurrency", function()
     local dir = helper.tmpdir()
     local sec = ("0"):rep(63) .. "5"
     local ev = layer2.event.sign({ kind = 1, created_at = 1000, tags = {}, content = "read twice" }, sec)
-    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    -- size-limited: L1 admits an event on its second read (counted by any process)
+    local LIMITED = "l1 = { size_limit = 64 * 2 ^ 20 }"
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end, l1 = { size_limit = 64 * 2 ^ 20 } }))
     local line = layer2.event.encode(ev)
     assert(db:import(function()
       local l = line
@@ -77,11 +79,11 @@ describe("concurrency", function()
     local function other(query)
       local p = helper.spawn(([[
         local layer2 = require("layer2")
-        local db = assert(layer2.open(%q, { nosync = true, log = function() end }))
+        local db = assert(layer2.open(%q, { nosync = true, log = function() end, %s }))
         local res, from = assert(db:query_events(%s))
         print(#res, from.l1, from.l2, from.missing or 0)
         db:close()
-      ]]):format(dir, query))
+      ]]):format(dir, LIMITED, query))
       local out = p:read("a")
       p:close()
       return out
