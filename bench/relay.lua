@@ -25,9 +25,10 @@ local DATASET = 100000
 local FANOUT = { from = math.max(50000, N), count = 10000, rate = 1000, connections = 100, perConnection = 100,
   grace = 3, seed = 1 }
 -- the flood's events come after the fan-out's, the lone EVENTs after those
-local FLOOD = { from = FANOUT.from + FANOUT.count, count = 20000, probes = 20, interval = 50 }
+local FLOOD = { from = FANOUT.from + FANOUT.count, count = 20000, probes = 60, interval = 25 }
 assert(FLOOD.from + FLOOD.count + FLOOD.probes <= DATASET,
-  "at most 60,000 events: the fan-out and the flood take 30,020 after them")
+  ("at most %d events: the fan-out and the flood take %d after them"):format(DATASET - FLOOD.count - FLOOD.probes
+    - FANOUT.count, FANOUT.count + FLOOD.count + FLOOD.probes))
 local WORKERS = 2
 local MAX_SUBS = 200
 
@@ -315,6 +316,8 @@ local flood_measures = {
     return ("%d of %d"):format(f.during, f.probes) end },
   { "OK latency p50 ms", function(f) return ms(f.lone.p50) end,
     function(l2, sf) return ratio(sf.lone.p50, l2.lone.p50) end },
+  { "OK latency p90 ms", function(f) return ms(f.lone.p90) end,
+    function(l2, sf) return ratio(sf.lone.p90, l2.lone.p90) end },
   { "OK latency max ms", function(f) return ms(f.lone.max) end,
     function(l2, sf) return ratio(sf.lone.max, l2.lone.max) end },
   { "the flood's 20,000 OKs took (s)", function(f) return ("%.1f"):format(f.flood_seconds) end,
@@ -497,7 +500,8 @@ print(util.table(mix_headers, mix_rows))
 print(("\n### fan-out: %d subscriptions on %d connections, %d events at %d/s on one more connection\n")
   :format(FANOUT.connections * FANOUT.perConnection, FANOUT.connections, FANOUT.count, FANOUT.rate))
 print(util.table(fan_headers, fan_rows))
-print(("\n### fairness: one connection sends %d EVENTs at once; another sends one every %d ms, %d times\n")
+print(("\n### fairness: one connection sends %d EVENTs at once; another sends one every %d ms, up to %d times "
+  .. "while the flood is answered (only those count)\n")
   :format(FLOOD.count, FLOOD.interval, FLOOD.probes))
 print(util.table(flood_headers, flood_rows))
 print(("\n### memory: %d clients each send %d REQs for %d stored notes of %d bytes (limit 500) and read nothing; "

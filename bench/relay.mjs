@@ -442,10 +442,13 @@ async function flood(url, { from, count, probes, interval }) {
   const flooding = pipeline(flooder, events.slice(0, count), count, stats);
   let floodDone = false;
   flooding.then(() => { floodDone = true; });
+  // only the lone EVENTs sent while the flood is still being answered count: one after it would
+  // measure an idle relay
   const lone = [];
   let during = 0;
   for (const { text, ev } of events.slice(count)) {
     await sleep(interval);
+    if (floodDone) break;
     const sent = now();
     await new Promise((resolve) => {
       const onMsg = (data) => {
@@ -456,14 +459,14 @@ async function flood(url, { from, count, probes, interval }) {
       prober.send('["EVENT",' + text + "]");
     });
     lone.push(now() - sent);
-    if (!floodDone) during++;
+    during++;
   }
   await flooding;
   const seconds = (now() - t0) / 1000;
   flooder.close();
   prober.close();
   return { count, probes, interval, during, flood_seconds: seconds, flood_unanswered: stats.unanswered,
-    lone: percentiles(lone) };
+    lone: { ...percentiles(lone), p90: lone.length ? Float64Array.from(lone).sort()[Math.floor(lone.length * 0.9)] : null } };
 }
 
 const out = {};
