@@ -53,9 +53,9 @@ local function import(kind, dir, file)
   return util.wall() - t0
 end
 
--- The mix against `kind` started on the store in dir, twice on the same relay: first asked (for
--- layer2 a cold L1: an import leaves L1 proving nothing of what it brought, so each REQ is L2's
--- and its answer is copied into L1) and asked again. Problems in its log go to `problems`.
+-- The mix against `kind` started on the store in dir, twice on the same relay: first asked and
+-- asked again (an L1 that copies what L2 returns would answer the second). Problems in its log go
+-- to `problems`.
 local function measure(kind, dir, n, problems)
   local r = kind.start(kind.name == "layer2" and dir .. "/data" or dir .. "/db")
   local ok, out = util.ready(r.port), ("%s did not answer on port %d"):format(kind.name, r.port)
@@ -133,9 +133,9 @@ print(("- the mix: %d distinct filters made from the stored events (ids, authors
   MIX.seed))
 print(util.table(headers, rows))
 print("\nnotes:")
-print("- first asked, layer2: an import leaves L1 proving nothing of what it brought, so each REQ is answered by L2 "
-  .. "and its answer copied into L1 (an L1 without a size limit admits at once), in the worker's event loop: a "
-  .. "write transaction and its fsync per REQ. Asked again, L1 answers. strfry has one level: its two passes differ "
-  .. "by the page cache only")
+print("- layer2: an import leaves L1 proving nothing of what it brought, so each REQ is answered by L2. The example "
+  .. "relay's L1 (no size limit, in front of the embedded LMDB L2) copies nothing L2 returns (l1.admit = \"never\": "
+  .. "reading that L2 costs what reading L1 does, and a copy is a write in the worker's event loop), so both passes "
+  .. "are L2's. strfry has one level: its two passes differ by the page cache only")
 for _, d in ipairs(differ) do print("- " .. d) end
 util.print_log_problems(problems)

@@ -58,6 +58,8 @@ typedef struct {
     int64_t poll_frequency;     /* seconds between polls (an L2 without a feed is asked that far back) */
     unsigned poll_overlap;      /* polls re-read (2 to 16; 4 by default) */
     int admit_always;           /* admit every event L2 returns (no second read needed) */
+    int admit_never;            /* copy nothing L2 returns into L1 (nor keep its answers): L1 holds
+                                   what was saved through it */
     int64_t missing_ttl;        /* seconds an L2 "no such id" stands; 0: not kept */
     int64_t answers_ttl;        /* seconds a remembered answer stands; 0: none are kept */
     uint64_t answers_max_ids;   /* 32-byte units all remembered answers take (at most 1/16 of L1's size) */

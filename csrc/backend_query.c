@@ -256,6 +256,7 @@ static int read_l2_by_ids(l2_backend *b, const uint8_t (*ids)[32], size_t n, int
 void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t now, const l2_answer_key *k,
                     uint64_t seq)
 {
+    if (b->o.admit_never) return;
     size_t n = 0, rows = a->n - from;
     uint64_t bytes = 0;
     l2_event *evs = calloc(rows + 1, sizeof *evs);

@@ -961,6 +961,7 @@ static l2_backend_opts read_options(lua_State *L)
         .by_created = l2lua_opt_bool(L, 4, "by_created", d->by_created),
         .history = (uint64_t)l2lua_opt_int(L, 4, "history", (int64_t)d->history),
         .admit_always = l2lua_opt_bool(L, 4, "admit_always", d->admit_always),
+        .admit_never = l2lua_opt_bool(L, 4, "admit_never", d->admit_never),
         .poll_frequency = l2lua_opt_int(L, 4, "poll_frequency", d->poll_frequency),
         .poll_overlap = (unsigned)l2lua_opt_int(L, 4, "poll_overlap", d->poll_overlap),
         .missing_ttl = l2lua_opt_int(L, 4, "missing_ttl", d->missing_ttl),
@@ -1017,7 +1018,7 @@ static int keep_parts(lua_State *L)
 /* new(dir, l1, l2, opts, hooks, state) -> db | nil, err. dir: the backend's directory (L1 is
  * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
  * high_water, low_water, evict_delete, stub_share, changes_kept, by_created (the policy's order),
- * history, admit_always, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap,
+ * history, admit_always, admit_never, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap,
  * max_limit, own_l2; hooks: {choose, log}, each called with the handle first; state: the Lua
  * side's table. */
 static int pv_new(lua_State *L)

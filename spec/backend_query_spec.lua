@@ -210,9 +210,10 @@ describe("layer2.open (two levels): reads", function()
       lines[i] = layer2.event.encode(layer2.event.sign({ kind = 1, created_at = 1000 + i, tags = {},
         content = "old " .. i }, sec))
     end
-    for _, mode in ipairs({ "second", "always", "unlimited" }) do
+    for _, mode in ipairs({ "second", "always", "unlimited", "never" }) do
       local dir = tmpdir()
-      local l1 = mode == "unlimited" and {} or { admit = mode, size_limit = 64 * 2 ^ 20 }
+      local l1 = mode == "unlimited" and {} or mode == "never" and { admit = "never" }
+        or { admit = mode, size_limit = 64 * 2 ^ 20 }
       local db = assert(layer2.open(dir, { nosync = true, log = quiet, l1 = l1 }))
       local k = 0
       assert(db:import(function()
@@ -226,11 +227,18 @@ describe("layer2.open (two levels): reads", function()
         assert.equal(1, #res)
         levels[r] = from.l1 == 1 and "l1" or "l2"
       end
-      assert.same(mode == "second" and { "l2", "l2", "l1" } or { "l2", "l1", "l1" }, levels)
+      local want = { second = { "l2", "l2", "l1" }, never = { "l2", "l2", "l2" } }
+      assert.same(want[mode] or { "l2", "l1", "l1" }, levels)
       -- a filter's answer the same way
       local f = { kinds = { 1 }, limit = 3 }
       local _, first = db:query_events(f)
       assert.equal(3, first.l2)
+      if mode == "never" then
+        local _, again = db:query_events(f)
+        assert.equal(3, again.l2)
+        local st = db:stats()
+        assert.same({ 0, 0 }, { st.l1.events, st.hits.answers }, "nothing copied into L1, no answer kept")
+      end
       db:close()
       rmdir(dir)
     end

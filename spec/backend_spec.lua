@@ -492,6 +492,10 @@ describe("layer2.open (two levels): open, lifecycle, hooks and options", functio
       assert.has_error(function() layer2.open("/tmp/x", { l1 = { stub_share = share } }) end,
         "layer2.open: l1.stub_share is a share of L1's events, from 0 to 1")
     end
+    for _, admit in ipairs({ "sometimes", true, 2 }) do
+      assert.has_error(function() layer2.open("/tmp/x", { l1 = { admit = admit } }) end,
+        'layer2.open: l1.admit is "second", "always" or "never"')
+    end
     -- a misspelled option raises and names the nearest known one; so do the stores' and resty's
     assert.has_error(function() layer2.open("/tmp/x", { l1 = { size_limt = 1024 * 1024 }, policy = "lfu" }) end,
       "layer2.open: l1: unknown option 'size_limt' (did you mean 'size_limit'?)")

@@ -114,6 +114,9 @@ function backend.open(path, opts)
   if not (type(high) == "number" and type(low) == "number" and low > 0 and low < high and high <= 100) then
     error("layer2.open: l1.low_water and l1.high_water are percents with 0 < low < high <= 100", 2)
   end
+  if l1opts.admit ~= nil and l1opts.admit ~= "second" and l1opts.admit ~= "always" and l1opts.admit ~= "never" then
+    error('layer2.open: l1.admit is "second", "always" or "never"', 2)
+  end
   local share = l1opts.stub_share
   if share ~= nil and not (type(share) == "number" and share >= 0 and share <= 1) then
     error("layer2.open: l1.stub_share is a share of L1's events, from 0 to 1", 2)
@@ -136,6 +139,7 @@ function backend.open(path, opts)
   if not l1 then return nil, l2 end
   local self, err = private.new(path, l1, l2, { size_limit = limit, high_water = high, max_limit = max_limit,
     low_water = low, history = l1opts.history, own_l2 = own_l2, admit_always = l1opts.admit == "always",
+    admit_never = l1opts.admit == "never",
     missing_ttl = l1opts.missing_ttl, answers_ttl = l1opts.answers == false and 0 or l1opts.answers_ttl,
     answers_max_ids = l1opts.answers_max_ids, evict_delete = l1opts.evict == "delete", stub_share = l1opts.stub_share,
     changes_kept = l1opts.changes_kept, by_created = st.policy.order == "created_at",
