@@ -105,14 +105,6 @@ local function measure(kind, clients, last, problems)
   return out
 end
 
-local function setup_node()
-  if not io.open(NODE_DIR .. "/node_modules/ws/package.json") then
-    sh(("mkdir -p %s && cd %s && npm install --silent --no-audit --no-fund nostr-tools@2 ws@8 >/dev/null 2>&1")
-      :format(NODE_DIR, NODE_DIR))
-  end
-  sh(("cp %s/bench/relay.mjs %s/"):format(ROOT, NODE_DIR))
-end
-
 -- formatting ---------------------------------------------------------------------------------------
 
 local function ms(v) return v and ("%.2f"):format(v) or "-" end
@@ -133,7 +125,7 @@ end
 
 -- main ---------------------------------------------------------------------------------------------
 
-setup_node()
+util.setup_node(ROOT)
 local kinds = { layer2, layer2_full, layer2_policy }
 if STRFRY then kinds[#kinds + 1] = strfry end
 -- the kinds of the publish runs: also strfry with its plugin

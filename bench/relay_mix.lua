@@ -23,11 +23,7 @@ local sh, read_file, write_file = util.sh, util.read_file, util.write_file
 local kinds = { util.layer2_relay({ root = ROOT, workers = WORKERS, max_subscriptions = MAX_SUBS, tag = "mix" }) }
 if STRFRY then kinds[2] = util.strfry_relay({ root = ROOT, bin = STRFRY, tag = "mix" }) end
 
-if not io.open(NODE_DIR .. "/node_modules/ws/package.json") then
-  sh(("mkdir -p %s && cd %s && npm install --silent --no-audit --no-fund nostr-tools@2 ws@8 >/dev/null 2>&1")
-    :format(NODE_DIR, NODE_DIR))
-end
-sh(("cp %s/bench/relay.mjs %s/"):format(ROOT, NODE_DIR))
+util.setup_node(ROOT)
 
 -- the first n events of the largest file made: one set, so a smaller store holds a prefix of the larger
 local largest = 0
@@ -40,16 +36,10 @@ local function first_lines(n, path)
   return path
 end
 
--- Imports the file into a fresh store of `kind` in dir; returns the seconds it took.
+-- Imports the file into a fresh store of `kind` in dir (util.import); returns the seconds it took.
 local function import(kind, dir, file)
-  sh("mkdir -p " .. dir)
   local t0 = util.wall()
-  if kind.name == "layer2" then
-    sh(("%s/bin/layer2 --path %s/data import %s --no-verify >%s/import.log 2>&1"):format(ROOT, dir, file, dir))
-  else
-    sh(("%s --config=%s import --no-verify <%s >%s/import.log 2>&1"):format(STRFRY,
-      util.strfry_conf(ROOT, dir .. "/strfry.conf", dir .. "/db"), file, dir))
-  end
+  util.import(ROOT, kind.name, dir, file, STRFRY)
   return util.wall() - t0
 end
 
@@ -57,7 +47,7 @@ end
 -- asked again (an L1 that copies what L2 returns would answer the second). Problems in its log go
 -- to `problems`.
 local function measure(kind, dir, n, problems)
-  local r = kind.start(kind.name == "layer2" and dir .. "/data" or dir .. "/db")
+  local r = kind.start(kind.name == "layer2" and dir or dir .. "/db")
   local ok, out = util.ready(r.port), ("%s did not answer on port %d"):format(kind.name, r.port)
   local passes = {}
   for pass = 1, 2 do

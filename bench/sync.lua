@@ -115,14 +115,7 @@ local function strfry_conf(dir)
   return util.strfry_conf(ROOT, dir .. "/strfry.conf", dir .. "/db")
 end
 
-local function import(kind, dir, file)
-  sh("mkdir -p " .. dir)
-  if kind == "layer2" then
-    sh(("%s/bin/layer2 --path %s import %s --no-verify >%s/import.log 2>&1"):format(ROOT, dir, file, dir))
-  else
-    sh(("%s --config=%s import --no-verify <%s >%s/import.log 2>&1"):format(STRFRY, strfry_conf(dir), file, dir))
-  end
-end
+local function import(kind, dir, file) util.import(ROOT, kind, dir, file, STRFRY) end
 
 local function copy(kind, from, to)
   sh(("rm -rf %s && cp -a %s %s"):format(to, from, to))

@@ -223,6 +223,28 @@ function util.strfry_relay(opts)
   return kind
 end
 
+-- bench/relay.mjs and its node modules (nostr-tools, ws) in root/build/node.
+function util.setup_node(root)
+  local dir = root .. "/build/node"
+  if not io.open(dir .. "/node_modules/ws/package.json") then
+    util.sh(("mkdir -p %s && cd %s && npm install --silent --no-audit --no-fund nostr-tools@2 ws@8 >/dev/null 2>&1")
+      :format(dir, dir))
+  end
+  util.sh(("cp %s/bench/relay.mjs %s/"):format(root, dir))
+end
+
+-- Imports a JSONL file into a fresh store in dir, unverified: layer2's (`layer2 import`, the store at
+-- dir itself) or strfry's (the binary `strfry`, its db at dir/db, its configuration dir/strfry.conf).
+function util.import(root, kind, dir, file, strfry)
+  util.sh("mkdir -p " .. dir)
+  if kind == "layer2" then
+    util.sh(("%s/bin/layer2 --path %s import %s --no-verify >%s/import.log 2>&1"):format(root, dir, file, dir))
+  else
+    util.sh(("%s --config=%s import --no-verify <%s >%s/import.log 2>&1"):format(strfry,
+      util.strfry_conf(root, dir .. "/strfry.conf", dir .. "/db"), file, dir))
+  end
+end
+
 -- The closing note on the relays' logs: problems are {where =, log = {count, lines}}.
 function util.print_log_problems(problems)
   if #problems == 0 then

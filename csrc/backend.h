@@ -20,6 +20,8 @@
 typedef struct l2_backend l2_backend;
 
 /* What an eviction step did (l2_backend_gc). */
+enum { L2_ADMIT_SECOND, L2_ADMIT_ALWAYS, L2_ADMIT_NEVER };
+
 typedef struct {
     uint64_t evicted, dropped, freed, sent, pruned, repacked, used;
     double seconds; /* the step took */
@@ -57,9 +59,9 @@ typedef struct {
     uint64_t history;           /* reads between halvings of the read counts */
     int64_t poll_frequency;     /* seconds between polls (an L2 without a feed is asked that far back) */
     unsigned poll_overlap;      /* polls re-read (2 to 16; 4 by default) */
-    int admit_always;           /* admit every event L2 returns (no second read needed) */
-    int admit_never;            /* copy nothing L2 returns into L1 (nor keep its answers): L1 holds
-                                   what was saved through it */
+    int admit;                  /* L2_ADMIT_*: what L2 returns enters L1 from an event's second read,
+                                   its first, or never (nor are L2's answers kept: L1 holds what was
+                                   saved through it) */
     int64_t missing_ttl;        /* seconds an L2 "no such id" stands; 0: not kept */
     int64_t answers_ttl;        /* seconds a remembered answer stands; 0: none are kept */
     uint64_t answers_max_ids;   /* 32-byte units all remembered answers take (at most 1/16 of L1's size) */
@@ -151,7 +153,7 @@ uint32_t l2_backend_count_read(l2_backend *b, const uint8_t id[32]);
 /* Admission: an event fetched from L2 enters L1 (or a stub gets its body back) only when it has
  * been read about as often as what eviction lets go (the admission bar, at least twice), so
  * one-off reads do not push out what is read again and again. An L1 without a size limit (which
- * evicts nothing) and admit_always admit at once. Counts this read. */
+ * evicts nothing) and L2_ADMIT_ALWAYS admit at once. Counts this read. */
 int l2_backend_admit(l2_backend *b, const uint8_t id[32]);
 
 /* What answered queries, by level: L1 alone, stubs filled from L2, L2, ids known to be missing,

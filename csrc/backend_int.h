@@ -171,7 +171,7 @@ int backend_ids_filter(l2_filter *f, const uint8_t (*ids)[32], size_t n, char *e
 /* Saves the admitted events of `a` (rows from..a->n) into L1: a cache fill (no change record),
  * or bodies put back in place of stubs (`revive`). With a key k, the rows' ids are remembered as
  * the answer under k in the same transaction (unless a save since `seq` may have touched it).
- * Nothing with admit_never. */
+ * Nothing with L2_ADMIT_NEVER. */
 void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t now, const l2_answer_key *k,
                     uint64_t seq);
 

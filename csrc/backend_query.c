@@ -183,7 +183,7 @@ int l2_backend_admit(l2_backend *b, const uint8_t id[32])
     uint32_t n = l2_backend_count_read(b, id);
     /* the bar keeps one-off reads from pushing out what is read again: an L1 without a size limit
      * pushes nothing out, and a second trip to L2 (and a second write) would buy nothing */
-    return b->o.admit_always || !b->o.size_limit || n >= l2_learned_admit_bar(b->learned);
+    return b->o.admit == L2_ADMIT_ALWAYS || !b->o.size_limit || n >= l2_learned_admit_bar(b->learned);
 }
 
 /* A filter of ids only (with a limit no smaller than its ids): the lookups whose absent ids say
@@ -256,7 +256,7 @@ static int read_l2_by_ids(l2_backend *b, const uint8_t (*ids)[32], size_t n, int
 void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t now, const l2_answer_key *k,
                     uint64_t seq)
 {
-    if (b->o.admit_never) return;
+    if (b->o.admit == L2_ADMIT_NEVER) return;
     size_t n = 0, rows = a->n - from;
     uint64_t bytes = 0;
     l2_event *evs = calloc(rows + 1, sizeof *evs);

@@ -948,6 +948,16 @@ static void set_l2(lua_State *L, backend_ud *s)
 
 /* The backend's options, from the table at 4 (backend.lua has checked them); the core's defaults
  * for those not given. */
+/* opts.admit (at 4): "second" (or nil: def), "always" or "never", in L2_ADMIT_* order */
+static int admit_option(lua_State *L, int def)
+{
+    static const char *const modes[] = {"second", "always", "never", NULL};
+    lua_getfield(L, 4, "admit");
+    int mode = lua_isnil(L, -1) ? def : luaL_checkoption(L, -1, NULL, modes);
+    lua_pop(L, 1);
+    return mode;
+}
+
 static l2_backend_opts read_options(lua_State *L)
 {
     const l2_backend_opts *d = &l2_backend_default_opts;
@@ -960,8 +970,7 @@ static l2_backend_opts read_options(lua_State *L)
         .changes_kept = (uint64_t)l2lua_opt_int(L, 4, "changes_kept", (int64_t)d->changes_kept),
         .by_created = l2lua_opt_bool(L, 4, "by_created", d->by_created),
         .history = (uint64_t)l2lua_opt_int(L, 4, "history", (int64_t)d->history),
-        .admit_always = l2lua_opt_bool(L, 4, "admit_always", d->admit_always),
-        .admit_never = l2lua_opt_bool(L, 4, "admit_never", d->admit_never),
+        .admit = admit_option(L, d->admit),
         .poll_frequency = l2lua_opt_int(L, 4, "poll_frequency", d->poll_frequency),
         .poll_overlap = (unsigned)l2lua_opt_int(L, 4, "poll_overlap", d->poll_overlap),
         .missing_ttl = l2lua_opt_int(L, 4, "missing_ttl", d->missing_ttl),
@@ -1018,7 +1027,7 @@ static int keep_parts(lua_State *L)
 /* new(dir, l1, l2, opts, hooks, state) -> db | nil, err. dir: the backend's directory (L1 is
  * dir/layer1); l2: nil, a store, or a Lua object with the store methods; opts: size_limit,
  * high_water, low_water, evict_delete, stub_share, changes_kept, by_created (the policy's order),
- * history, admit_always, admit_never, missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap,
+ * history, admit ("second", "always", "never"), missing_ttl, answers_ttl, answers_max_ids, poll_frequency, poll_overlap,
  * max_limit, own_l2; hooks: {choose, log}, each called with the handle first; state: the Lua
  * side's table. */
 static int pv_new(lua_State *L)

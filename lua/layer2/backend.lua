@@ -138,8 +138,7 @@ function backend.open(path, opts)
   local l1, l2, own_l2 = open_stores(path, opts, limit, max_limit)
   if not l1 then return nil, l2 end
   local self, err = private.new(path, l1, l2, { size_limit = limit, high_water = high, max_limit = max_limit,
-    low_water = low, history = l1opts.history, own_l2 = own_l2, admit_always = l1opts.admit == "always",
-    admit_never = l1opts.admit == "never",
+    low_water = low, history = l1opts.history, own_l2 = own_l2, admit = l1opts.admit,
     missing_ttl = l1opts.missing_ttl, answers_ttl = l1opts.answers == false and 0 or l1opts.answers_ttl,
     answers_max_ids = l1opts.answers_max_ids, evict_delete = l1opts.evict == "delete", stub_share = l1opts.stub_share,
     changes_kept = l1opts.changes_kept, by_created = st.policy.order == "created_at",
