@@ -35,6 +35,8 @@ local MAX_SUBS = 200
 local ROOT = io.popen("pwd"):read("l")
 local DATA = ROOT .. "/" .. dataset.ensure(DATASET)
 local NODE_DIR = ROOT .. "/build/node"
+-- the REQ mix's client: bench/reqmix.c
+local REQMIX_CLIENT = util.reqmix_client(ROOT)
 local STRFRY = os.getenv("STRFRY")
 
 local sh, output_of, read_file, write_file = util.sh, util.output_of, util.read_file, util.write_file
@@ -92,8 +94,10 @@ local function measure(kind, clients, last, problems)
   local r = kind.start()
   local ok, out = util.ready(r.port), ("%s did not answer on port %d"):format(kind.name, r.port)
   if ok then
+    local reqmix = last and { from = REQMIX.from, count = REQMIX.count, n = REQMIX.n, seed = REQMIX.seed,
+      pids = kind.pids(r), client = REQMIX_CLIENT } or nil
     ok, out = pcall(client, r.url, { publish = { from = 0, count = N, clients = clients, window = WINDOW },
-      req = last and REQS or nil, reqmix = last and REQMIX or nil, fanout = last and FANOUT or nil,
+      req = last and REQS or nil, reqmix = reqmix, fanout = last and FANOUT or nil,
       flood = last and FLOOD or nil })
   end
   -- stopped whatever happened, so that a failure leaves no relay behind
@@ -230,6 +234,10 @@ local mix_measures = {
   { "REQ p50 ms", function(m) return ms(m.p50) end, function(l2, sf) return ratio(sf.p50, l2.p50) end },
   { "REQ p90 ms", function(m) return ms(m.p90) end, function(l2, sf) return ratio(sf.p90, l2.p90) end },
   { "REQ p99 ms", function(m) return ms(m.p99) end, function(l2, sf) return ratio(sf.p99, l2.p99) end },
+  -- the wall time is the relay's work, the client's and the round trips between: what each used
+  { "relay CPU while the mix ran, ms (every thread of its processes)", function(m) return ms(m.relay_cpu_ms) end,
+    function(l2, sf) return ratio(sf.relay_cpu_ms, l2.relay_cpu_ms) end },
+  { "client CPU while the mix ran, ms", function(m) return ms(m.client_cpu_ms) end },
 }
 -- where the time went: each class's REQs (REQ i is of class i % 7: relay.mjs's MIX_CLASSES)
 local function class_sum(m, c, what)
@@ -508,8 +516,9 @@ print("- with a policy / without compares two relay instances, each filled by it
   .. "relays measured that way differed by up to 25 % in REQ p50, more than a hook costs; the in-process table "
   .. "(one store, alternating rounds) is where the policy's own cost shows")
 print(("- client: bench/relay.mjs, node %s + ws, one process per relay instance on the same %s-core machine as the "
-  .. "relay, so it takes CPU from it; permessage-deflate off for both"):format(output_of("node --version"),
-  output_of("nproc")))
+  .. "relay, so it takes CPU from it; permessage-deflate off for both; the REQ mix's client is bench/reqmix.c (a "
+  .. "websocket client in C that counts EVENT frames by their head), which costs the mix a tenth of node's CPU")
+  :format(output_of("node --version"), output_of("nproc")))
 print(("- publish: each connection pipelines its share with at most %d EVENTs unacknowledged; events/s counts from "
   .. "the first EVENT sent to the last OK (connections opened before); OK latency is EVENT sent to its OK, so it "
   .. "includes the wait in that window and in the relay's queue"):format(WINDOW))

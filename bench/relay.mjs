@@ -3,10 +3,14 @@
 // CONFIG (written by bench/relay.lua): { url, file,
 //   publish: { from, count, clients, window },                 pipelined EVENTs, every OK awaited
 //   req: [{ limit, n, warmup }],                               REQ round trips on one connection
-//   reqmix: { from, count, n, seed },                          distinct REQs, each asked once
+//   reqmix: { from, count, n, seed, pids, client },            distinct REQs, each asked once; the
+//                                                              CPU the relay's processes (pids) used;
+//                                                              client: bench/reqmix.c's binary asks them
 //   fanout: { from, count, rate, connections, perConnection, grace, seed } }   live delivery
 // OUT: the same sections with what was measured (times in ms, rates in events/s).
 import fs from "node:fs";
+import os from "node:os";
+import { execFileSync } from "node:child_process";
 import readline from "node:readline";
 import { performance } from "node:perf_hooks";
 import WebSocket from "ws";
@@ -195,45 +199,54 @@ function mixFilters(evs, { n, seed }) {
   return filters;
 }
 
-async function reqMix(url, cfgMix) {
-  const filters = mixFilters(await mixSource(cfg.file, cfgMix.from, cfgMix.count), cfgMix);
-  const ws = await connect(url);
-  const times = [], counts = [], closed = {};
-  const t0 = now();
-  for (let i = 0; i < filters.length; i++) {
-    const subid = "m" + i;
-    const t = now();
-    let events = 0;
-    await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`REQ ${subid}: no EOSE in ${STALL_MS} ms`)), STALL_MS);
-      // an EVENT frame is counted by its head, not parsed: the client's JSON work would hide the
-      // relays' (one REQ at a time, and nothing is published meanwhile: every EVENT is this REQ's)
-      const onMessage = (data) => {
-        if (data.toString("latin1", 0, 9) === '["EVENT",') {
-          events++;
-          return;
-        }
-        const msg = JSON.parse(data);
-        if (msg[1] !== subid) return;
-        if (msg[0] === "EOSE" || msg[0] === "CLOSED") {
-          if (msg[0] === "CLOSED") tally(closed, msg[2]);
-          clearTimeout(timer);
-          ws.off("message", onMessage);
-          resolve();
-        }
-      };
-      ws.on("message", onMessage);
-      ws.send(JSON.stringify(["REQ", subid, filters[i]]));
-    });
-    times.push(now() - t);
-    counts.push(events);
-    ws.send(JSON.stringify(["CLOSE", subid]));
+// CPU time in ms that the processes `pids` (every thread of each) have used so far, from
+// /proc/PID/task/TID/schedstat (ns on a CPU); null without pids or /proc
+function cpuOf(pids) {
+  if (!pids || pids.length === 0) return null;
+  let ns = 0;
+  try {
+    for (const pid of pids) {
+      for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+      }
+    }
+  } catch {
+    return null;
   }
+  return ns / 1e6;
+}
+
+// The mix asked by bench/reqmix.c's client (cfgMix.client, built by the caller), its REQs in a file,
+// one per line: node's own client took as much CPU as the mix took time, and set the pace for both
+// relays. The relay's CPU meanwhile is its processes' (cfgMix.pids).
+function reqMix(url, cfgMix, filters) {
+  const file = `${os.tmpdir()}/reqmix-${process.pid}.jsonl`;
+  fs.writeFileSync(file, filters.map((f, i) => JSON.stringify(["REQ", "m" + i, f])).join("\n") + "\n");
+  const { hostname, port } = new URL(url);
+  const relayCpu0 = cpuOf(cfgMix.pids);
+  const t0 = now();
+  const out = execFileSync(cfgMix.client, [hostname, port, file], { encoding: "utf8", maxBuffer: 64 << 20, timeout: 600000 });
   const total = now() - t0;
-  ws.close();
+  const relayCpu = relayCpu0 === null ? null : cpuOf(cfgMix.pids) - relayCpu0;
+  fs.rmSync(file);
+  const times = [], counts = [], closed = {};
+  let clientCpu = null;
+  for (const line of out.split("\n")) {
+    if (!line) continue;
+    const f = line.split(" ");
+    if (f[0] === "cpu") {
+      clientCpu = Number(f[1]);
+      continue;
+    }
+    counts.push(Number(f[0]));
+    times.push(Number(f[1]));
+    if (f[2] === "1") tally(closed, JSON.parse(f.slice(3).join(" "))[2]);
+  }
+  if (times.length !== filters.length) throw new Error(`reqmix answered ${times.length} of ${filters.length} REQs`);
   const v = Float64Array.from(times).sort();
-  return { n: filters.length, total_ms: total, ...percentiles(times), p90: v[Math.floor(v.length * 0.9)],
-    events: counts.reduce((a, b) => a + b, 0), counts, times, classes: MIX_CLASSES, closed };
+  return { n: filters.length, total_ms: total, relay_cpu_ms: relayCpu, client_cpu_ms: clientCpu, ...percentiles(times),
+    p90: v[Math.floor(v.length * 0.9)], events: counts.reduce((a, b) => a + b, 0), counts, times, classes: MIX_CLASSES,
+    closed };
 }
 
 // mulberry32: the same subscriptions for both relays and every run
@@ -475,7 +488,9 @@ if (cfg.req) {
   out.req = [];
   for (const r of cfg.req) out.req.push(await roundTrips(cfg.url, r));
 }
-if (cfg.reqmix) out.reqmix = await reqMix(cfg.url, cfg.reqmix);
+if (cfg.reqmix) {
+  out.reqmix = reqMix(cfg.url, cfg.reqmix, mixFilters(await mixSource(cfg.file, cfg.reqmix.from, cfg.reqmix.count), cfg.reqmix));
+}
 if (cfg.fanout) out.fanout = await fanout(cfg.url, cfg.fanout);
 if (cfg.flood) out.flood = await flood(cfg.url, cfg.flood);
 fs.writeFileSync(outPath, JSON.stringify(out));

@@ -17,6 +17,8 @@ local WORKERS, MAX_SUBS = 2, 200
 
 local ROOT = io.popen("pwd"):read("l")
 local NODE_DIR = ROOT .. "/build/node"
+-- the mix's client: bench/reqmix.c (node makes the filters)
+local CLIENT = util.reqmix_client(ROOT)
 local STRFRY = os.getenv("STRFRY")
 local sh, read_file, write_file = util.sh, util.read_file, util.write_file
 
@@ -54,7 +56,7 @@ local function measure(kind, dir, n, problems)
     if not ok then break end
     local cfg_path, out_path = os.tmpname(), os.tmpname()
     write_file(cfg_path, cjson.encode({ url = r.url, file = DATA,
-      reqmix = { from = 0, count = n, n = MIX.n, seed = MIX.seed } }))
+      reqmix = { from = 0, count = n, n = MIX.n, seed = MIX.seed, pids = kind.pids(r), client = CLIENT } }))
     ok, out = pcall(function()
       sh(("cd %s && node --max-old-space-size=4096 relay.mjs %s %s"):format(NODE_DIR, cfg_path, out_path))
       return cjson.decode(assert(read_file(out_path))).reqmix
@@ -87,11 +89,11 @@ for _, n in ipairs(SIZES) do
   for pass, name in ipairs({ "first asked", "asked again" }) do
     local l2, sf = res.layer2[pass], res.strfry and res.strfry[pass]
     local row = { ("%d"):format(n), name, pass == 1 and ("%.0f s"):format(imported.layer2) or "", ("%d"):format(l2.events),
-      ("%.1f"):format(l2.total_ms), ms(l2.p50), ms(l2.p90), ms(l2.p99) }
+      ("%.1f"):format(l2.total_ms), ms(l2.p50), ms(l2.p90), ms(l2.p99), ms(l2.relay_cpu_ms) }
     if sf then
       for _, v in ipairs({ pass == 1 and ("%.0f s"):format(imported.strfry) or "", ("%.1f"):format(sf.total_ms),
-        ms(sf.p50), ms(sf.p90), ms(sf.p99), ratio(sf.total_ms, l2.total_ms), ratio(sf.p50, l2.p50),
-        ratio(sf.p90, l2.p90) }) do
+        ms(sf.p50), ms(sf.p90), ms(sf.p99), ms(sf.relay_cpu_ms), ratio(sf.total_ms, l2.total_ms), ratio(sf.p50, l2.p50),
+        ratio(sf.p90, l2.p90), ratio(sf.relay_cpu_ms, l2.relay_cpu_ms) }) do
         row[#row + 1] = v
       end
       local d = 0
@@ -105,18 +107,22 @@ for _, n in ipairs(SIZES) do
   end
 end
 
-local headers = { "stored events", "mix", "layer2 import", "events returned", "layer2 all REQs ms", "p50", "p90", "p99" }
+local headers = { "stored events", "mix", "layer2 import", "events returned", "layer2 all REQs ms", "p50", "p90", "p99",
+  "relay CPU ms" }
 if STRFRY then
-  for _, h in ipairs({ "strfry import", "strfry all REQs ms", "p50", "p90", "p99", "total strfry / layer2 (>1: layer2 better)",
-    "p50 ratio", "p90 ratio" }) do headers[#headers + 1] = h end
+  for _, h in ipairs({ "strfry import", "strfry all REQs ms", "p50", "p90", "p99", "relay CPU ms",
+    "total strfry / layer2 (>1: layer2 better)", "p50 ratio", "p90 ratio", "relay CPU ratio" }) do
+    headers[#headers + 1] = h
+  end
 end
 
 print("## bench/relay_mix: the REQ mix as the store grows\n")
 print(("- machine: %s"):format(util.machine()))
 print(("- data: the first N of %s (layer2.gen, seed 1), imported with `layer2 import --no-verify`%s")
   :format((DATA:gsub("^" .. ROOT .. "/", "")), STRFRY and " and `strfry import --no-verify`" or ""))
-print(("- relays: the example relay (%d workers, L1 unlimited)%s; client bench/relay.mjs (node + ws, one "
-  .. "process per relay) on the same machine"):format(WORKERS, STRFRY and ", strfry " .. util.output_of(STRFRY
+print(("- relays: the example relay (%d workers, L1 unlimited)%s; client bench/reqmix.c (a websocket client in C "
+  .. "that counts EVENT frames by their head; node makes the filters) on the same machine; relay CPU: every thread of "
+  .. "the relay's processes while the mix ran"):format(WORKERS, STRFRY and ", strfry " .. util.output_of(STRFRY
   .. " --version 2>/dev/null") or "; strfry skipped (STRFRY unset)"))
 print(("- the mix: %d distinct filters made from the stored events (ids, authors, author and kind, #t, #p, kinds, "
   .. "time windows; limits 20-500; seed %d), each asked once on one connection, one at a time\n"):format(MIX.n,

@@ -174,6 +174,13 @@ function util.layer2_relay(opts)
       opts.max_subscriptions, opts.l1_sync and (" --l1-sync " .. opts.l1_sync) or "", policy))
     return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir }
   end
+  -- the pids of a running instance's processes: nginx's workers
+  function kind.pids(r)
+    local master = tonumber(util.read_file(r.dir .. "/prefix/logs/nginx.pid"))
+    local pids = {}
+    for pid in util.output_of(("pgrep -P %d || true"):format(master)):gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+    return pids
+  end
   function kind.stop(r)
     -- graceful: the master waits for its workers to close their connections; nginx's levels above
     -- notice (the workers' graceful exit is logged at notice)
@@ -214,6 +221,7 @@ function util.strfry_relay(opts)
       :format(opts.bin, dir, dir)))
     return { url = ("ws://127.0.0.1:%d/"):format(port), port = port, dir = dir, pid = pid }
   end
+  function kind.pids(r) return { r.pid } end
   function kind.stop(r)
     -- loguru's levels above INFO; the SIGTERM that stopped it is ours
     return stop_relay(r, r.pid, "TERM", r.dir .. "/strfry.log", function(line)
@@ -231,6 +239,13 @@ function util.setup_node(root)
       :format(dir, dir))
   end
   util.sh(("cp %s/bench/relay.mjs %s/"):format(root, dir))
+end
+
+-- bench/reqmix.c built into root/build/reqmix: the REQ mix's client (bench/relay.mjs, reqMix); its path.
+function util.reqmix_client(root)
+  local bin = root .. "/build/reqmix"
+  util.sh(("mkdir -p %s/build && cc -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -o %s %s/bench/reqmix.c"):format(root, bin, root))
+  return bin
 end
 
 -- Imports a JSONL file into a fresh store in dir, unverified: layer2's (`layer2 import`, the store at
