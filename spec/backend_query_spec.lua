@@ -203,18 +203,21 @@ describe("layer2.open (two levels): reads", function()
   end)
 
   it("admits what L2 returns into a size-limited L1 on its second fetch (one-off reads stay out); at once with "
-    .. "admit = 'always' or no size limit", function()
+    .. "admit = 'always' or no size limit in front of a given L2; never with admit = 'never', and by default for an "
+    .. "L1 without a size limit in front of the embedded LMDB L2", function()
     local sec = ("0"):rep(63) .. "9"
     local lines = {}
     for i = 1, 3 do
       lines[i] = layer2.event.encode(layer2.event.sign({ kind = 1, created_at = 1000 + i, tags = {},
         content = "old " .. i }, sec))
     end
-    for _, mode in ipairs({ "second", "always", "unlimited", "never" }) do
+    for _, mode in ipairs({ "second", "always", "unlimited", "never", "embedded" }) do
       local dir = tmpdir()
-      local l1 = mode == "unlimited" and {} or mode == "never" and { admit = "never" }
+      local l1 = (mode == "unlimited" or mode == "embedded") and {} or mode == "never" and { admit = "never" }
         or { admit = mode, size_limit = 64 * 2 ^ 20 }
-      local db = assert(layer2.open(dir, { nosync = true, log = quiet, l1 = l1 }))
+      -- "unlimited": an L2 given as a store object (as a PostgreSQL L2 is given by its conninfo)
+      local given = mode == "unlimited" and assert(layer2.lmdb.open(dir .. "-l2", { nosync = true })) or nil
+      local db = assert(layer2.open(dir, { nosync = true, log = quiet, l1 = l1, l2 = given }))
       local k = 0
       assert(db:import(function()
         k = k + 1
@@ -227,19 +230,23 @@ describe("layer2.open (two levels): reads", function()
         assert.equal(1, #res)
         levels[r] = from.l1 == 1 and "l1" or "l2"
       end
-      local want = { second = { "l2", "l2", "l1" }, never = { "l2", "l2", "l2" } }
+      local want = { second = { "l2", "l2", "l1" }, never = { "l2", "l2", "l2" }, embedded = { "l2", "l2", "l2" } }
       assert.same(want[mode] or { "l2", "l1", "l1" }, levels)
       -- a filter's answer the same way
       local f = { kinds = { 1 }, limit = 3 }
       local _, first = db:query_events(f)
       assert.equal(3, first.l2)
-      if mode == "never" then
+      if mode == "never" or mode == "embedded" then
         local _, again = db:query_events(f)
         assert.equal(3, again.l2)
         local st = db:stats()
         assert.same({ 0, 0 }, { st.l1.events, st.hits.answers }, "nothing copied into L1, no answer kept")
       end
       db:close()
+      if given then
+        given:close()
+        rmdir(dir .. "-l2")
+      end
       rmdir(dir)
     end
   end)

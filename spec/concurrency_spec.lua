@@ -114,7 +114,8 @@ describe("concurrency", function()
       lines[i] = layer2.event.encode(layer2.event.sign({ kind = 1, created_at = 1000 + i, tags = {}, content = "n" .. i },
         sec))
     end
-    local db = assert(layer2.open(dir, { nosync = true, log = function() end }))
+    -- kept answers: an L1 without a size limit in front of the embedded L2 keeps none unless told
+    local db = assert(layer2.open(dir, { nosync = true, log = function() end, l1 = { admit = "always" } }))
     local n = 0
     assert(db:import(function()
       n = n + 1
@@ -125,7 +126,7 @@ describe("concurrency", function()
     local function other(code)
       local p = helper.spawn(([[
         local layer2 = require("layer2")
-        local db = assert(layer2.open(%q, { nosync = true, log = function() end }))
+        local db = assert(layer2.open(%q, { nosync = true, log = function() end, l1 = { admit = "always" } }))
         %s
         local res, from = assert(db:query_events(%s))
         print(#res, from.l2, db:stats().hits.answers)

@@ -127,6 +127,11 @@ function backend.open(path, opts)
     error("layer2.open: future_limit must be a whole number of seconds, or false for no limit", 2)
   end
   limit = limit and math.floor(limit / PAGE) * PAGE
+  -- an L1 without a size limit in front of the embedded LMDB L2 (the same directory, the same disk,
+  -- the same page cache) copies nothing L2 returns unless told: it would be a second copy of L2
+  -- that reads no faster, and each fill a write transaction on a read (docs/DESIGN.md §2)
+  local admit = l1opts.admit
+  if admit == nil and limit == nil and opts.l2 == nil then admit = "never" end
   local st = {
     policy = load_policy(opts.policy),
     default_policy = require("layer2.policy.lru"),
@@ -138,7 +143,7 @@ function backend.open(path, opts)
   local l1, l2, own_l2 = open_stores(path, opts, limit, max_limit)
   if not l1 then return nil, l2 end
   local self, err = private.new(path, l1, l2, { size_limit = limit, high_water = high, max_limit = max_limit,
-    low_water = low, history = l1opts.history, own_l2 = own_l2, admit = l1opts.admit,
+    low_water = low, history = l1opts.history, own_l2 = own_l2, admit = admit,
     missing_ttl = l1opts.missing_ttl, answers_ttl = l1opts.answers == false and 0 or l1opts.answers_ttl,
     answers_max_ids = l1opts.answers_max_ids, evict_delete = l1opts.evict == "delete", stub_share = l1opts.stub_share,
     changes_kept = l1opts.changes_kept, by_created = st.policy.order == "created_at",
