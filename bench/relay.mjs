@@ -224,18 +224,17 @@ function reqMix(url, cfgMix, filters) {
   fs.writeFileSync(file, filters.map((f, i) => JSON.stringify(["REQ", "m" + i, f])).join("\n") + "\n");
   const { hostname, port } = new URL(url);
   const relayCpu0 = cpuOf(cfgMix.pids);
-  const t0 = now();
   const out = execFileSync(cfgMix.client, [hostname, port, file], { encoding: "utf8", maxBuffer: 64 << 20, timeout: 600000 });
-  const total = now() - t0;
   const relayCpu = relayCpu0 === null ? null : cpuOf(cfgMix.pids) - relayCpu0;
   fs.rmSync(file);
   const times = [], counts = [], closed = {};
-  let clientCpu = null;
+  let clientCpu = null, total = null;
   for (const line of out.split("\n")) {
     if (!line) continue;
     const f = line.split(" ");
-    if (f[0] === "cpu") {
-      clientCpu = Number(f[1]);
+    if (f[0] === "cpu" || f[0] === "total") {
+      if (f[0] === "cpu") clientCpu = Number(f[1]);
+      else total = Number(f[1]);
       continue;
     }
     counts.push(Number(f[0]));

@@ -4,7 +4,8 @@
  * Each line of REQS is a REQ message whose subscription id is "m" and the line's number from 0. In
  * turn: the REQ is sent, the EVENT frames that come back are counted by their head (not parsed),
  * its EOSE or CLOSED ends it, then its CLOSE is sent. One line per REQ to stdout: "events ms
- * closed" (closed: 1 for a CLOSED, whose reason follows), then "cpu MS" (this process's).
+ * closed" (closed: 1 for a CLOSED, whose frame follows), then "total MS" (from the first REQ sent
+ * to the last answer's end: no start-up, no handshake) and "cpu MS" (this process's).
  *
  *   cc -O2 -o build/reqmix bench/reqmix.c && build/reqmix 127.0.0.1 PORT REQS
  */
@@ -152,6 +153,7 @@ int main(int argc, char **argv)
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
+    double start = now_ms();
     for (long i = 0; (len = getline(&line, &cap, reqs)) > 0; i++) {
         while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
         char eose[64], closed[64], close_msg[64];
@@ -179,12 +181,13 @@ int main(int argc, char **argv)
                 printf("%ld %.4f 0\n", events, now_ms() - t0);
                 break;
             } else if (n >= (size_t)closed_n && !memcmp(p, closed, (size_t)closed_n)) {
-                printf("%ld %.4f 1 %.*s\n", events, now_ms() - t0, (int)(n > 300 ? 300 : n), (const char *)p);
+                printf("%ld %.4f 1 %.*s\n", events, now_ms() - t0, (int)n, (const char *)p);
                 break;
             }
         }
         send_text(close_msg, (size_t)close_n);
     }
+    printf("total %.4f\n", now_ms() - start);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("cpu %.3f\n", ru.ru_utime.tv_sec * 1e3 + ru.ru_utime.tv_usec / 1e3 + ru.ru_stime.tv_sec * 1e3 +
