@@ -68,12 +68,12 @@ static void want(size_t n)
     }
 }
 
-/* a text frame from the client (masked, as the protocol asks) */
-static void send_text(const char *s, size_t n)
+/* a frame from the client (masked, as the protocol asks): opcode 1 text, 10 pong */
+static void send_frame(int opcode, const char *s, size_t n)
 {
     unsigned char h[14], mask[4] = {0x12, 0x34, 0x56, 0x78};
     size_t hn = 2;
-    h[0] = 0x81;
+    h[0] = (unsigned char)(0x80 | opcode);
     if (n < 126) {
         h[1] = 0x80 | (unsigned char)n;
     } else if (n < 65536) {
@@ -162,16 +162,14 @@ int main(int argc, char **argv)
         int close_n = snprintf(close_msg, sizeof close_msg, "[\"CLOSE\",\"m%ld\"]", i);
         long events = 0;
         double t0 = now_ms();
-        send_text(line, (size_t)len);
+        send_frame(1, line, (size_t)len);
         for (;;) {
             const unsigned char *p;
             size_t n;
             int op = next_frame(&p, &n);
             if (op == 8) die("the relay closed the websocket");
-            if (op == 9) { /* a ping: its pong */
-                unsigned char pong[2] = {0x8a, 0x80};
-                send_all(pong, 2);
-                send_all("\0\0\0\0", 4);
+            if (op == 9) { /* a ping: a pong with its data */
+                send_frame(10, (const char *)p, n);
                 continue;
             }
             if (op != 1) continue;
@@ -185,7 +183,7 @@ int main(int argc, char **argv)
                 break;
             }
         }
-        send_text(close_msg, (size_t)close_n);
+        send_frame(1, close_msg, (size_t)close_n);
     }
     printf("total %.4f\n", now_ms() - start);
     struct rusage ru;
