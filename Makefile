@@ -9,7 +9,7 @@ PQ_INC := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/p
 BASE_CFLAGS := -std=gnu11 -fPIC -fvisibility=hidden $(WARN) $(PQ_INC)
 LIBS := -llmdb -lpq -lsecp256k1 -lcrypto -lm -lpthread
 
-CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c csrc/batch.c csrc/import.c csrc/rules.c csrc/store_env.c csrc/store_write.c csrc/store_read.c csrc/store_cache.c csrc/store_maint.c csrc/store_if.c csrc/answers.c csrc/pgstore.c csrc/pgstore_wire.c csrc/learned.c csrc/killpoint.c csrc/backend.c csrc/backend_query.c csrc/backend_answers.c csrc/backend_gc.c csrc/backend_poll.c csrc/fanout.c csrc/negentropy.c csrc/child.c
+CORE_SRC := csrc/buf.c csrc/json.c csrc/event.c csrc/filter.c csrc/schnorr.c csrc/batch.c csrc/import.c csrc/rules.c csrc/store_env.c csrc/store_write.c csrc/store_read.c csrc/store_cache.c csrc/store_maint.c csrc/store_if.c csrc/answers.c csrc/pgstore.c csrc/pgstore_wire.c csrc/learned.c csrc/killpoint.c csrc/backend.c csrc/backend_query.c csrc/backend_answers.c csrc/backend_defer.c csrc/backend_gc.c csrc/backend_poll.c csrc/fanout.c csrc/negentropy.c csrc/child.c
 BIND_SRC := csrc/lua_layer2.c csrc/lua_args.c csrc/lua_store.c csrc/lua_lmdb.c csrc/lua_pg.c csrc/lua_backend.c csrc/lua_luastore.c csrc/lua_fanout.c csrc/lua_negentropy.c csrc/lua_child.c
 HEADERS := $(wildcard csrc/*.h)
 

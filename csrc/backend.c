@@ -56,6 +56,7 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
     if (!l2 || !b->o.answers_max_ids) b->o.answers_ttl = 0;
     l2_buf_init(&b->scratch);
     l2_buf_init(&b->answer_key);
+    l2_buf_init(&b->deferred);
     *out = b;
     if (first_open(b, err)) {
         l2_backend_close(b);
@@ -82,6 +83,7 @@ void l2_backend_close(l2_backend *b)
     l2_learned_close(b->learned);
     l2_buf_free(&b->scratch);
     l2_buf_free(&b->answer_key);
+    l2_buf_free(&b->deferred);
     l2_hits_free(&b->hits);
     free(b->seen);
     free(b);

@@ -139,6 +139,26 @@ int l2_backend_sync(l2_backend *b, char *err);
 /* Checks L1, then L2 (its problems prefixed "L2: "); *nproblems counts both. */
 int l2_backend_check(l2_backend *b, l2_problem_fn problem, void *ud, uint64_t *nproblems, char *err);
 
+/* A read that reaches L2 writes L1: the events admission takes, its remembered answer, and with
+ * them the reads L1 served (counted in memory until the handle's next write). A host whose
+ * thread must never wait for L1's write lock (an nginx worker's event loop, while the thread
+ * pool's batches hold it) has the handle keep those writes instead (on != 0): the read answers at
+ * once, and l2_backend_take_deferred hands what was kept to a handle on the same L1 that may
+ * wait, which writes it (l2_backend_apply_deferred). Kept writes past 16 MiB are dropped (they
+ * are fills: the next read asks L2 again). Applied later, a fill is what a fill written at once
+ * is: L1's rules take it or not as they would then (a newer version, a deletion's tombstone), and
+ * a remembered answer is not kept when L1's feed shows a save since the read that may touch it. */
+void l2_backend_defer_writes(l2_backend *b, int on);
+/* Appends what the handle kept to *out as records, and forgets it, with_reads: the reads its L1
+ * counted first (taken out of it; those of an L1 without a size limit, which evicts nothing, are
+ * dropped); *dropped gets how many the bound dropped since the last take. 0, or -1 when out of
+ * memory (the fills stay kept). */
+int l2_backend_take_deferred(l2_backend *b, l2_buf *out, int with_reads, uint64_t *dropped);
+/* Writes records of l2_backend_take_deferred (any handle's on the same L1): each fill and answer
+ * in a write transaction of its own, the reads in one. 0, or -1 with err (malformed records, of
+ * which nothing is written; a write L1 refused is logged, as a read's own fill is). */
+int l2_backend_apply_deferred(l2_backend *b, const void *data, size_t len, char *err);
+
 /* Forgets every remembered answer (L2 took events L1's feed never saw: an import). */
 int l2_backend_forget_answers(l2_backend *b, char *err);
 

@@ -112,16 +112,11 @@ static int serve_remembered(l2_backend *b, const l2_filter *fs, size_t nf, int64
         size_t n = kept.len / 32;
         const uint8_t(*ids)[32] = (const uint8_t(*)[32])kept.data;
         served = serve_answer(b, ids, n, now, row, ud, lv);
-        if (!served && l2_store_answer_drop(b->l1, &lk->key, err))
-            backend_logf_(b, "cannot drop a remembered answer: %s", err);
+        if (!served) backend_drop_answer(b, &lk->key);
         /* L1 held all of it this time (events admitted since it was kept): kept again, by serial,
          * so that the next serve takes the path above (unless a change since the read above may
          * have touched it: then it goes) */
-        int again;
-        if (served && lv->l1 == n && !lv->stubs &&
-            l2_store_fill(b->l1, NULL, 0, now, NULL, &lk->key, ids, n, (int64_t)time(NULL) + b->o.answers_ttl,
-                          b->o.answers_max_ids, lk->seq, &again, err))
-            backend_logf_(b, "cannot keep a remembered answer by serial: %s", err);
+        if (served && lv->l1 == n && !lv->stubs) backend_keep_answer_ids(b, &lk->key, ids, n, now, lk->seq);
     }
     l2_buf_free(&kept);
     return served;

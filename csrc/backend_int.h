@@ -44,6 +44,10 @@ struct l2_backend {
     /* a replay of L2's feed under way (none starts inside it), and an eviction a write asked for
      * (backend_make_room's gc: no replay inside a save, a fill or a replay) */
     int replaying, making_room;
+    /* a read's L1 writes kept instead of written (backend_defer.c), and how many the bound dropped */
+    int defer;
+    l2_buf deferred;
+    uint64_t deferred_dropped;
 };
 
 typedef struct answer answer;
@@ -175,6 +179,11 @@ int backend_ids_filter(l2_filter *f, const uint8_t (*ids)[32], size_t n, char *e
 void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t now, const l2_answer_key *k,
                     uint64_t seq);
 
+/* What backend_fill_l1 writes, admission decided: the rows of `a` from `from` whose take[i - from]
+ * is set (the others by id, for the answer under k). */
+void backend_write_fill(l2_backend *b, const answer *a, size_t from, const uint8_t *take, int revive, int64_t now,
+                        const l2_answer_key *k, uint64_t seq);
+
 /* Puts L2's bodies of L1's stubs in place; stubs L2 has no body for are left out (the event went
  * since). The bodies are offered back to L1 (admission decides). */
 void backend_fill_stubs(l2_backend *b, answer *l1, int64_t now, uint64_t *filled);
@@ -191,6 +200,20 @@ void backend_merge_outbox(l2_backend *b, answer *l2, const l2_filter *fs, size_t
  * filter without ids (id lookups have the known-missing ids) or search. */
 int backend_answer_key(l2_backend *b, const l2_filter *fs, size_t nf, int64_t max_limit, int64_t now, unsigned flags,
                       l2_answer_key *k);
+
+/* ---- backend_defer.c: a read's L1 writes, written or (b->defer) kept as records ---- */
+
+/* backend_write_fill's arguments kept as a record. */
+void backend_defer_fill(l2_backend *b, const answer *a, size_t from, const uint8_t *take, int revive, int64_t now,
+                        const l2_answer_key *k, uint64_t seq);
+
+/* A remembered answer's ids kept again under k (by serial: L1 holds all of them), unless a change
+ * since seq may have touched it. */
+void backend_keep_answer_ids(l2_backend *b, const l2_answer_key *k, const uint8_t (*ids)[32], size_t n, int64_t now,
+                             uint64_t seq);
+
+/* The remembered answer under k dropped. */
+void backend_drop_answer(l2_backend *b, const l2_answer_key *k);
 
 /* ---- backend_gc.c ---- */
 

@@ -257,6 +257,25 @@ void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t 
                     uint64_t seq)
 {
     if (b->o.admit == L2_ADMIT_NEVER) return;
+    /* what admission takes (a read's counts and known-missing ids change here, once) */
+    size_t rows = a->n - from;
+    uint8_t small[64], *take = rows <= sizeof small ? small : malloc(rows);
+    if (!take) return;
+    for (size_t i = from; i < a->n; i++) {
+        kept_row *r = &a->v[i];
+        take[i - from] = 0;
+        if (r->stub) continue;
+        l2_learned_missing_forget(b->learned, r->id);
+        take[i - from] = (uint8_t)l2_backend_admit(b, r->id);
+    }
+    if (b->defer) backend_defer_fill(b, a, from, take, revive, now, k, seq);
+    else backend_write_fill(b, a, from, take, revive, now, k, seq);
+    if (take != small) free(take);
+}
+
+void backend_write_fill(l2_backend *b, const answer *a, size_t from, const uint8_t *take, int revive, int64_t now,
+                        const l2_answer_key *k, uint64_t seq)
+{
     size_t n = 0, rows = a->n - from;
     uint64_t bytes = 0;
     l2_event *evs = calloc(rows + 1, sizeof *evs);
@@ -266,11 +285,9 @@ void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t 
     char err[L2_ERRLEN] = "error: out of memory";
     int rc = !evs || !ptrs || !res || (k && !ids);
     for (size_t i = from; !rc && i < a->n; i++) {
-        kept_row *r = &a->v[i];
+        const kept_row *r = &a->v[i];
         if (ids) memcpy(ids[i - from], r->id, 32);
-        if (r->stub) continue;
-        l2_learned_missing_forget(b->learned, r->id);
-        if (!l2_backend_admit(b, r->id)) continue;
+        if (r->stub || !take[i - from]) continue;
         l2_event_init(&evs[n]);
         if (backend_row_decode(a, r, &evs[n], err)) {
             l2_event_free(&evs[n]);

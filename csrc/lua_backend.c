@@ -884,6 +884,44 @@ static int pv_inside_c(lua_State *L)
     return 1;
 }
 
+/* defer_writes(db, on): a read's L1 writes kept, not written (l2_backend_defer_writes) */
+static int pv_defer_writes(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    l2_backend_defer_writes(s->b, lua_toboolean(L, 2));
+    return 0;
+}
+
+/* take_deferred(db [, with_reads]) -> records (a string), dropped | nil, dropped when nothing was
+ * kept (l2_backend_take_deferred) */
+static int pv_take_deferred(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    l2_buf out;
+    l2_buf_init(&out);
+    uint64_t dropped = 0;
+    if (l2_backend_take_deferred(s->b, &out, lua_toboolean(L, 2), &dropped)) {
+        l2_buf_free(&out);
+        return luaL_error(L, "layer2: out of memory");
+    }
+    if (out.len) lua_pushlstring(L, out.data, out.len);
+    else lua_pushnil(L);
+    l2_buf_free(&out);
+    lua_pushinteger(L, (lua_Integer)dropped);
+    return 2;
+}
+
+/* apply_deferred(db, records) -> true | nil, err: another handle's kept writes, written here */
+static int pv_apply_deferred(lua_State *L)
+{
+    backend_ud *s = check_backend(L);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    if (l2_backend_apply_deferred(s->b, data, len, s->err)) return l2lua_refuse(L, 0, s->err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* The Lua side's state at 6 becomes the handle's user value, with db.l1 and db.l2 in it. */
 static void set_state(lua_State *L, int self)
 {
@@ -1079,6 +1117,7 @@ static const luaL_Reg backend_methods[] = {
 
 static const luaL_Reg private_functions[] = {
     {"new", pv_new}, {"query_l1", pv_query_l1}, {"admit_bar", pv_admit_bar}, {"inside_c", pv_inside_c},
+    {"defer_writes", pv_defer_writes}, {"take_deferred", pv_take_deferred}, {"apply_deferred", pv_apply_deferred},
     {NULL, NULL},
 };
 

@@ -165,6 +165,14 @@ int l2_store_repack(l2_store *st, unsigned min_fill, uint64_t *freed, int *whole
  * A write that finds a fixed map full does it once by itself; a long-lived process should also
  * call it now and then (the backend's gc does, every step). */
 int l2_store_reader_check(l2_store *st);
+/* A cache's reads counted in memory (written with the handle's next write transaction), taken
+ * out of this handle as records of 20 bytes (serial, last access in ms, hits; big-endian) and
+ * appended to *out: for a handle that never writes (an nginx worker whose writes run in the
+ * thread pool) to hand to one that does. 0, or -1 when out of memory (nothing taken). */
+int l2_store_reads_take(l2_store *st, l2_buf *out);
+/* Counts records of l2_store_reads_take as this handle's own reads, and writes them in a write
+ * transaction of their own. 0, or -1 with err (bad records, or the write failed). */
+int l2_store_reads_add(l2_store *st, const void *data, size_t len, char *err);
 /* Puts full bodies back in place of stubs. */
 int l2_store_revive(l2_store *st, l2_event *const *evs, size_t n, uint64_t *revived, char *err);
 

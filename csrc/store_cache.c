@@ -513,7 +513,7 @@ int l2_store_answer_serve(l2_store *st, const l2_answer_key *k, int64_t t, l2_ro
     }
     uint64_t ms = whole && st->cache ? store_now_ms() : 0;
     for (size_t i = 0; whole && i < a.n; i++) {
-        if (ms) store_touch(st, v[i].serial, ms);
+        if (ms) store_touch(st, v[i].serial, ms, 1);
         ++*rows;
         if (row(ud, &v[i].row)) break;
     }

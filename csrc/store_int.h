@@ -328,7 +328,8 @@ int store_drop_access(wtx *w, uint64_t serial);
 /* Writes serial's access statistics into its record (same size: in place) and the lru order. */
 int store_set_access(wtx *w, uint64_t serial, uint64_t last, uint32_t hits);
 
-void store_touch(l2_store *st, uint64_t serial, uint64_t ms);
+/* Counts `hits` reads of serial, the last at ms (in memory: written with the next write). */
+void store_touch(l2_store *st, uint64_t serial, uint64_t ms, uint32_t hits);
 
 int store_write_begin(l2_store *st, wtx *w);
 

@@ -363,7 +363,7 @@ int l2_store_hit_body(l2_store *st, const l2_hit *h, const void **data, size_t *
     if (!h->body || !st->rtxn_live || h->read != st->reads) return l2_store_body(st, h->serial, data, len);
     *data = h->body;
     *len = h->body_len;
-    if (st->query_ms) store_touch(st, h->serial, st->query_ms);
+    if (st->query_ms) store_touch(st, h->serial, st->query_ms, 1);
     return 0;
 }
 
@@ -373,7 +373,7 @@ int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len)
     if (!st->rtxn_live) return -1;
     if (store_get_record(st->rtxn, st, serial, &r)) return st->cache && store_get_ghost(st->rtxn, st, serial, data, len) == 0 ? 0 : -1;
     if (store_get_body(st->rtxn, st, &r, data, len)) return -1;
-    if (st->query_ms) store_touch(st, serial, st->query_ms);
+    if (st->query_ms) store_touch(st, serial, st->query_ms, 1);
     return 0;
 }
 

@@ -508,23 +508,59 @@ static int touched_grow(l2_store *st)
     return 0;
 }
 
-void store_touch(l2_store *st, uint64_t serial, uint64_t ms)
+void store_touch(l2_store *st, uint64_t serial, uint64_t ms, uint32_t hits)
 {
     /* counted once per event between two writes, however often it is read; past TOUCHED_MAX
      * events the new ones are not counted (they are statistics) */
     uint64_t *s = st->touch_slots ? touch_slot(st, serial) : NULL;
     if (s && (uint32_t)(*s >> 32) == st->touch_gen) {
         struct store_touch *t = &st->touched[(uint32_t)*s - 1];
-        t->last_ms = ms;
-        t->hits++;
+        if (ms > t->last_ms) t->last_ms = ms;
+        t->hits += hits;
         return;
     }
     if (st->ntouched == st->touched_cap) {
         if (st->touched_cap >= TOUCHED_MAX || touched_grow(st)) return;
         s = touch_slot(st, serial);
     }
-    st->touched[st->ntouched++] = (struct store_touch){serial, ms, 1};
+    st->touched[st->ntouched++] = (struct store_touch){serial, ms, hits};
     *s = (uint64_t)st->touch_gen << 32 | (uint32_t)st->ntouched;
+}
+
+int l2_store_reads_take(l2_store *st, l2_buf *out)
+{
+    if (l2_buf_reserve(out, st->ntouched * 20)) return -1;
+    for (size_t i = 0; i < st->ntouched; i++) {
+        uint8_t rec[20];
+        put_be64(rec, st->touched[i].serial);
+        put_be64(rec + 8, st->touched[i].last_ms);
+        put_be32(rec + 16, st->touched[i].hits);
+        l2_buf_put(out, rec, 20);
+    }
+    store_touched_reset(st);
+    return 0;
+}
+
+static int no_body(wtx *w, void *ud)
+{
+    (void)w, (void)ud;
+    return 0;
+}
+
+int l2_store_reads_add(l2_store *st, const void *data, size_t len, char *err)
+{
+    if (len % 20) {
+        snprintf(err, L2_ERRLEN, "reads: %zu bytes are not records of 20", len);
+        return -1;
+    }
+    const uint8_t *p = data;
+    for (size_t i = 0; i < len; i += 20) {
+        uint64_t serial = get_be64(p + i), ms = get_be64(p + i + 8);
+        uint32_t hits = get_be32(p + i + 16);
+        store_touch(st, serial, ms, hits);
+    }
+    /* the write transaction's start writes what is counted (flush_access) */
+    return st->ntouched ? store_write_txn(st, no_body, NULL, err) : 0;
 }
 
 static int put_tombstone(wtx *w, const uint8_t id[32], const uint8_t author[32])

@@ -251,11 +251,132 @@ describe("layer2.open (two levels): reads", function()
     end
   end)
 
+  -- a host whose event loop must not wait for L1's write lock (layer2.resty) has its handle keep a
+  -- read's L1 writes, and a handle in the thread pool write them
+  local private = require("layer2.core").backend_private
+  local function signed(n, template, sec)
+    local lines, evs = {}, {}
+    for i = 1, n do
+      evs[i] = layer2.event.sign(template(i), sec or ("0"):rep(63) .. "7")
+      lines[i] = layer2.event.encode(evs[i])
+    end
+    return lines, evs
+  end
+  local function import(db, lines)
+    local k = 0
+    assert(db:import(function()
+      k = k + 1
+      return lines[k]
+    end))
+  end
+
+  it("keeps a read's L1 writes when told to: another handle on the same L1 writes them, and L1 then answers as if "
+    .. "it had filled itself; the reads it served reach eviction's order; malformed records are refused", function()
+    local lines, evs = signed(30, function(i) return { kind = 1, created_at = 1000 + i, tags = {}, content = "e" .. i } end)
+    local dir = tmpdir()
+    local opts = { nosync = true, log = quiet, l1 = { size_limit = 64 * 2 ^ 20 } }
+    local db, pool = assert(layer2.open(dir, opts)), assert(layer2.open(dir, opts))
+    import(db, lines)
+    assert.is_nil((private.take_deferred(db, true)), "nothing kept by a handle that writes")
+    private.defer_writes(db, true)
+    local f, one = { kinds = { 1 }, limit = 10 }, { ids = { evs[3].id } }
+    local want = ids(db.l2:query_events(f))
+    for _ = 1, 3 do
+      local got, from = db:query_events(f)
+      assert.same(want, ids(got))
+      assert.equal(10, from.l2)
+      assert.equal(1, select(2, db:query_events(one)).l2)
+    end
+    assert.same({ 0, 0 }, { db:stats().l1.events, db:stats().hits.answers }, "nothing written while kept")
+    local records, dropped = private.take_deferred(db, true)
+    assert.equal(0, dropped)
+    assert.is_nil((private.take_deferred(db, true)), "taken once")
+    -- malformed records: refused whole, saying where
+    for bad, msg in pairs({ X = "the record at byte 1 of 1 is malformed", ["F\0"] = "the record at byte 1 of 2 is",
+      [records:sub(1, -2)] = (" of %d is malformed"):format(#records - 1),
+      ["R\0\0\0\5abcde"] = "the record at byte 1 of 10 is malformed" }) do
+      local ok, err = private.apply_deferred(pool, bad)
+      assert.is_nil(ok)
+      assert.truthy(err:find(msg, 1, true), err)
+    end
+    assert.equal(0, db:stats().l1.events)
+    assert.is_true(private.apply_deferred(pool, records))
+    -- the ten events of the filter, read three times, admitted (evs[3] among them? it is older)
+    local held = 10 + (evs[3].created_at > 1020 and 0 or 1)
+    assert.equal(held, db:stats().l1.events)
+    local got, from = db:query_events(f)
+    assert.same(want, ids(got))
+    assert.same({ 10, 0 }, { from.l1, from.l2 }, "the remembered answer, from L1")
+    assert.same({ 1, 0 }, { select(2, db:query_events(one)).l1, select(2, db:query_events(one)).l2 })
+    -- the reads L1 served, counted by the handle that does not write, reach the access statistics
+    local function hits(id)
+      for _, c in ipairs(pool.l1:candidates(100)) do if c.id == id then return c.hits end end
+    end
+    local before = hits(evs[3].id)
+    for _ = 1, 4 do db:query_events(one) end
+    assert.equal(before, hits(evs[3].id))
+    assert.is_true(private.apply_deferred(pool, (private.take_deferred(db, true))))
+    assert.is_true(hits(evs[3].id) >= before + 4, hits(evs[3].id) .. " after " .. before)
+    assert.is_true(db:check())
+    db:close()
+    pool:close()
+    rmdir(dir)
+  end)
+
+  it("drops a read's kept L1 writes past 16 MiB, and says how many", function()
+    local lines = signed(300, function(i)
+      return { kind = 2, created_at = 1000 + i, tags = {}, content = ("%d "):format(i) .. ("z"):rep(2000) }
+    end)
+    local dir = tmpdir()
+    local opts = { nosync = true, log = quiet, l1 = { size_limit = 256 * 2 ^ 20, admit = "always" } }
+    local db, pool = assert(layer2.open(dir, opts)), assert(layer2.open(dir, opts))
+    import(db, lines)
+    private.defer_writes(db, true)
+    -- each answer's bodies (about 600 KB) kept: 40 of them pass the bound
+    for i = 1, 40 do assert.equal(300 - i, #db:query_events({ kinds = { 2 }, ["until"] = 1300 - i, limit = 300 })) end
+    local records, dropped = private.take_deferred(db)
+    assert.is_true(#records <= 16 * 2 ^ 20 and #records > 15 * 2 ^ 20, #records)
+    assert.is_true(dropped > 10 and dropped < 20, dropped)
+    assert.is_true(private.apply_deferred(pool, records))
+    assert.equal(299, db:stats().l1.events)
+    assert.is_true(db:check())
+    db:close()
+    pool:close()
+    rmdir(dir)
+  end)
+
+  it("a kept fill written after L2 changed leaves L1 answering as L2 does: a newer version, a deletion", function()
+    local sec = ("0"):rep(63) .. "8"
+    local lines, evs = signed(2, function(i) return { kind = i == 1 and 0 or 1, created_at = 1000 + i, tags = {},
+      content = "v1 " .. i } end, sec)
+    local dir = tmpdir()
+    local opts = { nosync = true, log = quiet, l1 = { size_limit = 64 * 2 ^ 20, admit = "always" } }
+    local db, pool = assert(layer2.open(dir, opts)), assert(layer2.open(dir, opts))
+    import(db, lines)
+    private.defer_writes(db, true)
+    local filters = { { kinds = { 0 }, authors = { evs[1].pubkey } }, { ids = { evs[2].id } },
+      { authors = { evs[1].pubkey } } }
+    for _, f in ipairs(filters) do assert.same(ids(db.l2:query_events(f)), ids(db:query_events(f))) end
+    -- while the fills wait: a newer profile, and a deletion of the note, saved through the other handle
+    local v2 = layer2.event.sign({ kind = 0, created_at = 1010, tags = {}, content = "v2" }, sec)
+    local del = layer2.event.sign({ kind = 5, created_at = 1011, tags = { { "e", evs[2].id } }, content = "" }, sec)
+    assert(pool:save_event(v2))
+    assert(pool:save_event(del))
+    assert.is_true(private.apply_deferred(pool, (private.take_deferred(db))))
+    assert.same({}, ids(db.l1:query_events({ ids = { evs[1].id, evs[2].id } })), "L1 took neither back")
+    for _, f in ipairs(filters) do
+      assert.same(ids(db.l2:query_events(f)), ids(db:query_events(f)), require("cjson").encode(f))
+    end
+    assert.is_true(db:check())
+    db:close()
+    pool:close()
+    rmdir(dir)
+  end)
+
   it("raises the admission bar to the recent reads of what eviction lets go (2 to 8); counts age", function()
     local dir = tmpdir()
     local db = assert(layer2.open(dir, { nosync = true, log = quiet, policy = "lfu",
       l1 = { history = 1000, size_limit = 64 * 2 ^ 20 } }))
-    local private = require("layer2.core").backend_private
     local testing = require("layer2.core").testing.backend
     local function cand(id, reads)
       for _ = 1, reads do testing.count_read(db, id) end

@@ -252,6 +252,58 @@ end
     for _, x in ipairs({ a, c, e }) do x:close() end
   end)
 
+  it("a size-limited L1 takes what L2 answers in the thread pool, never in the worker's event loop: answers equal "
+    .. "L2's during a flood, and what was read twice is in L1 after", function()
+    -- 40 events in L2 only (an import leaves L1 empty, its horizon past them)
+    local data, imported = require("spec.helper").tmpdir(), {}
+    for i = 1, 40 do imported[i] = note(i - 3000, 50, 30) end
+    local db = assert(layer2.open(data, { l1 = { size_limit = 64 * 2 ^ 20 }, log = function() end }))
+    local k = 0
+    assert(db:import(function()
+      k = k + 1
+      return imported[k] and layer2.event.encode(imported[k])
+    end))
+    assert.same({ 0, 40 }, { db:stats().l1.events, db:stats().l2.events })
+    db:close()
+    -- one worker: the flood's batches and the reads share its event loop and its pool
+    local port1, _, stop1 = harness.start_relay("--workers 1 --l1-limit 67108864", data)
+    finally(stop1)
+    local flood, reader = assert(rawws.connect(port1)), assert(rawws.connect(port1))
+    local frames = {}
+    for i = 1, 2000 do frames[i] = rawws.frame(rawws.TEXT, '["EVENT",' .. layer2.event.encode(note(i - 6000, 100, 40)) .. "]") end
+    assert(flood:send_raw(table.concat(frames)))
+    local newest_first, some = {}, {}
+    for i = 40, 1, -1 do newest_first[#newest_first + 1] = imported[i].id end
+    for i = 1, 40, 3 do some[#some + 1] = imported[i].id end
+    local function ask(subid, filter)
+      assert(reader:send_json({ "REQ", subid, filter }))
+      local got = {}
+      assert(reader:read_until(function(msg)
+        if msg[1] == "EVENT" and msg[2] == subid then got[#got + 1] = msg[3].id end
+        return msg[1] == "EOSE" and msg[2] == subid
+      end))
+      return got
+    end
+    -- each read twice while the flood is saved: the second makes L1 admit them
+    for round = 1, 3 do
+      assert.same(newest_first, ask("k" .. round, { kinds = { 30 }, limit = 40 }), "round " .. round)
+      local got = ask("i" .. round, { ids = some })
+      table.sort(got)
+      table.sort(some)
+      assert.same(some, got, "round " .. round)
+    end
+    await_oks(flood, 2000)
+    local function l1_events()
+      local m = io.popen(("curl -s http://127.0.0.1:%d/metrics"):format(port1)):read("a")
+      return tonumber(m:match('layer2_events{level="l1"} (%d+)'))
+    end
+    -- the pool wrote the fills: the flood's events and the 40 read twice
+    assert(eventually(10, function() return l1_events() == 2040 end), "L1 holds " .. tostring(l1_events()))
+    assert.same(newest_first, ask("after", { kinds = { 30 }, limit = 40 }))
+    flood:close()
+    reader:close()
+  end)
+
   it("saves a lone connection's EVENTs beside a flood's batches (express batches): each OK true, each stored once",
     function()
       -- one worker: both connections on it, so the lone one's EVENTs arrive while its writer is busy

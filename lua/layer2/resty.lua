@@ -36,7 +36,37 @@ for _, name in ipairs(require("layer2.backend").OPTIONS) do OPTIONS[#OPTIONS + 1
 for name in pairs(RESTY_OPTIONS) do OPTIONS[#OPTIONS + 1] = name end
 table.sort(OPTIONS)
 
+-- A read that reaches L2 writes L1 (what admission takes, its remembered answer), and such a
+-- write waits for L1's write lock, which the pool's batches hold for most of a flood: in the event
+-- loop that wait stalled every connection of the worker (a mix of 400 REQs on a size-limited L1
+-- took 750 ms during a flood, 300 ms without). The worker's handle keeps those writes instead
+-- (l2_backend_defer_writes) and this loop hands them to the pool (state.apply_deferred) every
+-- DRAIN_INTERVAL, with the reads L1 served every READS_INTERVAL (eviction's order: a handle that
+-- never writes would keep them to itself).
+local DRAIN_INTERVAL, READS_INTERVAL = 0.01, 1
+local private = require("layer2.core").backend_private
+
+local function drain_deferred(db)
+  private.defer_writes(db, true)
+  local reads_at = 0
+  ngx.timer.at(0, function(premature)
+    if premature then return end
+    while not ngx.worker.exiting() and not db:is_closed() do
+      ngx.sleep(DRAIN_INTERVAL)
+      local with_reads = ngx.now() - reads_at >= READS_INTERVAL
+      if with_reads then reads_at = ngx.now() end
+      local records, dropped = private.take_deferred(db, with_reads)
+      if dropped > 0 then log(dropped .. " fills of L1 were dropped: the thread pool fell behind") end
+      if records then
+        local ok, done, err = pcall(state.apply_deferred, records)
+        if not (ok and done) then log("L1 fills failed: " .. tostring(ok and err or done)) end
+      end
+    end
+  end)
+end
+
 local function start_timers(db, opts)
+  if state.apply_deferred then drain_deferred(db) end
   writer.start(function(method, ...) return state.in_pool(method, ...) end,
     function(events) return state.verify_list(events) end)
   feed.start(db, opts.signal_interval or 0.005, opts.tail_interval or 0.05)
@@ -149,6 +179,11 @@ function resty.init_worker(path, opts)
       end
       state.in_pool = pooled_or(pool.backend(path, bopts, opts.thread_pool), state.in_pool)
       state.verify_list = pooled_or(pool.verifier(opts.thread_pool), state.verify_list)
+      -- without a pool the worker writes its reads' fills itself again
+      state.apply_deferred = pooled_or(pool.applier(path, bopts, opts.thread_pool), function(records)
+        private.defer_writes(state.db, false)
+        return private.apply_deferred(state.db, records)
+      end)
     end
     return open(path, o, opts)
   end
@@ -159,6 +194,7 @@ function resty.init_worker(path, opts)
   local in_pool = require("layer2.resty_pool").backend(path, bopts, opts.thread_pool)
   state.in_pool = in_pool
   state.verify_list = require("layer2.resty_pool").verifier(opts.thread_pool)
+  state.apply_deferred = require("layer2.resty_pool").applier(path, bopts, opts.thread_pool)
   o.l2 = require("layer2.resty_pool").l2(o.l2, opts.thread_pool)
   o.delegate = in_pool
   ngx.timer.at(0, function(premature)

@@ -40,7 +40,7 @@ end
 -- calls L2 from C, and a call into the thread pool yields, which LuaJIT cannot do across C).
 local backends = {}
 
-function resty_pool.backend_call(path, opts, method, ...)
+local function backend_of(path, opts)
   local db = backends[path]
   if not db or db:is_closed() then
     local err
@@ -48,7 +48,21 @@ function resty_pool.backend_call(path, opts, method, ...)
     if not db then return nil, err end
     backends[path] = db
   end
+  return db
+end
+
+function resty_pool.backend_call(path, opts, method, ...)
+  local db, err = backend_of(path, opts)
+  if not db then return nil, err end
   return db[method](db, ...)
+end
+
+-- The L1 writes a worker's reads kept (its fills, remembered answers and read counts: see
+-- layer2.resty), written here, where waiting for L1's write lock stalls no connection.
+function resty_pool.apply_deferred(path, opts, records)
+  local db, err = backend_of(path, opts)
+  if not db then return nil, err end
+  return require("layer2.core").backend_private.apply_deferred(db, records)
 end
 
 -- A batch's signatures checked on threads (layer2.event.verify_list), in this thread.
@@ -97,6 +111,12 @@ end
 function resty_pool.backend(path, opts, pool)
   local o = resty_pool.crossable(opts)
   return function(method, ...) return in_thread(pool or "layer2", "backend_call", path, o, method, ...) end
+end
+
+-- The worker's way to apply_deferred: fn(records) runs it in the pool.
+function resty_pool.applier(path, opts, pool)
+  local o = resty_pool.crossable(opts)
+  return function(records) return in_thread(pool or "layer2", "apply_deferred", path, o, records) end
 end
 
 -- The worker's way to verify_list: fn(events) runs it in the pool.

@@ -42,11 +42,13 @@ local function wait_http(port)
   return false
 end
 
--- Starts a relay (tools/relay options in `extra`); returns its port, its data directory, a stop
--- function and its prefix (logs/nginx.pid, logs/error.log).
-function harness.start_relay(extra)
+-- Starts a relay (tools/relay options in `extra`) on `data` (a new directory when not given);
+-- returns its port, its data directory, a stop function and its prefix (logs/nginx.pid,
+-- logs/error.log).
+function harness.start_relay(extra, data)
   local port = free_port()
-  local prefix, data = helper.tmpdir(), helper.tmpdir()
+  local prefix = helper.tmpdir()
+  data = data or helper.tmpdir()
   assert(sh(("%s/tools/relay --listen 127.0.0.1:%d --prefix %s --data %s --workers 2 --daemon %s"):format(harness.ROOT,
     port, prefix, data, extra or "")), "the relay did not start")
   assert(wait_http(port), "the relay does not answer")
