@@ -154,8 +154,8 @@ void l2_backend_defer_writes(l2_backend *b, int on);
  * dropped); *dropped gets how many the bound dropped since the last take. 0, or -1 when out of
  * memory (the fills stay kept). */
 int l2_backend_take_deferred(l2_backend *b, l2_buf *out, int with_reads, uint64_t *dropped);
-/* Writes records of l2_backend_take_deferred (any handle's on the same L1): each fill and answer
- * in a write transaction of its own, the reads in one. 0, or -1 with err (malformed records, of
+/* Writes records of l2_backend_take_deferred (any handle's on the same L1): the fills and answers
+ * in one write transaction (a dropped answer between them splits it), the reads in one. 0, or -1 with err (malformed records, of
  * which nothing is written; a write L1 refused is logged, as a read's own fill is). */
 int l2_backend_apply_deferred(l2_backend *b, const void *data, size_t len, char *err);
 

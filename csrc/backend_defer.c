@@ -56,16 +56,17 @@ static void end_record(l2_backend *b, size_t start, int failed)
     }
 }
 
-void backend_defer_fill(l2_backend *b, const answer *a, size_t from, const uint8_t *take, int revive, int64_t now,
-                        const l2_answer_key *k, uint64_t seq)
+void backend_defer_fill(l2_backend *b, const fill_job *job)
 {
     l2_buf *o = &b->deferred;
+    const answer *a = job->a;
     size_t start = o->len;
-    int bad = put_u8(o, 'F') || put_u8(o, (uint8_t)(revive != 0)) || put_u64(o, (uint64_t)now) || put_u64(o, seq) ||
-              put_u8(o, k != NULL) || (k && put_key(o, k)) || put_u32(o, (uint32_t)(a->n - from));
-    for (size_t i = from; !bad && i < a->n; i++) {
+    int bad = put_u8(o, 'F') || put_u8(o, (uint8_t)(job->revive != 0)) || put_u64(o, (uint64_t)job->now) ||
+              put_u64(o, job->seq) || put_u8(o, job->k != NULL) || (job->k && put_key(o, job->k)) ||
+              put_u32(o, (uint32_t)(a->n - job->from));
+    for (size_t i = job->from; !bad && i < a->n; i++) {
         const kept_row *r = &a->v[i];
-        int body = !r->stub && take[i - from];
+        int body = !r->stub && job->take[i - job->from];
         bad = l2_buf_put(o, r->id, 32) || put_u64(o, (uint64_t)r->created_at) ||
               put_u8(o, (uint8_t)(body | (body && r->json) << 1)) ||
               (body && (put_u32(o, (uint32_t)r->len) || l2_buf_put(o, a->arena.data + r->off, r->len)));
@@ -77,11 +78,10 @@ void backend_keep_answer_ids(l2_backend *b, const l2_answer_key *k, const uint8_
                              uint64_t seq)
 {
     char err[L2_ERRLEN];
-    int kept;
     if (!b->defer) {
-        if (l2_store_fill(b->l1, NULL, 0, now, NULL, k, ids, n, (int64_t)time(NULL) + b->o.answers_ttl,
-                          b->o.answers_max_ids, seq, &kept, err))
-            backend_logf_(b, "cannot keep a remembered answer by serial: %s", err);
+        l2_fill f = {.now = now, .k = k, .ids = ids, .nids = n, .expires = (int64_t)time(NULL) + b->o.answers_ttl,
+                     .max_ids = b->o.answers_max_ids, .seq = seq};
+        if (l2_store_fills(b->l1, &f, 1, err)) backend_logf_(b, "cannot keep a remembered answer by serial: %s", err);
         return;
     }
     l2_buf *o = &b->deferred;
@@ -166,14 +166,65 @@ static void get_key(reader *r, l2_answer_key *k)
     k->epoch = get_u64(r);
 }
 
-/* An 'F' record: its rows as an answer, the taken ones with their bodies, then written (unless
- * only read through: `dry`). */
-static void apply_fill(l2_backend *b, reader *r, int dry)
+/* The 'F' records read so far, written together (one write transaction) before anything that
+ * must come after them. */
+typedef struct {
+    fill_job *jobs;
+    answer *answers;
+    l2_answer_key *keys;
+    uint8_t **takes;
+    size_t n, cap;
+} pending_fills;
+
+/* Writes them (unless `drop`) and forgets them. */
+static void write_pending(l2_backend *b, pending_fills *p, int drop)
+{
+    /* pointers into the arrays, fixed now that no record is added to them */
+    for (size_t i = 0; i < p->n; i++) {
+        p->jobs[i].a = &p->answers[i];
+        if (p->jobs[i].k) p->jobs[i].k = &p->keys[i];
+    }
+    if (p->n && !drop) backend_write_fills(b, p->jobs, p->n);
+    for (size_t i = 0; i < p->n; i++) {
+        backend_answer_free(&p->answers[i]);
+        free(p->takes[i]);
+    }
+    p->n = 0;
+}
+
+static void free_pending(pending_fills *p)
+{
+    free(p->jobs);
+    free(p->answers);
+    free(p->keys);
+    free(p->takes);
+}
+
+static int pending_room(pending_fills *p)
+{
+    if (p->n < p->cap) return 0;
+    size_t cap = p->cap ? p->cap * 2 : 16;
+    fill_job *jobs = realloc(p->jobs, cap * sizeof *jobs);
+    if (jobs) p->jobs = jobs;
+    answer *answers = realloc(p->answers, cap * sizeof *answers);
+    if (answers) p->answers = answers;
+    l2_answer_key *keys = realloc(p->keys, cap * sizeof *keys);
+    if (keys) p->keys = keys;
+    uint8_t **takes = realloc(p->takes, cap * sizeof *takes);
+    if (takes) p->takes = takes;
+    if (!jobs || !answers || !keys || !takes) return -1;
+    p->cap = cap;
+    return 0;
+}
+
+/* An 'F' record: its rows as an answer, the taken ones with their bodies, added to p (unless
+ * only read through: p NULL). */
+static void read_fill(reader *r, pending_fills *p)
 {
     int revive = get_u8(r);
     int64_t now = (int64_t)get_u64(r);
     uint64_t seq = get_u64(r);
-    l2_answer_key k;
+    l2_answer_key k = {0};
     int keyed = get_u8(r);
     if (keyed) get_key(r, &k);
     uint32_t n = get_u32(r);
@@ -201,7 +252,14 @@ static void apply_fill(l2_backend *b, reader *r, int dry)
         take[i] = flags & 1;
         backend_keep_known_row(&a, &row, id, created_at);
     }
-    if (take && !r->bad && !a.failed && !dry) backend_write_fill(b, &a, 0, take, revive, now, keyed ? &k : NULL, seq);
+    if (p && take && !r->bad && !a.failed && pending_room(p) == 0) {
+        size_t i = p->n++;
+        p->answers[i] = a;
+        p->takes[i] = take;
+        p->keys[i] = k;
+        p->jobs[i] = (fill_job){NULL, 0, take, revive, now, keyed ? &p->keys[i] : NULL, seq}; /* see write_pending */
+        return;
+    }
     free(take);
     backend_answer_free(&a);
 }
@@ -211,30 +269,37 @@ static void apply_fill(l2_backend *b, reader *r, int dry)
 static int apply_records(l2_backend *b, const void *data, size_t len, int dry, char *err)
 {
     reader r = {data, (const uint8_t *)data + len, 0};
+    pending_fills p = {0};
     size_t at = 0;
-    while (r.p < r.end && !r.bad) {
+    int rc = 0;
+    while (r.p < r.end && !r.bad && rc == 0) {
         at = (size_t)(r.p - (const uint8_t *)data);
         uint8_t kind = get_u8(&r);
         if (kind == 'F') {
-            apply_fill(b, &r, dry);
+            read_fill(&r, dry ? NULL : &p);
         } else if (kind == 'D') {
             l2_answer_key k;
             get_key(&r, &k);
-            if (!r.bad && !dry) backend_drop_answer(b, &k);
+            if (!r.bad && !dry) {
+                write_pending(b, &p, 0);
+                backend_drop_answer(b, &k);
+            }
         } else if (kind == 'R') {
             uint32_t n = get_u32(&r);
             const uint8_t *reads = take_bytes(&r, n);
             if (reads && n % 20) r.bad = 1;
-            if (reads && !r.bad && !dry && l2_store_reads_add(b->l1, reads, n, err)) return -1;
+            if (reads && !r.bad && !dry && l2_store_reads_add(b->l1, reads, n, err)) rc = -1;
         } else {
             r.bad = 1;
         }
     }
+    write_pending(b, &p, rc || r.bad);
+    free_pending(&p);
     if (r.bad) {
         snprintf(err, L2_ERRLEN, "deferred writes: the record at byte %zu of %zu is malformed", at + 1, len);
         return -1;
     }
-    return 0;
+    return rc;
 }
 
 int l2_backend_apply_deferred(l2_backend *b, const void *data, size_t len, char *err)

@@ -181,8 +181,18 @@ void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t 
 
 /* What backend_fill_l1 writes, admission decided: the rows of `a` from `from` whose take[i - from]
  * is set (the others by id, for the answer under k). */
-void backend_write_fill(l2_backend *b, const answer *a, size_t from, const uint8_t *take, int revive, int64_t now,
-                        const l2_answer_key *k, uint64_t seq);
+typedef struct {
+    const answer *a;
+    size_t from;
+    const uint8_t *take;
+    int revive;
+    int64_t now;
+    const l2_answer_key *k;
+    uint64_t seq;
+} fill_job;
+
+/* Writes fills into L1 in one write transaction (room made first for all of them). */
+void backend_write_fills(l2_backend *b, const fill_job *jobs, size_t n);
 
 /* Puts L2's bodies of L1's stubs in place; stubs L2 has no body for are left out (the event went
  * since). The bodies are offered back to L1 (admission decides). */
@@ -203,9 +213,8 @@ int backend_answer_key(l2_backend *b, const l2_filter *fs, size_t nf, int64_t ma
 
 /* ---- backend_defer.c: a read's L1 writes, written or (b->defer) kept as records ---- */
 
-/* backend_write_fill's arguments kept as a record. */
-void backend_defer_fill(l2_backend *b, const answer *a, size_t from, const uint8_t *take, int revive, int64_t now,
-                        const l2_answer_key *k, uint64_t seq);
+/* A fill kept as a record. */
+void backend_defer_fill(l2_backend *b, const fill_job *job);
 
 /* A remembered answer's ids kept again under k (by serial: L1 holds all of them), unless a change
  * since seq may have touched it. */

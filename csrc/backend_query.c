@@ -268,44 +268,55 @@ void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t 
         l2_learned_missing_forget(b->learned, r->id);
         take[i - from] = (uint8_t)l2_backend_admit(b, r->id);
     }
-    if (b->defer) backend_defer_fill(b, a, from, take, revive, now, k, seq);
-    else backend_write_fill(b, a, from, take, revive, now, k, seq);
+    fill_job job = {a, from, take, revive, now, k, seq};
+    if (b->defer) backend_defer_fill(b, &job);
+    else backend_write_fills(b, &job, 1);
     if (take != small) free(take);
 }
 
-void backend_write_fill(l2_backend *b, const answer *a, size_t from, const uint8_t *take, int revive, int64_t now,
-                        const l2_answer_key *k, uint64_t seq)
+void backend_write_fills(l2_backend *b, const fill_job *jobs, size_t njobs)
 {
-    size_t n = 0, rows = a->n - from;
+    size_t rows = 0, n = 0, nids = 0;
+    for (size_t j = 0; j < njobs; j++) rows += jobs[j].a->n - jobs[j].from;
     uint64_t bytes = 0;
     l2_event *evs = calloc(rows + 1, sizeof *evs);
     l2_event **ptrs = calloc(rows + 1, sizeof *ptrs);
     l2_save_result *res = calloc(rows + 1, sizeof *res);
-    uint8_t(*ids)[32] = k ? malloc((rows + 1) * 32) : NULL;
+    uint8_t(*ids)[32] = malloc((rows + 1) * 32);
+    l2_fill *fills = calloc(njobs + 1, sizeof *fills);
     char err[L2_ERRLEN] = "error: out of memory";
-    int rc = !evs || !ptrs || !res || (k && !ids);
-    for (size_t i = from; !rc && i < a->n; i++) {
-        const kept_row *r = &a->v[i];
-        if (ids) memcpy(ids[i - from], r->id, 32);
-        if (r->stub || !take[i - from]) continue;
-        l2_event_init(&evs[n]);
-        if (backend_row_decode(a, r, &evs[n], err)) {
-            l2_event_free(&evs[n]);
-            continue;
+    int rc = !evs || !ptrs || !res || !ids || !fills, keyed = 0;
+    for (size_t j = 0; !rc && j < njobs; j++) {
+        const fill_job *job = &jobs[j];
+        l2_fill *f = &fills[j];
+        *f = (l2_fill){.evs = ptrs + n, .revive = job->revive, .now = job->now, .res = res + n, .k = job->k,
+                       .ids = (const uint8_t(*)[32])ids + nids, .nids = job->a->n - job->from,
+                       .expires = (int64_t)time(NULL) + b->o.answers_ttl, .max_ids = b->o.answers_max_ids,
+                       .seq = job->seq};
+        keyed |= job->k != NULL;
+        for (size_t i = job->from; i < job->a->n; i++) {
+            const kept_row *r = &job->a->v[i];
+            memcpy(ids[nids++], r->id, 32);
+            if (r->stub || !job->take[i - job->from]) continue;
+            l2_event_init(&evs[n]);
+            if (backend_row_decode(job->a, r, &evs[n], err)) {
+                l2_event_free(&evs[n]);
+                continue;
+            }
+            bytes += r->len;
+            ptrs[n] = &evs[n];
+            n++;
+            f->n++;
         }
-        bytes += r->len;
-        ptrs[n] = &evs[n];
-        n++;
     }
-    if (!rc && (n || k)) {
-        uint64_t revived;
-        int kept;
-        size_t room = n && backend_make_room(b, bytes, n, err) ? 0 : n; /* without room the answer may still be kept */
+    int room = !rc && n ? backend_make_room(b, bytes, n, err) : 0;
+    /* more than L1 can take in one transaction: in halves (after this one's memory is freed) */
+    size_t half = room == 1 && njobs > 1 ? njobs / 2 : 0;
+    if (!rc && !half && (n || keyed)) {
+        /* without room the answers may still be kept */
+        if (room) for (size_t j = 0; j < njobs; j++) fills[j].n = 0;
         for (int tries = 0; tries < 2; tries++) {
-            if (revive) rc = room ? l2_store_revive(b->l1, ptrs, room, &revived, err) : 0;
-            else if (room || k)
-                rc = l2_store_fill(b->l1, ptrs, room, now, res, k, (const uint8_t(*)[32])ids, rows,
-                                   (int64_t)time(NULL) + b->o.answers_ttl, b->o.answers_max_ids, seq, &kept, err);
+            rc = l2_store_fills(b->l1, fills, njobs, err);
             /* the pages the transaction copies filled L1 below its high water mark (as in
              * backend_save_l1): evict, then try once more */
             if (rc != L2_FULL || tries || !b->o.size_limit) break;
@@ -318,6 +329,11 @@ void backend_write_fill(l2_backend *b, const answer *a, size_t from, const uint8
     free(ptrs);
     free(res);
     free(ids);
+    free(fills);
+    if (half) {
+        backend_write_fills(b, jobs, half);
+        backend_write_fills(b, jobs + half, njobs - half);
+    }
 }
 
 void backend_fill_stubs(l2_backend *b, answer *l1, int64_t now, uint64_t *filled)

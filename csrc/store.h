@@ -249,14 +249,26 @@ int l2_store_answer_get(l2_store *st, const l2_answer_key *k, int64_t t, l2_buf 
  * it); -1 with err. *seq as l2_store_answer_get's. */
 int l2_store_answer_serve(l2_store *st, const l2_answer_key *k, int64_t t, l2_row_fn row, void *ud, int *found,
                           uint64_t *rows, uint64_t *seq, char *err);
-/* Keeps what L2 answered, in one write transaction: its events (n, possibly 0) as a cache fill
- * (l2_store_save_batch with L2_SAVE_FILL, each result in res[i]) and, when k is given, the
- * answer's ids under k until `expires`, unless a change after `seq` (the feed's position before
- * L2 was asked) may have touched it: then the answer is not kept (*kept says). Past max_ids ids
- * over all answers the others go. */
-int l2_store_fill(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res,
-                  const l2_answer_key *k, const uint8_t (*ids)[32], size_t nids, int64_t expires, uint64_t max_ids,
-                  uint64_t seq, int *kept, char *err);
+/* One fill of l2_store_fills: what L2 answered to a read. */
+typedef struct {
+    l2_event *const *evs; /* its events (n, possibly 0) */
+    size_t n;
+    int revive;             /* bodies put back in place of stubs (l2_store_revive), not a cache fill */
+    int64_t now;
+    l2_save_result *res;    /* a cache fill's result per event */
+    const l2_answer_key *k; /* the answer to keep under k, or NULL */
+    const uint8_t (*ids)[32];
+    size_t nids;
+    int64_t expires;
+    uint64_t max_ids, seq;
+    int kept; /* set: the answer was kept */
+} l2_fill;
+/* Keeps what L2 answered to reads, in one write transaction, in order: each fill's events as a
+ * cache fill (l2_store_save_batch with L2_SAVE_FILL, each result in res[i]) or as revived bodies,
+ * and, when k is given, the answer's ids under k until `expires`, unless a change after `seq` (the
+ * feed's position before L2 was asked) may have touched it: then the answer is not kept (`kept`
+ * says). Past max_ids ids over all answers the others go. */
+int l2_store_fills(l2_store *st, l2_fill *fills, size_t n, char *err);
 int l2_store_answer_drop(l2_store *st, const l2_answer_key *k, char *err);
 int l2_store_answers_clear(l2_store *st, char *err);
 

@@ -591,14 +591,34 @@ static int fill_body(wtx *w, void *ud)
     return rc;
 }
 
-int l2_store_fill(l2_store *st, l2_event *const *evs, size_t n, int64_t now, l2_save_result *res,
-                  const l2_answer_key *k, const uint8_t (*ids)[32], size_t nids, int64_t expires, uint64_t max_ids,
-                  uint64_t seq, int *kept, char *err)
+typedef struct {
+    l2_fill *v;
+    size_t n;
+} fills_args;
+
+static int fills_body(wtx *w, void *ud)
 {
-    fill_args a = {{evs, n, now, L2_SAVE_FILL, res}, k, ids, nids, expires, max_ids, seq, 0};
-    int rc = store_write_txn(st, fill_body, &a, err);
-    *kept = a.kept;
+    fills_args *a = ud;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < a->n; i++) {
+        l2_fill *f = &a->v[i];
+        if (f->revive) {
+            revive_args r = {f->evs, f->n, 0};
+            rc = revive_body(w, &r);
+            continue;
+        }
+        fill_args fa = {{f->evs, f->n, f->now, L2_SAVE_FILL, f->res}, f->k, f->ids, f->nids, f->expires, f->max_ids,
+                        f->seq, 0};
+        rc = fill_body(w, &fa);
+        f->kept = fa.kept;
+    }
     return rc;
+}
+
+int l2_store_fills(l2_store *st, l2_fill *fills, size_t n, char *err)
+{
+    fills_args a = {fills, n};
+    return store_write_txn(st, fills_body, &a, err);
 }
 
 static int answer_drop_body(wtx *w, void *ud)
