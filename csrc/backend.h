@@ -146,7 +146,7 @@ int l2_backend_check(l2_backend *b, l2_problem_fn problem, void *ud, uint64_t *n
  * once, and l2_backend_take_deferred hands what was kept to a handle on the same L1 that may
  * wait, which writes it (l2_backend_apply_deferred). Kept writes past 16 MiB are dropped (they
  * are fills: the next read asks L2 again). Applied later, a fill is what a fill written at once
- * is: L1's rules take it or not as they would then (a newer version, a deletion's tombstone), and
+ * is: written only as far as L2 still holds its events (asked inside L1's write transaction), and
  * a remembered answer is not kept when L1's feed shows a save since the read that may touch it. */
 void l2_backend_defer_writes(l2_backend *b, int on);
 /* Appends what the handle kept to *out as records, and forgets it, with_reads: the reads its L1

@@ -81,7 +81,7 @@ void backend_keep_answer_ids(l2_backend *b, const l2_answer_key *k, const uint8_
     if (!b->defer) {
         l2_fill f = {.now = now, .k = k, .ids = ids, .nids = n, .expires = (int64_t)time(NULL) + b->o.answers_ttl,
                      .max_ids = b->o.answers_max_ids, .seq = seq};
-        if (l2_store_fills(b->l1, &f, 1, err)) backend_logf_(b, "cannot keep a remembered answer by serial: %s", err);
+        if (l2_store_fills(b->l1, &f, 1, NULL, NULL, err)) backend_logf_(b, "cannot keep a remembered answer by serial: %s", err);
         return;
     }
     l2_buf *o = &b->deferred;

@@ -191,7 +191,8 @@ typedef struct {
     uint64_t seq;
 } fill_job;
 
-/* Writes fills into L1 in one write transaction (room made first for all of them). */
+/* Writes fills into L1 in one write transaction (room made first for all of them), each event only
+ * when L2, asked inside that transaction, still holds it. */
 void backend_write_fills(l2_backend *b, const fill_job *jobs, size_t n);
 
 /* Puts L2's bodies of L1's stubs in place; stubs L2 has no body for are left out (the event went

@@ -274,6 +274,51 @@ void backend_fill_l1(l2_backend *b, answer *a, size_t from, int revive, int64_t 
     if (take != small) free(take);
 }
 
+static int id_order(const void *x, const void *y)
+{
+    return memcmp(x, y, 32);
+}
+
+/* What keep_what_l2_holds works on: the fills, and the array their events' pointers are in. */
+typedef struct {
+    l2_backend *b;
+    l2_fill *fills;
+    size_t nfills;
+    l2_event **ptrs;
+    size_t n;
+} fill_check;
+
+/* Inside L1's write transaction, its lock held, before the fills are written: the events L2 no
+ * longer holds are taken out of them. A removal L2 committed before this read is seen here; one
+ * it commits after waits for L1's lock, then finds the event in L1 and removes it there too. So
+ * a fill never brings back what L2 removed while the fill waited (an operator's deletion leaves
+ * no tombstone for L1's rules to refuse it by). */
+static void keep_what_l2_holds(void *ud)
+{
+    fill_check *c = ud;
+    if (!c->n) return;
+    uint8_t(*ids)[32] = malloc(c->n * 32);
+    answer held;
+    backend_answer_init(&held);
+    char err[L2_ERRLEN] = "error: out of memory";
+    for (size_t i = 0; ids && i < c->n; i++) memcpy(ids[i], c->ptrs[i]->id, 32);
+    int rc = !ids || read_l2_by_ids(c->b, (const uint8_t(*)[32])ids, c->n, (int64_t)time(NULL), &held, err);
+    if (rc) backend_logf_(c->b, "L1 keeps none of what L2 returned: L2 cannot say it still holds it: %s", err);
+    /* L2's ids, sorted, in place of the events' */
+    for (size_t i = 0; !rc && i < held.n; i++) memcpy(ids[i], held.v[i].id, 32);
+    if (!rc) qsort(ids, held.n, 32, id_order);
+    for (size_t j = 0; j < c->nfills; j++) {
+        l2_fill *f = &c->fills[j];
+        l2_event **slice = c->ptrs + (f->evs - (l2_event *const *)c->ptrs);
+        size_t kept = 0;
+        for (size_t i = 0; i < f->n; i++)
+            if (!rc && bsearch(slice[i]->id, ids, held.n, 32, id_order)) slice[kept++] = slice[i];
+        f->n = kept;
+    }
+    free(ids);
+    backend_answer_free(&held);
+}
+
 void backend_write_fills(l2_backend *b, const fill_job *jobs, size_t njobs)
 {
     size_t rows = 0, n = 0, nids = 0;
@@ -316,7 +361,8 @@ void backend_write_fills(l2_backend *b, const fill_job *jobs, size_t njobs)
         /* without room the answers may still be kept */
         if (room) for (size_t j = 0; j < njobs; j++) fills[j].n = 0;
         for (int tries = 0; tries < 2; tries++) {
-            rc = l2_store_fills(b->l1, fills, njobs, err);
+            fill_check check = {b, fills, njobs, ptrs, room ? 0 : n};
+            rc = l2_store_fills(b->l1, fills, njobs, keep_what_l2_holds, &check, err);
             /* the pages the transaction copies filled L1 below its high water mark (as in
              * backend_save_l1): evict, then try once more */
             if (rc != L2_FULL || tries || !b->o.size_limit) break;

@@ -267,8 +267,10 @@ typedef struct {
  * cache fill (l2_store_save_batch with L2_SAVE_FILL, each result in res[i]) or as revived bodies,
  * and, when k is given, the answer's ids under k until `expires`, unless a change after `seq` (the
  * feed's position before L2 was asked) may have touched it: then the answer is not kept (`kept`
- * says). Past max_ids ids over all answers the others go. */
-int l2_store_fills(l2_store *st, l2_fill *fills, size_t n, char *err);
+ * says). Past max_ids ids over all answers the others go. first(ud), when given, runs inside the
+ * transaction before anything is written, holding st's write lock: it may take events out of the
+ * fills (a cache checks there that its authority still holds them). */
+int l2_store_fills(l2_store *st, l2_fill *fills, size_t n, void (*first)(void *ud), void *ud, char *err);
 int l2_store_answer_drop(l2_store *st, const l2_answer_key *k, char *err);
 int l2_store_answers_clear(l2_store *st, char *err);
 

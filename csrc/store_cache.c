@@ -594,12 +594,15 @@ static int fill_body(wtx *w, void *ud)
 typedef struct {
     l2_fill *v;
     size_t n;
+    void (*first)(void *ud);
+    void *ud;
 } fills_args;
 
 static int fills_body(wtx *w, void *ud)
 {
     fills_args *a = ud;
     int rc = 0;
+    if (a->first) a->first(a->ud);
     for (size_t i = 0; rc == 0 && i < a->n; i++) {
         l2_fill *f = &a->v[i];
         if (f->revive) {
@@ -615,9 +618,9 @@ static int fills_body(wtx *w, void *ud)
     return rc;
 }
 
-int l2_store_fills(l2_store *st, l2_fill *fills, size_t n, char *err)
+int l2_store_fills(l2_store *st, l2_fill *fills, size_t n, void (*first)(void *ud), void *ud, char *err)
 {
-    fills_args a = {fills, n};
+    fills_args a = {fills, n, first, ud};
     return store_write_txn(st, fills_body, &a, err);
 }
 

@@ -345,16 +345,17 @@ describe("layer2.open (two levels): reads", function()
     rmdir(dir)
   end)
 
-  it("a kept fill written after L2 changed leaves L1 answering as L2 does: a newer version, a deletion", function()
+  it("a kept fill written after L2 changed leaves L1 answering as L2 does: a newer version, a deletion, an "
+    .. "operator's deletion (no tombstone)", function()
     local sec = ("0"):rep(63) .. "8"
-    local lines, evs = signed(2, function(i) return { kind = i == 1 and 0 or 1, created_at = 1000 + i, tags = {},
+    local lines, evs = signed(3, function(i) return { kind = i == 1 and 0 or 1, created_at = 1000 + i, tags = {},
       content = "v1 " .. i } end, sec)
     local dir = tmpdir()
     local opts = { nosync = true, log = quiet, l1 = { size_limit = 64 * 2 ^ 20, admit = "always" } }
     local db, pool = assert(layer2.open(dir, opts)), assert(layer2.open(dir, opts))
     import(db, lines)
     private.defer_writes(db, true)
-    local filters = { { kinds = { 0 }, authors = { evs[1].pubkey } }, { ids = { evs[2].id } },
+    local filters = { { kinds = { 0 }, authors = { evs[1].pubkey } }, { ids = { evs[2].id } }, { ids = { evs[3].id } },
       { authors = { evs[1].pubkey } } }
     for _, f in ipairs(filters) do assert.same(ids(db.l2:query_events(f)), ids(db:query_events(f))) end
     -- while the fills wait: a newer profile, and a deletion of the note, saved through the other handle
@@ -362,8 +363,9 @@ describe("layer2.open (two levels): reads", function()
     local del = layer2.event.sign({ kind = 5, created_at = 1011, tags = { { "e", evs[2].id } }, content = "" }, sec)
     assert(pool:save_event(v2))
     assert(pool:save_event(del))
+    assert.is_true(pool:delete_event(evs[3].id, true))
     assert.is_true(private.apply_deferred(pool, (private.take_deferred(db))))
-    assert.same({}, ids(db.l1:query_events({ ids = { evs[1].id, evs[2].id } })), "L1 took neither back")
+    assert.same({}, ids(db.l1:query_events({ ids = { evs[1].id, evs[2].id, evs[3].id } })), "L1 took none back")
     for _, f in ipairs(filters) do
       assert.same(ids(db.l2:query_events(f)), ids(db:query_events(f)), require("cjson").encode(f))
     end
