@@ -93,7 +93,7 @@ test-valgrind: deps all build/valgrind/layer2/core.so
 # libFuzzer targets (clang, with ASan + UBSan) seeded from the generated corpus, and the real one
 # when present ($LAYER2_DATA or ../shared/data); any crash, leak or sanitizer report fails. CI runs
 # a short pass.
-FUZZ_TARGETS := event_parse filter_parse binary_decode store negentropy
+FUZZ_TARGETS := event_parse filter_parse binary_decode store negentropy deferred
 FUZZ_SECONDS ?= 60
 REAL_DATA := $(firstword $(wildcard $(LAYER2_DATA)/real.jsonl ../shared/data/real.jsonl))
 FUZZ_SEEDS := build/fuzz/seed/valid.jsonl build/fuzz/seed/invalid.jsonl \

@@ -243,6 +243,7 @@ static void read_fill(reader *r, pending_fills *p)
         if (flags & 1) {
             uint32_t len = get_u32(r);
             const void *body = take_bytes(r, len);
+            if (!len) r->bad = 1; /* a body is never empty */
             if (flags & 2) row.json = body, row.json_len = len;
             else row.bin = body, row.bin_len = len;
         }

@@ -9,7 +9,7 @@ local function write(dir, name, text)
   f:close()
 end
 
-for _, d in ipairs({ "event_parse", "filter_parse", "binary_decode", "store", "negentropy" }) do
+for _, d in ipairs({ "event_parse", "filter_parse", "binary_decode", "store", "negentropy", "deferred" }) do
   os.execute("mkdir -p " .. out .. "/" .. d)
 end
 local n, lines = 0, {}
@@ -54,3 +54,25 @@ for i, size in ipairs({ 0, 1, 31, 200, #events }) do
   write("negentropy", "n" .. i, bytes(msg))
   write("negentropy", "r" .. i, bytes(assert(relay:reconcile(msg))))
 end
+-- A worker's kept L1 writes (fills with their bodies, remembered answers, reads), as a deferring
+-- handle over a store of the corpus's events takes them
+local dir = os.tmpname()
+os.remove(dir)
+local db = assert(layer2.open(dir, { nosync = true, log = function() end,
+  l1 = { size_limit = 64 * 2 ^ 20, admit = "always" } }))
+local k = 0
+assert(db:import(function()
+  k = k + 1
+  return lines[k]
+end))
+local private = require("layer2.core").backend_private
+private.defer_writes(db, true)
+for i, f in ipairs({ { kinds = { 1 }, limit = 5 }, { ids = { events[1] and events[1].id or ("a"):rep(64) } },
+  { limit = 3 } }) do
+  for _ = 1, 2 do db:query_events(f) end
+  local records = private.take_deferred(db, true)
+  if records then write("deferred", "d" .. i, records) end
+end
+db:close()
+os.execute("rm -rf " .. dir)
+
