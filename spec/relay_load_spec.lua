@@ -252,8 +252,8 @@ end
     for _, x in ipairs({ a, c, e }) do x:close() end
   end)
 
-  it("a size-limited L1 takes what L2 answers in the thread pool, never in the worker's event loop: answers equal "
-    .. "L2's during a flood, and what was read twice is in L1 after", function()
+  it("a size-limited L1 behind the relay takes what L2 answers (written from the thread pool): answers equal L2's "
+    .. "during a flood, and what was read twice is in L1 after", function()
     -- 40 events in L2 only (an import leaves L1 empty, its horizon past them)
     local data, imported = require("spec.helper").tmpdir(), {}
     for i = 1, 40 do imported[i] = note(i - 3000, 50, 30) end
