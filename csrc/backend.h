@@ -148,7 +148,9 @@ int l2_backend_check(l2_backend *b, l2_problem_fn problem, void *ud, uint64_t *n
  * are fills: the next read asks L2 again). Applied later, a fill is what a fill written at once
  * is: written only as far as L2 still holds its events (asked inside L1's write transaction), and
  * a remembered answer is not kept when L1's feed shows a save since the read that may touch it. */
-void l2_backend_defer_writes(l2_backend *b, int on);
+/* Returns whether this handle may ever keep anything (not with l1.admit "never" and no size
+ * limit: then the host need not look). */
+int l2_backend_defer_writes(l2_backend *b, int on);
 /* Appends what the handle kept to *out as records, and forgets it, with_reads: the reads its L1
  * counted first (taken out of it; those of an L1 without a size limit, which evicts nothing, are
  * dropped); *dropped gets how many the bound dropped since the last take. 0, or -1 when out of

@@ -16,9 +16,12 @@
  * the next read asks again). */
 #define DEFERRED_MAX (16u << 20)
 
-void l2_backend_defer_writes(l2_backend *b, int on)
+int l2_backend_defer_writes(l2_backend *b, int on)
 {
     b->defer = on != 0;
+    /* an L1 that admits nothing keeps no answer either, and without a size limit its reads are
+     * dropped: such a handle never keeps anything */
+    return b->o.admit != L2_ADMIT_NEVER || b->o.size_limit != 0;
 }
 
 static int put_u8(l2_buf *o, uint8_t v)

@@ -884,12 +884,13 @@ static int pv_inside_c(lua_State *L)
     return 1;
 }
 
-/* defer_writes(db, on): a read's L1 writes kept, not written (l2_backend_defer_writes) */
+/* defer_writes(db, on) -> whether the handle may ever keep anything: a read's L1 writes kept,
+ * not written (l2_backend_defer_writes) */
 static int pv_defer_writes(lua_State *L)
 {
     backend_ud *s = check_backend(L);
-    l2_backend_defer_writes(s->b, lua_toboolean(L, 2));
-    return 0;
+    lua_pushboolean(L, l2_backend_defer_writes(s->b, lua_toboolean(L, 2)));
+    return 1;
 }
 
 /* take_deferred(db [, with_reads]) -> records (a string), dropped | nil, dropped when nothing was

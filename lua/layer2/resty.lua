@@ -47,7 +47,9 @@ local DRAIN_INTERVAL, READS_INTERVAL = 0.01, 1
 local private = require("layer2.core").backend_private
 
 local function drain_deferred(db)
-  private.defer_writes(db, true)
+  -- the default (an L1 without a size limit in front of the embedded L2, which copies nothing)
+  -- keeps nothing: no loop then
+  if not private.defer_writes(db, true) then return end
   local reads_at = 0
   ngx.timer.at(0, function(premature)
     if premature then return end
