@@ -25,10 +25,11 @@ local DATASET = 100000
 local FANOUT = { from = math.max(50000, N), count = 10000, rate = 1000, connections = 100, perConnection = 100,
   grace = 3, seed = 1 }
 -- the flood's events come after the fan-out's, the lone EVENTs after those
-local FLOOD = { from = FANOUT.from + FANOUT.count, count = 20000, probes = 60, interval = 25 }
-assert(FLOOD.from + FLOOD.count + FLOOD.probes <= DATASET,
-  ("at most %d events: the fan-out and the flood take %d after them"):format(DATASET - FLOOD.count - FLOOD.probes
-    - FANOUT.count, FANOUT.count + FLOOD.count + FLOOD.probes))
+-- (and before the flood, `idle` lone EVENTs on the idle relay, after those)
+local FLOOD = { from = FANOUT.from + FANOUT.count, count = 20000, probes = 60, interval = 25, idle = 60 }
+local FLOOD_EVENTS = FLOOD.count + FLOOD.probes + FLOOD.idle
+assert(FLOOD.from + FLOOD_EVENTS <= DATASET, ("at most %d events: the fan-out and the flood take %d after them")
+  :format(DATASET - FLOOD_EVENTS - FANOUT.count, FANOUT.count + FLOOD_EVENTS))
 local WORKERS = 2
 local MAX_SUBS = 200
 
@@ -312,6 +313,10 @@ if with_strfry then flood_headers[#flood_headers + 1] = "strfry / layer2 (>1: la
 local flood = {}
 for _, kind in ipairs(kinds) do flood[kind.name] = section("flood", kind.name) end
 local flood_measures = {
+  { "before the flood, on the idle relay: OK latency p50 ms", function(f) return ms(f.idle.p50) end,
+    function(l2, sf) return ratio(sf.idle.p50, l2.idle.p50) end },
+  { "before the flood, on the idle relay: OK latency max ms", function(f) return ms(f.idle.max) end,
+    function(l2, sf) return ratio(sf.idle.max, l2.idle.max) end },
   { "lone EVENTs sent while the flood was still being answered", function(f)
     return ("%d of %d"):format(f.during, f.probes) end },
   { "OK latency p50 ms", function(f) return ms(f.lone.p50) end,
@@ -324,6 +329,8 @@ local flood_measures = {
     function(l2, sf) return ratio(sf.flood_seconds, l2.flood_seconds) end },
 }
 local flood_rows = measure_rows(flood_measures, flood)
+util.summary("relay lone EVENT on an idle relay", ms(flood.layer2.idle.p50) .. " ms p50", with_strfry
+  and ("strfry %s ms"):format(ms(flood.strfry.idle.p50)) or "strfry skipped")
 util.summary("relay lone EVENT during a 20,000-EVENT flood", ms(flood.layer2.lone.p50) .. " / "
   .. ms(flood.layer2.lone.max) .. " ms p50/max", with_strfry and ("strfry %s / %s ms"):format(
   ms(flood.strfry.lone.p50), ms(flood.strfry.lone.max)) or "strfry skipped")
@@ -501,8 +508,8 @@ print(("\n### fan-out: %d subscriptions on %d connections, %d events at %d/s on 
   :format(FANOUT.connections * FANOUT.perConnection, FANOUT.connections, FANOUT.count, FANOUT.rate))
 print(util.table(fan_headers, fan_rows))
 print(("\n### fairness: one connection sends %d EVENTs at once; another sends one every %d ms, up to %d times "
-  .. "while the flood is answered (only those count)\n")
-  :format(FLOOD.count, FLOOD.interval, FLOOD.probes))
+  .. "while the flood is answered (only those count), and %d times before it, on the idle relay\n")
+  :format(FLOOD.count, FLOOD.interval, FLOOD.probes, FLOOD.idle))
 print(util.table(flood_headers, flood_rows))
 print(("\n### memory: %d clients each send %d REQs for %d stored notes of %d bytes (limit 500) and read nothing; "
   .. "another client asks for the same notes meanwhile\n"):format(SLOW.clients, SLOW.reqs, SLOW.notes, SLOW.note_bytes))

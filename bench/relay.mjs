@@ -444,11 +444,30 @@ async function fanout(url, { from, count, rate, connections, perConnection, grac
     latency: percentiles(latencies) };
 }
 
+// one EVENT sent on ws, its OK awaited: ms
+function okLatency(ws, text, id) {
+  const sent = now();
+  return new Promise((resolve) => {
+    const onMsg = (data) => {
+      const msg = JSON.parse(data);
+      if (msg[0] === "OK" && msg[1] === id) { ws.off("message", onMsg); resolve(now() - sent); }
+    };
+    ws.on("message", onMsg);
+    ws.send('["EVENT",' + text + "]");
+  });
+}
+
 // Fairness: one connection sends `count` EVENTs at once (no window) while another sends one EVENT
-// every `interval` ms, each awaited: that lone EVENT's OK latency, while the flood is still going.
-async function flood(url, { from, count, probes, interval }) {
-  const events = eventsOf(cfg.file, from, count + probes);
+// every `interval` ms, each awaited: that lone EVENT's OK latency, while the flood is still going;
+// and first, the same on the idle relay (`idle` EVENTs, after the flood's and the lone ones).
+async function flood(url, { from, count, probes, interval, idle }) {
+  const events = eventsOf(cfg.file, from, count + probes + idle);
   const flooder = await connect(url), prober = await connect(url);
+  const alone = [];
+  for (const { text, ev } of events.slice(count + probes)) {
+    await sleep(interval);
+    alone.push(await okLatency(prober, text, ev.id));
+  }
   const stats = { accepted: 0, unanswered: 0, latencies: [], refused: {}, notices: {} };
   const t0 = now();
   const flooding = pipeline(flooder, events.slice(0, count), count, stats);
@@ -458,19 +477,10 @@ async function flood(url, { from, count, probes, interval }) {
   // measure an idle relay
   const lone = [];
   let during = 0;
-  for (const { text, ev } of events.slice(count)) {
+  for (const { text, ev } of events.slice(count, count + probes)) {
     await sleep(interval);
     if (floodDone) break;
-    const sent = now();
-    await new Promise((resolve) => {
-      const onMsg = (data) => {
-        const msg = JSON.parse(data);
-        if (msg[0] === "OK" && msg[1] === ev.id) { prober.off("message", onMsg); resolve(); }
-      };
-      prober.on("message", onMsg);
-      prober.send('["EVENT",' + text + "]");
-    });
-    lone.push(now() - sent);
+    lone.push(await okLatency(prober, text, ev.id));
     during++;
   }
   await flooding;
@@ -478,7 +488,8 @@ async function flood(url, { from, count, probes, interval }) {
   flooder.close();
   prober.close();
   return { count, probes, interval, during, flood_seconds: seconds, flood_unanswered: stats.unanswered,
-    lone: { ...percentiles(lone), p90: lone.length ? Float64Array.from(lone).sort()[Math.floor(lone.length * 0.9)] : null } };
+    lone: { ...percentiles(lone), p90: lone.length ? Float64Array.from(lone).sort()[Math.floor(lone.length * 0.9)] : null },
+    idle: percentiles(alone) };
 }
 
 const out = {};

@@ -195,12 +195,15 @@ local function write_loop(premature)
         writer.busy = false
       end
       for _, q in ipairs(served) do q.in_batch = false end
-      -- a turn of the event loop: connections read what came meanwhile (the next batch) and
-      -- the OKs go out (sleep(0) would do without its 1 ms, but nginx builds without OpenResty's
-      -- delayed-events patch, Debian's among them, warn at every call); and another worker's
-      -- writer a moment to take LMDB's write lock (a batch in the thread pool gave the loop its
-      -- turns already)
-      ngx.sleep(0.001)
+      -- with more to save, a pause before the next batch: connections read what came meanwhile
+      -- and the OKs go out; and another worker's writer, or an express batch, a moment to take
+      -- LMDB's write locks (a batch in the thread pool gave the loop its turns already; a yield
+      -- of one turn instead did not make a lone EVENT during a flood faster). sleep(0) would do
+      -- without its 1 ms, but nginx builds without OpenResty's delayed-events patch, Debian's
+      -- among them, warn at every call. With nothing left the writer waits for the next save at
+      -- once: an EVENT sent right after the last OK used to wait out the pause (half its OK
+      -- latency, 2.1 against 1.1 ms, for a client that sends its next EVENT on each OK).
+      if #writer.ring > 0 then ngx.sleep(0.001) end
     end
   end
 end
