@@ -1,6 +1,7 @@
 #include "buf.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 void l2_buf_init(l2_buf *b)
 {
@@ -52,14 +53,21 @@ int l2_buf_put_varint(l2_buf *b, uint64_t v)
     return 0;
 }
 
-static const char hexdigits[] = "0123456789abcdef";
+/* the two digits of every byte: one load a byte, where a digit a nibble took two (a query's
+ * JSON is mostly hex: ids, pubkeys, signatures, p and e tags) */
+static const char hexpairs[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
 
 void l2_hex_encode(char *out, const uint8_t *bytes, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexdigits[bytes[i] >> 4];
-        out[2 * i + 1] = hexdigits[bytes[i] & 15];
-    }
+    for (size_t i = 0; i < n; i++) memcpy(out + 2 * i, hexpairs + 2 * bytes[i], 2);
 }
 
 int l2_buf_put_hex(l2_buf *b, const uint8_t *bytes, size_t n)

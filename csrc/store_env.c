@@ -41,6 +41,25 @@ int store_meta_get_opt(MDB_txn *txn, MDB_dbi dbi, const char *name, uint64_t *ou
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
+/* LMDB's own order (memcmp over the shorter key, then the shorter first) for keys that are
+ * big-endian integers, without a call to memcmp for each of a search's comparisons: events and
+ * bodies are looked up once for each event a query returns (store_get_record). The same order,
+ * so any program that opens the store without it (mdb_dump, an older layer2) agrees with it. */
+static int cmp_be_keys(const MDB_val *a, const MDB_val *b)
+{
+    if (a->mv_size == 8 && b->mv_size == 8) {
+        uint64_t x = get_be64(a->mv_data), y = get_be64(b->mv_data);
+        return (x > y) - (x < y);
+    }
+    if (a->mv_size == 4 && b->mv_size == 4) {
+        uint32_t x = get_be32(a->mv_data), y = get_be32(b->mv_data);
+        return (x > y) - (x < y);
+    }
+    size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
+    int c = memcmp(a->mv_data, b->mv_data, n);
+    return c ? c : (a->mv_size > b->mv_size) - (a->mv_size < b->mv_size);
+}
+
 int store_env_open(shared_env *sh, const char *path, const l2_store_opts *o, int upgrading, char *err)
 {
     int rc, dead;
@@ -86,11 +105,13 @@ int store_env_open(shared_env *sh, const char *path, const l2_store_opts *o, int
                     "format %d", path, (unsigned long long)version, SCHEMA_VERSION);
     }
     /* formats 1 and 2 had whole ids, one each: they stay so until the upgrade rebuilds them */
-    for (int i = 0; i < DB_COUNT; i++)
-        if (i != DB_META &&
-            (rc = mdb_dbi_open(txn, store_db_names[i], MDB_CREATE | (i == DB_IDS && version >= 3 ? IDS_FLAGS : 0),
-                               &sh->dbi[i])))
+    for (int i = 0; i < DB_COUNT; i++) {
+        if (i == DB_META) continue;
+        if ((rc = mdb_dbi_open(txn, store_db_names[i], MDB_CREATE | (i == DB_IDS && version >= 3 ? IDS_FLAGS : 0),
+                               &sh->dbi[i])) ||
+            ((i == DB_EVENTS || i == DB_BODIES) && (rc = mdb_set_compare(txn, sh->dbi[i], cmp_be_keys))))
             goto abort;
+    }
     /* remembered answers of an older layer2 go (a cache's cache: they are asked again) */
     if ((rc = l2_answers_upgrade(txn, sh->dbi[DB_ANSWERS]))) goto abort;
     sh->version = (int)version;
@@ -198,6 +219,7 @@ void l2_store_close(l2_store *st)
 {
     if (!st) return;
     if (st->iter) mdb_cursor_close(st->iter);
+    store_read_cursors_close(st);
     if (st->rtxn) mdb_txn_abort(st->rtxn);
     pthread_mutex_lock(&store_registry_lock);
     if (--st->sh->refs == 0) {
@@ -247,6 +269,7 @@ int store_read_begin(l2_store *st, char *err)
         rc = st->rtxn ? mdb_txn_renew(st->rtxn) : mdb_txn_begin(st->env, NULL, MDB_RDONLY, &st->rtxn);
         if (rc != MDB_MAP_RESIZED) break;
         if (st->rtxn) {
+            store_read_cursors_close(st);
             mdb_txn_abort(st->rtxn);
             st->rtxn = NULL;
         }
@@ -254,11 +277,35 @@ int store_read_begin(l2_store *st, char *err)
     }
     if (rc) return store_lmdb_fail(err, "read transaction", rc);
     st->rtxn_live = 1;
+    st->rcur_live[0] = st->rcur_live[1] = 0;
     /* numbered across every store of the process: a hit read from one store is never taken for
      * one of another's */
     static uint64_t reads_begun;
     st->reads = __atomic_add_fetch(&reads_begun, 1, __ATOMIC_RELAXED);
     return 0;
+}
+
+void store_read_cursors_close(l2_store *st)
+{
+    for (int i = 0; i < 2; i++) {
+        if (st->rcur[i]) mdb_cursor_close(st->rcur[i]);
+        st->rcur[i] = NULL;
+        st->rcur_live[i] = 0;
+    }
+}
+
+MDB_cursor *store_read_cursor(l2_store *st, int which)
+{
+    if (st->rcur_live[which]) return st->rcur[which];
+    int rc = st->rcur[which] ? mdb_cursor_renew(st->rtxn, st->rcur[which])
+                             : mdb_cursor_open(st->rtxn, st->dbi[which ? DB_BODIES : DB_EVENTS], &st->rcur[which]);
+    if (rc) {
+        if (st->rcur[which]) mdb_cursor_close(st->rcur[which]);
+        st->rcur[which] = NULL;
+        return NULL;
+    }
+    st->rcur_live[which] = 1;
+    return st->rcur[which];
 }
 
 void l2_store_read_end(l2_store *st)

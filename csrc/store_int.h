@@ -113,6 +113,11 @@ struct l2_store {
     int rtxn_live;
     uint64_t reads; /* the number of its read transaction (an l2_hit's body is valid in its own only) */
     MDB_cursor *iter;
+    /* the read transaction's cursors on events and bodies (store_get_record): an event a query
+     * reads next is often on the page of the one before, which a cursor's MDB_SET finds without a
+     * search from the root (mdb_get searches from it every time); renewed with the transaction */
+    MDB_cursor *rcur[2];
+    int rcur_live[2];
     l2_event ev, old;  /* decoded bodies */
     l2_buf body, key;  /* copies and key building */
     int cache;         /* keeps access statistics and stubs (an L1) */
@@ -279,6 +284,11 @@ int store_del_key(wtx *w, int db, const uint8_t *key, size_t n);
 int store_for_each_index(size_t p, const l2_event *ev, uint64_t serial, index_fn fn, void *ud);
 
 int store_get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r);
+/* The read transaction's cursor on events (which 0) or bodies (1), renewed for it on first use;
+ * NULL when LMDB cannot give one (the caller then uses mdb_get). Closed by
+ * store_read_cursors_close, with the store or before its read transaction is aborted. */
+MDB_cursor *store_read_cursor(l2_store *st, int which);
+void store_read_cursors_close(l2_store *st);
 
 /* The whole binary event of a record: MDB_NOTFOUND for a cache's stub. */
 int store_get_body(MDB_txn *txn, l2_store *st, const record *r, const void **data, size_t *len);

@@ -92,12 +92,19 @@ static int add_change(wtx *w, int op, const uint8_t id[32], uint64_t serial)
     return mdb_put(w->txn, w->st->dbi[DB_CHANGES], &kv, &vv, MDB_APPEND);
 }
 
+/* mdb_get, or in the store's read transaction MDB_SET on its cursor (which == 0: events, 1: bodies) */
+static int get_value(MDB_txn *txn, l2_store *st, int which, MDB_val *kv, MDB_val *v)
+{
+    MDB_cursor *c = txn == st->rtxn && st->rtxn_live ? store_read_cursor(st, which) : NULL;
+    return c ? mdb_cursor_get(c, kv, v, MDB_SET) : mdb_get(txn, st->dbi[which ? DB_BODIES : DB_EVENTS], kv, v);
+}
+
 static int get_cache_body(MDB_txn *txn, l2_store *st, uint32_t slot, const void **data, size_t *len)
 {
     uint8_t k[4];
     put_be32(k, slot);
     MDB_val kv = {4, k}, v;
-    int rc = mdb_get(txn, st->dbi[DB_BODIES], &kv, &v);
+    int rc = get_value(txn, st, 1, &kv, &v);
     if (rc) return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
     *data = v.mv_data;
     *len = v.mv_size;
@@ -109,7 +116,7 @@ int store_get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r)
     uint8_t k[8];
     put_be64(k, serial);
     MDB_val kv = {8, k}, v;
-    int rc = mdb_get(txn, st->dbi[DB_EVENTS], &kv, &v);
+    int rc = get_value(txn, st, 0, &kv, &v);
     if (rc) return rc;
     r->head = v.mv_data;
     r->head_len = v.mv_size;
