@@ -169,7 +169,6 @@ static int revive_body(wtx *w, void *ud)
         const l2_event *ev = a->evs[i];
         uint64_t serial;
         uint8_t stk[16];
-        uint32_t slot;
         record r;
         int rc = store_lookup_id(w->txn, st, ev->id, &serial);
         if (rc == MDB_NOTFOUND || !st->cache) continue;
@@ -179,8 +178,7 @@ static int revive_body(wtx *w, void *ud)
         if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
         put_be64(stk, (uint64_t)ev->created_at);
         put_be64(stk + 8, serial);
-        if ((rc = store_put_body(w, st->body.data, st->body.len, &slot)) ||
-            (rc = store_put_cache_record(w, serial, ev, slot, (uint32_t)st->body.len)) ||
+        if ((rc = store_put_cached(w, serial, ev, st->body.data, st->body.len)) ||
             (rc = store_del_key(w, DB_STUBS, stk, 16)) || (rc = store_set_access(w, serial, ms, 1)))
             return rc;
         a->revived++;

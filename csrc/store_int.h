@@ -55,7 +55,10 @@
  * events   serial(8)      -> slot(4) body length(4) then, with a body, last access ms(8) hits(4)
  *                           (CACHE_RECORD bytes; the body is its own head: one copy of each
  *                           event), else the stub form (slot 0: a stub). Format 2 wrote the stub
- *                           form beside the body too, format 3 the access statistics apart
+ *                           form beside the body too, format 3 the access statistics apart.
+ *                           Slot INLINE_SLOT: the body follows, in the record itself (written by
+ *                           a cache without a size limit, l2_store_inline_bodies; any cache reads
+ *                           and evicts it)
  * bodies   slot(4)        -> binary event    (slots are reused, lowest first, so new bodies fill the
  *                                              room old ones left inside pages: B-tree pages only
  *                                              come free when nearly empty)
@@ -77,6 +80,7 @@
 #define MAX_BE48 ((1ull << 48) - 1)
 #define MAX_SERIAL MAX_BE48
 #define CACHE_RECORD 20 /* a cache's events record of an event with its body */
+#define INLINE_SLOT 0xFFFFFFFFu /* the slot of a body kept in its events record (l2_store_inline_bodies) */
 #define KEY_PREFIX 8 /* P: see the layout */
 #define DEFAULT_MAP (1ull << 30)
 #define INDEX_MEMORY (512u << 20)
@@ -121,6 +125,7 @@ struct l2_store {
     l2_event ev, old;  /* decoded bodies */
     l2_buf body, key;  /* copies and key building */
     int cache;         /* keeps access statistics and stubs (an L1) */
+    int inline_bodies; /* a cache writes new bodies into their events records (l2_store_inline_bodies) */
     uint64_t query_ms; /* a cache's query under way: when its bodies are read (an access) */
     const int64_t *horizon_floor; /* l2_store_share_horizon */
     int backed;                   /* l2_store_set_backed */
@@ -312,8 +317,10 @@ int store_lookup_id(MDB_txn *txn, l2_store *st, const uint8_t id[32], uint64_t *
 
 int store_get_head(MDB_txn *txn, l2_store *st, const uint8_t *key, size_t n, head_rec *h);
 
-/* A cache's body goes into the lowest free slot, so it fills room an evicted body left. */
-int store_put_body(wtx *w, const void *body, size_t n, uint32_t *slot);
+/* A cache's event with its body: the body in the lowest free slot, so it fills room an evicted
+ * body left, then its events record (store_put_cache_record); or, for a cache that keeps bodies
+ * inline, both in the record. */
+int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *body, size_t n);
 
 int store_free_body(wtx *w, uint32_t slot, uint32_t len);
 

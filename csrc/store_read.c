@@ -341,6 +341,11 @@ void l2_store_set_backed(l2_store *st, int backed)
     st->backed = backed;
 }
 
+void l2_store_inline_bodies(l2_store *st, int on)
+{
+    st->inline_bodies = on;
+}
+
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err)
 {
     /* counted as they are found, each filter's matches less those an earlier filter matched:

@@ -126,6 +126,13 @@ int store_get_record(MDB_txn *txn, l2_store *st, uint64_t serial, record *r)
         if (v.mv_size < 8) return MDB_CORRUPTED;
         r->slot = get_be32(v.mv_data);
         r->body_len = get_be32((uint8_t *)v.mv_data + 4);
+        if (r->slot == INLINE_SLOT) {
+            if (v.mv_size != CACHE_RECORD + (size_t)r->body_len) return MDB_CORRUPTED;
+            r->head = (const uint8_t *)v.mv_data + CACHE_RECORD;
+            r->head_len = r->body_len;
+            r->head_is_body = 1;
+            return 0;
+        }
         if (r->slot) {
             /* one copy: the body is the head */
             const void *body;
@@ -241,7 +248,7 @@ static int put_head(wtx *w, const uint8_t *key, size_t n, uint64_t serial, const
     return mdb_put(w->txn, w->st->dbi[DB_REPLACE], &kv, &vv, 0);
 }
 
-int store_put_body(wtx *w, const void *body, size_t n, uint32_t *slot)
+static int put_body(wtx *w, const void *body, size_t n, uint32_t *slot)
 {
     MDB_cursor *c;
     MDB_val k, v;
@@ -252,8 +259,11 @@ int store_put_body(wtx *w, const void *body, size_t n, uint32_t *slot)
     if (rc == 0 && k.mv_size == 4) {
         *slot = get_be32(k.mv_data);
         rc = mdb_cursor_del(c, 0);
+    } else if (rc == 0) {
+        rc = MDB_CORRUPTED;
     } else if (rc == MDB_NOTFOUND) {
-        if (w->next_slot > UINT32_MAX) rc = MDB_MAP_FULL;
+        /* INLINE_SLOT is no slot */
+        if (w->next_slot >= INLINE_SLOT) rc = MDB_MAP_FULL;
         else *slot = (uint32_t)w->next_slot++, rc = 0;
     }
     mdb_cursor_close(c);
@@ -268,10 +278,30 @@ int store_free_body(wtx *w, uint32_t slot, uint32_t len)
 {
     uint8_t key[4];
     int rc;
+    if (slot == INLINE_SLOT) return 0; /* it goes with its record */
     put_be32(key, slot);
     if ((rc = store_del_key(w, DB_BODIES, key, 4))) return rc;
     w->body_bytes -= w->body_bytes >= len ? len : w->body_bytes;
     return store_put_empty(w, DB_FREESLOTS, key, 4);
+}
+
+int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *body, size_t n)
+{
+    uint32_t slot;
+    int rc;
+    if (n > UINT32_MAX) return EOVERFLOW;
+    if (!w->st->inline_bodies) {
+        return (rc = put_body(w, body, n, &slot)) ? rc : store_put_cache_record(w, serial, ev, slot, (uint32_t)n);
+    }
+    uint8_t sk[8];
+    put_be64(sk, serial);
+    MDB_val k = {8, sk}, v = {CACHE_RECORD + n, NULL};
+    if ((rc = mdb_put(w->txn, w->st->dbi[DB_EVENTS], &k, &v, MDB_RESERVE))) return rc;
+    memset(v.mv_data, 0, CACHE_RECORD);
+    put_be32(v.mv_data, INLINE_SLOT);
+    put_be32((uint8_t *)v.mv_data + 4, (uint32_t)n);
+    memcpy((uint8_t *)v.mv_data + CACHE_RECORD, body, n);
+    return 0; /* body_bytes counts what the bodies' tree holds (l2_store_stats: its holes) */
 }
 
 int store_put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len)
@@ -410,7 +440,10 @@ static int get_cached(MDB_txn *txn, l2_store *st, uint64_t serial, MDB_val *v)
     int rc = st->cache ? mdb_get(txn, st->dbi[DB_EVENTS], &kv, v) : MDB_NOTFOUND;
     if (rc) return rc;
     if (v->mv_size < 8) return MDB_CORRUPTED;
-    if (!get_be32(v->mv_data)) return MDB_NOTFOUND;
+    uint32_t slot = get_be32(v->mv_data);
+    if (!slot) return MDB_NOTFOUND;
+    if (slot == INLINE_SLOT)
+        return v->mv_size == CACHE_RECORD + (size_t)get_be32((uint8_t *)v->mv_data + 4) ? 0 : MDB_CORRUPTED;
     return v->mv_size == CACHE_RECORD ? 0 : MDB_CORRUPTED;
 }
 
@@ -438,18 +471,24 @@ int store_drop_access(wtx *w, uint64_t serial)
 
 int store_set_access(wtx *w, uint64_t serial, uint64_t last, uint32_t hits)
 {
-    uint8_t k[LRU_KEY], sk[8], rec[CACHE_RECORD];
+    uint8_t k[LRU_KEY], sk[8];
     MDB_val v;
     int rc = get_cached(w->txn, w->st, serial, &v);
     if (rc) return rc;
-    memcpy(rec, v.mv_data, CACHE_RECORD);
-    lru_key(k, get_be64(rec + 8), serial);
+    lru_key(k, get_be64((const uint8_t *)v.mv_data + 8), serial);
     if ((rc = store_del_key(w, DB_LRU, k, LRU_KEY))) return rc;
+    /* the record again, its statistics new (a body kept inline with them: the whole record) */
+    size_t n = v.mv_size;
+    uint8_t *rec = malloc(n);
+    if (!rec) return ENOMEM;
+    memcpy(rec, v.mv_data, n);
     put_be64(rec + 8, last);
     put_be32(rec + 16, hits);
     put_be64(sk, serial);
-    MDB_val kv = {8, sk}, vv = {CACHE_RECORD, rec};
-    if ((rc = mdb_put(w->txn, w->st->dbi[DB_EVENTS], &kv, &vv, 0))) return rc;
+    MDB_val kv = {8, sk}, vv = {n, rec};
+    rc = mdb_put(w->txn, w->st->dbi[DB_EVENTS], &kv, &vv, 0);
+    free(rec);
+    if (rc) return rc;
     lru_key(k, last, serial);
     return store_put_empty(w, DB_LRU, k, LRU_KEY);
 }
@@ -737,10 +776,7 @@ static int write_event(wtx *w, const l2_event *ev, const uint8_t *ak, size_t an)
     st->body.len = 0;
     if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
     if (st->cache) {
-        uint32_t slot;
-        if ((rc = store_put_body(w, st->body.data, st->body.len, &slot)) ||
-            (rc = store_put_cache_record(w, serial, ev, slot, (uint32_t)st->body.len)))
-            return rc;
+        if ((rc = store_put_cached(w, serial, ev, st->body.data, st->body.len))) return rc;
     } else {
         MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
         if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, MDB_APPEND))) return rc;
