@@ -42,8 +42,7 @@ int l2_backend_open(l2_backend **out, l2_store *l1, const l2_store_if *l2vt, voi
     b->l1 = l1;
     l2_store_share_horizon(l1, l2_learned_horizon_floor(b->learned));
     l2_store_set_backed(l1, l2 != NULL);
-    /* an L1 without a size limit evicts nothing: its bodies need no slots to reuse */
-    l2_store_inline_bodies(l1, o->size_limit == 0);
+    l2_store_never_evicts(l1, o->size_limit == 0);
     l2_store_give_way(l1, l1_light_waiting, b->learned);
     /* PostgreSQL has no one write lock: its saves never wait behind another's */
     if (l2 && l2vt == &l2_lmdb_store_if) l2_store_give_way(l2, l2_light_waiting, b->learned);
@@ -80,7 +79,7 @@ void l2_backend_close(l2_backend *b)
     if (!b) return;
     l2_store_share_horizon(b->l1, NULL);
     l2_store_set_backed(b->l1, 0);
-    l2_store_inline_bodies(b->l1, 0);
+    l2_store_never_evicts(b->l1, 0);
     l2_store_give_way(b->l1, NULL, NULL);
     if (b->l2 && b->l2vt == &l2_lmdb_store_if) l2_store_give_way(b->l2, NULL, NULL);
     l2_learned_close(b->learned);

@@ -104,11 +104,16 @@ void l2_store_share_horizon(l2_store *st, const int64_t *floor);
  * store behind refuses those versions; unless writes wait in the outbox (L1 decides alone then).
  * Not backed (the default), a cache keeps every head, which nothing evicts. */
 void l2_store_set_backed(l2_store *st, int backed);
-/* A cache that never evicts (no size limit) keeps each new body in its events record: an event a
- * query returns is then one lookup, not two (its record, then its body's slot). Slots exist so that
- * new bodies fill the room evicted ones left; without eviction there is none. Off by default; a
- * cache reads and evicts both kinds of record whatever this says. */
-void l2_store_inline_bodies(l2_store *st, int on);
+/* A cache that never evicts (an L1 without a size limit):
+ * - keeps each new body in its events record: an event a query returns is then one lookup, not two
+ *   (its record, then its body's slot). Slots exist so that new bodies fill the room evicted ones
+ *   left; without eviction there is none. A cache reads and evicts both kinds of record whatever
+ *   this says.
+ * - counts no reads: they order eviction, and counting them cost a worker serving REQs 4 % of its
+ *   time (a hash probe an event). Saves still stamp their time (ghosts, and the order should the
+ *   cache be opened with a limit later).
+ * Off by default. */
+void l2_store_never_evicts(l2_store *st, int on);
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err);
 /* The stored binary form of serial, valid until l2_store_read_end; 0, or -1 when absent. */
 int l2_store_body(l2_store *st, uint64_t serial, const void **data, size_t *len);

@@ -509,7 +509,7 @@ int l2_store_answer_serve(l2_store *st, const l2_answer_key *k, int64_t t, l2_ro
                 r.head_len >= 33 && store_get_body(st->rtxn, st, &r, &v[i].row.bin, &v[i].row.bin_len) == 0;
         if (whole) memcpy(v[i].row.id, r.head + 1, 32);
     }
-    uint64_t ms = whole && st->cache ? store_now_ms() : 0;
+    uint64_t ms = whole && st->cache && !st->never_evicts ? store_now_ms() : 0;
     for (size_t i = 0; whole && i < a.n; i++) {
         if (ms) store_touch(st, v[i].serial, ms, 1);
         ++*rows;

@@ -57,7 +57,7 @@
  *                           event), else the stub form (slot 0: a stub). Format 2 wrote the stub
  *                           form beside the body too, format 3 the access statistics apart.
  *                           Slot INLINE_SLOT: the body follows, in the record itself (written by
- *                           a cache without a size limit, l2_store_inline_bodies; any cache reads
+ *                           a cache without a size limit, l2_store_never_evicts; any cache reads
  *                           and evicts it)
  * bodies   slot(4)        -> binary event    (slots are reused, lowest first, so new bodies fill the
  *                                              room old ones left inside pages: B-tree pages only
@@ -80,7 +80,7 @@
 #define MAX_BE48 ((1ull << 48) - 1)
 #define MAX_SERIAL MAX_BE48
 #define CACHE_RECORD 20 /* a cache's events record of an event with its body */
-#define INLINE_SLOT 0xFFFFFFFFu /* the slot of a body kept in its events record (l2_store_inline_bodies) */
+#define INLINE_SLOT 0xFFFFFFFFu /* the slot of a body kept in its events record (l2_store_never_evicts) */
 #define KEY_PREFIX 8 /* P: see the layout */
 #define DEFAULT_MAP (1ull << 30)
 #define INDEX_MEMORY (512u << 20)
@@ -125,7 +125,7 @@ struct l2_store {
     l2_event ev, old;  /* decoded bodies */
     l2_buf body, key;  /* copies and key building */
     int cache;         /* keeps access statistics and stubs (an L1) */
-    int inline_bodies; /* a cache writes new bodies into their events records (l2_store_inline_bodies) */
+    int never_evicts;  /* a cache without a size limit (l2_store_never_evicts) */
     uint64_t query_ms; /* a cache's query under way: when its bodies are read (an access) */
     const int64_t *horizon_floor; /* l2_store_share_horizon */
     int backed;                   /* l2_store_set_backed */

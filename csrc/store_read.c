@@ -327,7 +327,7 @@ int l2_store_query(l2_store *st, const l2_filter *fs, size_t nf, int64_t max_lim
     }
     if (nf > 1) sort_unique_hits(out, 0, hit_order);
     /* a cache counts the bodies read from this answer as accesses (l2_store_body) */
-    st->query_ms = st->cache ? store_now_ms() : 0;
+    st->query_ms = st->cache && !st->never_evicts ? store_now_ms() : 0;
     return 0;
 }
 
@@ -341,9 +341,9 @@ void l2_store_set_backed(l2_store *st, int backed)
     st->backed = backed;
 }
 
-void l2_store_inline_bodies(l2_store *st, int on)
+void l2_store_never_evicts(l2_store *st, int on)
 {
-    st->inline_bodies = on;
+    st->never_evicts = on;
 }
 
 int l2_store_count(l2_store *st, const l2_filter *fs, size_t nf, int64_t now, uint64_t *count, char *err)

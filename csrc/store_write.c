@@ -290,7 +290,7 @@ int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *bo
     uint32_t slot;
     int rc;
     if (n > UINT32_MAX) return EOVERFLOW;
-    if (!w->st->inline_bodies) {
+    if (!w->st->never_evicts) {
         return (rc = put_body(w, body, n, &slot)) ? rc : store_put_cache_record(w, serial, ev, slot, (uint32_t)n);
     }
     uint8_t sk[8];
