@@ -178,7 +178,7 @@ static int revive_body(wtx *w, void *ud)
         if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
         put_be64(stk, (uint64_t)ev->created_at);
         put_be64(stk + 8, serial);
-        if ((rc = store_put_cached(w, serial, ev, st->body.data, st->body.len)) ||
+        if ((rc = store_put_cached(w, serial, ev, st->body.data, st->body.len, 0)) ||
             (rc = store_del_key(w, DB_STUBS, stk, 16)) || (rc = store_set_access(w, serial, ms, 1)))
             return rc;
         a->revived++;

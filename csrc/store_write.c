@@ -253,6 +253,7 @@ static int put_body(wtx *w, const void *body, size_t n, uint32_t *slot)
     MDB_cursor *c;
     MDB_val k, v;
     uint8_t key[4];
+    int fresh = 0; /* a slot past every other: appended */
     int rc = mdb_cursor_open(w->txn, w->st->dbi[DB_FREESLOTS], &c);
     if (rc) return rc;
     rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
@@ -264,14 +265,14 @@ static int put_body(wtx *w, const void *body, size_t n, uint32_t *slot)
     } else if (rc == MDB_NOTFOUND) {
         /* INLINE_SLOT is no slot */
         if (w->next_slot >= INLINE_SLOT) rc = MDB_MAP_FULL;
-        else *slot = (uint32_t)w->next_slot++, rc = 0;
+        else *slot = (uint32_t)w->next_slot++, rc = 0, fresh = 1;
     }
     mdb_cursor_close(c);
     if (rc) return rc;
     put_be32(key, *slot);
     MDB_val bk = {4, key}, bv = {n, (void *)body};
     w->body_bytes += n;
-    return mdb_put(w->txn, w->st->dbi[DB_BODIES], &bk, &bv, 0);
+    return mdb_put(w->txn, w->st->dbi[DB_BODIES], &bk, &bv, fresh ? MDB_APPEND : 0);
 }
 
 int store_free_body(wtx *w, uint32_t slot, uint32_t len)
@@ -285,18 +286,21 @@ int store_free_body(wtx *w, uint32_t slot, uint32_t len)
     return store_put_empty(w, DB_FREESLOTS, key, 4);
 }
 
-int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *body, size_t n)
+static int put_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len, unsigned flags);
+
+int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *body, size_t n, int fresh)
 {
     uint32_t slot;
     int rc;
+    /* a new serial is the last: appended, a page fills whole (a put at the end splits it in half) */
+    unsigned append = fresh ? MDB_APPEND : 0;
     if (n > UINT32_MAX) return EOVERFLOW;
-    if (!w->st->never_evicts) {
-        return (rc = put_body(w, body, n, &slot)) ? rc : store_put_cache_record(w, serial, ev, slot, (uint32_t)n);
-    }
+    if (!w->st->never_evicts)
+        return (rc = put_body(w, body, n, &slot)) ? rc : put_record(w, serial, ev, slot, (uint32_t)n, append);
     uint8_t sk[8];
     put_be64(sk, serial);
     MDB_val k = {8, sk}, v = {CACHE_RECORD + n, NULL};
-    if ((rc = mdb_put(w->txn, w->st->dbi[DB_EVENTS], &k, &v, MDB_RESERVE))) return rc;
+    if ((rc = mdb_put(w->txn, w->st->dbi[DB_EVENTS], &k, &v, MDB_RESERVE | append))) return rc;
     memset(v.mv_data, 0, CACHE_RECORD);
     put_be32(v.mv_data, INLINE_SLOT);
     put_be32((uint8_t *)v.mv_data + 4, (uint32_t)n);
@@ -305,6 +309,11 @@ int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *bo
 }
 
 int store_put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len)
+{
+    return put_record(w, serial, ev, slot, body_len, 0);
+}
+
+static int put_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len, unsigned flags)
 {
     l2_store *st = w->st;
     uint8_t sk[8];
@@ -317,7 +326,7 @@ int store_put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t
     if (!slot && l2_event_encode_stub(ev, &st->key)) return ENOMEM;
     put_be64(sk, serial);
     MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
-    return mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, 0);
+    return mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, flags);
 }
 
 /* A cache keeps, for a while, the body of an event a save replaced or a deletion removed: its
@@ -776,7 +785,7 @@ static int write_event(wtx *w, const l2_event *ev, const uint8_t *ak, size_t an)
     st->body.len = 0;
     if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
     if (st->cache) {
-        if ((rc = store_put_cached(w, serial, ev, st->body.data, st->body.len))) return rc;
+        if ((rc = store_put_cached(w, serial, ev, st->body.data, st->body.len, 1))) return rc;
     } else {
         MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
         if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, MDB_APPEND))) return rc;
