@@ -1,6 +1,8 @@
-/* libFuzzer: save and query on a real LMDB store. Each input line is an event (saved without
- * signature checks, so fuzzed events get in) or a filter (queried and counted); the store's
- * own check must stay clean. */
+/* libFuzzer: save and query on a real LMDB store (a cache, L1's layout). Each input line is an
+ * event (saved without signature checks, so fuzzed events get in; a quarter of them evicted at
+ * once, to a stub or gone) or a filter (queried and counted); the store's own check must stay
+ * clean. Every thousand runs the cache switches between bodies in slots and bodies kept in their
+ * records (l2_store_never_evicts), so both kinds live side by side. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         l2_event_init(&ev);
         l2_filter_init(&f);
     }
+    if (runs % 1000 == 0) l2_store_never_evicts(st, (int)(runs / 1000) & 1);
     const char *p = (const char *)data, *end = p + size;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -39,6 +42,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             l2_event *evp = &ev;
             l2_save_result r;
             if (l2_store_save_batch(st, &evp, 1, 1700000000, 0, &r, err)) abort();
+            uint64_t evicted, freed;
+            if (r.status == L2_SAVE_STORED && (ev.id[0] & 3) == 0 &&
+                l2_store_evict(st, (const uint8_t(*)[32])ev.id, 1, ev.id[1] & 1, &evicted, &freed, err))
+                abort();
         } else if (l2_filter_parse_json(&f, p, n, &l2_default_filter_limits, err) == 0) {
             uint64_t count;
             if (l2_store_query(st, &f, 1, 500, 1700000000, 0, NULL, &hits, err)) abort();
