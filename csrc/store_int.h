@@ -319,8 +319,9 @@ int store_get_head(MDB_txn *txn, l2_store *st, const uint8_t *key, size_t n, hea
 
 /* A cache's event with its body: the body in the lowest free slot, so it fills room an evicted
  * body left, then its events record (store_put_cache_record); or, for a cache that keeps bodies
- * inline, both in the record. `fresh`: serial is new, past every other (a save's). */
-int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *body, size_t n, int fresh);
+ * inline, both in the record. `saved_ms`: a save's time (its serial past every other), which
+ * stamps its access (store_set_access); 0 for a revived stub (its caller stamps it). */
+int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *body, size_t n, uint64_t saved_ms);
 
 int store_free_body(wtx *w, uint32_t slot, uint32_t len);
 

@@ -286,34 +286,10 @@ int store_free_body(wtx *w, uint32_t slot, uint32_t len)
     return store_put_empty(w, DB_FREESLOTS, key, 4);
 }
 
-static int put_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len, unsigned flags);
-
-int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *body, size_t n, int fresh)
-{
-    uint32_t slot;
-    int rc;
-    /* a new serial is the last: appended, a page fills whole (a put at the end splits it in half) */
-    unsigned append = fresh ? MDB_APPEND : 0;
-    if (n > UINT32_MAX) return EOVERFLOW;
-    if (!w->st->never_evicts)
-        return (rc = put_body(w, body, n, &slot)) ? rc : put_record(w, serial, ev, slot, (uint32_t)n, append);
-    uint8_t sk[8];
-    put_be64(sk, serial);
-    MDB_val k = {8, sk}, v = {CACHE_RECORD + n, NULL};
-    if ((rc = mdb_put(w->txn, w->st->dbi[DB_EVENTS], &k, &v, MDB_RESERVE | append))) return rc;
-    memset(v.mv_data, 0, CACHE_RECORD);
-    put_be32(v.mv_data, INLINE_SLOT);
-    put_be32((uint8_t *)v.mv_data + 4, (uint32_t)n);
-    memcpy((uint8_t *)v.mv_data + CACHE_RECORD, body, n);
-    return 0; /* body_bytes counts what the bodies' tree holds (l2_store_stats: its holes) */
-}
-
-int store_put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len)
-{
-    return put_record(w, serial, ev, slot, body_len, 0);
-}
-
-static int put_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len, unsigned flags)
+/* A cache's events record: slot | body length, then the access statistics (`last` ms, no hits)
+ * with a body, else the stub form of ev */
+static int put_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len, uint64_t last,
+                      unsigned flags)
 {
     l2_store *st = w->st;
     uint8_t sk[8];
@@ -322,11 +298,46 @@ static int put_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot
     memset(st->key.data, 0, CACHE_RECORD);
     put_be32((uint8_t *)st->key.data, slot);
     put_be32((uint8_t *)st->key.data + 4, body_len);
+    if (slot) put_be64((uint8_t *)st->key.data + 8, last);
     st->key.len = slot ? CACHE_RECORD : 8;
     if (!slot && l2_event_encode_stub(ev, &st->key)) return ENOMEM;
     put_be64(sk, serial);
     MDB_val k = {8, sk}, v = {st->key.len, st->key.data};
     return mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, flags);
+}
+
+int store_put_cache_record(wtx *w, uint64_t serial, const l2_event *ev, uint32_t slot, uint32_t body_len)
+{
+    return put_record(w, serial, ev, slot, body_len, 0, 0);
+}
+
+int store_put_cached(wtx *w, uint64_t serial, const l2_event *ev, const void *body, size_t n, uint64_t saved_ms)
+{
+    uint32_t slot;
+    int rc;
+    /* a save's serial is the last: appended, a page fills whole (a put at the end splits it in half) */
+    unsigned append = saved_ms ? MDB_APPEND : 0;
+    if (n > UINT32_MAX) return EOVERFLOW;
+    if (!w->st->never_evicts) {
+        if ((rc = put_body(w, body, n, &slot)) || (rc = put_record(w, serial, ev, slot, (uint32_t)n, saved_ms, append)))
+            return rc;
+    } else {
+        uint8_t sk[8];
+        put_be64(sk, serial);
+        MDB_val k = {8, sk}, v = {CACHE_RECORD + n, NULL};
+        if ((rc = mdb_put(w->txn, w->st->dbi[DB_EVENTS], &k, &v, MDB_RESERVE | append))) return rc;
+        memset(v.mv_data, 0, CACHE_RECORD);
+        put_be32(v.mv_data, INLINE_SLOT);
+        put_be32((uint8_t *)v.mv_data + 4, (uint32_t)n);
+        put_be64((uint8_t *)v.mv_data + 8, saved_ms);
+        memcpy((uint8_t *)v.mv_data + CACHE_RECORD, body, n);
+        /* body_bytes counts what the bodies' tree holds (l2_store_stats: its holes) */
+    }
+    if (!saved_ms) return 0;
+    /* stamped with its save, as store_set_access would, without reading back what was just written */
+    uint8_t lk[LRU_KEY];
+    lru_key(lk, saved_ms, serial);
+    return store_put_empty(w, DB_LRU, lk, LRU_KEY);
 }
 
 /* A cache keeps, for a while, the body of an event a save replaced or a deletion removed: its
@@ -785,7 +796,7 @@ static int write_event(wtx *w, const l2_event *ev, const uint8_t *ak, size_t an)
     st->body.len = 0;
     if (l2_event_encode_bin(ev, &st->body)) return ENOMEM;
     if (st->cache) {
-        if ((rc = store_put_cached(w, serial, ev, st->body.data, st->body.len, 1))) return rc;
+        if ((rc = store_put_cached(w, serial, ev, st->body.data, st->body.len, store_now_ms()))) return rc;
     } else {
         MDB_val k = {8, sk}, v = {st->body.len, st->body.data};
         if ((rc = mdb_put(w->txn, st->dbi[DB_EVENTS], &k, &v, MDB_APPEND))) return rc;
@@ -796,7 +807,6 @@ static int write_event(wtx *w, const l2_event *ev, const uint8_t *ak, size_t an)
     if (an && (rc = put_head(w, ak, an, serial, ev))) return rc;
     if ((rc = add_change(w, L2_CHANGE_SAVED, ev->id, serial))) return rc;
     if (w->may_answer && !w->quiet && (rc = l2_answers_touch(w->txn, st->dbi[DB_ANSWERS], ev))) return rc;
-    if (st->cache && (rc = store_set_access(w, serial, store_now_ms(), 0))) return rc;
     return 0;
 }
 
